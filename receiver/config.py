@@ -1,0 +1,43 @@
+"""Settings: environment variables prefixed ``RECEIVER_``; command-line flags override them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECEIVER_", extra="ignore")
+
+    database_url: str | None = Field(default=None, description="PostgreSQL URL; unset: the embedded server")
+    data_dir: Path = Field(default=Path(".receiver"), description="embedded PostgreSQL and journal live here")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    public_url: str | None = Field(default=None, description="base of the callback URLs printed for the console")
+
+    journal_dir: Path | None = Field(default=None, description="default: DATA_DIR/journal")
+    journal_max_bytes: int = Field(default=256 << 20, description="per worker: backlog bound before 503s")
+    journal_segment_bytes: int = 8 << 20
+    writer_batch_size: int = 1000
+    shutdown_drain_seconds: float = 10.0
+
+    max_body_bytes: int = 256 << 10
+    log_level: str = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.journal_dir or self.data_dir / "journal"
+
+    def base_url(self, tls: bool = False) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in {"0.0.0.0", "::", ""} else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if tls else 'http'}://{host}:{self.port}"

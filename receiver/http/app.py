@@ -1,0 +1,73 @@
+"""The ASGI application: one per worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .. import logs
+from ..applications import Registry
+from ..config import Settings
+from ..journal import Journal, JournalReader
+from ..writer import Writer
+from . import callbacks, health
+from .responses import Refusal
+
+log = structlog.get_logger("receiver")
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings()
+    logs.configure(settings.log_level, settings.log_format)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        dsn = settings.database_url
+        if not dsn:
+            raise RuntimeError("RECEIVER_DATABASE_URL is not set: start the service with `receiver serve`")
+        journal = Journal(
+            settings.journal_path, max_bytes=settings.journal_max_bytes, segment_bytes=settings.journal_segment_bytes
+        )
+        reader = JournalReader(journal)
+        pool = await asyncpg.create_pool(dsn, min_size=0, max_size=4, timeout=5)
+        registry = Registry(settings.data_dir / "applications.json")
+        try:
+            async with pool.acquire(timeout=5) as conn:
+                await registry.load(conn)
+        except Exception as error:  # noqa: BLE001 - the database may be down: work from the snapshot
+            registry.load_snapshot()
+            log.warning("registry.from_snapshot", error=type(error).__name__, applications=len(registry))
+        writer = Writer(reader, lambda: asyncpg.connect(dsn, timeout=5), batch_size=settings.writer_batch_size)
+        journal.on_durable = writer.wake
+        app.state.settings, app.state.pool, app.state.registry = settings, pool, registry
+        app.state.journal, app.state.reader, app.state.writer = journal, reader, writer
+        task = asyncio.create_task(writer.run())
+        try:
+            yield
+        finally:
+            await journal.close()
+            drained = await writer.stop(settings.shutdown_drain_seconds)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if drained and journal.dir is not None:
+                journal.dir.remove()
+            log.info("worker.stopped", drained=drained, backlog_bytes=journal.backlog_bytes)
+            await pool.close()
+
+    async def refused(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Refusal)
+        return exc.response()
+
+    return Starlette(
+        routes=[*callbacks.routes, *health.routes],
+        lifespan=lifespan,
+        exception_handlers={Refusal: refused},
+    )

@@ -1,0 +1,133 @@
+"""The platform's side: three callback endpoints, one handler each.
+
+Each handler reads the body, has the protocol module parse it, and acknowledges only once the
+journal has the event on disk. A refused request gets a 4xx with a JSON reason and is queued for
+the quarantine table; nothing here answers 200 for an event that is not durable.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .. import records
+from ..applications import Application
+from ..journal.appender import JournalUnavailable
+from ..protocol import ProtocolError, parse_status_report_batch, parse_status_report_form, parse_uplink_form
+from .responses import Refusal, accepted, error_response
+
+log = structlog.get_logger("receiver.callbacks")
+
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+
+
+async def status_report(request: Request) -> Response:
+    app, body, received_at = await _receive(request, FORM)
+    try:
+        report = parse_status_report_form(body)
+    except ProtocolError as error:
+        return _refuse(request, app, Refusal(400, error.code, error.detail), body, received_at)
+    return await _durable(request, [records.report(app.id, "form", received_at, report, body.decode())])
+
+
+async def status_reports(request: Request) -> Response:
+    app, body, received_at = await _receive(request, JSON)
+    try:
+        batch = parse_status_report_batch(body)
+    except ProtocolError as error:
+        return _refuse(request, app, Refusal(400, error.code, error.detail), body, received_at)
+    payloads = [records.report(app.id, "batch", received_at, report, raw) for report, raw in batch.reports]
+    if not batch.rejected:
+        return await _durable(request, payloads)
+    rejected = [{"index": item.index, "error": item.error.code, "detail": item.error.detail} for item in batch.rejected]
+    for item in batch.rejected:
+        _quarantine(request, app, item.error.code, item.error.detail, item.raw.encode(), received_at)
+    response = await _durable(request, payloads)
+    if response.status_code != 200:
+        return response
+    detail = {"accepted": len(payloads), "rejected": rejected}
+    return error_response(400, "invalid_items", detail)
+
+
+async def uplink(request: Request) -> Response:
+    app, body, received_at = await _receive(request, FORM)
+    try:
+        event = parse_uplink_form(body)
+    except ProtocolError as error:
+        return _refuse(request, app, Refusal(400, error.code, error.detail), body, received_at)
+    return await _durable(request, [records.uplink(app.id, received_at, event, body.decode())])
+
+
+async def _receive(request: Request, media_type: str) -> tuple[Application, bytes, float]:
+    """The application, the body and the time of receipt; raises :class:`Refusal` for the 4xx cases."""
+    received_at = time.time()
+    state = request.app.state
+    app = await state.registry.lookup(request.path_params["token"], state.pool)
+    if app is None:
+        log.info("callback.unknown_token", path=request.url.path.rsplit("/", 1)[-1])
+        raise Refusal(404, "unknown_application", "no application has this callback URL")
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";", 1)[0].strip().lower() != media_type:
+        body = await _read(request, state.settings.max_body_bytes, quarantine_app=app, received_at=received_at)
+        raise _refused(request, app, Refusal(415, "unsupported_media_type", {"expected": media_type}), body, received_at)
+    body = await _read(request, state.settings.max_body_bytes, quarantine_app=app, received_at=received_at)
+    return app, body, received_at
+
+
+async def _read(request: Request, limit: int, *, quarantine_app: Application, received_at: float) -> bytes:
+    declared = request.headers.get("content-length", "")
+    too_large = Refusal(413, "body_too_large", {"max_bytes": limit})
+    if declared.isdigit() and int(declared) > limit:
+        raise _refused(request, quarantine_app, too_large, b"", received_at)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _refused(request, quarantine_app, too_large, b"".join(chunks)[:4096], received_at)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _durable(request: Request, payloads: list[bytes]) -> Response:
+    journal = request.app.state.journal
+    try:
+        futures = [journal.append_nowait(payload) for payload in payloads]
+        for future in futures:
+            await future
+    except JournalUnavailable as error:
+        log.error("callback.not_durable", reason=str(error))
+        return error_response(503, "not_durable", "the event could not be stored; nothing was acknowledged")
+    return accepted()
+
+
+def _refused(request: Request, app: Application, refusal: Refusal, body: bytes, received_at: float) -> Refusal:
+    _quarantine(request, app, refusal.error, refusal.detail, body, received_at)
+    return refusal
+
+
+def _refuse(request: Request, app: Application, refusal: Refusal, body: bytes, received_at: float) -> Response:
+    return _refused(request, app, refusal, body, received_at).response()
+
+
+def _quarantine(request: Request, app: Application, error: str, detail: object, body: bytes, received_at: float) -> None:
+    """Queue the refused request for the quarantine table; never blocks, never fails the response."""
+    endpoint = request.url.path.rsplit("/", 1)[-1]
+    log.info("callback.refused", endpoint=endpoint, application=app.name, error=error)
+    payload = records.quarantine(app.id, endpoint, received_at, error, detail, request.headers.get("content-type"), body)
+    try:
+        request.app.state.journal.append_nowait(payload)
+    except JournalUnavailable:
+        log.warning("quarantine.dropped", endpoint=endpoint, error=error)
+
+
+routes = [
+    Route("/callbacks/{token}/status-report", status_report, methods=["POST"]),
+    Route("/callbacks/{token}/status-reports", status_reports, methods=["POST"]),
+    Route("/callbacks/{token}/uplink", uplink, methods=["POST"]),
+]

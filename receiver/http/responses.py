@@ -1,0 +1,27 @@
+"""The few responses the service gives, in one place."""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse, Response
+
+
+class Refusal(Exception):
+    """A request we refuse: status code, machine-readable reason, and where it went wrong."""
+
+    def __init__(self, status: int, error: str, detail: object = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.error, self.detail)
+
+
+def error_response(status: int, error: str, detail: object = None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status)
+
+
+def accepted() -> Response:
+    """What the platform expects: 200 with an empty body."""
+    return Response(status_code=200)

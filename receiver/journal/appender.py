@@ -1,0 +1,157 @@
+"""Durable appends with group commit.
+
+``await journal.append(payload)`` returns once the record is written and ``fdatasync``ed. Records
+from concurrent requests that arrive while one flush is on disk wait together for the next one,
+so a burst costs a handful of syncs, not one per request. The write and the sync run on one
+dedicated thread; the event loop keeps accepting requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import frames
+from .segments import JournalDir, Segment, fsync_dir
+
+
+class JournalUnavailable(Exception):
+    """The record could not be made durable: answer 503, never 200."""
+
+
+class JournalFull(JournalUnavailable):
+    """The backlog not yet in PostgreSQL has reached its bound."""
+
+
+class Journal:
+    def __init__(self, root: Path, *, max_bytes: int, segment_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.dir: JournalDir | None = None
+        self.segments: list[Segment] = []  # own segments not yet drained, oldest first
+        self.appended_bytes = 0  # durable bytes ever appended by this process
+        self.drained_bytes = 0  # of those, bytes stored in PostgreSQL
+        self.last_error: str | None = None
+        self.on_durable: Callable[[], None] = lambda: None
+        self._fd = -1
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flushing = False
+        self._closed = False
+        self._flushed = asyncio.Event()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Durable bytes of this worker not yet in PostgreSQL."""
+        return self.appended_bytes - self.drained_bytes
+
+    def append_nowait(self, payload: bytes) -> asyncio.Future[None]:
+        """Queue a record; the returned future resolves once it is durable (or fails)."""
+        if self._closed:
+            raise JournalUnavailable("the journal is closed")
+        frame = frames.encode(payload)
+        if self.backlog_bytes + self._buffered + len(frame) > self.max_bytes:
+            raise JournalFull(f"journal backlog reached its bound of {self.max_bytes} bytes")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._buffer.append(frame)
+        self._buffered += len(frame)
+        self._waiters.append(future)
+        if not self._flushing:
+            self._flushing = True
+            self._flushed.clear()
+            asyncio.get_running_loop().create_task(self._flush_loop())
+        return future
+
+    async def append(self, payload: bytes) -> None:
+        await self.append_nowait(payload)
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._buffer:
+                data, waiters = b"".join(self._buffer), self._waiters
+                self._buffer, self._buffered, self._waiters = [], 0, []
+                try:
+                    segment = await loop.run_in_executor(self._thread, self._write, data)
+                except OSError as error:
+                    self.last_error = f"{type(error).__name__}: {error.strerror or error}"
+                    failure = JournalUnavailable(self.last_error)
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_exception(failure)
+                            waiter.exception()  # mark retrieved: nobody may be awaiting a quarantine record
+                    continue
+                self.last_error = None
+                segment.durable += len(data)
+                self.appended_bytes += len(data)
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                self.on_durable()
+        finally:
+            self._flushing = False
+            self._flushed.set()
+
+    # --- on the journal thread -------------------------------------------------------------
+
+    def _write(self, data: bytes) -> Segment:
+        segment = self._active_segment()
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+            os.fdatasync(self._fd)
+        except OSError:
+            self._abandon(segment)
+            raise
+        return segment
+
+    def _active_segment(self) -> Segment:
+        if self._fd >= 0 and self.segments and self.segments[-1].durable < self.segment_bytes:
+            return self.segments[-1]
+        if self._fd >= 0:
+            self._close_active()
+        if self.dir is None:
+            self.dir = JournalDir.create(self.root)
+        path = self.dir.next_segment_path()
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            fsync_dir(self.dir.path)
+        except OSError:
+            self._abandon(None)
+            raise
+        segment = Segment(path, owner=self.dir)
+        self.segments.append(segment)
+        return segment
+
+    def _close_active(self) -> None:
+        if self.segments:
+            self.segments[-1].closed = True
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd = -1
+
+    def _abandon(self, segment: Segment | None) -> None:
+        """After a failed write or sync the file's tail is unknown: cut it back and never append to it
+        again. Its durable prefix is still drained; the next flush starts a new segment."""
+        if segment is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, segment.durable)
+        self._close_active()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Refuse new records, wait for queued ones to be durable, close the file."""
+        self._closed = True
+        if self._flushing:
+            await self._flushed.wait()
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._close_active)
+        self._thread.shutdown(wait=True)

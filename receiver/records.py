@@ -1,0 +1,147 @@
+"""Journal records: an accepted event or a refused request, as bytes and back.
+
+The HTTP layer encodes, the writer decodes; nothing else knows the format. A record is one JSON
+object whose ``kind`` says which table it is for.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from .protocol import StatusReport, Uplink
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def report(application_id: int, via: str, received_at: float, event: StatusReport, raw: str) -> bytes:
+    return _dumps(
+        {
+            "kind": "report",
+            "app": application_id,
+            "via": via,
+            "at": received_at,
+            "raw": raw,
+            "event": {
+                "sms_msg_id": event.sms_msg_id,
+                "status": event.status,
+                "total": event.total,
+                "sequence": event.sequence,
+                "status_desc": event.status_desc,
+                "source": event.source,
+                "update_time": event.update_time.isoformat() if event.update_time else None,
+                "extend": event.extend,
+                "to": event.to,
+                "org_code": event.org_code,
+                "extra": event.extra,
+            },
+        }
+    ).encode()
+
+
+def uplink(application_id: int, received_at: float, event: Uplink, raw: str) -> bytes:
+    return _dumps(
+        {
+            "kind": "uplink",
+            "app": application_id,
+            "at": received_at,
+            "raw": raw,
+            "event": {
+                "sms_msg_id": event.sms_msg_id,
+                "from_": event.from_,
+                "to": event.to,
+                "body": event.body,
+                "create_time": event.create_time.isoformat() if event.create_time else None,
+                "extra": event.extra,
+            },
+        }
+    ).encode()
+
+
+def quarantine(
+    application_id: int | None,
+    endpoint: str,
+    received_at: float,
+    error: str,
+    detail: object,
+    content_type: str | None,
+    raw: bytes,
+) -> bytes:
+    return _dumps(
+        {
+            "kind": "quarantine",
+            "id": str(uuid.uuid4()),
+            "app": application_id,
+            "endpoint": endpoint,
+            "at": received_at,
+            "error": error,
+            "detail": detail,
+            "content_type": content_type,
+            "raw": base64.b64encode(raw).decode(),
+        }
+    ).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRecord:
+    application_id: int
+    via: str
+    received_at: datetime
+    raw: str
+    event: StatusReport
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkRecord:
+    application_id: int
+    received_at: datetime
+    raw: str
+    event: Uplink
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineRecord:
+    record_id: uuid.UUID
+    application_id: int | None
+    endpoint: str
+    received_at: datetime
+    error: str
+    detail: object
+    content_type: str | None
+    raw: bytes
+
+
+Record = ReportRecord | UplinkRecord | QuarantineRecord
+
+
+def decode(payload: bytes) -> Record:
+    data = json.loads(payload)
+    at = datetime.fromtimestamp(data["at"], UTC)
+    kind = data["kind"]
+    if kind == "report":
+        fields = data["event"]
+        fields["update_time"] = _time(fields["update_time"])
+        return ReportRecord(data["app"], data["via"], at, data["raw"], StatusReport(**fields))
+    if kind == "uplink":
+        fields = data["event"]
+        fields["create_time"] = _time(fields["create_time"])
+        return UplinkRecord(data["app"], at, data["raw"], Uplink(**fields))
+    if kind == "quarantine":
+        return QuarantineRecord(
+            uuid.UUID(data["id"]),
+            data["app"],
+            data["endpoint"],
+            at,
+            data["error"],
+            data["detail"],
+            data["content_type"],
+            base64.b64decode(data["raw"]),
+        )
+    raise ValueError(f"unknown journal record kind {kind!r}")
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None

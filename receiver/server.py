@@ -1,0 +1,55 @@
+"""Running the service: the callback URLs on start, then uvicorn with its workers."""
+
+from __future__ import annotations
+
+import asyncpg
+import uvicorn
+
+from . import applications
+from .config import Settings
+
+APP = "receiver.http.app:create_app"
+
+
+async def announce(settings: Settings, *, tls: bool) -> None:
+    """Print every application's callback URLs. The first start creates an application named
+    ``default``, so a new user has URLs to paste into the Huawei console straight away."""
+    base = settings.base_url(tls=tls)
+    assert settings.database_url
+    conn = await asyncpg.connect(settings.database_url, timeout=10)
+    try:
+        names = [row["name"] for row in await conn.fetch("SELECT name FROM applications ORDER BY id")]
+        if not names:
+            app, token = await applications.create(conn, "default", [])
+            print(f"Created application {app.name!r}. Paste these URLs into the Huawei console", flush=True)
+            print("(the token in them is shown only now; `receiver app create NAME` makes more):", flush=True)
+            for key, url in applications.callback_urls(base, token).items():
+                print(f"  {key:<24} {url}", flush=True)
+        else:
+            print("Callback URLs (each application's token was shown by `receiver app create`):", flush=True)
+            for name in names:
+                for key, url in applications.callback_urls(base, f"<token of {name}>").items():
+                    print(f"  {name}: {key:<24} {url}", flush=True)
+    finally:
+        await conn.close()
+    print(f"Listening on {base}", flush=True)
+
+
+def run(settings: Settings, *, tls_cert: str | None = None, tls_key: str | None = None) -> None:
+    uvicorn.run(
+        APP,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=int(settings.shutdown_drain_seconds) + 5,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+    )

@@ -1,0 +1,214 @@
+"""Moves journal records into PostgreSQL, in batches, idempotently.
+
+Each batch is one transaction of ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING``
+per table, so a replayed or duplicated event is a no-op. While PostgreSQL is unreachable the
+writer backs off and retries the same batch; the journal keeps acknowledging meanwhile. A record
+PostgreSQL refuses for its data (a poison record) goes to the quarantine table instead of
+blocking the ones behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+import structlog
+
+from . import records
+from .journal.reader import JournalReader
+from .records import QuarantineRecord, Record, ReportRecord, UplinkRecord
+
+log = structlog.get_logger(__name__)
+
+Connect = Callable[[], Awaitable[asyncpg.Connection]]
+
+_INSERT_REPORTS = """
+INSERT INTO status_reports (application_id, via, received_at, raw_body, sms_msg_id, status, total,
+    sequence, status_desc, source, update_time, extend, "to", org_code, extra, dedupe_key)
+SELECT * FROM unnest($1::integer[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
+    $7::smallint[], $8::smallint[], $9::text[], $10::text[], $11::timestamptz[], $12::text[], $13::text[],
+    $14::text[], $15::jsonb[], $16::bytea[])
+ON CONFLICT (dedupe_key) DO NOTHING
+"""
+
+_INSERT_UPLINKS = """
+INSERT INTO uplinks (application_id, received_at, raw_body, sms_msg_id, "from", "to", body, create_time, extra)
+SELECT * FROM unnest($1::integer[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
+    $7::text[], $8::timestamptz[], $9::jsonb[])
+ON CONFLICT (application_id, sms_msg_id) DO NOTHING
+"""
+
+_INSERT_QUARANTINE = """
+INSERT INTO quarantine (record_id, application_id, endpoint, received_at, error, detail, content_type, raw_body)
+SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::timestamptz[], $5::text[], $6::jsonb[],
+    $7::text[], $8::bytea[])
+ON CONFLICT (record_id) DO NOTHING
+"""
+
+
+async def store(conn: asyncpg.Connection, batch: Sequence[Record]) -> None:
+    """Insert a batch in one transaction; events already stored are left as they are."""
+    reports = [r for r in batch if isinstance(r, ReportRecord)]
+    uplinks = [r for r in batch if isinstance(r, UplinkRecord)]
+    refused = [r for r in batch if isinstance(r, QuarantineRecord)]
+    async with conn.transaction():
+        if reports:
+            await conn.execute(_INSERT_REPORTS, *_columns(_report_row(r) for r in reports))
+        if uplinks:
+            await conn.execute(_INSERT_UPLINKS, *_columns(_uplink_row(r) for r in uplinks))
+        if refused:
+            await conn.execute(_INSERT_QUARANTINE, *_columns(_quarantine_row(r) for r in refused))
+
+
+def _columns(rows: object) -> list[list[object]]:
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _report_row(r: ReportRecord) -> tuple[object, ...]:
+    e = r.event
+    return (
+        r.application_id, r.via, r.received_at, r.raw, e.sms_msg_id, e.status, e.total, e.sequence,
+        e.status_desc, e.source, e.update_time, e.extend, e.to, e.org_code,
+        json.dumps(e.extra, ensure_ascii=False), e.dedupe_key(r.application_id),
+    )  # fmt: skip
+
+
+def _uplink_row(r: UplinkRecord) -> tuple[object, ...]:
+    e = r.event
+    return (
+        r.application_id, r.received_at, r.raw, e.sms_msg_id, e.from_, e.to, e.body, e.create_time,
+        json.dumps(e.extra, ensure_ascii=False),
+    )  # fmt: skip
+
+
+def _quarantine_row(r: QuarantineRecord) -> tuple[object, ...]:
+    return (
+        r.record_id, r.application_id, r.endpoint, r.received_at, r.error,
+        json.dumps(r.detail, ensure_ascii=False), r.content_type, r.raw,
+    )  # fmt: skip
+
+
+def _is_poison(error: BaseException) -> bool:
+    """PostgreSQL refused the data itself (class 22 data exception, 23 integrity): retrying won't help."""
+    return isinstance(error, asyncpg.PostgresError) and str(getattr(error, "sqlstate", ""))[:2] in {"22", "23"}
+
+
+class Writer:
+    def __init__(self, reader: JournalReader, connect: Connect, *, batch_size: int = 1000) -> None:
+        self.reader = reader
+        self.connect = connect
+        self.batch_size = batch_size
+        self.last_error: str | None = None
+        self.stored_events = 0
+        self.last_store_at: float | None = None
+        self._conn: asyncpg.Connection | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._idle = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def database_ok(self) -> bool:
+        return self.last_error is None
+
+    async def run(self) -> None:
+        backoff = 0.05
+        next_adopt = 0.0
+        while not self._stopping:
+            now = time.monotonic()
+            if now >= next_adopt:
+                adopted = await asyncio.to_thread(self.reader.adopt)
+                if adopted:
+                    log.info("journal.adopted", folders=adopted)
+                next_adopt = now + 5.0
+            batch = self.reader.read(self.batch_size)
+            if not batch.payloads:
+                self._idle.set()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                continue
+            self._idle.clear()
+            try:
+                await self._store(batch.payloads)
+            except Exception as error:  # noqa: BLE001 - every failure here means "retry later"
+                await self._disconnect()
+                if self.last_error is None:
+                    log.warning("writer.database_unavailable", error=_describe(error))
+                self.last_error = _describe(error)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if self.last_error is not None:
+                log.info("writer.database_back")
+            self.last_error = None
+            backoff = 0.05
+            self.reader.commit(batch)
+            self.stored_events += len(batch.payloads)
+            self.last_store_at = time.time()
+
+    async def _store(self, payloads: list[bytes]) -> None:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self.connect()
+        pairs: list[tuple[bytes, Record]] = []
+        for payload in payloads:
+            try:
+                pairs.append((payload, records.decode(payload)))
+            except (ValueError, KeyError, TypeError) as error:
+                pairs.append((payload, _unstorable(payload, error)))
+        try:
+            await store(self._conn, [record for _, record in pairs])
+        except Exception as error:
+            if not _is_poison(error):
+                raise
+            for payload, record in pairs:  # find the poison: store the others one by one
+                try:
+                    await store(self._conn, [record])
+                except Exception as single:
+                    if not _is_poison(single):
+                        raise
+                    log.error("writer.poison_record", error=_describe(single))
+                    await store(self._conn, [_unstorable(payload, single)])
+
+    async def _disconnect(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.terminate()
+            self._conn = None
+
+    async def stop(self, drain_timeout: float) -> bool:
+        """Store what the journal holds (for up to ``drain_timeout`` s), then stop. True if all was stored."""
+        deadline = time.monotonic() + drain_timeout
+        while time.monotonic() < deadline and not self.reader.drained():
+            self.wake()
+            await asyncio.sleep(0.02)
+        self._stopping = True
+        self.wake()
+        await self._disconnect()
+        return self.reader.drained()
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:300]
+
+
+def _unstorable(payload: bytes, error: BaseException) -> QuarantineRecord:
+    """A journal record PostgreSQL will not take, kept whole in the quarantine."""
+    return QuarantineRecord(
+        record_id=uuid.uuid5(uuid.NAMESPACE_OID, payload.hex()),
+        application_id=None,
+        endpoint="writer",
+        received_at=datetime.now(UTC),
+        error="unstorable",
+        detail={"reason": _describe(error)},
+        content_type="application/json",
+        raw=payload,
+    )
