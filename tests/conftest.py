@@ -1,0 +1,73 @@
+"""A real PostgreSQL for the whole run, and a fresh migrated database for each test that asks.
+
+The server is the project's own embedded default (``receiver.db.embedded``), so the suite needs
+nothing but Python; set ``RECEIVER_TEST_DATABASE_URL`` to use a server of yours instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+
+from receiver.db import embedded, migrate
+
+from support import admin, run, with_database, world_readable_tmpdir
+
+TEMPLATE = "receiver_test_template"
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    configured = os.environ.get("RECEIVER_TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    base = world_readable_tmpdir("receiver-test-pg-")
+    server = embedded.start(base)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def template_url(pg_server_url: str) -> str:
+    async def build() -> None:
+        conn = await asyncpg.connect(pg_server_url)
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
+            await conn.execute(f"CREATE DATABASE {TEMPLATE}")
+        finally:
+            await conn.close()
+        conn = await asyncpg.connect(with_database(pg_server_url, TEMPLATE))
+        try:
+            await migrate.apply(conn)
+        finally:
+            await conn.close()
+
+    run(build())
+    return with_database(pg_server_url, TEMPLATE)
+
+
+@pytest.fixture
+def db_url(pg_server_url: str, template_url: str) -> Iterator[str]:
+    """A migrated database of this test's own."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    run(admin(pg_server_url, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
+    yield with_database(pg_server_url, name)
+    run(admin(pg_server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def empty_db_url(pg_server_url: str) -> Iterator[str]:
+    """A database of this test's own with no schema at all."""
+    name = f"e_{uuid.uuid4().hex[:12]}"
+    run(admin(pg_server_url, f"CREATE DATABASE {name}"))
+    yield with_database(pg_server_url, name)
+    run(admin(pg_server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

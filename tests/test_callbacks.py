@@ -1,0 +1,257 @@
+"""The three callback endpoints, table-driven: request in, response and rows out, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+from starlette.testclient import TestClient
+
+from receiver import applications
+from receiver.config import Settings
+from receiver.http.app import create_app
+
+from support import fetch, run
+
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+
+# Official sample bodies, verbatim from the reference (§1.4, §8.1, §8.2, §3).
+SAMPLE_REPORT = (
+    "sequence=1&total=1&orgCode=000&updateTime=2018-04-13T06%3A31%3A46Z&source=2"
+    "&smsMsgId=b9d9b4fe-ad0e-4a2a-a2c7-445505b674ac_6&status=DELIVRD"
+)
+DEMO_SUCCESS = (
+    "sequence=1&total=1&updateTime=2018-10-31T08%3A43%3A41Z&source=2"
+    "&smsMsgId=2ea20735-f856-4376-afbf-570bd70a46ee_11840135&status=DELIVRD"
+)
+DEMO_FAILED = (
+    "sequence=1&total=1&updateTime=2018-10-31T08%3A43%3A41Z&source=2"
+    "&smsMsgId=2ea20735-f856-4376-afbf-570bd70a46ee_11840135&status=E200027"
+)
+OLD_DEMO_FAILED = (
+    "orgCode=E200027&sequence=1&total=1&updateTime=2018-10-31T08%3A43%3A41Z&source=2"
+    "&smsMsgId=2ea20735-f856-4376-afbf-570bd70a46ee_11840135&status=RTE_ERR"
+)
+UPLINK_PY = "from=%2B86151****6789&to=1069****019&body=********&smsMsgId=9692b5be-c427-4525-8e73-cf4a6ac5b3f7"
+UPLINK_GO = "from=%2B86151****6789&to=1069***2019&body=***********&smsMsgId=9692b5be-c427-4525-8e73-cf4a6ac5b3f7"
+UPLINK_API = "from=%2B86155****5172&to=201804131431201234&body=********&smsMsgId=9692b5be-c427-4525-8e73-cf4a6ac5b3f7"
+UPLINK_OLD = "from=%2B8615123456789&to=10691002019&body=********&smsMsgId=9692b5be-c427-4525-8e73-cf4a6ac5b3f7"
+
+T1 = datetime(2018, 4, 13, 6, 31, 46, tzinfo=UTC)
+T2 = datetime(2018, 10, 31, 8, 43, 41, tzinfo=UTC)
+ID2 = "2ea20735-f856-4376-afbf-570bd70a46ee_11840135"
+
+REPORT_COLUMNS = "sms_msg_id, status, total, sequence, source, update_time, org_code, extend, \"to\", extra, via"
+
+
+class Harness:
+    def __init__(self, client: TestClient, token: str, url: str) -> None:
+        self.client, self.token, self.url = client, token, url
+
+    def post(self, endpoint: str, body: str | bytes, content_type: str = FORM, token: str | None = None):  # type: ignore[no-untyped-def]
+        return self.client.post(
+            f"/callbacks/{token or self.token}/{endpoint}",
+            content=body.encode() if isinstance(body, str) else body,
+            headers={"Content-Type": content_type},
+        )
+
+    def settle(self) -> None:
+        """Wait until the writer has moved everything journaled into PostgreSQL."""
+        state = self.client.app.state  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while not state.reader.drained() or state.journal._flushing:
+            assert time.monotonic() < deadline, "the writer did not drain the journal"
+            time.sleep(0.01)
+
+    def rows(self, sql: str) -> list[tuple[object, ...]]:
+        self.settle()
+        return [tuple(r.values()) for r in run(fetch(self.url, sql))]
+
+
+@pytest.fixture
+def harness(db_url: str, tmp_path: Path) -> Iterator[Harness]:
+    async def make_app() -> str:
+        conn = await asyncpg.connect(db_url)
+        try:
+            _, token = await applications.create(conn, "shop", ["csms100000001"])
+        finally:
+            await conn.close()
+        return token
+
+    token = run(make_app())
+    settings = Settings(database_url=db_url, data_dir=tmp_path, log_format="json")
+    with TestClient(create_app(settings)) as client:
+        yield Harness(client, token, db_url)
+
+
+REPORT_CASES = [
+    ("api example", SAMPLE_REPORT, (
+        "b9d9b4fe-ad0e-4a2a-a2c7-445505b674ac_6", "DELIVRD", 1, 1, "2", T1, "000", None, None, "{}", "form")),
+    ("demo success", DEMO_SUCCESS, (ID2, "DELIVRD", 1, 1, "2", T2, None, None, None, "{}", "form")),
+    ("demo failed", DEMO_FAILED, (ID2, "E200027", 1, 1, "2", T2, None, None, None, "{}", "form")),
+    ("old demo failed", OLD_DEMO_FAILED, (ID2, "RTE_ERR", 1, 1, "2", T2, "E200027", None, None, "{}", "form")),
+    ("platform-built, no updateTime", "smsMsgId=m_1&status=EXPIRED&source=1",
+     ("m_1", "EXPIRED", None, None, "1", None, None, None, None, "{}", "form")),
+    ("extend brings to", "smsMsgId=m_2&status=DELIVRD&extend=order-42&to=%2B8613112345678",
+     ("m_2", "DELIVRD", None, None, None, None, None, "order-42", "+8613112345678", "{}", "form")),
+    ("unknown fields kept", "smsMsgId=m_3&status=SVC6001&statusDesc=quota&newField=x",
+     ("m_3", "SVC6001", None, None, None, None, None, None, None, '{"newField": "x"}', "form")),
+    ("long message part", "smsMsgId=m_4&status=DELIVRD&total=3&sequence=2",
+     ("m_4", "DELIVRD", 3, 2, None, None, None, None, None, "{}", "form")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "row"), [c[1:] for c in REPORT_CASES], ids=[c[0] for c in REPORT_CASES])
+def test_status_report_form(harness: Harness, body: str, row: tuple[object, ...]) -> None:
+    response = harness.post("status-report", body)
+    assert (response.status_code, response.content) == (200, b"")
+    assert harness.rows(f"SELECT {REPORT_COLUMNS} FROM status_reports") == [row]
+    assert harness.rows("SELECT raw_body FROM status_reports") == [(body,)]
+
+
+UPLINK_CASES = [
+    ("python demo", UPLINK_PY, ("9692b5be-c427-4525-8e73-cf4a6ac5b3f7", "+86151****6789", "1069****019", "********")),
+    ("go demo", UPLINK_GO, ("9692b5be-c427-4525-8e73-cf4a6ac5b3f7", "+86151****6789", "1069***2019", "***********")),
+    ("api example", UPLINK_API, (
+        "9692b5be-c427-4525-8e73-cf4a6ac5b3f7", "+86155****5172", "201804131431201234", "********")),
+    ("old demo", UPLINK_OLD, ("9692b5be-c427-4525-8e73-cf4a6ac5b3f7", "+8615123456789", "10691002019", "********")),
+    ("chinese reply", "from=%2B8615123456789&to=10691002019&smsMsgId=u_1&body="
+     "%E9%80%80%E8%AE%A2%EF%BC%8C%E8%B0%A2%E8%B0%A2",
+     ("u_1", "+8615123456789", "10691002019", "退订，谢谢")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "row"), [c[1:] for c in UPLINK_CASES], ids=[c[0] for c in UPLINK_CASES])
+def test_uplink(harness: Harness, body: str, row: tuple[object, ...]) -> None:
+    response = harness.post("uplink", body)
+    assert (response.status_code, response.content) == (200, b"")
+    assert harness.rows('SELECT sms_msg_id, "from", "to", body FROM uplinks') == [row]
+
+
+def test_uplink_create_time_is_kept(harness: Harness) -> None:
+    body = UPLINK_OLD + "&createTime=2018-02-12T15%3A30%3A20Z"
+    assert harness.post("uplink", body).status_code == 200
+    assert harness.rows("SELECT create_time FROM uplinks") == [(datetime(2018, 2, 12, 15, 30, 20, tzinfo=UTC),)]
+
+
+def test_duplicates_are_stored_once(harness: Harness) -> None:
+    for _ in range(3):
+        assert harness.post("status-report", SAMPLE_REPORT).status_code == 200
+        assert harness.post("uplink", UPLINK_PY).status_code == 200
+    batch = {"statusReportList": [{"smsMsgId": "b9d9b4fe-ad0e-4a2a-a2c7-445505b674ac_6", "total": "1",
+                                   "sequence": "1", "orgCode": "000", "updateTime": "2018-04-13T06:31:46Z",
+                                   "source": "2", "status": "DELIVRD"}]}  # fmt: skip
+    assert harness.post("status-reports", json.dumps(batch), JSON).status_code == 200
+    assert harness.rows("SELECT count(*) FROM status_reports") == [(1,)]
+    assert harness.rows("SELECT count(*) FROM uplinks") == [(1,)]
+
+
+def test_a_later_report_for_the_same_part_is_kept_beside_the_first(harness: Harness) -> None:
+    assert harness.post("status-report", DEMO_FAILED).status_code == 200
+    assert harness.post("status-report", DEMO_SUCCESS).status_code == 200
+    assert harness.rows("SELECT status FROM status_reports ORDER BY status") == [("DELIVRD",), ("E200027",)]
+
+
+def test_batch_of_fifty(harness: Harness) -> None:
+    items = [
+        {"smsMsgId": f"batch_{i}", "status": "DELIVRD" if i % 2 else "UNDELIV", "total": "1", "sequence": "1",
+         "source": "2", "updateTime": "2018-04-13T06:31:46Z"}
+        for i in range(50)
+    ]  # fmt: skip
+    response = harness.post("status-reports", json.dumps({"statusReportList": items}), JSON)
+    assert (response.status_code, response.content) == (200, b"")
+    rows = harness.rows("SELECT sms_msg_id, status, via, update_time FROM status_reports ORDER BY id")
+    assert len(rows) == 50
+    assert {r[0] for r in rows} == {f"batch_{i}" for i in range(50)}
+    assert {(r[2], r[3]) for r in rows} == {("batch", T1)}
+    assert harness.rows("SELECT raw_body::jsonb->>'smsMsgId' FROM status_reports WHERE sms_msg_id = 'batch_7'") == [
+        ("batch_7",)
+    ]
+
+
+def test_batch_keeps_good_items_and_quarantines_bad_ones(harness: Harness) -> None:
+    items = [{"smsMsgId": "ok_1", "status": "DELIVRD"}, {"status": "DELIVRD"}, {"smsMsgId": "ok_2", "status": "X"}]
+    response = harness.post("status-reports", json.dumps({"statusReportList": items}), JSON)
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "invalid_items",
+        "detail": {"accepted": 2, "rejected": [{"index": 1, "error": "missing_field", "detail": {"field": "smsMsgId"}}]},
+    }
+    assert harness.rows("SELECT sms_msg_id FROM status_reports ORDER BY sms_msg_id") == [("ok_1",), ("ok_2",)]
+    assert harness.rows("SELECT endpoint, error, raw_body FROM quarantine") == [
+        ("status-reports", "missing_field", b'{"status":"DELIVRD"}')
+    ]
+
+
+REFUSALS = [
+    ("status-report", FORM, "status=DELIVRD", 400, "missing_field"),
+    ("status-report", FORM, "smsMsgId=x&status=TOOLONGSTATUS", 400, "field_too_long"),
+    ("status-report", FORM, "smsMsgId=x&status=DELIVRD&updateTime=yesterday", 400, "invalid_field"),
+    ("status-report", FORM, b"smsMsgId=%FF%FE&status=DELIVRD", 400, "invalid_encoding"),
+    ("status-report", JSON, '{"smsMsgId":"x","status":"DELIVRD"}', 415, "unsupported_media_type"),
+    ("status-reports", JSON, "{not json", 400, "invalid_json"),
+    ("status-reports", JSON, '{"statusReportList": []}', 400, "invalid_batch"),
+    ("status-reports", FORM, "statusReportList=x", 415, "unsupported_media_type"),
+    ("uplink", FORM, "from=%2B8613100000000&to=1069&smsMsgId=u", 400, "missing_field"),
+    ("uplink", "text/plain", "hello", 415, "unsupported_media_type"),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "content_type", "body", "status", "error"), REFUSALS)
+def test_bad_input_gets_a_4xx_and_is_quarantined(
+    harness: Harness, endpoint: str, content_type: str, body: str | bytes, status: int, error: str
+) -> None:
+    response = harness.post(endpoint, body, content_type)
+    assert response.status_code == status
+    assert response.json()["error"] == error
+    raw = body.encode() if isinstance(body, str) else body
+    assert harness.rows("SELECT endpoint, error, content_type, raw_body FROM quarantine") == [
+        (endpoint, error, content_type, raw)
+    ]
+    assert harness.rows("SELECT count(*) FROM status_reports") == [(0,)]
+
+
+def test_body_over_the_limit_gets_413(harness: Harness) -> None:
+    response = harness.post("status-report", "smsMsgId=x&status=DELIVRD&pad=" + "a" * (300 << 10))
+    assert response.status_code == 413
+    assert response.json()["error"] == "body_too_large"
+    assert harness.rows("SELECT error FROM quarantine") == [("body_too_large",)]
+
+
+def test_unknown_token_gets_404_and_leaves_no_trace(harness: Harness) -> None:
+    response = harness.post("status-report", SAMPLE_REPORT, token="not-a-token")
+    assert response.status_code == 404
+    assert response.json()["error"] == "unknown_application"
+    assert harness.rows("SELECT count(*) FROM quarantine") == [(0,)]
+    assert harness.rows("SELECT count(*) FROM status_reports") == [(0,)]
+
+
+def test_an_application_created_while_serving_is_found(harness: Harness) -> None:
+    async def make_app() -> str:
+        conn = await asyncpg.connect(harness.url)
+        try:
+            return (await applications.create(conn, "late", []))[1]
+        finally:
+            await conn.close()
+
+    token = run(make_app())
+    time.sleep(1.1)  # the registry refreshes at most once a second on a miss
+    assert harness.post("uplink", UPLINK_PY, token=token).status_code == 200
+    assert harness.rows("SELECT a.name FROM uplinks u JOIN applications a ON a.id = u.application_id") == [("late",)]
+
+
+def test_readyz_and_healthz(harness: Harness) -> None:
+    assert harness.client.get("/healthz").json() == {"status": "ok"}
+    ready = harness.client.get("/readyz")
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["ready"] is True
+    assert body["database"] == {"reachable": True, "pending_migrations": []}
+    assert body["journal"]["writable"] is True
+    assert body["journal"]["filling"] is False
