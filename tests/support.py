@@ -40,3 +40,170 @@ async def fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
         return await conn.fetch(sql, *args)
     finally:
         await conn.close()
+
+
+# --- a real `receiver serve` in a child process -----------------------------------------------
+
+import http.client  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "receiver", *args], env=env, capture_output=True, text=True, check=check, timeout=120
+    )
+
+
+def service_env(data_dir: Path, database_url: str | None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+    env["RECEIVER_DATA_DIR"] = str(data_dir)
+    env["RECEIVER_LOG_FORMAT"] = "json"
+    if database_url:
+        env["RECEIVER_DATABASE_URL"] = database_url
+    env.update(extra)
+    return env
+
+
+class Service:
+    """``receiver serve`` as a child process in its own process group."""
+
+    def __init__(self, env: dict[str, str], workers: int = 2) -> None:
+        self.env = env
+        self.workers = workers
+        self.port = free_port()
+        self.proc: subprocess.Popen[str] | None = None
+        self.log = Path(env["RECEIVER_DATA_DIR"]) / f"serve-{self.port}.log"
+
+    def start(self, workers: int | None = None, timeout: float = 60) -> Service:
+        Path(self.env["RECEIVER_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "receiver", "serve", "--port", str(self.port)]
+        argv += ["--workers", str(workers or self.workers)]
+        self.output = open(self.log, "a")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            argv, env=self.env, stdout=self.output, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"receiver serve exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if self.get("/healthz")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"receiver serve did not become healthy:\n{self.log.read_text()}")
+
+    def request(self, method: str, path: str, body: bytes = b"", content_type: str | None = None) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            headers = {"Content-Type": content_type} if content_type else {}
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        return self.request("GET", path)
+
+    def post_form(self, path: str, body: str) -> tuple[int, bytes]:
+        return self.request("POST", path, body.encode(), "application/x-www-form-urlencoded")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.output.close()
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM to the main process, as a supervisor would; return its exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self.output.close()
+        return code
+
+    def stop(self) -> None:
+        """Clean-up: whatever state it is in, make sure nothing is left running."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.terminate()
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+class Load:
+    """Threads that push distinct status reports until stopped, remembering which ones got a 200."""
+
+    def __init__(self, service: Service, token: str, threads: int = 6, prefix: str = "load") -> None:
+        self.service, self.token, self.prefix = service, token, prefix
+        self.acked: set[str] = set()
+        self.statuses: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def acked_count(self) -> int:
+        with self._lock:
+            return len(self.acked)
+
+    def _run(self, worker: int) -> None:
+        n = 0
+        path = f"/callbacks/{self.token}/status-report"
+        while not self._stop.is_set():
+            n += 1
+            sms_id = f"{self.prefix}-{worker}-{n}"
+            body = f"smsMsgId={sms_id}&status=DELIVRD&total=1&sequence=1&source=2&updateTime=2026-01-01T00%3A00%3A00Z"
+            try:
+                status, _ = self.service.post_form(path, body)
+            except OSError:
+                status = 0
+                time.sleep(0.01)
+            with self._lock:
+                self.statuses[status] = self.statuses.get(status, 0) + 1
+                if status == 200:
+                    self.acked.add(sms_id)
+
+
+def create_app_token(env: dict[str, str], name: str = "load") -> dict[str, str]:
+    return json.loads(cli("app", "create", name, "--json", env=env).stdout)
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            return value
+        time.sleep(interval)

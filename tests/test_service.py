@@ -1,0 +1,190 @@
+"""``receiver serve`` as users run it: several workers, kill -9, PostgreSQL going away, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from receiver.db import embedded
+
+from support import Load, Service, create_app_token, fetch, run, service_env, wait_for, world_readable_tmpdir
+
+
+class OwnPostgres:
+    """A PostgreSQL cluster of this test's own, so that the test may stop and start it."""
+
+    def __init__(self, base: Path) -> None:
+        self.server = embedded.start(base)
+        self.url = self.server.url
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server._server.start()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def own_pg() -> Iterator[OwnPostgres]:
+    base = world_readable_tmpdir("receiver-own-pg-")
+    pg = OwnPostgres(base)
+    try:
+        yield pg
+    finally:
+        pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+def stored_ids(url: str) -> set[str]:
+    return {r["sms_msg_id"] for r in run(fetch(url, "SELECT sms_msg_id FROM status_reports"))}
+
+
+def duplicate_rows(url: str) -> int:
+    rows = run(fetch(url, "SELECT count(*) - count(DISTINCT sms_msg_id) AS d FROM status_reports"))
+    return int(rows[0]["d"])
+
+
+def journal_folders(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "journal").glob("w-*"))
+
+
+def test_kill_9_under_load_loses_nothing_acknowledged(own_pg: OwnPostgres, data_dir: Path) -> None:
+    env = service_env(data_dir, own_pg.url)
+    token = create_app_token(env)["token"]
+    service = Service(env, workers=2).start()
+    try:
+        with Load(service, token) as load:
+            assert wait_for(lambda: load.acked_count() >= 300, timeout=30)
+            # Part of the load is acknowledged from the journal alone: PostgreSQL goes away.
+            own_pg.stop()
+            before = load.acked_count()
+            assert wait_for(lambda: load.acked_count() >= before + 200, timeout=30)
+            service.kill9()
+        acked = set(load.acked)
+        assert sum(1 for f in journal_folders(data_dir) for s in f.glob("*.seg") if s.stat().st_size) >= 1
+        own_pg.start()
+        service.start(workers=1)  # a different number of workers than before the crash
+        assert wait_for(lambda: acked <= stored_ids(own_pg.url), timeout=60), "acknowledged events are missing"
+        assert duplicate_rows(own_pg.url) == 0
+        assert wait_for(lambda: journal_folders(data_dir) == [], timeout=30), "dead workers' journals remain"
+    finally:
+        service.stop()
+
+
+def test_postgres_down_under_load_keeps_acknowledging_and_drains_later(own_pg: OwnPostgres, data_dir: Path) -> None:
+    env = service_env(data_dir, own_pg.url)
+    token = create_app_token(env)["token"]
+    service = Service(env, workers=2).start()
+    try:
+        with Load(service, token) as load:
+            assert wait_for(lambda: load.acked_count() >= 200, timeout=30)
+            own_pg.stop()
+            during = load.acked_count()
+            assert wait_for(lambda: load.acked_count() >= during + 300, timeout=30), "no acks while PostgreSQL is down"
+            status, body = service.get("/readyz")
+            assert status == 503 and json.loads(body)["database"]["reachable"] is False
+            own_pg.start()
+            after = load.acked_count()
+            assert wait_for(lambda: load.acked_count() >= after + 200, timeout=30)
+        assert set(load.statuses) == {200}, load.statuses
+        acked = set(load.acked)
+        assert wait_for(lambda: acked <= stored_ids(own_pg.url), timeout=60), "the journal did not drain"
+        assert duplicate_rows(own_pg.url) == 0
+        assert wait_for(lambda: service.get("/readyz")[0] == 200, timeout=30)
+        assert service.terminate() == 0
+    finally:
+        service.stop()
+
+
+def test_unwritable_journal_answers_503_never_200(db_url: str, data_dir: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("the journal cannot be created below a file")
+    env = service_env(data_dir, db_url, RECEIVER_JOURNAL_DIR=str(blocker / "journal"))
+    token = create_app_token(env)["token"]
+    service = Service(env, workers=1).start()
+    try:
+        status, body = service.post_form(f"/callbacks/{token}/status-report", "smsMsgId=x&status=DELIVRD")
+        assert status == 503
+        assert json.loads(body)["error"] == "not_durable"
+        status, body = service.get("/readyz")
+        assert status == 503
+        assert json.loads(body)["journal"]["writable"] is False
+        time.sleep(0.5)
+        assert stored_ids(db_url) == set()
+    finally:
+        service.stop()
+
+
+def test_full_journal_answers_503(own_pg: OwnPostgres, data_dir: Path) -> None:
+    env = service_env(data_dir, own_pg.url, RECEIVER_JOURNAL_MAX_BYTES="4096")
+    token = create_app_token(env)["token"]
+    service = Service(env, workers=1).start()
+    try:
+        own_pg.stop()
+        codes = [
+            service.post_form(f"/callbacks/{token}/status-report", f"smsMsgId=full-{i}&status=DELIVRD")[0]
+            for i in range(40)
+        ]
+        assert codes[0] == 200 and codes[-1] == 503 and set(codes) == {200, 503}
+        ready = json.loads(service.get("/readyz")[1])
+        assert ready["journal"]["filling"] is True
+        own_pg.start()
+        accepted = {f"full-{i}" for i, code in enumerate(codes) if code == 200}
+        assert wait_for(lambda: accepted == stored_ids(own_pg.url), timeout=60)
+        assert wait_for(
+            lambda: service.post_form(f"/callbacks/{token}/status-report", "smsMsgId=again&status=DELIVRD")[0] == 200
+        )
+    finally:
+        service.stop()
+
+
+def test_sigterm_finishes_in_flight_work_flushes_and_exits_0(db_url: str, data_dir: Path) -> None:
+    env = service_env(data_dir, db_url)
+    token = create_app_token(env)["token"]
+    service = Service(env, workers=2).start()
+    try:
+        with Load(service, token, threads=4) as load:
+            assert wait_for(lambda: load.acked_count() >= 200, timeout=30)
+            assert service.terminate() == 0
+        acked = set(load.acked)
+        assert acked <= stored_ids(db_url), "SIGTERM left acknowledged events in the journal"
+        assert journal_folders(data_dir) == []
+    finally:
+        service.stop()
+
+
+def test_serve_prints_callback_urls_and_uses_the_embedded_default(tmp_path: Path) -> None:
+    data_dir = world_readable_tmpdir("receiver-embedded-") / "data"
+    env = service_env(data_dir, None)
+    service = Service(env, workers=1)
+    try:
+        service.start(timeout=120)
+        printed = service.log.read_text()
+        urls = [line.split()[-1] for line in printed.splitlines() if "/callbacks/" in line]
+        assert [u.rsplit("/", 1)[1] for u in urls] == ["status-report", "status-reports", "uplink"]
+        path = "/" + urls[2].split("/", 3)[3]
+        body = "from=%2B8615123456789&to=10691002019&body=T&smsMsgId=embedded-1"
+        assert service.post_form(path, body)[0] == 200
+        assert (data_dir / "pgdata" / "PG_VERSION").exists()
+        assert service.terminate() == 0
+        # The embedded server stopped with the service; `receiver db url` starts it again.
+        from support import cli
+
+        url = cli("db", "url", env=env).stdout.strip()
+        assert url.startswith("postgresql://")
+        rows = run(fetch(url, 'SELECT "from", body FROM uplinks'))
+        assert [tuple(r.values()) for r in rows] == [("+8615123456789", "T")]
+        cli("db", "stop", env=env)
+    finally:
+        service.stop()
+        shutil.rmtree(data_dir.parent, ignore_errors=True)
