@@ -54,12 +54,15 @@ def small_int(name: str, value: str | None) -> int | None:
 
 
 def number(value: str | None) -> str | None:
-    """A phone number as sent. A ``+`` that arrived unencoded was decoded as a space: put it back."""
+    """A phone number as sent. A ``+`` that arrived unencoded was decoded as a space: put it back.
+
+    Only blanks left (``to=+``, ``to=%20``) is no number: ``None``, like an empty field.
+    """
     if value is None:
         return None
     if value.startswith(" ") and value[1:].strip().isdigit():
         return "+" + value[1:].strip()
-    return value.strip()
+    return value.strip() or None
 
 
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|z|[+-]\d{2}:?\d{2})?")
@@ -76,8 +79,8 @@ def timestamp(name: str, value: str | None) -> datetime | None:
         text = text[:-1] + "+00:00"
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)  # OverflowError near year 1 or 9999 with an offset
+    except (ValueError, OverflowError):
         raise ProtocolError("invalid_field", {"field": name, "reason": "not a valid time"}) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)

@@ -72,10 +72,42 @@ def parse_status_report_batch(body: bytes) -> Batch:
     for index, item in enumerate(items):
         raw = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
         try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape: keep the raw text escaped
+            raw = json.dumps(item, separators=(",", ":"))
+        try:
+            _check_text(item)
             reports.append((_report(_item_fields(item)), raw))
         except ProtocolError as error:
             rejected.append(RejectedItem(index, error, raw))
     return Batch(reports, rejected)
+
+
+def _check_text(item: object) -> None:
+    """JSON escapes carry what a UTF-8 form body cannot: ``\\u0000`` and lone surrogates (``\\ud800``).
+
+    Refuse them anywhere in the item, names and nested values too, as the form parser does: a
+    surrogate cannot be encoded as UTF-8 and NUL cannot be stored in PostgreSQL text or jsonb.
+    """
+    if not isinstance(item, dict):
+        return  # _item_fields says why
+    for name, value in item.items():
+        field = name[:64].replace("\x00", "").encode("utf-8", "replace").decode()
+        pending: list[object] = [name, value]
+        while pending:
+            text = pending.pop()
+            if isinstance(text, dict):
+                pending.extend(text.keys())
+                pending.extend(text.values())
+            elif isinstance(text, list):
+                pending.extend(text)
+            elif isinstance(text, str):
+                if "\x00" in text:
+                    raise ProtocolError("invalid_character", {"field": field})
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ProtocolError("invalid_encoding", {"field": field}) from None
 
 
 def _item_fields(item: object) -> dict[str, object]:
