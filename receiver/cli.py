@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import asyncpg
 
-from . import applications, logs
+from . import apikeys, applications, logs
 from .config import Settings
 from .db import embedded, migrate
 
@@ -102,6 +102,27 @@ def cmd_app_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_apikey_create(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def create(url: str) -> str:
+        await _migrate(url)
+        conn = await _connect(url)
+        try:
+            return await apikeys.create(conn, args.name)
+        finally:
+            await conn.close()
+
+    with database(settings) as url:
+        key = asyncio.run(create(url))
+    if args.json:
+        print(json.dumps({"name": args.name, "key": key}))
+    else:
+        print(f"API key {args.name!r} (shown only now; send it as `Authorization: Bearer <key>`):")
+        print(f"  {key}")
+    return 0
+
+
 def cmd_app_list(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
@@ -181,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--tls", action="store_true", help="print https URLs")
     create.set_defaults(handler=cmd_app_create)
     app.add_parser("list", help="list the applications").set_defaults(handler=cmd_app_list)
+
+    apikey = commands.add_parser("apikey", help="API keys for the /v1 query API").add_subparsers(
+        dest="apikey_command", required=True
+    )
+    key_create = apikey.add_parser("create", help="issue a new API key")
+    key_create.add_argument("name", help="who the key is for")
+    key_create.add_argument("--json", action="store_true", help="print one JSON object")
+    key_create.set_defaults(handler=cmd_apikey_create)
 
     db = commands.add_parser("db", help="the database").add_subparsers(dest="db_command", required=True)
     db.add_parser("url", help="print the PostgreSQL URL in use (starts the embedded one)").set_defaults(

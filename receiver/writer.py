@@ -21,6 +21,8 @@ import asyncpg
 import structlog
 
 from . import records
+from .blacklist import store as blacklist
+from .correlation import store as correlation
 from .journal.reader import JournalReader
 from .records import QuarantineRecord, Record, ReportRecord, UplinkRecord
 
@@ -35,6 +37,7 @@ SELECT * FROM unnest($1::integer[], $2::text[], $3::timestamptz[], $4::text[], $
     $7::smallint[], $8::smallint[], $9::text[], $10::text[], $11::timestamptz[], $12::text[], $13::text[],
     $14::text[], $15::jsonb[], $16::bytea[])
 ON CONFLICT (dedupe_key) DO NOTHING
+RETURNING id, application_id, sms_msg_id, status, "to", update_time, received_at
 """
 
 _INSERT_UPLINKS = """
@@ -42,6 +45,7 @@ INSERT INTO uplinks (application_id, received_at, raw_body, sms_msg_id, "from", 
 SELECT * FROM unnest($1::integer[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
     $7::text[], $8::timestamptz[], $9::jsonb[])
 ON CONFLICT (application_id, sms_msg_id) DO NOTHING
+RETURNING id, application_id, sms_msg_id, "from", "to", body, received_at
 """
 
 _INSERT_QUARANTINE = """
@@ -52,16 +56,26 @@ ON CONFLICT (record_id) DO NOTHING
 """
 
 
+# What follows from new events (delivery state, opt-outs) happens in the same transaction, and
+# only for rows inserted now: a duplicate or a replay changes nothing downstream either.
+AFTER_INSERT = (correlation.after_insert, blacklist.after_insert)
+
+
 async def store(conn: asyncpg.Connection, batch: Sequence[Record]) -> None:
     """Insert a batch in one transaction; events already stored are left as they are."""
     reports = [r for r in batch if isinstance(r, ReportRecord)]
     uplinks = [r for r in batch if isinstance(r, UplinkRecord)]
     refused = [r for r in batch if isinstance(r, QuarantineRecord)]
     async with conn.transaction():
+        new_reports: list[asyncpg.Record] = []
+        new_uplinks: list[asyncpg.Record] = []
         if reports:
-            await conn.execute(_INSERT_REPORTS, *_columns(_report_row(r) for r in reports))
+            new_reports = await conn.fetch(_INSERT_REPORTS, *_columns(_report_row(r) for r in reports))
         if uplinks:
-            await conn.execute(_INSERT_UPLINKS, *_columns(_uplink_row(r) for r in uplinks))
+            new_uplinks = await conn.fetch(_INSERT_UPLINKS, *_columns(_uplink_row(r) for r in uplinks))
+        if new_reports or new_uplinks:
+            for hook in AFTER_INSERT:
+                await hook(conn, new_reports, new_uplinks)
         if refused:
             await conn.execute(_INSERT_QUARANTINE, *_columns(_quarantine_row(r) for r in refused))
 

@@ -10,13 +10,19 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from receiver.db import embedded, migrate
 
-from support import admin, run, with_database, world_readable_tmpdir
+from receiver import apikeys, applications
+from receiver.config import Settings
+from receiver.http.app import create_app
+from starlette.testclient import TestClient
+
+from support import Harness, admin, run, with_database, world_readable_tmpdir
 
 TEMPLATE = "receiver_test_template"
 
@@ -71,3 +77,22 @@ def empty_db_url(pg_server_url: str) -> Iterator[str]:
     run(admin(pg_server_url, f"CREATE DATABASE {name}"))
     yield with_database(pg_server_url, name)
     run(admin(pg_server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def harness(db_url: str, tmp_path: Path) -> Iterator[Harness]:
+    """The application in-process on a database of its own, with one application and one API key."""
+
+    async def make_app() -> tuple[str, str]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            _, token = await applications.create(conn, "shop", ["csms100000001"])
+            key = await apikeys.create(conn, "tests")
+        finally:
+            await conn.close()
+        return token, key
+
+    token, key = run(make_app())
+    settings = Settings(database_url=db_url, data_dir=tmp_path, log_format="json")
+    with TestClient(create_app(settings)) as client:
+        yield Harness(client, token, db_url, key)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time as _time
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from starlette.testclient import TestClient
+
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
 
 
 def with_database(url: str, name: str) -> str:
@@ -24,6 +29,39 @@ def world_readable_tmpdir(prefix: str) -> Path:
 
 def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
+
+
+class Harness:
+    """The service in-process (Starlette's TestClient): post callbacks, call /v1, read rows."""
+
+    def __init__(self, client: TestClient, token: str, url: str, api_key: str) -> None:
+        self.client, self.token, self.url, self.api_key = client, token, url, api_key
+
+    def api(self, method: str, path: str, **kwargs):  # type: ignore[no-untyped-def]
+        """A /v1 call with the harness's API key (after the journal has reached PostgreSQL)."""
+        self.settle()
+        headers = {"Authorization": f"Bearer {self.api_key}", **kwargs.pop("headers", {})}
+        return self.client.request(method, path, headers=headers, **kwargs)
+
+    def post(self, endpoint: str, body: str | bytes, content_type: str = FORM, token: str | None = None):  # type: ignore[no-untyped-def]
+        return self.client.post(
+            f"/callbacks/{token or self.token}/{endpoint}",
+            content=body.encode() if isinstance(body, str) else body,
+            headers={"Content-Type": content_type},
+        )
+
+    def settle(self) -> None:
+        """Wait until the writer has moved everything journaled into PostgreSQL."""
+        state = self.client.app.state  # type: ignore[attr-defined]
+        deadline = _time.monotonic() + 10
+        while not state.reader.drained() or state.journal._flushing:
+            assert _time.monotonic() < deadline, "the writer did not drain the journal"
+            _time.sleep(0.01)
+
+    def rows(self, sql: str) -> list[tuple[object, ...]]:
+        self.settle()
+        return [tuple(r.values()) for r in run(fetch(self.url, sql))]
+
 
 
 async def admin(url: str, sql: str) -> None:

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import asyncpg
 import pytest
-from starlette.testclient import TestClient
 
 from receiver import applications
-from receiver.config import Settings
-from receiver.http.app import create_app
 
-from support import fetch, run
-
-FORM = "application/x-www-form-urlencoded"
-JSON = "application/json"
+from support import FORM, JSON, Harness, run
 
 # Official sample bodies, verbatim from the reference (§1.4, §8.1, §8.2, §3).
 SAMPLE_REPORT = (
@@ -48,46 +40,6 @@ T2 = datetime(2018, 10, 31, 8, 43, 41, tzinfo=UTC)
 ID2 = "2ea20735-f856-4376-afbf-570bd70a46ee_11840135"
 
 REPORT_COLUMNS = "sms_msg_id, status, total, sequence, source, update_time, org_code, extend, \"to\", extra, via"
-
-
-class Harness:
-    def __init__(self, client: TestClient, token: str, url: str) -> None:
-        self.client, self.token, self.url = client, token, url
-
-    def post(self, endpoint: str, body: str | bytes, content_type: str = FORM, token: str | None = None):  # type: ignore[no-untyped-def]
-        return self.client.post(
-            f"/callbacks/{token or self.token}/{endpoint}",
-            content=body.encode() if isinstance(body, str) else body,
-            headers={"Content-Type": content_type},
-        )
-
-    def settle(self) -> None:
-        """Wait until the writer has moved everything journaled into PostgreSQL."""
-        state = self.client.app.state  # type: ignore[attr-defined]
-        deadline = time.monotonic() + 10
-        while not state.reader.drained() or state.journal._flushing:
-            assert time.monotonic() < deadline, "the writer did not drain the journal"
-            time.sleep(0.01)
-
-    def rows(self, sql: str) -> list[tuple[object, ...]]:
-        self.settle()
-        return [tuple(r.values()) for r in run(fetch(self.url, sql))]
-
-
-@pytest.fixture
-def harness(db_url: str, tmp_path: Path) -> Iterator[Harness]:
-    async def make_app() -> str:
-        conn = await asyncpg.connect(db_url)
-        try:
-            _, token = await applications.create(conn, "shop", ["csms100000001"])
-        finally:
-            await conn.close()
-        return token
-
-    token = run(make_app())
-    settings = Settings(database_url=db_url, data_dir=tmp_path, log_format="json")
-    with TestClient(create_app(settings)) as client:
-        yield Harness(client, token, db_url)
 
 
 REPORT_CASES = [

@@ -13,12 +13,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import logs
+from ..apikeys import KeyCache
 from ..applications import Registry
 from ..config import Settings
 from ..journal import Journal, JournalReader
 from ..writer import Writer
-from . import callbacks, health
-from .responses import Refusal
+from . import blacklist, callbacks, health, query
+from .responses import Refusal, error_response
 
 log = structlog.get_logger("receiver")
 
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         journal.on_durable = writer.wake
         app.state.settings, app.state.pool, app.state.registry = settings, pool, registry
         app.state.journal, app.state.reader, app.state.writer = journal, reader, writer
+        app.state.api_keys = KeyCache()
         task = asyncio.create_task(writer.run())
         try:
             yield
@@ -60,14 +62,26 @@ def create_app(settings: Settings | None = None) -> Starlette:
             if drained and journal.dir is not None:
                 journal.dir.remove()
             log.info("worker.stopped", drained=drained, backlog_bytes=journal.backlog_bytes)
-            await pool.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.close(), timeout=5)
 
     async def refused(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Refusal)
         return exc.response()
 
+    async def database_away(request: Request, exc: Exception) -> Response:
+        log.warning("query.database_unavailable", error=type(exc).__name__)
+        return error_response(503, "database_unavailable", "PostgreSQL is not reachable; try again shortly")
+
     return Starlette(
-        routes=[*callbacks.routes, *health.routes],
+        routes=[*callbacks.routes, *health.routes, *query.routes, *blacklist.routes],
         lifespan=lifespan,
-        exception_handlers={Refusal: refused},
+        exception_handlers={
+            Refusal: refused,
+            OSError: database_away,
+            TimeoutError: database_away,
+            asyncpg.PostgresConnectionError: database_away,
+            asyncpg.CannotConnectNowError: database_away,
+            asyncpg.InterfaceError: database_away,
+        },
     )

@@ -1,0 +1,1 @@
+"""Recipients who asked to receive no more SMS, and the platform's own blacklist signals."""
