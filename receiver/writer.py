@@ -21,8 +21,6 @@ import asyncpg
 import structlog
 
 from . import records
-from .blacklist import store as blacklist
-from .correlation import store as correlation
 from .journal.reader import JournalReader
 from .records import QuarantineRecord, Record, ReportRecord, UplinkRecord
 
@@ -58,10 +56,10 @@ ON CONFLICT (record_id) DO NOTHING
 
 # What follows from new events (delivery state, opt-outs) happens in the same transaction, and
 # only for rows inserted now: a duplicate or a replay changes nothing downstream either.
-AFTER_INSERT = (correlation.after_insert, blacklist.after_insert)
+AfterInsert = Callable[[asyncpg.Connection, list[asyncpg.Record], list[asyncpg.Record]], Awaitable[None]]
 
 
-async def store(conn: asyncpg.Connection, batch: Sequence[Record]) -> None:
+async def store(conn: asyncpg.Connection, batch: Sequence[Record], after_insert: Sequence[AfterInsert] = ()) -> None:
     """Insert a batch in one transaction; events already stored are left as they are."""
     reports = [r for r in batch if isinstance(r, ReportRecord)]
     uplinks = [r for r in batch if isinstance(r, UplinkRecord)]
@@ -74,7 +72,7 @@ async def store(conn: asyncpg.Connection, batch: Sequence[Record]) -> None:
         if uplinks:
             new_uplinks = await conn.fetch(_INSERT_UPLINKS, *_columns(_uplink_row(r) for r in uplinks))
         if new_reports or new_uplinks:
-            for hook in AFTER_INSERT:
+            for hook in after_insert:
                 await hook(conn, new_reports, new_uplinks)
         if refused:
             await conn.execute(_INSERT_QUARANTINE, *_columns(_quarantine_row(r) for r in refused))
@@ -114,8 +112,11 @@ def _is_poison(error: BaseException) -> bool:
 
 
 class Writer:
-    def __init__(self, reader: JournalReader, connect: Connect, *, batch_size: int = 1000) -> None:
+    def __init__(
+        self, reader: JournalReader, connect: Connect, *, batch_size: int = 1000, after_insert: Sequence[AfterInsert] = ()
+    ) -> None:
         self.reader = reader
+        self.after_insert = tuple(after_insert)
         self.connect = connect
         self.batch_size = batch_size
         self.last_error: str | None = None
@@ -179,13 +180,13 @@ class Writer:
             except (ValueError, KeyError, TypeError) as error:
                 pairs.append((payload, _unstorable(payload, error)))
         try:
-            await store(self._conn, [record for _, record in pairs])
+            await store(self._conn, [record for _, record in pairs], self.after_insert)
         except Exception as error:
             if not _is_poison(error):
                 raise
             for payload, record in pairs:  # find the poison: store the others one by one
                 try:
-                    await store(self._conn, [record])
+                    await store(self._conn, [record], self.after_insert)
                 except Exception as single:
                     if not _is_poison(single):
                         raise

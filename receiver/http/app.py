@@ -15,6 +15,8 @@ from starlette.responses import Response
 from .. import logs
 from ..apikeys import KeyCache
 from ..applications import Registry
+from ..blacklist import store as blacklist_store
+from ..correlation import store as correlation
 from ..config import Settings
 from ..journal import Journal, JournalReader
 from ..writer import Writer
@@ -45,7 +47,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         except Exception as error:  # noqa: BLE001 - the database may be down: work from the snapshot
             registry.load_snapshot()
             log.warning("registry.from_snapshot", error=type(error).__name__, applications=len(registry))
-        writer = Writer(reader, lambda: asyncpg.connect(dsn, timeout=5), batch_size=settings.writer_batch_size)
+        writer = Writer(
+            reader,
+            lambda: asyncpg.connect(dsn, timeout=5),
+            batch_size=settings.writer_batch_size,
+            after_insert=(correlation.after_insert, blacklist_store.after_insert_hook(settings)),
+        )
         journal.on_durable = writer.wake
         app.state.settings, app.state.pool, app.state.registry = settings, pool, registry
         app.state.journal, app.state.reader, app.state.writer = journal, reader, writer
