@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import asyncpg
 import structlog
 
-from . import records
+from . import numbers, records
 from .journal.reader import JournalReader
 from .records import QuarantineRecord, Record, ReportRecord, UplinkRecord
 
@@ -39,9 +39,10 @@ RETURNING id, application_id, sms_msg_id, status, "to", update_time, received_at
 """
 
 _INSERT_UPLINKS = """
-INSERT INTO uplinks (application_id, received_at, raw_body, sms_msg_id, "from", "to", body, create_time, extra)
+INSERT INTO uplinks (application_id, received_at, raw_body, sms_msg_id, "from", "to", body, create_time, extra,
+    from_e164)
 SELECT * FROM unnest($1::integer[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
-    $7::text[], $8::timestamptz[], $9::jsonb[])
+    $7::text[], $8::timestamptz[], $9::jsonb[], $10::text[])
 ON CONFLICT (application_id, sms_msg_id) DO NOTHING
 RETURNING id, application_id, sms_msg_id, "from", "to", body, received_at
 """
@@ -95,7 +96,7 @@ def _uplink_row(r: UplinkRecord) -> tuple[object, ...]:
     e = r.event
     return (
         r.application_id, r.received_at, r.raw, e.sms_msg_id, e.from_, e.to, e.body, e.create_time,
-        json.dumps(e.extra, ensure_ascii=False),
+        json.dumps(e.extra, ensure_ascii=False), numbers.e164(e.from_),
     )  # fmt: skip
 
 

@@ -6,7 +6,7 @@ CREATE TABLE sent_messages (
     "to"           text NOT NULL,              -- the recipient, E.164 when it parses (originTo)
     "from"         text,                       -- the channel number the message went from
     status         text NOT NULL,              -- the send API's per-recipient code: 000000 accepted
-    create_time    timestamptz,                -- when the platform took the send request
+    create_time    timestamptz NOT NULL,       -- when the platform took the send request (else: registration)
     country_id     text,
     total          smallint NOT NULL DEFAULT 1 CHECK (total >= 1),
     extend         text,
@@ -17,9 +17,9 @@ CREATE TABLE sent_messages (
     registered_by  text,                       -- the API key's name
     registered_at  timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX sent_messages_to ON sent_messages ("to", create_time);
+CREATE INDEX sent_messages_to ON sent_messages ("to", create_time, sms_msg_id);
 CREATE INDEX sent_messages_channel_to ON sent_messages ("from", "to", create_time);
-CREATE INDEX sent_messages_create_time ON sent_messages (create_time);
+CREATE INDEX sent_messages_create_time ON sent_messages (create_time, sms_msg_id);
 
 -- One row per message that has a send or a report: derived, rebuilt from the events for the
 -- messages each transaction touches, so arrival order and duplicates cannot change it.
@@ -49,3 +49,13 @@ CREATE TABLE reply_links (
     linked_at    timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX reply_links_sms_msg_id ON reply_links (sms_msg_id);
+
+-- The replying number in E.164 (uplinks are Chinese-mainland only), to match sent_messages."to".
+ALTER TABLE uplinks ADD COLUMN from_e164 text;
+CREATE INDEX uplinks_reply ON uplinks (from_e164, "to");
+
+-- The inserting transaction, for feeds that never skip a row: a reader pages by (txid, id) and
+-- sees only transactions older than every one still running (pg_snapshot_xmin), so a row that
+-- commits later always sorts after the reader's cursor.
+ALTER TABLE uplinks ADD COLUMN txid xid8 NOT NULL DEFAULT pg_current_xact_id();
+CREATE INDEX uplinks_feed ON uplinks (txid, id);

@@ -1,11 +1,177 @@
-"""SQL side of correlation, run by the writer in the transaction that stores new events."""
+"""SQL side of correlation: derived delivery states and reply links, kept in step with the events.
+
+``message_states`` is the SQL twin of :func:`receiver.correlation.state.derive` (the tests hold
+the two equal on random report sets). It is recomputed from all of a message's reports each
+time one of them arrives, under a per-message advisory lock taken in its own statement, so two
+workers storing reports of one message at once cannot leave a state that misses either.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Sequence
+
 import asyncpg
+
+from .sent import SentMessage
+
+_LOCK_MESSAGES = """
+SELECT pg_advisory_xact_lock(k)
+FROM (SELECT DISTINCT hashtextextended(id, 7) AS k FROM unnest($1::text[]) AS id ORDER BY 1) AS keys
+"""
+
+_REFRESH_STATES = """
+WITH ids AS (SELECT DISTINCT unnest($1::text[]) AS sms_msg_id),
+r AS (
+    SELECT sr.sms_msg_id, coalesce(sr.sequence, 1) AS part, sr.total, sr.status, sr.update_time,
+           upper(sr.status) = 'DELIVRD' AS ok
+    FROM status_reports sr JOIN ids USING (sms_msg_id)
+),
+parts AS (
+    SELECT sms_msg_id, part, bool_or(ok) AS delivered, min(update_time) FILTER (WHERE ok) AS delivered_at
+    FROM r GROUP BY sms_msg_id, part
+),
+per_message AS (
+    SELECT ids.sms_msg_id,
+           s.sms_msg_id IS NOT NULL AS sent, s.status AS sent_status, s.create_time,
+           greatest(coalesce(s.total, 1), coalesce(rt.max_part, 1)) AS parts_total,
+           coalesce(p.delivered, 0) AS parts_delivered,
+           coalesce(p.failed, 0) AS parts_failed,
+           coalesce(rt.n, 0) AS reports,
+           p.delivered_at, p.undated,
+           latest.status AS latest_status
+    FROM ids
+    LEFT JOIN sent_messages s USING (sms_msg_id)
+    LEFT JOIN LATERAL (
+        SELECT count(*) AS n, max(greatest(coalesce(r.total, 1), r.part)) AS max_part
+        FROM r WHERE r.sms_msg_id = ids.sms_msg_id
+    ) rt ON true
+    LEFT JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE delivered) AS delivered,
+               count(*) FILTER (WHERE NOT delivered) AS failed,
+               max(delivered_at) FILTER (WHERE delivered) AS delivered_at,
+               count(*) FILTER (WHERE delivered AND delivered_at IS NULL) > 0 AS undated
+        FROM parts WHERE parts.sms_msg_id = ids.sms_msg_id
+    ) p ON true
+    LEFT JOIN LATERAL (
+        SELECT r.status FROM r WHERE r.sms_msg_id = ids.sms_msg_id
+        ORDER BY r.update_time DESC NULLS LAST, r.status COLLATE "C" DESC LIMIT 1
+    ) latest ON true
+),
+decided AS (
+    SELECT *,
+           CASE WHEN sent AND sent_status <> '000000' THEN 'failed'
+                WHEN parts_failed > 0 THEN 'failed'
+                WHEN parts_delivered >= parts_total THEN 'delivered'
+                ELSE 'pending' END AS state
+    FROM per_message
+    WHERE sent OR reports > 0
+)
+INSERT INTO message_states AS m (sms_msg_id, state, status, parts_total, parts_delivered, reports, sent,
+                                 sent_at, delivered_at, latency, updated_at)
+SELECT sms_msg_id, state, coalesce(latest_status, sent_status), parts_total, parts_delivered, reports, sent,
+       create_time,
+       CASE WHEN state = 'delivered' AND NOT undated THEN delivered_at END,
+       CASE WHEN state = 'delivered' AND NOT undated THEN delivered_at - create_time END,
+       now()
+FROM decided
+ON CONFLICT (sms_msg_id) DO UPDATE SET
+    state = EXCLUDED.state, status = EXCLUDED.status, parts_total = EXCLUDED.parts_total,
+    parts_delivered = EXCLUDED.parts_delivered, reports = EXCLUDED.reports, sent = EXCLUDED.sent,
+    sent_at = EXCLUDED.sent_at, delivered_at = EXCLUDED.delivered_at, latency = EXCLUDED.latency,
+    updated_at = EXCLUDED.updated_at
+"""
+
+# The documented rule (reference §7.1): the latest message sent from the channel the reply came
+# to (uplink "to" = send "from"), to the number it came from, at or before the reply.
+_LINK_REPLIES = """
+WITH u AS (
+    SELECT id, from_e164, "to", coalesce(create_time, received_at) AS at
+    FROM uplinks WHERE id = ANY($1::bigint[])
+)
+INSERT INTO reply_links AS l (uplink_id, sms_msg_id, candidates, linked_at)
+SELECT u.id, best.sms_msg_id, coalesce(n.candidates, 0), now()
+FROM u
+LEFT JOIN LATERAL (
+    SELECT s.sms_msg_id FROM sent_messages s
+    WHERE s."from" = u."to" AND s."to" = u.from_e164 AND s.create_time <= u.at
+    ORDER BY s.create_time DESC, s.sms_msg_id COLLATE "C" DESC LIMIT 1
+) best ON true
+LEFT JOIN LATERAL (
+    SELECT count(*) AS candidates FROM sent_messages s
+    WHERE s."from" = u."to" AND s."to" = u.from_e164 AND s.create_time <= u.at
+) n ON true
+ON CONFLICT (uplink_id) DO UPDATE SET
+    sms_msg_id = EXCLUDED.sms_msg_id, candidates = EXCLUDED.candidates, linked_at = EXCLUDED.linked_at
+WHERE l.sms_msg_id IS DISTINCT FROM EXCLUDED.sms_msg_id OR l.candidates <> EXCLUDED.candidates
+"""
+
+# Replies a newly registered send may answer: same channel and number, at or after its createTime.
+_REPLIES_AFTER_SENDS = """
+SELECT u.id FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS s(channel, number, at)
+JOIN uplinks u ON u.from_e164 = s.number AND u."to" = s.channel
+WHERE coalesce(u.create_time, u.received_at) >= coalesce(s.at, '-infinity')
+"""
+
+_REGISTER = """
+INSERT INTO sent_messages (sms_msg_id, "to", "from", status, create_time, country_id, total, extend,
+    template_id, signature, message_type, raw, registered_by)
+SELECT m.sms_msg_id, m."to", m."from", m.status, coalesce(m.create_time, now()), m.country_id, m.total,
+       m.extend, m.template_id, m.signature, m.message_type, m.raw, $13
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::smallint[],
+            $8::text[], $9::text[], $10::text[], $11::text[], $12::jsonb[])
+     AS m(sms_msg_id, "to", "from", status, create_time, country_id, total, extend, template_id, signature,
+          message_type, raw)
+ON CONFLICT (sms_msg_id) DO NOTHING
+RETURNING sms_msg_id, "from", "to", create_time
+"""
+
+
+async def refresh_states(conn: asyncpg.Connection, sms_msg_ids: Iterable[str]) -> None:
+    ids = sorted(set(sms_msg_ids))
+    if not ids:
+        return
+    await conn.execute(_LOCK_MESSAGES, ids)
+    await conn.execute(_REFRESH_STATES, ids)
+
+
+async def link_replies(conn: asyncpg.Connection, uplink_ids: Sequence[int]) -> None:
+    if uplink_ids:
+        await conn.execute(_LINK_REPLIES, list(uplink_ids))
+
+
+async def relink_after_sends(conn: asyncpg.Connection, sends: Sequence[tuple[str | None, str, object]]) -> None:
+    """Sends registered after their replies arrived: link those replies again."""
+    sends = [s for s in sends if s[0]]
+    if not sends:
+        return
+    channels, numbers, times = (list(column) for column in zip(*sends, strict=True))
+    rows = await conn.fetch(_REPLIES_AFTER_SENDS, channels, numbers, times)
+    await link_replies(conn, [row["id"] for row in rows])
 
 
 async def after_insert(
     conn: asyncpg.Connection, new_reports: list[asyncpg.Record], new_uplinks: list[asyncpg.Record]
 ) -> None:
-    """Bring derived state up to date for the events inserted now (none yet)."""
+    """The writer's step: states of the messages that got reports, links of the new replies."""
+    await refresh_states(conn, (row["sms_msg_id"] for row in new_reports))
+    await link_replies(conn, [row["id"] for row in new_uplinks])
+
+
+async def register_sent(conn: asyncpg.Connection, messages: Sequence[SentMessage], registered_by: str) -> list[str]:
+    """Store sends not registered yet; bring their states and reply links up to date. Returns the new ids.
+
+    Call it inside a transaction."""
+    if not messages:
+        return []
+    rows = [
+        (m.sms_msg_id, m.to, m.from_, m.status, m.create_time, m.country_id, m.total, m.extend, m.template_id,
+         m.signature, m.message_type, json.dumps(m.raw, ensure_ascii=False))
+        for m in messages
+    ]  # fmt: skip
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    new = await conn.fetch(_REGISTER, *columns, registered_by)
+    ids = [row["sms_msg_id"] for row in new]
+    await refresh_states(conn, ids)
+    await relink_after_sends(conn, [(row["from"], row["to"], row["create_time"]) for row in new])
+    return ids

@@ -1,7 +1,102 @@
-"""The downstream services' side: /v1 queries about sent messages, reports and replies."""
+"""The downstream services' side: /v1 registration of sends, and queries about messages and replies."""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import json
 
-routes: list[BaseRoute] = []
+import asyncpg
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from ..correlation import queries
+from ..correlation.sent import parse_sent
+from ..correlation.store import register_sent
+from ..numbers import e164
+from ..protocol import ProtocolError
+from ..protocol.fields import timestamp
+from .auth import requires_key
+from .responses import error_response
+
+MAX_SENT_BODY = 1 << 20
+STATES = {"pending", "delivered", "failed"}
+
+
+@requires_key
+async def post_sent(request: Request) -> Response:
+    """Register the Huawei send API's response (or that response wrapped with the send's context)."""
+    body = await request.body()
+    if len(body) > MAX_SENT_BODY:
+        return error_response(413, "body_too_large", {"max_bytes": MAX_SENT_BODY})
+    try:
+        messages = parse_sent(json.loads(body))
+    except (ValueError, RecursionError) as error:
+        if isinstance(error, ProtocolError):
+            return error_response(400, error.code, error.detail)
+        return error_response(400, "invalid_json", "the body is not valid JSON")
+    try:
+        async with request.app.state.pool.acquire(timeout=5) as conn, conn.transaction():
+            new = await register_sent(conn, messages, request.state.api_key_name)
+    except asyncpg.DataError as error:  # text PostgreSQL cannot store, e.g. \u0000 inside the raw item
+        return error_response(400, "invalid_body", {"reason": type(error).__name__})
+    return JSONResponse({"registered": len(new), "already_registered": len(messages) - len(new)})
+
+
+@requires_key
+async def get_message(request: Request) -> Response:
+    async with request.app.state.pool.acquire(timeout=5) as conn:
+        found = await queries.message(conn, request.path_params["sms_msg_id"])
+    if found is None:
+        return error_response(404, "not_found", "no send and no report has this smsMsgId")
+    return JSONResponse(found)
+
+
+@requires_key
+async def list_messages(request: Request) -> Response:
+    params = request.query_params
+    try:
+        to = params.get("to")
+        number = e164(to) if to else None
+        if to and number is None:
+            raise ProtocolError("invalid_field", {"field": "to", "reason": "not a phone number"})
+        state = params.get("state")
+        if state is not None and state not in STATES:
+            raise ProtocolError("invalid_field", {"field": "state", "allowed": sorted(STATES)})
+        since = timestamp("since", params.get("since"))
+        until = timestamp("until", params.get("until"))
+        limit = _limit(params.get("limit"))
+        async with request.app.state.pool.acquire(timeout=5) as conn:
+            items, cursor = await queries.messages(
+                conn, to=number, state=state, since=since, until=until, cursor=params.get("cursor"), limit=limit
+            )
+    except ProtocolError as error:
+        return error_response(400, error.code, error.detail)
+    return JSONResponse({"messages": items, "cursor": cursor})
+
+
+@requires_key
+async def list_uplinks(request: Request) -> Response:
+    """Replies in a stable order; pass the returned ``cursor`` back to tail new ones, none skipped."""
+    try:
+        limit = _limit(request.query_params.get("limit"))
+        async with request.app.state.pool.acquire(timeout=5) as conn:
+            items, cursor = await queries.uplinks(conn, cursor=request.query_params.get("cursor"), limit=limit)
+    except ProtocolError as error:
+        return error_response(400, error.code, error.detail)
+    return JSONResponse({"uplinks": items, "cursor": cursor})
+
+
+def _limit(value: str | None, default: int = 100, maximum: int = 500) -> int:
+    if value is None:
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= maximum:
+        raise ProtocolError("invalid_field", {"field": "limit", "allowed": f"1-{maximum}"})
+    return int(value)
+
+
+routes: list[BaseRoute] = [
+    Route("/v1/sent", post_sent, methods=["POST"]),
+    Route("/v1/messages", list_messages, methods=["GET"]),
+    Route("/v1/messages/{sms_msg_id}", get_message, methods=["GET"]),
+    Route("/v1/uplinks", list_uplinks, methods=["GET"]),
+]

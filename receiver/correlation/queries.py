@@ -1,0 +1,190 @@
+"""Read side for the /v1 API: one message with its reports and replies, and paged listings."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from ..protocol import ProtocolError
+
+_MESSAGE = """
+SELECT m.sms_msg_id, m.state, m.status, m.parts_total, m.parts_delivered, m.sent, m.sent_at, m.delivered_at,
+       extract(epoch FROM m.latency) AS latency_seconds,
+       s."to", s."from", s.status AS sent_status, s.extend, s.template_id, s.signature, s.message_type
+FROM message_states m LEFT JOIN sent_messages s USING (sms_msg_id)
+WHERE m.sms_msg_id = $1
+"""
+
+_REPORTS = """
+SELECT status, sequence, total, source, status_desc, update_time, extend, "to", org_code, extra, via, received_at
+FROM status_reports WHERE sms_msg_id = $1
+ORDER BY update_time NULLS FIRST, received_at, id
+"""
+
+_REPLIES = """
+SELECT u.id, u.sms_msg_id, u."from", u."to", u.body, u.create_time, u.received_at, l.candidates
+FROM reply_links l JOIN uplinks u ON u.id = l.uplink_id
+WHERE l.sms_msg_id = $1 ORDER BY u.received_at, u.id
+"""
+
+_LIST = """
+SELECT s.sms_msg_id, s."to", s."from", s.create_time, m.state, m.status, m.parts_total, m.parts_delivered,
+       m.delivered_at
+FROM sent_messages s JOIN message_states m USING (sms_msg_id)
+WHERE ($1::text IS NULL OR s."to" = $1)
+  AND ($2::text IS NULL OR m.state = $2)
+  AND ($3::timestamptz IS NULL OR s.create_time >= $3)
+  AND ($4::timestamptz IS NULL OR s.create_time < $4)
+  AND (s.create_time, s.sms_msg_id) > ($5::timestamptz, $6::text)
+ORDER BY s.create_time, s.sms_msg_id
+LIMIT $7
+"""
+
+_UPLINKS = """
+SELECT u.id, u.txid::text AS txid, u.sms_msg_id, u."from", u."to", u.body, u.create_time, u.received_at,
+       a.name AS application, l.sms_msg_id AS reply_to, l.candidates
+FROM uplinks u
+JOIN applications a ON a.id = u.application_id
+LEFT JOIN reply_links l ON l.uplink_id = u.id
+WHERE u.txid < pg_snapshot_xmin(pg_current_snapshot())
+  AND (u.txid, u.id) > ($1::text::xid8, $2::bigint)
+ORDER BY u.txid, u.id
+LIMIT $3
+"""
+
+
+def encode_cursor(*values: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values, default=str).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, arity: int) -> list[Any]:
+    try:
+        values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError):
+        raise ProtocolError("invalid_cursor", "the cursor was not made by this API") from None
+    if not isinstance(values, list) or len(values) != arity:
+        raise ProtocolError("invalid_cursor", "the cursor was not made by this API")
+    return values
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+async def message(conn: asyncpg.Connection, sms_msg_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(_MESSAGE, sms_msg_id)
+    if row is None:
+        return None
+    reports = await conn.fetch(_REPORTS, sms_msg_id)
+    replies = await conn.fetch(_REPLIES, sms_msg_id)
+    to = row["to"] or next((r["to"] for r in reports if r["to"]), None)
+    return {
+        "sms_msg_id": row["sms_msg_id"],
+        "to": to,
+        "from": row["from"],
+        "state": row["state"],
+        "status": row["status"],
+        "parts": {"total": row["parts_total"], "delivered": row["parts_delivered"]},
+        "registered": row["sent"],
+        "sent_status": row["sent_status"],
+        "sent_at": _iso(row["sent_at"]),
+        "delivered_at": _iso(row["delivered_at"]),
+        "latency_seconds": float(row["latency_seconds"]) if row["latency_seconds"] is not None else None,
+        "extend": row["extend"],
+        "template_id": row["template_id"],
+        "signature": row["signature"],
+        "message_type": row["message_type"],
+        "reports": [
+            {
+                "status": r["status"],
+                "sequence": r["sequence"],
+                "total": r["total"],
+                "source": r["source"],
+                "status_desc": r["status_desc"],
+                "update_time": _iso(r["update_time"]),
+                "extend": r["extend"],
+                "to": r["to"],
+                "org_code": r["org_code"],
+                "extra": json.loads(r["extra"]),
+                "via": r["via"],
+                "received_at": _iso(r["received_at"]),
+            }
+            for r in reports
+        ],
+        "replies": [
+            {
+                "sms_msg_id": r["sms_msg_id"],
+                "from": r["from"],
+                "to": r["to"],
+                "body": r["body"],
+                "create_time": _iso(r["create_time"]),
+                "received_at": _iso(r["received_at"]),
+                "ambiguous": r["candidates"] > 1,
+            }
+            for r in replies
+        ],
+    }
+
+
+async def messages(
+    conn: asyncpg.Connection,
+    *,
+    to: str | None,
+    state: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[dict[str, Any]], str | None]:
+    after_time, after_id = datetime.min.isoformat() + "+00:00", ""
+    if cursor:
+        after_time, after_id = decode_cursor(cursor, 2)
+    try:
+        start = datetime.fromisoformat(after_time)
+    except (TypeError, ValueError):
+        raise ProtocolError("invalid_cursor", "the cursor was not made by this API") from None
+    rows = await conn.fetch(_LIST, to, state, since, until, start, str(after_id), limit)
+    items = [
+        {
+            "sms_msg_id": r["sms_msg_id"],
+            "to": r["to"],
+            "from": r["from"],
+            "sent_at": _iso(r["create_time"]),
+            "state": r["state"],
+            "status": r["status"],
+            "parts": {"total": r["parts_total"], "delivered": r["parts_delivered"]},
+            "delivered_at": _iso(r["delivered_at"]),
+        }
+        for r in rows
+    ]
+    next_cursor = encode_cursor(rows[-1]["create_time"].isoformat(), rows[-1]["sms_msg_id"]) if rows else cursor
+    return items, next_cursor
+
+
+async def uplinks(conn: asyncpg.Connection, *, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str]:
+    txid, after_id = "0", 0
+    if cursor:
+        txid, after_id = decode_cursor(cursor, 2)
+    if not str(txid).isdigit() or not isinstance(after_id, int):
+        raise ProtocolError("invalid_cursor", "the cursor was not made by this API")
+    rows = await conn.fetch(_UPLINKS, str(txid), after_id, limit)
+    items = [
+        {
+            "sms_msg_id": r["sms_msg_id"],
+            "application": r["application"],
+            "from": r["from"],
+            "to": r["to"],
+            "body": r["body"],
+            "create_time": _iso(r["create_time"]),
+            "received_at": _iso(r["received_at"]),
+            "reply_to": r["reply_to"],
+            "ambiguous": (r["candidates"] or 0) > 1,
+        }
+        for r in rows
+    ]
+    next_cursor = encode_cursor(rows[-1]["txid"], rows[-1]["id"]) if rows else (cursor or encode_cursor("0", 0))
+    return items, next_cursor
