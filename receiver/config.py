@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     writer_batch_size: int = 1000
     shutdown_drain_seconds: float = 10.0
 
-    max_body_bytes: int = 256 << 10
+    max_body_bytes: int = Field(default=256 << 10, ge=1024, le=512 << 10, description="larger bodies get 413")
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 

@@ -61,6 +61,9 @@ def uplink(application_id: int, received_at: float, event: Uplink, raw: str) -> 
     ).encode()
 
 
+QUARANTINE_MAX_RAW = 64 << 10  # forensics need the start of a refused body, not all of it
+
+
 def quarantine(
     application_id: int | None,
     endpoint: str,
@@ -80,7 +83,8 @@ def quarantine(
             "error": error,
             "detail": detail,
             "content_type": content_type,
-            "raw": base64.b64encode(raw).decode(),
+            "raw": base64.b64encode(raw[:QUARANTINE_MAX_RAW]).decode(),
+            "raw_bytes": len(raw),
         }
     ).encode()
 

@@ -41,6 +41,7 @@ class Journal:
         self._fd = -1
         self._buffer: list[bytes] = []
         self._buffered = 0
+        self._inflight = 0  # bytes of the flush being written: neither buffered nor durable yet
         self._waiters: list[asyncio.Future[None]] = []
         self._flushing = False
         self._closed = False
@@ -57,7 +58,7 @@ class Journal:
         if self._closed:
             raise JournalUnavailable("the journal is closed")
         frame = frames.encode(payload)
-        if self.backlog_bytes + self._buffered + len(frame) > self.max_bytes:
+        if self.backlog_bytes + self._inflight + self._buffered + len(frame) > self.max_bytes:
             raise JournalFull(f"journal backlog reached its bound of {self.max_bytes} bytes")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._buffer.append(frame)
@@ -78,10 +79,13 @@ class Journal:
             while self._buffer:
                 data, waiters = b"".join(self._buffer), self._waiters
                 self._buffer, self._buffered, self._waiters = [], 0, []
+                self._inflight = len(data)
                 try:
                     segment = await loop.run_in_executor(self._thread, self._write, data)
-                except OSError as error:
-                    self.last_error = f"{type(error).__name__}: {error.strerror or error}"
+                except Exception as error:  # noqa: BLE001 - whatever it is, these records are not durable
+                    self._inflight = 0
+                    reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+                    self.last_error = f"{type(error).__name__}: {reason}"
                     failure = JournalUnavailable(self.last_error)
                     for waiter in waiters:
                         if not waiter.done():
@@ -89,6 +93,7 @@ class Journal:
                             waiter.exception()  # mark retrieved: nobody may be awaiting a quarantine record
                     continue
                 self.last_error = None
+                self._inflight = 0
                 segment.durable += len(data)
                 self.appended_bytes += len(data)
                 for waiter in waiters:

@@ -15,6 +15,8 @@ MAX_PAYLOAD = 1 << 20
 
 
 def encode(payload: bytes) -> bytes:
+    if not payload:  # an all-zero header would pass the CRC check (crc32(b"") == 0): see decode()
+        raise ValueError("empty journal record")
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"journal record of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
@@ -27,7 +29,7 @@ def decode(data: bytes) -> Iterator[tuple[bytes, int]]:
     while offset + HEADER.size <= size:
         length, crc = HEADER.unpack_from(data, offset)
         end = offset + HEADER.size + length
-        if length > MAX_PAYLOAD or end > size:
+        if length == 0 or length > MAX_PAYLOAD or end > size:  # zeros (e.g. a zero-filled tail) are damage
             return
         payload = bytes(view[offset + HEADER.size : end])
         if zlib.crc32(payload) != crc:

@@ -107,10 +107,15 @@ def adopt_orphans(root: Path, *, exclude: set[Path]) -> list[JournalDir]:
             orphan = JournalDir.try_adopt(path)
             if orphan is not None:
                 adopted.append(orphan)
-        elif path.name.startswith(".tmp-") and time.time() - path.stat().st_mtime > 60:
-            stale = JournalDir.try_adopt(path)
-            if stale is not None:  # a worker died between mkdir and rename: it holds no segment
-                stale.remove()
+        elif path.name.startswith(".tmp-"):
+            try:
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:  # renamed into place by its (live) worker since we listed the root
+                continue
+            if age > 60:
+                stale = JournalDir.try_adopt(path)
+                if stale is not None:  # a worker died between mkdir and rename: it holds no segment
+                    stale.remove()
     return adopted
 
 

@@ -1,0 +1,181 @@
+"""The /v1 query API: registering sends, reading messages and replies, as downstream services do."""
+
+from __future__ import annotations
+
+import pytest
+
+from support import Harness
+
+SEND_RESPONSE = {
+    "code": "000000",
+    "description": "Success",
+    "result": [
+        {"createTime": "2024-11-22T02:16:46Z", "from": "csms100000001", "originTo": "+8613712343774",
+         "smsMsgId": "eb4e63dd-0945-4231-a48d-6b54c1a8b614_3434030", "status": "000000", "countryId": "CN",
+         "total": 1},
+        {"createTime": "2024-11-22T02:16:46Z", "from": "csms100000001", "originTo": "+8613712343776",
+         "smsMsgId": "eb4e63dd-0945-4231-a48d-6b54c1a8b614_3434031", "status": "000000", "countryId": "CN",
+         "total": 2},
+        {"createTime": "2024-11-22T02:16:46Z", "from": "csms100000001", "originTo": "+8613712343777",
+         "smsMsgId": "eb4e63dd-0945-4231-a48d-6b54c1a8b614_3434032", "status": "E200041", "countryId": "CN",
+         "total": 1},
+    ],
+}  # fmt: skip
+ID1, ID2, ID3 = (item["smsMsgId"] for item in SEND_RESPONSE["result"])  # type: ignore[index]
+
+
+def report(harness: Harness, sms_msg_id: str, status: str = "DELIVRD", sequence: int = 1, total: int = 1,
+           when: str = "2024-11-22T02%3A16%3A50Z") -> None:  # fmt: skip
+    body = f"smsMsgId={sms_msg_id}&status={status}&sequence={sequence}&total={total}&updateTime={when}&source=2"
+    assert harness.post("status-report", body).status_code == 200
+
+
+def uplink(harness: Harness, sms_msg_id: str, sender: str, body: str = "ok", created: str | None = None) -> None:
+    form = f"smsMsgId={sms_msg_id}&from=%2B{sender.lstrip('+')}&to=csms100000001&body={body}"
+    if created:
+        form += f"&createTime={created}"
+    assert harness.post("uplink", form).status_code == 200
+
+
+def test_v1_needs_a_valid_api_key(harness: Harness) -> None:
+    for path in ("/v1/messages/x", "/v1/messages", "/v1/uplinks"):
+        assert harness.client.get(path).status_code == 401
+        assert harness.client.get(path, headers={"Authorization": "Bearer rcv_wrong"}).status_code == 401
+    response = harness.client.post("/v1/sent", json=SEND_RESPONSE)
+    assert response.status_code == 401
+    assert response.json()["error"] == "unauthorized"
+
+
+def test_register_sends_once_and_refused_recipients_fail(harness: Harness) -> None:
+    first = harness.api("POST", "/v1/sent", json=SEND_RESPONSE)
+    assert first.json() == {"registered": 3, "already_registered": 0}
+    again = harness.api("POST", "/v1/sent", json=SEND_RESPONSE)
+    assert again.json() == {"registered": 0, "already_registered": 3}
+    assert harness.rows("SELECT count(*) FROM sent_messages") == [(3,)]
+    refused = harness.api("GET", f"/v1/messages/{ID3}").json()
+    assert (refused["state"], refused["status"], refused["to"]) == ("failed", "E200041", "+8613712343777")
+    pending = harness.api("GET", f"/v1/messages/{ID1}").json()
+    assert (pending["state"], pending["parts"], pending["reports"]) == ("pending", {"total": 1, "delivered": 0}, [])
+
+
+def test_wrapped_send_keeps_its_context(harness: Harness) -> None:
+    body = {"response": SEND_RESPONSE, "extend": "order-7", "template_id": "tpl-1", "signature": "Shop",
+            "message_type": "promotional"}  # fmt: skip
+    assert harness.api("POST", "/v1/sent", json=body).status_code == 200
+    message = harness.api("GET", f"/v1/messages/{ID1}").json()
+    assert (message["extend"], message["template_id"], message["signature"], message["message_type"]) == (
+        "order-7", "tpl-1", "Shop", "promotional")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ([], "invalid_body"),
+        ({"result": [{"smsMsgId": "x", "status": "000000"}]}, "missing_field"),
+        ({"response": SEND_RESPONSE, "message_type": "spam"}, "invalid_field"),
+        ({"result": "nope"}, "invalid_field"),
+        ({"result": [{"smsMsgId": "x" * 51, "originTo": "+8613100000000", "status": "000000"}]}, "field_too_long"),
+    ],
+)
+def test_bad_send_registrations_get_400(harness: Harness, body: object, error: str) -> None:
+    response = harness.api("POST", "/v1/sent", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"] == error
+
+
+def test_message_state_report_details_and_latency(harness: Harness) -> None:
+    harness.api("POST", "/v1/sent", json=SEND_RESPONSE)
+    report(harness, ID2, "DELIVRD", 1, 2, "2024-11-22T02%3A16%3A50Z")
+    half = harness.api("GET", f"/v1/messages/{ID2}").json()
+    assert (half["state"], half["parts"]) == ("pending", {"total": 2, "delivered": 1})
+    report(harness, ID2, "DELIVRD", 2, 2, "2024-11-22T02%3A17%3A06Z")
+    message = harness.api("GET", f"/v1/messages/{ID2}").json()
+    assert message["state"] == "delivered"
+    assert message["status"] == "DELIVRD"
+    assert message["parts"] == {"total": 2, "delivered": 2}
+    assert message["latency_seconds"] == 20.0
+    assert message["delivered_at"] == "2024-11-22T02:17:06+00:00"
+    assert [(r["sequence"], r["status"], r["source"]) for r in message["reports"]] == [(1, "DELIVRD", "2"),
+                                                                                       (2, "DELIVRD", "2")]
+    assert set(message) >= {"sms_msg_id", "to", "from", "state", "status", "parts", "reports", "replies"}
+
+
+def test_a_report_before_its_send_counts_once_the_send_is_registered(harness: Harness) -> None:
+    report(harness, ID1, "UNDELIV")
+    early = harness.api("GET", f"/v1/messages/{ID1}").json()
+    assert (early["state"], early["registered"], early["to"]) == ("failed", False, None)
+    harness.api("POST", "/v1/sent", json=SEND_RESPONSE)
+    late = harness.api("GET", f"/v1/messages/{ID1}").json()
+    assert (late["state"], late["registered"], late["to"], late["from"]) == (
+        "failed", True, "+8613712343774", "csms100000001")  # fmt: skip
+
+
+def test_unknown_message_is_404(harness: Harness) -> None:
+    response = harness.api("GET", "/v1/messages/nothing-here")
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
+
+
+def test_reply_links_to_the_latest_earlier_message_and_says_when_ambiguous(harness: Harness) -> None:
+    first = {"result": [{"createTime": "2024-11-22T02:00:00Z", "from": "csms100000001", "originTo": "+8613100000001",
+                         "smsMsgId": "older", "status": "000000"}]}  # fmt: skip
+    second = {"result": [{"createTime": "2024-11-22T03:00:00Z", "from": "csms100000001",
+                          "originTo": "8613100000001", "smsMsgId": "newer", "status": "000000"}]}  # fmt: skip
+    harness.api("POST", "/v1/sent", json=first)
+    uplink(harness, "reply-1", "+8613100000001", "ok", "2024-11-22T02%3A30%3A00Z")
+    harness.api("POST", "/v1/sent", json=second)
+    uplink(harness, "reply-2", "+8613100000001", "T", "2024-11-22T03%3A30%3A00Z")
+    older = harness.api("GET", "/v1/messages/older").json()
+    newer = harness.api("GET", "/v1/messages/newer").json()
+    assert [(r["sms_msg_id"], r["ambiguous"]) for r in older["replies"]] == [("reply-1", False)]
+    assert [(r["sms_msg_id"], r["ambiguous"], r["body"]) for r in newer["replies"]] == [("reply-2", True, "T")]
+
+
+def test_a_reply_before_its_send_is_registered_is_linked_afterwards(harness: Harness) -> None:
+    uplink(harness, "early-reply", "+8613712343774", "thanks", "2024-11-22T02%3A20%3A00Z")
+    assert harness.rows("SELECT sms_msg_id, candidates FROM reply_links") == [(None, 0)]
+    harness.api("POST", "/v1/sent", json=SEND_RESPONSE)
+    message = harness.api("GET", f"/v1/messages/{ID1}").json()
+    assert [r["sms_msg_id"] for r in message["replies"]] == ["early-reply"]
+
+
+def test_list_messages_filters_and_pages(harness: Harness) -> None:
+    harness.api("POST", "/v1/sent", json=SEND_RESPONSE)
+    report(harness, ID1, "DELIVRD")
+    failed = harness.api("GET", "/v1/messages", params={"state": "failed"}).json()
+    assert [m["sms_msg_id"] for m in failed["messages"]] == [ID3]
+    by_number = harness.api("GET", "/v1/messages", params={"to": "8613712343774"}).json()
+    assert [(m["sms_msg_id"], m["state"]) for m in by_number["messages"]] == [(ID1, "delivered")]
+    seen, cursor = [], None
+    for _ in range(5):
+        params = {"limit": "1", **({"cursor": cursor} if cursor else {})}
+        page = harness.api("GET", "/v1/messages", params=params).json()
+        if not page["messages"]:
+            break
+        seen += [m["sms_msg_id"] for m in page["messages"]]
+        cursor = page["cursor"]
+    assert seen == [ID1, ID2, ID3]
+    late = harness.api("GET", "/v1/messages", params={"since": "2024-11-23T00:00:00Z"}).json()
+    assert late["messages"] == []
+
+
+@pytest.mark.parametrize(
+    "params", [{"state": "lost"}, {"limit": "0"}, {"limit": "501"}, {"cursor": "%%%"}, {"since": "soon"}, {"to": "x"}]
+)
+def test_list_messages_refuses_bad_parameters(harness: Harness, params: dict[str, str]) -> None:
+    response = harness.api("GET", "/v1/messages", params=params)
+    assert response.status_code == 400
+
+
+def test_uplinks_feed_can_be_tailed_without_gaps(harness: Harness) -> None:
+    uplink(harness, "u1", "+8613100000001")
+    uplink(harness, "u2", "+8613100000002")
+    page = harness.api("GET", "/v1/uplinks").json()
+    assert [u["sms_msg_id"] for u in page["uplinks"]] == ["u1", "u2"]
+    assert page["uplinks"][0]["from"] == "+8613100000001"
+    empty = harness.api("GET", "/v1/uplinks", params={"cursor": page["cursor"]}).json()
+    assert empty["uplinks"] == []
+    uplink(harness, "u3", "+8613100000003")
+    tail = harness.api("GET", "/v1/uplinks", params={"cursor": empty["cursor"]}).json()
+    assert [u["sms_msg_id"] for u in tail["uplinks"]] == ["u3"]
+    assert harness.api("GET", "/v1/uplinks", params={"cursor": "bad"}).status_code == 400
