@@ -103,6 +103,8 @@ async def _durable(request: Request, payloads: list[bytes]) -> Response:
     except JournalUnavailable as error:
         log.error("callback.not_durable", reason=str(error))
         return error_response(503, "not_durable", "the event could not be stored; nothing was acknowledged")
+    except ValueError:  # a record over the journal's frame limit: only reachable with escapes galore
+        return error_response(413, "body_too_large", "the event is too large to store")
     return accepted()
 
 
@@ -122,7 +124,7 @@ def _quarantine(request: Request, app: Application, error: str, detail: object, 
     payload = records.quarantine(app.id, endpoint, received_at, error, detail, request.headers.get("content-type"), body)
     try:
         request.app.state.journal.append_nowait(payload)
-    except JournalUnavailable:
+    except (JournalUnavailable, ValueError):
         log.warning("quarantine.dropped", endpoint=endpoint, error=error)
 
 
