@@ -1,0 +1,74 @@
+"""Numbers as the blacklist keys them (receiver/blacklist/numbers.py): E.164, and its shortcut held to the long way."""
+
+from __future__ import annotations
+
+import phonenumbers
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from receiver.blacklist.numbers import mask, to_e164
+from receiver.numbers import e164
+
+FORMS = [
+    ("+8615112345678", "+8615112345678"),
+    ("8615112345678", "+8615112345678"),
+    ("%2B8615112345678", "+8615112345678"),
+    ("%2b8615112345678", "+8615112345678"),
+    ("15112345678", "+8615112345678"),
+    ("008615112345678", "+8615112345678"),
+    ("+86 151 1234 5678", "+8615112345678"),
+    ("+86-151-1234-5678", "+8615112345678"),
+    (" +8613112345678 ", "+8613112345678"),
+    (8615112345678, "+8615112345678"),
+    ("+16502530000", "+16502530000"),
+    ("+447911123456", "+447911123456"),
+]
+
+NOT_NUMBERS = ["+86151****6789", "+86155****5172", "1069****019", "csms100000001", "T", "", "+", "++86151",
+               "+86 151 1234 5678 ext", "x" * 100, None, 3.5, ["+8615112345678"], True]  # fmt: skip
+
+
+@pytest.mark.parametrize(("raw", "expected"), FORMS)
+def test_common_forms_become_e164(raw: object, expected: str) -> None:
+    assert to_e164(raw) == expected
+
+
+@pytest.mark.parametrize("raw", NOT_NUMBERS)
+def test_what_is_no_number(raw: object) -> None:
+    assert to_e164(raw) is None
+
+
+def test_region_for_numbers_without_country_code() -> None:
+    assert to_e164("07911 123456", "GB") == "+447911123456"
+    assert to_e164("6502530000", "US") == "+16502530000"
+
+
+def test_masked_for_logs() -> None:
+    assert mask("+8615112345678") == "+86151****5678"
+    assert mask(None) is None
+
+
+CODES = sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+
+
+@st.composite
+def e164_like(draw: st.DrawFn) -> str:
+    code = str(draw(st.sampled_from(CODES)))
+    national = draw(st.text(alphabet="0123456789", min_size=0, max_size=15 - len(code)))
+    return f"+{code}{national}"
+
+
+@given(e164_like())
+def test_the_shortcut_agrees_with_phonenumbers(raw: str) -> None:
+    assert to_e164(raw) == e164(raw)
+
+
+@given(st.from_regex(r"\+86(1[3-9][0-9]{9}|[0-9]{1,12})", fullmatch=True))
+def test_the_shortcut_agrees_on_chinese_numbers(raw: str) -> None:
+    assert to_e164(raw) == e164(raw)
+
+
+@given(st.text(alphabet="+0123456789 -()*", max_size=20))
+def test_any_dialable_text_agrees_with_phonenumbers(raw: str) -> None:
+    assert to_e164(raw) == e164(raw)
