@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -29,6 +29,30 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=256 << 10, ge=1024, le=512 << 10, description="larger bodies get 413")
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    # The blacklist (README, "Blacklist"). Keyword lists are comma-separated in the environment.
+    optout_keywords: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("T", "TD", "R", "退订"), description="a reply that is one of these, as a whole, unsubscribes"
+    )
+    resubscribe_keywords: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="a reply that is one of these lifts the sender's unsubscribe"
+    )
+    blacklist_scope: Literal["all", "channel"] = Field(
+        default="all", description="an unsubscribe blocks every channel, or only the channel replied to"
+    )
+    default_region: str = Field(default="CN", description="country of numbers written without a country code")
+
+    @field_validator("optout_keywords", "resubscribe_keywords", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(word.strip() for word in value.split(",") if word.strip())
+        return value
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        return value.strip().upper()
 
     @property
     def journal_path(self) -> Path:
