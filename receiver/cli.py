@@ -14,6 +14,10 @@ from collections.abc import Iterator, Sequence
 import asyncpg
 
 from . import apikeys, applications, logs
+from .blacklist import csvfile
+from .blacklist import store as blacklist_store
+from .blacklist.numbers import to_e164
+from .blacklist.rules import Diff, Entry
 from .config import Settings
 from .db import embedded, migrate
 
@@ -142,6 +146,142 @@ def cmd_app_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _blacklist(args: argparse.Namespace, work):  # type: ignore[no-untyped-def]
+    """Run ``work(conn, config)`` in one transaction on the migrated database; return its result."""
+    settings = _settings(args)
+    logs.configure(settings.log_level, settings.log_format)  # log lines to stderr, never into the output
+
+    async def go(url: str):  # type: ignore[no-untyped-def]
+        await _migrate(url)
+        conn = await _connect(url)
+        try:
+            async with conn.transaction():
+                return await work(conn, blacklist_store.Config.of(settings))
+        finally:
+            await conn.close()
+
+    with database(settings) as url:
+        return asyncio.run(go(url))
+
+
+def _e164(raw: str) -> str | None:
+    number = to_e164(raw, Settings().default_region)
+    if number is None:
+        print(f"{raw!r} is no phone number", file=sys.stderr)
+    return number
+
+
+def cmd_blacklist_add(args: argparse.Namespace) -> int:
+    number = _e164(args.number)
+    if number is None:
+        return 1
+
+    async def work(conn: asyncpg.Connection, config: blacklist_store.Config) -> bool:
+        return await blacklist_store.add(
+            conn, config, number, reason=args.reason, actor=args.by, channel=args.scope_channel
+        )
+
+    created = _blacklist(args, work)
+    scope = f"channel {args.scope_channel}" if args.scope_channel else "every channel"
+    print(f"{number} {'blacklisted' if created else 'was blacklisted by hand already'} ({scope})")
+    return 0
+
+
+def cmd_blacklist_remove(args: argparse.Namespace) -> int:
+    number = _e164(args.number)
+    if number is None:
+        return 1
+
+    async def work(conn: asyncpg.Connection, config: blacklist_store.Config) -> list[Entry]:
+        return await blacklist_store.remove(
+            conn, config, number, reason=args.reason, actor=args.by, channel=args.scope_channel
+        )
+
+    removed = _blacklist(args, work)
+    if not removed:
+        print(f"{number} is not blacklisted{' on ' + args.scope_channel if args.scope_channel else ''}", file=sys.stderr)
+        return 1
+    for entry in removed:
+        print(f"removed {entry.number}\t{entry.channel or '*'}\t{entry.source}\t{entry.reason}")
+    return 0
+
+
+def _print_entries(entries: Sequence[Entry]) -> None:
+    for e in entries:
+        at = e.added_at.isoformat()
+        print(f"{e.number}\t{e.channel or '*'}\t{e.source}\t{at}\t{e.added_by or '-'}\t{e.reason}")
+
+
+def cmd_blacklist_list(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection, config: blacklist_store.Config) -> list[Entry]:
+        return await blacklist_store.all_entries(conn)
+
+    _print_entries(_blacklist(args, work))
+    return 0
+
+
+def cmd_blacklist_check(args: argparse.Namespace) -> int:
+    parsed = [_e164(raw) for raw in args.numbers]
+    numbers = [n for n in parsed if n is not None]
+    if len(numbers) < len(parsed):
+        return 1
+
+    async def work(conn: asyncpg.Connection, config: blacklist_store.Config) -> list[list[Entry]]:
+        return [await blacklist_store.entries(conn, n, args.channel) for n in numbers]
+
+    for number, entries in zip(numbers, _blacklist(args, work), strict=True):
+        if entries:
+            _print_entries(entries)
+        else:
+            print(f"{number}\tnot blacklisted")
+    return 0
+
+
+def cmd_blacklist_import(args: argparse.Namespace) -> int:
+    with open(args.file, encoding="utf-8", newline="") as f:
+        parsed = csvfile.parse(f.read(), default_reason=args.reason, region=Settings().default_region)
+    if parsed.errors:
+        for error in parsed.errors:
+            print(f"{args.file}: {error}", file=sys.stderr)
+        print("nothing imported", file=sys.stderr)
+        return 1
+
+    async def work(conn: asyncpg.Connection, config: blacklist_store.Config) -> int:
+        return await blacklist_store.import_entries(conn, config, parsed.rows, actor=args.by)
+
+    new = _blacklist(args, work)
+    print(f"imported {len(parsed.rows)} row(s): {new} new entr{'y' if new == 1 else 'ies'}")
+    return 0
+
+
+def cmd_blacklist_export(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection, config: blacklist_store.Config) -> list[Entry]:
+        return await blacklist_store.all_entries(conn)
+
+    text = csvfile.export(_blacklist(args, work))
+    if args.file and args.file != "-":
+        with open(args.file, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_blacklist_rebuild(args: argparse.Namespace) -> int:
+    async def work(conn: asyncpg.Connection, config: blacklist_store.Config) -> tuple[Diff, int]:
+        changes = await blacklist_store.rebuild(conn, config)
+        return changes, await conn.fetchval("SELECT count(*) FROM blacklist")
+
+    changes, total = _blacklist(args, work)
+    added = sum(1 for c in changes.history if c.action == "add")
+    removed = sum(1 for c in changes.history if c.action == "remove")
+    print(f"rebuilt: {total} entr{'y' if total == 1 else 'ies'}; {added} added, {removed} removed")
+    for change in changes.history:
+        e = change.entry
+        print(f"  {change.action}\t{e.number}\t{e.channel or '*'}\t{e.source}\t{change.reason}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from . import server
 
@@ -210,6 +350,38 @@ def build_parser() -> argparse.ArgumentParser:
     key_create.add_argument("name", help="who the key is for")
     key_create.add_argument("--json", action="store_true", help="print one JSON object")
     key_create.set_defaults(handler=cmd_apikey_create)
+
+    blacklist = commands.add_parser("blacklist", help="numbers that must get no more SMS").add_subparsers(
+        dest="blacklist_command", required=True
+    )
+    bl_add = blacklist.add_parser("add", help="blacklist a number by hand")
+    bl_add.add_argument("number")
+    bl_add.add_argument("--by", required=True, help="who does it, for the history")
+    bl_add.add_argument("--reason", required=True, help="why, for the history")
+    bl_add.add_argument("--scope-channel", help="only for sends from this channel number (default: every channel)")
+    bl_add.set_defaults(handler=cmd_blacklist_add)
+    bl_remove = blacklist.add_parser("remove", help="lift every entry of a number")
+    bl_remove.add_argument("number")
+    bl_remove.add_argument("--by", required=True, help="who does it, for the history")
+    bl_remove.add_argument("--reason", required=True, help="why, for the history")
+    bl_remove.add_argument("--scope-channel", help="only the entries of this channel number")
+    bl_remove.set_defaults(handler=cmd_blacklist_remove)
+    blacklist.add_parser("list", help="every entry, tab-separated").set_defaults(handler=cmd_blacklist_list)
+    bl_check = blacklist.add_parser("check", help="are these numbers blacklisted?")
+    bl_check.add_argument("numbers", nargs="+")
+    bl_check.add_argument("--channel", help="for sends from this channel number")
+    bl_check.set_defaults(handler=cmd_blacklist_check)
+    bl_import = blacklist.add_parser("import", help="blacklist the numbers of a CSV file by hand")
+    bl_import.add_argument("file")
+    bl_import.add_argument("--by", required=True, help="who does it, for the history")
+    bl_import.add_argument("--reason", default="imported", help="for rows without a reason")
+    bl_import.set_defaults(handler=cmd_blacklist_import)
+    bl_export = blacklist.add_parser("export", help="every entry as CSV, to FILE or standard output")
+    bl_export.add_argument("file", nargs="?")
+    bl_export.set_defaults(handler=cmd_blacklist_export)
+    blacklist.add_parser(
+        "rebuild", help="derive the keyword and platform entries again from the stored replies and reports"
+    ).set_defaults(handler=cmd_blacklist_rebuild)
 
     db = commands.add_parser("db", help="the database").add_subparsers(dest="db_command", required=True)
     db.add_parser("url", help="print the PostgreSQL URL in use (starts the embedded one)").set_defaults(

@@ -1,7 +1,157 @@
-"""The downstream services' side: /v1/blacklist, to check numbers before sending."""
+"""The downstream services' side: /v1/blacklist, to check numbers before sending, and to care for it.
+
+| route | |
+|---|---|
+| ``GET /v1/blacklist/{number}[?channel=CH]`` | ``200`` with the entry, ``404`` when the number may be sent to |
+| ``POST /v1/blacklist/check`` | ``{"numbers": [...], "channel"?: CH}`` (up to 500) -> ``{"blacklisted": [...]}`` |
+| ``PUT /v1/blacklist/{number}`` | ``{"reason": WHY, "channel"?: CH}``: blacklist by hand (``201`` new, ``200`` already) |
+| ``DELETE /v1/blacklist/{number}`` | ``{"reason": WHY, "channel"?: CH}`` (or ``?reason=``): lift it (``404``: was not) |
+
+Numbers in any common form; answers in E.164. The API key's name is recorded as who did it.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import json
+from typing import Any
 
-routes: list[BaseRoute] = []
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from ..blacklist import store
+from ..blacklist.numbers import to_e164
+from .auth import requires_key
+from .responses import Refusal, error_response
+
+MAX_NUMBERS = 500  # the send API's maximum per request
+MAX_BODY = 256 << 10
+MAX_TEXT = 500
+
+
+def _config(request: Request) -> store.Config:
+    state = request.app.state
+    config = getattr(state, "blacklist_config", None)
+    if config is None:
+        config = state.blacklist_config = store.Config.of(state.settings)
+    return config
+
+
+def _number(request: Request, raw: object) -> str:
+    number = to_e164(raw, _config(request).region)
+    if number is None:
+        raise Refusal(400, "invalid_number", {"number": raw if isinstance(raw, str | int) else None})
+    return number
+
+
+def _channel(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 21:
+        raise Refusal(400, "invalid_field", {"field": "channel", "reason": "a channel number, up to 21 characters"})
+    return value
+
+
+async def _json(request: Request, *, required: bool = True) -> dict[str, Any]:
+    body = await request.body()
+    if not body and not required:
+        return {}
+    if len(body) > MAX_BODY:
+        raise Refusal(413, "body_too_large", {"max_bytes": MAX_BODY})
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        raise Refusal(400, "invalid_json", "the body is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise Refusal(400, "invalid_body", "expected a JSON object")
+    return document
+
+
+def _reason(document: dict[str, Any], request: Request) -> str:
+    reason = document.get("reason", request.query_params.get("reason"))
+    if not isinstance(reason, str) or not reason.strip():
+        raise Refusal(400, "missing_field", {"field": "reason", "reason": "say why, for the history"})
+    if len(reason) > MAX_TEXT or "\x00" in reason:
+        raise Refusal(400, "invalid_field", {"field": "reason", "max_length": MAX_TEXT})
+    return reason.strip()
+
+
+@requires_key
+async def get_entry(request: Request) -> Response:
+    number = _number(request, request.path_params["number"])
+    channel = _channel(request.query_params.get("channel"))
+    async with request.app.state.pool.acquire(timeout=5) as conn:
+        found = await store.entries(conn, number, channel)
+    if not found:
+        return error_response(404, "not_blacklisted", {"number": number})
+    return JSONResponse(store.document(found))
+
+
+@requires_key
+async def check(request: Request) -> Response:
+    document = await _json(request)
+    raw = document.get("numbers")
+    if not isinstance(raw, list):
+        raise Refusal(400, "invalid_field", {"field": "numbers", "reason": "expected a list of numbers"})
+    if len(raw) > MAX_NUMBERS:
+        raise Refusal(400, "too_many_numbers", {"max_items": MAX_NUMBERS, "got": len(raw)})
+    channel = _channel(document.get("channel"))
+    region = _config(request).region
+    numbers, invalid = [], []
+    for index, item in enumerate(raw):
+        number = to_e164(item, region)
+        if number is None:
+            invalid.append({"index": index, "number": item if isinstance(item, str | int) else None})
+        else:
+            numbers.append(number)
+    if invalid:
+        raise Refusal(400, "invalid_numbers", {"invalid": invalid})
+    found: set[str] = set()
+    if numbers:
+        async with request.app.state.pool.acquire(timeout=5) as conn:
+            found = await store.blacklisted(conn, numbers, channel)
+    return JSONResponse({"blacklisted": [n for n in dict.fromkeys(numbers) if n in found]})
+
+
+@requires_key
+async def put_entry(request: Request) -> Response:
+    number = _number(request, request.path_params["number"])
+    document = await _json(request)
+    reason = _reason(document, request)
+    channel = _channel(document.get("channel"))
+    async with request.app.state.pool.acquire(timeout=5) as conn, conn.transaction():
+        created = await store.add(
+            conn, _config(request), number, reason=reason, actor=request.state.api_key_name, channel=channel
+        )
+        found = await store.entries(conn, number)
+    return JSONResponse(store.document(found), status_code=201 if created else 200)
+
+
+@requires_key
+async def delete_entry(request: Request) -> Response:
+    number = _number(request, request.path_params["number"])
+    document = await _json(request, required=False)
+    reason = _reason(document, request)
+    channel = _channel(document.get("channel", request.query_params.get("channel")))
+    async with request.app.state.pool.acquire(timeout=5) as conn, conn.transaction():
+        removed = await store.remove(
+            conn, _config(request), number, reason=reason, actor=request.state.api_key_name, channel=channel
+        )
+        left = await store.entries(conn, number)
+    if not removed:
+        return error_response(404, "not_blacklisted", {"number": number, "channel": channel})
+    return JSONResponse(
+        {
+            "number": number,
+            "removed": [store.entry_document(e) for e in removed],
+            "blacklisted": bool(left),
+        }
+    )
+
+
+routes: list[BaseRoute] = [
+    Route("/v1/blacklist/check", check, methods=["POST"]),
+    Route("/v1/blacklist/{number}", get_entry, methods=["GET"]),
+    Route("/v1/blacklist/{number}", put_entry, methods=["PUT"]),
+    Route("/v1/blacklist/{number}", delete_entry, methods=["DELETE"]),
+]
