@@ -2,7 +2,7 @@
 
 ``message_states`` is the SQL twin of :func:`receiver.correlation.state.derive` (the tests hold
 the two equal on random report sets). It is recomputed from all of a message's reports each
-time one of them arrives, under a per-message advisory lock taken in its own statement, so two
+time one of them arrives, under an advisory lock taken in its own statement, so two
 workers storing reports of one message at once cannot leave a state that misses either.
 """
 
@@ -15,48 +15,54 @@ import asyncpg
 
 from .sent import SentMessage
 
+# Messages map onto 256 lock buckets: a transaction takes at most 256 advisory locks, whatever
+# its size (PostgreSQL's lock table is small), always in the same order (no deadlock).
 _LOCK_MESSAGES = """
-SELECT pg_advisory_xact_lock(k)
-FROM (SELECT DISTINCT hashtextextended(id, 7) AS k FROM unnest($1::text[]) AS id ORDER BY 1) AS keys
+SELECT pg_advisory_xact_lock(7, k)
+FROM (SELECT DISTINCT (hashtext(id) & 255) AS k FROM unnest($1::text[]) AS id ORDER BY 1) AS buckets
 """
 
 _REFRESH_STATES = """
 WITH ids AS (SELECT DISTINCT unnest($1::text[]) AS sms_msg_id),
 r AS (
-    SELECT sr.sms_msg_id, coalesce(sr.sequence, 1) AS part, sr.total, sr.status, sr.update_time,
-           upper(sr.status) = 'DELIVRD' AS ok
-    FROM status_reports sr JOIN ids USING (sms_msg_id)
+    SELECT sms_msg_id, coalesce(sequence, 1) AS part, total, status, update_time,
+           upper(status) = 'DELIVRD' AS ok
+    FROM status_reports WHERE sms_msg_id = ANY($1::text[])
 ),
 parts AS (
     SELECT sms_msg_id, part, bool_or(ok) AS delivered, min(update_time) FILTER (WHERE ok) AS delivered_at
     FROM r GROUP BY sms_msg_id, part
 ),
+by_part AS (
+    SELECT sms_msg_id,
+           count(*) FILTER (WHERE delivered) AS delivered,
+           count(*) FILTER (WHERE NOT delivered) AS failed,
+           max(delivered_at) FILTER (WHERE delivered) AS delivered_at,
+           bool_or(delivered AND delivered_at IS NULL) AS undated
+    FROM parts GROUP BY sms_msg_id
+),
+by_report AS (
+    SELECT sms_msg_id, count(*) AS n, max(greatest(coalesce(total, 1), part)) AS max_part
+    FROM r GROUP BY sms_msg_id
+),
+latest AS (
+    SELECT DISTINCT ON (sms_msg_id) sms_msg_id, status
+    FROM r ORDER BY sms_msg_id, update_time DESC NULLS LAST, status COLLATE "C" DESC
+),
 per_message AS (
     SELECT ids.sms_msg_id,
            s.sms_msg_id IS NOT NULL AS sent, s.status AS sent_status, s.create_time,
-           greatest(coalesce(s.total, 1), coalesce(rt.max_part, 1)) AS parts_total,
-           coalesce(p.delivered, 0) AS parts_delivered,
-           coalesce(p.failed, 0) AS parts_failed,
-           coalesce(rt.n, 0) AS reports,
-           p.delivered_at, p.undated,
+           greatest(coalesce(s.total, 1), coalesce(br.max_part, 1)) AS parts_total,
+           coalesce(bp.delivered, 0) AS parts_delivered,
+           coalesce(bp.failed, 0) AS parts_failed,
+           coalesce(br.n, 0) AS reports,
+           bp.delivered_at, coalesce(bp.undated, false) AS undated,
            latest.status AS latest_status
     FROM ids
-    LEFT JOIN sent_messages s USING (sms_msg_id)
-    LEFT JOIN LATERAL (
-        SELECT count(*) AS n, max(greatest(coalesce(r.total, 1), r.part)) AS max_part
-        FROM r WHERE r.sms_msg_id = ids.sms_msg_id
-    ) rt ON true
-    LEFT JOIN LATERAL (
-        SELECT count(*) FILTER (WHERE delivered) AS delivered,
-               count(*) FILTER (WHERE NOT delivered) AS failed,
-               max(delivered_at) FILTER (WHERE delivered) AS delivered_at,
-               count(*) FILTER (WHERE delivered AND delivered_at IS NULL) > 0 AS undated
-        FROM parts WHERE parts.sms_msg_id = ids.sms_msg_id
-    ) p ON true
-    LEFT JOIN LATERAL (
-        SELECT r.status FROM r WHERE r.sms_msg_id = ids.sms_msg_id
-        ORDER BY r.update_time DESC NULLS LAST, r.status COLLATE "C" DESC LIMIT 1
-    ) latest ON true
+    LEFT JOIN sent_messages s ON s.sms_msg_id = ids.sms_msg_id
+    LEFT JOIN by_report br ON br.sms_msg_id = ids.sms_msg_id
+    LEFT JOIN by_part bp ON bp.sms_msg_id = ids.sms_msg_id
+    LEFT JOIN latest ON latest.sms_msg_id = ids.sms_msg_id
 ),
 decided AS (
     SELECT *,
