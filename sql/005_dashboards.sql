@@ -12,8 +12,9 @@ ALTER TABLE status_reports
 CREATE INDEX status_reports_report_hour ON status_reports (report_hour);
 
 ALTER TABLE uplinks
-    ADD COLUMN received_hour timestamptz GENERATED ALWAYS AS (date_bin('1 hour', received_at, '2000-01-01 00:00:00+00')) STORED;
-CREATE INDEX uplinks_received_hour ON uplinks (received_hour);
+    ADD COLUMN reply_hour timestamptz
+        GENERATED ALWAYS AS (date_bin('1 hour', coalesce(create_time, received_at), '2000-01-01 00:00:00+00')) STORED;
+CREATE INDEX uplinks_reply_hour ON uplinks (reply_hour);
 
 -- Registered sends per hour sent, by what became of them.
 CREATE VIEW dashboard_delivery_hourly AS
@@ -61,12 +62,12 @@ GROUP BY report_hour, status;
 
 -- Replies per hour, and how many could be linked to the message they answer.
 CREATE VIEW dashboard_replies_hourly AS
-SELECT u.received_hour AS bucket,
+SELECT u.reply_hour AS bucket,
        count(*) AS replies,
        count(l.sms_msg_id) AS linked,
        count(*) FILTER (WHERE l.candidates > 1) AS ambiguous
 FROM uplinks u LEFT JOIN reply_links l ON l.uplink_id = u.id
-GROUP BY u.received_hour;
+GROUP BY u.reply_hour;
 
 -- A role for dashboards: reads the views and the event tables, changes nothing, and sees no
 -- secret material (token and key hashes). Roles are cluster-wide: create it once.

@@ -139,4 +139,5 @@ def test_every_grafana_panel_query_runs_on_the_views(harness: Harness) -> None:
         finally:
             await conn.close()
 
-    assert all(n >= 1 for n in run(run_all()))
+    counts = run(run_all())
+    assert all(n >= 1 for n in counts), counts
