@@ -179,3 +179,12 @@ def test_uplinks_feed_can_be_tailed_without_gaps(harness: Harness) -> None:
     tail = harness.api("GET", "/v1/uplinks", params={"cursor": empty["cursor"]}).json()
     assert [u["sms_msg_id"] for u in tail["uplinks"]] == ["u3"]
     assert harness.api("GET", "/v1/uplinks", params={"cursor": "bad"}).status_code == 400
+
+
+def test_a_blacklist_code_before_its_send_blacklists_the_number_once_registered(harness: Harness) -> None:
+    report(harness, ID1, "SC:0016")
+    assert harness.api("GET", "/v1/blacklist/+8613712343774").status_code == 404
+    harness.api("POST", "/v1/sent", json=SEND_RESPONSE)
+    entry = harness.api("GET", "/v1/blacklist/8613712343774")
+    assert entry.status_code == 200
+    assert entry.json()["number"] == "+8613712343774"

@@ -9,9 +9,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from .. import sends
 from ..correlation import queries
 from ..correlation.sent import parse_sent
-from ..correlation.store import register_sent
 from ..numbers import e164
 from ..protocol import ProtocolError
 from ..protocol.fields import timestamp
@@ -35,8 +35,8 @@ async def post_sent(request: Request) -> Response:
             return error_response(400, error.code, error.detail)
         return error_response(400, "invalid_json", "the body is not valid JSON")
     try:
-        async with request.app.state.pool.acquire(timeout=5) as conn, conn.transaction():
-            new = await register_sent(conn, messages, request.state.api_key_name)
+        async with request.app.state.pool.acquire(timeout=5) as conn:
+            new = await sends.register(conn, messages, request.state.api_key_name, request.app.state.settings)
     except asyncpg.DataError as error:  # text PostgreSQL cannot store, e.g. \u0000 inside the raw item
         return error_response(400, "invalid_body", {"reason": type(error).__name__})
     return JSONResponse({"registered": len(new), "already_registered": len(messages) - len(new)})

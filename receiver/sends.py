@@ -1,0 +1,24 @@
+"""Registering sends (``POST /v1/sent``): everything that follows from a newly registered send."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from .blacklist import store as blacklist
+from .config import Settings
+from .correlation import store as correlation
+from .correlation.sent import SentMessage
+
+
+async def register(
+    conn: asyncpg.Connection, messages: Sequence[SentMessage], registered_by: str, settings: Settings
+) -> list[str]:
+    """Store the sends not registered yet, in one transaction, with what they settle: delivery
+    states and reply links of reports and replies that came first, and blacklist codes whose
+    number only the send knows. Returns the ids registered now."""
+    async with conn.transaction():
+        new = await correlation.register_sent(conn, messages, registered_by)
+        await blacklist.after_sent(conn, new, settings)
+    return new
