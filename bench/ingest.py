@@ -1,0 +1,817 @@
+"""Status-report ingestion: the receiver beside a no-op handler and a naive INSERT-per-request handler.
+
+    .venv/bin/python -m bench.ingest [--rounds 3] [--duration 10] [--connections 32]
+                                     [--soak SECONDS] [--readme-assets]
+
+Three servers, all served by :func:`receiver.server.run` (uvicorn, uvloop, httptools, the same
+worker count, access log off), each measured over HTTP and over TLS, with keep-alive
+connections and with a new connection (``Connection: close``) per request:
+
+* ``receiver``: ``receiver serve`` on a fresh database of an embedded PostgreSQL the benchmark
+  starts; a 2xx means the report is in the fsync'd journal; the writer moves it to PostgreSQL;
+* ``no-op``: parses the same body with the receiver's parser and answers 200 (bench/baselines.py);
+* ``naive``: parses, then one ``INSERT`` per request through an asyncpg pool, then 200.
+
+Load comes from ``wrk`` (``apt-get install wrk``) with bench/ingest.lua, which gives every
+request a unique ``smsMsgId`` and records exactly which ids got a 2xx. Rounds alternate
+between the servers (receiver, no-op, naive, receiver, ...) and the table shows each one's
+median. After every receiver and naive round the benchmark waits until the database has every
+acknowledged id (zero loss, checked id by id) and reports how long the writer took to catch up.
+
+Then the receiver is driven at half its measured maximum at a constant rate by an open-loop
+generator (bench/openloop.py; latency counted from each request's due time) for the p99
+acknowledgement latency. ``--soak SECONDS`` finally drives steady load for that long and
+samples the resident size of every worker.
+
+CPU layout (2 cores here): the servers and PostgreSQL are pinned to ``--server-cpus``, the load
+generators to ``--client-cpus`` (with ``taskset``), so the generator never takes the server's
+CPU. The table shows the CPU each side used, and warns when something else on the machine did.
+
+Output: a markdown table on stdout and in bench/out/ingest.md, raw figures in
+bench/out/ingest.json, a chart in bench/out/ingest.png (and with ``--readme-assets`` the chart
+and the table in docs/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+OUT = BENCH / "out"
+DOCS = ROOT / "docs"
+LUA = BENCH / "ingest.lua"
+
+SERVERS = ("receiver", "noop", "naive")
+LABELS = {"receiver": "receiver", "noop": "no-op", "naive": "naive INSERT"}
+MODES = {"keep": "keep-alive", "close": "new connection"}
+TRANSPORTS = {"http": "HTTP", "tls": "TLS"}
+SAMPLE_BODY = b"sequence=1&total=1&orgCode=000&updateTime=2018-04-13T06%3A31%3A46Z&source=2&smsMsgId={id}&status=DELIVRD"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- processes and CPUs ------------------------------------------------------------------------
+
+
+def parse_cpus(text: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in text.split(","):
+        if "-" in part:
+            low, high = part.split("-")
+            cpus.update(range(int(low), int(high) + 1))
+        elif part:
+            cpus.add(int(part))
+    return cpus
+
+
+def pinned(argv: list[str], cpus: set[int] | None) -> list[str]:
+    if not cpus or shutil.which("taskset") is None:
+        return argv
+    return ["taskset", "-c", ",".join(map(str, sorted(cpus))), *argv]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def world_readable_tmpdir(prefix: str) -> Path:
+    """A temporary folder the embedded PostgreSQL can use even as root (see receiver/db/embedded.py)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A throw-away ECDSA P-256 certificate for 127.0.0.1 (openssl; the venv has no `cryptography`)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of these processes (clock ticks from /proc), those that are still alive."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent in processes (user, nice, system; all cores; /proc/stat).
+
+    Interrupt time (loopback networking runs largely in softirq) and steal are left out: no
+    process is charged for them, so they would show up as "other" load that is in fact ours.
+    """
+    user, nice, system = (int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:4])
+    return (user + nice + system) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        pending.extend(children.get(current, []))
+    return found
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class Server:
+    """One server under test in a child process (own session), pinned to the server CPUs."""
+
+    def __init__(
+        self, name: str, transport: str, argv: list[str], env: dict[str, str], *, cpus: set[int] | None, logs: Path,
+        tls: tuple[Path, Path] | None, token: str,
+    ) -> None:  # fmt: skip
+        self.name, self.transport, self.token = name, transport, token
+        self.port = free_port()
+        self.argv = [*argv, "--port", str(self.port)]
+        if tls:
+            self.argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+        self.argv = pinned(self.argv, cpus)
+        self.env = env
+        self.log_path = logs / f"{name}-{transport}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        scheme = "https" if tls else "http"
+        self.base_url = f"{scheme}://127.0.0.1:{self.port}"
+        self.path = f"/callbacks/{token}/status-report"
+
+    def start(self, timeout: float = 90) -> None:
+        out = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                status = self.post(SAMPLE_BODY.replace(b"{id}", b"probe-" + secrets.token_hex(4).encode()))
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.name} did not answer; see {self.log_path}")
+
+    def post(self, body: bytes) -> int:
+        if self.base_url.startswith("https"):
+            context = ssl._create_unverified_context()  # the benchmark's own self-signed certificate
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=5, context=context)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request("POST", self.path, body, {"Content-Type": "application/x-www-form-urlencoded"})
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        finally:
+            conn.close()
+
+    def pids(self) -> list[int]:
+        return descendants(self.proc.pid) if self.proc else []
+
+    def workers(self) -> list[int]:
+        """The uvicorn worker processes: spawned children with several workers, else the server itself."""
+        if self.proc is None:
+            return []
+        spawned = [p for p in self.pids() if "spawn_main" in cmdline(p)]
+        return spawned or [self.proc.pid]
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # our own session: whatever is left of it
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=10)
+
+
+# --- load --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Round:
+    transport: str
+    mode: str
+    server: str
+    round: int
+    prefix: str
+    duration: float = 0.0
+    requests: int = 0
+    acked: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    rate: float = 0.0
+    p50_ms: float = 0.0
+    p90_ms: float = 0.0
+    p99_ms: float = 0.0
+    p999_ms: float = 0.0
+    max_ms: float = 0.0
+    server_cpu: float = 0.0  # cores used by the server's processes (and PostgreSQL's), on average
+    client_cpu: float = 0.0  # cores used by wrk
+    foreign_cpu: float = 0.0  # cores used by anything else on the machine
+    stored_at_end: int | None = None  # acknowledged ids already in PostgreSQL when the load stopped
+    drain_seconds: float | None = None  # then until all of them were
+    lost: int | None = None  # acknowledged ids not in the database
+    rss: dict[str, int] = field(default_factory=dict)
+
+
+def read_wrk_result(path: Path) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """wrk's summary and, per thread prefix, (requests made, acknowledged, numbers not acknowledged)."""
+    info: dict[str, Any] = {}
+    threads: dict[str, list[int]] = {}
+    for line in path.read_text().splitlines():
+        kind, *rest = line.split(" ")
+        if kind == "summary":
+            duration, requests, connect, read, write, status, timeout = map(int, rest)
+            info.update(duration=duration / 1e6, requests=requests)
+            info["errors"] = {k: v for k, v in
+                              {"connect": connect, "read": read, "write": write, "status": status, "timeout": timeout}.items()
+                              if v}  # fmt: skip
+        elif kind == "latency":
+            p50, p90, p99, p999, mean, maximum = map(float, rest)
+            info.update(p50_ms=p50 / 1000, p90_ms=p90 / 1000, p99_ms=p99 / 1000, p999_ms=p999 / 1000, max_ms=maximum / 1000)
+        elif kind == "thread":
+            prefix, made, acked = rest[0], int(rest[1]), int(rest[2])
+            missing = [int(v) for v in rest[3].split(",") if v] if len(rest) > 3 else []
+            if made - len(missing) != acked:
+                raise RuntimeError(f"wrk thread {prefix}: {made} requests, {acked} acknowledged, {len(missing)} not")
+            threads[prefix] = [made, acked, *missing]
+    return info, threads
+
+
+def acked_ids(threads: dict[str, list[int]]) -> set[str]:
+    ids: set[str] = set()
+    for prefix, (made, _acked, *missing) in threads.items():
+        gone = set(missing)
+        ids.update(f"{prefix}{n}" for n in range(1, made + 1) if n not in gone)
+    return ids
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.server_cpus = parse_cpus(args.server_cpus) if args.server_cpus else None
+        self.client_cpus = parse_cpus(args.client_cpus) if args.client_cpus else None
+        self.base = world_readable_tmpdir("receiver-bench-ingest-")
+        self.run_id = secrets.token_hex(2)
+        self.rounds: list[Round] = []
+        self.latency: list[dict[str, Any]] = []
+        self.soak: dict[str, Any] | None = None
+        self.pg: Any = None
+        self.pg_pids: list[int] = []
+        self.servers: dict[str, Server] = {}
+        self.dsn: dict[str, str] = {}
+        self.token = ""
+
+    # --- set-up --------------------------------------------------------------------------
+
+    def start_database(self) -> None:
+        from receiver.db import embedded
+
+        mine = os.sched_getaffinity(0)
+        if self.server_cpus:
+            os.sched_setaffinity(0, self.server_cpus)  # PostgreSQL inherits it: it is part of the servers' side
+        try:
+            self.pg = embedded.start(self.base)
+        finally:
+            os.sched_setaffinity(0, self.client_cpus or mine)
+        pidfile = self.pg.pgdata / "postmaster.pid"
+        self.pg_postmaster = int(pidfile.read_text().split()[0])
+        for name in ("bench_receiver", "bench_naive"):
+            asyncio.run(_admin(self.pg.url, f"CREATE DATABASE {name}"))
+        self.dsn = {"receiver": with_database(self.pg.url, "bench_receiver"), "naive": with_database(self.pg.url, "bench_naive")}
+        from .baselines import create_naive_schema
+
+        asyncio.run(create_naive_schema(self.dsn["naive"]))
+        env = self.receiver_env("setup")
+        created = subprocess.run(
+            [sys.executable, "-m", "receiver", "app", "create", "bench", "--json"],
+            env=env, capture_output=True, text=True, check=True, cwd=ROOT,
+        )  # fmt: skip
+        self.token = json.loads(created.stdout)["token"]
+
+    def receiver_env(self, name: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+        env.update(
+            RECEIVER_DATABASE_URL=self.dsn["receiver"],
+            RECEIVER_DATA_DIR=str(self.base / f"data-{name}"),
+            RECEIVER_LOG_FORMAT="json",
+        )
+        return env
+
+    def start_servers(self, transport: str, tls: tuple[Path, Path] | None) -> None:
+        workers = ["--workers", str(self.args.workers)]
+        py = [sys.executable, "-m"]
+        baseline_env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+        specs = {
+            "receiver": ([*py, "receiver", "serve", *workers], self.receiver_env(transport)),
+            "noop": ([*py, "bench.baselines", "noop", *workers], baseline_env),
+            "naive": ([*py, "bench.baselines", "naive", *workers], {**baseline_env, "BENCH_NAIVE_DSN": self.dsn["naive"]}),
+        }
+        for name in self.args.servers:
+            argv, env = specs[name]
+            server = Server(name, transport, argv, env, cpus=self.server_cpus, logs=self.base, tls=tls, token=self.token)
+            server.start()
+            self.servers[name] = server
+        log(f"{TRANSPORTS[transport]}: " + ", ".join(f"{s.name} on :{s.port} (pids {s.workers()})" for s in self.servers.values()))
+
+    def stop_servers(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+        self.servers = {}
+
+    # --- measuring -----------------------------------------------------------------------
+
+    def run_wrk(self, server: Server, mode: str, prefix: str, duration: float, connections: int) -> tuple[dict[str, Any], dict[str, list[int]], float]:
+        result = self.base / f"wrk-{prefix}.txt"
+        argv = pinned(
+            ["wrk", "-t", str(connections), "-c", str(connections), "-d", f"{duration:g}s", "--timeout", "10s",
+             "-s", str(LUA), server.base_url, "--", server.path, mode, prefix],
+            self.client_cpus,
+        )  # fmt: skip
+        with open(self.base / f"wrk-{prefix}.out", "wb") as out:
+            proc = subprocess.Popen(argv, env={**os.environ, "INGEST_RESULT_FILE": str(result)}, stdout=out, stderr=subprocess.STDOUT)
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0 or not result.exists():
+            raise RuntimeError(f"wrk failed ({proc.returncode}): {(self.base / f'wrk-{prefix}.out').read_text()}")
+        info, threads = read_wrk_result(result)
+        return info, threads, usage.ru_utime + usage.ru_stime
+
+    def measure(self, server: Server, mode: str, index: int, duration: float, *, keep: bool = True) -> Round:
+        prefix = f"{self.run_id}{server.transport[0]}{mode[0]}{server.name[:2]}{index}"
+        r = Round(server.transport, mode, server.name, index, prefix)
+        pids = server.pids() + (descendants(self.pg_postmaster) if server.name != "noop" else [])
+        server_before, machine_before = cpu_seconds(pids), machine_busy_seconds()
+        info, threads, client_cpu = self.run_wrk(server, mode, prefix, duration, self.args.connections)
+        server_cpu = cpu_seconds(pids) - server_before
+        machine = machine_busy_seconds() - machine_before
+        r.duration, r.requests = info["duration"], info["requests"]
+        r.errors = info["errors"]
+        r.acked = sum(t[1] for t in threads.values())
+        r.rate = r.acked / r.duration
+        for key in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"):
+            setattr(r, key, info[key])
+        r.server_cpu, r.client_cpu = server_cpu / r.duration, client_cpu / r.duration
+        r.foreign_cpu = max(0.0, (machine - server_cpu - client_cpu) / r.duration)
+        if server.name in ("receiver", "naive"):
+            r.stored_at_end, r.drain_seconds, r.lost = self.check_stored(server.name, prefix, acked_ids(threads))
+        r.rss = {str(pid): rss_bytes(pid) for pid in server.workers()}
+        if keep:
+            self.rounds.append(r)
+        loss = "" if r.lost is None else (
+            f", zero loss {'PASS' if r.lost == 0 else f'FAIL: {r.lost} acknowledged ids missing'}"
+            f" (stored by the end {r.stored_at_end}/{r.acked}, all after {r.drain_seconds:.1f} s)"
+        )  # fmt: skip
+        log(
+            f"{'' if keep else 'warm-up '}{TRANSPORTS[r.transport]} {MODES[mode]} {server.name} #{index}: "
+            f"{r.rate:,.0f} req/s, p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms, errors {r.errors or 0}, "
+            f"CPU server {r.server_cpu:.2f} wrk {r.client_cpu:.2f} other {r.foreign_cpu:.2f}{loss}"
+        )
+        return r
+
+    def check_stored(self, server: str, prefix: str, acked: set[str], timeout: float = 120) -> tuple[int, float, int]:
+        """(acknowledged ids stored when the load stopped, seconds until all were, acknowledged ids missing)."""
+        table = "status_reports" if server == "receiver" else "naive_reports"
+        sql = f"SELECT sms_msg_id FROM {table} WHERE sms_msg_id LIKE $1"
+        start = time.monotonic()
+        first: int | None = None
+        last_progress, last_count = start, -1
+        while True:
+            stored = {row[0] for row in asyncio.run(_fetch(self.dsn[server], sql, prefix + "-%"))}
+            count = len(acked & stored)
+            if first is None:
+                first = count
+            if count == len(acked):
+                return first, time.monotonic() - start, 0
+            if count != last_count:
+                last_progress, last_count = time.monotonic(), count
+            if time.monotonic() - last_progress > timeout:
+                return first, time.monotonic() - start, len(acked) - count
+            time.sleep(0.2)
+
+    def half_rate(self, mode: str, max_rate: float) -> dict[str, Any]:
+        server = self.servers["receiver"]
+        rate = max_rate / 2
+        prefix = f"{self.run_id}{server.transport[0]}{mode[0]}ol"
+        out = self.base / f"openloop-{prefix}.json"
+        argv = pinned(
+            [sys.executable, "-m", "bench.openloop", "--url", server.base_url + server.path, "--rate", f"{rate:.0f}",
+             "--duration", f"{self.args.latency_duration:g}", "--mode", mode, "--prefix", prefix, "--out", str(out),
+             "--connections", str(self.args.connections)],
+            self.client_cpus,
+        )  # fmt: skip
+        subprocess.run(argv, check=True, cwd=ROOT)
+        result = json.loads(out.read_text())
+        missing = set(result.pop("unacked"))
+        acked = {f"{prefix}-0_{i}" for i in range(result["sent"]) if i not in missing}
+        stored_at_end, drain, lost = self.check_stored("receiver", prefix, acked)
+        result.update(transport=server.transport, mode=mode, max_rate=max_rate, acked=len(acked), lost=lost, drain_seconds=drain)
+        self.latency.append(result)
+        log(
+            f"{TRANSPORTS[server.transport]} {MODES[mode]} receiver at {rate:,.0f} req/s (half of {max_rate:,.0f}), "
+            f"open loop: p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, p99.9 {result['p999_ms']:.2f} ms "
+            f"(client lateness p99 {result['client_lateness_p99_ms']:.2f} ms), statuses {result['statuses']}, "
+            f"zero loss {'PASS' if lost == 0 else f'FAIL ({lost} missing)'}"
+        )
+        return result
+
+    def run_soak(self, seconds: float) -> None:
+        server = self.servers["receiver"]
+        mode = self.args.soak_mode
+        prefix = f"{self.run_id}{server.transport[0]}{mode[0]}soak"
+        result = self.base / f"wrk-{prefix}.txt"
+        argv = pinned(
+            ["wrk", "-t", str(self.args.connections), "-c", str(self.args.connections), "-d", f"{seconds:g}s",
+             "--timeout", "10s", "-s", str(LUA), server.base_url, "--", server.path, mode, prefix],
+            self.client_cpus,
+        )  # fmt: skip
+        samples: list[dict[str, Any]] = []
+        start = time.monotonic()
+        log(f"soak: {seconds:g} s of {MODES[mode]} load on the receiver over {TRANSPORTS[server.transport]}")
+        with open(self.base / f"wrk-{prefix}.out", "wb") as out:
+            proc = subprocess.Popen(argv, env={**os.environ, "INGEST_RESULT_FILE": str(result)}, stdout=out, stderr=subprocess.STDOUT)
+            while proc.poll() is None:
+                samples.append({"t": time.monotonic() - start, "rss": {str(p): rss_bytes(p) for p in server.workers()},
+                                "backlog_bytes": _backlog(server)})  # fmt: skip
+                time.sleep(self.args.soak_interval)
+        info, threads = read_wrk_result(result)
+        acked = acked_ids(threads)
+        stored_at_end, drain, lost = self.check_stored("receiver", prefix, acked, timeout=300)
+        samples.append({"t": time.monotonic() - start, "rss": {str(p): rss_bytes(p) for p in server.workers()},
+                        "backlog_bytes": _backlog(server)})  # fmt: skip
+        workers = sorted({pid for s in samples for pid in s["rss"]})
+        per_worker = {}
+        for pid in workers:
+            series = [s["rss"][pid] for s in samples if s["rss"].get(pid)]
+            per_worker[pid] = {"start": series[0], "end": series[-1], "max": max(series)}
+        self.soak = {
+            "seconds": seconds, "mode": mode, "transport": server.transport, "rate": len(acked) / info["duration"],
+            "acked": len(acked), "errors": info["errors"], "p50_ms": info["p50_ms"], "p99_ms": info["p99_ms"],
+            "stored_at_end": stored_at_end, "drain_seconds": drain, "lost": lost, "samples": samples, "workers": per_worker,
+        }  # fmt: skip
+        for pid, v in per_worker.items():
+            log(f"soak worker {pid}: RSS start {v['start'] / 2**20:.1f} MiB, end {v['end'] / 2**20:.1f} MiB, max {v['max'] / 2**20:.1f} MiB")
+        log(f"soak: {self.soak['rate']:,.0f} req/s, zero loss {'PASS' if lost == 0 else f'FAIL ({lost} missing)'}")
+
+    # --- the whole run -------------------------------------------------------------------
+
+    def run(self) -> None:
+        args = self.args
+        log(f"work folder {self.base}; servers on CPUs {args.server_cpus or 'any'}, load generators on {args.client_cpus or 'any'}")
+        self.start_database()
+        cert_key = self_signed(self.base)
+        try:
+            for transport in args.transports:
+                self.start_servers(transport, cert_key if transport == "tls" else None)
+                try:
+                    for mode in args.modes:
+                        if args.rounds:
+                            for name in args.servers:  # warm-up: caches, pools, PostgreSQL; not counted
+                                self.measure(self.servers[name], mode, 0, args.warmup, keep=False)
+                            for index in range(1, args.rounds + 1):
+                                for name in args.servers:
+                                    self.measure(self.servers[name], mode, index, args.duration)
+                        if args.latency_duration and "receiver" in self.servers:
+                            best = self.median("rate", transport, mode, "receiver") or args.latency_rate * 2
+                            if best:
+                                self.half_rate(mode, best)
+                    if args.soak and transport == args.soak_transport:
+                        self.run_soak(args.soak)
+                finally:
+                    self.stop_servers()
+        finally:
+            self.stop_servers()
+            if self.pg is not None:
+                # pgserver stops the server when its last handle (this process) lets go of it
+                getattr(self.pg._server, "cleanup", self.pg.stop)()
+        self.report()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def median(self, key: str, transport: str, mode: str, server: str) -> float | None:
+        values = [getattr(r, key) for r in self.rounds if (r.transport, r.mode, r.server) == (transport, mode, server)]
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    # --- output --------------------------------------------------------------------------
+
+    def report(self) -> None:
+        OUT.mkdir(parents=True, exist_ok=True)
+        table = self.table()
+        print(table)
+        (OUT / "ingest.md").write_text(table)
+        raw = {
+            "settings": {k: v for k, v in vars(self.args).items()},
+            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "date": dt.datetime.now(dt.UTC).isoformat()},
+            "rounds": [asdict(r) for r in self.rounds],
+            "latency_at_half_rate": self.latency,
+            "soak": self.soak,
+        }
+        (OUT / "ingest.json").write_text(json.dumps(raw, indent=1, default=str))
+        charts = self.chart(OUT / "ingest.png")
+        if self.args.readme_assets:
+            DOCS.mkdir(exist_ok=True)
+            for chart in charts:
+                shutil.copy(chart, DOCS / chart.name.replace("ingest", "bench-ingest"))
+            (DOCS / "bench-ingest.md").write_text(table)
+        log("wrote " + ", ".join(str(p.relative_to(ROOT)) for p in [OUT / "ingest.md", OUT / "ingest.json", *charts]))
+
+    def combos(self) -> list[tuple[str, str]]:
+        seen: list[tuple[str, str]] = []
+        for r in self.rounds:
+            if (r.transport, r.mode) not in seen:
+                seen.append((r.transport, r.mode))
+        return seen
+
+    def table(self) -> str:
+        a = self.args
+        lines = [
+            f"{a.rounds} rounds of {a.duration:g} s per server and mode, alternating; medians. {a.connections} connections "
+            f"(wrk, one per thread); {a.workers} worker(s) per server; servers and PostgreSQL on CPU {a.server_cpus or 'any'}, "
+            f"load on CPU {a.client_cpus or 'any'}.",
+            "",
+            "| transport | connections | server | req/s | p50 ms | p99 ms | errors | server CPU | wrk CPU | stored by end of load | writer catch-up s |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for transport, mode in self.combos():
+            for server in a.servers:
+                rs = [r for r in self.rounds if (r.transport, r.mode, r.server) == (transport, mode, server)]
+                if not rs:
+                    continue
+                errors = sum(sum(r.errors.values()) for r in rs)
+                stored = self.median("stored_at_end", transport, mode, server)
+                acked = self.median("acked", transport, mode, server)
+                stored_text = f"{stored / acked:.0%}" if stored is not None and acked else "-"
+                drain = self.median("drain_seconds", transport, mode, server)
+                lines.append(
+                    f"| {TRANSPORTS[transport]} | {MODES[mode]} | {LABELS[server]} | {self.median('rate', transport, mode, server):,.0f} "
+                    f"| {self.median('p50_ms', transport, mode, server):.2f} | {self.median('p99_ms', transport, mode, server):.2f} "
+                    f"| {errors} | {self.median('server_cpu', transport, mode, server):.2f} "
+                    f"| {self.median('client_cpu', transport, mode, server):.2f} | {stored_text} "
+                    f"| {'-' if drain is None else f'{drain:.1f}'} |"
+                )
+        lines += [
+            "",
+            "| transport | connections | receiver / no-op (goal ≥ 0.9) | receiver / naive (goal ≥ 3) | zero loss (every 2xx stored) | p99 at half the max rate (goal < 10 ms) |",
+            "|---|---|---:|---:|---|---|",
+        ]
+        for transport, mode in self.combos():
+            rec = self.median("rate", transport, mode, "receiver")
+            noop = self.median("rate", transport, mode, "noop")
+            naive = self.median("rate", transport, mode, "naive")
+            checked = [r for r in self.rounds if (r.transport, r.mode) == (transport, mode) and r.lost is not None]
+            half = [h for h in self.latency if (h["transport"], h["mode"]) == (transport, mode)]
+            checked_lost = sum(r.lost or 0 for r in checked) + sum(h["lost"] for h in half)
+            checked_acked = sum(r.acked for r in checked) + sum(h["acked"] for h in half)
+            loss = f"{'PASS' if checked_lost == 0 else 'FAIL'}: {checked_lost} of {checked_acked:,} missing"
+            latency = (
+                f"{half[0]['p99_ms']:.1f} ms at {half[0]['rate']:,.0f} req/s {'(met)' if half[0]['p99_ms'] < 10 else '(NOT met)'}"
+                if half else "-"
+            )
+            lines.append(
+                f"| {TRANSPORTS[transport]} | {MODES[mode]} | {_ratio(rec, noop, 0.9)} | {_ratio(rec, naive, 3)} | {loss} | {latency} |"
+            )
+        foreign = max((r.foreign_cpu for r in self.rounds), default=0)
+        if foreign > 0.1:
+            lines += ["", f"Warning: other processes used up to {foreign:.2f} cores during a round: the figures are disturbed."]
+        if self.soak:
+            s = self.soak
+            lines += [
+                "",
+                f"Soak: {s['seconds']:g} s of {MODES[s['mode']]} load over {TRANSPORTS[s['transport']]}: {s['rate']:,.0f} req/s, "
+                f"p99 {s['p99_ms']:.1f} ms, errors {s['errors'] or 0}, zero loss {'PASS' if s['lost'] == 0 else 'FAIL'} "
+                f"({s['acked']:,} acknowledged).",
+                "",
+                "| worker | RSS at start MiB | RSS at end MiB | max MiB |",
+                "|---|---:|---:|---:|",
+            ]
+            for i, v in enumerate(s["workers"].values(), 1):
+                lines.append(f"| {i} | {v['start'] / 2**20:.1f} | {v['end'] / 2**20:.1f} | {v['max'] / 2**20:.1f} |")
+        return "\n".join(lines) + "\n"
+
+    def chart(self, path: Path) -> list[Path]:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            log("matplotlib is missing (pip install -e '.[bench]'): no chart")
+            return []
+        combos = self.combos()
+        colors = {"receiver": "#2b7bba", "noop": "#9aa5b1", "naive": "#e07b39"}
+        panels = 3 if self.soak else 2
+        fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 4.6))
+        width = 0.8 / len(self.args.servers)
+        xs = range(len(combos))
+        labels = [f"{TRANSPORTS[t]}\n{MODES[m]}" for t, m in combos]
+        for i, server in enumerate(self.args.servers):
+            rates = [self.median("rate", t, m, server) or 0 for t, m in combos]
+            p99 = [self.median("p99_ms", t, m, server) or 0 for t, m in combos]
+            offset = [x + (i - (len(self.args.servers) - 1) / 2) * width for x in xs]
+            bars = axes[0].bar(offset, rates, width, label=LABELS[server], color=colors[server])
+            axes[0].bar_label(bars, labels=[f"{v:,.0f}" for v in rates], fontsize=7, rotation=90, padding=2)
+            axes[1].bar(offset, p99, width, label=LABELS[server], color=colors[server])
+        half = {(h["transport"], h["mode"]): h for h in self.latency}
+        marks = [(x, half[c]["p99_ms"]) for x, c in zip(xs, combos) if c in half]
+        if marks:
+            axes[1].scatter([m[0] for m in marks], [m[1] for m in marks], marker="D", color="black", zorder=3,
+                            label="receiver p99 at half its max rate")  # fmt: skip
+            axes[1].axhline(10, color="red", linestyle="--", linewidth=1, label="10 ms goal")
+        axes[0].set_title("durable throughput (2xx/s, median of rounds)")
+        axes[0].set_ylabel("requests per second")
+        axes[0].margins(y=0.2)
+        axes[1].set_title(f"p99 latency at full load ({self.args.connections} connections)")
+        axes[1].set_ylabel("milliseconds")
+        for ax in axes[:2]:
+            ax.set_xticks(list(xs), labels)
+            ax.legend(fontsize=8)
+            ax.grid(axis="y", alpha=0.3)
+        if self.soak:
+            ax = axes[2]
+            for i, pid in enumerate(self.soak["workers"], 1):
+                pts = [(s["t"], s["rss"][pid] / 2**20) for s in self.soak["samples"] if s["rss"].get(pid)]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"worker {i}")
+            ax.set_title(f"receiver RSS per worker under load ({self.soak['seconds']:g} s)")
+            ax.set_xlabel("seconds")
+            ax.set_ylabel("MiB")
+            ax.set_ylim(bottom=0)
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+        fig.suptitle(
+            f"receiver vs no-op vs naive INSERT: {self.args.workers} worker(s), servers+PostgreSQL on CPU "
+            f"{self.args.server_cpus or 'any'}, wrk on CPU {self.args.client_cpus or 'any'}",
+            fontsize=10,
+        )
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return [path]
+
+
+def _ratio(a: float | None, b: float | None, goal: float) -> str:
+    if not a or not b:
+        return "-"
+    value = a / b
+    return f"{value:.2f} {'(met)' if value >= goal else '(NOT met)'}"
+
+
+def _backlog(server: Server) -> int | None:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=2) if server.base_url.startswith("http:") else \
+            http.client.HTTPSConnection("127.0.0.1", server.port, timeout=2, context=ssl._create_unverified_context())  # fmt: skip
+        try:
+            conn.request("GET", "/readyz")
+            return int(json.loads(conn.getresponse().read())["journal"]["backlog_bytes"])
+        finally:
+            conn.close()
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    cpus = os.cpu_count() or 1
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds per server and mode (default 3)")
+    parser.add_argument("--duration", type=float, default=10, help="seconds per round (default 10)")
+    parser.add_argument("--warmup", type=float, default=2, help="seconds of unmeasured load per server and mode (default 2)")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent connections, one wrk thread each (default 32)")
+    parser.add_argument("--workers", type=int, default=1 if cpus <= 2 else cpus // 2,
+                        help="uvicorn workers per server, the same for all three (default: half the cores, at least 1)")  # fmt: skip
+    parser.add_argument("--server-cpus", default=None, help="CPUs for the servers and PostgreSQL (default: the upper half)")
+    parser.add_argument("--client-cpus", default=None, help="CPUs for the load generators (default: the lower half)")
+    parser.add_argument("--no-pinning", action="store_true", help="let the scheduler place everything")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of receiver,noop,naive")
+    parser.add_argument("--modes", default="keep,close", help="keep (keep-alive) and/or close (new connection each)")
+    parser.add_argument("--transports", default="http,tls", help="http and/or tls")
+    parser.add_argument("--latency-duration", type=float, default=10,
+                        help="seconds of constant load at half the receiver's max rate, per mode (0: skip)")  # fmt: skip
+    parser.add_argument("--latency-rate", type=float, default=0, help="with --rounds 0: the max rate to take half of")
+    parser.add_argument("--soak", type=float, default=0, help="then this many seconds of load for the memory check (600: the issue's)")
+    parser.add_argument("--soak-mode", default="close", choices=list(MODES))
+    parser.add_argument("--soak-transport", default="http", choices=list(TRANSPORTS))
+    parser.add_argument("--soak-interval", type=float, default=5, help="seconds between RSS samples")
+    parser.add_argument("--readme-assets", action="store_true", help="also write docs/bench-ingest.png and .md")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.servers = [s for s in args.servers.split(",") if s]
+    args.modes = [m for m in args.modes.split(",") if m]
+    args.transports = [t for t in args.transports.split(",") if t]
+    for value, allowed in ((args.servers, SERVERS), (args.modes, MODES), (args.transports, TRANSPORTS)):
+        bad = set(value) - set(allowed)
+        if bad:
+            sys.exit(f"unknown: {', '.join(sorted(bad))} (choose from {', '.join(allowed)})")
+    if args.soak and "receiver" not in args.servers:
+        sys.exit("--soak needs the receiver among --servers")
+    if args.soak:
+        args.transports = args.transports if args.soak_transport in args.transports else [*args.transports, args.soak_transport]
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: `apt-get install -y wrk` (Debian/Ubuntu), then run this again")
+    if shutil.which("openssl") is None and "tls" in args.transports:
+        sys.exit("openssl is needed for the TLS certificate: `apt-get install -y openssl`, or pass --transports http")
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.no_pinning:
+        args.server_cpus = args.client_cpus = None
+    elif len(cpus) >= 2:
+        half = len(cpus) // 2
+        args.client_cpus = args.client_cpus or ",".join(map(str, cpus[:half]))
+        args.server_cpus = args.server_cpus or ",".join(map(str, cpus[half:]))
+    os.chdir(ROOT)  # the servers import bench.baselines from here
+    Bench(args).run()
+
+
+if __name__ == "__main__":
+    main()
