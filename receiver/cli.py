@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 import asyncpg
+import structlog
 
 from . import apikeys, applications, logs
 from .blacklist import csvfile
@@ -20,6 +21,8 @@ from .blacklist.numbers import to_e164
 from .blacklist.rules import Diff, Entry
 from .config import Settings
 from .db import embedded, migrate
+
+log = structlog.get_logger("receiver")
 
 
 @contextlib.contextmanager
@@ -295,8 +298,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if value is not None:
                 os.environ[f"RECEIVER_{key.upper()}"] = str(value)
         settings = Settings()
-        asyncio.run(_migrate(url))
-        asyncio.run(server.announce(settings, tls=bool(args.tls_cert)))
+        try:
+            asyncio.run(_migrate(url))
+            asyncio.run(server.announce(settings, tls=bool(args.tls_cert)))
+        except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError) as error:
+            # Callbacks must not wait for the database: serve from the journal and the application
+            # snapshot; each worker's writer applies migrations once PostgreSQL answers.
+            log.warning("serve.database_unreachable", error=type(error).__name__)
+            print("PostgreSQL is unreachable: acknowledging from the journal until it returns", flush=True)
         with stop.installed():
             server.run(settings, tls_cert=args.tls_cert, tls_key=args.tls_key)
     return 0

@@ -188,3 +188,24 @@ def test_serve_prints_callback_urls_and_uses_the_embedded_default(tmp_path: Path
     finally:
         service.stop()
         shutil.rmtree(data_dir.parent, ignore_errors=True)
+
+
+def test_starts_and_acknowledges_while_postgres_is_down(own_pg: OwnPostgres, data_dir: Path) -> None:
+    env = service_env(data_dir, own_pg.url)
+    token = create_app_token(env)["token"]
+    service = Service(env, workers=2).start()
+    service.terminate()  # it ran once: it knows the application
+    own_pg.stop()
+    try:
+        service.start()
+        assert "PostgreSQL is unreachable" in service.log.read_text()
+        codes = [
+            service.post_form(f"/callbacks/{token}/status-report", f"smsMsgId=down-{i}&status=DELIVRD")[0]
+            for i in range(20)
+        ]
+        assert set(codes) == {200}
+        own_pg.start()
+        assert wait_for(lambda: stored_ids(own_pg.url) == {f"down-{i}" for i in range(20)}, timeout=60)
+        assert service.terminate() == 0
+    finally:
+        service.stop()

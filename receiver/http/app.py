@@ -18,6 +18,7 @@ from ..applications import Registry
 from ..blacklist import store as blacklist_store
 from ..correlation import store as correlation
 from ..config import Settings
+from ..db import migrate
 from ..journal import Journal, JournalReader
 from ..writer import Writer
 from . import blacklist, callbacks, health, query
@@ -47,9 +48,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
         except Exception as error:  # noqa: BLE001 - the database may be down: work from the snapshot
             registry.load_snapshot()
             log.warning("registry.from_snapshot", error=type(error).__name__, applications=len(registry))
+        async def connect() -> asyncpg.Connection:
+            """The writer's connection; the first one also applies migrations still missing
+            (the service may have started while PostgreSQL was away)."""
+            conn = await asyncpg.connect(dsn, timeout=5)
+            if not migrated:
+                await migrate.apply(conn)
+                migrated.append(True)
+            return conn
+
+        migrated: list[bool] = []
         writer = Writer(
             reader,
-            lambda: asyncpg.connect(dsn, timeout=5),
+            connect,
             batch_size=settings.writer_batch_size,
             after_insert=(correlation.after_insert, blacklist_store.after_insert_hook(settings)),
         )
