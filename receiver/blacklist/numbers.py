@@ -21,7 +21,6 @@ from phonenumbers import PhoneMetadata
 from ..logs import mask_number
 from ..numbers import e164
 
-_CANONICAL = re.compile(r"\+([1-9][0-9]{6,14})")
 
 
 def to_e164(raw: object, default_region: str = "CN") -> str | None:
@@ -35,12 +34,19 @@ def to_e164(raw: object, default_region: str = "CN") -> str | None:
     if "%" in raw:
         raw = unquote(raw)
     text = raw.strip()
-    match = _CANONICAL.fullmatch(text)
-    if match is not None:
-        verdict = _shortcut(match.group(1))
+    if _possible_e164().fullmatch(text):
+        return text
+    if 8 <= len(text) <= 16 and text[0] == "+" and text[1] != "0" and text.isascii() and text[1:].isdigit():
+        verdict = _shortcut(text[1:])
         if verdict is not None:
             return text if verdict else None
     return e164(text, default_region)
+
+
+def many_to_e164(raws: list[object], default_region: str = "CN") -> list[str | None]:
+    """:func:`to_e164` for a list: what a check of 500 numbers calls."""
+    fast = _possible_e164().fullmatch
+    return [raw if type(raw) is str and fast(raw) else to_e164(raw, default_region) for raw in raws]
 
 
 def mask(raw: object) -> str | None:
@@ -50,30 +56,69 @@ def mask(raw: object) -> str | None:
 
 def _shortcut(digits: str) -> bool | None:
     """Whether ``+digits`` is a possible number, when ``parse`` would keep it as it is; else ``None``."""
-    for size in (1, 2, 3):
-        rules = _country(int(digits[:size]))
-        if rules is None:
+    countries = _countries()
+    rules = countries.get(digits[:1]) or countries.get(digits[:2]) or countries.get(digits[:3])
+    if rules is None:  # country codes are prefix-free: at most one of the three is one
+        return None
+    size, prefix, lengths = rules
+    national = digits[size:]
+    if national[:1] == "0" or (prefix is not None and prefix.match(national)):
+        return None  # parse might strip a national prefix or keep leading zeros: let it decide
+    return len(national) in lengths
+
+
+@lru_cache(maxsize=1)
+def _countries() -> dict[str, tuple[int, re.Pattern[str] | None, frozenset[int]]]:
+    """Per country code: its length, the national prefix ``parse`` strips, the possible national lengths."""
+    table = {}
+    for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+        region = phonenumbers.region_code_for_country_code(code)
+        metadata = PhoneMetadata.metadata_for_region_or_calling_code(code, region)
+        if metadata is None:
             continue
-        national = digits[size:]
-        prefix, lengths = rules
-        if national.startswith("0") or (prefix is not None and prefix.match(national)):
-            return None  # parse might strip a national prefix or keep leading zeros: let it decide
-        return len(national) in lengths
-    return None
+        pattern = metadata.national_prefix_for_parsing
+        lengths = frozenset(
+            n for n in range(2, 18) if phonenumbers.is_possible_number(phonenumbers.PhoneNumber(code, int("1" * n)))
+        )
+        table[str(code)] = (len(str(code)), re.compile(pattern) if pattern else None, lengths)
+    return table
 
 
-@lru_cache(maxsize=None)
-def _country(code: int) -> tuple[re.Pattern[str] | None, frozenset[int]] | None:
-    """The national prefix ``parse`` strips and the possible national lengths, of a country code."""
-    if code not in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
-        return None
-    region = phonenumbers.region_code_for_country_code(code)
-    metadata = PhoneMetadata.metadata_for_region_or_calling_code(code, region)
-    if metadata is None:
-        return None
-    pattern = metadata.national_prefix_for_parsing
-    prefix = re.compile(pattern) if pattern else None
-    lengths = frozenset(
-        n for n in range(2, 18) if phonenumbers.is_possible_number(phonenumbers.PhoneNumber(code, int("1" * n)))
-    )
-    return prefix, lengths
+# A national-prefix pattern means the same inside a look-ahead after the country code as it does
+# matched alone at the start of the national number, unless it looks behind it or numbers groups.
+_CONTEXTUAL = re.compile(r"\^|\\[AbBZ1-9]|\(\?P=|\(\?<|\(\?[aiLmsux]")
+
+
+@lru_cache(maxsize=1)
+def _possible_e164() -> re.Pattern[str]:
+    """One expression for "+CC NATIONAL that parse keeps as it is and finds possible": the shortcut's
+    yes, for every country code at once (a trie of the codes, so a number tries a few branches)."""
+    trie: dict[str, object] = {}
+    for code, (_, prefix, lengths) in _countries().items():
+        if not lengths or (prefix is not None and _CONTEXTUAL.search(prefix.pattern)):
+            continue  # left to _shortcut
+        node = trie
+        for digit in code:
+            node = node.setdefault(digit, {})  # type: ignore[assignment]
+        refuse = "0" if prefix is None else f"0|(?:{prefix.pattern})"
+        node["$"] = f"(?!{refuse})(?:{'|'.join(_ranges(lengths))})"
+    return re.compile(r"\+" + _branches(trie))
+
+
+def _branches(node: dict[str, object]) -> str:
+    if "$" in node:  # country codes are prefix-free: a code's node has no children
+        return str(node["$"])
+    return "(?:" + "|".join(digit + _branches(sub) for digit, sub in sorted(node.items())) + ")"  # type: ignore[arg-type]
+
+
+def _ranges(lengths: frozenset[int]) -> list[str]:
+    """{5, 6, 7, 8, 11} -> ``[0-9]{5,8}``, ``[0-9]{11}``."""
+    out: list[str] = []
+    ordered = sorted(lengths)
+    start = previous = ordered[0]
+    for n in [*ordered[1:], -1]:
+        if n != previous + 1:
+            out.append(f"[0-9]{{{start}}}" if start == previous else f"[0-9]{{{start},{previous}}}")
+            start = n
+        previous = n
+    return out

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ..blacklist import store
-from ..blacklist.numbers import to_e164
+from ..blacklist.numbers import many_to_e164, to_e164
 from .auth import requires_key
 from .responses import Refusal, error_response
 
@@ -96,16 +96,15 @@ async def check(request: Request) -> Response:
     if len(raw) > MAX_NUMBERS:
         raise Refusal(400, "too_many_numbers", {"max_items": MAX_NUMBERS, "got": len(raw)})
     channel = _channel(document.get("channel"))
-    region = _config(request).region
-    numbers, invalid = [], []
-    for index, item in enumerate(raw):
-        number = to_e164(item, region)
-        if number is None:
-            invalid.append({"index": index, "number": item if isinstance(item, str | int) else None})
-        else:
-            numbers.append(number)
-    if invalid:
+    parsed = many_to_e164(raw, _config(request).region)
+    if None in parsed:
+        invalid = [
+            {"index": index, "number": item if isinstance(item, str | int) else None}
+            for index, (item, number) in enumerate(zip(raw, parsed, strict=True))
+            if number is None
+        ]
         raise Refusal(400, "invalid_numbers", {"invalid": invalid})
+    numbers = [n for n in parsed if n is not None]
     found: set[str] = set()
     if numbers:
         async with request.app.state.pool.acquire(timeout=5) as conn:
