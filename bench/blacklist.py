@@ -1,0 +1,193 @@
+"""Blacklist look-ups before sending (issue 4's goal: p99 under 5 ms).
+
+    .venv/bin/python -m bench.blacklist [--entries 100000] [--requests 2000] [--database-url URL]
+
+Fills a fresh database with ``--entries`` blacklisted numbers through the service's own bulk
+path (``receiver blacklist import``'s), serves it with ``receiver serve --workers 1`` and
+measures, one request at a time over a keep-alive connection, as a sender would call it:
+
+- ``GET /v1/blacklist/{number}``, 1 in 10 of the numbers blacklisted;
+- ``POST /v1/blacklist/check`` with 500 numbers in E.164 (what the send API takes), 1 in 10
+  blacklisted, every number one the service has not seen before (no cache helps);
+- the same with 500 numbers written without their ``+`` (the slower, general parsing path).
+
+Prints p50 / p99 / max in milliseconds, measured at the client (HTTP included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import asyncpg
+
+from receiver import apikeys
+from receiver.blacklist import store
+from receiver.config import Settings
+from receiver.db import embedded, migrate
+
+GOAL_MS = 5.0
+SPREAD = 10  # every 10th number is blacklisted
+
+
+def number(i: int) -> str:
+    return f"+86139{i:08d}"
+
+
+async def fill(url: str, entries: int) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate.apply(conn)
+        key = await apikeys.create(conn, "bench")
+        have = await conn.fetchval("SELECT count(*) FROM blacklist")
+        if have >= entries:
+            print(f"database already holds {have} entries; reusing it", flush=True)
+            return key
+        t0 = time.perf_counter()
+        rows = [(number(i), None, "bench") for i in range(0, SPREAD * entries, SPREAD)]
+        async with conn.transaction():
+            await store.import_entries(conn, store.Config.of(Settings()), rows, actor="bench")
+        print(f"  {entries} entries imported in {time.perf_counter() - t0:.1f} s", flush=True)
+        await conn.execute("VACUUM ANALYZE")  # what autovacuum does soon after such a load
+        return key
+    finally:
+        await conn.close()
+
+
+class Serve:
+    """``receiver serve --workers 1`` on a free port, stopped with SIGTERM."""
+
+    def __init__(self, database_url: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.data_dir = Path(tempfile.mkdtemp(prefix="receiver-bench-data-"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
+        env.update(
+            RECEIVER_DATABASE_URL=database_url,
+            RECEIVER_DATA_DIR=str(self.data_dir),
+            RECEIVER_LOG_LEVEL="warning",
+            RECEIVER_LOG_FORMAT="json",
+        )
+        argv = [sys.executable, "-m", "receiver", "serve", "--port", str(self.port), "--workers", "1"]
+        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
+                    return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("receiver serve did not start") from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def measure(conn: http.client.HTTPConnection, requests: int, make: Callable[[], tuple[str, str, bytes | None]],
+            key: str, expect: Callable[[int, bytes], bool]) -> list[float]:  # fmt: skip
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    times = []
+    for i in range(requests + requests // 10):  # the first tenth warms up
+        method, path, body = make()
+        t0 = time.perf_counter()
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        payload = response.read()
+        elapsed = (time.perf_counter() - t0) * 1000
+        if not expect(response.status, payload):
+            raise RuntimeError(f"{method} {path}: unexpected answer {response.status} {payload[:200]!r}")
+        if i >= requests // 10:
+            times.append(elapsed)
+    return times
+
+
+def row(name: str, times: list[float]) -> str:
+    ordered = sorted(times)
+    p50 = statistics.median(ordered)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    verdict = "ok" if p99 < GOAL_MS else "OVER"
+    return f"{name:<44} {len(times):>6} {p50:>8.2f} {p99:>8.2f} {ordered[-1]:>8.2f}   {verdict}"
+
+
+def run(url: str, entries: int, requests: int) -> None:
+    key = asyncio.run(fill(url, entries))
+    rng = random.Random(4)
+    space = SPREAD * entries
+    fresh = (i for i in rng.sample(range(space * 10), space * 10) if i % SPREAD)  # never blacklisted, never twice
+    server = Serve(url)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+
+        def one() -> tuple[str, str, bytes | None]:
+            return "GET", f"/v1/blacklist/{number(rng.randrange(space))}", None
+
+        def check(plus: bool) -> Callable[[], tuple[str, str, bytes | None]]:
+            def make() -> tuple[str, str, bytes | None]:
+                picks = [SPREAD * rng.randrange(entries) if n % 10 == 0 else next(fresh) for n in range(500)]
+                numbers = [number(i) if plus else number(i)[1:] for i in picks]
+                return "POST", "/v1/blacklist/check", json.dumps({"numbers": numbers}).encode()
+
+            return make
+
+        results = [
+            ("GET /v1/blacklist/{n}", measure(conn, requests, one, key, lambda s, _: s in (200, 404))),
+            ("POST /v1/blacklist/check, 500 in E.164", measure(conn, requests, check(True), key,
+                                                               lambda s, b: s == 200 and b"blacklisted" in b)),
+            ("POST /v1/blacklist/check, 500 without +", measure(conn, max(requests // 10, 50), check(False), key,
+                                                                lambda s, b: s == 200 and b"blacklisted" in b)),
+        ]  # fmt: skip
+        conn.close()
+    finally:
+        server.stop()
+    print(f"\n{entries} blacklisted numbers; one request at a time; milliseconds at the client (goal: p99 < 5)")
+    print(f"{'request':<44} {'n':>6} {'p50':>8} {'p99':>8} {'max':>8}")
+    for name, times in results:
+        print(row(name, times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--database-url", help="an empty database of yours (default: an embedded PostgreSQL)")
+    args = parser.parse_args()
+    if args.database_url:
+        run(args.database_url, args.entries, args.requests)
+        return
+    base = Path(tempfile.mkdtemp(prefix="receiver-bench-pg-"))
+    base.chmod(0o755)
+    server = embedded.start(base)
+    try:
+        print(f"embedded PostgreSQL in {base}", flush=True)
+        run(server.url, args.entries, args.requests)
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
