@@ -14,8 +14,9 @@ CREATE TABLE blacklist (
     added_by    text,                           -- manual entries: who (API key name, or the CLI's --by)
     added_at    timestamptz NOT NULL            -- when the cause happened (reply or report received; manual: when done)
 );
-CREATE UNIQUE INDEX blacklist_key ON blacklist (number, (coalesce(channel, '')), source);
--- POST /v1/blacklist/check probes up to 500 numbers at once: a hash index does it in half the time.
+-- One entry per number, channel and source. Deliberately not an index that starts with number:
+-- look-ups by number go through the hash index, about twice as fast for 500 numbers at once.
+CREATE UNIQUE INDEX blacklist_key ON blacklist (source, (coalesce(channel, '')), number);
 CREATE INDEX blacklist_number ON blacklist USING hash (number);
 
 CREATE TABLE blacklist_signals (

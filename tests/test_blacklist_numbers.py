@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from receiver.blacklist.numbers import mask, to_e164
+from receiver.blacklist.numbers import many_to_e164, mask, to_e164
 from receiver.numbers import e164
 
 FORMS = [
@@ -72,3 +72,18 @@ def test_the_shortcut_agrees_on_chinese_numbers(raw: str) -> None:
 @given(st.text(alphabet="+0123456789 -()*", max_size=20))
 def test_any_dialable_text_agrees_with_phonenumbers(raw: str) -> None:
     assert to_e164(raw) == e164(raw)
+
+
+ITEM = st.one_of(e164_like(), st.text(alphabet="+0123456789, %2Bb*", max_size=18), st.integers(), st.none())
+
+
+@given(st.lists(ITEM, max_size=20))
+def test_a_list_is_read_as_each_number_alone(raws: list[object]) -> None:
+    assert many_to_e164(raws) == [to_e164(raw) for raw in raws]
+
+
+def test_a_list_of_e164_numbers_is_taken_as_it_is() -> None:
+    numbers = [f"+86139{i:08d}" for i in range(500)]
+    assert many_to_e164(numbers) == numbers
+    # an item that hides two numbers behind a comma is not two numbers
+    assert many_to_e164(["+8613900000001,+8613900000002", "+8613900000003"]) == [None, "+8613900000003"]

@@ -44,7 +44,12 @@ def to_e164(raw: object, default_region: str = "CN") -> str | None:
 
 
 def many_to_e164(raws: list[object], default_region: str = "CN") -> list[str | None]:
-    """:func:`to_e164` for a list: what a check of 500 numbers calls."""
+    """:func:`to_e164` for a list: what a check of 500 numbers calls. When every item is already
+    a possible E.164 number (what senders send), one match over them all says so."""
+    if raws and all(type(raw) is str for raw in raws):
+        joined = ",".join(raws)  # type: ignore[arg-type]
+        if joined.count(",") == len(raws) - 1 and _possible_e164_list().fullmatch(joined):
+            return list(raws)  # type: ignore[arg-type]
     fast = _possible_e164().fullmatch
     return [raw if type(raw) is str and fast(raw) else to_e164(raw, default_region) for raw in raws]
 
@@ -103,6 +108,12 @@ def _possible_e164() -> re.Pattern[str]:
         refuse = "0" if prefix is None else f"0|(?:{prefix.pattern})"
         node["$"] = f"(?!{refuse})(?:{'|'.join(_ranges(lengths))})"
     return re.compile(r"\+" + _branches(trie))
+
+
+@lru_cache(maxsize=1)
+def _possible_e164_list() -> re.Pattern[str]:
+    one = _possible_e164().pattern
+    return re.compile(f"(?:{one},)*{one}")
 
 
 def _branches(node: dict[str, object]) -> str:

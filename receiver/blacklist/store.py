@@ -23,6 +23,7 @@ from datetime import datetime
 import asyncpg
 import structlog
 
+from .. import metrics
 from ..config import Settings
 from .keywords import BLACKLIST_CODES, Keywords, is_blacklist_code
 from .numbers import mask, to_e164
@@ -238,7 +239,9 @@ async def _refold(
         signal_rows = await conn.fetch(
             f"SELECT {_SIGNAL_COLUMNS} FROM blacklist_signals WHERE number = ANY($1::text[])", wanted
         )
-        entry_rows = await conn.fetch(f"SELECT {_ENTRY_COLUMNS} FROM blacklist WHERE number = ANY($1::text[])", wanted)
+        entry_rows = await conn.fetch(  # a join, not = ANY(): the hash index on number takes no arrays
+            f"SELECT {_ENTRY_COLUMNS} FROM unnest($1::text[]) AS wanted(number) JOIN blacklist USING (number)", wanted
+        )
     folded = fold((Signal(**dict(row)) for row in signal_rows), config.scope)
     changes = diff((_entry(row) for row in entry_rows), folded, actor=actor)
     await _write(conn, changes)
@@ -277,6 +280,7 @@ async def _write(conn: asyncpg.Connection, changes: Diff) -> None:
 
 
 def _log(changes: Diff) -> None:
+    metrics.blacklist_changed(changes)  # counted when the transaction commits, under the writer
     for change in changes.history:
         log.info(
             "blacklist." + ("added" if change.action == "add" else "removed"),
