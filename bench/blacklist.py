@@ -139,6 +139,7 @@ def run(url: str, entries: int, requests: int) -> None:
     space = SPREAD * entries
     fresh = (i for i in rng.sample(range(space * 10), space * 10) if i % SPREAD)  # never blacklisted, never twice
     server = Serve(url)
+    load = [_load()]
     try:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
 
@@ -164,9 +165,14 @@ def run(url: str, entries: int, requests: int) -> None:
     finally:
         server.stop()
     print(f"\n{entries} blacklisted numbers; one request at a time; milliseconds at the client (goal: p99 < 5)")
+    print(f"client, server and PostgreSQL share {os.cpu_count()} CPUs; load average before {load[0]}, after {_load()}")
     print(f"{'request':<44} {'n':>6} {'p50':>8} {'p99':>8} {'max':>8}")
     for name, times in results:
         print(row(name, times))
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
