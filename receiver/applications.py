@@ -2,6 +2,10 @@
 
 The token is 192 random bits, shown once at creation; only its SHA-256 is stored. Every worker
 keeps the token hashes in memory, so the callback path looks an application up without I/O.
+
+An application may also have push keys (up to two AK/SK pairs, for rotation): its pushes must
+then carry a valid ``SDK-HMAC-SHA256`` signature (``receiver.protocol.signature``). Workers keep
+those in memory too, so verification needs no I/O either.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import json
 import os
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -25,10 +30,31 @@ CALLBACK_PATHS = {
 }
 
 
+MAX_PUSH_KEYS = 2
+
+
 @dataclass(frozen=True, slots=True)
 class Application:
     id: int
     name: str
+    # (access key, secret key) pairs; empty: pushes are not signed. Never in a repr or a log line.
+    push_key_pairs: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    @property
+    def push_keys(self) -> dict[str, str]:
+        """Access key -> secret key."""
+        return dict(self.push_key_pairs)
+
+
+def parse_push_key(value: str) -> tuple[str, str]:
+    """``AK:SK`` as given on the command line (the secret may itself contain ``:``)."""
+    access_key, sep, secret_key = value.partition(":")
+    access_key = access_key.strip()
+    if not sep or not access_key or not secret_key:
+        raise ValueError("a push key is AK:SK, both non-empty")
+    if any(c == "," or c.isspace() for c in access_key):
+        raise ValueError("an access key contains no comma and no blank")
+    return access_key, secret_key
 
 
 def new_token() -> str:
@@ -56,17 +82,43 @@ async def create(conn: asyncpg.Connection, name: str, channels: list[str]) -> tu
     return Application(row["id"], row["name"]), token
 
 
-class Registry:
-    """Token hash -> application, refreshed from the database on a miss (at most every ``min_interval`` s).
+async def set_push_keys(conn: asyncpg.Connection, name: str, pairs: Sequence[tuple[str, str]]) -> bool:
+    """Replace the application's push keys by ``pairs`` (none: pushes are no longer verified).
+    Returns False when there is no such application. Workers pick the change up within
+    :attr:`Registry.max_age` seconds, at once for a new access key."""
+    if len(pairs) > MAX_PUSH_KEYS:
+        raise ValueError(f"at most {MAX_PUSH_KEYS} push keys per application")
+    if len({ak for ak, _ in pairs}) != len(pairs):
+        raise ValueError("the access keys must differ")
+    async with conn.transaction():
+        app_id = await conn.fetchval("SELECT id FROM applications WHERE name = $1 FOR UPDATE", name)
+        if app_id is None:
+            return False
+        await conn.execute("DELETE FROM push_keys WHERE application_id = $1", app_id)
+        await conn.executemany(
+            "INSERT INTO push_keys (application_id, slot, access_key, secret_key) VALUES ($1, $2, $3, $4)",
+            [(app_id, slot, ak, sk) for slot, (ak, sk) in enumerate(pairs, start=1)],
+        )
+    return True
 
-    A copy (hashes only, no secret) is kept in ``snapshot``, so that a worker that starts while
-    PostgreSQL is down still knows the applications and keeps acknowledging from the journal.
+
+class Registry:
+    """Token hash -> application, refreshed from the database on a miss (at most every ``min_interval`` s),
+    and in the background when a callback finds it older than ``max_age`` s (so that a removed
+    push key stops working).
+
+    A copy is kept in ``snapshot``, so that a worker that starts while PostgreSQL is down still
+    knows the applications and keeps acknowledging from the journal. It holds token hashes and
+    the push keys' secrets (without them an application with push keys could only refuse every
+    push, or accept unverified ones, while the database is away): the file is written ``0600``,
+    beside the journal, which is as sensitive.
     """
 
-    def __init__(self, snapshot: Path | None = None, min_interval: float = 1.0) -> None:
+    def __init__(self, snapshot: Path | None = None, min_interval: float = 1.0, max_age: float = 10.0) -> None:
         self._apps: dict[bytes, Application] = {}
         self._snapshot = snapshot
         self._min_interval = min_interval
+        self.max_age = max_age
         self._loaded_at = float("-inf")
         self._refreshing: asyncio.Task[None] | None = None
 
@@ -75,7 +127,12 @@ class Registry:
 
     async def load(self, conn: asyncpg.Connection) -> None:
         rows = await conn.fetch("SELECT id, name, token_hash FROM applications")
-        apps = {bytes(r["token_hash"]): Application(r["id"], r["name"]) for r in rows}
+        keys: dict[int, list[tuple[str, str]]] = {}
+        for k in await conn.fetch("SELECT application_id, access_key, secret_key FROM push_keys ORDER BY slot"):
+            keys.setdefault(k["application_id"], []).append((k["access_key"], k["secret_key"]))
+        apps = {
+            bytes(r["token_hash"]): Application(r["id"], r["name"], tuple(keys.get(r["id"], ()))) for r in rows
+        }
         self._loaded_at = time.monotonic()
         if apps != self._apps:
             self._apps = apps
@@ -86,28 +143,48 @@ class Registry:
             return
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             data = json.loads(self._snapshot.read_text())
-            self._apps = {bytes.fromhex(h): Application(a["id"], a["name"]) for h, a in data.items()}
+            self._apps = {
+                bytes.fromhex(h): Application(
+                    a["id"], a["name"], tuple((str(ak), str(sk)) for ak, sk in a.get("push_keys", ()))
+                )
+                for h, a in data.items()
+            }
 
     def _save(self) -> None:
         if self._snapshot is None:
             return
-        data = {h.hex(): {"id": a.id, "name": a.name} for h, a in self._apps.items()}
+        data = {
+            h.hex(): {"id": a.id, "name": a.name, "push_keys": [list(pair) for pair in a.push_key_pairs]}
+            for h, a in self._apps.items()
+        }
         staging = self._snapshot.with_name(f".{self._snapshot.name}.{os.getpid()}")
         with contextlib.suppress(OSError):
             self._snapshot.parent.mkdir(parents=True, exist_ok=True)
-            staging.write_text(json.dumps(data))
+            fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(fd, "w") as f:
+                os.fchmod(fd, 0o600)  # an older staging file may have been wider
+                f.write(json.dumps(data))
             staging.replace(self._snapshot)
 
-    async def lookup(self, token: str, pool: asyncpg.Pool | None) -> Application | None:
+    async def lookup(self, token: str, pool: asyncpg.Pool | None, *, refresh: bool = False) -> Application | None:
+        """The application of ``token``. On a miss, or with ``refresh`` (say, a push signed with an
+        access key not known yet), read the database first, at most every ``min_interval`` s."""
         key = token_hash(token)
         app = self._apps.get(key)
-        if app is not None or pool is None:
+        if pool is None:
+            return app
+        if app is not None and not refresh:
+            if time.monotonic() - self._loaded_at >= self.max_age:
+                self._start_refresh(pool)  # in the background: this callback goes on with what we know
             return app
         if time.monotonic() - self._loaded_at >= self._min_interval:
-            if self._refreshing is None or self._refreshing.done():
-                self._refreshing = asyncio.ensure_future(self._refresh(pool))
-            await asyncio.shield(self._refreshing)
+            await asyncio.shield(self._start_refresh(pool))
         return self._apps.get(key)
+
+    def _start_refresh(self, pool: asyncpg.Pool) -> asyncio.Task[None]:
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self._refresh(pool))
+        return self._refreshing
 
     async def _refresh(self, pool: asyncpg.Pool) -> None:
         self._loaded_at = time.monotonic()

@@ -80,14 +80,38 @@ def cmd_db_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _push_keys(values: Sequence[str] | None) -> list[tuple[str, str]]:
+    """``AK:SK`` arguments; ``AK:-`` reads the secret from a line of standard input (keeps it out
+    of the process list and the shell history)."""
+    pairs = []
+    for value in values or []:
+        if value.endswith(":-"):
+            value = value[:-1] + sys.stdin.readline().rstrip("\r\n")
+        pairs.append(applications.parse_push_key(value))
+    if len(pairs) > applications.MAX_PUSH_KEYS:
+        raise ValueError(f"at most {applications.MAX_PUSH_KEYS} push keys (two for a rotation)")
+    if len({ak for ak, _ in pairs}) != len(pairs):
+        raise ValueError("the access keys must differ")
+    return pairs
+
+
 def cmd_app_create(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    try:
+        push_keys = _push_keys(args.push_key)
+    except ValueError as error:
+        print(f"--push-key: {error}", file=sys.stderr)
+        return 2
 
     async def create(url: str) -> tuple[applications.Application, str]:
         await _migrate(url)
         conn = await _connect(url)
         try:
-            return await applications.create(conn, args.name, args.channel or [])
+            async with conn.transaction():
+                app, token = await applications.create(conn, args.name, args.channel or [])
+                if push_keys:
+                    await applications.set_push_keys(conn, app.name, push_keys)
+                return app, token
         finally:
             await conn.close()
 
@@ -106,6 +130,45 @@ def cmd_app_create(args: argparse.Namespace) -> int:
         print(f"  status report URL:          {urls['status_report_url']}")
         print(f"  batch status report URL:    {urls['batch_status_report_url']}")
         print(f"  uplink SMS URL:             {urls['uplink_url']}")
+        if push_keys:
+            print(f"  signed pushes required, access key(s): {', '.join(ak for ak, _ in push_keys)}")
+    return 0
+
+
+def cmd_app_push_keys(args: argparse.Namespace) -> int:
+    """Show, replace (``--set``, once or twice) or remove (``--clear``) an application's push keys."""
+    settings = _settings(args)
+    try:
+        pairs = _push_keys(args.set)
+    except ValueError as error:
+        print(f"--set: {error}", file=sys.stderr)
+        return 2
+    change = bool(pairs) or args.clear
+
+    async def work(url: str) -> list[str] | None:
+        await _migrate(url)
+        conn = await _connect(url)
+        try:
+            if change and not await applications.set_push_keys(conn, args.name, pairs):
+                return None
+            rows = await conn.fetch(
+                "SELECT k.access_key FROM applications a LEFT JOIN push_keys k ON k.application_id = a.id"
+                " WHERE a.name = $1 ORDER BY k.slot",
+                args.name,
+            )
+            return None if not rows else [r["access_key"] for r in rows if r["access_key"] is not None]
+        finally:
+            await conn.close()
+
+    with database(settings) as url:
+        access_keys = asyncio.run(work(url))
+    if access_keys is None:
+        print(f"no application named {args.name!r}", file=sys.stderr)
+        return 1
+    if access_keys:
+        print(f"{args.name}: pushes must be signed with one of: {', '.join(access_keys)}")
+    else:
+        print(f"{args.name}: no push keys; pushes are not verified")
     return 0
 
 
@@ -349,7 +412,22 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--json", action="store_true", help="print one JSON object")
     create.add_argument("--public-url", help="base URL for the printed callback URLs")
     create.add_argument("--tls", action="store_true", help="print https URLs")
+    create.add_argument(
+        "--push-key",
+        action="append",
+        metavar="AK:SK",
+        help="verify the platform's signed pushes (SDK-HMAC-SHA256) with this push AK/SK; twice for a "
+        "rotation; AK:- reads SK from standard input",
+    )
     create.set_defaults(handler=cmd_app_create)
+    push_keys = app.add_parser("push-keys", help="show or rotate an application's push keys (signed pushes)")
+    push_keys.add_argument("name")
+    group = push_keys.add_mutually_exclusive_group()
+    group.add_argument(
+        "--set", action="append", metavar="AK:SK", help="replace the push keys (once or twice); AK:- reads SK from stdin"
+    )
+    group.add_argument("--clear", action="store_true", help="remove the push keys: pushes are no longer verified")
+    push_keys.set_defaults(handler=cmd_app_push_keys)
     app.add_parser("list", help="list the applications").set_defaults(handler=cmd_app_list)
 
     apikey = commands.add_parser("apikey", help="API keys for the /v1 query API").add_subparsers(

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     shutdown_drain_seconds: float = 10.0
 
     max_body_bytes: int = Field(default=256 << 10, ge=1024, le=512 << 10, description="larger bodies get 413")
+    signature_max_skew_seconds: float = Field(
+        default=900.0, gt=0, le=86400, description="signed pushes: how far X-Sdk-Date may be from our clock"
+    )
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from .. import records
 from ..applications import Application
 from ..journal.appender import JournalUnavailable
-from ..protocol import ProtocolError, parse_status_report_batch, parse_status_report_form, parse_uplink_form
+from ..protocol import ProtocolError, parse_status_report_batch, parse_status_report_form, parse_uplink_form, signature
 from .responses import Refusal, accepted, error_response
 
 log = structlog.get_logger("receiver.callbacks")
@@ -71,12 +71,51 @@ async def _receive(request: Request, media_type: str) -> tuple[Application, byte
     if app is None:
         log.info("callback.unknown_token", path=request.url.path.rsplit("/", 1)[-1])
         raise Refusal(404, "unknown_application", "no application has this callback URL")
+    body = await _read(request, state.settings.max_body_bytes, quarantine_app=app, received_at=received_at)
+    if app.push_key_pairs:
+        app = await _authenticate(request, app, body, received_at)
     content_type = request.headers.get("content-type", "")
     if content_type.split(";", 1)[0].strip().lower() != media_type:
-        body = await _read(request, state.settings.max_body_bytes, quarantine_app=app, received_at=received_at)
         raise _refused(request, app, Refusal(415, "unsupported_media_type", {"expected": media_type}), body, received_at)
-    body = await _read(request, state.settings.max_body_bytes, quarantine_app=app, received_at=received_at)
     return app, body, received_at
+
+
+async def _authenticate(request: Request, app: Application, body: bytes, received_at: float) -> Application:
+    """An application with push keys accepts only pushes signed with one of them (401 otherwise).
+    A push signed with an access key we do not know yet may follow a rotation: re-read the
+    applications (rate-limited) and check once more."""
+    try:
+        _verify_signature(request, app, body, received_at)
+        return app
+    except signature.SignatureError as error:
+        failure = error
+    if failure.reason == "unknown_access_key":
+        state = request.app.state
+        fresh = await state.registry.lookup(request.path_params["token"], state.pool, refresh=True)
+        if fresh is not None and fresh.push_key_pairs != app.push_key_pairs:
+            if not fresh.push_key_pairs:
+                return fresh  # verification was turned off meanwhile
+            try:
+                _verify_signature(request, fresh, body, received_at)
+                return fresh
+            except signature.SignatureError as error:
+                failure = error
+    log.info("callback.invalid_signature", application=app.name, reason=failure.reason)
+    raise _refused(request, app, Refusal(401, "invalid_signature", failure.detail), body, received_at)
+
+
+def _verify_signature(request: Request, app: Application, body: bytes, received_at: float) -> None:
+    scope = request.scope
+    signature.verify(
+        app.push_keys,
+        method=request.method,
+        raw_path=scope.get("raw_path") or scope["path"].encode(),
+        query_string=scope.get("query_string", b""),
+        headers=scope["headers"],
+        body=body,
+        now=received_at,
+        max_skew=request.app.state.settings.signature_max_skew_seconds,
+    )
 
 
 async def _read(request: Request, limit: int, *, quarantine_app: Application, received_at: float) -> bytes:
