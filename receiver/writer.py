@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import asyncpg
 import structlog
 
-from . import numbers, records
+from . import metrics, numbers, records
 from .journal.reader import JournalReader
 from .records import QuarantineRecord, Record, ReportRecord, UplinkRecord
 
@@ -146,6 +146,7 @@ class Writer:
                     log.info("journal.adopted", folders=adopted)
                 next_adopt = now + 5.0
             batch = self.reader.read(self.batch_size)
+            metrics.journal_state(self.reader, batch)
             if not batch.payloads:
                 self._idle.set()
                 self._wake.clear()
@@ -157,6 +158,7 @@ class Writer:
                 await self._store(batch.payloads)
             except Exception as error:  # noqa: BLE001 - every failure here means "retry later"
                 await self._disconnect()
+                metrics.DATABASE_ERRORS.labels("writer").inc()
                 if self.last_error is None:
                     log.warning("writer.database_unavailable", error=_describe(error))
                 self.last_error = _describe(error)
@@ -168,6 +170,7 @@ class Writer:
             self.last_error = None
             backoff = 0.05
             self.reader.commit(batch)
+            metrics.batch_stored(batch.payloads)
             self.stored_events += len(batch.payloads)
             self.last_store_at = time.time()
 
@@ -181,17 +184,20 @@ class Writer:
             except (ValueError, KeyError, TypeError) as error:
                 pairs.append((payload, _unstorable(payload, error)))
         try:
-            await store(self._conn, [record for _, record in pairs], self.after_insert)
+            with metrics.on_commit():  # counts what the transaction stored, once it has committed
+                await store(self._conn, [record for _, record in pairs], self.after_insert)
         except Exception as error:
             if not _is_poison(error):
                 raise
             for payload, record in pairs:  # find the poison: store the others one by one
                 try:
-                    await store(self._conn, [record], self.after_insert)
+                    with metrics.on_commit():
+                        await store(self._conn, [record], self.after_insert)
                 except Exception as single:
                     if not _is_poison(single):
                         raise
                     log.error("writer.poison_record", error=_describe(single))
+                    metrics.DATABASE_ERRORS.labels("poison").inc()
                     await store(self._conn, [_unstorable(payload, single)])
 
     async def _disconnect(self) -> None:

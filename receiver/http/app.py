@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 import structlog
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import logs
+from .. import logs, metrics
 from ..apikeys import KeyCache
 from ..applications import Registry
 from ..blacklist import store as blacklist_store
@@ -21,7 +22,8 @@ from ..config import Settings
 from ..db import migrate
 from ..journal import Journal, JournalReader
 from ..writer import Writer
-from . import blacklist, callbacks, health, query
+from . import blacklist, callbacks, health, prometheus, query
+from .middleware import Observe
 from .responses import Refusal, error_response
 
 log = structlog.get_logger("receiver")
@@ -62,7 +64,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             reader,
             connect,
             batch_size=settings.writer_batch_size,
-            after_insert=(correlation.after_insert, blacklist_store.after_insert_hook(settings)),
+            after_insert=(
+                correlation.after_insert, blacklist_store.after_insert_hook(settings), metrics.after_insert
+            ),
         )
         journal.on_durable = writer.wake
         app.state.settings, app.state.pool, app.state.registry = settings, pool, registry
@@ -82,6 +86,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             log.info("worker.stopped", drained=drained, backlog_bytes=journal.backlog_bytes)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pool.close(), timeout=5)
+            metrics.worker_stopped()
 
     async def refused(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Refusal)
@@ -89,10 +94,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     async def database_away(request: Request, exc: Exception) -> Response:
         log.warning("query.database_unavailable", error=type(exc).__name__)
+        metrics.DATABASE_ERRORS.labels("query").inc()
         return error_response(503, "database_unavailable", "PostgreSQL is not reachable; try again shortly")
 
+    routes = [*callbacks.routes, *health.routes, *prometheus.routes, *query.routes, *blacklist.routes]
     return Starlette(
-        routes=[*callbacks.routes, *health.routes, *query.routes, *blacklist.routes],
+        routes=routes,
+        middleware=[Middleware(Observe, routes=routes)],
         lifespan=lifespan,
         exception_handlers={
             Refusal: refused,

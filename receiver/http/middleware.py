@@ -1,0 +1,130 @@
+"""Per-request observation: request id, metrics, and one log line per callback.
+
+A pure ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs a task and a queue per request):
+
+- **request id**: the incoming ``X-Request-Id`` when it is sane (1 to 128 characters of
+  ``A-Z a-z 0-9 . _ : @ / + = -``), else a new one; bound to structlog's context for every line
+  logged while the request runs, and echoed in the response's ``X-Request-Id``;
+- **metrics**: requests by route template and status code, and for callbacks answered 2xx the
+  time to that answer (``receiver.metrics``);
+- **the callback line**: after the answer is sent, one ``callback`` line at info level with the
+  endpoint, the answer, the time taken and what the handler noted with :func:`note`
+  (application, ``smsMsgId``, status, masked numbers, body size; never the body or the token).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Any
+
+import structlog
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import logs, metrics
+
+log = structlog.get_logger("receiver.callbacks")
+
+HEADER = b"x-request-id"
+_SANE_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+_NOTES = "receiver.notes"
+UNMATCHED = "unmatched"
+
+
+def request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == HEADER:
+            if _SANE_ID.fullmatch(value):
+                return value.decode("ascii")
+            break
+    return os.urandom(16).hex()
+
+
+def note(scope: Scope, **fields: Any) -> None:
+    """Add fields to the request's ``callback`` log line (personal data masked by the caller)."""
+    notes = scope.get(_NOTES)
+    if notes is None:
+        scope[_NOTES] = fields
+    else:
+        notes.update(fields)
+
+
+def note_report(scope: Scope, report: Any) -> None:
+    fields: dict[str, Any] = {"sms_msg_id": report.sms_msg_id, "status": report.status}
+    if report.total is not None and report.total > 1:
+        fields["part"] = f"{report.sequence}/{report.total}"
+    if report.to:
+        fields["to"] = logs.mask_number(report.to)
+    note(scope, **fields)
+
+
+def note_batch(scope: Scope, reports: int, rejected: int) -> None:
+    note(scope, items=reports, rejected=rejected)
+
+
+def note_uplink(scope: Scope, event: Any) -> None:
+    note(scope, sms_msg_id=event.sms_msg_id, **{"from": logs.mask_number(event.from_)}, channel=event.to)
+
+
+class Observe:
+    def __init__(self, app: ASGIApp, routes: list[BaseRoute]) -> None:
+        self.app = app
+        self.templates = {id(route): route.path for route in routes if isinstance(route, Route)}
+        # callback route template -> the name in its log line (status-report, status-reports, uplink)
+        self.callbacks = {p: p.rsplit("/", 1)[-1] for p in self.templates.values() if p.startswith("/callbacks/")}
+        self._requests: dict[tuple[str, int], Any] = {}  # labelled children, looked up once
+        self._acks: dict[str, Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        rid = request_id(scope)
+        tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+        answer: list[Any] = [500, None]  # status code, time of the answer
+        header = (HEADER, rid.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                answer[0] = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]  # a copy: never the response's own
+                await send(message)
+                answer[1] = time.perf_counter()
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            try:
+                self._observe(scope, start, answer[0], answer[1])
+            finally:
+                structlog.contextvars.reset_contextvars(**tokens)
+
+    def _observe(self, scope: Scope, start: float, code: int, answered: float | None) -> None:
+        route = scope.get("route")
+        endpoint = self.templates.get(id(route), UNMATCHED) if route is not None else UNMATCHED
+        counter = self._requests.get((endpoint, code))
+        if counter is None:
+            counter = self._requests[(endpoint, code)] = metrics.REQUESTS.labels(endpoint, str(code))
+        counter.inc()
+        name = self.callbacks.get(endpoint)
+        if name is None:
+            return
+        seconds = (answered or time.perf_counter()) - start
+        if 200 <= code < 300:
+            histogram = self._acks.get(endpoint)
+            if histogram is None:
+                histogram = self._acks[endpoint] = metrics.ACK_SECONDS.labels(endpoint)
+            histogram.observe(seconds)
+        notes = scope.get(_NOTES) or {}
+        log.info(
+            "callback",
+            endpoint=name,
+            code=code,
+            ms=round(seconds * 1000, 2),
+            **notes,
+        )

@@ -1,0 +1,266 @@
+"""Prometheus metrics (``GET /metrics``), added up over every worker process.
+
+Under ``receiver serve`` the workers run in multiprocess mode (``receiver.metrics_dir`` sets the
+shared folder before they start): each one writes its values to memory-mapped files, and the
+worker that answers ``/metrics`` reads all of them. Counters and histograms of a worker that
+died stay counted; its gauges go (``mark_process_dead``: at its shutdown, and for workers that
+were killed, at the next scrape). Without that folder (the tests, the app run in-process) the
+values are this process's own.
+
+Every update here is O(1): a dictionary look-up and a write to a memory-mapped file.
+
+What is stored in PostgreSQL (status reports by status, replies, blacklist changes) is counted
+when the transaction that stores it commits, never before: a batch the writer retries after a
+failure is not counted twice (:func:`on_commit`).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import asyncpg
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, multiprocess, values
+
+from .metrics_dir import ENV
+
+if TYPE_CHECKING:
+    from .blacklist.rules import Diff
+    from .journal.reader import Batch, JournalReader
+
+# The library chose its mode when first imported: trust that, not the environment now.
+MULTIPROCESS = values.ValueClass is not values.MutexValue
+
+# --- HTTP ------------------------------------------------------------------------------------
+
+REQUESTS = Counter(
+    "receiver_http_requests",
+    "HTTP requests answered, by route template (never the raw path: it holds the token) and status code",
+    ["endpoint", "code"],
+)
+ACK_SECONDS = Histogram(
+    "receiver_callback_ack_seconds",
+    "Callbacks answered 2xx: time from the request's arrival to the answer (the event is durable by then)",
+    ["endpoint"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+# --- journal and writer ----------------------------------------------------------------------
+
+JOURNAL_BACKLOG = Gauge(
+    "receiver_journal_backlog_bytes",
+    "Journal bytes acknowledged but not yet in PostgreSQL (own and adopted), summed over live workers",
+    multiprocess_mode="livesum",
+)
+JOURNAL_OLDEST = Gauge(
+    "receiver_journal_oldest_age_seconds",
+    "Age of the oldest journal record not yet in PostgreSQL (0 when drained); the largest over live workers",
+    multiprocess_mode="livemax",
+)
+JOURNAL_MAX = Gauge(
+    "receiver_journal_max_bytes",
+    "Per worker: backlog at which callbacks get 503 (RECEIVER_JOURNAL_MAX_BYTES)",
+    multiprocess_mode="livemax",
+)
+BATCH_RECORDS = Histogram(
+    "receiver_writer_batch_records",
+    "Journal records per committed writer transaction (its _sum: records stored, duplicates included)",
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),
+)
+WRITER_LAG = Histogram(
+    "receiver_writer_lag_seconds",
+    "At each commit: time since the newest record of the batch was received",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0),
+)
+DATABASE_ERRORS = Counter(
+    "receiver_database_errors",
+    "PostgreSQL failures: writer (a batch failed, retried later), poison (a record refused for its data,"
+    " quarantined), query (a /v1 call got 503)",
+    ["stage"],
+)
+
+# --- events ----------------------------------------------------------------------------------
+
+STATUS_REPORTS = Counter(
+    "receiver_status_reports",
+    "Distinct status reports stored, by status (upper case; unusual or too many distinct codes: 'other')",
+    ["status"],
+)
+UPLINKS = Counter("receiver_uplinks", "Distinct replies (uplink SMS) stored")
+BLACKLIST_CHANGES = Counter(
+    "receiver_blacklist_changes",
+    "Blacklist entries added or removed, by source: keyword (an unsubscribe reply: an opt-out), platform"
+    " (a blacklist status code), manual",
+    ["action", "source"],
+)
+
+# --- status labels: bounded, whatever the network sends ----------------------------------------
+
+_STATUS_SHAPE = re.compile(r"[A-Z0-9][A-Z0-9:_-]{0,6}")  # DELIVRD, E200027, MK:0036, RTE_ERR, 1, 24 ...
+MAX_STATUS_LABELS = 100  # per process
+_statuses: set[str] = set()
+
+
+def status_label(status: str | None) -> str:
+    """The label for a status code: the code itself (stripped, upper case) when it has the shape of
+    one (1 to 7 letters, digits, ``:``, ``_``, ``-``) and fewer than :data:`MAX_STATUS_LABELS`
+    distinct codes were seen before it; ``other`` otherwise. The status is an open string from
+    the network: unbounded labels would grow every scrape and the files behind them."""
+    code = status.strip().upper() if status else ""
+    if code in _statuses:
+        return code
+    if len(_statuses) >= MAX_STATUS_LABELS or not _STATUS_SHAPE.fullmatch(code):
+        return "other"
+    _statuses.add(code)
+    return code
+
+
+# --- counted at commit -------------------------------------------------------------------------
+
+_pending: ContextVar[list[Callable[[], None]] | None] = ContextVar("receiver_metrics_pending", default=None)
+
+
+@contextlib.contextmanager
+def on_commit() -> Iterator[None]:
+    """Hold back the updates made by :func:`later` inside the block; apply them only if the block
+    ends without an exception (for the writer: the transaction committed)."""
+    pending: list[Callable[[], None]] = []
+    token = _pending.set(pending)
+    try:
+        yield
+    finally:
+        _pending.reset(token)
+    for update in pending:
+        update()
+
+
+def later(update: Callable[[], None]) -> None:
+    """Apply ``update`` when the enclosing :func:`on_commit` block succeeds (at once outside one)."""
+    pending = _pending.get()
+    if pending is None:
+        update()
+    else:
+        pending.append(update)
+
+
+async def after_insert(
+    conn: asyncpg.Connection, new_reports: list[asyncpg.Record], new_uplinks: list[asyncpg.Record]
+) -> None:
+    """The writer's step: count the events inserted now (a duplicate inserts nothing)."""
+    statuses = collections.Counter(status_label(row["status"]) for row in new_reports)
+    uplinks = len(new_uplinks)
+
+    def update() -> None:
+        for label, n in statuses.items():
+            STATUS_REPORTS.labels(label).inc(n)
+        if uplinks:
+            UPLINKS.inc(uplinks)
+
+    later(update)
+
+
+def blacklist_changed(changes: Diff) -> None:
+    if not changes.history:
+        return
+    counts = collections.Counter((change.action, change.entry.source) for change in changes.history)
+
+    def update() -> None:
+        for (action, source), n in counts.items():
+            BLACKLIST_CHANGES.labels(action, source).inc(n)
+
+    later(update)
+
+
+# --- the writer's view of the journal ----------------------------------------------------------
+
+
+def received_at(payload: bytes) -> float | None:
+    """A journal record's receipt time (unix seconds)."""
+    try:
+        return float(json.loads(payload)["at"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def journal_state(reader: JournalReader, batch: Batch) -> None:
+    """Backlog and age of the oldest record not yet stored; ``batch`` is what the writer read
+    next (oldest first, adopted journals before its own), empty when the journal is drained."""
+    journal = reader.journal
+    JOURNAL_BACKLOG.set(journal.backlog_bytes + reader.adopted_bytes)
+    JOURNAL_MAX.set(journal.max_bytes)
+    oldest = received_at(batch.payloads[0]) if batch.payloads else None
+    JOURNAL_OLDEST.set(max(0.0, time.time() - oldest) if oldest is not None else 0.0)
+
+
+def batch_stored(payloads: Sequence[bytes]) -> None:
+    BATCH_RECORDS.observe(len(payloads))
+    newest = received_at(payloads[-1]) if payloads else None
+    if newest is not None:
+        WRITER_LAG.observe(max(0.0, time.time() - newest))
+
+
+# --- /metrics ----------------------------------------------------------------------------------
+
+_registry: CollectorRegistry | None = None
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text, over every worker in multiprocess mode. Blocking file reads: call it
+    off the event loop."""
+    global _registry
+    if not MULTIPROCESS:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    reap_dead_workers()
+    if _registry is None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        _registry = registry
+    return generate_latest(_registry), CONTENT_TYPE_LATEST
+
+
+_LIVE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
+
+
+def reap_dead_workers() -> list[int]:
+    """Drop the gauges of workers that died without saying so (``kill -9``, OOM killer): their
+    counters and histograms stay, as they must."""
+    folder = os.environ.get(ENV)
+    if not MULTIPROCESS or not folder:
+        return []
+    dead = set()
+    for path in Path(folder).glob("gauge_live*_*.db"):
+        match = _LIVE_FILE.fullmatch(path.name)
+        if match and not _alive(int(match.group(1))):
+            dead.add(int(match.group(1)))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, folder)
+    return sorted(dead)
+
+
+def worker_stopped() -> None:
+    """A worker's last word: its gauges stop counting."""
+    folder = os.environ.get(ENV)
+    if MULTIPROCESS and folder:
+        with contextlib.suppress(OSError):
+            multiprocess.mark_process_dead(os.getpid(), folder)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
