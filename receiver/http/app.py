@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             settings.journal_path, max_bytes=settings.journal_max_bytes, segment_bytes=settings.journal_segment_bytes
         )
         reader = JournalReader(journal)
-        pool = await asyncpg.create_pool(dsn, min_size=0, max_size=4, timeout=5)
+        pool = await asyncpg.create_pool(dsn, min_size=0, max_size=4, timeout=5, reset=_keep_session)
         registry = Registry(settings.data_dir / "applications.json")
         try:
             async with pool.acquire(timeout=5) as conn:
@@ -111,3 +111,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             asyncpg.InterfaceError: database_away,
         },
     )
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool connections come back as they left: the query API sets no session state, so skip
+    asyncpg's default reset, a round trip to PostgreSQL on every release."""
