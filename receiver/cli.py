@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 import asyncpg
 import structlog
 
-from . import apikeys, applications, logs
+from . import apikeys, applications, logs, metrics_dir
 from .blacklist import csvfile
 from .blacklist import store as blacklist_store
 from .blacklist.numbers import to_e164
@@ -369,6 +369,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # snapshot; each worker's writer applies migrations once PostgreSQL answers.
             log.warning("serve.database_unreachable", error=type(error).__name__)
             print("PostgreSQL is unreachable: acknowledging from the journal until it returns", flush=True)
+        metrics_dir.prepare(settings.data_dir)  # before the workers start: /metrics adds them up through it
         with stop.installed():
             server.run(settings, tls_cert=args.tls_cert, tls_key=args.tls_key)
     return 0

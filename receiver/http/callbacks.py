@@ -18,6 +18,7 @@ from .. import records
 from ..applications import Application
 from ..journal.appender import JournalUnavailable
 from ..protocol import ProtocolError, parse_status_report_batch, parse_status_report_form, parse_uplink_form, signature
+from .middleware import note, note_batch, note_report, note_uplink
 from .responses import Refusal, accepted, error_response
 
 log = structlog.get_logger("receiver.callbacks")
@@ -32,6 +33,7 @@ async def status_report(request: Request) -> Response:
         report = parse_status_report_form(body)
     except ProtocolError as error:
         return _refuse(request, app, Refusal(400, error.code, error.detail), body, received_at)
+    note_report(request.scope, report)
     return await _durable(request, [records.report(app.id, "form", received_at, report, body.decode())])
 
 
@@ -42,6 +44,7 @@ async def status_reports(request: Request) -> Response:
     except ProtocolError as error:
         return _refuse(request, app, Refusal(400, error.code, error.detail), body, received_at)
     payloads = [records.report(app.id, "batch", received_at, report, raw) for report, raw in batch.reports]
+    note_batch(request.scope, len(batch.reports), len(batch.rejected))
     if not batch.rejected:
         return await _durable(request, payloads)
     rejected = [{"index": item.index, "error": item.error.code, "detail": item.error.detail} for item in batch.rejected]
@@ -60,6 +63,7 @@ async def uplink(request: Request) -> Response:
         event = parse_uplink_form(body)
     except ProtocolError as error:
         return _refuse(request, app, Refusal(400, error.code, error.detail), body, received_at)
+    note_uplink(request.scope, event)
     return await _durable(request, [records.uplink(app.id, received_at, event, body.decode())])
 
 
@@ -69,9 +73,11 @@ async def _receive(request: Request, media_type: str) -> tuple[Application, byte
     state = request.app.state
     app = await state.registry.lookup(request.path_params["token"], state.pool)
     if app is None:
-        log.info("callback.unknown_token", path=request.url.path.rsplit("/", 1)[-1])
+        note(request.scope, error="unknown_application")  # the request's one log line says so
         raise Refusal(404, "unknown_application", "no application has this callback URL")
+    note(request.scope, application=app.name)
     body = await _read(request, state.settings.max_body_bytes, quarantine_app=app, received_at=received_at)
+    note(request.scope, bytes=len(body))
     if app.push_key_pairs:
         app = await _authenticate(request, app, body, received_at)
     content_type = request.headers.get("content-type", "")
@@ -159,7 +165,7 @@ def _refuse(request: Request, app: Application, refusal: Refusal, body: bytes, r
 def _quarantine(request: Request, app: Application, error: str, detail: object, body: bytes, received_at: float) -> None:
     """Queue the refused request for the quarantine table; never blocks, never fails the response."""
     endpoint = request.url.path.rsplit("/", 1)[-1]
-    log.info("callback.refused", endpoint=endpoint, application=app.name, error=error)
+    note(request.scope, error=error)  # in the request's one log line
     payload = records.quarantine(app.id, endpoint, received_at, error, detail, request.headers.get("content-type"), body)
     try:
         request.app.state.journal.append_nowait(payload)
