@@ -21,6 +21,7 @@ from .blacklist.numbers import to_e164
 from .blacklist.rules import Diff, Entry
 from .config import Settings
 from .db import embedded, migrate
+from .simulate import command as simulate
 
 log = structlog.get_logger("receiver")
 
@@ -470,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     blacklist.add_parser(
         "rebuild", help="derive the keyword and platform entries again from the stored replies and reports"
     ).set_defaults(handler=cmd_blacklist_rebuild)
+
+    simulate.add_parser(commands)
 
     db = commands.add_parser("db", help="the database").add_subparsers(dest="db_command", required=True)
     db.add_parser("url", help="print the PostgreSQL URL in use (starts the embedded one)").set_defaults(
