@@ -10,11 +10,13 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
 
-from . import apikeys, applications, logs, metrics_dir
+from . import apikeys, applications, logs, metrics_dir, tls
 from .blacklist import csvfile
 from .blacklist import store as blacklist_store
 from .blacklist.numbers import to_e164
@@ -354,6 +356,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logs.configure(settings.log_level, settings.log_format)
+    try:
+        tls_cert, tls_key = _tls_files(args, settings)
+    except tls.TLSConfigError as error:
+        print(f"TLS: {error}", file=sys.stderr)
+        return 2
     stop = _ExitQuietly()
     with database(settings) as url:
         os.environ["RECEIVER_DATABASE_URL"] = url
@@ -364,7 +371,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = Settings()
         try:
             asyncio.run(_migrate(url))
-            asyncio.run(server.announce(settings, tls=bool(args.tls_cert)))
+            asyncio.run(server.announce(settings, tls=tls_cert is not None))
         except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError) as error:
             # Callbacks must not wait for the database: serve from the journal and the application
             # snapshot; each worker's writer applies migrations once PostgreSQL answers.
@@ -372,8 +379,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print("PostgreSQL is unreachable: acknowledging from the journal until it returns", flush=True)
         metrics_dir.prepare(settings.data_dir)  # before the workers start: /metrics adds them up through it
         with stop.installed():
-            server.run(settings, tls_cert=args.tls_cert, tls_key=args.tls_key)
+            server.run(settings, tls_cert=tls_cert, tls_key=tls_key)
     return 0
+
+
+def _tls_files(args: argparse.Namespace, settings: Settings) -> tuple[str | None, str | None]:
+    """The certificate and key to serve with (absolute paths), checked before anything starts."""
+    if args.tls_self_signed:
+        public_host = urlsplit(settings.public_url).hostname if settings.public_url else None
+        cert, key = tls.self_signed(settings.data_dir / "tls", [settings.host, *([public_host] if public_host else [])])
+        print(f"TLS: self-signed certificate {cert} (SHA-256 {tls.fingerprint(cert)})", flush=True)
+    elif args.tls_cert:
+        cert, key = Path(args.tls_cert), Path(args.tls_key) if args.tls_key else None
+    elif args.tls_key:
+        raise tls.TLSConfigError("--tls-key needs --tls-cert")
+    else:
+        return None, None
+    tls.server_context(cert, key)
+    return str(cert.resolve()), str(key.resolve()) if key else None
 
 
 class _ExitQuietly:
@@ -401,8 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int, help="worker processes (default: the number of cores)")
     serve.add_argument("--public-url", help="base URL the platform reaches us at, for the printed callback URLs")
-    serve.add_argument("--tls-cert", help="PEM certificate chain")
-    serve.add_argument("--tls-key", help="PEM private key")
+    tls_source = serve.add_mutually_exclusive_group()
+    tls_source.add_argument("--tls-cert", help="PEM certificate chain (SIGHUP reloads it, and the key)")
+    tls_source.add_argument(
+        "--tls-self-signed", action="store_true", help="serve TLS with a certificate made once in DATA_DIR/tls"
+    )
+    serve.add_argument("--tls-key", help="PEM private key (default: in the --tls-cert file)")
     serve.set_defaults(handler=cmd_serve)
 
     commands.add_parser("migrate", help="apply the SQL migrations").set_defaults(handler=cmd_migrate)

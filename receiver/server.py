@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-import asyncpg
-import uvicorn
+import contextlib
+import os
+import signal
+import sys
 
-from . import applications
+import asyncpg
+import structlog
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors.multiprocess import Multiprocess
+
+from . import applications, tls
 from .config import Settings
 
 APP = "receiver.http.app:create_app"
+log = structlog.get_logger("receiver")
 
 
 async def announce(settings: Settings, *, tls: bool) -> None:
@@ -36,7 +45,9 @@ async def announce(settings: Settings, *, tls: bool) -> None:
 
 
 def run(settings: Settings, *, tls_cert: str | None = None, tls_key: str | None = None) -> None:
-    uvicorn.run(
+    """uvicorn's own ``run``, with two changes: TLS contexts come from :mod:`receiver.tls`, and
+    SIGHUP reloads the certificate in every worker instead of restarting the workers."""
+    config = uvicorn.Config(
         APP,
         factory=True,
         host=settings.host,
@@ -52,4 +63,32 @@ def run(settings: Settings, *, tls_cert: str | None = None, tls_key: str | None 
         timeout_graceful_shutdown=int(settings.shutdown_drain_seconds) + 5,
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
+        ssl_context_factory=tls.context_factory if tls_cert else None,
     )
+    server = uvicorn.Server(config)
+    try:
+        if config.workers > 1:
+            _Supervisor(config, sockets=[config.bind_socket()]).run()
+        else:
+            if not tls_cert:
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nothing to reload
+            server.run()
+    except KeyboardInterrupt:
+        pass
+    if config.workers == 1 and not server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's worker supervisor; SIGHUP is passed on to the workers, which reload their TLS
+    certificate in place: no worker restarts, no connection is closed. A worker that gets it
+    before it has set up TLS dies of it and is replaced at once, having accepted nothing yet."""
+
+    def handle_hup(self) -> None:
+        log.info("serve.sighup", tls=self.config.is_ssl, workers=len(self.processes))
+        if not self.config.is_ssl:
+            return  # nothing to reload
+        for process in self.processes:
+            if process.pid is not None and process.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGHUP)

@@ -124,11 +124,12 @@ class Service:
         self.port = free_port()
         self.proc: subprocess.Popen[str] | None = None
         self.log = Path(env["RECEIVER_DATA_DIR"]) / f"serve-{self.port}.log"
+        self.extra_args: list[str] = []  # more `receiver serve` options (TLS, ...)
 
     def start(self, workers: int | None = None, timeout: float = 60) -> Service:
         Path(self.env["RECEIVER_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "receiver", "serve", "--port", str(self.port)]
-        argv += ["--workers", str(workers or self.workers)]
+        argv += ["--workers", str(workers or self.workers), *self.extra_args]
         self.output = open(self.log, "a")  # noqa: SIM115
         self.proc = subprocess.Popen(
             argv, env=self.env, stdout=self.output, stderr=subprocess.STDOUT, text=True, start_new_session=True
@@ -146,7 +147,7 @@ class Service:
         raise TimeoutError(f"receiver serve did not become healthy:\n{self.log.read_text()}")
 
     def request(self, method: str, path: str, body: bytes = b"", content_type: str | None = None) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn = self.connection()
         try:
             headers = {"Content-Type": content_type} if content_type else {}
             conn.request(method, path, body=body, headers=headers)
@@ -154,6 +155,9 @@ class Service:
             return response.status, response.read()
         finally:
             conn.close()
+
+    def connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
 
     def get(self, path: str) -> tuple[int, bytes]:
         return self.request("GET", path)
