@@ -11,14 +11,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from receiver import metrics, metrics_dir
+from receiver import applications, metrics, metrics_dir
+from receiver.config import Settings
+from receiver.http.app import create_app
+from starlette.testclient import TestClient
 
-from support import Harness, Service, create_app_token, service_env, wait_for
+from support import Harness, Service, create_app_token, run, service_env, wait_for
 
 STATUS_REPORT = "/callbacks/{token}/status-report"
 UPLINK = "/callbacks/{token}/uplink"
@@ -187,6 +191,31 @@ def test_refused_and_unknown_callbacks_log_one_line_each(harness: Harness) -> No
         [line] = [e for e in entries if e.get("request_id") == rid]
         assert line["event"] == "callback" and line["code"] == response.status_code and line["error"] == error
     assert "guess" not in repr(entries)
+
+
+def test_a_push_with_a_bad_signature_logs_one_line(db_url: str, tmp_path: Path) -> None:
+    async def keyed_app() -> str:
+        conn = await asyncpg.connect(db_url)
+        try:
+            _, token = await applications.create(conn, "keyed", [])
+            await applications.set_push_keys(conn, "keyed", [("ak1", "sk1")])
+        finally:
+            await conn.close()
+        return token
+
+    token = run(keyed_app())
+    settings = Settings(database_url=db_url, data_dir=tmp_path, log_format="json")
+    with TestClient(create_app(settings)) as client:
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as entries:
+            response = client.post(
+                f"/callbacks/{token}/status-report",
+                content="smsMsgId=s-1&status=DELIVRD",
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+    assert response.status_code == 401
+    [line] = [e for e in entries if e.get("request_id") == response.headers["x-request-id"]]
+    assert line["event"] == "callback" and line["error"] == "invalid_signature"
+    assert line["signature"] == "missing_header" and line["application"] == "keyed"
 
 
 def test_console_output_in_a_terminal_json_otherwise() -> None:

@@ -106,7 +106,7 @@ async def _authenticate(request: Request, app: Application, body: bytes, receive
                 return fresh
             except signature.SignatureError as error:
                 failure = error
-    log.info("callback.invalid_signature", application=app.name, reason=failure.reason)
+    note(request.scope, signature=failure.reason)  # in the request's one log line, beside error
     raise _refused(request, app, Refusal(401, "invalid_signature", failure.detail), body, received_at)
 
 
