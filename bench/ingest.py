@@ -279,7 +279,8 @@ class Round:
     p99_ms: float = 0.0
     p999_ms: float = 0.0
     max_ms: float = 0.0
-    server_cpu: float = 0.0  # cores used by the server's processes (and PostgreSQL's), on average
+    server_cpu: float = 0.0  # cores used by the server's processes, on average
+    db_cpu: float = 0.0  # cores used by PostgreSQL's processes
     client_cpu: float = 0.0  # cores used by wrk
     foreign_cpu: float = 0.0  # cores used by anything else on the machine
     stored_at_end: int | None = None  # acknowledged ids already in PostgreSQL when the load stopped
@@ -325,6 +326,7 @@ class Bench:
         self.args = args
         self.server_cpus = parse_cpus(args.server_cpus) if args.server_cpus else None
         self.client_cpus = parse_cpus(args.client_cpus) if args.client_cpus else None
+        self.db_cpus = parse_cpus(args.db_cpus) if args.db_cpus else self.server_cpus
         self.base = world_readable_tmpdir("receiver-bench-ingest-")
         self.run_id = secrets.token_hex(2)
         self.rounds: list[Round] = []
@@ -342,8 +344,8 @@ class Bench:
         from receiver.db import embedded
 
         mine = os.sched_getaffinity(0)
-        if self.server_cpus:
-            os.sched_setaffinity(0, self.server_cpus)  # PostgreSQL inherits it: it is part of the servers' side
+        if self.db_cpus:
+            os.sched_setaffinity(0, self.db_cpus)  # PostgreSQL inherits it
         try:
             self.pg = embedded.start(self.base)
         finally:
@@ -414,10 +416,11 @@ class Bench:
     def measure(self, server: Server, mode: str, index: int, duration: float, *, keep: bool = True) -> Round:
         prefix = f"{self.run_id}{server.transport[0]}{mode[0]}{server.name[:2]}{index}"
         r = Round(server.transport, mode, server.name, index, prefix)
-        pids = server.pids() + (descendants(self.pg_postmaster) if server.name != "noop" else [])
-        server_before, machine_before = cpu_seconds(pids), machine_busy_seconds()
+        pids = server.pids()
+        pg = descendants(self.pg_postmaster) if server.name != "noop" else []
+        server_before, db_before, machine_before = cpu_seconds(pids), cpu_seconds(pg), machine_busy_seconds()
         info, threads, client_cpu = self.run_wrk(server, mode, prefix, duration, self.args.connections)
-        server_cpu = cpu_seconds(pids) - server_before
+        server_cpu, db_cpu = cpu_seconds(pids) - server_before, cpu_seconds(pg) - db_before
         machine = machine_busy_seconds() - machine_before
         r.duration, r.requests = info["duration"], info["requests"]
         r.errors = info["errors"]
@@ -425,8 +428,8 @@ class Bench:
         r.rate = r.acked / r.duration
         for key in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"):
             setattr(r, key, info[key])
-        r.server_cpu, r.client_cpu = server_cpu / r.duration, client_cpu / r.duration
-        r.foreign_cpu = max(0.0, (machine - server_cpu - client_cpu) / r.duration)
+        r.server_cpu, r.db_cpu, r.client_cpu = server_cpu / r.duration, db_cpu / r.duration, client_cpu / r.duration
+        r.foreign_cpu = max(0.0, (machine - server_cpu - db_cpu - client_cpu) / r.duration)
         if server.name in ("receiver", "naive"):
             r.stored_at_end, r.drain_seconds, r.lost = self.check_stored(server.name, prefix, acked_ids(threads))
         r.rss = {str(pid): rss_bytes(pid) for pid in server.workers()}
@@ -439,7 +442,7 @@ class Bench:
         log(
             f"{'' if keep else 'warm-up '}{TRANSPORTS[r.transport]} {MODES[mode]} {server.name} #{index}: "
             f"{r.rate:,.0f} req/s, p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms, errors {r.errors or 0}, "
-            f"CPU server {r.server_cpu:.2f} wrk {r.client_cpu:.2f} other {r.foreign_cpu:.2f}{loss}"
+            f"CPU server {r.server_cpu:.2f} PostgreSQL {r.db_cpu:.2f} wrk {r.client_cpu:.2f} other {r.foreign_cpu:.2f}{loss}"
         )
         return r
 
@@ -561,6 +564,23 @@ class Bench:
         self.report()
         shutil.rmtree(self.base, ignore_errors=True)
 
+    def limit(self, transport: str, mode: str, server: str) -> str:
+        """What held a server's rate back: the load generator's CPU, the server side's CPU, or neither (waits)."""
+        client = self.median("client_cpu", transport, mode, server) or 0
+        own = self.median("server_cpu", transport, mode, server) or 0
+        if self.args.db_cpus in (None, self.args.server_cpus):  # PostgreSQL shares the servers' CPUs
+            own += self.median("db_cpu", transport, mode, server) or 0
+        client_cores = len(parse_cpus(self.args.client_cpus)) if self.args.client_cpus else os.cpu_count() or 1
+        server_cores = len(parse_cpus(self.args.server_cpus)) if self.args.server_cpus else os.cpu_count() or 1
+        if client >= 0.8 * client_cores:
+            return "load generator"
+        if own >= 0.85 * server_cores:
+            return "server CPU"
+        foreign = self.median("foreign_cpu", transport, mode, server) or 0
+        if own + foreign >= 0.85 * server_cores:
+            return "server CPU (shared with other processes)"
+        return "waiting"
+
     def median(self, key: str, transport: str, mode: str, server: str) -> float | None:
         values = [getattr(r, key) for r in self.rounds if (r.transport, r.mode, r.server) == (transport, mode, server)]
         values = [v for v in values if v is not None]
@@ -569,25 +589,33 @@ class Bench:
     # --- output --------------------------------------------------------------------------
 
     def report(self) -> None:
+        """The comparison (ingest.*) and the soak (ingest-soak.*), each only when it ran."""
         OUT.mkdir(parents=True, exist_ok=True)
-        table = self.table()
-        print(table)
-        (OUT / "ingest.md").write_text(table)
         raw = {
             "settings": {k: v for k, v in vars(self.args).items()},
+            "code": _git_state(),
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "date": dt.datetime.now(dt.UTC).isoformat()},
-            "rounds": [asdict(r) for r in self.rounds],
-            "latency_at_half_rate": self.latency,
-            "soak": self.soak,
         }
-        (OUT / "ingest.json").write_text(json.dumps(raw, indent=1, default=str))
-        charts = self.chart(OUT / "ingest.png")
-        if self.args.readme_assets:
-            DOCS.mkdir(exist_ok=True)
-            for chart in charts:
-                shutil.copy(chart, DOCS / chart.name.replace("ingest", "bench-ingest"))
-            (DOCS / "bench-ingest.md").write_text(table)
-        log("wrote " + ", ".join(str(p.relative_to(ROOT)) for p in [OUT / "ingest.md", OUT / "ingest.json", *charts]))
+        outputs: list[tuple[str, str, dict[str, Any], Any]] = []
+        if self.rounds or self.latency:
+            data = {**raw, "rounds": [asdict(r) for r in self.rounds], "latency_at_half_rate": self.latency}
+            outputs.append(("ingest", self.table(), data, self.chart))
+        if self.soak:
+            outputs.append(("ingest-soak", self.soak_table(), {**raw, "soak": self.soak}, self.soak_chart))
+        written: list[Path] = []
+        for name, table, data, chart in outputs:
+            print(table)
+            (OUT / f"{name}.md").write_text(table)
+            (OUT / f"{name}.json").write_text(json.dumps(data, indent=1, default=str))
+            charts = chart(OUT / f"{name}.png")
+            written += [OUT / f"{name}.md", OUT / f"{name}.json", *charts]
+            if self.args.readme_assets:
+                DOCS.mkdir(exist_ok=True)
+                for path in charts:
+                    shutil.copy(path, DOCS / f"bench-{path.name}")
+                (DOCS / f"bench-{name}.md").write_text(table)
+                written += [DOCS / f"bench-{name}.md", *(DOCS / f"bench-{p.name}" for p in charts)]
+        log("wrote " + ", ".join(str(p.relative_to(ROOT)) for p in written))
 
     def combos(self) -> list[tuple[str, str]]:
         seen: list[tuple[str, str]] = []
@@ -600,11 +628,12 @@ class Bench:
         a = self.args
         lines = [
             f"{a.rounds} rounds of {a.duration:g} s per server and mode, alternating; medians. {a.connections} connections "
-            f"(wrk, one per thread); {a.workers} worker(s) per server; servers and PostgreSQL on CPU {a.server_cpus or 'any'}, "
-            f"load on CPU {a.client_cpus or 'any'}.",
+            f"(wrk, one per thread); {a.workers} worker(s) per server; servers on CPU {a.server_cpus or 'any'}, "
+            f"PostgreSQL on CPU {a.db_cpus or a.server_cpus or 'any'}, "
+            f"load on CPU {a.client_cpus or 'any'}. Code: {_git_state()}.",
             "",
-            "| transport | connections | server | req/s | p50 ms | p99 ms | errors | server CPU | wrk CPU | stored by end of load | writer catch-up s |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| transport | connections | server | req/s | p50 ms | p99 ms | errors | server CPU | PostgreSQL CPU | wrk CPU | limited by | stored by end of load | writer catch-up s |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
         ]
         for transport, mode in self.combos():
             for server in a.servers:
@@ -620,7 +649,8 @@ class Bench:
                     f"| {TRANSPORTS[transport]} | {MODES[mode]} | {LABELS[server]} | {self.median('rate', transport, mode, server):,.0f} "
                     f"| {self.median('p50_ms', transport, mode, server):.2f} | {self.median('p99_ms', transport, mode, server):.2f} "
                     f"| {errors} | {self.median('server_cpu', transport, mode, server):.2f} "
-                    f"| {self.median('client_cpu', transport, mode, server):.2f} | {stored_text} "
+                    f"| {self.median('db_cpu', transport, mode, server) or 0:.2f} "
+                    f"| {self.median('client_cpu', transport, mode, server):.2f} | {self.limit(transport, mode, server)} | {stored_text} "
                     f"| {'-' if drain is None else f'{drain:.1f}'} |"
                 )
         lines += [
@@ -628,6 +658,7 @@ class Bench:
             "| transport | connections | receiver / no-op (goal ≥ 0.9) | receiver / naive (goal ≥ 3) | zero loss (every 2xx stored) | p99 at half the max rate (goal < 10 ms) |",
             "|---|---|---:|---:|---|---|",
         ]
+        footnote = False
         for transport, mode in self.combos():
             rec = self.median("rate", transport, mode, "receiver")
             noop = self.median("rate", transport, mode, "noop")
@@ -641,40 +672,77 @@ class Bench:
                 f"{half[0]['p99_ms']:.1f} ms at {half[0]['rate']:,.0f} req/s {'(met)' if half[0]['p99_ms'] < 10 else '(NOT met)'}"
                 if half else "-"
             )
-            lines.append(
-                f"| {TRANSPORTS[transport]} | {MODES[mode]} | {_ratio(rec, noop, 0.9)} | {_ratio(rec, naive, 3)} | {loss} | {latency} |"
-            )
+            bound = {name: self.limit(transport, mode, name) == "load generator" for name in a.servers}
+            noop_ratio, naive_ratio = _ratio(rec, noop, 0.9), _ratio(rec, naive, 3)
+            if bound.get("noop") or bound.get("receiver") or bound.get("naive"):
+                noop_ratio += " ¹"
+                naive_ratio += " ¹"
+                footnote = True
+            lines.append(f"| {TRANSPORTS[transport]} | {MODES[mode]} | {noop_ratio} | {naive_ratio} | {loss} | {latency} |")
+        if footnote:
+            lines += ["", "¹ the load generator, not the server, was the limit in some of these rounds (its CPU was "
+                      "saturated): the servers' real capacities, and so these ratios, are not measured there."]
         foreign = max((r.foreign_cpu for r in self.rounds), default=0)
         if foreign > 0.1:
             lines += ["", f"Warning: other processes used up to {foreign:.2f} cores during a round: the figures are disturbed."]
-        if self.soak:
-            s = self.soak
-            lines += [
-                "",
-                f"Soak: {s['seconds']:g} s of {MODES[s['mode']]} load over {TRANSPORTS[s['transport']]}: {s['rate']:,.0f} req/s, "
-                f"p99 {s['p99_ms']:.1f} ms, errors {s['errors'] or 0}, zero loss {'PASS' if s['lost'] == 0 else 'FAIL'} "
-                f"({s['acked']:,} acknowledged).",
-                "",
-                "| worker | RSS at start MiB | RSS at end MiB | max MiB |",
-                "|---|---:|---:|---:|",
-            ]
-            for i, v in enumerate(s["workers"].values(), 1):
-                lines.append(f"| {i} | {v['start'] / 2**20:.1f} | {v['end'] / 2**20:.1f} | {v['max'] / 2**20:.1f} |")
         return "\n".join(lines) + "\n"
 
-    def chart(self, path: Path) -> list[Path]:
-        try:
-            import matplotlib
+    def soak_table(self) -> str:
+        s = self.soak
+        assert s is not None
+        lines = [
+            f"Soak: {s['seconds']:g} s of {MODES[s['mode']]} load ({self.args.connections} connections) on the receiver "
+            f"over {TRANSPORTS[s['transport']]}, {self.args.workers} worker(s): {s['rate']:,.0f} req/s, p50 {s['p50_ms']:.1f} ms, "
+            f"p99 {s['p99_ms']:.1f} ms, errors {s['errors'] or 0}; zero loss {'PASS' if s['lost'] == 0 else 'FAIL'} "
+            f"({s['lost']} of {s['acked']:,} acknowledged missing; {s['stored_at_end'] / max(1, s['acked']):.0%} stored when "
+            f"the load stopped, all after {s['drain_seconds']:.1f} s). Code: {_git_state()}.",
+            "",
+            "| worker | RSS at start MiB | RSS at end MiB | max MiB |",
+            "|---|---:|---:|---:|",
+        ]
+        for i, v in enumerate(s["workers"].values(), 1):
+            lines.append(f"| {i} | {v['start'] / 2**20:.1f} | {v['end'] / 2**20:.1f} | {v['max'] / 2**20:.1f} |")
+        backlog = [x["backlog_bytes"] for x in s["samples"] if x.get("backlog_bytes") is not None]
+        if backlog:
+            lines += ["", f"Journal backlog (not yet in PostgreSQL) sampled from /readyz: max {max(backlog) / 2**20:.1f} MiB, "
+                          f"at the end {backlog[-1] / 2**20:.1f} MiB."]  # fmt: skip
+        return "\n".join(lines) + "\n"
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            log("matplotlib is missing (pip install -e '.[bench]'): no chart")
+    def soak_chart(self, path: Path) -> list[Path]:
+        plt = _pyplot()
+        if plt is None or self.soak is None:
+            return []
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        for i, pid in enumerate(self.soak["workers"], 1):
+            pts = [(x["t"], x["rss"][pid] / 2**20) for x in self.soak["samples"] if x["rss"].get(pid)]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"worker {i} RSS")
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("resident size, MiB")
+        ax.set_ylim(bottom=0, top=max(v["max"] for v in self.soak["workers"].values()) / 2**20 * 1.3)
+        ax.grid(alpha=0.3)
+        backlog = [(x["t"], x["backlog_bytes"] / 2**20) for x in self.soak["samples"] if x.get("backlog_bytes") is not None]
+        if backlog:
+            twin = ax.twinx()
+            twin.plot([b[0] for b in backlog], [b[1] for b in backlog], color="#e07b39", linestyle=":", label="journal backlog")
+            twin.set_ylabel("journal backlog, MiB")
+            twin.set_ylim(bottom=0)
+            twin.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=8, loc="upper left")
+        s = self.soak
+        ax.set_title(f"receiver under {s['seconds']:g} s of {MODES[s['mode']]} load over {TRANSPORTS[s['transport']]} "
+                     f"({s['rate']:,.0f} req/s)", fontsize=10)  # fmt: skip
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return [path]
+
+    def chart(self, path: Path) -> list[Path]:
+        plt = _pyplot()
+        if plt is None or not self.rounds:
             return []
         combos = self.combos()
         colors = {"receiver": "#2b7bba", "noop": "#9aa5b1", "naive": "#e07b39"}
-        panels = 3 if self.soak else 2
-        fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 4.6))
+        fig, axes = plt.subplots(1, 2, figsize=(12.4, 4.6))
         width = 0.8 / len(self.args.servers)
         xs = range(len(combos))
         labels = [f"{TRANSPORTS[t]}\n{MODES[m]}" for t, m in combos]
@@ -695,31 +763,34 @@ class Bench:
         axes[0].set_ylabel("requests per second")
         axes[0].margins(y=0.2)
         axes[1].set_title(f"p99 latency at full load ({self.args.connections} connections)")
-        axes[1].set_ylabel("milliseconds")
+        axes[1].set_ylabel("milliseconds (log scale)")
+        axes[1].set_yscale("log")
         for ax in axes[:2]:
             ax.set_xticks(list(xs), labels)
             ax.legend(fontsize=8)
             ax.grid(axis="y", alpha=0.3)
-        if self.soak:
-            ax = axes[2]
-            for i, pid in enumerate(self.soak["workers"], 1):
-                pts = [(s["t"], s["rss"][pid] / 2**20) for s in self.soak["samples"] if s["rss"].get(pid)]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"worker {i}")
-            ax.set_title(f"receiver RSS per worker under load ({self.soak['seconds']:g} s)")
-            ax.set_xlabel("seconds")
-            ax.set_ylabel("MiB")
-            ax.set_ylim(bottom=0)
-            ax.legend(fontsize=8)
-            ax.grid(alpha=0.3)
         fig.suptitle(
-            f"receiver vs no-op vs naive INSERT: {self.args.workers} worker(s), servers+PostgreSQL on CPU "
-            f"{self.args.server_cpus or 'any'}, wrk on CPU {self.args.client_cpus or 'any'}",
+            f"receiver vs no-op vs naive INSERT: {self.args.workers} worker(s), servers on CPU "
+            f"{self.args.server_cpus or 'any'}, PostgreSQL on CPU {self.args.db_cpus or self.args.server_cpus or 'any'}, "
+            f"wrk on CPU {self.args.client_cpus or 'any'}",
             fontsize=10,
         )
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
         return [path]
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is missing (pip install -e '.[bench]'): no chart")
+        return None
+    return plt
 
 
 def _ratio(a: float | None, b: float | None, goal: float) -> str:
@@ -740,6 +811,16 @@ def _backlog(server: Server) -> int | None:
             conn.close()
     except (OSError, ValueError, KeyError):
         return None
+
+
+def _git_state() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "receiver", "sql"],
+                               cwd=ROOT, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    except OSError:
+        return "unknown"
+    return f"{commit}{' with local changes to receiver/ or sql/' if dirty else ''}"
 
 
 async def _admin(url: str, sql: str) -> None:
@@ -770,6 +851,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="uvicorn workers per server, the same for all three (default: half the cores, at least 1)")  # fmt: skip
     parser.add_argument("--server-cpus", default=None, help="CPUs for the servers and PostgreSQL (default: the upper half)")
     parser.add_argument("--client-cpus", default=None, help="CPUs for the load generators (default: the lower half)")
+    parser.add_argument("--db-cpus", default=None,
+                        help="CPUs for PostgreSQL (default: the servers'; the client's stands for a database machine of its own)")  # fmt: skip
     parser.add_argument("--no-pinning", action="store_true", help="let the scheduler place everything")
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of receiver,noop,naive")
     parser.add_argument("--modes", default="keep,close", help="keep (keep-alive) and/or close (new connection each)")
@@ -804,7 +887,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("openssl is needed for the TLS certificate: `apt-get install -y openssl`, or pass --transports http")
     cpus = sorted(os.sched_getaffinity(0))
     if args.no_pinning:
-        args.server_cpus = args.client_cpus = None
+        args.server_cpus = args.client_cpus = args.db_cpus = None
     elif len(cpus) >= 2:
         half = len(cpus) // 2
         args.client_cpus = args.client_cpus or ",".join(map(str, cpus[:half]))
