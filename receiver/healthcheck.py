@@ -18,7 +18,10 @@ def healthy(port: int, timeout: float = 2.0) -> bool:
     insecure = ssl.create_default_context()
     insecure.check_hostname = False
     insecure.verify_mode = ssl.CERT_NONE
-    for url, context in ((f"http://127.0.0.1:{port}/healthz", None), (f"https://127.0.0.1:{port}/healthz", insecure)):
+    for url, context in (
+        (f"http://127.0.0.1:{port}/healthz", None),
+        (f"https://127.0.0.1:{port}/healthz", insecure),
+    ):
         try:
             with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
                 if response.status == 200:

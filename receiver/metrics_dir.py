@@ -53,7 +53,9 @@ def prepare(data_dir: Path) -> MetricsDir | None:
     except OSError as error:
         os.environ.pop(ENV, None)
         structlog.get_logger("receiver").warning(
-            "metrics.single_process", folder=str(data_dir / "metrics"), error=f"{type(error).__name__}: {error}"
+            "metrics.single_process",
+            folder=str(data_dir / "metrics"),
+            error=f"{type(error).__name__}: {error}",
         )
         return None
 

@@ -4,13 +4,15 @@ and its health check against a real ``receiver serve``."""
 from __future__ import annotations
 
 import fnmatch
+import http.client
 import json
 import shlex
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
-from support import Service, free_port, service_env
+from support import Service, cli, create_app_token, free_port, service_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,7 +93,45 @@ def test_healthcheck_passes_on_a_running_serve_and_fails_without_one(db_url: str
     service = Service(env, workers=1).start()
     try:
         check = [sys.executable, "-m", "receiver.healthcheck"]
-        assert subprocess.run(check, env={**env, "RECEIVER_PORT": str(service.port)}, timeout=30).returncode == 0
-        assert subprocess.run([*check, str(free_port())], env=env, timeout=30).returncode == 1
+        assert (
+            subprocess.run(
+                check, env={**env, "RECEIVER_PORT": str(service.port)}, timeout=30, check=False
+            ).returncode
+            == 0
+        )
+        assert subprocess.run([*check, str(free_port())], env=env, timeout=30, check=False).returncode == 1
+    finally:
+        assert service.terminate() == 0
+
+
+class HTTPSService(Service):
+    def connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPSConnection(
+            "127.0.0.1", self.port, timeout=10, context=ssl._create_unverified_context()
+        )
+
+
+def test_healthcheck_and_simulator_over_https(db_url: str, tmp_path: Path) -> None:
+    env = service_env(tmp_path / "data", db_url)
+    token = create_app_token(env)["token"]
+    service = HTTPSService(env, workers=1)
+    service.extra_args = ["--tls-self-signed"]
+    service.start()
+    try:
+        check = [sys.executable, "-m", "receiver.healthcheck", str(service.port)]
+        assert (
+            subprocess.run(check, env=env, timeout=30, check=False).returncode == 0
+        )  # plain HTTP fails, HTTPS answers
+        url = f"https://127.0.0.1:{service.port}"
+        done = cli(
+            "simulate", "--url", url, "--token", token, "--messages", "20", "--insecure", "--json", env=env
+        )
+        assert json.loads(done.stdout)["ok"] is True
+        refused = cli(
+            "simulate", "--url", url, "--token", token, "--messages", "2", "--json", env=env, check=False
+        )
+        assert (
+            refused.returncode == 1 and json.loads(refused.stdout)["push"]["errors"]
+        )  # unverifiable certificate
     finally:
         assert service.terminate() == 0

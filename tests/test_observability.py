@@ -15,14 +15,13 @@ import asyncpg
 import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
 from structlog.testing import capture_logs
+from support import Harness, Service, create_app_token, run, service_env, wait_for
 
 from receiver import applications, metrics, metrics_dir
 from receiver.config import Settings
 from receiver.http.app import create_app
-from starlette.testclient import TestClient
-
-from support import Harness, Service, create_app_token, run, service_env, wait_for
 
 STATUS_REPORT = "/callbacks/{token}/status-report"
 UPLINK = "/callbacks/{token}/uplink"
@@ -56,8 +55,13 @@ def test_metrics_count_requests_by_route_template_and_events_at_commit(harness: 
     assert harness.post("status-report", "smsMsgId=m-9&status=mk:0036").status_code == 200
     assert harness.post("status-report", "smsMsgId=m-8&status=%3Cx+y%3E").status_code == 200
     assert harness.post("status-report", "status=DELIVRD").status_code == 400
-    assert harness.post("status-report", "smsMsgId=x&status=DELIVRD", token="no-such-token").status_code == 404
-    assert harness.post("uplink", "from=%2B8615123456789&to=csms100000001&body=T&smsMsgId=u-1").status_code == 200
+    assert (
+        harness.post("status-report", "smsMsgId=x&status=DELIVRD", token="no-such-token").status_code == 404
+    )
+    assert (
+        harness.post("uplink", "from=%2B8615123456789&to=csms100000001&body=T&smsMsgId=u-1").status_code
+        == 200
+    )
     assert harness.client.get("/no/such/path").status_code == 404
     harness.settle()
     after = scrape(harness)
@@ -97,7 +101,9 @@ def test_journal_age_grows_while_postgres_refuses_and_errors_are_counted(harness
     state.writer._conn = None
     try:
         assert harness.post("status-report", "smsMsgId=away-1&status=DELIVRD").status_code == 200
-        assert wait_for(lambda: value(scrape(harness), "receiver_journal_oldest_age_seconds") >= 1.0, timeout=10)
+        assert wait_for(
+            lambda: value(scrape(harness), "receiver_journal_oldest_age_seconds") >= 1.0, timeout=10
+        )
         during = scrape(harness)
         assert value(during, "receiver_journal_backlog_bytes") > 0
         errors = value(during, "receiver_database_errors_total", stage="writer")
@@ -128,10 +134,9 @@ def test_status_labels_are_bounded() -> None:
 
 def test_on_commit_drops_updates_of_a_failed_block() -> None:
     done: list[int] = []
-    with pytest.raises(RuntimeError):
-        with metrics.on_commit():
-            metrics.later(lambda: done.append(1))
-            raise RuntimeError("rolled back")
+    with pytest.raises(RuntimeError), metrics.on_commit():
+        metrics.later(lambda: done.append(1))
+        raise RuntimeError("rolled back")
     assert done == []
     with metrics.on_commit():
         metrics.later(lambda: done.append(2))
@@ -158,7 +163,9 @@ def test_a_callback_logs_one_masked_line_with_its_request_id(harness: Harness) -
             f"/callbacks/{harness.token}/uplink", content=reply, headers={"Content-Type": form}
         )
         third = harness.client.post(
-            f"/callbacks/{harness.token}/uplink", content=reply, headers={"Content-Type": form, "X-Request-Id": "a b"}
+            f"/callbacks/{harness.token}/uplink",
+            content=reply,
+            headers={"Content-Type": form, "X-Request-Id": "a b"},
         )
         harness.settle()
     assert first.status_code == second.status_code == third.status_code == 200
@@ -176,7 +183,11 @@ def test_a_callback_logs_one_masked_line_with_its_request_id(harness: Harness) -
     assert line["sms_msg_id"] == "log-1" and line["status"] == "DELIVRD"
     assert line["to"] == "+86151****6789" and line["bytes"] == len(report)
     [line] = by_request[generated]
-    assert line["endpoint"] == "uplink" and line["from"] == "+86139****5678" and line["channel"] == "csms100000001"
+    assert (
+        line["endpoint"] == "uplink"
+        and line["from"] == "+86139****5678"
+        and line["channel"] == "csms100000001"
+    )
     text = repr(entries)
     for secret in (harness.token, "15112346789", "13912345678", "好的谢谢", "%E5%A5%BD", report, reply):
         assert secret not in text
@@ -205,13 +216,13 @@ def test_a_push_with_a_bad_signature_logs_one_line(db_url: str, tmp_path: Path) 
 
     token = run(keyed_app())
     settings = Settings(database_url=db_url, data_dir=tmp_path, log_format="json")
-    with TestClient(create_app(settings)) as client:
-        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as entries:
-            response = client.post(
-                f"/callbacks/{token}/status-report",
-                content="smsMsgId=s-1&status=DELIVRD",
-                headers={"Content-Type": "application/x-www-form-urlencoded"},
-            )
+    capture = capture_logs(processors=[structlog.contextvars.merge_contextvars])
+    with TestClient(create_app(settings)) as client, capture as entries:
+        response = client.post(
+            f"/callbacks/{token}/status-report",
+            content="smsMsgId=s-1&status=DELIVRD",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
     assert response.status_code == 401
     [line] = [e for e in entries if e.get("request_id") == response.headers["x-request-id"]]
     assert line["event"] == "callback" and line["error"] == "invalid_signature"
@@ -243,7 +254,9 @@ def test_console_output_in_a_terminal_json_otherwise() -> None:
             os.close(follower)
     text = out.decode()
     assert "hello" in text and "sms_msg_id" in text and not text.lstrip().startswith("{")
-    piped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    piped = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
     assert piped.stderr.startswith("{") and '"event": "hello"' in piped.stderr
 
 
@@ -252,7 +265,9 @@ def test_log_level_is_configurable(db_url: str, tmp_path: Path) -> None:
     token = create_app_token(env)["token"]
     service = Service(env, workers=1).start()
     try:
-        assert service.post_form(f"/callbacks/{token}/status-report", "smsMsgId=quiet&status=DELIVRD")[0] == 200
+        assert (
+            service.post_form(f"/callbacks/{token}/status-report", "smsMsgId=quiet&status=DELIVRD")[0] == 200
+        )
     finally:
         assert service.terminate() == 0
     assert '"callback"' not in service.log.read_text()
@@ -274,7 +289,9 @@ def test_metrics_add_up_over_workers_and_survive_a_killed_one(db_url: str, tmp_p
         [folder] = [p for p in (data / "metrics").iterdir() if p.is_dir()]
         n = 40
         for i in range(n):
-            status, _ = service.post_form(f"/callbacks/{token}/status-report", f"smsMsgId=w-{i}&status=DELIVRD")
+            status, _ = service.post_form(
+                f"/callbacks/{token}/status-report", f"smsMsgId=w-{i}&status=DELIVRD"
+            )
             assert status == 200
 
         def total(text: str) -> float:
@@ -287,11 +304,13 @@ def test_metrics_add_up_over_workers_and_survive_a_killed_one(db_url: str, tmp_p
         assert {total(text) for text in scrapes} == {n}
         assert wait_for(lambda: value(service.get("/metrics")[1].decode(), "receiver_status_reports_total", status="DELIVRD") == n)  # fmt: skip
 
-        victim = sorted(workers)[0]
+        victim = min(workers)
         os.kill(victim, signal.SIGKILL)
         assert wait_for(lambda: service.get("/healthz")[0] == 200)
         # The supervisor reaps it and starts another; the next scrape drops its gauges.
-        assert wait_for(lambda: service.get("/metrics")[0] == 200 and not list(folder.glob(f"gauge_live*_{victim}.db")))
+        assert wait_for(
+            lambda: service.get("/metrics")[0] == 200 and not list(folder.glob(f"gauge_live*_{victim}.db"))
+        )
         text = service.get("/metrics")[1].decode()
         assert total(text) == n, "a killed worker's counts must stay"
         assert value(text, "receiver_journal_max_bytes") == 256 << 20

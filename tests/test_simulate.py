@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qsl
 
 import pytest
+from support import Service, cli, create_app_token, fetch, run, service_env, wait_for
 
 from receiver.blacklist.keywords import Keywords
 from receiver.config import Settings
@@ -16,19 +19,22 @@ from receiver.protocol import parse_status_report_batch, parse_status_report_for
 from receiver.simulate import push, scenario
 from receiver.simulate.scenario import Options
 
-from support import Service, cli, create_app_token, fetch, run, service_env, wait_for
-
 
 def form_pushes(plan: scenario.Scenario, endpoint: str) -> list[scenario.Push]:
     return [p for p in plan.pushes if p.endpoint == endpoint]
 
 
 def test_same_seed_same_pushes_and_every_push_parses() -> None:
-    options = Options(messages=300, seed=7, long=0.3, failures=0.2, duplicates=0.1, replies=0.2, optouts=0.1)
+    start = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
+    options = Options(
+        messages=300, seed=7, long=0.3, failures=0.2, duplicates=0.1, replies=0.2, optouts=0.1, start=start
+    )
     plan = scenario.build(options)
     again = scenario.build(options)
     assert [p.body for p in plan.pushes] == [p.body for p in again.pushes]
-    assert [s.sms_msg_id for s in plan.sends] == [s.sms_msg_id for s in again.sends]
+    later = scenario.build(replace(options, start=None))  # times follow the clock, the rest the seed
+    assert [s.sms_msg_id for s in later.sends] == [s.sms_msg_id for s in plan.sends]
+    assert [s.to for s in later.sends] == [s.to for s in plan.sends]
 
     reports = [parse_status_report_form(p.body) for p in form_pushes(plan, "status-report")]
     replies = [parse_uplink_form(p.body) for p in form_pushes(plan, "uplink")]
@@ -37,7 +43,9 @@ def test_same_seed_same_pushes_and_every_push_parses() -> None:
     assert len(distinct_reports) == plan.expected.reports == sum(s.total for s in plan.sends)
     assert len({r.sms_msg_id for r in replies}) == plan.expected.replies
     assert sum(1 for p in plan.pushes if p.duplicate) > 0
-    assert len(plan.pushes) == plan.expected.reports + plan.expected.replies + sum(p.duplicate for p in plan.pushes)
+    assert len(plan.pushes) == plan.expected.reports + plan.expected.replies + sum(
+        p.duplicate for p in plan.pushes
+    )
     assert plan.expected.delivered | plan.expected.failed == {s.sms_msg_id for s in plan.sends}
     assert {r.status for r in reports} >= {"DELIVRD", "UNDELIV"}
 
@@ -79,7 +87,7 @@ def test_long_messages_arrive_out_of_order_only_when_asked() -> None:
                     seen.setdefault(report.sms_msg_id, []).append(report.sequence or 0)
         return list(seen.values())
 
-    options = dict(messages=300, seed=11, long=0.5, duplicates=0.0)
+    options = {"messages": 300, "seed": 11, "long": 0.5, "duplicates": 0.0}
     in_order = part_orders(scenario.build(Options(**options)))  # type: ignore[arg-type]
     assert in_order and all(parts == sorted(parts) for parts in in_order)
     shuffled = part_orders(scenario.build(Options(**options, reorder=True)))  # type: ignore[arg-type]
@@ -133,7 +141,13 @@ def test_progress_bar_is_one_line_rewritten() -> None:
     bar(result)
     bar.close()
     text = stream.getvalue()
-    assert text.startswith("\r[") and text.endswith("\n") and "4/4" in text and "ok 3" in text and "failed 1" in text
+    assert (
+        text.startswith("\r[")
+        and text.endswith("\n")
+        and "4/4" in text
+        and "ok 3" in text
+        and "failed 1" in text
+    )
     quiet = io.StringIO()
     push.ProgressBar(4, stream=quiet)(result)  # not a terminal: nothing
     assert quiet.getvalue() == ""
@@ -146,7 +160,11 @@ def outcome(url: str, reports: int, replies: int) -> tuple[int, int, Counter[str
     """What the database holds, once it holds ``reports`` reports and ``replies`` replies (or after 30 s)."""
 
     def counts() -> tuple[int, int]:
-        row = run(fetch(url, "SELECT (SELECT count(*) FROM status_reports) AS r, (SELECT count(*) FROM uplinks) AS u"))
+        row = run(
+            fetch(
+                url, "SELECT (SELECT count(*) FROM status_reports) AS r, (SELECT count(*) FROM uplinks) AS u"
+            )
+        )
         return row[0]["r"], row[0]["u"]
 
     wait_for(lambda: counts() == (reports, replies), timeout=30)
@@ -162,8 +180,31 @@ def test_simulate_against_serve_registers_pushes_and_checks(db_url: str, tmp_pat
     service = Service(env, workers=2).start()
     try:
         url = f"http://127.0.0.1:{service.port}"
-        common = ["--url", url, "--token", token, "--api-key", key, "--messages", "300", "--rate", "0", "--json"]
-        done = cli("simulate", *common, "--seed", "21", "--reorder", "--duplicates", "0.1", "--optouts", "0.05", env=env)
+        common = [
+            "--url",
+            url,
+            "--token",
+            token,
+            "--api-key",
+            key,
+            "--messages",
+            "300",
+            "--rate",
+            "0",
+            "--json",
+        ]
+        done = cli(
+            "simulate",
+            *common,
+            "--seed",
+            "21",
+            "--reorder",
+            "--duplicates",
+            "0.1",
+            "--optouts",
+            "0.05",
+            env=env,
+        )
         summary = json.loads(done.stdout)
         assert summary["ok"] is True and summary["registered"] == 300
         assert summary["push"]["acknowledged"] == summary["push"]["pushes"]
@@ -182,7 +223,9 @@ def test_simulate_against_serve_registers_pushes_and_checks(db_url: str, tmp_pat
         # Batches this time, on top: the database holds both runs, nothing twice.
         cli("simulate", *common, "--seed", "22", "--batch", "--channel", "csms100000002", env=env)
         second = scenario.build(Options(messages=300, seed=22, batch=True, channel="csms100000002")).expected
-        reports, replies, states, blacklisted = outcome(db_url, e.reports + second.reports, e.replies + second.replies)
+        reports, replies, states, blacklisted = outcome(
+            db_url, e.reports + second.reports, e.replies + second.replies
+        )
         assert (reports, replies) == (e.reports + second.reports, e.replies + second.replies)
         assert blacklisted == e.blacklisted(True) | second.blacklisted(True)
         via = {r["via"]: r["n"] for r in run(fetch(db_url, "SELECT via, count(*) AS n FROM status_reports GROUP BY via"))}  # fmt: skip
@@ -197,13 +240,28 @@ def test_simulate_without_a_key_only_pushes(db_url: str, tmp_path: Path) -> None
     service = Service(env, workers=1).start()
     try:
         url = f"http://127.0.0.1:{service.port}"
-        done = cli("simulate", "--url", url, "--token", token, "--messages", "50", "--seed", "3", "--rate", "500", env=env)
+        done = cli(
+            "simulate",
+            "--url",
+            url,
+            "--token",
+            token,
+            "--messages",
+            "50",
+            "--seed",
+            "3",
+            "--rate",
+            "500",
+            env=env,
+        )
         assert "pushed" in done.stdout and "--api-key" in done.stdout
         plan = scenario.build(Options(messages=50, seed=3))
         reports, replies, _, blacklisted = outcome(db_url, plan.expected.reports, plan.expected.replies)
         assert (reports, replies) == (plan.expected.reports, plan.expected.replies)
         assert blacklisted == plan.expected.blacklisted(registered=False)
-        wrong = cli("simulate", "--url", url, "--token", "not-a-token", "--messages", "5", env=env, check=False)
+        wrong = cli(
+            "simulate", "--url", url, "--token", "not-a-token", "--messages", "5", env=env, check=False
+        )
         assert wrong.returncode == 1 and "404" in wrong.stdout
     finally:
         assert service.terminate() == 0
@@ -219,7 +277,14 @@ def test_signed_pushes_verify_with_the_receivers_verifier() -> None:
     request_line, *lines = head.split(b"\r\n")
     headers = [tuple(line.split(b": ", 1)) for line in lines]
     path = request_line.split(b" ")[1]
-    common = dict(method="POST", raw_path=path, query_string=b"", headers=headers, now=1_700_000_000, max_skew=900)
+    common = {
+        "method": "POST",
+        "raw_path": path,
+        "query_string": b"",
+        "headers": headers,
+        "now": 1_700_000_000,
+        "max_skew": 900,
+    }
     assert signature.verify({"pushAk": "pushSk*1231d881wd"}, body=body, **common) == "pushAk"  # type: ignore[arg-type]
     with pytest.raises(signature.SignatureError):
         signature.verify({"pushAk": "another secret"}, body=body, **common)  # type: ignore[arg-type]
@@ -227,7 +292,9 @@ def test_signed_pushes_verify_with_the_receivers_verifier() -> None:
 
 def test_simulate_signs_pushes_for_an_application_with_push_keys(db_url: str, tmp_path: Path) -> None:
     env = service_env(tmp_path / "data", db_url)
-    token = json.loads(cli("app", "create", "signed", "--push-key", "simAk:simSk", "--json", env=env).stdout)["token"]
+    token = json.loads(cli("app", "create", "signed", "--push-key", "simAk:simSk", "--json", env=env).stdout)[
+        "token"
+    ]
     service = Service(env, workers=1).start()
     try:
         url = f"http://127.0.0.1:{service.port}"

@@ -73,7 +73,9 @@ class Observe:
         self.app = app
         self.templates = {id(route): route.path for route in routes if isinstance(route, Route)}
         # callback route template -> the name in its log line (status-report, status-reports, uplink)
-        self.callbacks = {p: p.rsplit("/", 1)[-1] for p in self.templates.values() if p.startswith("/callbacks/")}
+        self.callbacks = {
+            p: p.rsplit("/", 1)[-1] for p in self.templates.values() if p.startswith("/callbacks/")
+        }
         self._requests: dict[tuple[str, int], Any] = {}  # labelled children, looked up once
         self._acks: dict[str, Any] = {}
 

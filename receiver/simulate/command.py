@@ -47,10 +47,16 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--channel", default="csms100000001", help="the channel number sends come from")
     p.add_argument("--push-key", help="AK:SK: sign every push (SDK-HMAC-SHA256) like the platform")
     p.add_argument("--insecure", action="store_true", help="https: accept a self-signed certificate")
-    p.add_argument("--seed", type=int, help="the same seed gives the same pushes")
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="the same seed: the same messages, numbers and events (times follow the clock)",
+    )
     p.add_argument("--wait", type=float, default=30.0, help="with --api-key: seconds to wait for the outcome")
     p.add_argument("--json", action="store_true", help="print one JSON object on standard output")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr")
+    p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar on stderr"
+    )
     p.set_defaults(handler=run)
 
 
@@ -76,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
         f"{len(plan.pushes)} pushes ({duplicates} duplicates) to {args.url}"
     )
     api = push.Api(args.url, args.api_key, args.insecure) if args.api_key else None
-    report: dict[str, Any] = {"messages": len(plan.sends), "expected": _expected(plan, registered=api is not None)}
+    report: dict[str, Any] = {
+        "messages": len(plan.sends),
+        "expected": _expected(plan, registered=api is not None),
+    }
     if api is not None:
         try:
             report["registered"] = api.register(plan)

@@ -149,7 +149,9 @@ def request_bytes(target: Target, push: Push, now: float | None = None) -> bytes
     return head.encode("latin-1") + push.body
 
 
-def authorization(key: tuple[str, str], path: str, headers: Sequence[tuple[str, str]], body: bytes, date: str) -> str:
+def authorization(
+    key: tuple[str, str], path: str, headers: Sequence[tuple[str, str]], body: bytes, date: str
+) -> str:
     """``SDK-HMAC-SHA256 Access=..,SignedHeaders=..,Signature=..``, the API Gateway signature (§1.7)."""
     access_key, secret_key = key
     values = {name.lower(): value for name, value in headers}
@@ -168,13 +170,17 @@ def authorization(key: tuple[str, str], path: str, headers: Sequence[tuple[str, 
     )
     to_sign = f"SDK-HMAC-SHA256\n{date}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
     signature = hmac.new(secret_key.encode(), to_sign.encode(), hashlib.sha256).hexdigest()
-    return f"SDK-HMAC-SHA256 Access={access_key},SignedHeaders={';'.join(SIGNED_HEADERS)},Signature={signature}"
+    return (
+        f"SDK-HMAC-SHA256 Access={access_key},SignedHeaders={';'.join(SIGNED_HEADERS)},Signature={signature}"
+    )
 
 
 async def send(target: Target, push: Push, context: ssl.SSLContext | None = None) -> int:
     """Push once on a new connection; the answer's status code."""
     reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(target.host, target.port, ssl=context, server_hostname=target.host if context else None),
+        asyncio.open_connection(
+            target.host, target.port, ssl=context, server_hostname=target.host if context else None
+        ),
         target.timeout,
     )
     try:
@@ -295,11 +301,15 @@ class Api:
             with urllib.request.urlopen(request, timeout=self.timeout, context=self.context) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
-            raise ApiError(f"{method} {path}: {error.code} {error.read()[:300].decode(errors='replace')}") from None
+            raise ApiError(
+                f"{method} {path}: {error.code} {error.read()[:300].decode(errors='replace')}"
+            ) from None
 
     def register(self, scenario: Scenario) -> int:
         """``POST /v1/sent`` every send request's response; how many messages are newly registered."""
-        return sum(int(self.call("POST", "/v1/sent", r.registration())["registered"]) for r in scenario.requests)
+        return sum(
+            int(self.call("POST", "/v1/sent", r.registration())["registered"]) for r in scenario.requests
+        )
 
     def states(self, scenario: Scenario) -> Counter[str]:
         """The delivery state of the scenario's messages, as the receiver derives them."""

@@ -201,9 +201,7 @@ def build(options: Options) -> Scenario:
             delivered_at = _reports(rng, options, send, extend, offset, expected, event)
             if delivered_at is not None:
                 _reply(rng, options, send, created, delivered_at, offset, expected, event)
-        requests.append(
-            SendRequest({"code": "000000", "description": "Success", "result": results}, extend)
-        )
+        requests.append(SendRequest({"code": "000000", "description": "Success", "result": results}, extend))
         index += size
 
     events.sort()
@@ -216,12 +214,16 @@ def _reports(rng, options, send, extend, offset, expected, event) -> datetime | 
     """The reports of one message; returns when it was delivered (None: it failed)."""
     failing_part = rng.randint(1, send.total) if rng.random() < options.failures else None
     failure = rng.choices(FAILURES, weights=[w for _, _, w in FAILURES])[0] if failing_part else None
-    delays = sorted(rng.uniform(1, 20) if rng.random() < 0.9 else rng.uniform(20, 600) for _ in range(send.total))
+    delays = sorted(
+        rng.uniform(1, 20) if rng.random() < 0.9 else rng.uniform(20, 600) for _ in range(send.total)
+    )
     if options.reorder and send.total > 1:
         rng.shuffle(delays)  # later parts reported first
     for sequence in range(1, send.total + 1):
         delay = delays[sequence - 1]
-        status, source = (failure[0], failure[1]) if failure and sequence == failing_part else (DELIVERED, "2")
+        status, source = (
+            (failure[0], failure[1]) if failure and sequence == failing_part else (DELIVERED, "2")
+        )
         updated = send.create_time + timedelta(seconds=int(delay))
         fields = [("sequence", str(sequence)), ("total", str(send.total))]
         if rng.random() < 0.5:
