@@ -511,7 +511,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except migrate.MigrationsMissing as error:
+        print(f"receiver: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -60,3 +60,10 @@ def test_app_create_refuses_a_taken_name(db_url: str, tmp_path: Path) -> None:
 def test_db_url_prints_the_configured_url(db_url: str, tmp_path: Path) -> None:
     env = service_env(tmp_path, db_url)
     assert cli("db", "url", env=env).stdout.strip() == db_url
+
+
+def test_migrate_refuses_to_run_without_migrations(empty_db_url: str, tmp_path: Path) -> None:
+    env = service_env(tmp_path, empty_db_url, RECEIVER_MIGRATIONS_DIR=str(tmp_path / "nowhere"))
+    result = cli("migrate", env=env, check=False)
+    assert result.returncode != 0
+    assert "no SQL migrations" in result.stderr

@@ -13,6 +13,10 @@ import asyncpg
 _LOCK_ID = 0x5245_4356  # "RECV"
 
 
+class MigrationsMissing(FileNotFoundError):
+    """The sql/ folder is not where we look: starting would leave the database without tables."""
+
+
 @dataclass(frozen=True)
 class Migration:
     version: str
@@ -32,7 +36,10 @@ def migrations_dir() -> Path:
 
 def available(directory: Path | None = None) -> list[Migration]:
     folder = directory or migrations_dir()
-    return [Migration(path.stem, path) for path in sorted(folder.glob("[0-9]*.sql"))]
+    found = [Migration(path.stem, path) for path in sorted(folder.glob("[0-9]*.sql"))]
+    if not found:  # a package installed without its sql/ folder must not start on an empty schema
+        raise MigrationsMissing(f"no SQL migrations in {folder}: set RECEIVER_MIGRATIONS_DIR to the sql/ folder")
+    return found
 
 
 async def apply(conn: asyncpg.Connection, directory: Path | None = None) -> list[str]:
