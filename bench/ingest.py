@@ -421,6 +421,8 @@ class Bench:
         server_before, db_before, machine_before = cpu_seconds(pids), cpu_seconds(pg), machine_busy_seconds()
         info, threads, client_cpu = self.run_wrk(server, mode, prefix, duration, self.args.connections)
         server_cpu, db_cpu = cpu_seconds(pids) - server_before, cpu_seconds(pg) - db_before
+        if server.name != "noop":  # backends that started during the round (a pool growing): all their CPU is the round's
+            db_cpu += cpu_seconds([pid for pid in descendants(self.pg_postmaster) if pid not in set(pg)])
         machine = machine_busy_seconds() - machine_before
         r.duration, r.requests = info["duration"], info["requests"]
         r.errors = info["errors"]
