@@ -41,6 +41,7 @@ from prometheus_client import (
 )
 
 from .metrics_dir import ENV
+from .procs import alive
 
 if TYPE_CHECKING:
     from .blacklist.rules import Diff
@@ -248,7 +249,7 @@ def reap_dead_workers() -> list[int]:
     dead = set()
     for path in Path(folder).glob("gauge_live*_*.db"):
         match = _LIVE_FILE.fullmatch(path.name)
-        if match and not _alive(int(match.group(1))):
+        if match and not alive(int(match.group(1))):
             dead.add(int(match.group(1)))
     for pid in dead:
         multiprocess.mark_process_dead(pid, folder)
@@ -261,15 +262,3 @@ def worker_stopped() -> None:
     if MULTIPROCESS and folder:
         with contextlib.suppress(OSError):
             multiprocess.mark_process_dead(os.getpid(), folder)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

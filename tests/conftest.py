@@ -14,15 +14,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from support import Harness, OwnPostgres, admin, run, serving, with_database, world_readable_tmpdir
 
 from receiver.db import embedded, migrate
-
-from receiver import apikeys, applications
-from receiver.config import Settings
-from receiver.http.app import create_app
-from starlette.testclient import TestClient
-
-from support import Harness, admin, run, with_database, world_readable_tmpdir
 
 TEMPLATE = "receiver_test_template"
 
@@ -82,17 +76,17 @@ def empty_db_url(pg_server_url: str) -> Iterator[str]:
 @pytest.fixture
 def harness(db_url: str, tmp_path: Path) -> Iterator[Harness]:
     """The application in-process on a database of its own, with one application and one API key."""
+    with serving(db_url, tmp_path) as h:
+        yield h
 
-    async def make_app() -> tuple[str, str]:
-        conn = await asyncpg.connect(db_url)
-        try:
-            _, token = await applications.create(conn, "shop", ["csms100000001"])
-            key = await apikeys.create(conn, "tests")
-        finally:
-            await conn.close()
-        return token, key
 
-    token, key = run(make_app())
-    settings = Settings(database_url=db_url, data_dir=tmp_path, log_format="json")
-    with TestClient(create_app(settings)) as client:
-        yield Harness(client, token, db_url, key)
+@pytest.fixture
+def own_pg() -> Iterator[OwnPostgres]:
+    """A PostgreSQL of this test's own, which it may stop and start."""
+    base = world_readable_tmpdir("receiver-own-pg-")
+    pg = OwnPostgres(base)
+    try:
+        yield pg
+    finally:
+        pg.stop()
+        shutil.rmtree(base, ignore_errors=True)

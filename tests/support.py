@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import time as _time
+import contextlib
 import tempfile
+import time as _time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -82,15 +84,15 @@ async def fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
 
 # --- a real `receiver serve` in a child process -----------------------------------------------
 
-import http.client  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 
 
 def free_port() -> int:
@@ -249,3 +251,41 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.2):  # type: ig
         if time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+class OwnPostgres:
+    """A PostgreSQL cluster of one test's own, so that the test may stop and start it."""
+
+    def __init__(self, base: Path) -> None:
+        from receiver.db import embedded
+
+        self.server = embedded.start(base)
+        self.url = self.server.url
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        self.server._server.start()  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def serving(db_url: str, data_dir: Path, **settings: object) -> Iterator[Harness]:
+    """The app in-process on ``db_url`` with one application and one API key, and the settings given."""
+    from receiver import apikeys, applications
+    from receiver.config import Settings
+    from receiver.http.app import create_app
+
+    async def make_app() -> tuple[str, str]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            _, token = await applications.create(conn, "shop", ["csms100000001"])
+            key = await apikeys.create(conn, "tests")
+        finally:
+            await conn.close()
+        return token, key
+
+    token, key = run(make_app())
+    config = Settings(database_url=db_url, data_dir=data_dir, log_format="json", **settings)  # type: ignore[arg-type]
+    with TestClient(create_app(config)) as client:
+        yield Harness(client, token, db_url, key)

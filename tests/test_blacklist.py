@@ -3,33 +3,37 @@ the /v1/blacklist API; the CLI; rebuilding; a blacklisting surviving kill -9."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import http.client
 import io
 import json
-import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
 
 import asyncpg
 import pytest
-from starlette.testclient import TestClient
+from support import (
+    JSON,
+    Harness,
+    OwnPostgres,
+    Service,
+    cli,
+    create_app_token,
+    fetch,
+    run,
+    service_env,
+    serving,
+    wait_for,
+)
 
-from receiver import apikeys, applications
+from receiver import applications
 from receiver.blacklist import store
 from receiver.blacklist.rules import Signal, fold
 from receiver.config import Settings
-from receiver.db import embedded
-from receiver.http.app import create_app
 from receiver.protocol import StatusReport, Uplink
 from receiver.records import ReportRecord, UplinkRecord
 from receiver.writer import store as write_batch
-
-from support import JSON, Harness, Service, cli, create_app_token, fetch, run, service_env, wait_for
-from support import world_readable_tmpdir
 
 N1 = "+8615112345678"
 N2 = "+8613112345678"
@@ -48,25 +52,6 @@ def report(sms_msg_id: str, status: str, to: str | None = None) -> str:
     if to is not None:
         fields.update(extend="x", to=to)
     return urlencode(fields)
-
-
-@contextlib.contextmanager
-def serving(db_url: str, data_dir: Path, **settings: object) -> Iterator[Harness]:
-    """The app in-process, like the ``harness`` fixture, with settings of the test's choosing."""
-
-    async def make_app() -> tuple[str, str]:
-        conn = await asyncpg.connect(db_url)
-        try:
-            _, token = await applications.create(conn, "shop", ["csms100000001"])
-            key = await apikeys.create(conn, "support-desk")
-        finally:
-            await conn.close()
-        return token, key
-
-    token, key = run(make_app())
-    config = Settings(database_url=db_url, data_dir=data_dir, log_format="json", **settings)  # type: ignore[arg-type]
-    with TestClient(create_app(config)) as client:
-        yield Harness(client, token, db_url, key)
 
 
 def entries(h: Harness) -> list[tuple[object, ...]]:
@@ -589,29 +574,6 @@ def test_a_manual_removal_outweighs_earlier_events_that_arrive_later() -> None:
 
 
 # --- kill -9 --------------------------------------------------------------------------------------
-
-
-class OwnPostgres:
-    def __init__(self, base: Path) -> None:
-        self.server = embedded.start(base)
-        self.url = self.server.url
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def start(self) -> None:
-        self.server._server.start()  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def own_pg() -> Iterator[OwnPostgres]:
-    base = world_readable_tmpdir("receiver-own-pg-")
-    pg = OwnPostgres(base)
-    try:
-        yield pg
-    finally:
-        pg.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def get_with_key(service: Service, path: str, key: str) -> tuple[int, bytes]:

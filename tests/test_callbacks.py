@@ -8,10 +8,9 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
+from support import FORM, JSON, Harness, run
 
 from receiver import applications
-
-from support import FORM, JSON, Harness, run
 
 # Official sample bodies, verbatim from the reference (§1.4, §8.1, §8.2, §3).
 SAMPLE_REPORT = (

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
-
 from support import Harness, run
 
 HOUR_1 = datetime(2024, 11, 22, 2, tzinfo=UTC)

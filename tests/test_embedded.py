@@ -7,9 +7,9 @@ import shutil
 import stat
 from pathlib import Path
 
-from receiver.db import embedded
-
 from support import fetch, run, world_readable_tmpdir
+
+from receiver.db import embedded
 
 ROOT = os.geteuid() == 0
 

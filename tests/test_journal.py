@@ -25,8 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from receiver.journal import Journal, JournalFull, JournalReader, JournalUnavailable
-from receiver.journal import frames
+from receiver.journal import Journal, JournalFull, JournalReader, JournalUnavailable, frames
 from receiver.journal.segments import SUFFIX
 
 REPO = Path(__file__).resolve().parents[1]

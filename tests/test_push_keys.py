@@ -14,14 +14,13 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from huawei_signer import sdk_date, sign
 from starlette.testclient import TestClient
+from support import FORM, JSON, Harness, cli, fetch, run, service_env
 
 from receiver import apikeys, applications
 from receiver.config import Settings
 from receiver.http.app import create_app
-
-from huawei_signer import sdk_date, sign
-from support import FORM, JSON, Harness, cli, fetch, run, service_env
 
 AK, SK = "exampleAk", "exampleSk*1231d881wd"
 AK2, SK2 = "nextAk", "nextSk:with:colons"

@@ -5,39 +5,20 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from receiver.db import embedded
-
-from support import Load, Service, create_app_token, fetch, run, service_env, wait_for, world_readable_tmpdir
-
-
-class OwnPostgres:
-    """A PostgreSQL cluster of this test's own, so that the test may stop and start it."""
-
-    def __init__(self, base: Path) -> None:
-        self.server = embedded.start(base)
-        self.url = self.server.url
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def start(self) -> None:
-        self.server._server.start()  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def own_pg() -> Iterator[OwnPostgres]:
-    base = world_readable_tmpdir("receiver-own-pg-")
-    pg = OwnPostgres(base)
-    try:
-        yield pg
-    finally:
-        pg.stop()
-        shutil.rmtree(base, ignore_errors=True)
+from support import (
+    Load,
+    OwnPostgres,
+    Service,
+    create_app_token,
+    fetch,
+    run,
+    service_env,
+    wait_for,
+    world_readable_tmpdir,
+)
 
 
 @pytest.fixture

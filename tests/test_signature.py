@@ -7,6 +7,7 @@ import time
 from urllib.parse import quote, urlsplit
 
 import pytest
+from huawei_signer import PlatformSigner, sign
 from huaweicloudsdkcore.auth.credentials import BasicCredentials
 from huaweicloudsdkcore.sdk_request import SdkRequest
 from hypothesis import given, settings
@@ -14,8 +15,6 @@ from hypothesis import strategies as st
 
 from receiver.protocol import signature
 from receiver.protocol.signature import SignatureError
-
-from huawei_signer import PlatformSigner, sign
 
 AK, SK = "exampleAk", "exampleSk*1231d881wd"  # the pair of Huawei's verification sample
 AK2, SK2 = "nextAk", "nextSk-0f9e8d7c"

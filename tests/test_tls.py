@@ -21,7 +21,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-
 from huawei_signer import sign
 from support import Service, cli, create_app_token, fetch, run, service_env, wait_for
 
@@ -49,7 +48,7 @@ def make_cert(folder: Path, kind: str, name: str) -> tuple[Path, Path, int]:
     """A self-signed certificate and its key (``kind``: rsa or ecdsa); returns the paths and the serial."""
     key = rsa.generate_private_key(65537, 2048) if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -184,7 +183,7 @@ def test_sighup_swaps_the_certificate_in_every_worker_without_dropping_connectio
         replace(new_key, live_key)
         assert service.proc is not None
         service.proc.send_signal(signal.SIGHUP)
-        reloaded = lambda: service.log.read_text().count('"tls.reloaded"')  # noqa: E731
+        reloaded = lambda: service.log.read_text().count('"tls.reloaded"')
         assert wait_for(lambda: reloaded() == 2, timeout=20), service.log.read_text()
         assert [peer_serial(service.port) for _ in range(20)] == [new_serial] * 20
 
@@ -209,7 +208,7 @@ def test_sighup_swaps_the_certificate_in_every_worker_without_dropping_connectio
         other_cert, _, _ = make_cert(certs, "ecdsa", "other")
         replace(other_cert, live_cert)
         service.proc.send_signal(signal.SIGHUP)
-        failed = lambda: service.log.read_text().count('"tls.reload_failed"')  # noqa: E731
+        failed = lambda: service.log.read_text().count('"tls.reload_failed"')
         assert wait_for(lambda: failed() == 2, timeout=20), service.log.read_text()
         assert [peer_serial(service.port) for _ in range(10)] == [new_serial] * 10
         assert service.terminate() == 0

@@ -22,6 +22,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..procs import alive
+
 SYSTEM_BASE = Path("/var/lib/receiver")
 _OTHERS_RX = stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
 
@@ -118,16 +120,6 @@ def _forget_dead_handles(pgdata: Path) -> None:
         pids = json.loads(handles.read_text() or "[]")
     except (OSError, ValueError):
         return
-    alive = [pid for pid in pids if _alive(pid)]
-    if alive != pids:
-        handles.write_text(json.dumps(alive))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    living = [pid for pid in pids if alive(pid)]
+    if living != pids:
+        handles.write_text(json.dumps(living))
