@@ -73,7 +73,15 @@ async def naive_status_report(request: Request) -> Response:
         return Response(status_code=400)
     pool: asyncpg.Pool = request.app.state.pool
     await pool.execute(
-        _INSERT, r.sms_msg_id, r.status, r.total, r.sequence, r.source, r.update_time, r.org_code, body.decode()
+        _INSERT,
+        r.sms_msg_id,
+        r.status,
+        r.total,
+        r.sequence,
+        r.source,
+        r.update_time,
+        r.org_code,
+        body.decode(),
     )
     return Response(status_code=200)
 
@@ -112,7 +120,9 @@ def main() -> None:
     from receiver import server
     from receiver.config import Settings
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("app", choices=["noop", "naive"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)

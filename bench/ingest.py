@@ -203,7 +203,9 @@ class Server:
 
     def start(self, timeout: float = 90) -> None:
         out = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         out.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -221,7 +223,9 @@ class Server:
     def post(self, body: bytes) -> int:
         if self.base_url.startswith("https"):
             context = ssl._create_unverified_context()  # the benchmark's own self-signed certificate
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=5, context=context)
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                "127.0.0.1", self.port, timeout=5, context=context
+            )
         else:
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
         try:
@@ -302,13 +306,21 @@ def read_wrk_result(path: Path) -> tuple[dict[str, Any], dict[str, list[int]]]:
                               {"connect": connect, "read": read, "write": write, "status": status, "timeout": timeout}.items()
                               if v}  # fmt: skip
         elif kind == "latency":
-            p50, p90, p99, p999, mean, maximum = map(float, rest)
-            info.update(p50_ms=p50 / 1000, p90_ms=p90 / 1000, p99_ms=p99 / 1000, p999_ms=p999 / 1000, max_ms=maximum / 1000)
+            p50, p90, p99, p999, _mean, maximum = map(float, rest)
+            info.update(
+                p50_ms=p50 / 1000,
+                p90_ms=p90 / 1000,
+                p99_ms=p99 / 1000,
+                p999_ms=p999 / 1000,
+                max_ms=maximum / 1000,
+            )
         elif kind == "thread":
             prefix, made, acked = rest[0], int(rest[1]), int(rest[2])
             missing = [int(v) for v in rest[3].split(",") if v] if len(rest) > 3 else []
             if made - len(missing) != acked:
-                raise RuntimeError(f"wrk thread {prefix}: {made} requests, {acked} acknowledged, {len(missing)} not")
+                raise RuntimeError(
+                    f"wrk thread {prefix}: {made} requests, {acked} acknowledged, {len(missing)} not"
+                )
             threads[prefix] = [made, acked, *missing]
     return info, threads
 
@@ -354,7 +366,10 @@ class Bench:
         self.pg_postmaster = int(pidfile.read_text().split()[0])
         for name in ("bench_receiver", "bench_naive"):
             asyncio.run(_admin(self.pg.url, f"CREATE DATABASE {name}"))
-        self.dsn = {"receiver": with_database(self.pg.url, "bench_receiver"), "naive": with_database(self.pg.url, "bench_naive")}
+        self.dsn = {
+            "receiver": with_database(self.pg.url, "bench_receiver"),
+            "naive": with_database(self.pg.url, "bench_naive"),
+        }
         from .baselines import create_naive_schema
 
         asyncio.run(create_naive_schema(self.dsn["naive"]))
@@ -381,14 +396,22 @@ class Bench:
         specs = {
             "receiver": ([*py, "receiver", "serve", *workers], self.receiver_env(transport)),
             "noop": ([*py, "bench.baselines", "noop", *workers], baseline_env),
-            "naive": ([*py, "bench.baselines", "naive", *workers], {**baseline_env, "BENCH_NAIVE_DSN": self.dsn["naive"]}),
+            "naive": (
+                [*py, "bench.baselines", "naive", *workers],
+                {**baseline_env, "BENCH_NAIVE_DSN": self.dsn["naive"]},
+            ),
         }
         for name in self.args.servers:
             argv, env = specs[name]
-            server = Server(name, transport, argv, env, cpus=self.server_cpus, logs=self.base, tls=tls, token=self.token)
+            server = Server(
+                name, transport, argv, env, cpus=self.server_cpus, logs=self.base, tls=tls, token=self.token
+            )
             server.start()
             self.servers[name] = server
-        log(f"{TRANSPORTS[transport]}: " + ", ".join(f"{s.name} on :{s.port} (pids {s.workers()})" for s in self.servers.values()))
+        log(
+            f"{TRANSPORTS[transport]}: "
+            + ", ".join(f"{s.name} on :{s.port} (pids {s.workers()})" for s in self.servers.values())
+        )
 
     def stop_servers(self) -> None:
         for server in self.servers.values():
@@ -397,7 +420,9 @@ class Bench:
 
     # --- measuring -----------------------------------------------------------------------
 
-    def run_wrk(self, server: Server, mode: str, prefix: str, duration: float, connections: int) -> tuple[dict[str, Any], dict[str, list[int]], float]:
+    def run_wrk(
+        self, server: Server, mode: str, prefix: str, duration: float, connections: int
+    ) -> tuple[dict[str, Any], dict[str, list[int]], float]:
         result = self.base / f"wrk-{prefix}.txt"
         argv = pinned(
             ["wrk", "-t", str(connections), "-c", str(connections), "-d", f"{duration:g}s", "--timeout", "10s",
@@ -405,11 +430,18 @@ class Bench:
             self.client_cpus,
         )  # fmt: skip
         with open(self.base / f"wrk-{prefix}.out", "wb") as out:
-            proc = subprocess.Popen(argv, env={**os.environ, "INGEST_RESULT_FILE": str(result)}, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                argv,
+                env={**os.environ, "INGEST_RESULT_FILE": str(result)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0 or not result.exists():
-            raise RuntimeError(f"wrk failed ({proc.returncode}): {(self.base / f'wrk-{prefix}.out').read_text()}")
+            raise RuntimeError(
+                f"wrk failed ({proc.returncode}): {(self.base / f'wrk-{prefix}.out').read_text()}"
+            )
         info, threads = read_wrk_result(result)
         return info, threads, usage.ru_utime + usage.ru_stime
 
@@ -421,7 +453,9 @@ class Bench:
         server_before, db_before, machine_before = cpu_seconds(pids), cpu_seconds(pg), machine_busy_seconds()
         info, threads, client_cpu = self.run_wrk(server, mode, prefix, duration, self.args.connections)
         server_cpu, db_cpu = cpu_seconds(pids) - server_before, cpu_seconds(pg) - db_before
-        if server.name != "noop":  # backends that started during the round (a pool growing): all their CPU is the round's
+        if (
+            server.name != "noop"
+        ):  # backends that started during the round (a pool growing): all their CPU is the round's
             db_cpu += cpu_seconds([pid for pid in descendants(self.pg_postmaster) if pid not in set(pg)])
         machine = machine_busy_seconds() - machine_before
         r.duration, r.requests = info["duration"], info["requests"]
@@ -430,10 +464,16 @@ class Bench:
         r.rate = r.acked / r.duration
         for key in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"):
             setattr(r, key, info[key])
-        r.server_cpu, r.db_cpu, r.client_cpu = server_cpu / r.duration, db_cpu / r.duration, client_cpu / r.duration
+        r.server_cpu, r.db_cpu, r.client_cpu = (
+            server_cpu / r.duration,
+            db_cpu / r.duration,
+            client_cpu / r.duration,
+        )
         r.foreign_cpu = max(0.0, (machine - server_cpu - db_cpu - client_cpu) / r.duration)
         if server.name in ("receiver", "naive"):
-            r.stored_at_end, r.drain_seconds, r.lost = self.check_stored(server.name, prefix, acked_ids(threads))
+            r.stored_at_end, r.drain_seconds, r.lost = self.check_stored(
+                server.name, prefix, acked_ids(threads)
+            )
         r.rss = {str(pid): rss_bytes(pid) for pid in server.workers()}
         if keep:
             self.rounds.append(r)
@@ -448,7 +488,9 @@ class Bench:
         )
         return r
 
-    def check_stored(self, server: str, prefix: str, acked: set[str], timeout: float = 120) -> tuple[int, float, int]:
+    def check_stored(
+        self, server: str, prefix: str, acked: set[str], timeout: float = 120
+    ) -> tuple[int, float, int]:
         """(acknowledged ids stored when the load stopped, seconds until all were, acknowledged ids missing)."""
         table = "status_reports" if server == "receiver" else "naive_reports"
         sql = f"SELECT sms_msg_id FROM {table} WHERE sms_msg_id LIKE $1"
@@ -483,8 +525,15 @@ class Bench:
         result = json.loads(out.read_text())
         missing = set(result.pop("unacked"))
         acked = {f"{prefix}-0_{i}" for i in range(result["sent"]) if i not in missing}
-        stored_at_end, drain, lost = self.check_stored("receiver", prefix, acked)
-        result.update(transport=server.transport, mode=mode, max_rate=max_rate, acked=len(acked), lost=lost, drain_seconds=drain)
+        _stored, drain, lost = self.check_stored("receiver", prefix, acked)
+        result.update(
+            transport=server.transport,
+            mode=mode,
+            max_rate=max_rate,
+            acked=len(acked),
+            lost=lost,
+            drain_seconds=drain,
+        )
         self.latency.append(result)
         log(
             f"{TRANSPORTS[server.transport]} {MODES[mode]} receiver at {rate:,.0f} req/s (half of {max_rate:,.0f}), "
@@ -508,7 +557,12 @@ class Bench:
         start = time.monotonic()
         log(f"soak: {seconds:g} s of {MODES[mode]} load on the receiver over {TRANSPORTS[server.transport]}")
         with open(self.base / f"wrk-{prefix}.out", "wb") as out:
-            proc = subprocess.Popen(argv, env={**os.environ, "INGEST_RESULT_FILE": str(result)}, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                argv,
+                env={**os.environ, "INGEST_RESULT_FILE": str(result)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
             while proc.poll() is None:
                 samples.append({"t": time.monotonic() - start, "rss": {str(p): rss_bytes(p) for p in server.workers()},
                                 "backlog_bytes": _backlog(server)})  # fmt: skip
@@ -529,14 +583,20 @@ class Bench:
             "stored_at_end": stored_at_end, "drain_seconds": drain, "lost": lost, "samples": samples, "workers": per_worker,
         }  # fmt: skip
         for pid, v in per_worker.items():
-            log(f"soak worker {pid}: RSS start {v['start'] / 2**20:.1f} MiB, end {v['end'] / 2**20:.1f} MiB, max {v['max'] / 2**20:.1f} MiB")
-        log(f"soak: {self.soak['rate']:,.0f} req/s, zero loss {'PASS' if lost == 0 else f'FAIL ({lost} missing)'}")
+            log(
+                f"soak worker {pid}: RSS start {v['start'] / 2**20:.1f} MiB, end {v['end'] / 2**20:.1f} MiB, max {v['max'] / 2**20:.1f} MiB"
+            )
+        log(
+            f"soak: {self.soak['rate']:,.0f} req/s, zero loss {'PASS' if lost == 0 else f'FAIL ({lost} missing)'}"
+        )
 
     # --- the whole run -------------------------------------------------------------------
 
     def run(self) -> None:
         args = self.args
-        log(f"work folder {self.base}; servers on CPUs {args.server_cpus or 'any'}, load generators on {args.client_cpus or 'any'}")
+        log(
+            f"work folder {self.base}; servers on CPUs {args.server_cpus or 'any'}, load generators on {args.client_cpus or 'any'}"
+        )
         self.start_database()
         cert_key = self_signed(self.base)
         try:
@@ -572,8 +632,12 @@ class Bench:
         own = self.median("server_cpu", transport, mode, server) or 0
         if self.args.db_cpus in (None, self.args.server_cpus):  # PostgreSQL shares the servers' CPUs
             own += self.median("db_cpu", transport, mode, server) or 0
-        client_cores = len(parse_cpus(self.args.client_cpus)) if self.args.client_cpus else os.cpu_count() or 1
-        server_cores = len(parse_cpus(self.args.server_cpus)) if self.args.server_cpus else os.cpu_count() or 1
+        client_cores = (
+            len(parse_cpus(self.args.client_cpus)) if self.args.client_cpus else os.cpu_count() or 1
+        )
+        server_cores = (
+            len(parse_cpus(self.args.server_cpus)) if self.args.server_cpus else os.cpu_count() or 1
+        )
         if client >= 0.8 * client_cores:
             return "load generator"
         if own >= 0.85 * server_cores:
@@ -584,7 +648,11 @@ class Bench:
         return "waiting"
 
     def median(self, key: str, transport: str, mode: str, server: str) -> float | None:
-        values = [getattr(r, key) for r in self.rounds if (r.transport, r.mode, r.server) == (transport, mode, server)]
+        values = [
+            getattr(r, key)
+            for r in self.rounds
+            if (r.transport, r.mode, r.server) == (transport, mode, server)
+        ]
         values = [v for v in values if v is not None]
         return statistics.median(values) if values else None
 
@@ -596,7 +664,11 @@ class Bench:
         raw = {
             "settings": {k: v for k, v in vars(self.args).items()},
             "code": _git_state(),
-            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "date": dt.datetime.now(dt.UTC).isoformat()},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": sys.version.split()[0],
+                "date": dt.datetime.now(dt.UTC).isoformat(),
+            },
         }
         outputs: list[tuple[str, str, dict[str, Any], Any]] = []
         if self.rounds or self.latency:
@@ -629,10 +701,12 @@ class Bench:
     def table(self) -> str:
         a = self.args
         lines = [
-            f"{a.rounds} rounds of {a.duration:g} s per server and mode, alternating; medians. {a.connections} connections "
-            f"(wrk, one per thread); {a.workers} worker(s) per server; servers on CPU {a.server_cpus or 'any'}, "
-            f"PostgreSQL on CPU {a.db_cpus or a.server_cpus or 'any'}, "
-            f"load on CPU {a.client_cpus or 'any'}. Code: {_git_state()}.",
+            (
+                f"{a.rounds} rounds of {a.duration:g} s per server and mode, alternating; medians. {a.connections} "
+                f"connections (wrk, one per thread); {a.workers} worker(s) per server; servers on CPU "
+                f"{a.server_cpus or 'any'}, PostgreSQL on CPU {a.db_cpus or a.server_cpus or 'any'}, "
+                f"load on CPU {a.client_cpus or 'any'}. Code: {_git_state()}."
+            ),
             "",
             "| transport | connections | server | req/s | p50 ms | p99 ms | errors | server CPU | PostgreSQL CPU | wrk CPU | limited by | stored by end of load | writer catch-up s |",
             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
@@ -665,14 +739,17 @@ class Bench:
             rec = self.median("rate", transport, mode, "receiver")
             noop = self.median("rate", transport, mode, "noop")
             naive = self.median("rate", transport, mode, "naive")
-            checked = [r for r in self.rounds if (r.transport, r.mode) == (transport, mode) and r.lost is not None]
+            checked = [
+                r for r in self.rounds if (r.transport, r.mode) == (transport, mode) and r.lost is not None
+            ]
             half = [h for h in self.latency if (h["transport"], h["mode"]) == (transport, mode)]
             checked_lost = sum(r.lost or 0 for r in checked) + sum(h["lost"] for h in half)
             checked_acked = sum(r.acked for r in checked) + sum(h["acked"] for h in half)
             loss = f"{'PASS' if checked_lost == 0 else 'FAIL'}: {checked_lost} of {checked_acked:,} missing"
             latency = (
                 f"{half[0]['p99_ms']:.1f} ms at {half[0]['rate']:,.0f} req/s {'(met)' if half[0]['p99_ms'] < 10 else '(NOT met)'}"
-                if half else "-"
+                if half
+                else "-"
             )
             bound = {name: self.limit(transport, mode, name) == "load generator" for name in a.servers}
             noop_ratio, naive_ratio = _ratio(rec, noop, 0.9), _ratio(rec, naive, 3)
@@ -680,34 +757,53 @@ class Bench:
                 noop_ratio += " ¹"
                 naive_ratio += " ¹"
                 footnote = True
-            lines.append(f"| {TRANSPORTS[transport]} | {MODES[mode]} | {noop_ratio} | {naive_ratio} | {loss} | {latency} |")
+            lines.append(
+                f"| {TRANSPORTS[transport]} | {MODES[mode]} | {noop_ratio} | {naive_ratio} | {loss} | {latency} |"
+            )
         if footnote:
-            lines += ["", "¹ the load generator, not the server, was the limit in some of these rounds (its CPU was "
-                      "saturated): the servers' real capacities, and so these ratios, are not measured there."]
+            lines += [
+                "",
+                (
+                    "¹ the load generator, not the server, was the limit in some of these rounds (its CPU was "
+                    "saturated): the servers' real capacities, and so these ratios, are not measured there."
+                ),
+            ]
         foreign = max((r.foreign_cpu for r in self.rounds), default=0)
         if foreign > 0.1:
-            lines += ["", f"Warning: other processes used up to {foreign:.2f} cores during a round: the figures are disturbed."]
+            lines += [
+                "",
+                f"Warning: other processes used up to {foreign:.2f} cores during a round: the figures are disturbed.",
+            ]
         return "\n".join(lines) + "\n"
 
     def soak_table(self) -> str:
         s = self.soak
         assert s is not None
         lines = [
-            f"Soak: {s['seconds']:g} s of {MODES[s['mode']]} load ({self.args.connections} connections) on the receiver "
-            f"over {TRANSPORTS[s['transport']]}, {self.args.workers} worker(s): {s['rate']:,.0f} req/s, p50 {s['p50_ms']:.1f} ms, "
-            f"p99 {s['p99_ms']:.1f} ms, errors {s['errors'] or 0}; zero loss {'PASS' if s['lost'] == 0 else 'FAIL'} "
-            f"({s['lost']} of {s['acked']:,} acknowledged missing; {s['stored_at_end'] / max(1, s['acked']):.0%} stored when "
-            f"the load stopped, all after {s['drain_seconds']:.1f} s). Code: {_git_state()}.",
+            (
+                f"Soak: {s['seconds']:g} s of {MODES[s['mode']]} load ({self.args.connections} connections) on the receiver "
+                f"over {TRANSPORTS[s['transport']]}, {self.args.workers} worker(s): {s['rate']:,.0f} req/s, p50 {s['p50_ms']:.1f} ms, "
+                f"p99 {s['p99_ms']:.1f} ms, errors {s['errors'] or 0}; zero loss {'PASS' if s['lost'] == 0 else 'FAIL'} "
+                f"({s['lost']} of {s['acked']:,} acknowledged missing; {s['stored_at_end'] / max(1, s['acked']):.0%} stored when "
+                f"the load stopped, all after {s['drain_seconds']:.1f} s). Code: {_git_state()}."
+            ),
             "",
             "| worker | RSS at start MiB | RSS at end MiB | max MiB |",
             "|---|---:|---:|---:|",
         ]
         for i, v in enumerate(s["workers"].values(), 1):
-            lines.append(f"| {i} | {v['start'] / 2**20:.1f} | {v['end'] / 2**20:.1f} | {v['max'] / 2**20:.1f} |")
+            lines.append(
+                f"| {i} | {v['start'] / 2**20:.1f} | {v['end'] / 2**20:.1f} | {v['max'] / 2**20:.1f} |"
+            )
         backlog = [x["backlog_bytes"] for x in s["samples"] if x.get("backlog_bytes") is not None]
         if backlog:
-            lines += ["", f"Journal backlog (not yet in PostgreSQL) sampled from /readyz: max {max(backlog) / 2**20:.1f} MiB, "
-                          f"at the end {backlog[-1] / 2**20:.1f} MiB."]  # fmt: skip
+            lines += [
+                "",
+                (
+                    f"Journal backlog (not yet in PostgreSQL) sampled from /readyz: max {max(backlog) / 2**20:.1f} MiB, "
+                    f"at the end {backlog[-1] / 2**20:.1f} MiB."
+                ),
+            ]
         return "\n".join(lines) + "\n"
 
     def soak_chart(self, path: Path) -> list[Path]:
@@ -722,10 +818,20 @@ class Bench:
         ax.set_ylabel("resident size, MiB")
         ax.set_ylim(bottom=0, top=max(v["max"] for v in self.soak["workers"].values()) / 2**20 * 1.3)
         ax.grid(alpha=0.3)
-        backlog = [(x["t"], x["backlog_bytes"] / 2**20) for x in self.soak["samples"] if x.get("backlog_bytes") is not None]
+        backlog = [
+            (x["t"], x["backlog_bytes"] / 2**20)
+            for x in self.soak["samples"]
+            if x.get("backlog_bytes") is not None
+        ]
         if backlog:
             twin = ax.twinx()
-            twin.plot([b[0] for b in backlog], [b[1] for b in backlog], color="#e07b39", linestyle=":", label="journal backlog")
+            twin.plot(
+                [b[0] for b in backlog],
+                [b[1] for b in backlog],
+                color="#e07b39",
+                linestyle=":",
+                label="journal backlog",
+            )
             twin.set_ylabel("journal backlog, MiB")
             twin.set_ylim(bottom=0)
             twin.legend(fontsize=8, loc="upper right")
@@ -817,9 +923,13 @@ def _backlog(server: Server) -> int | None:
 
 def _git_state() -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "receiver", "sql"],
-                               cwd=ROOT, capture_output=True, text=True).stdout.strip()  # fmt: skip
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "receiver", "sql"],
+            cwd=ROOT, capture_output=True, text=True, check=False,
+        ).stdout.strip()  # fmt: skip
     except OSError:
         return "unknown"
     return f"{commit}{' with local changes to receiver/ or sql/' if dirty else ''}"
@@ -845,28 +955,50 @@ def build_parser() -> argparse.ArgumentParser:
     cpus = os.cpu_count() or 1
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=3, help="measured rounds per server and mode (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="measured rounds per server and mode (default 3)"
+    )
     parser.add_argument("--duration", type=float, default=10, help="seconds per round (default 10)")
-    parser.add_argument("--warmup", type=float, default=2, help="seconds of unmeasured load per server and mode (default 2)")
-    parser.add_argument("--connections", type=int, default=32, help="concurrent connections, one wrk thread each (default 32)")
+    parser.add_argument(
+        "--warmup", type=float, default=2, help="seconds of unmeasured load per server and mode (default 2)"
+    )
+    parser.add_argument(
+        "--connections", type=int, default=32, help="concurrent connections, one wrk thread each (default 32)"
+    )
     parser.add_argument("--workers", type=int, default=1 if cpus <= 2 else cpus // 2,
                         help="uvicorn workers per server, the same for all three (default: half the cores, at least 1)")  # fmt: skip
-    parser.add_argument("--server-cpus", default=None, help="CPUs for the servers and PostgreSQL (default: the upper half)")
-    parser.add_argument("--client-cpus", default=None, help="CPUs for the load generators (default: the lower half)")
+    parser.add_argument(
+        "--server-cpus", default=None, help="CPUs for the servers and PostgreSQL (default: the upper half)"
+    )
+    parser.add_argument(
+        "--client-cpus", default=None, help="CPUs for the load generators (default: the lower half)"
+    )
     parser.add_argument("--db-cpus", default=None,
                         help="CPUs for PostgreSQL (default: the servers'; the client's stands for a database machine of its own)")  # fmt: skip
     parser.add_argument("--no-pinning", action="store_true", help="let the scheduler place everything")
-    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of receiver,noop,naive")
-    parser.add_argument("--modes", default="keep,close", help="keep (keep-alive) and/or close (new connection each)")
+    parser.add_argument(
+        "--servers", default=",".join(SERVERS), help="comma-separated subset of receiver,noop,naive"
+    )
+    parser.add_argument(
+        "--modes", default="keep,close", help="keep (keep-alive) and/or close (new connection each)"
+    )
     parser.add_argument("--transports", default="http,tls", help="http and/or tls")
     parser.add_argument("--latency-duration", type=float, default=10,
                         help="seconds of constant load at half the receiver's max rate, per mode (0: skip)")  # fmt: skip
-    parser.add_argument("--latency-rate", type=float, default=0, help="with --rounds 0: the max rate to take half of")
-    parser.add_argument("--soak", type=float, default=0, help="then this many seconds of load for the memory check (600: the issue's)")
+    parser.add_argument("--latency-rate", type=float, default=0,
+                        help="with --rounds 0 (no measured maximum): the constant rate of the latency run")  # fmt: skip
+    parser.add_argument(
+        "--soak",
+        type=float,
+        default=0,
+        help="then this many seconds of load for the memory check (600: the issue's)",
+    )
     parser.add_argument("--soak-mode", default="close", choices=list(MODES))
     parser.add_argument("--soak-transport", default="http", choices=list(TRANSPORTS))
     parser.add_argument("--soak-interval", type=float, default=5, help="seconds between RSS samples")
-    parser.add_argument("--readme-assets", action="store_true", help="also write docs/bench-ingest.png and .md")
+    parser.add_argument(
+        "--readme-assets", action="store_true", help="also write docs/bench-ingest.png and .md"
+    )
     return parser
 
 
@@ -882,11 +1014,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.soak and "receiver" not in args.servers:
         sys.exit("--soak needs the receiver among --servers")
     if args.soak:
-        args.transports = args.transports if args.soak_transport in args.transports else [*args.transports, args.soak_transport]
+        args.transports = (
+            args.transports
+            if args.soak_transport in args.transports
+            else [*args.transports, args.soak_transport]
+        )
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: `apt-get install -y wrk` (Debian/Ubuntu), then run this again")
     if shutil.which("openssl") is None and "tls" in args.transports:
-        sys.exit("openssl is needed for the TLS certificate: `apt-get install -y openssl`, or pass --transports http")
+        sys.exit(
+            "openssl is needed for the TLS certificate: `apt-get install -y openssl`, or pass --transports http"
+        )
     cpus = sorted(os.sched_getaffinity(0))
     if args.no_pinning:
         args.server_cpus = args.client_cpus = args.db_cpus = None

@@ -81,7 +81,9 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[k]
 
 
-async def run(url: str, rate: float, duration: float, mode: str, prefix: str, connections: int = 32) -> dict[str, object]:
+async def run(
+    url: str, rate: float, duration: float, mode: str, prefix: str, connections: int = 32
+) -> dict[str, object]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
     context: ssl.SSLContext | None = None
@@ -144,7 +146,9 @@ async def run(url: str, rate: float, duration: float, mode: str, prefix: str, co
                         exchange = await waiter  # None: a slot to open a new connection in
             if exchange is None:
                 _, exchange = await asyncio.wait_for(
-                    loop.create_connection(Exchange, host, port, ssl=context, server_hostname=host if context else None),
+                    loop.create_connection(
+                        Exchange, host, port, ssl=context, server_hostname=host if context else None
+                    ),
                     TIMEOUT,
                 )
             status = await asyncio.wait_for(exchange.send(request), TIMEOUT)
@@ -203,7 +207,9 @@ async def run(url: str, rate: float, duration: float, mode: str, prefix: str, co
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", required=True)
     parser.add_argument("--rate", type=float, required=True, help="requests per second")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds")
