@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     journal_max_bytes: int = Field(default=256 << 20, description="per worker: backlog bound before 503s")
     journal_segment_bytes: int = 8 << 20
     writer_batch_size: int = 1000
+    writer_interval_seconds: float = Field(
+        default=0.1, ge=0, le=5, description="during bursts, store at most this often (larger batches)"
+    )
     shutdown_drain_seconds: float = 10.0
 
     max_body_bytes: int = Field(default=256 << 10, ge=1024, le=512 << 10, description="larger bodies get 413")
