@@ -23,16 +23,9 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
-from pathlib import Path
 
 import asyncpg
 
@@ -40,6 +33,8 @@ from receiver import apikeys
 from receiver.blacklist import store
 from receiver.config import Settings
 from receiver.db import embedded, migrate
+
+from .support import ServeProcess, world_readable_tmpdir
 
 GOAL_MS = 5.0
 SPREAD = 10  # every 10th number is blacklisted
@@ -67,44 +62,6 @@ async def fill(url: str, entries: int) -> str:
         return key
     finally:
         await conn.close()
-
-
-class Serve:
-    """``receiver serve --workers 1`` on a free port, stopped with SIGTERM."""
-
-    def __init__(self, database_url: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.data_dir = Path(tempfile.mkdtemp(prefix="receiver-bench-data-"))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
-        env.update(
-            RECEIVER_DATABASE_URL=database_url,
-            RECEIVER_DATA_DIR=str(self.data_dir),
-            RECEIVER_LOG_LEVEL="warning",
-            RECEIVER_LOG_FORMAT="json",
-        )
-        argv = [sys.executable, "-m", "receiver", "serve", "--port", str(self.port), "--workers", "1"]
-        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
-                    return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("receiver serve did not start") from None
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 def measure(conn: http.client.HTTPConnection, requests: int, make: Callable[[], tuple[str, str, bytes | None]],
@@ -138,9 +95,8 @@ def run(url: str, entries: int, requests: int) -> None:
     rng = random.Random(4)
     space = SPREAD * entries
     fresh = (i for i in rng.sample(range(space * 10), space * 10) if i % SPREAD)  # never blacklisted, never twice
-    server = Serve(url)
     load = [_load()]
-    try:
+    with ServeProcess(url, workers=1) as server:
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
 
         def one() -> tuple[str, str, bytes | None]:
@@ -162,8 +118,6 @@ def run(url: str, entries: int, requests: int) -> None:
                                                                 lambda s, b: s == 200 and b"blacklisted" in b)),
         ]  # fmt: skip
         conn.close()
-    finally:
-        server.stop()
     print(f"\n{entries} blacklisted numbers; one request at a time; milliseconds at the client (goal: p99 < 5)")
     print(f"client, server and PostgreSQL share {os.cpu_count()} CPUs; load average before {load[0]}, after {_load()}")
     print(f"{'request':<44} {'n':>6} {'p50':>8} {'p99':>8} {'max':>8}")
@@ -184,8 +138,7 @@ def main() -> None:
     if args.database_url:
         run(args.database_url, args.entries, args.requests)
         return
-    base = Path(tempfile.mkdtemp(prefix="receiver-bench-pg-"))
-    base.chmod(0o755)
+    base = world_readable_tmpdir("receiver-bench-pg-")
     server = embedded.start(base)
     try:
         print(f"embedded PostgreSQL in {base}", flush=True)

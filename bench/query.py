@@ -24,7 +24,6 @@ import shutil
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import asyncpg
 
