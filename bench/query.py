@@ -39,13 +39,13 @@ INSERT INTO applications (name, token_hash) VALUES ('bench', '\\x00') ON CONFLIC
 INSERT INTO sent_messages (sms_msg_id, "to", "from", status, create_time, country_id, total, raw)
 SELECT 'm' || i, '+86131' || lpad((i % 5000000)::text, 8, '0'), 'csms' || (i % 10), 
        CASE WHEN i % 97 = 0 THEN 'E200041' ELSE '000000' END,
-       $2::timestamptz + (i * interval '1 second' * 86400 * 30 / $1), 'CN', 1 + (i % 7 = 0)::int, '{}'
+       $2::timestamptz + (i::float8 * 2592000 / $1) * interval '1 second', 'CN', 1 + (i % 7 = 0)::int, '{}'
 FROM generate_series(1, $1) AS i;
 
 INSERT INTO status_reports (application_id, sms_msg_id, status, total, sequence, source, update_time, raw_body,
                             via, received_at, dedupe_key)
 SELECT a.id, 'm' || i, s.status, 1 + (i % 7 = 0)::int, s.seq, '2',
-       $2::timestamptz + (i * interval '1 second' * 86400 * 30 / $1) + (5 + i % 50) * interval '1 second',
+       $2::timestamptz + (i::float8 * 2592000 / $1) * interval '1 second' + (5 + i % 50) * interval '1 second',
        'bench', 'form', now(), decode(md5('r' || i || '/' || s.seq || s.status), 'hex')
 FROM generate_series(1, $1) AS i
 CROSS JOIN LATERAL (VALUES (1, CASE WHEN i % 13 = 0 THEN 'UNDELIV' ELSE 'DELIVRD' END),
@@ -57,7 +57,7 @@ WHERE i % 97 <> 0 AND (s.seq = 1 OR i % 7 = 0) AND (s.status <> 'ACCEPTD' OR i %
 UPLINKS = """
 INSERT INTO uplinks (application_id, sms_msg_id, "from", "to", body, raw_body, received_at, from_e164)
 SELECT a.id, 'u' || i, '+86131' || lpad((i * 50 % 5000000)::text, 8, '0'), 'csms' || (i % 10), 'ok', 'bench',
-       $2::timestamptz + (i * interval '1 second' * 86400 * 30 / $1), '+86131' || lpad((i * 50 % 5000000)::text, 8, '0')
+       $2::timestamptz + (i::float8 * 2592000 / $1) * interval '1 second', '+86131' || lpad((i * 50 % 5000000)::text, 8, '0')
 FROM generate_series(1, $1) AS i CROSS JOIN (SELECT id FROM applications WHERE name = 'bench') AS a
 """
 
