@@ -75,6 +75,19 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+def _reply(r: asyncpg.Record) -> dict[str, Any]:
+    """An uplink as the API shows it; ``ambiguous`` when the reply-link rule had to choose."""
+    return {
+        "sms_msg_id": r["sms_msg_id"],
+        "from": r["from"],
+        "to": r["to"],
+        "body": r["body"],
+        "create_time": _iso(r["create_time"]),
+        "received_at": _iso(r["received_at"]),
+        "ambiguous": (r["candidates"] or 0) > 1,
+    }
+
+
 async def message(conn: asyncpg.Connection, sms_msg_id: str) -> dict[str, Any] | None:
     row = await conn.fetchrow(_MESSAGE, sms_msg_id)
     if row is None:
@@ -115,18 +128,7 @@ async def message(conn: asyncpg.Connection, sms_msg_id: str) -> dict[str, Any] |
             }
             for r in reports
         ],
-        "replies": [
-            {
-                "sms_msg_id": r["sms_msg_id"],
-                "from": r["from"],
-                "to": r["to"],
-                "body": r["body"],
-                "create_time": _iso(r["create_time"]),
-                "received_at": _iso(r["received_at"]),
-                "ambiguous": r["candidates"] > 1,
-            }
-            for r in replies
-        ],
+        "replies": [_reply(r) for r in replies],
     }
 
 
@@ -172,19 +174,6 @@ async def uplinks(conn: asyncpg.Connection, *, cursor: str | None, limit: int) -
     if not str(txid).isdigit() or not isinstance(after_id, int):
         raise ProtocolError("invalid_cursor", "the cursor was not made by this API")
     rows = await conn.fetch(_UPLINKS, str(txid), after_id, limit)
-    items = [
-        {
-            "sms_msg_id": r["sms_msg_id"],
-            "application": r["application"],
-            "from": r["from"],
-            "to": r["to"],
-            "body": r["body"],
-            "create_time": _iso(r["create_time"]),
-            "received_at": _iso(r["received_at"]),
-            "reply_to": r["reply_to"],
-            "ambiguous": (r["candidates"] or 0) > 1,
-        }
-        for r in rows
-    ]
+    items = [{**_reply(r), "application": r["application"], "reply_to": r["reply_to"]} for r in rows]
     next_cursor = encode_cursor(rows[-1]["txid"], rows[-1]["id"]) if rows else (cursor or encode_cursor("0", 0))
     return items, next_cursor
