@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import phonenumbers
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from receiver.blacklist.numbers import many_to_e164, mask, to_e164
@@ -87,3 +87,30 @@ def test_a_list_of_e164_numbers_is_taken_as_it_is() -> None:
     assert many_to_e164(numbers) == numbers
     # an item that hides two numbers behind a comma is not two numbers
     assert many_to_e164(["+8613900000001,+8613900000002", "+8613900000003"]) == [None, "+8613900000003"]
+
+
+REGIONS = ["CN", "US", "GB", "DE", "FR", "IN", "BR", "RU", "JP", "IT", "AR", "MX", "HK", "SG", "AU", "ZA", "NG", "ID",
+           "CL", "CU", "TJ", "BY"]  # the last four have international prefixes that start with 1 or 8
+
+
+@st.composite
+def plain_digits(draw: st.DrawFn) -> tuple[str, str]:
+    """Digits without ``+`` as senders write them, read in some region: the region's own code in
+    front or not, its prefixes (``0``, ``00``, CN's ``1790 00`` carrier forms) or none."""
+    region = draw(st.sampled_from(REGIONS))
+    code = str(phonenumbers.country_code_for_region(region))
+    start = draw(st.sampled_from(["", "", code, code, "0", "00", "1", "8", "11200", "17900", "0086", "810", "119", "1100", "1690"]))
+    rest = draw(st.text(alphabet="0123456789", min_size=0, max_size=17))
+    return (start + rest)[:17] or "1", region
+
+
+@settings(max_examples=1000)
+@given(plain_digits())
+def test_the_plain_digits_shortcut_agrees_with_phonenumbers(case: tuple[str, str]) -> None:
+    digits, region = case
+    assert to_e164(digits, region) == e164(digits, region)
+
+
+@given(st.from_regex(r"(86)?1[3-9][0-9]{9}", fullmatch=True))
+def test_chinese_mobile_numbers_without_plus(digits: str) -> None:
+    assert to_e164(digits) == e164(digits) == "+86" + digits.removeprefix("86")

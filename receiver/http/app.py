@@ -17,6 +17,7 @@ from starlette.responses import Response
 from .. import logs, metrics
 from ..apikeys import KeyCache
 from ..applications import Registry
+from ..blacklist import numbers as blacklist_numbers
 from ..blacklist import store as blacklist_store
 from ..correlation import store as correlation
 from ..config import Settings
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.journal, app.state.reader, app.state.writer = journal, reader, writer
         app.state.api_keys = KeyCache()
         task = asyncio.create_task(writer.run())
+        blacklist_numbers.prepare(settings.default_region)
         try:
             yield
         finally:
