@@ -6,6 +6,9 @@ keeps the token hashes in memory, so the callback path looks an application up w
 An application may also have push keys (up to two AK/SK pairs, for rotation): its pushes must
 then carry a valid ``SDK-HMAC-SHA256`` signature (``receiver.protocol.signature``). Workers keep
 those in memory too, so verification needs no I/O either.
+
+An application may also have a source allow-list (CIDRs): its pushes must then come from one of
+those networks (``receiver.netaddr``; 403 otherwise). Workers keep it in memory as well.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 
 import asyncpg
 
+from .netaddr import MAX_SOURCES, IPNetwork, parse_network
+
 CALLBACK_PATHS = {
     "status_report_url": "status-report",
     "batch_status_report_url": "status-reports",
@@ -39,6 +44,8 @@ class Application:
     name: str
     # (access key, secret key) pairs; empty: pushes are not signed. Never in a repr or a log line.
     push_key_pairs: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # networks its pushes may come from; empty: any source
+    allowed_sources: tuple[IPNetwork, ...] = ()
 
     @property
     def push_keys(self) -> dict[str, str]:
@@ -69,17 +76,37 @@ def callback_urls(base_url: str, token: str) -> dict[str, str]:
     return {key: f"{base_url}/callbacks/{token}/{path}" for key, path in CALLBACK_PATHS.items()}
 
 
-async def create(conn: asyncpg.Connection, name: str, channels: list[str]) -> tuple[Application, str]:
+async def create(
+    conn: asyncpg.Connection, name: str, channels: list[str], allowed_sources: Sequence[IPNetwork] = ()
+) -> tuple[Application, str]:
     """Register an application; return it with its token (the only time the token is known)."""
     token = new_token()
     row = await conn.fetchrow(
-        "INSERT INTO applications (name, token_hash, channels) VALUES ($1, $2, $3) RETURNING id, name",
+        "INSERT INTO applications (name, token_hash, channels, allowed_sources) VALUES ($1, $2, $3, $4)"
+        " RETURNING id, name",
         name,
         token_hash(token),
         channels,
+        _checked(allowed_sources),
     )
     assert row is not None
-    return Application(row["id"], row["name"]), token
+    return Application(row["id"], row["name"], allowed_sources=tuple(allowed_sources)), token
+
+
+def _checked(networks: Sequence[IPNetwork]) -> list[IPNetwork]:
+    if len(networks) > MAX_SOURCES:
+        raise ValueError(f"at most {MAX_SOURCES} allowed sources per application")
+    return list(networks)
+
+
+async def set_allowed_sources(conn: asyncpg.Connection, name: str, networks: Sequence[IPNetwork]) -> bool:
+    """Replace the networks the application's pushes may come from (none: any source). Returns
+    False when there is no such application. Workers pick the change up within
+    :attr:`Registry.max_age` seconds."""
+    done = await conn.fetchval(
+        "UPDATE applications SET allowed_sources = $2 WHERE name = $1 RETURNING true", name, _checked(networks)
+    )
+    return bool(done)
 
 
 async def set_push_keys(conn: asyncpg.Connection, name: str, pairs: Sequence[tuple[str, str]]) -> bool:
@@ -108,8 +135,8 @@ class Registry:
     push key stops working).
 
     A copy is kept in ``snapshot``, so that a worker that starts while PostgreSQL is down still
-    knows the applications and keeps acknowledging from the journal. It holds token hashes and
-    the push keys' secrets (without them an application with push keys could only refuse every
+    knows the applications and keeps acknowledging from the journal. It holds token hashes, the
+    source allow-lists and the push keys' secrets (without them an application with push keys could only refuse every
     push, or accept unverified ones, while the database is away): the file is written ``0600``,
     beside the journal, which is as sensitive.
     """
@@ -126,12 +153,15 @@ class Registry:
         return len(self._apps)
 
     async def load(self, conn: asyncpg.Connection) -> None:
-        rows = await conn.fetch("SELECT id, name, token_hash FROM applications")
+        rows = await conn.fetch("SELECT id, name, token_hash, allowed_sources FROM applications")
         keys: dict[int, list[tuple[str, str]]] = {}
         for k in await conn.fetch("SELECT application_id, access_key, secret_key FROM push_keys ORDER BY slot"):
             keys.setdefault(k["application_id"], []).append((k["access_key"], k["secret_key"]))
         apps = {
-            bytes(r["token_hash"]): Application(r["id"], r["name"], tuple(keys.get(r["id"], ()))) for r in rows
+            bytes(r["token_hash"]): Application(
+                r["id"], r["name"], tuple(keys.get(r["id"], ())), tuple(r["allowed_sources"])
+            )
+            for r in rows
         }
         self._loaded_at = time.monotonic()
         if apps != self._apps:
@@ -145,7 +175,10 @@ class Registry:
             data = json.loads(self._snapshot.read_text())
             self._apps = {
                 bytes.fromhex(h): Application(
-                    a["id"], a["name"], tuple((str(ak), str(sk)) for ak, sk in a.get("push_keys", ()))
+                    a["id"],
+                    a["name"],
+                    tuple((str(ak), str(sk)) for ak, sk in a.get("push_keys", ())),
+                    tuple(parse_network(n) for n in a.get("allowed_sources", ())),
                 )
                 for h, a in data.items()
             }
@@ -154,7 +187,12 @@ class Registry:
         if self._snapshot is None:
             return
         data = {
-            h.hex(): {"id": a.id, "name": a.name, "push_keys": [list(pair) for pair in a.push_key_pairs]}
+            h.hex(): {
+                "id": a.id,
+                "name": a.name,
+                "push_keys": [list(pair) for pair in a.push_key_pairs],
+                "allowed_sources": [str(n) for n in a.allowed_sources],
+            }
             for h, a in self._apps.items()
         }
         staging = self._snapshot.with_name(f".{self._snapshot.name}.{os.getpid()}")

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import structlog
 
-from . import apikeys, applications, logs, metrics_dir, tls
+from . import apikeys, applications, logs, metrics_dir, netaddr, tls
 from .blacklist import csvfile
 from .blacklist import store as blacklist_store
 from .blacklist.numbers import to_e164
@@ -41,7 +41,7 @@ def database(settings: Settings, *, keep_running: bool = False) -> Iterator[str]
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
         key: value
-        for key in ("host", "port", "workers", "public_url")
+        for key in ("host", "port", "workers", "public_url", "trusted_proxies")
         if (value := getattr(args, key, None)) is not None
     }
     return Settings(**overrides)
@@ -98,6 +98,28 @@ def _push_keys(values: Sequence[str] | None) -> list[tuple[str, str]]:
     return pairs
 
 
+def _sources(values: Sequence[str] | None, option: str) -> tuple[netaddr.IPNetwork, ...] | None:
+    """CIDRs and names (``huawei``) as given; None, after a message, when one is neither."""
+    try:
+        networks = netaddr.parse_sources(values or ())
+    except ValueError as error:
+        print(f"{option}: {error}", file=sys.stderr)
+        return None
+    for name in sorted({v.strip().lower() for v in values or ()} & set(netaddr.NAMED_SOURCES)):
+        print(
+            f"{option} {name}: {', '.join(netaddr.NAMED_SOURCES[name])} (the ranges Huawei's documentation"
+            " gives as examples; ask Huawei for the current list)",
+            file=sys.stderr,
+        )
+    return networks
+
+
+def _describe_sources(name: str, networks: Sequence[netaddr.IPNetwork]) -> str:
+    if not networks:
+        return f"{name}: pushes are accepted from any source"
+    return f"{name}: pushes are accepted only from {', '.join(n.compressed for n in networks)}"
+
+
 def cmd_app_create(args: argparse.Namespace) -> int:
     settings = _settings(args)
     try:
@@ -105,13 +127,16 @@ def cmd_app_create(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"--push-key: {error}", file=sys.stderr)
         return 2
+    sources = _sources(args.allow_source, "--allow-source")
+    if sources is None:
+        return 2
 
     async def create(url: str) -> tuple[applications.Application, str]:
         await _migrate(url)
         conn = await _connect(url)
         try:
             async with conn.transaction():
-                app, token = await applications.create(conn, args.name, args.channel or [])
+                app, token = await applications.create(conn, args.name, args.channel or [], sources)
                 if push_keys:
                     await applications.set_push_keys(conn, app.name, push_keys)
                 return app, token
@@ -135,6 +160,39 @@ def cmd_app_create(args: argparse.Namespace) -> int:
         print(f"  uplink SMS URL:             {urls['uplink_url']}")
         if push_keys:
             print(f"  signed pushes required, access key(s): {', '.join(ak for ak, _ in push_keys)}")
+        if sources:
+            print(f"  pushes accepted only from:  {', '.join(n.compressed for n in sources)}")
+    return 0
+
+
+def cmd_app_allow_sources(args: argparse.Namespace) -> int:
+    """Show, replace (CIDRs) or remove (``--any``) an application's source allow-list."""
+    settings = _settings(args)
+    if args.any and args.sources:
+        print("give networks or --any, not both", file=sys.stderr)
+        return 2
+    sources = _sources(args.sources, "allow-sources")
+    if sources is None:
+        return 2
+    change = bool(sources) or args.any
+
+    async def work(url: str) -> list[netaddr.IPNetwork] | None:
+        await _migrate(url)
+        conn = await _connect(url)
+        try:
+            if change and not await applications.set_allowed_sources(conn, args.name, sources):
+                return None
+            stored = await conn.fetchrow("SELECT allowed_sources FROM applications WHERE name = $1", args.name)
+            return None if stored is None else list(stored["allowed_sources"])
+        finally:
+            await conn.close()
+
+    with database(settings) as url:
+        networks = asyncio.run(work(url))
+    if networks is None:
+        print(f"no application named {args.name!r}", file=sys.stderr)
+        return 1
+    print(_describe_sources(args.name, networks))
     return 0
 
 
@@ -368,6 +426,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             value = getattr(settings, key)
             if value is not None:
                 os.environ[f"RECEIVER_{key.upper()}"] = str(value)
+        os.environ["RECEIVER_TRUSTED_PROXIES"] = ",".join(n.compressed for n in settings.trusted_proxies)
         settings = Settings()
         try:
             asyncio.run(_migrate(url))
@@ -397,6 +456,13 @@ def _tls_files(args: argparse.Namespace, settings: Settings) -> tuple[str | None
         return None, None
     tls.server_context(cert, key)
     return str(cert.resolve()), str(key.resolve()) if key else None
+
+
+def _network(value: str) -> netaddr.IPNetwork:
+    try:
+        return netaddr.parse_network(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 class _ExitQuietly:
@@ -430,6 +496,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-self-signed", action="store_true", help="serve TLS with a certificate made once in DATA_DIR/tls"
     )
     serve.add_argument("--tls-key", help="PEM private key (default: in the --tls-cert file)")
+    serve.add_argument(
+        "--trusted-proxy",
+        dest="trusted_proxies",
+        action="append",
+        type=_network,
+        metavar="CIDR",
+        help="a load balancer or proxy whose X-Forwarded-For is believed (repeatable; replaces "
+        "RECEIVER_TRUSTED_PROXIES)",
+    )
     serve.set_defaults(handler=cmd_serve)
 
     commands.add_parser("migrate", help="apply the SQL migrations").set_defaults(handler=cmd_migrate)
@@ -448,6 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="verify the platform's signed pushes (SDK-HMAC-SHA256) with this push AK/SK; twice for a "
         "rotation; AK:- reads SK from standard input",
     )
+    create.add_argument(
+        "--allow-source",
+        action="append",
+        metavar="CIDR",
+        help="accept pushes only from this network (repeatable); 'huawei': the platform's documented ranges",
+    )
     create.set_defaults(handler=cmd_app_create)
     push_keys = app.add_parser("push-keys", help="show or rotate an application's push keys (signed pushes)")
     push_keys.add_argument("name")
@@ -457,6 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--clear", action="store_true", help="remove the push keys: pushes are no longer verified")
     push_keys.set_defaults(handler=cmd_app_push_keys)
+    allow = app.add_parser("allow-sources", help="show or change the networks an application's pushes may come from")
+    allow.add_argument("name")
+    allow.add_argument(
+        "sources", nargs="*", metavar="CIDR", help="replace the list by these networks ('huawei': the platform's ranges)"
+    )
+    allow.add_argument("--any", action="store_true", help="remove the list: pushes are accepted from any source")
+    allow.set_defaults(handler=cmd_app_allow_sources)
     app.add_parser("list", help="list the applications").set_defaults(handler=cmd_app_list)
 
     apikey = commands.add_parser("apikey", help="API keys for the /v1 query API").add_subparsers(

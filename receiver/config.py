@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from . import netaddr
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECEIVER_", extra="ignore")
@@ -33,6 +35,9 @@ class Settings(BaseSettings):
     signature_max_skew_seconds: float = Field(
         default=900.0, gt=0, le=86400, description="signed pushes: how far X-Sdk-Date may be from our clock"
     )
+    trusted_proxies: Annotated[tuple[netaddr.IPNetwork, ...], NoDecode] = Field(
+        default=(), description="proxies whose X-Forwarded-For is believed (CIDRs); none: the socket peer"
+    )
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -53,6 +58,15 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(word.strip() for word in value.split(",") if word.strip())
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple)):
+            return tuple(netaddr.parse_network(v) if isinstance(v, str) else v for v in value)
         return value
 
     @field_validator("default_region")

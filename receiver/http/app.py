@@ -108,7 +108,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [*callbacks.routes, *health.routes, *prometheus.routes, *query.routes, *blacklist.routes]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(Observe, routes=routes)],
+        middleware=[Middleware(Observe, routes=routes, trusted_proxies=settings.trusted_proxies)],
         lifespan=lifespan,
         exception_handlers={
             Refusal: refused,

@@ -14,11 +14,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .. import netaddr
 from .. import records
 from ..applications import Application
 from ..journal.appender import JournalUnavailable
 from ..protocol import ProtocolError, parse_status_report_batch, parse_status_report_form, parse_uplink_form, signature
-from .middleware import note, note_batch, note_report, note_uplink
+from .middleware import client, note, note_batch, note_report, note_uplink
 from .responses import Refusal, accepted, error_response
 
 log = structlog.get_logger("receiver.callbacks")
@@ -76,6 +77,9 @@ async def _receive(request: Request, media_type: str) -> tuple[Application, byte
         note(request.scope, error="unknown_application")  # the request's one log line says so
         raise Refusal(404, "unknown_application", "no application has this callback URL")
     note(request.scope, application=app.name)
+    if app.allowed_sources and not netaddr.allowed(source := client(request.scope), app.allowed_sources):
+        refusal = Refusal(403, "source_not_allowed", {"source": source and source.compressed})
+        raise _refused(request, app, refusal, b"", received_at)  # the body unread
     body = await _read(request, state.settings.max_body_bytes, quarantine_app=app, received_at=received_at)
     note(request.scope, bytes=len(body))
     if app.push_key_pairs:

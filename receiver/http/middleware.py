@@ -2,6 +2,9 @@
 
 A pure ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs a task and a queue per request):
 
+- **client address**: the socket peer, or behind trusted proxies the address they forwarded
+  (``receiver.netaddr``; ``RECEIVER_TRUSTED_PROXIES``), resolved once and kept in the scope for
+  the handlers (:func:`client`);
 - **request id**: the incoming ``X-Request-Id`` when it is sane (1 to 128 characters of
   ``A-Z a-z 0-9 . _ : @ / + = -``), else a new one; bound to structlog's context for every line
   logged while the request runs, and echoed in the response's ``X-Request-Id``;
@@ -9,7 +12,8 @@ A pure ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs a task and a qu
   time to that answer (``receiver.metrics``);
 - **the callback line**: after the answer is sent, one ``callback`` line at info level with the
   endpoint, the answer, the time taken and what the handler noted with :func:`note`
-  (application, ``smsMsgId``, status, masked numbers, body size; never the body or the token).
+  (application, ``smsMsgId``, status, masked numbers, body size; never the body or the token),
+  with the client address (and the peer's, when a proxy forwarded the request).
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ import structlog
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import logs, metrics
+from .. import logs, metrics, netaddr
 
 log = structlog.get_logger("receiver.callbacks")
 
 HEADER = b"x-request-id"
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
 _NOTES = "receiver.notes"
+_CLIENT = "receiver.client"
+_FORWARDED_FOR = b"x-forwarded-for"
 UNMATCHED = "unmatched"
 
 
@@ -40,6 +46,18 @@ def request_id(scope: Scope) -> str:
                 return value.decode("ascii")
             break
     return os.urandom(16).hex()
+
+
+def resolve_client(scope: Scope, trusted: tuple[netaddr.IPNetwork, ...]) -> netaddr.IPAddress | None:
+    peer = scope.get("client")
+    host = peer[0] if peer else None
+    forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == _FORWARDED_FOR] if trusted else []
+    return netaddr.client_address(host, forwarded, trusted)
+
+
+def client(scope: Scope) -> netaddr.IPAddress | None:
+    """The request's client address, None when it cannot be told (see :mod:`receiver.netaddr`)."""
+    return scope.get(_CLIENT)  # type: ignore[no-any-return]
 
 
 def note(scope: Scope, **fields: Any) -> None:
@@ -69,8 +87,11 @@ def note_uplink(scope: Scope, event: Any) -> None:
 
 
 class Observe:
-    def __init__(self, app: ASGIApp, routes: list[BaseRoute]) -> None:
+    def __init__(
+        self, app: ASGIApp, routes: list[BaseRoute], trusted_proxies: tuple[netaddr.IPNetwork, ...] = ()
+    ) -> None:
         self.app = app
+        self.trusted = trusted_proxies
         self.templates = {id(route): route.path for route in routes if isinstance(route, Route)}
         # callback route template -> the name in its log line (status-report, status-reports, uplink)
         self.callbacks = {
@@ -84,6 +105,7 @@ class Observe:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        scope[_CLIENT] = resolve_client(scope, self.trusted)
         rid = request_id(scope)
         tokens = structlog.contextvars.bind_contextvars(request_id=rid)
         answer: list[Any] = [500, None]  # status code, time of the answer
@@ -123,10 +145,15 @@ class Observe:
                 histogram = self._acks[endpoint] = metrics.ACK_SECONDS.labels(endpoint)
             histogram.observe(seconds)
         notes = scope.get(_NOTES) or {}
+        address = scope.get(_CLIENT)
+        peer = scope.get("client")
+        if self.trusted and peer and (address is None or peer[0] != address.compressed):
+            notes = {**notes, "peer": peer[0]}  # a proxy's: the client is what it forwarded
         log.info(
             "callback",
             endpoint=name,
             code=code,
             ms=round(seconds * 1000, 2),
+            client=address.compressed if address is not None else "unknown",
             **notes,
         )
