@@ -11,10 +11,30 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
+
+import orjson
 
 from .protocol import StatusReport, Uplink
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_std_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _dumps(record: dict[str, Any]) -> bytes:
+    """orjson (on every acknowledgement: several times faster), or the standard library for what
+    orjson refuses to write as it is: integers beyond 64 bits, NaN, lone surrogates. Such values
+    can only come from the unknown fields of a JSON batch item."""
+    try:
+        return orjson.dumps(record)
+    except (TypeError, orjson.JSONEncodeError):
+        return _std_dumps(record).encode("utf-8", "surrogatepass")
+
+
+def _loads(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:  # written by the standard library: NaN, surrogates
+        return json.loads(payload.decode("utf-8", "surrogatepass"))
 
 
 def report(application_id: int, via: str, received_at: float, event: StatusReport, raw: str) -> bytes:
@@ -39,7 +59,7 @@ def report(application_id: int, via: str, received_at: float, event: StatusRepor
                 "extra": event.extra,
             },
         }
-    ).encode()
+    )
 
 
 def uplink(application_id: int, received_at: float, event: Uplink, raw: str) -> bytes:
@@ -58,7 +78,7 @@ def uplink(application_id: int, received_at: float, event: Uplink, raw: str) -> 
                 "extra": event.extra,
             },
         }
-    ).encode()
+    )
 
 
 QUARANTINE_MAX_RAW = 64 << 10  # forensics need the start of a refused body, not all of it
@@ -86,7 +106,7 @@ def quarantine(
             "raw": base64.b64encode(raw[:QUARANTINE_MAX_RAW]).decode(),
             "raw_bytes": len(raw),
         }
-    ).encode()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +142,7 @@ Record = ReportRecord | UplinkRecord | QuarantineRecord
 
 
 def decode(payload: bytes) -> Record:
-    data = json.loads(payload)
+    data = _loads(payload)
     at = datetime.fromtimestamp(data["at"], UTC)
     kind = data["kind"]
     if kind == "report":
