@@ -373,7 +373,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         await _migrate(url)
         conn = await _connect(url)
         try:
-            return await retention.prune(conn, args.older_than, dry_run=args.dry_run, batch_size=args.batch_size)
+            return await retention.prune(
+                conn, args.older_than, dry_run=args.dry_run, batch_size=args.batch_size
+            )
         finally:
             await conn.close()
 
@@ -383,8 +385,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         except retention.Busy:
             print("receiver prune: another prune is running; nothing done", file=sys.stderr)
             return 1
-    verb = "would delete" if result.dry_run else "deleted"
-    print(f"{verb} rows older than {result.cutoff.isoformat()}{' (dry run: nothing deleted)' if args.dry_run else ''}")
+    if result.dry_run:
+        print(f"would delete rows older than {result.cutoff.isoformat()} (dry run: nothing deleted)")
+    else:
+        print(f"deleted rows older than {result.cutoff.isoformat()}")
     for table, n in result.counts.items():
         print(f"{table}\t{n}")
     return 0
@@ -544,9 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument(
         "--older-than", required=True, type=_duration, metavar="DURATION", help="e.g. 180d, 12h or 26w"
     )
-    prune.add_argument("--dry-run", action="store_true", help="count what would be deleted, per table; delete nothing")
     prune.add_argument(
-        "--batch-size", type=_positive, default=10_000, metavar="N", help="rows per transaction (default 10000)"
+        "--dry-run", action="store_true", help="count what would be deleted, per table; delete nothing"
+    )
+    prune.add_argument(
+        "--batch-size", type=_positive, default=10_000, metavar="N", help="candidates per transaction (default 10000)"
     )
     prune.set_defaults(handler=cmd_prune)
 
