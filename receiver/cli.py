@@ -10,13 +10,14 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
 
-from . import apikeys, applications, logs, metrics_dir, netaddr, tls
+from . import apikeys, applications, logs, metrics_dir, netaddr, retention, tls
 from .blacklist import csvfile
 from .blacklist import store as blacklist_store
 from .blacklist.numbers import to_e164
@@ -409,6 +410,48 @@ def cmd_blacklist_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(text: str) -> timedelta:
+    try:
+        return retention.parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above zero")
+    return int(text)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    logs.configure(settings.log_level, settings.log_format)
+
+    async def work(url: str) -> retention.Result:
+        await _migrate(url)
+        conn = await _connect(url)
+        try:
+            return await retention.prune(
+                conn, args.older_than, dry_run=args.dry_run, batch_size=args.batch_size
+            )
+        finally:
+            await conn.close()
+
+    with database(settings) as url:
+        try:
+            result = asyncio.run(work(url))
+        except retention.Busy:
+            print("receiver prune: another prune is running; nothing done", file=sys.stderr)
+            return 1
+    if result.dry_run:
+        print(f"would delete rows older than {result.cutoff.isoformat()} (dry run: nothing deleted)")
+    else:
+        print(f"deleted rows older than {result.cutoff.isoformat()}")
+    for table, n in result.counts.items():
+        print(f"{table}\t{n}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from . import server
 
@@ -586,6 +629,20 @@ def build_parser() -> argparse.ArgumentParser:
     blacklist.add_parser(
         "rebuild", help="derive the keyword and platform entries again from the stored replies and reports"
     ).set_defaults(handler=cmd_blacklist_rebuild)
+
+    prune = commands.add_parser(
+        "prune", help="delete events older than a duration; the blacklist, applications and keys stay"
+    )
+    prune.add_argument(
+        "--older-than", required=True, type=_duration, metavar="DURATION", help="e.g. 180d, 12h or 26w"
+    )
+    prune.add_argument(
+        "--dry-run", action="store_true", help="count what would be deleted, per table; delete nothing"
+    )
+    prune.add_argument(
+        "--batch-size", type=_positive, default=10_000, metavar="N", help="candidates per transaction (default 10000)"
+    )
+    prune.set_defaults(handler=cmd_prune)
 
     simulate.add_parser(commands)
 

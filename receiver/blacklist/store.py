@@ -7,7 +7,8 @@ events inserted now), ``/v1/sent`` in the transaction that registers sends, the 
 CLI in their own.
 
 Locks: a shared advisory lock for everything per number, then one advisory lock per number in a
-fixed order; bulk work (import, rebuild) takes the first one exclusively instead. Whoever folds
+fixed order; bulk work (import, rebuild) takes the first one exclusively instead, and
+``receiver prune`` takes it shared while it deletes stored events. Whoever folds
 a number second sees the signals of whoever folded it first, so concurrent writers cannot
 leave a number folded from a partial set of its signals.
 """
@@ -187,6 +188,14 @@ async def _lock_all(conn: asyncpg.Connection) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", _LOCK_ALL)
 
 
+async def keep_out_bulk_work(conn: asyncpg.Connection) -> None:
+    """Until this transaction ends, no rebuild or import runs (both wait for it, and it for them).
+
+    For work that removes stored events (``receiver prune``): a rebuild then never reads a
+    half-pruned set of them."""
+    await conn.execute("SELECT pg_advisory_xact_lock_shared($1, 0)", _LOCK_ALL)
+
+
 def _lock_key(number: str) -> int:
     return int.from_bytes(hashlib.blake2b(number.encode(), digest_size=4).digest(), "big", signed=True)
 
@@ -348,7 +357,10 @@ async def import_entries(
 
 async def rebuild(conn: asyncpg.Connection, config: Config) -> Diff:
     """Derive the keyword and platform signals again from every stored reply and report (with the
-    current settings), keep the people's ones, fold every number again. In a transaction."""
+    current settings), keep the people's ones, fold every number again. In a transaction.
+
+    A signal whose reply or report is no longer stored (``receiver prune`` deleted it) cannot be
+    derived again: it is kept as it was recorded, so pruning never changes what a rebuild gives."""
     await _lock_all(conn)
     signals: list[Signal] = []
     batch: list[asyncpg.Record] = []
@@ -365,7 +377,11 @@ async def rebuild(conn: asyncpg.Connection, config: Config) -> Diff:
     )
     sends = await _sends(conn, sorted({row["sms_msg_id"] for row in reports}))
     signals += report_signals(config, reports, sends)
-    await conn.execute("DELETE FROM blacklist_signals WHERE source <> 'manual'")
+    await conn.execute(
+        """DELETE FROM blacklist_signals s
+           WHERE (s.source = 'keyword' AND EXISTS (SELECT FROM uplinks u WHERE u.id = s.uplink_id))
+              OR (s.source = 'platform' AND EXISTS (SELECT FROM status_reports r WHERE r.id = s.report_id))"""
+    )
     for start in range(0, len(signals), 10_000):
         await _record(conn, signals[start : start + 10_000])
     _, changes = await _refold(conn, config, None, actor="rebuild")

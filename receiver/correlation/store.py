@@ -133,11 +133,16 @@ RETURNING sms_msg_id, "from", "to", create_time
 """
 
 
+async def lock_messages(conn: asyncpg.Connection, sms_msg_ids: Iterable[str]) -> None:
+    """Until this transaction ends, no one else recomputes (or prunes) these messages' states."""
+    await conn.execute(_LOCK_MESSAGES, sorted(set(sms_msg_ids)))
+
+
 async def refresh_states(conn: asyncpg.Connection, sms_msg_ids: Iterable[str]) -> None:
     ids = sorted(set(sms_msg_ids))
     if not ids:
         return
-    await conn.execute(_LOCK_MESSAGES, ids)
+    await lock_messages(conn, ids)
     await conn.execute(_REFRESH_STATES, ids)
 
 

@@ -1,0 +1,249 @@
+"""Retention (``receiver prune``): delete stored events older than a cutoff, in small transactions.
+
+What goes, once older than the cutoff:
+
+- **Messages, each as a whole**: a message's send (``sent_messages``), its derived state
+  (``message_states``) and all of its ``status_reports`` go together, once the send's
+  ``create_time``, every report's ``received_at`` and the ``received_at`` of every reply linked
+  to it are older than the cutoff. A message with one recent event keeps all of them, so no
+  state is ever left that its remaining reports would not give. A message without a registered
+  send goes the same way, by its reports alone.
+- **Tables with a time column** (:data:`RULES`): uplinks by ``received_at`` with their
+  ``reply_links``, the quarantine by ``received_at``.
+
+What stays, whatever its age: applications, API keys, push keys, and the blacklist
+(``blacklist``, ``blacklist_signals``, ``blacklist_history``): a rebuild keeps the signals of
+events pruned away (``receiver.blacklist.store.rebuild``), so pruning never changes the list.
+
+Each batch is one transaction of at most ``batch_size`` candidates, so a large prune holds no
+long lock and can run while the service ingests. A message batch takes the same per-message
+locks as the writer's state refresh, and re-checks its rule under them: a report stored at the
+same moment either keeps its message or finds it gone and starts a new one, never a state
+that misses it. One prune at a time (a session advisory lock); a dry run takes no lock.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import asyncpg
+import structlog
+
+from .blacklist import store as blacklist_store
+from .correlation import store as correlation_store
+
+log = structlog.get_logger("receiver.retention")
+
+_LOCK_PRUNE = 0x50524E31  # session advisory lock: one prune at a time
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Rows of ``table`` go once ``column`` is older than the cutoff; with them, the rows of each
+    child table whose column refers to their ``key``."""
+
+    table: str
+    column: str
+    children: tuple[tuple[str, str], ...] = ()  # (child table, its column holding our key)
+    key: str = "id"
+
+
+# Tables pruned by their own time column alone. Adding one is one line here (its column should
+# be indexed). Messages (sent_messages, message_states, status_reports) have their own rule.
+RULES: tuple[Rule, ...] = (
+    Rule("uplinks", "received_at", children=(("reply_links", "uplink_id"),)),
+    Rule("quarantine", "received_at"),
+)
+
+MESSAGE_TABLES = ("sent_messages", "message_states", "status_reports")
+
+
+# --- durations --------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"([0-9]+)([hdw])")
+_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+_LONGEST = timedelta(days=365 * 1000)
+
+
+def parse_duration(text: str) -> timedelta:
+    """``12h``, ``180d``, ``26w``: a whole, positive number of hours, days or weeks."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is no duration: a whole number of hours, days or weeks, like 12h, 180d or 26w")
+    count, unit = int(match[1]), match[2]
+    if count == 0:
+        raise ValueError(f"{text!r} would delete everything up to now: give a duration above zero")
+    if count > _LONGEST // _UNITS[unit]:
+        raise ValueError(f"{text!r} is longer than 1000 years")
+    return count * _UNITS[unit]
+
+
+# --- pruning ----------------------------------------------------------------------------------
+
+
+class Busy(Exception):
+    """Another prune holds the lock."""
+
+
+@dataclass
+class Result:
+    cutoff: datetime
+    dry_run: bool
+    counts: dict[str, int] = field(default_factory=dict)  # table: rows deleted (or that would be)
+
+    def add(self, table: str, n: int) -> None:
+        self.counts[table] = self.counts.get(table, 0) + n
+
+
+def tables() -> list[str]:
+    """Every table a prune deletes from, in the order it reports them."""
+    names = list(MESSAGE_TABLES)
+    for rule in RULES:
+        names += [rule.table, *(child for child, _ in rule.children)]
+    return names
+
+
+async def prune(
+    conn: asyncpg.Connection, older_than: timedelta, *, dry_run: bool = False, batch_size: int = 10_000
+) -> Result:
+    """Delete (``dry_run``: count) what is older than ``older_than``, by the database's clock.
+
+    Outside a transaction: each batch commits on its own. Raises :class:`Busy` when another
+    prune is running."""
+    cutoff = await conn.fetchval("SELECT now() - $1::interval", older_than)
+    result = Result(cutoff, dry_run, {name: 0 for name in tables()})
+    if dry_run:
+        await _run(conn, result, batch_size)
+        return result
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1::bigint)", _LOCK_PRUNE):
+        raise Busy("another prune is running")
+    try:
+        await _run(conn, result, batch_size)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1::bigint)", _LOCK_PRUNE)
+    log.info("prune.done", cutoff=cutoff.isoformat(), **result.counts)
+    return result
+
+
+async def _run(conn: asyncpg.Connection, result: Result, batch_size: int) -> None:
+    await _sent_messages(conn, result, batch_size)
+    await _unsent_messages(conn, result, batch_size)
+    for rule in RULES:
+        await _table(conn, rule, result, batch_size)
+
+
+# Messages: candidates come from old sends, then from old reports of messages never sent; each
+# batch keeps those with anything recent. A report batch ends at a (received_at, id) key: a
+# message goes in the batch that holds its last report, so a dry run counts it once. Keys start
+# at NULL (before everything).
+_OLD_SENDS = """
+SELECT sms_msg_id, create_time FROM sent_messages
+WHERE create_time < $1
+  AND (create_time, sms_msg_id) > (coalesce($2::timestamptz, '-infinity'), coalesce($3::text, ''))
+ORDER BY create_time, sms_msg_id LIMIT $4
+"""
+
+_OLD_REPORTS = """
+SELECT id, received_at, sms_msg_id FROM status_reports
+WHERE received_at < $1 AND received_at >= coalesce($2::timestamptz, '-infinity')
+  AND (received_at, id) > (coalesce($2::timestamptz, '-infinity'), coalesce($3::bigint, 0))
+ORDER BY received_at, id LIMIT $4
+"""
+
+# Of the candidates ($1), the messages that go: no send ($3: none at all; else none from the
+# cutoff $2 on), no report from the cutoff on or after the batch's last key ($4, $5; NULL: none),
+# no reply from the cutoff on linked to them.
+_DOOMED = """
+SELECT i.sms_msg_id FROM (SELECT DISTINCT unnest($1::text[]) AS sms_msg_id) AS i
+WHERE NOT EXISTS (SELECT FROM sent_messages s
+                  WHERE s.sms_msg_id = i.sms_msg_id AND ($3::boolean OR s.create_time >= $2))
+  AND NOT EXISTS (SELECT FROM status_reports r
+                  WHERE r.sms_msg_id = i.sms_msg_id
+                    AND (r.received_at >= $2 OR (r.received_at, r.id) > ($4::timestamptz, $5::bigint)))
+  AND NOT EXISTS (SELECT FROM reply_links l JOIN uplinks u ON u.id = l.uplink_id
+                  WHERE l.sms_msg_id = i.sms_msg_id AND u.received_at >= $2)
+"""
+
+
+async def _sent_messages(conn: asyncpg.Connection, result: Result, batch_size: int) -> None:
+    after: tuple[datetime | None, str | None] = (None, None)
+    while rows := await conn.fetch(_OLD_SENDS, result.cutoff, *after, batch_size):
+        after = (rows[-1]["create_time"], rows[-1]["sms_msg_id"])
+        await _messages(conn, result, [r["sms_msg_id"] for r in rows], unsent_only=False, last=(None, None))
+
+
+async def _unsent_messages(conn: asyncpg.Connection, result: Result, batch_size: int) -> None:
+    after: tuple[datetime | None, int | None] = (None, None)
+    while rows := await conn.fetch(_OLD_REPORTS, result.cutoff, *after, batch_size):
+        after = (rows[-1]["received_at"], rows[-1]["id"])
+        await _messages(conn, result, [r["sms_msg_id"] for r in rows], unsent_only=True, last=after)
+
+
+async def _messages(
+    conn: asyncpg.Connection,
+    result: Result,
+    candidates: list[str],
+    *,
+    unsent_only: bool,
+    last: tuple[datetime | None, int | None],
+) -> None:
+    ids = sorted(set(candidates))
+    doomed_args = (ids, result.cutoff, unsent_only, *last)
+    if result.dry_run:
+        doomed = [row[0] for row in await conn.fetch(_DOOMED, *doomed_args)]
+        for table in MESSAGE_TABLES:
+            sql = f"SELECT count(*) FROM {table} WHERE sms_msg_id = ANY($1::text[])"
+            result.add(table, await conn.fetchval(sql, doomed))
+        return
+    async with conn.transaction():
+        # The writer's order: the messages' locks, then the blacklist's shared one. Under them,
+        # the rule is checked again (a new statement sees what committed meanwhile).
+        await correlation_store.lock_messages(conn, ids)
+        await blacklist_store.keep_out_bulk_work(conn)
+        doomed = [row[0] for row in await conn.fetch(_DOOMED, *doomed_args)]
+        deleted = {table: 0 for table in MESSAGE_TABLES}
+        if doomed:
+            for table in MESSAGE_TABLES:
+                sql = f"DELETE FROM {table} WHERE sms_msg_id = ANY($1::text[])"
+                deleted[table] = _count(await conn.execute(sql, doomed))
+    for table, n in deleted.items():
+        result.add(table, n)
+    log.debug("prune.batch", **deleted)
+
+
+async def _table(conn: asyncpg.Connection, rule: Rule, result: Result, batch_size: int) -> None:
+    t, col = rule.table, rule.column
+    if result.dry_run:
+        result.add(t, await conn.fetchval(f"SELECT count(*) FROM {t} WHERE {col} < $1", result.cutoff))
+        for child, ref in rule.children:
+            sql = f"SELECT count(*) FROM {child} c JOIN {t} p ON c.{ref} = p.{rule.key} WHERE p.{col} < $1"
+            result.add(child, await conn.fetchval(sql, result.cutoff))
+        return
+    key = f", {rule.key} AS key" if rule.children else ""
+    select = f"""SELECT ctid, {col} AS at{key} FROM {t}
+                 WHERE {col} < $1 AND {col} >= coalesce($2::timestamptz, '-infinity')
+                 ORDER BY {col} LIMIT $3"""
+    after: datetime | None = None
+    while True:
+        async with conn.transaction():
+            await blacklist_store.keep_out_bulk_work(conn)  # a rebuild reads all of a batch of replies, or none
+            rows = await conn.fetch(select, result.cutoff, after, batch_size)
+            if not rows:
+                return
+            deleted = {}
+            for child, ref in rule.children:
+                sql = f"DELETE FROM {child} WHERE {ref} = ANY($1)"
+                deleted[child] = _count(await conn.execute(sql, [r["key"] for r in rows]))
+            sql = f"DELETE FROM {t} WHERE ctid = ANY($1::tid[])"
+            deleted[t] = _count(await conn.execute(sql, [r["ctid"] for r in rows]))
+        after = rows[-1]["at"]
+        for table, n in deleted.items():
+            result.add(table, n)
+        log.debug("prune.batch", **deleted)
+
+
+def _count(status: str) -> int:
+    """The row count of a command tag such as ``DELETE 42``."""
+    return int(status.rsplit(" ", 1)[-1])
