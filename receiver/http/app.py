@@ -6,6 +6,7 @@ import asyncio
 import sys
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import structlog
@@ -25,6 +26,7 @@ from ..db import migrate
 from ..journal import Journal, JournalReader
 from ..writer import Writer
 from . import blacklist, callbacks, health, prometheus, query
+from .fastpath import CallbackFastPath
 from .middleware import Observe
 from .responses import Refusal, error_response
 
@@ -106,18 +108,22 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return error_response(503, "database_unavailable", "PostgreSQL is not reachable; try again shortly")
 
     routes = [*callbacks.routes, *health.routes, *prometheus.routes, *query.routes, *blacklist.routes]
+    handlers: dict[Any, Any] = {
+        Refusal: refused,
+        OSError: database_away,
+        TimeoutError: database_away,
+        asyncpg.PostgresConnectionError: database_away,
+        asyncpg.CannotConnectNowError: database_away,
+        asyncpg.InterfaceError: database_away,
+    }
     return Starlette(
         routes=routes,
-        middleware=[Middleware(Observe, routes=routes, trusted_proxies=settings.trusted_proxies)],
+        middleware=[
+            Middleware(Observe, routes=routes, trusted_proxies=settings.trusted_proxies),
+            Middleware(CallbackFastPath, routes=routes, exception_handlers=handlers),
+        ],
         lifespan=lifespan,
-        exception_handlers={
-            Refusal: refused,
-            OSError: database_away,
-            TimeoutError: database_away,
-            asyncpg.PostgresConnectionError: database_away,
-            asyncpg.CannotConnectNowError: database_away,
-            asyncpg.InterfaceError: database_away,
-        },
+        exception_handlers=handlers,
     )
 
 
