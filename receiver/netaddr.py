@@ -12,6 +12,7 @@ makes the client unknown, and an unknown client is in no allow-list.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 IPAddress = IPv4Address | IPv6Address
@@ -58,6 +59,7 @@ def parse_sources(values: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+@lru_cache(maxsize=4096)  # the same few peers and proxies, request after request
 def parse_address(text: str) -> IPAddress | None:
     """One address as a socket or a proxy gives it, or None if it is none: ``192.0.2.1``,
     ``192.0.2.1:4711``, ``2001:db8::1``, ``[2001:db8::1]``, ``[2001:db8::1]:4711``. An
