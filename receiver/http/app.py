@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import structlog
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -103,6 +104,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         metrics.DATABASE_ERRORS.labels("query").inc()
         return error_response(503, "database_unavailable", "PostgreSQL is not reachable; try again shortly")
 
+    async def not_routed(request: Request, exc: Exception) -> Response:
+        """The router's own 404 (no such path) and 405 (no such method): JSON, like every refusal."""
+        assert isinstance(exc, HTTPException)
+        reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        response = error_response(exc.status_code, reason, exc.detail)
+        response.headers.update(exc.headers or {})
+        return response
+
     routes = [*callbacks.routes, *health.routes, *prometheus.routes, *query.routes, *blacklist.routes]
     return Starlette(
         routes=routes,
@@ -110,6 +119,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
         exception_handlers={
             Refusal: refused,
+            HTTPException: not_routed,
             OSError: database_away,
             TimeoutError: database_away,
             asyncpg.PostgresConnectionError: database_away,

@@ -47,7 +47,7 @@ def _number(request: Request, raw: object) -> str:
 def _channel(value: object) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > 21:
+    if not isinstance(value, str) or len(value) > 21 or "\x00" in value:
         raise Refusal(400, "invalid_field", {"field": "channel", "reason": "a channel number, up to 21 characters"})
     return value
 
