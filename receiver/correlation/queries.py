@@ -170,13 +170,14 @@ async def messages(
 
 
 async def uplinks(conn: asyncpg.Connection, *, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str]:
-    txid, after_id = "0", 0
+    txid: object = "0"
+    after_id: object = 0
     if cursor:
         txid, after_id = decode_cursor(cursor, 2)
-    if type(txid) is int:
-        txid = str(txid)
+    # What PostgreSQL can take: an xid8 and a bigint (else DataError, a 500).
+    txid = str(txid) if isinstance(txid, int) and not isinstance(txid, bool) else txid
     valid = isinstance(txid, str) and txid.isascii() and txid.isdigit() and len(txid) <= 20 and int(txid) < 2**64
-    if not valid or type(after_id) is not int or not 0 <= after_id < 2**63:
+    if not valid or isinstance(after_id, bool) or not isinstance(after_id, int) or not 0 <= after_id < 2**63:
         raise ProtocolError("invalid_cursor", "the cursor was not made by this API")
     rows = await conn.fetch(_UPLINKS, str(txid), after_id, limit)
     items = [{**_reply(r), "application": r["application"], "reply_to": r["reply_to"]} for r in rows]

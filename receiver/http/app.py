@@ -24,7 +24,7 @@ from ..config import Settings
 from ..db import migrate
 from ..journal import Journal, JournalReader
 from ..writer import Writer
-from . import blacklist, callbacks, health, prometheus, query
+from . import blacklist, callbacks, health, openapi, prometheus, query
 from .middleware import Observe
 from .responses import Refusal, error_response
 
@@ -112,7 +112,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         response.headers.update(exc.headers or {})
         return response
 
-    routes = [*callbacks.routes, *health.routes, *prometheus.routes, *query.routes, *blacklist.routes]
+    routes = [
+        *callbacks.routes, *health.routes, *prometheus.routes, *query.routes, *blacklist.routes, *openapi.routes
+    ]
     return Starlette(
         routes=routes,
         middleware=[Middleware(Observe, routes=routes)],
