@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -146,10 +146,12 @@ async def messages(
     if cursor:
         after_time, after_id = decode_cursor(cursor, 2)
     try:
-        start = datetime.fromisoformat(after_time)
-    except (TypeError, ValueError):
+        start = datetime.fromisoformat(after_time).astimezone(UTC)  # OverflowError: offsets at year 1
+        if not isinstance(after_id, str) or "\x00" in after_id:
+            raise ValueError(after_id)
+    except (TypeError, ValueError, OverflowError):
         raise ProtocolError("invalid_cursor", "the cursor was not made by this API") from None
-    rows = await conn.fetch(_LIST, to, state, since, until, start, str(after_id), limit)
+    rows = await conn.fetch(_LIST, to, state, since, until, start, after_id, limit)
     items = [
         {
             "sms_msg_id": r["sms_msg_id"],
@@ -168,10 +170,14 @@ async def messages(
 
 
 async def uplinks(conn: asyncpg.Connection, *, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str]:
-    txid, after_id = "0", 0
+    txid: object = "0"
+    after_id: object = 0
     if cursor:
         txid, after_id = decode_cursor(cursor, 2)
-    if not str(txid).isdigit() or not isinstance(after_id, int):
+    # What PostgreSQL can take: an xid8 and a bigint (else DataError, a 500).
+    txid = str(txid) if isinstance(txid, int) and not isinstance(txid, bool) else txid
+    valid = isinstance(txid, str) and txid.isascii() and txid.isdigit() and len(txid) <= 20 and int(txid) < 2**64
+    if not valid or isinstance(after_id, bool) or not isinstance(after_id, int) or not 0 <= after_id < 2**63:
         raise ProtocolError("invalid_cursor", "the cursor was not made by this API")
     rows = await conn.fetch(_UPLINKS, str(txid), after_id, limit)
     items = [{**_reply(r), "application": r["application"], "reply_to": r["reply_to"]} for r in rows]

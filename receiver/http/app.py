@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import structlog
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,7 +26,7 @@ from ..config import Settings
 from ..db import migrate
 from ..journal import Journal, JournalReader
 from ..writer import Writer
-from . import blacklist, callbacks, health, prometheus, query
+from . import blacklist, callbacks, health, openapi, prometheus, query
 from .fastpath import CallbackFastPath
 from .middleware import Observe
 from .responses import Refusal, error_response
@@ -107,9 +108,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
         metrics.DATABASE_ERRORS.labels("query").inc()
         return error_response(503, "database_unavailable", "PostgreSQL is not reachable; try again shortly")
 
-    routes = [*callbacks.routes, *health.routes, *prometheus.routes, *query.routes, *blacklist.routes]
+    async def not_routed(request: Request, exc: Exception) -> Response:
+        """The router's own 404 (no such path) and 405 (no such method): JSON, like every refusal."""
+        assert isinstance(exc, HTTPException)
+        reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        response = error_response(exc.status_code, reason, exc.detail)
+        response.headers.update(exc.headers or {})
+        return response
+
+    routes = [
+        *callbacks.routes, *health.routes, *prometheus.routes, *query.routes, *blacklist.routes, *openapi.routes
+    ]
     handlers: dict[Any, Any] = {
         Refusal: refused,
+        HTTPException: not_routed,
         OSError: database_away,
         TimeoutError: database_away,
         asyncpg.PostgresConnectionError: database_away,

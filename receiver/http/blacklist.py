@@ -47,7 +47,7 @@ def _number(request: Request, raw: object) -> str:
 def _channel(value: object) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > 21:
+    if not isinstance(value, str) or len(value) > 21 or "\x00" in value:
         raise Refusal(400, "invalid_field", {"field": "channel", "reason": "a channel number, up to 21 characters"})
     return value
 
@@ -148,9 +148,15 @@ async def delete_entry(request: Request) -> Response:
     )
 
 
+_ENTRY = {"GET": get_entry, "HEAD": get_entry, "PUT": put_entry, "DELETE": delete_entry}
+
+
+async def entry(request: Request) -> Response:
+    """One route for the three methods, so that a 405 lists all of them in ``Allow``."""
+    return await _ENTRY[request.method](request)
+
+
 routes: list[BaseRoute] = [
     Route("/v1/blacklist/check", check, methods=["POST"]),
-    Route("/v1/blacklist/{number}", get_entry, methods=["GET"]),
-    Route("/v1/blacklist/{number}", put_entry, methods=["PUT"]),
-    Route("/v1/blacklist/{number}", delete_entry, methods=["DELETE"]),
+    Route("/v1/blacklist/{number}", entry, methods=["GET", "PUT", "DELETE"]),
 ]

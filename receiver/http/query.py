@@ -44,8 +44,11 @@ async def post_sent(request: Request) -> Response:
 
 @requires_key
 async def get_message(request: Request) -> Response:
-    async with request.app.state.pool.acquire(timeout=5) as conn:
-        found = await queries.message(conn, request.path_params["sms_msg_id"])
+    sms_msg_id = request.path_params["sms_msg_id"]
+    found = None
+    if "\x00" not in sms_msg_id:  # no stored id has one, and PostgreSQL text cannot carry it
+        async with request.app.state.pool.acquire(timeout=5) as conn:
+            found = await queries.message(conn, sms_msg_id)
     if found is None:
         return error_response(404, "not_found", "no send and no report has this smsMsgId")
     return JSONResponse(found)
@@ -89,7 +92,7 @@ async def list_uplinks(request: Request) -> Response:
 def _limit(value: str | None, default: int = 100, maximum: int = 500) -> int:
     if value is None:
         return default
-    if not value.isdigit() or not 1 <= int(value) <= maximum:
+    if not (value.isascii() and value.isdigit() and len(value) <= 4) or not 1 <= int(value) <= maximum:
         raise ProtocolError("invalid_field", {"field": "limit", "allowed": f"1-{maximum}"})
     return int(value)
 

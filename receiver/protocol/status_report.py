@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -55,9 +56,11 @@ def parse_status_report_batch(body: bytes) -> Batch:
     report never costs the 49 good ones beside it.
     """
     try:
-        document = json.loads(body.decode("utf-8"))
+        document = json.loads(body.decode("utf-8"), parse_float=_finite, parse_constant=_not_a_number)
     except UnicodeDecodeError:
         raise ProtocolError("invalid_encoding", "the body must be UTF-8 JSON") from None
+    except ProtocolError:
+        raise
     except (ValueError, RecursionError):
         raise ProtocolError("invalid_json", "the body is not valid JSON") from None
     if not isinstance(document, dict):
@@ -81,6 +84,21 @@ def parse_status_report_batch(body: bytes) -> Batch:
         except ProtocolError as error:
             rejected.append(RejectedItem(index, error, raw))
     return Batch(reports, rejected)
+
+
+_NOT_FINITE = "numbers must be finite doubles: no NaN, Infinity or 1e400 (PostgreSQL's jsonb cannot keep them)"
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProtocolError("invalid_json", _NOT_FINITE)
+    return value
+
+
+def _not_a_number(text: str) -> float:
+    """``NaN``, ``Infinity``, ``-Infinity``: Python's json reads them, JSON has no such thing."""
+    raise ProtocolError("invalid_json", _NOT_FINITE)
 
 
 def _check_text(item: object) -> None:
