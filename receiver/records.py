@@ -32,9 +32,28 @@ def _dumps(record: dict[str, Any]) -> bytes:
 
 def _loads(payload: bytes) -> Any:
     try:
-        return orjson.loads(payload)
+        data = orjson.loads(payload)
     except orjson.JSONDecodeError:  # written by the standard library: NaN, surrogates
-        return json.loads(payload.decode("utf-8", "surrogatepass"))
+        return _std_loads(payload)
+    event = data.get("event") if type(data) is dict else None
+    if type(event) is dict and _has_float(event.get("extra")):
+        # orjson reads an integer beyond 64 bits as a float: the standard library keeps it exact
+        return _std_loads(payload)
+    return data
+
+
+def _std_loads(payload: bytes) -> Any:
+    return json.loads(payload.decode("utf-8", "surrogatepass"))
+
+
+def _has_float(value: object) -> bool:
+    if type(value) is float:
+        return True
+    if type(value) is dict:
+        return any(_has_float(v) for v in value.values())
+    if type(value) is list:
+        return any(_has_float(v) for v in value)
+    return False
 
 
 def report(application_id: int, via: str, received_at: float, event: StatusReport, raw: str) -> bytes:
