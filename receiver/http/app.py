@@ -12,7 +12,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from .. import logs, metrics
@@ -111,6 +111,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         response.headers.update(exc.headers or {})
         return response
 
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        """The client left (or was cut off) before its body was whole: nobody to answer."""
+        return error_response(400, "incomplete_body", None)
+
     async def database_away(request: Request, exc: Exception) -> Response:
         log.warning("query.database_unavailable", error=type(exc).__name__)
         metrics.DATABASE_ERRORS.labels("query").inc()
@@ -124,6 +128,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers={
             Refusal: refused,
             HTTPException: http_error,
+            ClientDisconnect: client_gone,
             OSError: database_away,
             TimeoutError: database_away,
             asyncpg.PostgresConnectionError: database_away,
