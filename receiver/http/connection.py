@@ -17,8 +17,10 @@ Here, with T = ``RECEIVER_CLIENT_TIMEOUT_SECONDS``:
   an early answer (``413``, ``404``), which uvicorn reads and discards;
 - **response**: an answer the client leaves unread for T (the write buffer still full, or not
   yet flushed) aborts the connection;
-- request line and headers over :data:`MAX_HEAD_BYTES` get ``431``; bytes that are not HTTP get
-  ``400``: both with a JSON reason (uvicorn answers those in plain text).
+- request line and headers still incomplete after :data:`MAX_HEAD_BYTES` get ``431`` (a head
+  that arrives whole in one read of the socket is let through: a read is bounded, and so is
+  memory either way); bytes that are not HTTP get ``400``: both with a JSON reason (uvicorn
+  answers those in plain text).
 
 A stalled connection costs a file descriptor and a few hundred bytes, never a worker: the event
 loop serves everyone else meanwhile. Every connection closed here is counted in
