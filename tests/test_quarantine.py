@@ -10,10 +10,10 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
-import pytest
 from support import FORM, JSON, fetch, run, serving, wait_for
 
 from receiver import metrics, records, writer
@@ -212,3 +212,33 @@ def _record(body: bytes) -> records.QuarantineRecord:
     decoded = records.decode(payload)
     assert isinstance(decoded, records.QuarantineRecord)
     return decoded
+
+
+def test_the_migration_counts_the_rows_already_quarantined(empty_db_url: str, tmp_path: Path) -> None:
+    """A database quarantined before the counts existed: they start from its rows."""
+    from receiver.db import migrate
+
+    before = tmp_path / "sql"
+    before.mkdir()
+    for migration in migrate.available():
+        if migration.version < "011":
+            (before / migration.path.name).write_text(migration.path.read_text())
+
+    async def scenario() -> list[tuple[object, ...]]:
+        conn = await asyncpg.connect(empty_db_url)
+        try:
+            await migrate.apply(conn, before)
+            await conn.execute(
+                "INSERT INTO quarantine (record_id, endpoint, error, raw_body, received_at) VALUES "
+                "(gen_random_uuid(), 'uplink', 'missing_field', '', '2026-01-01 10:05+00'), "
+                "(gen_random_uuid(), 'uplink', 'missing_field', '', '2026-01-01 10:55+00'), "
+                "(gen_random_uuid(), 'uplink', 'missing_field', '', '2026-01-01 11:00+00')"
+            )
+            assert "011_quarantine_bound" in await migrate.apply(conn)
+            rows = await conn.fetch("SELECT hour, refusals, first_at, last_at FROM quarantine_counts ORDER BY hour")
+            return [tuple(r.values()) for r in rows]
+        finally:
+            await conn.close()
+
+    at = lambda h, m: datetime(2026, 1, 1, h, m, tzinfo=UTC)  # noqa: E731
+    assert run(scenario()) == [(at(10, 0), 2, at(10, 5), at(10, 55)), (at(11, 0), 1, at(11, 0), at(11, 0))]
