@@ -32,6 +32,17 @@ class Settings(BaseSettings):
     shutdown_drain_seconds: float = 10.0
 
     max_body_bytes: int = Field(default=256 << 10, ge=1024, le=512 << 10, description="larger bodies get 413")
+    client_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300,
+        description="a client gets this long for its request's headers, then as long for its body (408),"
+        " and for reading our answer; then the connection is closed",
+    )  # fmt: skip
+    quarantine_max_rows: int = Field(
+        default=100_000, ge=0, description="the quarantine table keeps its newest rows; quarantine_counts counts all"
+    )
+    quarantine_bodies_per_second: float = Field(
+        default=10.0, ge=0, description="per worker and kind of refusal: refused bodies kept; the others only counted"
+    )
     signature_max_skew_seconds: float = Field(
         default=900.0, gt=0, le=86400, description="signed pushes: how far X-Sdk-Date may be from our clock"
     )

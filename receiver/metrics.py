@@ -113,6 +113,37 @@ BLACKLIST_CHANGES = Counter(
     ["action", "source"],
 )
 
+# --- refusals and slow clients -------------------------------------------------------------------
+
+QUARANTINED = Counter(
+    "receiver_quarantined",
+    "Refused requests (and rejected batch items) counted in quarantine_counts, by endpoint and error;"
+    " counted when stored, once, whether or not their bodies were kept",
+    ["endpoint", "error"],
+)
+QUARANTINE_BODIES_NOT_KEPT = Counter(
+    "receiver_quarantine_bodies_not_kept",
+    "Refusals journaled as a count only, without their body: rate_limit"
+    " (RECEIVER_QUARANTINE_BODIES_PER_SECOND) or journal_filling (backlog over half its bound)",
+    ["reason"],
+)
+QUARANTINE_LOST = Counter(
+    "receiver_quarantine_lost",
+    "Refusals neither stored nor counted in PostgreSQL: the journal was full or closed",
+)
+QUARANTINE_TRIMMED = Counter(
+    "receiver_quarantine_trimmed",
+    "Quarantine rows deleted to keep the table to RECEIVER_QUARANTINE_MAX_ROWS (their counts stay)",
+)
+CLIENT_CLOSED = Counter(
+    "receiver_http_connections_closed",
+    "Connections the server closed on a client: timeout_request (headers not complete in time, or"
+    " nothing sent), timeout_body, timeout_response (the client did not read our answer),"
+    " headers_too_large, bad_request (not HTTP)",
+    ["reason"],
+)
+
+
 # --- status labels: bounded, whatever the network sends ----------------------------------------
 
 _STATUS_SHAPE = re.compile(r"[A-Z0-9][A-Z0-9:_-]{0,6}")  # DELIVRD, E200027, MK:0036, RTE_ERR, 1, 24 ...

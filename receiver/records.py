@@ -100,7 +100,9 @@ def uplink(application_id: int, received_at: float, event: Uplink, raw: str) -> 
     )
 
 
-QUARANTINE_MAX_RAW = 64 << 10  # forensics need the start of a refused body, not all of it
+# Forensics need the start of a refused body, not all of it: a real batch of 50 reports fits in
+# 16 KiB. The bound keeps a flood of large garbage from filling the journal (and PostgreSQL).
+QUARANTINE_MAX_RAW = 16 << 10
 
 
 def quarantine(
@@ -111,7 +113,10 @@ def quarantine(
     detail: object,
     content_type: str | None,
     raw: bytes,
+    *,
+    body_bytes: int | None = None,
 ) -> bytes:
+    """One refused request; ``body_bytes``: its body's size when ``raw`` is not all of it."""
     return _dumps(
         {
             "kind": "quarantine",
@@ -123,7 +128,36 @@ def quarantine(
             "detail": detail,
             "content_type": content_type,
             "raw": base64.b64encode(raw[:QUARANTINE_MAX_RAW]).decode(),
-            "raw_bytes": len(raw),
+            "raw_bytes": len(raw) if body_bytes is None else body_bytes,
+        }
+    ).encode()
+
+
+def quarantine_count(
+    application_id: int | None,
+    endpoint: str,
+    error: str,
+    occurrences: int,
+    first_at: float,
+    last_at: float,
+    detail: object,
+) -> bytes:
+    """``occurrences`` refusals of one kind, received from ``first_at`` to ``last_at``, whose
+    bodies were not kept: counted, and stored as one quarantine row without a body."""
+    return _dumps(
+        {
+            "kind": "quarantine",
+            "id": str(uuid.uuid4()),
+            "app": application_id,
+            "endpoint": endpoint,
+            "at": last_at,
+            "error": error,
+            "detail": detail,
+            "content_type": None,
+            "raw": "",
+            "raw_bytes": None,
+            "n": occurrences,
+            "first": first_at,
         }
     )
 
@@ -155,6 +189,9 @@ class QuarantineRecord:
     detail: object
     content_type: str | None
     raw: bytes
+    body_bytes: int | None = None  # the refused body's size; raw holds at most QUARANTINE_MAX_RAW of it
+    occurrences: int = 1  # more than 1: refusals of one kind whose bodies were not kept
+    first_at: datetime | None = None  # the earliest of them (received_at: the latest)
 
 
 Record = ReportRecord | UplinkRecord | QuarantineRecord
@@ -182,6 +219,9 @@ def decode(payload: bytes) -> Record:
             data["detail"],
             data["content_type"],
             base64.b64decode(data["raw"]),
+            data.get("raw_bytes"),
+            data.get("n", 1),
+            datetime.fromtimestamp(data["first"], UTC) if data.get("first") is not None else None,
         )
     raise ValueError(f"unknown journal record kind {kind!r}")
 

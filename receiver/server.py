@@ -17,6 +17,7 @@ from . import applications, tls
 from .config import Settings
 
 APP = "receiver.http.app:create_app"
+HTTP = "receiver.http.connection:GuardedHttpToolsProtocol"  # httptools, with deadlines for slow clients
 log = structlog.get_logger("receiver")
 
 
@@ -54,7 +55,8 @@ def run(settings: Settings, *, tls_cert: str | None = None, tls_key: str | None 
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools",
+        http=HTTP,
+        ws="none",  # no WebSocket routes: an Upgrade is an ordinary request
         lifespan="on",
         access_log=False,
         log_level="warning",
@@ -65,6 +67,8 @@ def run(settings: Settings, *, tls_cert: str | None = None, tls_key: str | None 
         ssl_keyfile=tls_key,
         ssl_context_factory=tls.context_factory if tls_cert else None,
     )
+    config.client_timeout = settings.client_timeout_seconds  # type: ignore[attr-defined]  # read by HTTP
+    _raise_open_files_limit()
     server = uvicorn.Server(config)
     try:
         if config.workers > 1:
@@ -77,6 +81,18 @@ def run(settings: Settings, *, tls_cert: str | None = None, tls_key: str | None 
         pass
     if config.workers == 1 and not server.started:
         sys.exit(STARTUP_FAILURE)
+
+
+def _raise_open_files_limit() -> None:
+    """Each connection, stalled ones too, holds a file descriptor until its deadline: let the
+    workers (which inherit this limit) have as many as the system allows."""
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 class _Supervisor(Multiprocess):

@@ -10,12 +10,14 @@ blocking the ones behind it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import structlog
@@ -48,11 +50,36 @@ RETURNING id, application_id, sms_msg_id, "from", "to", body, received_at
 """
 
 _INSERT_QUARANTINE = """
-INSERT INTO quarantine (record_id, application_id, endpoint, received_at, error, detail, content_type, raw_body)
+INSERT INTO quarantine (record_id, application_id, endpoint, received_at, error, detail, content_type, raw_body,
+    body_bytes, occurrences)
 SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::timestamptz[], $5::text[], $6::jsonb[],
-    $7::text[], $8::bytea[])
+    $7::text[], $8::bytea[], $9::integer[], $10::integer[])
 ON CONFLICT (record_id) DO NOTHING
+RETURNING record_id
 """
+
+# Only records inserted now are counted: a replayed record (same record_id) counts nothing.
+# Rows come sorted by key, so concurrent writers lock counters in one order.
+_COUNT_QUARANTINE = """
+INSERT INTO quarantine_counts AS c (application_id, endpoint, error, hour, refusals, first_at, last_at)
+SELECT * FROM unnest($1::integer[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::timestamptz[],
+    $7::timestamptz[])
+ON CONFLICT ((coalesce(application_id, 0)), endpoint, error, hour) DO UPDATE
+SET refusals = c.refusals + excluded.refusals,
+    first_at = least(c.first_at, excluded.first_at),
+    last_at = greatest(c.last_at, excluded.last_at)
+"""
+
+# The newest ``$1`` rows stay; older ones go, at most 10,000 per call. One writer at a time.
+_TRIM_QUARANTINE = """
+DELETE FROM quarantine
+WHERE id IN (
+    SELECT id FROM quarantine
+    WHERE id < (SELECT id FROM quarantine ORDER BY id DESC OFFSET $1 - 1 LIMIT 1)
+    ORDER BY id LIMIT 10000
+)
+"""
+_TRIM_LOCK = 0x5154_524D  # "QTRM"
 
 
 # What follows from new events (delivery state, opt-outs) happens in the same transaction, and
@@ -60,8 +87,9 @@ ON CONFLICT (record_id) DO NOTHING
 AfterInsert = Callable[[asyncpg.Connection, list[asyncpg.Record], list[asyncpg.Record]], Awaitable[None]]
 
 
-async def store(conn: asyncpg.Connection, batch: Sequence[Record], after_insert: Sequence[AfterInsert] = ()) -> None:
-    """Insert a batch in one transaction; events already stored are left as they are."""
+async def store(conn: asyncpg.Connection, batch: Sequence[Record], after_insert: Sequence[AfterInsert] = ()) -> int:
+    """Insert a batch in one transaction; events already stored are left as they are. Returns the
+    number of quarantine rows inserted."""
     reports = [r for r in batch if isinstance(r, ReportRecord)]
     uplinks = [r for r in batch if isinstance(r, UplinkRecord)]
     refused = [r for r in batch if isinstance(r, QuarantineRecord)]
@@ -76,7 +104,51 @@ async def store(conn: asyncpg.Connection, batch: Sequence[Record], after_insert:
             for hook in after_insert:
                 await hook(conn, new_reports, new_uplinks)
         if refused:
-            await conn.execute(_INSERT_QUARANTINE, *_columns(_quarantine_row(r) for r in refused))
+            inserted = await conn.fetch(_INSERT_QUARANTINE, *_columns(_quarantine_row(r) for r in refused))
+            if inserted:
+                new = {row["record_id"] for row in inserted}
+                await _count_quarantined(conn, [r for r in refused if r.record_id in new])
+                return len(inserted)
+    return 0
+
+
+async def _count_quarantined(conn: asyncpg.Connection, refused: list[QuarantineRecord]) -> None:
+    counts: dict[tuple[int | None, str, str, datetime], list[Any]] = {}
+    for r in refused:
+        hour = r.received_at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        first = r.first_at or r.received_at
+        count = counts.get((r.application_id, r.endpoint, r.error, hour))
+        if count is None:
+            counts[(r.application_id, r.endpoint, r.error, hour)] = [r.occurrences, first, r.received_at]
+        else:
+            count[0] += r.occurrences
+            count[1] = min(count[1], first)
+            count[2] = max(count[2], r.received_at)
+    keys = sorted(counts, key=lambda k: (k[0] or 0, k[1], k[2], k[3]))
+    rows = [(*key, *counts[key]) for key in keys]
+    await conn.execute(_COUNT_QUARANTINE, *_columns(rows))
+    by_label = collections.Counter[tuple[str, str]]()
+    for r in refused:
+        by_label[(r.endpoint, r.error)] += r.occurrences
+
+    def update() -> None:
+        for (endpoint, error), n in by_label.items():
+            metrics.QUARANTINED.labels(endpoint, error).inc(n)
+
+    metrics.later(update)
+
+
+async def trim_quarantine(conn: asyncpg.Connection, max_rows: int) -> int:
+    """Keep the newest ``max_rows`` quarantine rows (their counts stay); returns the rows deleted.
+    Another writer trimming at the same time makes this one a no-op."""
+    async with conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _TRIM_LOCK):
+            return 0
+        if max_rows <= 0:
+            status = await conn.execute("DELETE FROM quarantine")
+        else:
+            status = await conn.execute(_TRIM_QUARANTINE, max_rows)
+    return int(status.split()[-1])
 
 
 def _columns(rows: object) -> list[list[object]]:
@@ -103,7 +175,7 @@ def _uplink_row(r: UplinkRecord) -> tuple[object, ...]:
 def _quarantine_row(r: QuarantineRecord) -> tuple[object, ...]:
     return (
         r.record_id, r.application_id, r.endpoint, r.received_at, r.error,
-        json.dumps(r.detail, ensure_ascii=False), r.content_type, r.raw,
+        json.dumps(r.detail, ensure_ascii=False), r.content_type, r.raw, r.body_bytes, r.occurrences,
     )  # fmt: skip
 
 
@@ -121,8 +193,15 @@ class Writer:
         batch_size: int = 1000,
         interval: float = 0.0,
         after_insert: Sequence[AfterInsert] = (),
+        quarantine_max_rows: int | None = None,
     ) -> None:
         self.reader = reader
+        # The quarantine table is trimmed to its newest ``quarantine_max_rows`` rows after every
+        # ``_trim_every`` rows this writer inserted (and after the first): a range delete on the
+        # primary key every so often, never a cost per insert.
+        self.quarantine_max_rows = quarantine_max_rows
+        self._trim_every = max(1, min(1000, (quarantine_max_rows or 0) // 100))
+        self._inserted_since_trim = self._trim_every
         # A store costs about the same whether it carries 1 record or 100: during a burst, let
         # records gather for up to ``interval`` seconds (less when a full batch is there), so the
         # acknowledgements keep the CPU and PostgreSQL gets a few large transactions.
@@ -170,7 +249,7 @@ class Writer:
                 await asyncio.sleep(wait)
                 batch = self.reader.read(self.batch_size)
             try:
-                await self._store(batch.payloads)
+                quarantined = await self._store(batch.payloads)
             except Exception as error:  # noqa: BLE001 - every failure here means "retry later"
                 await self._disconnect()
                 metrics.DATABASE_ERRORS.labels("writer").inc()
@@ -185,33 +264,55 @@ class Writer:
             self.last_error = None
             backoff = 0.05
             self.reader.commit(batch)
+            await self._trim(quarantined)
             self._last_store = time.monotonic()
             metrics.batch_stored(batch.payloads)
             self.stored_events += len(batch.payloads)
             self.last_store_at = time.time()
 
-    async def _store(self, payloads: list[bytes]) -> None:
+    async def _store(self, payloads: list[bytes]) -> int:
+        """Store the batch; returns the number of quarantine rows inserted."""
         if self._conn is None or self._conn.is_closed():
             self._conn = await self.connect()
         # Decoding a batch takes milliseconds of pure Python: on a thread, so that the event loop
         # can take the GIL back every switch interval and acknowledge meanwhile.
         pairs = await asyncio.to_thread(_decode, payloads) if len(payloads) > 50 else _decode(payloads)
+        quarantined = 0
         try:
             with metrics.on_commit():  # counts what the transaction stored, once it has committed
-                await store(self._conn, [record for _, record in pairs], self.after_insert)
+                quarantined = await store(self._conn, [record for _, record in pairs], self.after_insert)
         except Exception as error:
             if not _is_poison(error):
                 raise
             for payload, record in pairs:  # find the poison: store the others one by one
                 try:
                     with metrics.on_commit():
-                        await store(self._conn, [record], self.after_insert)
+                        quarantined += await store(self._conn, [record], self.after_insert)
                 except Exception as single:
                     if not _is_poison(single):
                         raise
                     log.error("writer.poison_record", error=_describe(single))
                     metrics.DATABASE_ERRORS.labels("poison").inc()
-                    await store(self._conn, [_unstorable(payload, single)])
+                    with metrics.on_commit():
+                        quarantined += await store(self._conn, [_unstorable(payload, single)])
+        return quarantined
+
+    async def _trim(self, quarantined: int) -> None:
+        """After a batch is committed, and only every so often. Best effort: a failure is logged and
+        retried after the next rows, never fails a batch."""
+        self._inserted_since_trim += quarantined
+        if self.quarantine_max_rows is None or not quarantined or self._inserted_since_trim < self._trim_every:
+            return
+        if self._conn is None or self._conn.is_closed():
+            return
+        try:
+            deleted = await trim_quarantine(self._conn, self.quarantine_max_rows)
+        except Exception as error:  # noqa: BLE001
+            log.warning("writer.quarantine_trim_failed", error=_describe(error))
+            return
+        self._inserted_since_trim = 0
+        if deleted:
+            metrics.QUARANTINE_TRIMMED.inc(deleted)
 
     async def _disconnect(self) -> None:
         if self._conn is not None:

@@ -36,6 +36,7 @@ ERROR_CODES = {
     "invalid_item",
     "invalid_json",
     "missing_field",
+    "too_deep",
     "too_many_fields",
 }
 
@@ -660,6 +661,52 @@ def test_batch_size_out_of_range(count: int) -> None:
     error = refused(parse_status_report_batch, batch_body(*items))
     assert error.code == "invalid_batch"
     assert error.detail == {"items": count, "allowed": "1-50"}
+
+
+def nested(depth: int) -> str:
+    """``depth`` levels of objects and lists around a string, as JSON text."""
+    opening = "".join('{"k":' if level % 2 == 0 else "[" for level in range(depth))
+    closing = "".join("}" if level % 2 == 0 else "]" for level in reversed(range(depth)))
+    return opening + '"x"' + closing
+
+
+@pytest.mark.parametrize(
+    ("extra_levels", "code"), [(13, None), (14, "too_deep"), (900, "too_deep"), (100_000, "invalid_json")]
+)
+def test_batch_nesting_depth_is_bounded(extra_levels: int, code: str | None) -> None:
+    """Envelope, list and item are 3 levels; 16 in all are allowed. Deeper is refused as a whole,
+    before anything recurses over it (900 levels parse in Python, but nothing downstream should
+    have to walk them); far deeper is not even JSON to Python."""
+    body = f'{{"statusReportList":[{{"smsMsgId":"a","status":"DELIVRD","deep":{nested(extra_levels)}}}]}}'.encode()
+    if code is None:
+        [(report, _)] = parse_status_report_batch(body).reports
+        assert report.extra["deep"] == json.loads(nested(extra_levels))
+        return
+    error = refused(parse_status_report_batch, body)
+    assert error.code == code
+    if code == "too_deep":
+        assert error.detail == {"max_depth": 16}
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        pytest.param(["v" * 2044], True, id="list-at-limit"),  # ["vvv...v"]: 2048 characters of JSON
+        pytest.param(["v" * 2045], False, id="list-over-limit"),
+        pytest.param({"k": ["a"] * 400}, True, id="object-under-limit"),
+        pytest.param({"k": ["a"] * 600}, False, id="object-over-limit"),
+        pytest.param(int("9" * 2048), True, id="integer-at-limit"),
+        pytest.param(int("9" * 2049), False, id="integer-over-limit"),
+    ],
+)
+def test_batch_unknown_values_of_any_type_are_bounded(value: object, kept: bool) -> None:
+    batch = parse_status_report_batch(batch_body(SKETCH_ITEM | {"newField": value}))
+    if kept:
+        [(report, _)] = batch.reports
+        assert report.extra == {"newField": value}
+    else:
+        [rejected] = batch.rejected
+        assert (rejected.error.code, rejected.error.detail) == ("field_too_long", {"field": "newField", "max_length": 2048})
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from .. import logs, metrics
@@ -25,6 +25,7 @@ from ..correlation import store as correlation
 from ..config import Settings
 from ..db import migrate
 from ..journal import Journal, JournalReader
+from ..quarantine import Quarantine
 from ..writer import Writer
 from . import blacklist, callbacks, health, openapi, prometheus, query
 from .fastpath import CallbackFastPath
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             connect,
             batch_size=settings.writer_batch_size,
             interval=settings.writer_interval_seconds,
+            quarantine_max_rows=settings.quarantine_max_rows,
             after_insert=(
                 correlation.after_insert, blacklist_store.after_insert_hook(settings), metrics.after_insert
             ),
@@ -82,11 +84,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.settings, app.state.pool, app.state.registry = settings, pool, registry
         app.state.journal, app.state.reader, app.state.writer = journal, reader, writer
         app.state.api_keys = KeyCache()
+        app.state.quarantine = quarantine = Quarantine(journal, bodies_per_second=settings.quarantine_bodies_per_second)
         task = asyncio.create_task(writer.run())
         blacklist_numbers.prepare(settings.default_region)
         try:
             yield
         finally:
+            quarantine.flush()  # the counts of refusals whose bodies were not kept, before the journal closes
             await journal.close()
             drained = await writer.stop(settings.shutdown_drain_seconds)
             task.cancel()
@@ -103,25 +107,30 @@ def create_app(settings: Settings | None = None) -> Starlette:
         assert isinstance(exc, Refusal)
         return exc.response()
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Starlette's own refusals (no such route, wrong method) in the same JSON shape as ours."""
+        assert isinstance(exc, HTTPException)
+        error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        response = error_response(exc.status_code, error, exc.detail)
+        response.headers.update(exc.headers or {})
+        return response
+
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        """The client left (or was cut off) before its body was whole: nobody to answer."""
+        return error_response(400, "incomplete_body", None)
+
     async def database_away(request: Request, exc: Exception) -> Response:
         log.warning("query.database_unavailable", error=type(exc).__name__)
         metrics.DATABASE_ERRORS.labels("query").inc()
         return error_response(503, "database_unavailable", "PostgreSQL is not reachable; try again shortly")
-
-    async def not_routed(request: Request, exc: Exception) -> Response:
-        """The router's own 404 (no such path) and 405 (no such method): JSON, like every refusal."""
-        assert isinstance(exc, HTTPException)
-        reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        response = error_response(exc.status_code, reason, exc.detail)
-        response.headers.update(exc.headers or {})
-        return response
 
     routes = [
         *callbacks.routes, *health.routes, *prometheus.routes, *query.routes, *blacklist.routes, *openapi.routes
     ]
     handlers: dict[Any, Any] = {
         Refusal: refused,
-        HTTPException: not_routed,
+        HTTPException: http_error,
+        ClientDisconnect: client_gone,
         OSError: database_away,
         TimeoutError: database_away,
         asyncpg.PostgresConnectionError: database_away,

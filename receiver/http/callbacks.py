@@ -7,10 +7,11 @@ the quarantine table; nothing here answers 200 for an event that is not durable.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import structlog
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -129,17 +130,28 @@ def _verify_signature(request: Request, app: Application, body: bytes, received_
 
 
 async def _read(request: Request, limit: int, *, quarantine_app: Application, received_at: float) -> bytes:
+    """The whole body: at most ``limit`` bytes (413), within the client timeout (408)."""
     declared = request.headers.get("content-length", "")
     too_large = Refusal(413, "body_too_large", {"max_bytes": limit})
     if declared.isdigit() and int(declared) > limit:
-        raise _refused(request, quarantine_app, too_large, b"", received_at)
+        raise _refused(request, quarantine_app, too_large, b"", received_at, body_bytes=int(declared))
+    timeout = request.app.state.settings.client_timeout_seconds
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _refused(request, quarantine_app, too_large, b"".join(chunks)[:4096], received_at)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):  # a client that trickles or stalls holds nothing for long
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    start = b"".join(chunks)[:4096]
+                    raise _refused(request, quarantine_app, too_large, start, received_at, body_bytes=size)
+                chunks.append(chunk)
+    except TimeoutError:
+        refusal = Refusal(408, "request_timeout", {"seconds": timeout, "received_bytes": size})
+        raise _refused(request, quarantine_app, refusal, b"".join(chunks), received_at) from None
+    except ClientDisconnect:  # nobody gets the answer, but the quarantine keeps what came
+        refusal = Refusal(400, "incomplete_body", {"received_bytes": size})
+        raise _refused(request, quarantine_app, refusal, b"".join(chunks), received_at) from None
     return b"".join(chunks)
 
 
@@ -157,8 +169,16 @@ async def _durable(request: Request, payloads: list[bytes]) -> Response:
     return accepted()
 
 
-def _refused(request: Request, app: Application, refusal: Refusal, body: bytes, received_at: float) -> Refusal:
-    _quarantine(request, app, refusal.error, refusal.detail, body, received_at)
+def _refused(
+    request: Request,
+    app: Application,
+    refusal: Refusal,
+    body: bytes,
+    received_at: float,
+    *,
+    body_bytes: int | None = None,
+) -> Refusal:
+    _quarantine(request, app, refusal.error, refusal.detail, body, received_at, body_bytes=body_bytes)
     return refusal
 
 
@@ -166,15 +186,24 @@ def _refuse(request: Request, app: Application, refusal: Refusal, body: bytes, r
     return _refused(request, app, refusal, body, received_at).response()
 
 
-def _quarantine(request: Request, app: Application, error: str, detail: object, body: bytes, received_at: float) -> None:
-    """Queue the refused request for the quarantine table; never blocks, never fails the response."""
+def _quarantine(
+    request: Request,
+    app: Application,
+    error: str,
+    detail: object,
+    body: bytes,
+    received_at: float,
+    *,
+    body_bytes: int | None = None,
+) -> None:
+    """Hand the refused request to the quarantine (counted always, its body kept within bounds);
+    never blocks, never fails the response."""
     endpoint = request.url.path.rsplit("/", 1)[-1]
     note(request.scope, error=error)  # in the request's one log line
-    payload = records.quarantine(app.id, endpoint, received_at, error, detail, request.headers.get("content-type"), body)
-    try:
-        request.app.state.journal.append_nowait(payload)
-    except (JournalUnavailable, ValueError):
-        log.warning("quarantine.dropped", endpoint=endpoint, error=error)
+    content_type = request.headers.get("content-type")
+    request.app.state.quarantine.add(
+        app.id, endpoint, received_at, error, detail, content_type, body, body_bytes=body_bytes
+    )
 
 
 routes = [

@@ -53,12 +53,17 @@ class Journal:
         """Durable bytes of this worker not yet in PostgreSQL."""
         return self.appended_bytes - self.drained_bytes
 
+    @property
+    def queued_bytes(self) -> int:
+        """The backlog plus what is on its way to disk: what :meth:`append_nowait` holds against the bound."""
+        return self.backlog_bytes + self._inflight + self._buffered
+
     def append_nowait(self, payload: bytes) -> asyncio.Future[None]:
         """Queue a record; the returned future resolves once it is durable (or fails)."""
         if self._closed:
             raise JournalUnavailable("the journal is closed")
         frame = frames.encode(payload)
-        if self.backlog_bytes + self._inflight + self._buffered + len(frame) > self.max_bytes:
+        if self.queued_bytes + len(frame) > self.max_bytes:
             raise JournalFull(f"journal backlog reached its bound of {self.max_bytes} bytes")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._buffer.append(frame)

@@ -6,6 +6,7 @@ none we set a generous one so that no field is unbounded.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,9 +39,17 @@ def take(values: Mapping[str, str | None], name: str, rule: Rule) -> str | None:
 
 
 def check_unknown(name: str, value: object) -> None:
+    """An unknown field is kept when its name and value are short: a string of up to
+    :data:`MAX_UNKNOWN_VALUE` characters, or (JSON batches) any other value whose compact JSON is."""
     if len(name) > MAX_UNKNOWN_NAME:
         raise ProtocolError("field_too_long", {"field": name[:MAX_UNKNOWN_NAME], "max_length": MAX_UNKNOWN_NAME})
-    if isinstance(value, str) and len(value) > MAX_UNKNOWN_VALUE:
+    if isinstance(value, str):
+        size = len(value)
+    elif isinstance(value, dict | list) or (isinstance(value, int) and value.bit_length() > 64):
+        size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    else:
+        return  # null, true, false, a number that fits in 20 characters
+    if size > MAX_UNKNOWN_VALUE:
         raise ProtocolError("field_too_long", {"field": name, "max_length": MAX_UNKNOWN_VALUE})
 
 

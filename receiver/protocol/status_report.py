@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -14,6 +14,9 @@ from .fields import MAX_FIELDS, Rule, check_unknown, number, small_int, take, ti
 from .form import decode_form
 
 MAX_BATCH = 50
+# Levels of objects and lists in a batch: {"statusReportList": [{...}]} is 3; an unknown field
+# may nest a little more. Deeper is no report: refused before anything recurses over it.
+MAX_DEPTH = 16
 
 RULES: dict[str, Rule] = {
     "smsMsgId": Rule(required=True, max_len=50),
@@ -63,6 +66,8 @@ def parse_status_report_batch(body: bytes) -> Batch:
         raise
     except (ValueError, RecursionError):
         raise ProtocolError("invalid_json", "the body is not valid JSON") from None
+    if not _within_depth(document, MAX_DEPTH):
+        raise ProtocolError("too_deep", {"max_depth": MAX_DEPTH})
     if not isinstance(document, dict):
         raise ProtocolError("invalid_batch", "expected a JSON object with statusReportList")
     items = document.get("statusReportList")
@@ -99,6 +104,23 @@ def _finite(text: str) -> float:
 def _not_a_number(text: str) -> float:
     """``NaN``, ``Infinity``, ``-Infinity``: Python's json reads them, JSON has no such thing."""
     raise ProtocolError("invalid_json", _NOT_FINITE)
+
+
+def _within_depth(document: object, limit: int) -> bool:
+    """No more than ``limit`` levels of objects and lists; iterative, so any depth is safe to check."""
+    pending: list[tuple[object, int]] = [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            children: Iterable[object] = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return False
+        pending.extend((child, depth + 1) for child in children)
+    return True
 
 
 def _check_text(item: object) -> None:

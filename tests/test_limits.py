@@ -1,0 +1,90 @@
+"""Every limit, over HTTP: each field one character over its bound (the bounds are the
+protocol's own tables), too many fields, 51 items, deep nesting, a large body, a wrong content
+type, malformed bodies. Each refusal is a 4xx with a JSON reason, lands in the quarantine and is
+counted."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlencode
+
+import pytest
+from support import FORM, JSON, Harness
+
+from receiver.protocol import status_report, uplink
+from receiver.protocol.fields import MAX_FIELDS, MAX_UNKNOWN_NAME, MAX_UNKNOWN_VALUE
+
+REPORT = {"smsMsgId": "m-1", "status": "DELIVRD"}
+UPLINK = {"smsMsgId": "u-1", "from": "+8613100000000", "to": "1069000", "body": "hi"}
+ITEM = {"smsMsgId": "m-1", "status": "DELIVRD"}
+
+
+def too_long(name: str, limit: int) -> dict[str, object]:
+    return {"error": "field_too_long", "detail": {"field": name, "max_length": limit}}
+
+
+def over(name: str, limit: int) -> str:
+    return ("1" if name in {"total", "sequence", "to", "from"} else "a") * (limit + 1)
+
+
+CASES = [
+    *[pytest.param("status-report", FORM, urlencode(REPORT | {name: over(name, rule.max_len)}), 400,
+                   too_long(name, rule.max_len), id=f"report-{name}")
+      for name, rule in status_report.RULES.items()],
+    *[pytest.param("uplink", FORM, urlencode(UPLINK | {name: over(name, rule.max_len)}), 400,
+                   too_long(name, rule.max_len), id=f"uplink-{name}")
+      for name, rule in uplink.RULES.items()],
+    pytest.param("status-report", FORM, urlencode(REPORT | {"n" * (MAX_UNKNOWN_NAME + 1): "v"}), 400,
+                 too_long("n" * MAX_UNKNOWN_NAME, MAX_UNKNOWN_NAME), id="unknown-name"),
+    pytest.param("uplink", FORM, urlencode(UPLINK | {"newField": "v" * (MAX_UNKNOWN_VALUE + 1)}), 400,
+                 too_long("newField", MAX_UNKNOWN_VALUE), id="unknown-value"),
+    pytest.param("status-report", FORM, urlencode(REPORT | {f"x{i}": "1" for i in range(MAX_FIELDS - 1)}), 400,
+                 {"error": "too_many_fields", "detail": {"max_fields": MAX_FIELDS}}, id="too-many-fields"),
+    pytest.param("status-reports", JSON, json.dumps({"statusReportList": [ITEM] * 51}), 400,
+                 {"error": "invalid_batch", "detail": {"items": 51, "allowed": "1-50"}}, id="51-items"),
+    pytest.param("status-reports", JSON, json.dumps({"statusReportList": []}), 400,
+                 {"error": "invalid_batch", "detail": {"items": 0, "allowed": "1-50"}}, id="0-items"),
+    pytest.param("status-reports", JSON, '{"statusReportList":[' + "[" * 20 + "]" * 20 + "]}", 400,
+                 {"error": "too_deep", "detail": {"max_depth": 16}}, id="deep-nesting"),
+    pytest.param("status-reports", JSON, "[" * 100_000, 400,
+                 {"error": "invalid_json", "detail": "the body is not valid JSON"}, id="deeper-than-python"),
+    pytest.param("status-reports", JSON, json.dumps({"statusReportList": [ITEM | {"smsMsgId": "m" * 51}]}), 400,
+                 {"error": "invalid_items", "detail": {"accepted": 0, "rejected": [
+                     {"index": 0, "error": "field_too_long", "detail": {"field": "smsMsgId", "max_length": 50}}]}},
+                 id="batch-item-field"),
+    pytest.param("status-reports", JSON, b'{"statusReportList": "\xff"}', 400,
+                 {"error": "invalid_encoding", "detail": "the body must be UTF-8 JSON"}, id="not-utf8"),
+    pytest.param("status-report", FORM, "smsMsgId=a&status=DELIVRD&pad=" + "p" * (256 << 10), 413,
+                 {"error": "body_too_large", "detail": {"max_bytes": 256 << 10}}, id="body-too-large"),
+    pytest.param("status-report", JSON, json.dumps(REPORT), 415,
+                 {"error": "unsupported_media_type", "detail": {"expected": FORM}}, id="report-as-json"),
+    pytest.param("status-reports", FORM, urlencode(REPORT), 415,
+                 {"error": "unsupported_media_type", "detail": {"expected": JSON}}, id="batch-as-form"),
+    pytest.param("uplink", "", urlencode(UPLINK), 415,
+                 {"error": "unsupported_media_type", "detail": {"expected": FORM}}, id="uplink-no-type"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("endpoint", "content_type", "body", "status", "answer"), CASES)
+def test_every_limit_is_a_4xx_with_a_json_reason_quarantined_and_counted(
+    harness: Harness, endpoint: str, content_type: str, body: str | bytes, status: int, answer: dict[str, object]
+) -> None:
+    response = harness.post(endpoint, body, content_type)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == answer
+    error = "field_too_long" if answer["error"] == "invalid_items" else answer["error"]
+    assert harness.rows("SELECT endpoint, error FROM quarantine") == [(endpoint, error)]
+    assert harness.rows("SELECT endpoint, error, refusals FROM quarantine_counts") == [(endpoint, error, 1)]
+    assert harness.rows("SELECT count(*) FROM status_reports") == [(0,)]
+
+
+def test_every_known_field_has_a_bound_and_a_field_at_its_bound_is_taken(harness: Harness) -> None:
+    at_limit = {name: over(name, rule.max_len)[1:] for name, rule in status_report.RULES.items()}
+    at_limit |= {"smsMsgId": "m" * 50, "total": "99", "sequence": "99", "updateTime": "2026-01-01T00:00:00Z"}
+    at_limit |= {"statusDesc": "d" * 500, "source": "2"}
+    assert harness.post("status-report", urlencode(at_limit)).status_code == 200
+    assert harness.post("status-reports", json.dumps({"statusReportList": [ITEM] * 50}), JSON).status_code == 200
+    at_limit = {name: over(name, rule.max_len)[1:] for name, rule in uplink.RULES.items()} | {"createTime": None}
+    assert harness.post("uplink", urlencode({k: v for k, v in at_limit.items() if v})).status_code == 200
+    assert harness.rows("SELECT count(*) FROM quarantine") == [(0,)]
