@@ -130,7 +130,7 @@ def quarantine(
             "raw": base64.b64encode(raw[:QUARANTINE_MAX_RAW]).decode(),
             "raw_bytes": len(raw) if body_bytes is None else body_bytes,
         }
-    ).encode()
+    )
 
 
 def quarantine_count(
