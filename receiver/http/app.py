@@ -21,9 +21,10 @@ from ..blacklist import store as blacklist_store
 from ..correlation import store as correlation
 from ..config import Settings
 from ..db import migrate
+from ..events.hub import Hub
 from ..journal import Journal, JournalReader
 from ..writer import Writer
-from . import blacklist, callbacks, health, prometheus, query
+from . import blacklist, callbacks, events, health, prometheus, query
 from .middleware import Observe
 from .responses import Refusal, error_response
 
@@ -78,10 +79,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.settings, app.state.pool, app.state.registry = settings, pool, registry
         app.state.journal, app.state.reader, app.state.writer = journal, reader, writer
         app.state.api_keys = KeyCache()
+        app.state.events_hub = hub = Hub(dsn)
         task = asyncio.create_task(writer.run())
         try:
             yield
         finally:
+            await hub.close()
             await journal.close()
             drained = await writer.stop(settings.shutdown_drain_seconds)
             task.cancel()
@@ -103,7 +106,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         metrics.DATABASE_ERRORS.labels("query").inc()
         return error_response(503, "database_unavailable", "PostgreSQL is not reachable; try again shortly")
 
-    routes = [*callbacks.routes, *health.routes, *prometheus.routes, *query.routes, *blacklist.routes]
+    routes = [
+        *callbacks.routes, *health.routes, *prometheus.routes, *query.routes, *events.routes, *blacklist.routes
+    ]
     return Starlette(
         routes=routes,
         middleware=[Middleware(Observe, routes=routes)],
