@@ -357,6 +357,16 @@ def test_streams_end_with_the_worker_and_leave_nothing_behind(live: Live) -> Non
     assert live.hub.closed and live.hub.subscribers == 0
 
 
+def test_without_its_listen_connection_a_stream_polls_and_misses_nothing(live: Live) -> None:
+    live.hub.dsn = "postgresql://nobody@127.0.0.1:1/nowhere"  # LISTEN never connects; the pool does
+    stream = live.stream()
+    live.post("status-report", report_body("m1"))
+    live.post("uplink", uplink_body("r1"))
+    assert kinds(stream.events(3)) == [("report", "m1"), ("state", "m1"), ("reply", "r1")]
+    assert not live.hub.listening
+    stream.close()
+
+
 def test_the_hub_wakes_streams_on_commit_and_comes_back_after_postgres_restarts(own_pg: OwnPostgres) -> None:
     from receiver.db import migrate
 
