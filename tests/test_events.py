@@ -16,7 +16,17 @@ from typing import Any
 import asyncpg
 import pytest
 import uvicorn
-from support import Harness, OwnPostgres, Service, cli, create_app_token, free_port, run, service_env, wait_for
+from support import (
+    Harness,
+    OwnPostgres,
+    Service,
+    cli,
+    create_app_token,
+    free_port,
+    run,
+    service_env,
+    wait_for,
+)
 
 from receiver import apikeys, applications
 from receiver.config import Settings
@@ -40,7 +50,9 @@ def uplink_body(sms_msg_id: str, sender: str = NUMBER, body: str = "ok") -> str:
 
 # Each stored in a transaction of its own (the writer would batch events that come together, and
 # a transaction's events come in this order: reports, states, replies, opt-outs and opt-ins).
-def report(harness: Harness, sms_msg_id: str, status: str = "DELIVRD", when: str = "2024-11-22T02%3A16%3A50Z") -> None:
+def report(
+    harness: Harness, sms_msg_id: str, status: str = "DELIVRD", when: str = "2024-11-22T02%3A16%3A50Z"
+) -> None:
     assert harness.post("status-report", report_body(sms_msg_id, status, when)).status_code == 200
     harness.settle()
 
@@ -75,8 +87,8 @@ def test_each_happening_is_one_event_in_order_and_duplicates_add_none(harness: H
     assert lifted.status_code == 200
     events = feed(harness)["events"]
     assert kinds(events) == [
-        ("state", "m1"), ("report", "m1"), ("state", "m1"), ("report", "m1"), ("reply", "r1"), ("optout", "r1"),
-        ("optin", None),
+        ("state", "m1"), ("report", "m1"), ("state", "m1"), ("report", "m1"), ("reply", "r1"),
+        ("optout", "r1"), ("optin", None),
     ]  # fmt: skip
     registered, delivered_report, delivered, _, reply, optout, optin = events
     assert registered["number"] == NUMBER
@@ -89,9 +101,21 @@ def test_each_happening_is_one_event_in_order_and_duplicates_add_none(harness: H
     assert delivered["data"]["parts"] == {"total": 1, "delivered": 1}
     assert delivered["data"]["latency_seconds"] == 4
     assert reply["number"] == NUMBER
-    assert (reply["data"]["body"], reply["data"]["reply_to"], reply["data"]["to"]) == ("T", "m1", "csms100000001")
-    assert (optout["number"], optout["data"]["source"], optout["data"]["actor"]) == (NUMBER, "keyword", "recipient")
-    assert (optin["number"], optin["data"]["actor"], optin["data"]["reason"]) == (NUMBER, "tests", "asked by phone")
+    assert (reply["data"]["body"], reply["data"]["reply_to"], reply["data"]["to"]) == (
+        "T",
+        "m1",
+        "csms100000001",
+    )
+    assert (optout["number"], optout["data"]["source"], optout["data"]["actor"]) == (
+        NUMBER,
+        "keyword",
+        "recipient",
+    )
+    assert (optin["number"], optin["data"]["actor"], optin["data"]["reason"]) == (
+        NUMBER,
+        "tests",
+        "asked by phone",
+    )
     assert len({e["id"] for e in events}) == len(events)
     assert all(e["at"].endswith("+00:00") for e in events)
 
@@ -120,7 +144,9 @@ def test_pages_follow_the_cursor_without_gaps_or_repeats(harness: Harness) -> No
         cursor = page["next"]
     assert seen == everything
     assert feed(harness, after=cursor)["events"] == []
-    assert feed(harness, after=everything[-2]["id"])["events"] == everything[-1:]  # an event's id is a cursor too
+    assert (
+        feed(harness, after=everything[-2]["id"])["events"] == everything[-1:]
+    )  # an event's id is a cursor too
     report(harness, "later")
     assert kinds(feed(harness, after=cursor)["events"]) == [("report", "later"), ("state", "later")]
 
@@ -228,10 +254,14 @@ class Live:
         finally:
             conn.close()
         state = self.app.state  # stored in a transaction of its own, as in the tests above
-        assert wait_for(lambda: state.reader.drained() and not state.journal._flushing, timeout=30, interval=0.01)
+        assert wait_for(
+            lambda: state.reader.drained() and not state.journal._flushing, timeout=30, interval=0.01
+        )
 
     def stream(self, path: str = "/v1/events", **headers: str) -> Stream:
-        return Stream(self.port, path, {"Authorization": f"Bearer {self.key}", "Accept": "text/event-stream", **headers})
+        return Stream(
+            self.port, path, {"Authorization": f"Bearer {self.key}", "Accept": "text/event-stream", **headers}
+        )
 
     @property
     def hub(self) -> Hub:
@@ -242,7 +272,9 @@ class Stream:
     """A Server-Sent Events client: reads frames as they come."""
 
     def __init__(self, port: int, path: str, headers: dict[str, str]) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)  # a safety net, not a speed check
+        self.conn = http.client.HTTPConnection(
+            "127.0.0.1", port, timeout=60
+        )  # a safety net, not a speed check
         self.conn.request("GET", path, headers=headers)
         self.response = self.conn.getresponse()
         assert self.response.status == 200, self.response.read()
@@ -320,16 +352,27 @@ def test_a_stream_gets_events_committed_after_it_opened_and_resumes_after_last_e
     assert kinds(first) == [("report", "before"), ("state", "before")]
     live.post("status-report", report_body("m1"))
     live.post("uplink", uplink_body("r1", body="T"))
-    assert kinds(stream.events(4)) == [("report", "m1"), ("state", "m1"), ("reply", "r1"), ("optout", "r1")]
+    seen = stream.events(4)
+    assert kinds(seen) == [("report", "m1"), ("state", "m1"), ("reply", "r1"), ("optout", "r1")]
     stream.close()
-    assert wait_for(lambda: live.hub.subscribers == 0, timeout=30), "a client that left still has a subscription"
+    assert wait_for(lambda: live.hub.subscribers == 0, timeout=30), (
+        "a client that left still has a subscription"
+    )
 
     live.post("status-report", report_body("missed", "UNDELIV"))  # while nobody listens
-    last = first[-1]["id"]
-    resumed = live.stream("/v1/events/stream?after=ignored-when-last-event-id-is-given", **{"Last-Event-ID": last})
-    assert kinds(resumed.events(6)) == [("report", "m1"), ("state", "m1"), ("reply", "r1"), ("optout", "r1"),
-                                        ("report", "missed"), ("state", "missed")]  # fmt: skip
+    resumed = live.stream(
+        "/v1/events/stream?after=ignored-when-last-event-id-is-given", **{"Last-Event-ID": seen[-1]["id"]}
+    )
+    assert kinds(resumed.events(2)) == [("report", "missed"), ("state", "missed")]
+    live.post("status-report", report_body("sentinel"))
+    assert kinds(resumed.events(2)) == [
+        ("report", "sentinel"),
+        ("state", "sentinel"),
+    ]  # and nothing in between
     resumed.close()
+    again = live.stream(f"/v1/events/stream?after={first[-1]['id']}")  # or from any event of the past
+    assert kinds(again.events(4)) == kinds(seen)
+    again.close()
 
 
 def test_a_stream_filters_kinds_and_can_start_now(live: Live) -> None:
@@ -343,13 +386,19 @@ def test_a_stream_filters_kinds_and_can_start_now(live: Live) -> None:
 
 
 def test_streams_end_with_the_worker_and_leave_nothing_behind(live: Live) -> None:
-    live.hub.exit_flag = lambda: live.server.should_exit  # what SIGTERM sets (in a thread uvicorn takes no signals)
+    live.hub.exit_flag = lambda: (
+        live.server.should_exit
+    )  # what SIGTERM sets (in a thread uvicorn takes no signals)
     streams = [live.stream() for _ in range(3)]
     assert wait_for(lambda: live.hub.subscribers == 3 and live.hub.listening, timeout=30)
     streams[0].close()
-    assert wait_for(lambda: live.hub.subscribers == 2, timeout=30), "a client that left still has a subscription"
+    assert wait_for(lambda: live.hub.subscribers == 2, timeout=30), (
+        "a client that left still has a subscription"
+    )
     pool = live.app.state.pool
-    assert wait_for(lambda: pool.get_idle_size() == pool.get_size(), timeout=30), "a stream holds a connection"
+    assert wait_for(lambda: pool.get_idle_size() == pool.get_size(), timeout=30), (
+        "a stream holds a connection"
+    )
     live.server.should_exit = True
     for stream in streams[1:]:
         assert stream.frame() is None  # ended cleanly
@@ -413,7 +462,9 @@ def test_sigterm_ends_open_streams_and_the_service_exits_0(db_url: str, tmp_path
     key = json.loads(cli("apikey", "create", "tests", "--json", env=env).stdout)["key"]
     service = Service(env, workers=2).start()
     try:
-        streams = [Stream(service.port, "/v1/events/stream", {"Authorization": f"Bearer {key}"}) for _ in range(3)]
+        streams = [
+            Stream(service.port, "/v1/events/stream", {"Authorization": f"Bearer {key}"}) for _ in range(3)
+        ]
         assert service.post_form(f"/callbacks/{token}/status-report", report_body("m1"))[0] == 200
         for stream in streams:
             assert kinds(stream.events(2)) == [("report", "m1"), ("state", "m1")]

@@ -3,7 +3,7 @@
 | route | |
 |---|---|
 | ``GET /v1/events?after=&limit=&kinds=`` | ``{"events": [...], "next": CURSOR}`` |
-| ``GET /v1/events`` with ``Accept: text/event-stream``, or ``GET /v1/events/stream`` | the same events, live |
+| ``GET /v1/events`` with ``Accept: text/event-stream``, or ``GET /v1/events/stream`` | the same, live |
 
 A stream starts after ``Last-Event-ID`` (what an SSE client sends when it reconnects), else
 after ``after``; it reads a page, sends it, and waits for the worker's hub to say that events
