@@ -406,6 +406,15 @@ def test_streams_end_with_the_worker_and_leave_nothing_behind(live: Live) -> Non
     assert live.hub.closed and live.hub.subscribers == 0
 
 
+def test_an_idle_stream_sends_keep_alive_comments(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
+    from receiver.http import events
+
+    monkeypatch.setattr(events, "HEARTBEAT_SECONDS", 0.1)
+    stream = live.stream()
+    assert stream.response.readline() == b": keep-alive\n"
+    stream.close()
+
+
 def test_without_its_listen_connection_a_stream_polls_and_misses_nothing(live: Live) -> None:
     live.hub.dsn = "postgresql://nobody@127.0.0.1:1/nowhere"  # LISTEN never connects; the pool does
     stream = live.stream()
