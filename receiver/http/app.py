@@ -24,10 +24,11 @@ from ..blacklist import store as blacklist_store
 from ..correlation import store as correlation
 from ..config import Settings
 from ..db import migrate
+from ..events.hub import Hub
 from ..journal import Journal, JournalReader
 from ..quarantine import Quarantine
 from ..writer import Writer
-from . import blacklist, callbacks, health, openapi, prometheus, query
+from . import blacklist, callbacks, events, health, openapi, prometheus, query
 from .fastpath import CallbackFastPath
 from .middleware import Observe
 from .responses import Refusal, error_response
@@ -85,11 +86,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.journal, app.state.reader, app.state.writer = journal, reader, writer
         app.state.api_keys = KeyCache()
         app.state.quarantine = quarantine = Quarantine(journal, bodies_per_second=settings.quarantine_bodies_per_second)
+        app.state.events_hub = hub = Hub(dsn)
         task = asyncio.create_task(writer.run())
         blacklist_numbers.prepare(settings.default_region)
         try:
             yield
         finally:
+            await hub.close()
             quarantine.flush()  # the counts of refusals whose bodies were not kept, before the journal closes
             await journal.close()
             drained = await writer.stop(settings.shutdown_drain_seconds)
@@ -125,7 +128,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return error_response(503, "database_unavailable", "PostgreSQL is not reachable; try again shortly")
 
     routes = [
-        *callbacks.routes, *health.routes, *prometheus.routes, *query.routes, *blacklist.routes, *openapi.routes
+        *callbacks.routes, *health.routes, *prometheus.routes, *query.routes, *events.routes, *blacklist.routes,
+        *openapi.routes,
     ]
     handlers: dict[Any, Any] = {
         Refusal: refused,
