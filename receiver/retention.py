@@ -48,13 +48,17 @@ class Rule:
     column: str
     children: tuple[tuple[str, str], ...] = ()  # (child table, its column holding our key)
     key: str = "id"
+    # False for a column with a BRIN index (no order to walk): each batch takes any old rows
+    ordered: bool = True
 
 
 # Tables pruned by their own time column alone. Adding one is one line here (its column should
 # be indexed). Messages (sent_messages, message_states, status_reports) have their own rule.
 RULES: tuple[Rule, ...] = (
+    Rule("events", "at", ordered=False),  # before the reports its "report" events refer to
     Rule("uplinks", "received_at", children=(("reply_links", "uplink_id"),)),
     Rule("quarantine", "received_at"),
+    Rule("quarantine_counts", "hour"),
 )
 
 MESSAGE_TABLES = ("sent_messages", "message_states", "status_reports")
@@ -128,9 +132,11 @@ async def prune(
 
 
 async def _run(conn: asyncpg.Connection, result: Result, batch_size: int) -> None:
+    for rule in RULES[:1]:  # the event feed first: a report event outliving its report reads as null
+        await _table(conn, rule, result, batch_size)
     await _sent_messages(conn, result, batch_size)
     await _unsent_messages(conn, result, batch_size)
-    for rule in RULES:
+    for rule in RULES[1:]:
         await _table(conn, rule, result, batch_size)
 
 
@@ -225,6 +231,8 @@ async def _table(conn: asyncpg.Connection, rule: Rule, result: Result, batch_siz
     select = f"""SELECT ctid, {col} AS at{key} FROM {t}
                  WHERE {col} < $1 AND {col} >= coalesce($2::timestamptz, '-infinity')
                  ORDER BY {col} LIMIT $3"""
+    if not rule.ordered:
+        select = f"SELECT ctid, {col} AS at{key} FROM {t} WHERE {col} < $1 AND $2::timestamptz IS NULL LIMIT $3"
     after: datetime | None = None
     while True:
         async with conn.transaction():
@@ -238,7 +246,7 @@ async def _table(conn: asyncpg.Connection, rule: Rule, result: Result, batch_siz
                 deleted[child] = _count(await conn.execute(sql, [r["key"] for r in rows]))
             sql = f"DELETE FROM {t} WHERE ctid = ANY($1::tid[])"
             deleted[t] = _count(await conn.execute(sql, [r["ctid"] for r in rows]))
-        after = rows[-1]["at"]
+        after = rows[-1]["at"] if rule.ordered else None
         for table, n in deleted.items():
             result.add(table, n)
         log.debug("prune.batch", **deleted)

@@ -42,10 +42,10 @@ def reply(h: Harness, sms_msg_id: str, number: str, body: str = "ok") -> None:
     assert h.post("uplink", form).status_code == 200
 
 
-def age(h: Harness, table: str, where: str) -> None:
+def age(h: Harness, table: str, where: str, column: str = "received_at") -> None:
     """Date rows back as if they had been received 400 days ago."""
     h.settle()
-    run(fetch(h.url, f"UPDATE {table} SET received_at = received_at - interval '{AGE}' WHERE {where}"))
+    run(fetch(h.url, f"UPDATE {table} SET {column} = {column} - interval '{AGE}' WHERE {where}"))
 
 
 def prune(h: Harness, tmp_path: Path, *args: str, check: bool = True):  # type: ignore[no-untyped-def]
@@ -103,10 +103,12 @@ def messages(h: Harness) -> None:
     age(h, "status_reports", "sms_msg_id IN ('straddles', 'orphan-mixed') AND sequence = 1")
     age(h, "uplinks", "sms_msg_id = 'r-gone'")
     age(h, "quarantine", "endpoint = 'status-report'")
+    age(h, "events", "sms_msg_id IN ('gone', 'orphan-old')", column="at")  # the feed goes by its own time
+    age(h, "quarantine_counts", "endpoint = 'status-report'", column="hour")
 
 
-EXPECTED = {"sent_messages": 2, "message_states": 3, "status_reports": 4, "uplinks": 1, "reply_links": 1,
-            "quarantine": 1}  # fmt: skip
+EXPECTED = {"sent_messages": 2, "message_states": 3, "status_reports": 4, "events": 7, "uplinks": 1,
+            "reply_links": 1, "quarantine": 1, "quarantine_counts": 1}  # fmt: skip
 
 
 def test_old_rows_go_recent_ones_stay_and_messages_go_whole(harness: Harness, tmp_path: Path) -> None:
@@ -198,13 +200,16 @@ def test_the_blacklist_never_changes_and_a_rebuild_after_a_prune_gives_the_same_
         assert h.api("PUT", "/v1/blacklist/+8617712345678", json={"reason": "by hand"}).status_code == 201
         age(h, "uplinks", "true")
         age(h, "status_reports", "true")
+        age(h, "events", "true", column="at")
         before = dump(h)
         assert {row[0] for row in before["blacklist"]} == {N1, N2, N3, "+8617712345678"}
 
         done = prune(h, tmp_path, "--older-than", "180d")
-        assert counts(done.stdout) == {
+        pruned = counts(done.stdout)
+        assert pruned.pop("events") > 0 and h.rows("SELECT count(*) FROM events") == [(0,)]
+        assert pruned == {
             "sent_messages": 1, "message_states": 2, "status_reports": 2, "uplinks": 2, "reply_links": 2,
-            "quarantine": 0,
+            "quarantine": 0, "quarantine_counts": 0,
         }  # fmt: skip
         after = dump(h)
         for table in ("sent_messages", "status_reports", "uplinks", "message_states"):

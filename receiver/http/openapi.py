@@ -161,6 +161,12 @@ CHANNEL = param("channel", "query", text(21), "a channel number: only entries fo
 CURSOR = param("cursor", "query", text(), "the `cursor` of the previous page, to read on from there")
 LIMIT = param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}, "page size")
 _INVALID = "`invalid_field` (`detail.field` names it)"
+EVENT_KINDS = ["report", "state", "reply", "optout", "optin"]
+EVENTS_AFTER = param("after", "query", text(), "an event's `id` or a page's `next` to read on from; `now`: from the "
+                     "current end; absent: from the oldest event")  # fmt: skip
+EVENTS_LIMIT = param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "page size")
+EVENTS_KINDS = param("kinds", "query", text(), f"comma-separated, of {', '.join(EVENT_KINDS)}: only these kinds")
+LAST_EVENT_ID = param("Last-Event-ID", "header", text(), "streams: resume after this event (wins over `after`)")
 
 _PATHS_V1 = {
     "/v1/sent": {
@@ -218,6 +224,34 @@ _PATHS_V1 = {
             "parameters": [CURSOR, LIMIT],
             "responses": {
                 "200": ok("a page", ref("UplinkPage")),
+                "400": error(f"{_INVALID}, `invalid_cursor`"),
+            },
+        })
+    },
+    "/v1/events": {
+        "get": v1({
+            "tags": ["query"],
+            "summary": "The event feed: reports, state changes, replies, opt-outs and opt-ins, in a stable "
+                       "order, none skipped; with `Accept: text/event-stream` the same as Server-Sent Events",
+            "parameters": [EVENTS_AFTER, EVENTS_LIMIT, EVENTS_KINDS, LAST_EVENT_ID],
+            "responses": {
+                "200": {
+                    "description": "a page (JSON), or a stream (`id:` the event's cursor, `event:` its kind, "
+                                   "`data:` the event as JSON; `: keep-alive` comments when idle)",
+                    "content": {JSON: {"schema": ref("EventPage")}, "text/event-stream": {"schema": text()}},
+                },
+                "400": error(f"{_INVALID}, `invalid_cursor`"),
+            },
+        })
+    },
+    "/v1/events/stream": {
+        "get": v1({
+            "tags": ["query"],
+            "summary": "The event feed as Server-Sent Events, whatever the `Accept` header; resumes after "
+                       "`Last-Event-ID`",
+            "parameters": [EVENTS_AFTER, EVENTS_KINDS, LAST_EVENT_ID],
+            "responses": {
+                "200": ok("the stream", text(), "text/event-stream"),
                 "400": error(f"{_INVALID}, `invalid_cursor`"),
             },
         })
@@ -530,6 +564,29 @@ SCHEMAS: dict[str, Schema] = {
         "type": "object",
         "required": ["uplinks", "cursor"],
         "properties": {"uplinks": {"type": "array", "items": ref("Uplink")}, "cursor": {"type": "string"}},
+    },
+    "Event": {
+        "type": "object",
+        "required": ["id", "kind", "at", "sms_msg_id", "number", "data"],
+        "properties": {
+            "id": {"type": "string", "description": "opaque; a cursor for `after` and `Last-Event-ID`"},
+            "kind": {"type": "string", "enum": EVENT_KINDS},
+            "at": TIME,
+            "sms_msg_id": nullable(text()),
+            "number": nullable(text(description="E.164")),
+            "data": {
+                "type": ["object", "null"],
+                "description": "by kind: `report` the report (null once pruned); `state` `state`, `previous`, "
+                               "`status`, `parts`, `registered`, `sent_at`, `delivered_at`, `latency_seconds`; "
+                               "`reply` `from`, `to`, `body`, `create_time`, `received_at`, `application`, "
+                               "`reply_to`, `ambiguous`; `optout`/`optin` `channel`, `source`, `actor`, `reason`",
+            },
+        },
+    },
+    "EventPage": {
+        "type": "object",
+        "required": ["events", "next"],
+        "properties": {"events": {"type": "array", "items": ref("Event")}, "next": {"type": "string"}},
     },
     "BlacklistCheck": {
         "type": "object",
