@@ -65,7 +65,11 @@ def parse_push_key(value: str) -> tuple[str, str]:
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(24)
+    """192 random bits, URL-safe; never starting with ``-``, which a command line would take
+    for an option (``receiver simulate --token -x...``)."""
+    while (token := secrets.token_urlsafe(24)).startswith("-"):
+        pass
+    return token
 
 
 def token_hash(token: str) -> bytes:

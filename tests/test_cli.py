@@ -67,3 +67,9 @@ def test_migrate_refuses_to_run_without_migrations(empty_db_url: str, tmp_path: 
     result = cli("migrate", env=env, check=False)
     assert result.returncode != 0
     assert "no SQL migrations" in result.stderr
+
+
+def test_a_token_never_starts_like_an_option() -> None:
+    from receiver.applications import new_token
+
+    assert not any(new_token().startswith("-") for _ in range(2000))  # 1 in 64 would without the rule
