@@ -344,3 +344,23 @@ def test_metrics_dir_keeps_a_running_serves_folder(tmp_path: Path) -> None:
             os.environ.pop(metrics_dir.ENV, None)
         else:
             os.environ[metrics_dir.ENV] = saved
+
+
+def test_api_keys_never_reach_logs_or_answers(harness: Harness) -> None:
+    """Issue 5, privacy: a key, right or wrong, is in no log line and no answer; without a valid
+    key the query API says nothing about what it holds."""
+    assert harness.post("status-report", "smsMsgId=priv-1&status=DELIVRD&to=%2B8615112346789").status_code == 200
+    harness.settle()
+    wrong = "not-the-key-5f2b9c"
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as entries:
+        answers = [
+            harness.client.get("/v1/messages/priv-1", headers={"Authorization": f"Bearer {wrong}"}),
+            harness.client.get("/v1/messages?to=%2B8615112346789", headers={"Authorization": wrong}),
+            harness.client.get("/v1/blacklist/%2B8615112346789"),
+            harness.api("GET", "/v1/messages/priv-1"),
+        ]
+    assert [a.status_code for a in answers[:3]] == [401, 401, 401]
+    for answer in answers[:3]:
+        assert "priv-1" not in answer.text and "15112346789" not in answer.text
+    text = repr(entries) + "".join(a.text + repr(dict(a.headers)) for a in answers)
+    assert wrong not in text and harness.api_key not in text
