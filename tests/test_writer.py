@@ -97,8 +97,7 @@ def test_records_wait_no_longer_than_the_max_lag(db_url: str, tmp_path: Path) ->
 
 def test_a_filling_journal_is_stored_even_while_saturated(db_url: str, tmp_path: Path) -> None:
     seen = asyncio.run(scenario(db_url, tmp_path, max_lag=30, journal_bytes=10_000))  # 20 records fill over half
-    # stored while saturated, down to under half the bound (what comes after may wait again)
-    assert seen["while_busy"] >= 5  # type: ignore[operator]
+    assert seen["while_busy"] == 20
 
 
 def test_without_a_max_lag_the_writer_never_defers(db_url: str, tmp_path: Path) -> None:
