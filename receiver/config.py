@@ -29,10 +29,6 @@ class Settings(BaseSettings):
     writer_interval_seconds: float = Field(
         default=0.1, ge=0, le=5, description="during bursts, store at most this often (larger batches)"
     )
-    writer_max_lag_seconds: float = Field(
-        default=10.0, ge=0, le=300,
-        description="while a worker is saturated, acknowledgements come first: storing may trail by up to this",
-    )
     shutdown_drain_seconds: float = 10.0
 
     max_body_bytes: int = Field(default=256 << 10, ge=1024, le=512 << 10, description="larger bodies get 413")

@@ -91,10 +91,6 @@ WRITER_LAG = Histogram(
     "At each commit: time since the newest record of the batch was received",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0),
 )
-WRITER_DEFERRALS = Counter(
-    "receiver_writer_deferrals",
-    "Times the writer let a saturated worker acknowledge first (RECEIVER_WRITER_MAX_LAG_SECONDS)",
-)
 DATABASE_ERRORS = Counter(
     "receiver_database_errors",
     "PostgreSQL failures: writer (a batch failed, retried later), poison (a record refused for its data,"

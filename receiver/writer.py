@@ -192,7 +192,6 @@ class Writer:
         *,
         batch_size: int = 1000,
         interval: float = 0.0,
-        max_lag: float = 0.0,
         after_insert: Sequence[AfterInsert] = (),
         quarantine_max_rows: int | None = None,
     ) -> None:
@@ -218,28 +217,6 @@ class Writer:
         self._wake = asyncio.Event()
         self._stopping = False
         self._idle = asyncio.Event()
-        self.max_lag = max_lag
-        self._pending_since: float | None = None  # since when records have waited (None: drained)
-
-    async def _acks_first(self) -> bool:
-        """While this worker's event loop is saturated, acknowledging as fast as it can, let the
-        journal absorb the burst (it is what makes an acknowledged event durable): store once the
-        loop has room again, once the oldest record has waited ``max_lag`` seconds, or once the
-        backlog reaches half the journal's bound. Returns whether it waited."""
-        waited = False
-        while not self._stopping:
-            if self._pending_since is None or time.monotonic() - self._pending_since >= self.max_lag:
-                break
-            journal = self.reader.journal
-            if journal.backlog_bytes * 2 >= journal.max_bytes:
-                break
-            if await loop_lag() < BUSY_LAG:
-                break
-            if not waited:
-                metrics.WRITER_DEFERRALS.inc()
-            waited = True
-            await asyncio.sleep(0.05)
-        return waited
 
     def wake(self) -> None:
         self._wake.set()
@@ -267,13 +244,9 @@ class Writer:
                     await asyncio.wait_for(self._wake.wait(), timeout=1.0)
                 continue
             self._idle.clear()
-            if self._pending_since is None:
-                self._pending_since = time.monotonic()
             wait = self._last_store + self.interval - time.monotonic()
             if wait > 0 and len(batch.payloads) < self.batch_size and not self._stopping:
                 await asyncio.sleep(wait)
-                batch = self.reader.read(self.batch_size)
-            if self.max_lag > 0 and await self._acks_first():
                 batch = self.reader.read(self.batch_size)
             try:
                 quarantined = await self._store(batch.payloads)
@@ -291,8 +264,6 @@ class Writer:
             self.last_error = None
             backoff = 0.05
             self.reader.commit(batch)
-            if self.reader.drained():
-                self._pending_since = None
             await self._trim(quarantined)
             self._last_store = time.monotonic()
             metrics.batch_stored(batch.payloads)
@@ -359,21 +330,6 @@ class Writer:
         self.wake()
         await self._disconnect()
         return self.reader.drained()
-
-
-# An event loop with room answers a yield within microseconds; one acknowledging as fast as it
-# can makes a yield wait behind every request in flight (tens of microseconds each).
-BUSY_LAG = 0.002
-
-
-async def loop_lag(samples: int = 3) -> float:
-    """The shortest of a few waits for the event loop to come back to us after a yield."""
-    shortest = float("inf")
-    for _ in range(samples):
-        start = time.perf_counter()
-        await asyncio.sleep(0)
-        shortest = min(shortest, time.perf_counter() - start)
-    return shortest
 
 
 def _decode(payloads: list[bytes]) -> list[tuple[bytes, Record]]:

@@ -76,7 +76,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             connect,
             batch_size=settings.writer_batch_size,
             interval=settings.writer_interval_seconds,
-            max_lag=settings.writer_max_lag_seconds,
             quarantine_max_rows=settings.quarantine_max_rows,
             after_insert=(
                 correlation.after_insert, blacklist_store.after_insert_hook(settings), metrics.after_insert
