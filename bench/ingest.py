@@ -534,6 +534,19 @@ class Bench:
             lost=lost,
             drain_seconds=drain,
         )
+        if "noop" in self.servers:  # the floor: what this machine gives a handler that stores nothing
+            noop = self.servers["noop"]
+            out = self.base / f"openloop-{prefix}-noop.json"
+            argv = pinned(
+                [sys.executable, "-m", "bench.openloop", "--url", noop.base_url + noop.path, "--rate", f"{rate:.0f}",
+                 "--duration", f"{self.args.latency_duration:g}", "--mode", mode, "--prefix", prefix + "n",
+                 "--out", str(out), "--connections", str(self.args.connections)],
+                self.client_cpus,
+            )  # fmt: skip
+            subprocess.run(argv, check=True, cwd=ROOT)
+            floor = json.loads(out.read_text())
+            result.update(noop_p50_ms=floor["p50_ms"], noop_p99_ms=floor["p99_ms"])
+            log(f"  no-op at the same rate: p50 {floor['p50_ms']:.2f} ms, p99 {floor['p99_ms']:.2f} ms")
         self.latency.append(result)
         log(
             f"{TRANSPORTS[server.transport]} {MODES[mode]} receiver at {rate:,.0f} req/s (half of {max_rate:,.0f}), "
@@ -751,6 +764,8 @@ class Bench:
                 if half
                 else "-"
             )
+            if half and "noop_p99_ms" in half[0]:
+                latency += f"; no-op at that rate: {half[0]['noop_p99_ms']:.1f} ms"
             bound = {name: self.limit(transport, mode, name) == "load generator" for name in a.servers}
             noop_ratio, naive_ratio = _ratio(rec, noop, 0.9), _ratio(rec, naive, 3)
             if bound.get("noop") or bound.get("receiver") or bound.get("naive"):
