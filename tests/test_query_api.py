@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from support import Harness
 
@@ -187,3 +190,29 @@ def test_a_blacklist_code_before_its_send_blacklists_the_number_once_registered(
     entry = harness.api("GET", "/v1/blacklist/8613712343774")
     assert entry.status_code == 200
     assert entry.json()["number"] == "+8613712343774"
+
+
+def test_a_reply_pruned_while_its_send_is_registered_costs_no_error(harness: Harness) -> None:
+    """`receiver prune` may delete an old reply, and commit, between the moment a registration
+    reads it and the moment it links it: the registration is done again, not answered with a
+    500. A trigger holds the link back for a second while another connection deletes the reply."""
+    uplink(harness, "doomed-reply", "+8613712343774", "thanks", "2024-11-22T02%3A20%3A00Z")
+    harness.rows(
+        """CREATE FUNCTION hold_links() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+               IF NEW.sms_msg_id IS NOT NULL THEN
+                   PERFORM pg_sleep(1);
+               END IF;
+               RETURN NEW;
+           END $$"""
+    )
+    harness.rows("CREATE TRIGGER hold_links BEFORE INSERT ON reply_links FOR EACH ROW EXECUTE FUNCTION hold_links()")
+    answer: list[object] = []
+    registering = threading.Thread(target=lambda: answer.append(harness.api("POST", "/v1/sent", json=SEND_RESPONSE)))
+    registering.start()
+    time.sleep(0.5)  # the registration is inside the trigger now
+    harness.rows("DELETE FROM uplinks WHERE sms_msg_id = 'doomed-reply'")  # the prune, committed
+    registering.join(30)
+    [response] = answer
+    assert response.status_code == 200 and response.json()["registered"] == 3  # type: ignore[attr-defined]
+    assert harness.api("GET", f"/v1/messages/{ID1}").json()["replies"] == []
