@@ -510,10 +510,8 @@ class Bench:
                 return first, time.monotonic() - start, len(acked) - count
             time.sleep(0.2)
 
-    def half_rate(self, mode: str, max_rate: float) -> dict[str, Any]:
-        server = self.servers["receiver"]
-        rate = max_rate / 2
-        prefix = f"{self.run_id}{server.transport[0]}{mode[0]}ol"
+    def open_loop(self, server: Server, rate: float, mode: str, prefix: str) -> dict[str, Any]:
+        """bench/openloop.py at a constant ``rate`` against ``server``: its result."""
         out = self.base / f"openloop-{prefix}.json"
         argv = pinned(
             [sys.executable, "-m", "bench.openloop", "--url", server.base_url + server.path, "--rate", f"{rate:.0f}",
@@ -522,7 +520,13 @@ class Bench:
             self.client_cpus,
         )  # fmt: skip
         subprocess.run(argv, check=True, cwd=ROOT)
-        result = json.loads(out.read_text())
+        return json.loads(out.read_text())  # type: ignore[no-any-return]
+
+    def half_rate(self, mode: str, max_rate: float) -> dict[str, Any]:
+        server = self.servers["receiver"]
+        rate = max_rate / 2
+        prefix = f"{self.run_id}{server.transport[0]}{mode[0]}ol"
+        result = self.open_loop(server, rate, mode, prefix)
         missing = set(result.pop("unacked"))
         acked = {f"{prefix}-0_{i}" for i in range(result["sent"]) if i not in missing}
         _stored, drain, lost = self.check_stored("receiver", prefix, acked)
@@ -535,16 +539,7 @@ class Bench:
             drain_seconds=drain,
         )
         if "noop" in self.servers:  # the floor: what this machine gives a handler that stores nothing
-            noop = self.servers["noop"]
-            out = self.base / f"openloop-{prefix}-noop.json"
-            argv = pinned(
-                [sys.executable, "-m", "bench.openloop", "--url", noop.base_url + noop.path, "--rate", f"{rate:.0f}",
-                 "--duration", f"{self.args.latency_duration:g}", "--mode", mode, "--prefix", prefix + "n",
-                 "--out", str(out), "--connections", str(self.args.connections)],
-                self.client_cpus,
-            )  # fmt: skip
-            subprocess.run(argv, check=True, cwd=ROOT)
-            floor = json.loads(out.read_text())
+            floor = self.open_loop(self.servers["noop"], rate, mode, prefix + "n")
             result.update(noop_p50_ms=floor["p50_ms"], noop_p99_ms=floor["p99_ms"])
             log(f"  no-op at the same rate: p50 {floor['p50_ms']:.2f} ms, p99 {floor['p99_ms']:.2f} ms")
         self.latency.append(result)

@@ -117,20 +117,12 @@ def quarantine(
     body_bytes: int | None = None,
 ) -> bytes:
     """One refused request; ``body_bytes``: its body's size when ``raw`` is not all of it."""
-    return _dumps(
-        {
-            "kind": "quarantine",
-            "id": str(uuid.uuid4()),
-            "app": application_id,
-            "endpoint": endpoint,
-            "at": received_at,
-            "error": error,
-            "detail": detail,
-            "content_type": content_type,
-            "raw": base64.b64encode(raw[:QUARANTINE_MAX_RAW]).decode(),
-            "raw_bytes": len(raw) if body_bytes is None else body_bytes,
-        }
-    )
+    return _quarantine(
+        application_id, endpoint, received_at, error, detail,
+        content_type=content_type,
+        raw=base64.b64encode(raw[:QUARANTINE_MAX_RAW]).decode(),
+        raw_bytes=len(raw) if body_bytes is None else body_bytes,
+    )  # fmt: skip
 
 
 def quarantine_count(
@@ -144,22 +136,18 @@ def quarantine_count(
 ) -> bytes:
     """``occurrences`` refusals of one kind, received from ``first_at`` to ``last_at``, whose
     bodies were not kept: counted, and stored as one quarantine row without a body."""
-    return _dumps(
-        {
-            "kind": "quarantine",
-            "id": str(uuid.uuid4()),
-            "app": application_id,
-            "endpoint": endpoint,
-            "at": last_at,
-            "error": error,
-            "detail": detail,
-            "content_type": None,
-            "raw": "",
-            "raw_bytes": None,
-            "n": occurrences,
-            "first": first_at,
-        }
-    )
+    return _quarantine(
+        application_id, endpoint, last_at, error, detail,
+        content_type=None, raw="", raw_bytes=None, n=occurrences, first=first_at,
+    )  # fmt: skip
+
+
+def _quarantine(
+    application_id: int | None, endpoint: str, at: float, error: str, detail: object, **rest: object
+) -> bytes:
+    record = {"kind": "quarantine", "id": str(uuid.uuid4()), "app": application_id, "endpoint": endpoint,
+              "at": at, "error": error, "detail": detail, **rest}  # fmt: skip
+    return _dumps(record)
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,8 +54,10 @@ class Rule:
 
 # Tables pruned by their own time column alone. Adding one is one line here (its column should
 # be indexed). Messages (sent_messages, message_states, status_reports) have their own rule.
+# The event feed goes first: a "report" event outliving its report would read as null.
+EVENT_FEED = Rule("events", "at", ordered=False)
 RULES: tuple[Rule, ...] = (
-    Rule("events", "at", ordered=False),  # before the reports its "report" events refer to
+    EVENT_FEED,
     Rule("uplinks", "received_at", children=(("reply_links", "uplink_id"),)),
     Rule("quarantine", "received_at"),
     Rule("quarantine_counts", "hour"),
@@ -132,12 +134,12 @@ async def prune(
 
 
 async def _run(conn: asyncpg.Connection, result: Result, batch_size: int) -> None:
-    for rule in RULES[:1]:  # the event feed first: a report event outliving its report reads as null
-        await _table(conn, rule, result, batch_size)
+    await _table(conn, EVENT_FEED, result, batch_size)
     await _sent_messages(conn, result, batch_size)
     await _unsent_messages(conn, result, batch_size)
-    for rule in RULES[1:]:
-        await _table(conn, rule, result, batch_size)
+    for rule in RULES:
+        if rule is not EVENT_FEED:
+            await _table(conn, rule, result, batch_size)
 
 
 # Messages: candidates come from old sends, then from old reports of messages never sent; each
@@ -228,10 +230,11 @@ async def _table(conn: asyncpg.Connection, rule: Rule, result: Result, batch_siz
             result.add(child, await conn.fetchval(sql, result.cutoff))
         return
     key = f", {rule.key} AS key" if rule.children else ""
-    select = f"""SELECT ctid, {col} AS at{key} FROM {t}
-                 WHERE {col} < $1 AND {col} >= coalesce($2::timestamptz, '-infinity')
-                 ORDER BY {col} LIMIT $3"""
-    if not rule.ordered:
+    if rule.ordered:
+        select = f"""SELECT ctid, {col} AS at{key} FROM {t}
+                     WHERE {col} < $1 AND {col} >= coalesce($2::timestamptz, '-infinity')
+                     ORDER BY {col} LIMIT $3"""
+    else:  # nothing to walk in order: each batch takes any old rows, until none are left
         select = f"SELECT ctid, {col} AS at{key} FROM {t} WHERE {col} < $1 AND $2::timestamptz IS NULL LIMIT $3"
     after: datetime | None = None
     while True:

@@ -38,23 +38,17 @@ def to_e164(raw: object, default_region: str = "CN") -> str | None:
     if "%" in raw:
         raw = unquote(raw)
     text = raw.strip()
-    if _possible_e164().fullmatch(text):
-        return text
-    if 8 <= len(text) <= 16 and text[0] == "+" and text[1] != "0" and text.isascii() and text[1:].isdigit():
-        verdict = _shortcut(text[1:])
-        if verdict is not None:
-            return text if verdict else None
-    elif 3 <= len(text) <= 17 and text.isascii() and text.isdigit():
+    candidate = text
+    if 3 <= len(text) <= 17 and text.isascii() and text.isdigit():
         national = _national(text, default_region)
         if national:
             return national
-        if national is False and text[0] != "0":  # not a national number: e164 tries "+" + text next
-            plus = "+" + text
-            if _possible_e164().fullmatch(plus):
-                return plus
-            verdict = _shortcut(text) if len(plus) >= 8 else None
-            if verdict is not None:
-                return plus if verdict else None
+        if national is not False or text[0] == "0":
+            return e164(text, default_region)
+        candidate = "+" + text  # not a national number: e164 tries it with a "+" next
+    verdict = _plus_verdict(candidate)
+    if verdict is not None:
+        return candidate if verdict else None
     return e164(text, default_region)
 
 
@@ -78,6 +72,16 @@ def prepare(default_region: str = "CN") -> None:
 def mask(raw: object) -> str | None:
     """For logs: enough to tell numbers apart, not to dial one."""
     return mask_number(str(raw)) if raw is not None else None
+
+
+def _plus_verdict(text: str) -> bool | None:
+    """Whether ``+digits`` is a possible number ``parse`` keeps as it is; ``None`` when not sure
+    (or ``text`` is not of that form)."""
+    if _possible_e164().fullmatch(text):
+        return True
+    if 8 <= len(text) <= 16 and text[0] == "+" and text[1] != "0" and text.isascii() and text[1:].isdigit():
+        return _shortcut(text[1:])
+    return None
 
 
 def _national(digits: str, region: str) -> str | bool | None:

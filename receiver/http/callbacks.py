@@ -132,9 +132,8 @@ def _verify_signature(request: Request, app: Application, body: bytes, received_
 async def _read(request: Request, limit: int, *, quarantine_app: Application, received_at: float) -> bytes:
     """The whole body: at most ``limit`` bytes (413), within the client timeout (408)."""
     declared = request.headers.get("content-length", "")
-    too_large = Refusal(413, "body_too_large", {"max_bytes": limit})
     if declared.isdigit() and int(declared) > limit:
-        raise _refused(request, quarantine_app, too_large, b"", received_at, body_bytes=int(declared))
+        raise _refused(request, quarantine_app, _too_large(limit), b"", received_at, body_bytes=int(declared))
     timeout = request.app.state.settings.client_timeout_seconds
     chunks: list[bytes] = []
     size = 0
@@ -144,7 +143,7 @@ async def _read(request: Request, limit: int, *, quarantine_app: Application, re
                 size += len(chunk)
                 if size > limit:
                     start = b"".join(chunks)[:4096]
-                    raise _refused(request, quarantine_app, too_large, start, received_at, body_bytes=size)
+                    raise _refused(request, quarantine_app, _too_large(limit), start, received_at, body_bytes=size)
                 chunks.append(chunk)
     except TimeoutError:
         refusal = Refusal(408, "request_timeout", {"seconds": timeout, "received_bytes": size})
@@ -153,6 +152,10 @@ async def _read(request: Request, limit: int, *, quarantine_app: Application, re
         refusal = Refusal(400, "incomplete_body", {"received_bytes": size})
         raise _refused(request, quarantine_app, refusal, b"".join(chunks), received_at) from None
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> Refusal:
+    return Refusal(413, "body_too_large", {"max_bytes": limit})
 
 
 async def _durable(request: Request, payloads: list[bytes]) -> Response:
