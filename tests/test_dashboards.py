@@ -189,7 +189,6 @@ def test_a_broken_panel_query_stops_the_rendering(db_url: str) -> None:
 
 
 def test_the_dashboard_renders_to_a_png(harness: Harness, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")  # the bench extra: not needed to run the rest of the suite
     sends(harness)
     out = render.render(harness.url, tmp_path / "dashboard.png", HOUR_1, datetime.now(UTC))
     head = out.read_bytes()[:24]
