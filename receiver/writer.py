@@ -263,12 +263,13 @@ class Writer:
                 log.info("writer.database_back")
             self.last_error = None
             backoff = 0.05
-            self.reader.commit(batch)
-            await self._trim(quarantined)
-            self._last_store = time.monotonic()
+            # Counted before the journal says "drained": whoever waits for that sees the figures.
             metrics.batch_stored(batch.payloads)
             self.stored_events += len(batch.payloads)
             self.last_store_at = time.time()
+            self.reader.commit(batch)
+            await self._trim(quarantined)
+            self._last_store = time.monotonic()
 
     async def _store(self, payloads: list[bytes]) -> int:
         """Store the batch; returns the number of quarantine rows inserted."""
