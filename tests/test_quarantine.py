@@ -169,7 +169,8 @@ def test_a_garbage_flood_cannot_fill_the_journal_for_good_pushes(db_url: str, tm
             assert h.post("status-report", GOOD).status_code == 200
         assert wait_for(lambda: stored(db_url)[1] == 400, timeout=20)
         assert counts(db_url) == [("status-reports", "invalid_json", 400)]
-        kept = h.rows("SELECT count(*)::int, min(length(raw_body)), max(body_bytes) FROM quarantine WHERE occurrences = 1")
+        # Rows with a body (a count-only row carries none, and may count a single refusal).
+        kept = h.rows("SELECT count(*)::int, min(length(raw_body)), max(body_bytes) FROM quarantine WHERE raw_body <> ''::bytea")
         assert kept[0][0] < 40 and kept[0][1:] == (records.QUARANTINE_MAX_RAW, len(large))
         assert h.rows("SELECT count(*) FROM status_reports") == [(1,)]
 
