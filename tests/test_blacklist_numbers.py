@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import phonenumbers
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from receiver.blacklist import numbers as numbers_module
 from receiver.blacklist.numbers import many_to_e164, mask, to_e164
 from receiver.numbers import e164
 
@@ -94,10 +95,10 @@ REGIONS = ["CN", "US", "GB", "DE", "FR", "IN", "BR", "RU", "JP", "IT", "AR", "MX
 
 
 @st.composite
-def plain_digits(draw: st.DrawFn) -> tuple[str, str]:
+def plain_digits(draw: st.DrawFn, region: str | None = None) -> tuple[str, str]:
     """Digits without ``+`` as senders write them, read in some region: the region's own code in
     front or not, its prefixes (``0``, ``00``, CN's ``1790 00`` carrier forms) or none."""
-    region = draw(st.sampled_from(REGIONS))
+    region = region or draw(st.sampled_from(REGIONS))
     code = str(phonenumbers.country_code_for_region(region))
     start = draw(st.sampled_from(["", "", code, code, "0", "00", "1", "8", "11200", "17900", "0086", "810", "119", "1100", "1690"]))
     rest = draw(st.text(alphabet="0123456789", min_size=0, max_size=17))
@@ -109,6 +110,48 @@ def plain_digits(draw: st.DrawFn) -> tuple[str, str]:
 def test_the_plain_digits_shortcut_agrees_with_phonenumbers(case: tuple[str, str]) -> None:
     digits, region = case
     assert to_e164(digits, region) == e164(digits, region)
+
+
+@st.composite
+def plain_digit_lists(draw: st.DrawFn) -> tuple[str, list[str]]:
+    """A region and a list of its numbers: mostly well-formed ones (so that the one-match way is
+    tried), with some of any shape among them (so that it must say no to each of those)."""
+    region = draw(st.sampled_from(REGIONS))
+    example = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
+    national, code = str(example.national_number), str(example.country_code)
+    good = st.sampled_from([national, code + national])
+    other = plain_digits(region).map(lambda case: case[0])
+    return region, draw(st.lists(st.one_of(good, good, other), min_size=1, max_size=8))
+
+
+@settings(max_examples=1000)
+@given(plain_digit_lists())
+@example(("CN", ["8613912345678", "8601012345678"]))  # the code, then a national prefix parse strips
+@example(("TJ", ["917123456", "810123456"]))  # an international prefix (TJ has no national one to hide it)
+def test_a_list_of_plain_digits_is_read_as_each_number_alone(case: tuple[str, list[str]]) -> None:
+    region, raws = case
+    assert many_to_e164(raws, region) == [to_e164(raw, region) for raw in raws]
+
+
+@pytest.mark.parametrize("region", REGIONS)
+def test_a_list_of_national_numbers_takes_one_match(region: str) -> None:
+    """500 numbers of the region, half with its code in front: read as each alone, by one match over the list."""
+    example = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
+    national, code = str(example.national_number), str(example.country_code)
+    raws = [national if i % 2 else code + national for i in range(500)]
+    expected = [to_e164(raw, region) for raw in raws]
+    original = numbers_module._national
+    sure = all(isinstance(original(raw, region), str) for raw in raws)  # each alone takes the shortcut
+    calls: list[str] = []
+    numbers_module._national = lambda digits, r: calls.append(digits) or original(digits, r)  # type: ignore[assignment]
+    try:
+        assert many_to_e164(raws, region) == expected
+    finally:
+        numbers_module._national = original
+    if sure:  # CN, US, GB, FR, BR, MX, ZA, TJ and BY (the others' lengths leave doubt)
+        assert calls == []  # no number went the one-by-one way
+    else:
+        assert region not in {"CN", "US", "GB"}  # the one-match case is not vacuous
 
 
 @given(st.from_regex(r"(86)?1[3-9][0-9]{9}", fullmatch=True))
