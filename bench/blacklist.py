@@ -12,6 +12,12 @@ measures, one request at a time over a keep-alive connection, as a sender would 
 - the same with 500 numbers written without their ``+`` (the slower, general parsing path).
 
 Prints p50 / p99 / max in milliseconds, measured at the client (HTTP included).
+
+CPU layout: the server and PostgreSQL run on ``--server-cpus`` (default: the last CPU), the
+client on ``--client-cpus`` (default: the same). One request at a time is a chain (client, then
+server, then PostgreSQL, and back) that needs one CPU, not several; on a small virtual machine
+every hop to another CPU is a cross-CPU wake-up, whose cost the hypervisor decides. ``--no-pinning``
+lets the scheduler place everything, and the table says which layout it measured.
 """
 
 from __future__ import annotations
@@ -90,13 +96,15 @@ def row(name: str, times: list[float]) -> str:
     return f"{name:<44} {len(times):>6} {p50:>8.2f} {p99:>8.2f} {ordered[-1]:>8.2f}   {verdict}"
 
 
-def run(url: str, entries: int, requests: int) -> None:
+def run(url: str, entries: int, requests: int, client_cpus: set[int] | None = None) -> None:
     key = asyncio.run(fill(url, entries))
     rng = random.Random(4)
     space = SPREAD * entries
     fresh = (i for i in rng.sample(range(space * 10), space * 10) if i % SPREAD)  # never blacklisted, never twice
     load = [_load()]
     with ServeProcess(url, workers=1) as server:
+        if client_cpus:
+            os.sched_setaffinity(0, client_cpus)  # the server started on the server's CPUs; we move
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
 
         def one() -> tuple[str, str, bytes | None]:
@@ -119,10 +127,33 @@ def run(url: str, entries: int, requests: int) -> None:
         ]  # fmt: skip
         conn.close()
     print(f"\n{entries} blacklisted numbers; one request at a time; milliseconds at the client (goal: p99 < 5)")
-    print(f"client, server and PostgreSQL share {os.cpu_count()} CPUs; load average before {load[0]}, after {_load()}")
+    print(f"{_layout(client_cpus)}; load average before {load[0]}, after {_load()}")
     print(f"{'request':<44} {'n':>6} {'p50':>8} {'p99':>8} {'max':>8}")
     for name, times in results:
         print(row(name, times))
+
+
+def _layout(client_cpus: set[int] | None) -> str:
+    if not client_cpus:
+        return f"client, server and PostgreSQL placed by the scheduler on {os.cpu_count()} CPUs"
+    server = _cpus(_SERVER_CPUS)
+    where = "all on CPU " + server if client_cpus == _SERVER_CPUS else f"server and PostgreSQL on CPU {server}, client on CPU {_cpus(client_cpus)}"
+    return f"{where} (of {os.cpu_count()})"
+
+
+def _cpus(cpus: set[int]) -> str:
+    return ",".join(map(str, sorted(cpus)))
+
+
+def _parse_cpus(text: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpus
+
+
+_SERVER_CPUS: set[int] = set()
 
 
 def _load() -> str:
@@ -134,15 +165,24 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--database-url", help="an empty database of yours (default: an embedded PostgreSQL)")
+    last = str(max(os.sched_getaffinity(0)))
+    parser.add_argument("--server-cpus", default=last, help=f"CPUs for the server and PostgreSQL (default {last})")
+    parser.add_argument("--client-cpus", default=None, help="CPUs for the client (default: the server's)")
+    parser.add_argument("--no-pinning", action="store_true", help="let the scheduler place everything")
     args = parser.parse_args()
+    client_cpus = None
+    if not args.no_pinning:
+        _SERVER_CPUS.update(_parse_cpus(args.server_cpus))
+        client_cpus = _parse_cpus(args.client_cpus) if args.client_cpus else set(_SERVER_CPUS)
+        os.sched_setaffinity(0, _SERVER_CPUS)  # inherited by PostgreSQL and the server started next
     if args.database_url:
-        run(args.database_url, args.entries, args.requests)
+        run(args.database_url, args.entries, args.requests, client_cpus)
         return
     base = world_readable_tmpdir("receiver-bench-pg-")
     server = embedded.start(base)
     try:
         print(f"embedded PostgreSQL in {base}", flush=True)
-        run(server.url, args.entries, args.requests)
+        run(server.url, args.entries, args.requests, client_cpus)
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
