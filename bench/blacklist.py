@@ -11,7 +11,8 @@ measures, one request at a time over a keep-alive connection, as a sender would 
   blacklisted, every number one the service has not seen before (no cache helps);
 - the same with 500 numbers written without their ``+`` (the slower, general parsing path).
 
-Prints p50 / p99 / max in milliseconds, measured at the client (HTTP included).
+Prints p50 / p99 / max in milliseconds, measured at the client (HTTP included), and first the
+same for ``GET /healthz``, which touches no database: the floor the machine itself sets.
 
 CPU layout: the server and PostgreSQL run on ``--server-cpus`` (default: the last CPU), the
 client on ``--client-cpus`` (default: the same). One request at a time is a chain (client, then
@@ -119,6 +120,8 @@ def run(url: str, entries: int, requests: int, client_cpus: set[int] | None = No
             return make
 
         results = [
+            ("GET /healthz (the floor: no database)", measure(conn, requests, lambda: ("GET", "/healthz", None), key,
+                                                            lambda s, _: s == 200)),
             ("GET /v1/blacklist/{n}", measure(conn, requests, one, key, lambda s, _: s in (200, 404))),
             ("POST /v1/blacklist/check, 500 in E.164", measure(conn, requests, check(True), key,
                                                                lambda s, b: s == 200 and b"blacklisted" in b)),
