@@ -129,6 +129,17 @@ def test_a_first_state_is_an_event_and_registering_later_changes_nothing(harness
     assert events[0]["number"] == NUMBER  # the report has no `to`: its registered send's, when read
 
 
+def test_a_reply_is_announced_again_once_the_send_it_answers_is_registered(harness: Harness) -> None:
+    uplink(harness, "r1")  # the reply comes before its send is registered: it answers nothing yet
+    harness.api("POST", "/v1/sent", json=SEND)
+    harness.api("POST", "/v1/sent", json=SEND)  # registered again: the link stays, nothing announced
+    events = feed(harness)["events"]
+    assert kinds(events) == [("reply", "r1"), ("state", "m1"), ("reply", "r1")]
+    first, _, linked = events
+    assert (first["data"]["reply_to"], linked["data"]["reply_to"]) == (None, "m1")
+    assert linked["number"] == NUMBER and linked["data"]["body"] == "ok" and not linked["data"]["ambiguous"]
+
+
 def test_pages_follow_the_cursor_without_gaps_or_repeats(harness: Harness) -> None:
     for i in range(7):
         report(harness, f"p{i}", "UNDELIV" if i % 2 else "DELIVRD")
