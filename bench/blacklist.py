@@ -9,7 +9,7 @@ measures, one request at a time over a keep-alive connection, as a sender would 
 - ``GET /v1/blacklist/{number}``, 1 in 10 of the numbers blacklisted;
 - ``POST /v1/blacklist/check`` with 500 numbers in E.164 (what the send API takes), 1 in 10
   blacklisted, every number one the service has not seen before (no cache helps);
-- the same with 500 numbers written without their ``+`` (the slower, general parsing path).
+- the same with 500 numbers written without their ``+`` (``8613912345678``, read in the default region).
 
 Prints p50 / p99 / max in milliseconds, measured at the client (HTTP included), and first the
 same for ``GET /healthz``, which touches no database: the floor the machine itself sets.
@@ -125,7 +125,7 @@ def run(url: str, entries: int, requests: int, client_cpus: set[int] | None = No
             ("GET /v1/blacklist/{n}", measure(conn, requests, one, key, lambda s, _: s in (200, 404))),
             ("POST /v1/blacklist/check, 500 in E.164", measure(conn, requests, check(True), key,
                                                                lambda s, b: s == 200 and b"blacklisted" in b)),
-            ("POST /v1/blacklist/check, 500 without +", measure(conn, max(requests // 10, 50), check(False), key,
+            ("POST /v1/blacklist/check, 500 without +", measure(conn, requests, check(False), key,
                                                                 lambda s, b: s == 200 and b"blacklisted" in b)),
         ]  # fmt: skip
         conn.close()
