@@ -154,6 +154,36 @@ def test_a_list_of_national_numbers_takes_one_match(region: str) -> None:
         assert region not in {"CN", "US", "GB"}  # the one-match case is not vacuous
 
 
+def region_samples(region: str) -> list[str]:
+    """Digits as senders write a region's numbers: every type's example number alone, with the
+    country code, with a 0 in front, and its endings (short forms some regions expand)."""
+    code = str(phonenumbers.country_code_for_region(region))
+    samples: list[str] = []
+    for kind in (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE,
+                 phonenumbers.PhoneNumberType.TOLL_FREE, phonenumbers.PhoneNumberType.VOIP):  # fmt: skip
+        example = phonenumbers.example_number_for_type(region, kind)
+        if example is not None:
+            national = phonenumbers.national_significant_number(example)
+            samples += [national, code + national, "0" + national, *(national[-k:] for k in range(4, len(national)))]
+    return list(dict.fromkeys(samples))
+
+
+def test_lists_agree_with_each_number_alone_in_every_region() -> None:
+    """Both list shortcuts (E.164, plain digits) in every region, each sample beside others, in
+    both orders: a pattern that means something else inside a list (SM's, MG's and NF's national
+    prefixes end in "$") must not take the one-match way."""
+    wrong = []
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        samples = region_samples(region)
+        for items in (samples, ["+" + s for s in samples]):
+            for a in items:
+                for b in items[:3]:
+                    for pair in ([a, b], [b, a]):
+                        if many_to_e164(pair, region) != [to_e164(x, region) for x in pair]:
+                            wrong.append((region, pair))
+    assert wrong == []
+
+
 @given(st.from_regex(r"(86)?1[3-9][0-9]{9}", fullmatch=True))
 def test_chinese_mobile_numbers_without_plus(digits: str) -> None:
     assert to_e164(digits) == e164(digits) == "+86" + digits.removeprefix("86")

@@ -189,9 +189,11 @@ def _countries() -> dict[str, tuple[int, re.Pattern[str] | None, frozenset[int]]
     return table
 
 
-# A national-prefix pattern means the same inside a look-ahead after the country code as it does
-# matched alone at the start of the national number, unless it looks behind it or numbers groups.
-_CONTEXTUAL = re.compile(r"\^|\\[AbBZ1-9]|\(\?P=|\(\?<|\(\?[aiLmsux]")
+# A national-prefix pattern means the same inside a look-ahead after the country code (or before
+# the comma of a list) as it does matched alone at the start of the national number, unless it
+# anchors (SM's, MG's and NF's end in "$": alone, the number's end; in a list, no match), looks
+# behind it or numbers groups.
+_CONTEXTUAL = re.compile(r"[\^$]|\\[AbBZ1-9]|\(\?P=|\(\?<|\(\?[aiLmsux]")
 
 
 @lru_cache(maxsize=1)

@@ -248,7 +248,7 @@ async def _refold(
         signal_rows = await conn.fetch(
             f"SELECT {_SIGNAL_COLUMNS} FROM blacklist_signals WHERE number = ANY($1::text[])", wanted
         )
-        entry_rows = await conn.fetch(  # a join, not = ANY(): the hash index on number takes no arrays
+        entry_rows = await conn.fetch(
             f"SELECT {_ENTRY_COLUMNS} FROM unnest($1::text[]) AS wanted(number) JOIN blacklist USING (number)", wanted
         )
     folded = fold((Signal(**dict(row)) for row in signal_rows), config.scope)
