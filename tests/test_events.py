@@ -140,6 +140,20 @@ def test_a_reply_is_announced_again_once_the_send_it_answers_is_registered(harne
     assert linked["number"] == NUMBER and linked["data"]["body"] == "ok" and not linked["data"]["ambiguous"]
 
 
+def send_at(sms_msg_id: str, create_time: str) -> dict[str, Any]:
+    return {"result": [{**SEND["result"][0], "smsMsgId": sms_msg_id, "createTime": create_time}]}
+
+
+def test_a_reply_is_announced_again_only_when_its_answer_or_ambiguity_changes(harness: Harness) -> None:
+    harness.api("POST", "/v1/sent", json=send_at("m1", "2024-11-22T02:10:00Z"))
+    uplink(harness, "r1")  # at 02:20: answers m1
+    harness.api("POST", "/v1/sent", json=send_at("m2", "2024-11-22T02:15:00Z"))  # now m2, of two
+    harness.api("POST", "/v1/sent", json=send_at("m0", "2024-11-22T02:00:00Z"))  # still m2, of three
+    replies = feed(harness, kinds="reply")["events"]
+    assert [(e["data"]["reply_to"], e["data"]["ambiguous"]) for e in replies] == [("m1", False), ("m2", True)]
+    assert harness.rows("SELECT sms_msg_id, candidates FROM reply_links") == [("m2", 3)]
+
+
 def test_pages_follow_the_cursor_without_gaps_or_repeats(harness: Harness) -> None:
     for i in range(7):
         report(harness, f"p{i}", "UNDELIV" if i % 2 else "DELIVRD")
