@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import http.client
 import json
@@ -234,6 +235,10 @@ def test_events_need_an_api_key(harness: Harness) -> None:
         ({"after": encode_cursor("0", 5)}, "invalid_cursor"),  # the uplinks feed's cursor
         ({"after": encode_cursor("ev", "-1", 5)}, "invalid_cursor"),
         ({"after": encode_cursor("ev", "1", "x")}, "invalid_cursor"),
+        ({"after": base64.urlsafe_b64encode(b"[" * 5000).decode()}, "invalid_cursor"),  # too deep to decode
+        ({"after": encode_cursor("ev", "٣٣", 1)}, "invalid_cursor"),  # digits, but not ASCII ones
+        ({"after": encode_cursor("ev", "99999999999999999999", 1)}, "invalid_cursor"),  # over 2**64
+        ({"after": encode_cursor("ev", "010", 1)}, "invalid_cursor"),  # PostgreSQL would read it as 8
         ({"limit": "0"}, "invalid_field"),
         ({"limit": "1001"}, "invalid_field"),
         ({"kinds": "report,gossip"}, "invalid_field"),

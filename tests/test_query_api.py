@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 
 import pytest
 from support import Harness
+
+from receiver.correlation.queries import encode_cursor
 
 SEND_RESPONSE = {
     "code": "000000",
@@ -181,6 +184,11 @@ def test_uplinks_feed_can_be_tailed_without_gaps(harness: Harness) -> None:
     tail = harness.api("GET", "/v1/uplinks", params={"cursor": empty["cursor"]}).json()
     assert [u["sms_msg_id"] for u in tail["uplinks"]] == ["u3"]
     assert harness.api("GET", "/v1/uplinks", params={"cursor": "bad"}).status_code == 400
+    hostile = [base64.urlsafe_b64encode(b"[" * 5000).decode(), encode_cursor("٣٣", 1),
+               encode_cursor("99999999999999999999", 1), encode_cursor("010", 1)]  # fmt: skip
+    for cursor in hostile:
+        refused = harness.api("GET", "/v1/uplinks", params={"cursor": cursor})
+        assert (refused.status_code, refused.json()["error"]) == (400, "invalid_cursor"), cursor
 
 
 def test_a_blacklist_code_before_its_send_blacklists_the_number_once_registered(harness: Harness) -> None:

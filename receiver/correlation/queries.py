@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,10 +62,19 @@ def encode_cursor(*values: object) -> str:
     return base64.urlsafe_b64encode(json.dumps(values, default=str).encode()).decode().rstrip("=")
 
 
+_TXID = re.compile(r"0|[1-9][0-9]{0,19}")
+
+
+def is_txid(value: object) -> bool:
+    """A transaction id as PostgreSQL's xid8 reads it back unchanged: ASCII decimal digits with no
+    leading zero (it would read ``010`` as octal), below 2**64."""
+    return isinstance(value, str) and _TXID.fullmatch(value) is not None and int(value) < 2**64
+
+
 def decode_cursor(cursor: str, arity: int) -> list[Any]:
     try:
         values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # RecursionError: a thousand nested "["
         raise ProtocolError("invalid_cursor", "the cursor was not made by this API") from None
     if not isinstance(values, list) or len(values) != arity:
         raise ProtocolError("invalid_cursor", "the cursor was not made by this API")
@@ -176,8 +186,7 @@ async def uplinks(conn: asyncpg.Connection, *, cursor: str | None, limit: int) -
         txid, after_id = decode_cursor(cursor, 2)
     # What PostgreSQL can take: an xid8 and a bigint (else DataError, a 500).
     txid = str(txid) if isinstance(txid, int) and not isinstance(txid, bool) else txid
-    valid = isinstance(txid, str) and txid.isascii() and txid.isdigit() and len(txid) <= 20 and int(txid) < 2**64
-    if not valid or isinstance(after_id, bool) or not isinstance(after_id, int) or not 0 <= after_id < 2**63:
+    if not is_txid(txid) or isinstance(after_id, bool) or not isinstance(after_id, int) or not 0 <= after_id < 2**63:
         raise ProtocolError("invalid_cursor", "the cursor was not made by this API")
     rows = await conn.fetch(_UPLINKS, str(txid), after_id, limit)
     items = [{**_reply(r), "application": r["application"], "reply_to": r["reply_to"]} for r in rows]

@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from ..correlation.queries import decode_cursor, encode_cursor
+from ..correlation.queries import decode_cursor, encode_cursor, is_txid
 from ..protocol import ProtocolError
 
 KINDS = ("report", "state", "reply", "optout", "optin")
@@ -75,7 +75,7 @@ def parse_cursor(cursor: str) -> Position:
     """A cursor this feed handed out (an event's ``id`` or a page's ``next``); ProtocolError otherwise."""
     values = decode_cursor(cursor, 3)
     tag, txid, row_id = values
-    if tag != _TAG or not isinstance(txid, str) or not txid.isdigit() or len(txid) > 20:
+    if tag != _TAG or not is_txid(txid):
         raise ProtocolError("invalid_cursor", "the cursor was not made by this API")
     if not isinstance(row_id, int) or isinstance(row_id, bool) or not 0 <= row_id < 1 << 63:
         raise ProtocolError("invalid_cursor", "the cursor was not made by this API")
