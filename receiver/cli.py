@@ -423,14 +423,23 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+class _SchemaBehind(Exception):
+    def __init__(self, versions: list[str]) -> None:
+        super().__init__(versions)
+        self.versions = versions
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     settings = _settings(args)
     logs.configure(settings.log_level, settings.log_format)
 
     async def work(url: str) -> retention.Result:
-        await _migrate(url)
+        if not args.dry_run:
+            await _migrate(url)
         conn = await _connect(url)
         try:
+            if args.dry_run and (behind := await migrate.pending(conn)):  # a dry run changes nothing, schema neither
+                raise _SchemaBehind(behind)
             return await retention.prune(
                 conn, args.older_than, dry_run=args.dry_run, batch_size=args.batch_size
             )
@@ -442,6 +451,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
             result = asyncio.run(work(url))
         except retention.Busy:
             print("receiver prune: another prune is running; nothing done", file=sys.stderr)
+            return 1
+        except _SchemaBehind as behind:
+            print(f"receiver prune: the database lacks migrations {', '.join(behind.versions)}; a dry run"
+                  " applies none: run `receiver migrate` first", file=sys.stderr)  # fmt: skip
             return 1
     if result.dry_run:
         print(f"would delete rows older than {result.cutoff.isoformat()} (dry run: nothing deleted)")

@@ -172,6 +172,13 @@ def test_dry_run_deletes_nothing_and_a_second_run_nothing_more(harness: Harness,
     assert dump(harness) == pruned
 
 
+def test_a_dry_run_leaves_a_schema_that_is_behind_as_it_is(empty_db_url: str, tmp_path: Path) -> None:
+    """A dry run from a newer build changes nothing, not even the schema: it says what is missing."""
+    dry = cli("prune", "--older-than", "180d", "--dry-run", env=service_env(tmp_path, empty_db_url), check=False)
+    assert dry.returncode == 1 and "run `receiver migrate` first" in dry.stderr
+    assert run(fetch(empty_db_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"))[0][0] == 0
+
+
 def test_a_shorter_duration_reaches_recent_events(harness: Harness, tmp_path: Path) -> None:
     """Hours and weeks count from now, by the database's clock."""
     report(harness, "two-hours-ago", 1)
