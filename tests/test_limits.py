@@ -56,6 +56,9 @@ CASES = [
                  {"error": "invalid_encoding", "detail": "the body must be UTF-8 JSON"}, id="not-utf8"),
     pytest.param("status-report", FORM, "smsMsgId=a&status=DELIVRD&pad=" + "p" * (256 << 10), 413,
                  {"error": "body_too_large", "detail": {"max_bytes": 256 << 10}}, id="body-too-large"),
+    *[pytest.param(endpoint, FORM, "&".join([urlencode(base), *(f"x{i}=" + "\x01" * MAX_UNKNOWN_VALUE for i in range(60))]),
+                   413, {"error": "body_too_large", "detail": "the event is too large to store"}, id=f"{endpoint}-escapes")
+      for endpoint, base in (("status-report", REPORT), ("uplink", UPLINK))],  # 127 KiB that escape to over 1 MiB
     pytest.param("status-report", JSON, json.dumps(REPORT), 415,
                  {"error": "unsupported_media_type", "detail": {"expected": FORM}}, id="report-as-json"),
     pytest.param("status-reports", FORM, urlencode(REPORT), 415,

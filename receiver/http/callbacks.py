@@ -18,6 +18,7 @@ from starlette.routing import Route
 from .. import netaddr
 from .. import records
 from ..applications import Application
+from ..journal import frames
 from ..journal.appender import JournalUnavailable
 from ..protocol import ProtocolError, parse_status_report_batch, parse_status_report_form, parse_uplink_form, signature
 from .middleware import client, note, note_batch, note_report, note_uplink
@@ -36,7 +37,8 @@ async def status_report(request: Request) -> Response:
     except ProtocolError as error:
         return _refuse(request, app, Refusal(400, error.code, error.detail), body, received_at)
     note_report(request.scope, report)
-    return await _durable(request, [records.report(app.id, "form", received_at, report, body.decode())])
+    payloads = [records.report(app.id, "form", received_at, report, body.decode())]
+    return await _durable(request, payloads, app=app, body=body, received_at=received_at)
 
 
 async def status_reports(request: Request) -> Response:
@@ -47,12 +49,14 @@ async def status_reports(request: Request) -> Response:
         return _refuse(request, app, Refusal(400, error.code, error.detail), body, received_at)
     payloads = [records.report(app.id, "batch", received_at, report, raw) for report, raw in batch.reports]
     note_batch(request.scope, len(batch.reports), len(batch.rejected))
+    if _oversized(payloads):  # refused whole, so its rejected items are not quarantined twice
+        return await _durable(request, payloads, app=app, body=body, received_at=received_at)
     if not batch.rejected:
-        return await _durable(request, payloads)
+        return await _durable(request, payloads, app=app, body=body, received_at=received_at)
     rejected = [{"index": item.index, "error": item.error.code, "detail": item.error.detail} for item in batch.rejected]
     for item in batch.rejected:
         _quarantine(request, app, item.error.code, item.error.detail, item.raw.encode(), received_at)
-    response = await _durable(request, payloads)
+    response = await _durable(request, payloads, app=app, body=body, received_at=received_at)
     if response.status_code != 200:
         return response
     detail = {"accepted": len(payloads), "rejected": rejected}
@@ -66,7 +70,8 @@ async def uplink(request: Request) -> Response:
     except ProtocolError as error:
         return _refuse(request, app, Refusal(400, error.code, error.detail), body, received_at)
     note_uplink(request.scope, event)
-    return await _durable(request, [records.uplink(app.id, received_at, event, body.decode())])
+    payloads = [records.uplink(app.id, received_at, event, body.decode())]
+    return await _durable(request, payloads, app=app, body=body, received_at=received_at)
 
 
 async def _receive(request: Request, media_type: str) -> tuple[Application, bytes, float]:
@@ -158,7 +163,18 @@ def _too_large(limit: int) -> Refusal:
     return Refusal(413, "body_too_large", {"max_bytes": limit})
 
 
-async def _durable(request: Request, payloads: list[bytes]) -> Response:
+def _oversized(payloads: list[bytes]) -> bool:
+    return any(len(payload) > frames.MAX_PAYLOAD for payload in payloads)
+
+
+async def _durable(
+    request: Request, payloads: list[bytes], *, app: Application, body: bytes, received_at: float
+) -> Response:
+    if _oversized(payloads):
+        # A record over the journal's frame limit (a body under the limit whose escapes multiply
+        # it): refused whole, before any item of it is queued, and quarantined like any refusal.
+        refusal = Refusal(413, "body_too_large", "the event is too large to store")
+        return _refuse(request, app, refusal, body, received_at)
     journal = request.app.state.journal
     try:
         futures = [journal.append_nowait(payload) for payload in payloads]
@@ -167,8 +183,6 @@ async def _durable(request: Request, payloads: list[bytes]) -> Response:
     except JournalUnavailable as error:
         log.error("callback.not_durable", reason=str(error))
         return error_response(503, "not_durable", "the event could not be stored; nothing was acknowledged")
-    except ValueError:  # a record over the journal's frame limit: only reachable with escapes galore
-        return error_response(413, "body_too_large", "the event is too large to store")
     return accepted()
 
 
