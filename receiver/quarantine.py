@@ -123,7 +123,19 @@ class Quarantine:
 
     def _append(self, payload: bytes, kind: Kind, count: int) -> None:
         try:
-            self.journal.append_nowait(payload)
+            durable = self.journal.append_nowait(payload)
         except (JournalUnavailable, ValueError) as error:
-            metrics.QUARANTINE_LOST.inc(count)
-            log.warning("quarantine.lost", endpoint=kind[1], error=kind[2], refusals=count, reason=str(error))
+            self._lost(kind, count, error)
+            return
+        # A write or sync that fails later (disk full, I/O error) fails this future, which no
+        # request awaits: count what it held as lost then.
+        def settled(done: asyncio.Future[None]) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                self._lost(kind, count, done.exception())
+
+        durable.add_done_callback(settled)
+
+    @staticmethod
+    def _lost(kind: Kind, count: int, error: BaseException | None) -> None:
+        metrics.QUARANTINE_LOST.inc(count)
+        log.warning("quarantine.lost", endpoint=kind[1], error=kind[2], refusals=count, reason=str(error))

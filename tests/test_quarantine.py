@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from support import FORM, JSON, fetch, run, serving, wait_for
 
 from receiver import metrics, records, writer
 from receiver.journal import Journal, JournalReader
-from receiver.journal.appender import JournalFull
+from receiver.journal.appender import JournalFull, JournalUnavailable
 from receiver.quarantine import Quarantine
 
 GOOD = "smsMsgId=good-1&status=DELIVRD"
@@ -173,6 +174,30 @@ def test_a_garbage_flood_cannot_fill_the_journal_for_good_pushes(db_url: str, tm
         kept = h.rows("SELECT count(*)::int, min(length(raw_body)), max(body_bytes) FROM quarantine WHERE raw_body <> ''::bytea")
         assert kept[0][0] < 40 and kept[0][1:] == (records.QUARANTINE_MAX_RAW, len(large))
         assert h.rows("SELECT count(*) FROM status_reports") == [(1,)]
+
+
+def test_a_failed_journal_write_counts_its_refusals_as_lost(tmp_path: Path) -> None:
+    """The disk fails under a queued refusal (ENOSPC on the write): no request awaits it, and
+    what it held is still counted in ``receiver_quarantine_lost``."""
+
+    async def scenario() -> float:
+        journal = Journal(tmp_path / "journal", max_bytes=1 << 20, segment_bytes=1 << 20)
+        gate = Quarantine(journal, bodies_per_second=1000)
+        await journal.append(b"{}")  # the segment is open
+        full = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
+        try:
+            os.dup2(full, journal._fd)
+        finally:
+            os.close(full)
+        before = metrics.QUARANTINE_LOST._value.get()
+        gate.add(1, "status-report", time.time(), "invalid_field", {}, FORM, b"body")
+        with contextlib.suppress(JournalUnavailable):
+            await journal.append(b"{}")  # flushed with the refusal's record, failing with it
+        lost = metrics.QUARANTINE_LOST._value.get() - before
+        await journal.close()
+        return lost
+
+    assert run(scenario()) == 1
 
 
 def test_a_full_journal_loses_refusals_only_with_a_count_in_the_metrics(tmp_path: Path) -> None:
