@@ -105,6 +105,9 @@ def uplink(application_id: int, received_at: float, event: Uplink, raw: str) -> 
 QUARANTINE_MAX_RAW = 16 << 10
 
 
+MAX_CONTENT_TYPE = 256  # kept of a refused request's Content-Type: a header, as long as a client makes it
+
+
 def quarantine(
     application_id: int | None,
     endpoint: str,
@@ -119,7 +122,7 @@ def quarantine(
     """One refused request; ``body_bytes``: its body's size when ``raw`` is not all of it."""
     return _quarantine(
         application_id, endpoint, received_at, error, detail,
-        content_type=content_type,
+        content_type=content_type[:MAX_CONTENT_TYPE] if content_type else content_type,
         raw=base64.b64encode(raw[:QUARANTINE_MAX_RAW]).decode(),
         raw_bytes=len(raw) if body_bytes is None else body_bytes,
     )  # fmt: skip

@@ -11,7 +11,8 @@ from urllib.parse import urlencode
 import pytest
 from support import FORM, JSON, Harness
 
-from receiver.protocol import status_report, uplink
+from receiver import records
+from receiver.protocol import signature, status_report, uplink
 from receiver.protocol.fields import MAX_FIELDS, MAX_UNKNOWN_NAME, MAX_UNKNOWN_VALUE
 
 REPORT = {"smsMsgId": "m-1", "status": "DELIVRD"}
@@ -91,3 +92,15 @@ def test_every_known_field_has_a_bound_and_a_field_at_its_bound_is_taken(harness
     at_limit = {name: over(name, rule.max_len)[1:] for name, rule in uplink.RULES.items()} | {"createTime": None}
     assert harness.post("uplink", urlencode({k: v for k, v in at_limit.items() if v})).status_code == 200
     assert harness.rows("SELECT count(*) FROM quarantine") == [(0,)]
+
+
+def test_header_values_kept_in_the_quarantine_are_bounded(harness: Harness) -> None:
+    """A Content-Type of 10,000 characters: refused (415) and quarantined, its first 256 kept."""
+    response = harness.post("uplink", urlencode(UPLINK), "text/plain; x=" + "a" * 10_000)
+    assert response.status_code == 415
+    assert harness.rows("SELECT length(content_type) FROM quarantine") == [(records.MAX_CONTENT_TYPE,)]
+
+
+def test_a_signature_refusal_quotes_a_long_header_only_in_part() -> None:
+    error = signature.SignatureError("unknown_access_key", f"no push key with access key {'k' * 10_000!r}")
+    assert len(error.detail) == signature.MAX_DETAIL and error.detail.endswith("…")

@@ -42,11 +42,16 @@ _HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+", re.ASCII)
 _HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
 
 
+MAX_DETAIL = 300
+
+
 class SignatureError(Exception):
     """The push is not authentic. ``reason`` is a stable code; ``detail`` says what was wrong in
     words safe to send back (never the expected signature)."""
 
     def __init__(self, reason: str, detail: str) -> None:
+        if len(detail) > MAX_DETAIL:  # it may quote a header, and headers can be long
+            detail = detail[: MAX_DETAIL - 1] + "…"
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
