@@ -162,14 +162,17 @@ ORDER BY received_at, id LIMIT $4
 
 # Of the candidates ($1), the messages that go: no send ($3: none at all; else none from the
 # cutoff $2 on), no report from the cutoff on or after the batch's last key ($4, $5; NULL: none),
-# no reply from the cutoff on linked to them.
+# no reply from the cutoff on linked to them. A report received before the cutoff but stored
+# after it (it waited in the journal) keeps its message too: its event is dated by the storing
+# transaction, kept by the event feed's rule, and would read as null without its report.
 _DOOMED = """
 SELECT i.sms_msg_id FROM (SELECT DISTINCT unnest($1::text[]) AS sms_msg_id) AS i
 WHERE NOT EXISTS (SELECT FROM sent_messages s
                   WHERE s.sms_msg_id = i.sms_msg_id AND ($3::boolean OR s.create_time >= $2))
   AND NOT EXISTS (SELECT FROM status_reports r
                   WHERE r.sms_msg_id = i.sms_msg_id
-                    AND (r.received_at >= $2 OR (r.received_at, r.id) > ($4::timestamptz, $5::bigint)))
+                    AND (r.received_at >= $2 OR r.stored_at >= $2
+                         OR (r.received_at, r.id) > ($4::timestamptz, $5::bigint)))
   AND NOT EXISTS (SELECT FROM reply_links l JOIN uplinks u ON u.id = l.uplink_id
                   WHERE l.sms_msg_id = i.sms_msg_id AND u.received_at >= $2)
 """
