@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import threading
 import time
 
+import asyncpg
 import pytest
-from support import Harness
+from support import Harness, run
 
 from receiver.correlation.queries import encode_cursor
 
@@ -224,3 +226,35 @@ def test_a_reply_pruned_while_its_send_is_registered_costs_no_error(harness: Har
     [response] = answer
     assert response.status_code == 200 and response.json()["registered"] == 3  # type: ignore[attr-defined]
     assert harness.api("GET", f"/v1/messages/{ID1}").json()["replies"] == []
+
+
+def test_a_query_cut_by_postgres_terminating_its_backend_is_503_not_500(harness: Harness) -> None:
+    """pg_terminate_backend, what a fast shutdown does to each session, lands mid-query (the
+    look-up waits on a lock): the caller gets 503 database_unavailable, never a 500."""
+    assert harness.api("GET", "/v1/messages/m-1").status_code == 404  # the pool has a connection now
+    outcomes = []
+    thread = threading.Thread(target=lambda: outcomes.append(harness.api("GET", "/v1/messages/m-1")))
+
+    async def scenario() -> None:
+        admin = await asyncpg.connect(harness.url)
+        try:
+            async with admin.transaction():
+                await admin.execute("LOCK TABLE message_states IN ACCESS EXCLUSIVE MODE")
+                thread.start()
+                waiting: list[asyncpg.Record] = []
+                for _ in range(250):
+                    waiting = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                                " AND datname = current_database()")  # fmt: skip
+                    if waiting:
+                        break
+                    await asyncio.sleep(0.02)
+                assert waiting, "the look-up never waited on the lock"
+                for row in waiting:
+                    await admin.execute("SELECT pg_terminate_backend($1)", row["pid"])
+        finally:
+            await admin.close()
+        thread.join(10)
+
+    run(scenario())
+    (response,) = outcomes
+    assert response.status_code == 503 and response.json()["error"] == "database_unavailable"

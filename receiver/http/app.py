@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,8 +21,8 @@ from ..apikeys import KeyCache
 from ..applications import Registry
 from ..blacklist import numbers as blacklist_numbers
 from ..blacklist import store as blacklist_store
-from ..correlation import store as correlation
 from ..config import Settings
+from ..correlation import store as correlation
 from ..db import migrate
 from ..events.hub import Hub
 from ..journal import Journal, JournalReader
@@ -139,6 +139,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         TimeoutError: database_away,
         asyncpg.PostgresConnectionError: database_away,
         asyncpg.CannotConnectNowError: database_away,
+        asyncpg.AdminShutdownError: database_away,  # PostgreSQL stopping or crashed under a query
+        asyncpg.CrashShutdownError: database_away,
         asyncpg.InterfaceError: database_away,
     }
     return Starlette(

@@ -38,7 +38,7 @@ STREAM_PAGE = 500
 # away, a stream reads again this often instead of waiting for a notification.
 RETRY_SECONDS = 1.0
 _DATABASE_AWAY = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                  asyncpg.CannotConnectNowError)  # fmt: skip
+                  asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)  # fmt: skip
 
 
 @requires_key
