@@ -250,8 +250,9 @@ async def _table(conn: asyncpg.Connection, rule: Rule, result: Result, batch_siz
             for child, ref in rule.children:
                 sql = f"DELETE FROM {child} WHERE {ref} = ANY($1)"
                 deleted[child] = _count(await conn.execute(sql, [r["key"] for r in rows]))
-            sql = f"DELETE FROM {t} WHERE ctid = ANY($1::tid[])"
-            deleted[t] = _count(await conn.execute(sql, [r["ctid"] for r in rows]))
+            # By ctid, and old still: a row moved by an update meanwhile leaves its slot to another
+            sql = f"DELETE FROM {t} WHERE ctid = ANY($1::tid[]) AND {col} < $2"
+            deleted[t] = _count(await conn.execute(sql, [r["ctid"] for r in rows], result.cutoff))
         after = rows[-1]["at"] if rule.ordered else None
         for table, n in deleted.items():
             result.add(table, n)
