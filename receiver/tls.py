@@ -160,7 +160,7 @@ def self_signed(folder: Path, hosts: Iterable[str] = ()) -> tuple[Path, Path]:
             entry = x509.DNSName(host)
         if entry not in names:
             names.append(entry)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "receiver (self-signed)")])
     cert = (
         x509.CertificateBuilder()
@@ -201,7 +201,7 @@ def _still_valid(cert_path: Path) -> bool:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     except (OSError, ValueError):
         return False
-    soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=7)
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=7)
     return cert.not_valid_after_utc > soon
 
 

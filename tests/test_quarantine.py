@@ -266,5 +266,5 @@ def test_the_migration_counts_the_rows_already_quarantined(empty_db_url: str, tm
         finally:
             await conn.close()
 
-    at = lambda h, m: datetime(2026, 1, 1, h, m, tzinfo=UTC)  # noqa: E731
+    at = lambda h, m: datetime(2026, 1, 1, h, m, tzinfo=UTC)
     assert run(scenario()) == [(at(10, 0), 2, at(10, 5), at(10, 55)), (at(11, 0), 1, at(11, 0), at(11, 0))]

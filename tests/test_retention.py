@@ -45,7 +45,7 @@ def reply(h: Harness, sms_msg_id: str, number: str, body: str = "ok") -> None:
 def age(h: Harness, table: str, where: str, column: str = "received_at") -> None:
     """Date rows back as if they had been received (and stored) 400 days ago."""
     h.settle()
-    also = ", stored_at = stored_at - interval '{AGE}'".format(AGE=AGE) if table == "status_reports" else ""
+    also = f", stored_at = stored_at - interval '{AGE}'" if table == "status_reports" else ""
     run(fetch(h.url, f"UPDATE {table} SET {column} = {column} - interval '{AGE}'{also} WHERE {where}"))
 
 

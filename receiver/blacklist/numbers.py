@@ -27,7 +27,6 @@ from ..logs import mask_number
 from ..numbers import e164
 
 
-
 def to_e164(raw: object, default_region: str = "CN") -> str | None:
     """``+8615112345678``, ``8615112345678``, ``%2B8615112345678``, ``0086 151 1234 5678`` ->
     ``+8615112345678``; ``None`` for what is no possible number (masked ``+86151****6789``, a

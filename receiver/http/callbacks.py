@@ -15,12 +15,17 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import netaddr
-from .. import records
+from .. import netaddr, records
 from ..applications import Application
 from ..journal import frames
 from ..journal.appender import JournalUnavailable
-from ..protocol import ProtocolError, parse_status_report_batch, parse_status_report_form, parse_uplink_form, signature
+from ..protocol import (
+    ProtocolError,
+    parse_status_report_batch,
+    parse_status_report_form,
+    parse_uplink_form,
+    signature,
+)
 from .middleware import client, note, note_batch, note_report, note_uplink
 from .responses import Refusal, accepted, error_response
 

@@ -27,7 +27,7 @@ import hmac
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import parse_qsl, quote, unquote
 
 ALGORITHM = "SDK-HMAC-SHA256"
@@ -83,7 +83,7 @@ def parse_date(value: str) -> float:
     if not _DATE.fullmatch(value):
         raise SignatureError("malformed_date", "X-Sdk-Date must be yyyyMMddTHHmmssZ (UTC)")
     try:
-        return datetime.strptime(value, DATE_FORMAT).replace(tzinfo=timezone.utc).timestamp()
+        return datetime.strptime(value, DATE_FORMAT).replace(tzinfo=UTC).timestamp()
     except ValueError:
         raise SignatureError("malformed_date", "X-Sdk-Date is not a valid date") from None
 
