@@ -68,7 +68,7 @@ def derive(sent: Sent | None, reports: Iterable[Report]) -> State:
     delivered = {part for part, rs in by_part.items() if any(r.delivered for r in rs)}
     failed = set(by_part) - delivered
 
-    if sent is not None and sent.status != ACCEPTED or failed:
+    if (sent is not None and sent.status != ACCEPTED) or failed:
         state = "failed"
     elif len(delivered) >= parts_total:
         state = "delivered"
