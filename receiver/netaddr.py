@@ -41,6 +41,9 @@ def parse_network(text: str) -> IPNetwork:
         network = ip_network(value, strict=True)
     except ValueError as error:
         raise ValueError(f"{text!r} is not an IP network ({error})") from None
+    if isinstance(network, IPv6Network) and network.prefixlen >= 96 and network.network_address.ipv4_mapped:
+        # ::ffff:10.0.0.0/104 is 10.0.0.0/8: peers are compared as IPv4, so written as IPv6 it would never match
+        return IPv4Network((network.network_address.ipv4_mapped, network.prefixlen - 96))
     return network
 
 

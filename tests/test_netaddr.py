@@ -111,6 +111,9 @@ ALLOWED = [
     ("IPv6 inside", "2001:db8::9", ("192.0.2.0/24", "2001:db8::/32"), True),
     ("IPv4 against IPv6 only", "192.0.2.1", ("::/0",), False),
     ("single address", "192.0.2.1", ("192.0.2.1",), True),
+    ("an IPv4 network written IPv4-mapped", "10.1.2.3", ("::ffff:10.0.0.0/104",), True),
+    ("an IPv4 address written IPv4-mapped", "10.1.2.3", ("::ffff:10.1.2.3",), True),
+    ("outside an IPv4-mapped network", "11.1.2.3", ("::ffff:10.0.0.0/104",), False),
 ]
 
 
