@@ -33,6 +33,7 @@ from receiver import apikeys, applications
 from receiver.config import Settings
 from receiver.correlation.queries import encode_cursor
 from receiver.events.hub import Hub
+from receiver.http import events as events_http
 from receiver.http.app import create_app
 
 NUMBER = "+8613712343774"
@@ -403,6 +404,43 @@ def test_a_stream_gets_events_committed_after_it_opened_and_resumes_after_last_e
     again = live.stream(f"/v1/events/stream?after={first[-1]['id']}")  # or from any event of the past
     assert kinds(again.events(4)) == kinds(seen)
     again.close()
+
+
+def test_a_stream_polls_while_an_older_transaction_held_its_event_back(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction that began before an event holds it back from pages. When it ends, with no
+    NOTIFY of its own, just after the page that could not show the event, the stream still reads
+    again within a second or so, not only at its 15 s heartbeat: the page and the check of what
+    is held back see one snapshot."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def on_loop(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+
+    blocker = on_loop(asyncpg.connect(live.url))
+    on_loop(blocker.execute("BEGIN; SELECT pg_current_xact_id()"))  # a write transaction's id, older than the event's
+    original = events_http.feed.held_back
+
+    async def held_back_after_the_blocker_ends(conn: asyncpg.Connection) -> bool:
+        committed = await conn.fetchval("SELECT EXISTS (SELECT FROM events WHERE sms_msg_id = 'm1')")
+        if committed and not blocker.is_closed():  # the page just read could not show it
+            await asyncio.to_thread(on_loop, blocker.close())  # the blocker ends before this check
+        return await original(conn)
+
+    monkeypatch.setattr(events_http.feed, "held_back", held_back_after_the_blocker_ends)
+    try:
+        stream = live.stream()
+        live.post("status-report", report_body("m1"))  # committed while the blocker runs: held back
+        started = time.monotonic()
+        assert kinds(stream.events(2)) == [("report", "m1"), ("state", "m1")]
+        assert time.monotonic() - started < events_http.HEARTBEAT_SECONDS / 2
+        stream.close()
+    finally:
+        if not blocker.is_closed():
+            on_loop(blocker.close())
+        loop.call_soon_threadsafe(loop.stop)
 
 
 def test_a_stream_filters_kinds_and_can_start_now(live: Live) -> None:

@@ -116,6 +116,9 @@ async def page(
 
 
 async def held_back(conn: asyncpg.Connection) -> bool:
+    """Whether committed events wait behind a running transaction. Ask it in the snapshot of the
+    page it is about (a repeatable-read transaction): in a fresh one, a transaction that ended
+    meanwhile would not count, and the events it held back would wait for the next wake-up."""
     return bool(await conn.fetchval(_HELD_BACK))
 
 

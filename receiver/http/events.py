@@ -101,7 +101,9 @@ async def _frames(
         yield f"retry: {int(RETRY_SECONDS * 1000)}\n\n"
         while not hub.closed:
             try:
-                async with pool.acquire(timeout=5) as conn:
+                # One snapshot for the page and the check of what it held back: a transaction
+                # that ends in between (with no NOTIFY of its own) must still count as holding.
+                async with pool.acquire(timeout=5) as conn, conn.transaction(isolation="repeatable_read", readonly=True):
                     page = await feed.page(conn, after, limit=STREAM_PAGE, kinds=kinds)
                     held = not page.more and await feed.held_back(conn)
                 if away:
