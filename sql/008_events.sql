@@ -7,7 +7,7 @@
 --   report   a status report stored (status_reports)
 --   state    a message's derived state set for the first time or changed (message_states)
 --   reply    an uplink stored, with the message it answers when known (reply_links: written for
---            every new uplink in the transaction that stores it)
+--            every new uplink in the transaction that stores it), and again when that changes
 --   optout   a blacklist entry added (blacklist_history, action 'add')
 --   optin    a blacklist entry removed (blacklist_history, action 'remove')
 --
@@ -89,19 +89,33 @@ CREATE TRIGGER events_on_new_states AFTER INSERT ON message_states
 CREATE TRIGGER events_on_changed_states AFTER UPDATE ON message_states
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION events_on_states();
 
--- A reply, once linked (its reply_links row is inserted in the transaction that stores it).
--- Shaped like an item of GET /v1/uplinks; `number` is the replying number in E.164.
+-- A reply, once linked (its reply_links row is inserted in the transaction that stores it), and
+-- again when what the event says of the link changes (an UPDATE of reply_links): a reply that
+-- came before its send was registered is announced with reply_to null, then with it set; likewise
+-- when a later send becomes the one it answers, or when it turns ambiguous. A registration that
+-- only adds an older candidate (the count changes, the answer and its ambiguity do not) announces
+-- nothing. Shaped like an item of GET /v1/uplinks; `number` is the replying number in E.164.
 CREATE FUNCTION events_on_replies() RETURNS trigger LANGUAGE plpgsql SET timezone = 'UTC' AS $$
+DECLARE
+    announced bigint[];
 BEGIN
+    IF TG_OP = 'INSERT' THEN
+        announced := ARRAY(SELECT uplink_id FROM new_rows);
+    ELSE
+        announced := ARRAY(
+            SELECT n.uplink_id FROM new_rows n JOIN old_rows o USING (uplink_id)
+            WHERE n.sms_msg_id IS DISTINCT FROM o.sms_msg_id OR (n.candidates > 1) <> (o.candidates > 1));
+    END IF;
     INSERT INTO events (kind, sms_msg_id, number, data)
     SELECT 'reply', u.sms_msg_id, u.from_e164,
            jsonb_build_object(
                'from', u."from", 'to', u."to", 'body', u.body, 'create_time', u.create_time,
                'received_at', u.received_at, 'application', a.name, 'reply_to', l.sms_msg_id,
                'ambiguous', l.candidates > 1)
-    FROM new_rows l
+    FROM reply_links l
     JOIN uplinks u ON u.id = l.uplink_id
     JOIN applications a ON a.id = u.application_id
+    WHERE l.uplink_id = ANY(announced)
     ORDER BY u.id;
     IF FOUND THEN
         PERFORM pg_notify('receiver_events', '');
@@ -111,6 +125,8 @@ END
 $$;
 CREATE TRIGGER events_on_replies AFTER INSERT ON reply_links
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION events_on_replies();
+CREATE TRIGGER events_on_relinked_replies AFTER UPDATE ON reply_links
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION events_on_replies();
 
 -- Opt-outs and opt-ins: every add and remove of a blacklist entry, whoever made it.
 CREATE FUNCTION events_on_blacklist() RETURNS trigger LANGUAGE plpgsql SET timezone = 'UTC' AS $$
