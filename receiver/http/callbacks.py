@@ -54,9 +54,7 @@ async def status_reports(request: Request) -> Response:
         return _refuse(request, app, Refusal(400, error.code, error.detail), body, received_at)
     payloads = [records.report(app.id, "batch", received_at, report, raw) for report, raw in batch.reports]
     note_batch(request.scope, len(batch.reports), len(batch.rejected))
-    if _oversized(payloads):  # refused whole, so its rejected items are not quarantined twice
-        return await _durable(request, payloads, app=app, body=body, received_at=received_at)
-    if not batch.rejected:
+    if not batch.rejected or _oversized(payloads):  # oversized: refused whole, rejected items not twice
         return await _durable(request, payloads, app=app, body=body, received_at=received_at)
     rejected = [{"index": item.index, "error": item.error.code, "detail": item.error.detail} for item in batch.rejected]
     for item in batch.rejected:
