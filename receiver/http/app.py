@@ -31,7 +31,7 @@ from ..writer import Writer
 from . import blacklist, callbacks, events, health, openapi, prometheus, query
 from .fastpath import CallbackFastPath
 from .middleware import Observe
-from .responses import Refusal, error_response
+from .responses import DATABASE_AWAY, Refusal, error_response
 
 log = structlog.get_logger("receiver")
 
@@ -135,13 +135,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Refusal: refused,
         HTTPException: http_error,
         ClientDisconnect: client_gone,
-        OSError: database_away,
-        TimeoutError: database_away,
-        asyncpg.PostgresConnectionError: database_away,
-        asyncpg.CannotConnectNowError: database_away,
-        asyncpg.AdminShutdownError: database_away,  # PostgreSQL stopping or crashed under a query
-        asyncpg.CrashShutdownError: database_away,
-        asyncpg.InterfaceError: database_away,
+        **dict.fromkeys(DATABASE_AWAY, database_away),
     }
     return Starlette(
         routes=routes,

@@ -28,7 +28,7 @@ from ..events.hub import Hub
 from ..protocol import ProtocolError
 from .auth import requires_key
 from .query import _limit
-from .responses import error_response
+from .responses import DATABASE_AWAY, error_response
 
 log = structlog.get_logger("receiver.events")
 
@@ -37,8 +37,6 @@ STREAM_PAGE = 500
 # While some committed events are held back behind a running transaction, or PostgreSQL is
 # away, a stream reads again this often instead of waiting for a notification.
 RETRY_SECONDS = 1.0
-_DATABASE_AWAY = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                  asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)  # fmt: skip
 
 
 @requires_key
@@ -109,7 +107,7 @@ async def _frames(
                 if away:
                     log.info("events.stream_database_back")
                     away = False
-            except _DATABASE_AWAY as error:
+            except DATABASE_AWAY as error:
                 if not away:
                     log.warning("events.stream_database_away", error=type(error).__name__)
                     away = True

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import asyncpg
 from starlette.responses import JSONResponse, Response
+
+# PostgreSQL away (down, restarting, stopping under a query, out of reach): a 503 for the query
+# API, polling for an event stream; never a 500.
+DATABASE_AWAY: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, asyncpg.InterfaceError,
+)  # fmt: skip
 
 
 class Refusal(Exception):
