@@ -41,7 +41,7 @@ from receiver.blacklist import store
 from receiver.config import Settings
 from receiver.db import embedded, migrate
 
-from .support import ServeProcess, world_readable_tmpdir
+from .support import ServeProcess, parse_cpus, world_readable_tmpdir
 
 GOAL_MS = 5.0
 SPREAD = 10  # every 10th number is blacklisted
@@ -97,15 +97,18 @@ def row(name: str, times: list[float]) -> str:
     return f"{name:<44} {len(times):>6} {p50:>8.2f} {p99:>8.2f} {ordered[-1]:>8.2f}   {verdict}"
 
 
-def run(url: str, entries: int, requests: int, client_cpus: set[int] | None = None) -> None:
+Layout = tuple[set[int], set[int]]  # CPUs of the server and PostgreSQL, of the client
+
+
+def run(url: str, entries: int, requests: int, layout: Layout | None = None) -> None:
     key = asyncio.run(fill(url, entries))
     rng = random.Random(4)
     space = SPREAD * entries
     fresh = (i for i in rng.sample(range(space * 10), space * 10) if i % SPREAD)  # never blacklisted, never twice
     load = [_load()]
     with ServeProcess(url, workers=1) as server:
-        if client_cpus:
-            os.sched_setaffinity(0, client_cpus)  # the server started on the server's CPUs; we move
+        if layout:
+            os.sched_setaffinity(0, layout[1])  # the server started on the server's CPUs; we move
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
 
         def one() -> tuple[str, str, bytes | None]:
@@ -130,33 +133,18 @@ def run(url: str, entries: int, requests: int, client_cpus: set[int] | None = No
         ]  # fmt: skip
         conn.close()
     print(f"\n{entries} blacklisted numbers; one request at a time; milliseconds at the client (goal: p99 < 5)")
-    print(f"{_layout(client_cpus)}; load average before {load[0]}, after {_load()}")
+    print(f"{_where(layout)}; load average before {load[0]}, after {_load()}")
     print(f"{'request':<44} {'n':>6} {'p50':>8} {'p99':>8} {'max':>8}")
     for name, times in results:
         print(row(name, times))
 
 
-def _layout(client_cpus: set[int] | None) -> str:
-    if not client_cpus:
+def _where(layout: Layout | None) -> str:
+    if not layout:
         return f"client, server and PostgreSQL placed by the scheduler on {os.cpu_count()} CPUs"
-    server = _cpus(_SERVER_CPUS)
-    where = "all on CPU " + server if client_cpus == _SERVER_CPUS else f"server and PostgreSQL on CPU {server}, client on CPU {_cpus(client_cpus)}"
+    server, client = (",".join(map(str, sorted(cpus))) for cpus in layout)
+    where = f"all on CPU {server}" if server == client else f"server and PostgreSQL on CPU {server}, client on CPU {client}"
     return f"{where} (of {os.cpu_count()})"
-
-
-def _cpus(cpus: set[int]) -> str:
-    return ",".join(map(str, sorted(cpus)))
-
-
-def _parse_cpus(text: str) -> set[int]:
-    cpus: set[int] = set()
-    for part in text.split(","):
-        low, _, high = part.partition("-")
-        cpus.update(range(int(low), int(high or low) + 1))
-    return cpus
-
-
-_SERVER_CPUS: set[int] = set()
 
 
 def _load() -> str:
@@ -173,19 +161,19 @@ def main() -> None:
     parser.add_argument("--client-cpus", default=None, help="CPUs for the client (default: the server's)")
     parser.add_argument("--no-pinning", action="store_true", help="let the scheduler place everything")
     args = parser.parse_args()
-    client_cpus = None
+    layout = None
     if not args.no_pinning:
-        _SERVER_CPUS.update(_parse_cpus(args.server_cpus))
-        client_cpus = _parse_cpus(args.client_cpus) if args.client_cpus else set(_SERVER_CPUS)
-        os.sched_setaffinity(0, _SERVER_CPUS)  # inherited by PostgreSQL and the server started next
+        server_cpus = parse_cpus(args.server_cpus)
+        layout = server_cpus, parse_cpus(args.client_cpus) if args.client_cpus else server_cpus
+        os.sched_setaffinity(0, server_cpus)  # inherited by PostgreSQL and the server started next
     if args.database_url:
-        run(args.database_url, args.entries, args.requests, client_cpus)
+        run(args.database_url, args.entries, args.requests, layout)
         return
     base = world_readable_tmpdir("receiver-bench-pg-")
     server = embedded.start(base)
     try:
         print(f"embedded PostgreSQL in {base}", flush=True)
-        run(server.url, args.entries, args.requests, client_cpus)
+        run(server.url, args.entries, args.requests, layout)
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)

@@ -57,6 +57,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from .support import parse_cpus
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
@@ -75,17 +77,6 @@ def log(message: str) -> None:
 
 
 # --- processes and CPUs ------------------------------------------------------------------------
-
-
-def parse_cpus(text: str) -> set[int]:
-    cpus: set[int] = set()
-    for part in text.split(","):
-        if "-" in part:
-            low, high = part.split("-")
-            cpus.update(range(int(low), int(high) + 1))
-        elif part:
-            cpus.add(int(part))
-    return cpus
 
 
 def pinned(argv: list[str], cpus: set[int] | None) -> list[str]:

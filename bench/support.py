@@ -21,6 +21,18 @@ def world_readable_tmpdir(prefix: str) -> Path:
     return path
 
 
+def parse_cpus(text: str) -> set[int]:
+    """``0,2-3`` -> {0, 2, 3}, as ``taskset -c`` takes them."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        if "-" in part:
+            low, high = part.split("-")
+            cpus.update(range(int(low), int(high) + 1))
+        elif part:
+            cpus.add(int(part))
+    return cpus
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
