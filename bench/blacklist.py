@@ -9,7 +9,9 @@ measures, one request at a time over a keep-alive connection, as a sender would 
 - ``GET /v1/blacklist/{number}``, 1 in 10 of the numbers blacklisted;
 - ``POST /v1/blacklist/check`` with 500 numbers in E.164 (what the send API takes), 1 in 10
   blacklisted, every number one the service has not seen before (no cache helps);
-- the same with 500 numbers written without their ``+`` (``8613912345678``, read in the default region).
+- the same with 500 numbers written without their ``+`` (``8613912345678``, read in the default region);
+- both checks again on a second server with ``RECEIVER_BLACKLIST_MIRROR=false``: answered by
+  PostgreSQL instead of the worker's copy of the blacklist (``receiver/blacklist/mirror.py``).
 
 Prints p50 / p99 / max in milliseconds, measured at the client (HTTP included), and first the
 same for ``GET /healthz``, which touches no database: the floor the machine itself sets.
@@ -32,6 +34,7 @@ import random
 import shutil
 import statistics
 import time
+import urllib.request
 from collections.abc import Callable
 
 import asyncpg
@@ -106,37 +109,57 @@ def run(url: str, entries: int, requests: int, layout: Layout | None = None) -> 
     space = SPREAD * entries
     fresh = (i for i in rng.sample(range(space * 10), space * 10) if i % SPREAD)  # never blacklisted, never twice
     load = [_load()]
-    with ServeProcess(url, workers=1) as server:
-        if layout:
-            os.sched_setaffinity(0, layout[1])  # the server started on the server's CPUs; we move
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
 
-        def one() -> tuple[str, str, bytes | None]:
-            return "GET", f"/v1/blacklist/{number(rng.randrange(space))}", None
+    def one() -> tuple[str, str, bytes | None]:
+        return "GET", f"/v1/blacklist/{number(rng.randrange(space))}", None
 
-        def check(plus: bool) -> Callable[[], tuple[str, str, bytes | None]]:
-            def make() -> tuple[str, str, bytes | None]:
-                picks = [SPREAD * rng.randrange(entries) if n % 10 == 0 else next(fresh) for n in range(500)]
-                numbers = [number(i) if plus else number(i)[1:] for i in picks]
-                return "POST", "/v1/blacklist/check", json.dumps({"numbers": numbers}).encode()
+    def check(plus: bool) -> Callable[[], tuple[str, str, bytes | None]]:
+        def make() -> tuple[str, str, bytes | None]:
+            picks = [SPREAD * rng.randrange(entries) if n % 10 == 0 else next(fresh) for n in range(500)]
+            numbers = [number(i) if plus else number(i)[1:] for i in picks]
+            return "POST", "/v1/blacklist/check", json.dumps({"numbers": numbers}).encode()
 
-            return make
+        return make
 
-        results = [
-            ("GET /healthz (the floor: no database)", measure(conn, requests, lambda: ("GET", "/healthz", None), key,
-                                                            lambda s, _: s == 200)),
-            ("GET /v1/blacklist/{n}", measure(conn, requests, one, key, lambda s, _: s in (200, 404))),
-            ("POST /v1/blacklist/check, 500 in E.164", measure(conn, requests, check(True), key,
-                                                               lambda s, b: s == 200 and b"blacklisted" in b)),
-            ("POST /v1/blacklist/check, 500 without +", measure(conn, requests, check(False), key,
-                                                                lambda s, b: s == 200 and b"blacklisted" in b)),
-        ]  # fmt: skip
-        conn.close()
+    checked = lambda s, b: s == 200 and b"blacklisted" in b
+    results = []
+    # The same checks twice: answered from the worker's copy (the default), then by PostgreSQL.
+    for mirror in ("true", "false"):
+        with ServeProcess(url, workers=1, extra_env={"RECEIVER_BLACKLIST_MIRROR": mirror}) as server:
+            os.sched_setaffinity(0, layout[1]) if layout else None  # the server started on the server's CPUs; we move
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            if mirror == "true":
+                results += [
+                    ("GET /healthz (the floor: no database)",
+                     measure(conn, requests, lambda: ("GET", "/healthz", None), key, lambda s, _: s == 200)),
+                    ("GET /v1/blacklist/{n}", measure(conn, requests, one, key, lambda s, _: s in (200, 404))),
+                ]  # fmt: skip
+            answered = "memory" if mirror == "true" else "PostgreSQL"
+            results += [
+                (f"POST check, 500 in E.164 ({answered})", measure(conn, requests, check(True), key, checked)),
+                (f"POST check, 500 without + ({answered})", measure(conn, requests, check(False), key, checked)),
+            ]
+            conn.close()
+            counts = _answered_by(server.base_url)
+            print(f"  RECEIVER_BLACKLIST_MIRROR={mirror}: checks answered by {counts}", flush=True)
+    os.sched_setaffinity(0, layout[0]) if layout else None
     print(f"\n{entries} blacklisted numbers; one request at a time; milliseconds at the client (goal: p99 < 5)")
     print(f"{_where(layout)}; load average before {load[0]}, after {_load()}")
     print(f"{'request':<44} {'n':>6} {'p50':>8} {'p99':>8} {'max':>8}")
     for name, times in results:
         print(row(name, times))
+
+
+def _answered_by(base_url: str) -> dict[str, int]:
+    """What answered the checks, from the service's own metrics (the first few go to PostgreSQL
+    while the copy loads)."""
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("receiver_blacklist_checks_total{"):
+            counts[line.split('answered_by="')[1].split('"')[0]] = int(float(line.rsplit(" ", 1)[1]))
+    return counts
 
 
 def _where(layout: Layout | None) -> str:

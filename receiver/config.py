@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     blacklist_scope: Literal["all", "channel"] = Field(
         default="all", description="an unsubscribe blocks every channel, or only the channel replied to"
     )
+    blacklist_mirror: bool = Field(
+        default=True,
+        description="POST /v1/blacklist/check answers from a copy in each worker's memory, kept current by"
+        " NOTIFY (about 100 bytes per blacklisted number); false: every check asks PostgreSQL",
+    )
     default_region: str = Field(default="CN", description="country of numbers written without a country code")
 
     @field_validator("optout_keywords", "resubscribe_keywords", mode="before")

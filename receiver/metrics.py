@@ -112,6 +112,12 @@ BLACKLIST_CHANGES = Counter(
     " (a blacklist status code), manual",
     ["action", "source"],
 )
+BLACKLIST_CHECKS = Counter(
+    "receiver_blacklist_checks",
+    "POST /v1/blacklist/check answered, by what answered: memory (the worker's copy of the blacklist)"
+    " or database (the copy was starting, lost its connection, or is off: RECEIVER_BLACKLIST_MIRROR)",
+    ["answered_by"],
+)
 
 # --- refusals and slow clients -------------------------------------------------------------------
 

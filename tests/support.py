@@ -53,12 +53,16 @@ class Harness:
         )
 
     def settle(self) -> None:
-        """Wait until the writer has moved everything journaled into PostgreSQL."""
+        """Wait until the writer has moved everything journaled into PostgreSQL, and the
+        blacklist checks see every change committed so far."""
         state = self.client.app.state  # type: ignore[attr-defined]
         deadline = _time.monotonic() + 10
         while not state.reader.drained() or state.journal._flushing:
             assert _time.monotonic() < deadline, "the writer did not drain the journal"
             _time.sleep(0.01)
+        mirror = state.blacklist_mirror
+        if mirror is not None and mirror.live:
+            assert self.client.portal.call(mirror.sync), "the blacklist mirror did not catch up"
 
     def rows(self, sql: str) -> list[tuple[object, ...]]:
         self.settle()
