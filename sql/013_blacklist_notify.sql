@@ -34,3 +34,11 @@ CREATE TRIGGER blacklist_notify_delete AFTER DELETE ON blacklist
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION blacklist_notify();
 CREATE TRIGGER blacklist_notify_truncate AFTER TRUNCATE ON blacklist
     FOR EACH STATEMENT EXECUTE FUNCTION blacklist_notify();
+-- Fire for every session, also under session_replication_role = replica (logical replication's
+-- apply, some restores): a change the workers' copies never heard of would leave them wrong.
+-- The copies check for ALWAYS; a trigger disabled or enabled otherwise (pg_restore
+-- --disable-triggers enables them again as ordinary triggers) stops them from answering.
+ALTER TABLE blacklist ENABLE ALWAYS TRIGGER blacklist_notify_insert;
+ALTER TABLE blacklist ENABLE ALWAYS TRIGGER blacklist_notify_update;
+ALTER TABLE blacklist ENABLE ALWAYS TRIGGER blacklist_notify_delete;
+ALTER TABLE blacklist ENABLE ALWAYS TRIGGER blacklist_notify_truncate;

@@ -61,7 +61,7 @@ class Harness:
             assert _time.monotonic() < deadline, "the writer did not drain the journal"
             _time.sleep(0.01)
         mirror = state.blacklist_mirror
-        if mirror is not None and mirror.live:
+        if mirror is not None and mirror.loaded:
             assert self.client.portal.call(mirror.sync), "the blacklist mirror did not catch up"
 
     def rows(self, sql: str) -> list[tuple[object, ...]]:

@@ -8,20 +8,26 @@ numbers again. Reading the table again, rather than trusting the message, makes 
 commits and notifications harmless: one connection does every read, one after the other, so a
 later read never sees an older table than an earlier one.
 
-When the copy may answer (``live``):
+The copy answers (``live``) only while it cannot be behind by more than a moment:
 
 - it was loaded over a connection that was already listening (nothing committed in between is
-  missed), and the table has its NOTIFY trigger (``sql/013``; an older schema never notifies);
-- that connection is still there: a lost one is found at once when it closes and by a
-  ``SELECT 1`` every ``check_seconds`` when it dies silently, and answers stop (the check goes
-  to PostgreSQL) until a new connection has loaded the whole table again.
+  missed), and the table's four NOTIFY triggers exist and fire for every session (``sql/013``:
+  ``ENABLE ALWAYS``, so that restores and replication apply notify too);
+- it has heard from PostgreSQL within ``max_silence_seconds`` (a ping every ``ping_seconds``,
+  which also checks the triggers again): a connection that closes is noticed at once, one that
+  dies silently within that bound; then checks go to PostgreSQL until a new connection has
+  loaded the whole table again;
+- it is not reloading the whole table (after a ``*``: until then PostgreSQL answers);
+- every ``audit_seconds`` it compares its count of numbers with the table's; a difference is
+  logged (``blacklist.mirror_diverged``) and the table loaded again.
 
 Freshness: a change is in the copy a few milliseconds after its commit, on every worker. Who
 needs to read a write at once (the API after ``PUT``/``DELETE``, the tests) calls ``sync()``: it
 sends a NOTIFY of its own and returns once the mirror has read everything notified before it.
 
 The mirror starts with the first check a worker serves, so a worker that only ingests holds no
-connection and no copy. Memory: about 100 bytes per blacklisted number, per worker.
+connection and no copy. Memory: about 100 bytes per blacklisted number, per worker (twice that
+while a reload builds the new copy beside the old).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import asyncpg
 import structlog
@@ -39,10 +45,19 @@ log = structlog.get_logger("receiver.blacklist")
 
 CHANNEL = "receiver_blacklist"
 APPLICATION_NAME = "receiver blacklist mirror"  # in pg_stat_activity
+TRIGGERS = [
+    "blacklist_notify_insert",
+    "blacklist_notify_update",
+    "blacklist_notify_delete",
+    "blacklist_notify_truncate",
+]
 EVERYTHING = "*"
 _SYNC = "sync:"
 _EVERY_CHANNEL: frozenset[str | None] = frozenset({None})
-_CHUNK = 10_000
+
+
+class MirrorUnsafe(Exception):
+    """The table would change without telling: no copy of it may answer."""
 
 
 class Mirror:
@@ -51,19 +66,24 @@ class Mirror:
         dsn: str,
         pool: asyncpg.Pool,
         *,
-        check_seconds: float = 2.0,
+        ping_seconds: float = 0.25,
+        max_silence_seconds: float = 1.0,
+        audit_seconds: float = 60.0,
         retry_seconds: float = 1.0,
-        chunk_rows: int = _CHUNK,
+        chunk_rows: int = 5000,
     ) -> None:
         self.dsn = dsn
         self.pool = pool
-        self.check_seconds = check_seconds
+        self.ping_seconds = ping_seconds
+        self.max_silence_seconds = max_silence_seconds
+        self.audit_seconds = audit_seconds
         self.retry_seconds = retry_seconds
         self.chunk_rows = chunk_rows
         self.closed = False
         self._entries: dict[str, frozenset[str | None]] = {}
         self._loaded = False
-        self._alive_at = 0.0  # monotonic time the connection last proved alive
+        self._busy = False  # a query runs on the listening connection
+        self._alive_at = 0.0  # monotonic time PostgreSQL last answered on the listening connection
         self._task: asyncio.Task[None] | None = None
         self._notified: list[str] = []
         self._bell = asyncio.Event()
@@ -73,7 +93,21 @@ class Mirror:
 
     @property
     def live(self) -> bool:
-        return self._loaded and time.monotonic() - self._alive_at < 2 * self.check_seconds + 5
+        """Whether the copy may answer: loaded, every notification received applied, and its
+        connection idle, so that a commit's notification reaches it at once (PostgreSQL holds
+        notifications back from a connection that is running a query: the mirror's own reads,
+        each a millisecond or so, are answered by PostgreSQL), and heard from recently."""
+        return (
+            self._loaded
+            and not self._busy
+            and not self._notified
+            and time.monotonic() - self._alive_at < self.max_silence_seconds
+        )
+
+    @property
+    def loaded(self) -> bool:
+        """Loaded and following (it may still be applying a change, or pinging)."""
+        return self._loaded
 
     @property
     def size(self) -> int:
@@ -85,12 +119,12 @@ class Mirror:
         self.start()
         if not self.live:
             return None
-        get = self._entries.get
+        entries = self._entries
         if channel is None:
-            return {n for n in numbers if n in self._entries}
+            return {n for n in numbers if n in entries}
         found = set()
         for number in numbers:
-            channels = get(number)
+            channels = entries.get(number)
             if channels is not None and (None in channels or channel in channels):
                 found.add(number)
         return found
@@ -101,23 +135,26 @@ class Mirror:
         if self._task is None and not self.closed:
             self._task = asyncio.create_task(self._run())
 
-    async def sync(self, conn: asyncpg.Connection | None = None, timeout: float = 5.0) -> bool:
+    async def sync(self, conn: asyncpg.Connection | None = None, timeout: float = 1.0) -> bool:
         """Once this returns True, the copy holds every change committed before the call. False
-        when the mirror is not running or not live (then checks go to PostgreSQL anyway).
-        ``conn``: a connection to send the NOTIFY on (not in a transaction); default: the pool's."""
-        if self._task is None or self.closed or not self.live:
+        when the mirror is not running or not loaded (then checks go to PostgreSQL anyway), or did
+        not catch up within ``timeout``; it never raises for the database (a caller's own change
+        is committed by then). ``conn``: a connection, not in a transaction, to send the NOTIFY
+        on; default: the pool's."""
+        if self._task is None or self.closed or not self._loaded:
             return False
         token = secrets.token_hex(8)
         done = self._waiting[token] = asyncio.get_running_loop().create_future()
         try:
-            if conn is not None:
-                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, _SYNC + token)
-            else:
-                async with self.pool.acquire(timeout=timeout) as pooled:
-                    await pooled.execute("SELECT pg_notify($1, $2)", CHANNEL, _SYNC + token)
-            await asyncio.wait_for(done, timeout)
-            return self.live
-        except TimeoutError:
+            async with asyncio.timeout(timeout):
+                if conn is not None:
+                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, _SYNC + token)
+                else:
+                    async with self.pool.acquire() as pooled:
+                        await pooled.execute("SELECT pg_notify($1, $2)", CHANNEL, _SYNC + token)
+                await done
+            return self._loaded  # False: the connection was lost (and with it the copy)
+        except Exception:  # noqa: BLE001 - the copy is not known to be current: say so
             return False
         finally:
             self._waiting.pop(token, None)
@@ -130,9 +167,7 @@ class Mirror:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        for waiting in self._waiting.values():
-            if not waiting.done():
-                waiting.set_result(None)
+        self._release_waiting()
 
     async def _run(self) -> None:
         failing = False
@@ -163,21 +198,23 @@ class Mirror:
             conn.add_termination_listener(lambda _: (gone.set(), self._bell.set()))
             self._notified = []
             await conn.add_listener(CHANNEL, self._on_notify)
-            if not await conn.fetchval(
-                "SELECT EXISTS (SELECT FROM pg_trigger WHERE tgname = 'blacklist_notify_insert')"
-            ):
-                raise RuntimeError("the blacklist table has no NOTIFY trigger yet (sql/013 not applied)")
-            self._entries = await self._load(conn)
+            await _verify(conn)
+            await self._reload(conn)
             self._alive_at = time.monotonic()
             self._loaded = True
             log.info("blacklist.mirror_loaded", numbers=len(self._entries))
+            audit_at = time.monotonic() + self.audit_seconds
             while not gone.is_set() and not self.closed:
                 if not self._notified:
                     try:
-                        await asyncio.wait_for(self._bell.wait(), self.check_seconds)
+                        await asyncio.wait_for(self._bell.wait(), self.ping_seconds)
                     except TimeoutError:
-                        await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=5)
+                        async with self._querying():
+                            await asyncio.wait_for(_verify(conn), self.max_silence_seconds)
                         self._alive_at = time.monotonic()
+                        if time.monotonic() >= audit_at:
+                            await self._audit(conn)
+                            audit_at = time.monotonic() + self.audit_seconds
                         continue
                     finally:
                         self._bell.clear()
@@ -185,13 +222,16 @@ class Mirror:
         finally:
             self._loaded = False
             conn.terminate()
-            for waiting in self._waiting.values():  # their answer: not live
-                if not waiting.done():
-                    waiting.set_result(None)
+            self._release_waiting()  # their answer: not live
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        self._notified.append(payload)
+        self._notified.append(payload)  # from now until it is applied, PostgreSQL answers
         self._bell.set()
+
+    def _release_waiting(self) -> None:
+        for waiting in self._waiting.values():
+            if not waiting.done():
+                waiting.set_result(None)
 
     async def _catch_up(self, conn: asyncpg.Connection) -> None:
         """Read again what the notifications so far name, then release the ``sync()`` callers
@@ -200,13 +240,15 @@ class Mirror:
         tokens = [p[len(_SYNC) :] for p in notified if p.startswith(_SYNC)]
         payloads = [p for p in notified if not p.startswith(_SYNC)]
         if EVERYTHING in payloads:
-            self._entries = await self._load(conn)
+            await self._reload(conn)
         elif payloads:
             numbers = sorted({n for p in payloads for n in p.split(",") if n})
-            rows = await conn.fetch(
-                "SELECT number, channel FROM blacklist WHERE number = ANY($1::text[])", numbers
-            )
-            fresh = _fold(rows)
+            async with self._querying():
+                rows = await conn.fetch(
+                    "SELECT number, channel FROM blacklist WHERE number = ANY($1::text[])", numbers
+                )
+            fresh: dict[str, frozenset[str | None]] = {}
+            _add(fresh, rows)
             for number in numbers:
                 channels = fresh.get(number)
                 if channels is None:
@@ -219,25 +261,52 @@ class Mirror:
             if waiting is not None and not waiting.done():
                 waiting.set_result(None)
 
-    async def _load(self, conn: asyncpg.Connection) -> dict[str, frozenset[str | None]]:
-        """The whole table, read in chunks so that a large one does not hold up the event loop."""
-        entries: dict[str, set[str | None]] = {}
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
+    async def _reload(self, conn: asyncpg.Connection) -> None:
+        """The whole table again, in chunks so that a large one does not hold up the event loop."""
+        entries: dict[str, frozenset[str | None]] = {}
+        async with self._querying(), conn.transaction(isolation="repeatable_read", readonly=True):
             cursor = await conn.cursor("SELECT number, channel FROM blacklist")
             while rows := await cursor.fetch(self.chunk_rows):
-                for number, channel in rows:
-                    entries.setdefault(number, set()).add(channel)
+                _add(entries, rows)
                 await asyncio.sleep(0)
-        return {number: _frozen(channels) for number, channels in entries.items()}
+        self._entries = entries
+
+    @contextlib.asynccontextmanager
+    async def _querying(self) -> AsyncIterator[None]:
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._busy = False
+
+    async def _audit(self, conn: asyncpg.Connection) -> None:
+        """Compare the numbers counted with the table's. The count's answer comes after every
+        notification committed before it: with none pending, the copy must hold as many."""
+        async with self._querying():
+            count = await conn.fetchval("SELECT count(DISTINCT number) FROM blacklist")
+        if not self._notified and count != len(self._entries):
+            log.warning("blacklist.mirror_diverged", table=count, copy=len(self._entries))
+            await self._reload(conn)
 
 
-def _fold(rows: Sequence[asyncpg.Record]) -> dict[str, frozenset[str | None]]:
-    entries: dict[str, set[str | None]] = {}
+async def _verify(conn: asyncpg.Connection) -> None:
+    enabled = await conn.fetchval(
+        """SELECT count(*) FROM pg_trigger
+           WHERE tgrelid = 'blacklist'::regclass AND tgname = ANY($1::text[]) AND tgenabled = 'A'""",
+        TRIGGERS,
+    )
+    if enabled != len(TRIGGERS):
+        raise MirrorUnsafe(
+            "the blacklist table's NOTIFY triggers are missing or not enabled ALWAYS (sql/013)"
+        )
+
+
+def _add(entries: dict[str, frozenset[str | None]], rows: Sequence[asyncpg.Record]) -> None:
+    """Rows of (number, channel) into the copy. Most numbers are blacklisted for every channel:
+    they share one set."""
     for number, channel in rows:
-        entries.setdefault(number, set()).add(channel)
-    return {number: _frozen(channels) for number, channels in entries.items()}
-
-
-def _frozen(channels: set[str | None]) -> frozenset[str | None]:
-    """Most numbers are blacklisted for every channel: they share one set."""
-    return _EVERY_CHANNEL if channels == {None} else frozenset(channels)
+        have = entries.get(number)
+        if have is None:
+            entries[number] = _EVERY_CHANNEL if channel is None else frozenset((channel,))
+        elif channel not in have:
+            entries[number] = have | {channel}
