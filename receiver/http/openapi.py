@@ -260,6 +260,9 @@ _PATHS_V1 = {
         "post": v1({
             "tags": ["blacklist"],
             "summary": "Which of these numbers may not be sent to",
+            "description": "Answered from the worker's copy of the blacklist, which holds a change a few "
+                           "milliseconds after its commit (the worker that served a PUT or DELETE: before "
+                           "answering it), or by PostgreSQL whenever the copy could be behind.",
             "requestBody": body(ref("BlacklistCheck")),
             "responses": {
                 "200": ok("the blacklisted ones, in E.164, in the order given", ref("BlacklistCheckResult")),
