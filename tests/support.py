@@ -259,6 +259,16 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.2):  # type: ig
         time.sleep(interval)
 
 
+async def until(predicate, timeout: float = 10, interval: float = 0.01) -> bool:  # type: ignore[no-untyped-def]
+    """``wait_for`` for async tests: poll ``predicate`` without blocking the event loop."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(interval)
+    return True
+
+
 class OwnPostgres:
     """A PostgreSQL cluster of one test's own, so that the test may stop and start it."""
 

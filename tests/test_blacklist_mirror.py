@@ -14,7 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from support import Harness, run, serving
+from support import Harness, run, serving, until
 
 from receiver.blacklist import store
 from receiver.blacklist.mirror import APPLICATION_NAME, Mirror
@@ -23,15 +23,6 @@ from receiver.config import Settings
 CHANNELS = ["10690001", "10690002", "10690003"]
 N1 = "+8615112345678"
 N2 = "+8613112345678"
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 async def with_mirror(

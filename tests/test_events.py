@@ -26,6 +26,7 @@ from support import (
     free_port,
     run,
     service_env,
+    until,
     wait_for,
 )
 
@@ -502,16 +503,16 @@ def test_the_hub_wakes_streams_on_commit_and_comes_back_after_postgres_restarts(
         hub = Hub(own_pg.url, poll_seconds=0.2, check_seconds=0.5, exit_flag=None)
         subscription = hub.subscribe()
         try:
-            assert await _until(lambda: hub.listening)
+            assert await until(lambda: hub.listening, timeout=60, interval=0.05)
             await subscription.wait(0)  # the catch-up ring of a new connection
             await conn.execute("INSERT INTO blacklist_history (number, source, action, actor, reason) "
                                "VALUES ('+8613100000009', 'manual', 'add', 'tests', 'x')")  # fmt: skip
             assert await subscription.wait(30), "no wake-up for a commit"
             await conn.close()
             own_pg.stop()
-            assert await _until(lambda: not hub.listening)
+            assert await until(lambda: not hub.listening, timeout=60, interval=0.05)
             own_pg.start()
-            assert await _until(lambda: hub.listening)
+            assert await until(lambda: hub.listening, timeout=60, interval=0.05)
             await subscription.wait(0)
             conn = await asyncpg.connect(own_pg.url)
             await conn.execute("SELECT pg_notify('receiver_events', '')")
@@ -522,15 +523,6 @@ def test_the_hub_wakes_streams_on_commit_and_comes_back_after_postgres_restarts(
             await conn.close()
 
     run(scenario())
-
-
-async def _until(condition: Any, timeout: float = 60) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
 
 
 def test_sigterm_ends_open_streams_and_the_service_exits_0(db_url: str, tmp_path: Path) -> None:

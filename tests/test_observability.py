@@ -300,6 +300,8 @@ def test_metrics_add_up_over_workers_and_survive_a_killed_one(db_url: str, tmp_p
 
         workers = {int(p.stem.rsplit("_", 1)[1]) for p in folder.glob("gauge_livesum_*.db")}
         assert len(workers) == 2, "each worker writes its own files"
+        # A request is counted just after its answer is sent: the last one may still be on its way.
+        assert wait_for(lambda: total(service.get("/metrics")[1].decode()) == n, timeout=10)
         # Whichever worker answers, it adds up both (the kernel spreads connections over them).
         scrapes = [service.get("/metrics")[1].decode() for _ in range(12)]
         assert {total(text) for text in scrapes} == {n}
