@@ -115,7 +115,7 @@ BLACKLIST_CHANGES = Counter(
 BLACKLIST_CHECKS = Counter(
     "receiver_blacklist_checks",
     "POST /v1/blacklist/check answered, by what answered: memory (the worker's copy of the blacklist)"
-    " or database (the copy was starting, lost its connection, or is off: RECEIVER_BLACKLIST_MIRROR)",
+    " or database (the copy loading, applying a change, out of touch, or off: RECEIVER_BLACKLIST_MIRROR)",
     ["answered_by"],
 )
 
