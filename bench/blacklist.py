@@ -38,6 +38,7 @@ import urllib.request
 from collections.abc import Callable
 
 import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
 
 from receiver import apikeys
 from receiver.blacklist import store
@@ -121,12 +122,17 @@ def run(url: str, entries: int, requests: int, layout: Layout | None = None) -> 
 
         return make
 
-    checked = lambda s, b: s == 200 and b"blacklisted" in b
+    def checked(status: int, body: bytes) -> bool:
+        return status == 200 and b"blacklisted" in body
+
     results = []
     # The same checks twice: answered from the worker's copy (the default), then by PostgreSQL.
     for mirror in ("true", "false"):
+        if layout:
+            os.sched_setaffinity(0, layout[0])  # inherited by the server started next
         with ServeProcess(url, workers=1, extra_env={"RECEIVER_BLACKLIST_MIRROR": mirror}) as server:
-            os.sched_setaffinity(0, layout[1]) if layout else None  # the server started on the server's CPUs; we move
+            if layout:
+                os.sched_setaffinity(0, layout[1])  # the client's CPUs
             conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
             if mirror == "true":
                 results += [
@@ -142,7 +148,6 @@ def run(url: str, entries: int, requests: int, layout: Layout | None = None) -> 
             conn.close()
             counts = _answered_by(server.base_url)
             print(f"  RECEIVER_BLACKLIST_MIRROR={mirror}: checks answered by {counts}", flush=True)
-    os.sched_setaffinity(0, layout[0]) if layout else None
     print(f"\n{entries} blacklisted numbers; one request at a time; milliseconds at the client (goal: p99 < 5)")
     print(f"{_where(layout)}; load average before {load[0]}, after {_load()}")
     print(f"{'request':<44} {'n':>6} {'p50':>8} {'p99':>8} {'max':>8}")
@@ -154,12 +159,14 @@ def _answered_by(base_url: str) -> dict[str, int]:
     """What answered the checks, from the service's own metrics (the first few go to PostgreSQL
     while the copy loads)."""
     with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    counts = {}
-    for line in text.splitlines():
-        if line.startswith("receiver_blacklist_checks_total{"):
-            counts[line.split('answered_by="')[1].split('"')[0]] = int(float(line.rsplit(" ", 1)[1]))
-    return counts
+        families = text_string_to_metric_families(response.read().decode())
+    return {
+        sample.labels["answered_by"]: int(sample.value)
+        for family in families
+        if family.name == "receiver_blacklist_checks"
+        for sample in family.samples
+        if sample.name == "receiver_blacklist_checks_total"
+    }
 
 
 def _where(layout: Layout | None) -> str:

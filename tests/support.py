@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 FORM = "application/x-www-form-urlencoded"
@@ -70,6 +71,19 @@ class Harness:
         self.settle()
         return [tuple(r.values()) for r in run(fetch(self.url, sql))]
 
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A Prometheus exposition: each sample's value by its name and labels."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 async def admin(url: str, sql: str) -> None:

@@ -15,10 +15,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 import structlog
-from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 from structlog.testing import capture_logs
-from support import Harness, Service, create_app_token, run, service_env, wait_for
+from support import Harness, Service, create_app_token, run, service_env, value, wait_for
 
 from receiver import applications, metrics, metrics_dir
 from receiver.config import Settings
@@ -26,18 +25,6 @@ from receiver.http.app import create_app
 
 STATUS_REPORT = "/callbacks/{token}/status-report"
 UPLINK = "/callbacks/{token}/uplink"
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def scrape(harness: Harness) -> str:

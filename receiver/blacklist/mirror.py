@@ -135,23 +135,19 @@ class Mirror:
         if self._task is None and not self.closed:
             self._task = asyncio.create_task(self._run())
 
-    async def sync(self, conn: asyncpg.Connection | None = None, timeout: float = 1.0) -> bool:
+    async def sync(self, timeout: float = 1.0) -> bool:
         """Once this returns True, the copy holds every change committed before the call. False
         when the mirror is not running or not loaded (then checks go to PostgreSQL anyway), or did
         not catch up within ``timeout``; it never raises for the database (a caller's own change
-        is committed by then). ``conn``: a connection, not in a transaction, to send the NOTIFY
-        on; default: the pool's."""
+        is committed by then)."""
         if self._task is None or self.closed or not self._loaded:
             return False
         token = secrets.token_hex(8)
         done = self._waiting[token] = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(timeout):
-                if conn is not None:
+                async with self.pool.acquire() as conn:
                     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, _SYNC + token)
-                else:
-                    async with self.pool.acquire() as pooled:
-                        await pooled.execute("SELECT pg_notify($1, $2)", CHANNEL, _SYNC + token)
                 await done
             return self._loaded  # False: the connection was lost (and with it the copy)
         except Exception:  # noqa: BLE001 - the copy is not known to be current: say so
