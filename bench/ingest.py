@@ -378,6 +378,7 @@ class Bench:
             RECEIVER_DATA_DIR=str(self.base / f"data-{name}"),
             RECEIVER_LOG_FORMAT="json",
         )
+        env.update(self.args.set)  # --set: settings under test
         return env
 
     def start_servers(self, transport: str, tls: tuple[Path, Path] | None) -> None:
@@ -997,6 +998,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--soak-mode", default="close", choices=list(MODES))
     parser.add_argument("--soak-transport", default="http", choices=list(TRANSPORTS))
     parser.add_argument("--soak-interval", type=float, default=5, help="seconds between RSS samples")
+    parser.add_argument("--set", action="append", default=[], metavar="RECEIVER_X=VALUE",
+                        help="a setting for the receiver under test (repeatable), e.g. RECEIVER_WRITER_INTERVAL_SECONDS=0")  # fmt: skip
     parser.add_argument(
         "--readme-assets", action="store_true", help="also write docs/bench-ingest.png and .md"
     )
@@ -1007,6 +1010,10 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     args.servers = [s for s in args.servers.split(",") if s]
     args.modes = [m for m in args.modes.split(",") if m]
+    settings = [item.partition("=") for item in args.set]
+    if any(not key.startswith("RECEIVER_") or not eq for key, eq, _ in settings):
+        sys.exit("--set takes RECEIVER_NAME=VALUE")
+    args.set = {key: value for key, _, value in settings}
     args.transports = [t for t in args.transports.split(",") if t]
     for value, allowed in ((args.servers, SERVERS), (args.modes, MODES), (args.transports, TRANSPORTS)):
         bad = set(value) - set(allowed)

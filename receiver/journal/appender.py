@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import frames
@@ -43,10 +44,13 @@ class Journal:
         self._buffered = 0
         self._inflight = 0  # bytes of the flush being written: neither buffered nor durable yet
         self._waiters: list[asyncio.Future[None]] = []
-        self._flushing = False
+        self._waiters_inflight: list[asyncio.Future[None]] = []
+        self._flushing = False  # a flush is on the journal thread; the next waits in _buffer
         self._closed = False
         self._flushed = asyncio.Event()
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None  # started with the first flush
 
     @property
     def backlog_bytes(self) -> int:
@@ -65,40 +69,46 @@ class Journal:
         frame = frames.encode(payload)
         if self.queued_bytes + len(frame) > self.max_bytes:
             raise JournalFull(f"journal backlog reached its bound of {self.max_bytes} bytes")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         self._buffer.append(frame)
         self._buffered += len(frame)
         self._waiters.append(future)
         if not self._flushing:
             self._flushing = True
             self._flushed.clear()
-            asyncio.get_running_loop().create_task(self._flush_loop())
+            self._loop = loop
+            loop.call_soon(self._hand_over)  # with whatever else this turn of the loop appends
         return future
 
     async def append(self, payload: bytes) -> None:
         await self.append_nowait(payload)
 
-    async def _flush_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _hand_over(self) -> None:
+        """Give what is buffered to the journal thread (one flush at a time). On the event loop."""
+        data, self._waiters_inflight = b"".join(self._buffer), self._waiters
+        self._buffer, self._buffered, self._waiters = [], 0, []
+        self._inflight = len(data)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
+            self._thread.start()
+        self._inbox.put(data)
+
+    def _flush_done(self, data: bytes, segment: Segment | None, error: BaseException | None) -> None:
+        """The journal thread is done with a flush: settle its waiters, hand over the next. On the loop."""
+        waiters, self._waiters_inflight = self._waiters_inflight, []
+        self._inflight = 0
         try:
-            while self._buffer:
-                data, waiters = b"".join(self._buffer), self._waiters
-                self._buffer, self._buffered, self._waiters = [], 0, []
-                self._inflight = len(data)
-                try:
-                    segment = await loop.run_in_executor(self._thread, self._write, data)
-                except Exception as error:  # noqa: BLE001 - whatever it is, these records are not durable
-                    self._inflight = 0
-                    reason = error.strerror if isinstance(error, OSError) and error.strerror else error
-                    self.last_error = f"{type(error).__name__}: {reason}"
-                    failure = JournalUnavailable(self.last_error)
-                    for waiter in waiters:
-                        if not waiter.done():
-                            waiter.set_exception(failure)
-                            waiter.exception()  # mark retrieved: nobody may be awaiting a quarantine record
-                    continue
+            if segment is None:
+                reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+                self.last_error = f"{type(error).__name__}: {reason}"
+                failure = JournalUnavailable(self.last_error)
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(failure)
+                        waiter.exception()  # mark retrieved: nobody may be awaiting a quarantine record
+            else:
                 self.last_error = None
-                self._inflight = 0
                 segment.durable += len(data)
                 self.appended_bytes += len(data)
                 for waiter in waiters:
@@ -106,10 +116,33 @@ class Journal:
                         waiter.set_result(None)
                 self.on_durable()
         finally:
-            self._flushing = False
-            self._flushed.set()
+            if self._buffer:
+                self._hand_over()
+            else:
+                self._flushing = False
+                self._flushed.set()
 
     # --- on the journal thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        """The journal thread: write and sync each flush it is handed, report back to the loop.
+        A dedicated thread and a plain queue: a flush costs one wake-up each way, not an
+        executor's futures (at moderate rates each request is a flush of its own)."""
+        while True:
+            data = self._inbox.get()
+            if data is None:
+                return
+            segment: Segment | None = None
+            error: BaseException | None = None
+            try:
+                segment = self._write(data)
+            except Exception as failure:  # noqa: BLE001 - whatever it is, these records are not durable
+                error = failure
+            assert self._loop is not None
+            try:
+                self._loop.call_soon_threadsafe(self._flush_done, data, segment, error)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                return
 
     def _write(self, data: bytes) -> Segment:
         segment = self._active_segment()
@@ -163,5 +196,7 @@ class Journal:
         self._closed = True
         if self._flushing:
             await self._flushed.wait()
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._close_active)
-        self._thread.shutdown(wait=True)
+        if self._thread is not None:
+            self._inbox.put(None)
+            await asyncio.to_thread(self._thread.join)
+        self._close_active()
