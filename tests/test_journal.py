@@ -210,7 +210,7 @@ def test_frames_zero_filled_tail_is_not_a_record() -> None:
 
 
 def test_frames_oversize_payload_rejected() -> None:
-    assert list(frames.decode(frames.encode(b"m" * frames.MAX_PAYLOAD)))[0][0] == b"m" * frames.MAX_PAYLOAD
+    assert next(iter(frames.decode(frames.encode(b"m" * frames.MAX_PAYLOAD))))[0] == b"m" * frames.MAX_PAYLOAD
     with pytest.raises(ValueError, match="exceeds"):
         frames.encode(b"m" * (frames.MAX_PAYLOAD + 1))
 
@@ -809,5 +809,29 @@ def test_close_of_an_unused_journal(tmp_path: Path) -> None:
         with pytest.raises(JournalUnavailable):
             await journal.append(b"x")
         assert journal.dir is None
+
+    run(scenario())
+
+
+def test_a_failing_durable_callback_does_not_stall_the_journal(tmp_path: Path) -> None:
+    """The callback that wakes the writer raising must not leave the journal thinking a flush is
+    still on its way: every later request would wait for ever."""
+
+    async def scenario() -> None:
+        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20)
+        reader = JournalReader(journal)
+
+        def broken() -> None:
+            raise RuntimeError("writer gone")
+
+        journal.on_durable = broken
+        loop = asyncio.get_running_loop()
+        errors: list[object] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context.get("exception")))
+        await asyncio.wait_for(journal.append(b"first"), 5)
+        await asyncio.wait_for(asyncio.gather(*(journal.append(b"next-%d" % i) for i in range(3))), 5)
+        assert drain(reader) == [b"first"] + [b"next-%d" % i for i in range(3)]
+        assert errors and all(isinstance(e, RuntimeError) for e in errors), "the failure is reported"
+        await asyncio.wait_for(journal.close(), 5)
 
     run(scenario())
