@@ -19,6 +19,9 @@ from pathlib import Path
 from . import frames
 from .segments import JournalDir, Segment, fsync_dir
 
+# A flush on its way: the loop to report back to, the frames, the futures that wait for them.
+_Flush = tuple[asyncio.AbstractEventLoop, bytes, list[asyncio.Future[None]]]
+
 
 class JournalUnavailable(Exception):
     """The record could not be made durable: answer 503, never 200."""
@@ -44,12 +47,10 @@ class Journal:
         self._buffered = 0
         self._inflight = 0  # bytes of the flush being written: neither buffered nor durable yet
         self._waiters: list[asyncio.Future[None]] = []
-        self._waiters_inflight: list[asyncio.Future[None]] = []
         self._flushing = False  # a flush is on the journal thread; the next waits in _buffer
         self._closed = False
         self._flushed = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._inbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Flush | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None  # started with the first flush
 
     @property
@@ -77,26 +78,25 @@ class Journal:
         if not self._flushing:
             self._flushing = True
             self._flushed.clear()
-            self._loop = loop
-            loop.call_soon(self._hand_over)  # with whatever else this turn of the loop appends
+            loop.call_soon(self._hand_over, loop)  # with whatever else this turn of the loop appends
         return future
 
     async def append(self, payload: bytes) -> None:
         await self.append_nowait(payload)
 
-    def _hand_over(self) -> None:
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         """Give what is buffered to the journal thread (one flush at a time). On the event loop."""
-        data, self._waiters_inflight = b"".join(self._buffer), self._waiters
+        flush = (loop, b"".join(self._buffer), self._waiters)
         self._buffer, self._buffered, self._waiters = [], 0, []
-        self._inflight = len(data)
+        self._inflight = len(flush[1])
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
             self._thread.start()
-        self._inbox.put(data)
+        self._inbox.put(flush)
 
-    def _flush_done(self, data: bytes, segment: Segment | None, error: BaseException | None) -> None:
+    def _flush_done(self, flush: _Flush, segment: Segment | None, error: BaseException | None) -> None:
         """The journal thread is done with a flush: settle its waiters, hand over the next. On the loop."""
-        waiters, self._waiters_inflight = self._waiters_inflight, []
+        loop, data, waiters = flush
         self._inflight = 0
         try:
             if segment is None:
@@ -117,7 +117,7 @@ class Journal:
                 self.on_durable()
         finally:
             if self._buffer:
-                self._hand_over()
+                self._hand_over(loop)
             else:
                 self._flushing = False
                 self._flushed.set()
@@ -129,18 +129,17 @@ class Journal:
         A dedicated thread and a plain queue: a flush costs one wake-up each way, not an
         executor's futures (at moderate rates each request is a flush of its own)."""
         while True:
-            data = self._inbox.get()
-            if data is None:
+            flush = self._inbox.get()
+            if flush is None:
                 return
             segment: Segment | None = None
             error: BaseException | None = None
             try:
-                segment = self._write(data)
+                segment = self._write(flush[1])
             except Exception as failure:  # noqa: BLE001 - whatever it is, these records are not durable
                 error = failure
-            assert self._loop is not None
             try:
-                self._loop.call_soon_threadsafe(self._flush_done, data, segment, error)
+                flush[0].call_soon_threadsafe(self._flush_done, flush, segment, error)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 return
 

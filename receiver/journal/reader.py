@@ -78,7 +78,9 @@ class JournalReader:
                     return Batch(payloads, segment, end)
                 if not segment.closed:
                     return Batch([])
-                log.warning("journal segment %s: skipping %d damaged or torn bytes", segment.path, limit - start)
+                log.warning(
+                    "journal segment %s: skipping %d damaged or torn bytes", segment.path, limit - start
+                )
             elif not segment.closed:
                 return Batch([])
             self._finish(segment)
@@ -106,7 +108,11 @@ class JournalReader:
         segment.drained = segment.durable
         segment.path.unlink(missing_ok=True)
         owner = segment.owner
-        if not self._is_own(segment) and owner is not None and not any(s.owner is owner for s in self.adopted):
+        if (
+            not self._is_own(segment)
+            and owner is not None
+            and not any(s.owner is owner for s in self.adopted)
+        ):
             owner.remove()
 
     def drained(self) -> bool:
