@@ -465,6 +465,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_writer(args: argparse.Namespace) -> int:
+    from . import writer_process
+
+    return writer_process.main()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from . import server
 
@@ -564,6 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cmd_serve)
 
     commands.add_parser("migrate", help="apply the SQL migrations").set_defaults(handler=cmd_migrate)
+    commands.add_parser(
+        "writer", help="move the journal into PostgreSQL until SIGTERM (`receiver serve` runs it for you)"
+    ).set_defaults(handler=cmd_writer)
 
     app = commands.add_parser("app", help="Huawei SMS applications").add_subparsers(dest="app_command", required=True)
     create = app.add_parser("create", help="register an application and print its callback URLs")

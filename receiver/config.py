@@ -30,6 +30,14 @@ class Settings(BaseSettings):
         default=0.1, ge=0, le=5, description="during bursts, store at most this often (larger batches)"
     )
     shutdown_drain_seconds: float = 10.0
+    writer: Literal["process", "inline"] = Field(
+        default="inline",
+        description="process: the writer is a process of its own (what `receiver serve` runs);"
+        " inline: a task in each worker (an ASGI server started by hand, the tests)",
+    )
+    writer_nice: int = Field(
+        default=10, ge=0, le=19, description="the writer process's CPU niceness: acknowledgements come first"
+    )
 
     max_body_bytes: int = Field(default=256 << 10, ge=1024, le=512 << 10, description="larger bodies get 413")
     client_timeout_seconds: float = Field(

@@ -40,6 +40,7 @@ from prometheus_client import (
     values,
 )
 
+from .journal import envelope
 from .metrics_dir import ENV
 from .procs import alive
 
@@ -232,18 +233,19 @@ def blacklist_changed(changes: Diff) -> None:
 
 def received_at(payload: bytes) -> float | None:
     """A journal record's receipt time (unix seconds)."""
+    at = envelope.received_at(payload)
+    if at is not None:
+        return at
     try:
-        return float(json.loads(payload)["at"])
+        return float(json.loads(payload)["at"])  # a version 1 record
     except (ValueError, KeyError, TypeError):
         return None
 
 
 def journal_state(reader: JournalReader, batch: Batch) -> None:
     """Backlog and age of the oldest record not yet stored; ``batch`` is what the writer read
-    next (oldest first, adopted journals before its own), empty when the journal is drained."""
-    journal = reader.journal
-    JOURNAL_BACKLOG.set(journal.backlog_bytes + reader.adopted_bytes)
-    JOURNAL_MAX.set(journal.max_bytes)
+    next, empty when the journal is drained."""
+    JOURNAL_BACKLOG.set(reader.backlog_bytes)
     oldest = received_at(batch.payloads[0]) if batch.payloads else None
     JOURNAL_OLDEST.set(max(0.0, time.time() - oldest) if oldest is not None else 0.0)
 

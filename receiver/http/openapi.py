@@ -664,11 +664,10 @@ SCHEMAS: dict[str, Schema] = {
             },
             "journal": {
                 "type": "object",
-                "required": ["writable", "backlog_bytes", "adopted_backlog_bytes", "max_bytes", "fill", "filling"],
+                "required": ["writable", "backlog_bytes", "max_bytes", "fill", "filling"],
                 "properties": {
                     "writable": {"type": "boolean"},
-                    "backlog_bytes": {"type": "integer"},
-                    "adopted_backlog_bytes": {"type": "integer"},
+                    "backlog_bytes": {"type": "integer", "description": "this worker's records not yet stored"},
                     "max_bytes": {"type": "integer"},
                     "fill": {"type": "number"},
                     "filling": {"type": "boolean"},
@@ -677,8 +676,11 @@ SCHEMAS: dict[str, Schema] = {
             },
             "writer": {
                 "type": "object",
-                "required": ["error"],
-                "properties": {"error": {"type": ["string", "null"]}},
+                "required": ["running", "error"],
+                "properties": {
+                    "running": {"type": "boolean", "description": "the writer reported within the last 5 s"},
+                    "error": {"type": ["string", "null"], "description": "its last database error"},
+                },
             },
         },
     },
