@@ -48,33 +48,55 @@ def hooks(settings: Settings) -> Sequence[AfterInsert]:
     return (correlation.after_insert, blacklist_store.after_insert_hook(settings), metrics.after_insert)
 
 
-def connector(dsn: str) -> Connect:
+def connector(dsn: str, nice: int = 0) -> Connect:
     """The writer's connection; the first one also applies migrations still missing (the
-    service may have started while PostgreSQL was away)."""
+    service may have started while PostgreSQL was away). With ``nice``, the PostgreSQL backend
+    that serves it runs at the writer's priority too, when it is on this machine and ours to
+    renice (the embedded server): otherwise it would take from the acknowledgements the CPU the
+    writer gives up."""
     migrated: list[bool] = []
 
     async def connect() -> asyncpg.Connection:
-        conn = await asyncpg.connect(dsn, timeout=5)
+        conn = await asyncpg.connect(dsn, timeout=5, server_settings={"application_name": "receiver-writer"})
         if not migrated:
             await migrate.apply(conn)
             migrated.append(True)
+        if nice:
+            _renice_backend(await conn.fetchval("SELECT pg_backend_pid()"), nice)
         return conn
 
     return connect
 
 
-def build(settings: Settings, *, idle_poll: float = 1.0, status: bool = False) -> Writer:
+def _renice_backend(pid: int, nice: int) -> None:
+    """Lower a local backend's priority to ours; silently nothing when it is not ours to change
+    (another machine's pid, another user's process)."""
+    with contextlib.suppress(OSError):
+        if os.getpriority(os.PRIO_PROCESS, pid) < nice and _is_postgres(pid):
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
+
+
+def _is_postgres(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    except OSError:
+        return False
+
+
+def build(settings: Settings, *, idle_poll: float = 1.0, process: bool = False) -> Writer:
+    """The writer: a process of its own (``process``: it reports in ``writer.json`` and its
+    backend runs at its priority), or a task of a worker."""
     assert settings.database_url
     path = settings.journal_path / STATUS_FILE
     return Writer(
         JournalReader(settings.journal_path),
-        connector(settings.database_url),
+        connector(settings.database_url, settings.writer_nice if process else 0),
         batch_size=settings.writer_batch_size,
         interval=settings.writer_interval_seconds,
         quarantine_max_rows=settings.quarantine_max_rows,
         after_insert=hooks(settings),
         idle_poll=idle_poll,
-        on_status=_StatusFile(path).update if status else None,
+        on_status=_StatusFile(path).update if process else None,
     )
 
 
@@ -127,7 +149,7 @@ def main() -> int:
 
 
 async def _run(settings: Settings) -> None:
-    writer = build(settings, idle_poll=0.05, status=True)
+    writer = build(settings, idle_poll=0.05, process=True)
     parent = os.getppid()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

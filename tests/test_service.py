@@ -84,14 +84,22 @@ def writer_pid(data_dir: Path) -> int | None:
 
 def test_the_writer_is_a_process_of_its_own_at_a_lower_priority(db_url: str, data_dir: Path) -> None:
     env = service_env(data_dir, db_url)
+    token = create_app_token(env)["token"]
     service = Service(env, workers=2).start()
     try:
+        assert service.post_form(f"/callbacks/{token}/status-report", "smsMsgId=p-1&status=DELIVRD")[0] == 200
+        assert wait_for(lambda: stored_ids(db_url) == {"p-1"}, timeout=30)
         assert wait_for(lambda: writer_pid(data_dir) is not None, timeout=30)
         pid = writer_pid(data_dir)
         assert pid is not None and pid != service.proc.pid  # type: ignore[union-attr]
         assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, service.proc.pid) + 10  # type: ignore[union-attr]
         ready = json.loads(service.get("/readyz")[1])
         assert ready["writer"] == {"running": True, "error": None}
+        # Its PostgreSQL backend (local, ours to renice) runs at its priority too.
+        sql = "SELECT pid FROM pg_stat_activity WHERE application_name = 'receiver-writer'"
+        assert wait_for(lambda: run(fetch(db_url, sql)), timeout=30)
+        [backend] = [r["pid"] for r in run(fetch(db_url, sql))]
+        assert os.getpriority(os.PRIO_PROCESS, backend) == os.getpriority(os.PRIO_PROCESS, pid)
     finally:
         service.stop()
 
