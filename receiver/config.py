@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -68,6 +69,12 @@ class Settings(BaseSettings):
         " NOTIFY (about 100 bytes per blacklisted number); false: every check asks PostgreSQL",
     )
     default_region: str = Field(default="CN", description="country of numbers written without a country code")
+    report_window: timedelta = Field(
+        default=timedelta(hours=72),
+        description="how long after a send its reports and replies are expected (the platform's 72 h); a reply"
+        " matched only by its application or its number answers a send inside this window (seconds, or ISO 8601"
+        " such as P3D)",
+    )
 
     @field_validator("optout_keywords", "resubscribe_keywords", mode="before")
     @classmethod

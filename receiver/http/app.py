@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             interval=settings.writer_interval_seconds,
             quarantine_max_rows=settings.quarantine_max_rows,
             after_insert=(
-                correlation.after_insert, blacklist_store.after_insert_hook(settings), metrics.after_insert
+                correlation.after_insert_hook(settings.report_window), blacklist_store.after_insert_hook(settings), metrics.after_insert
             ),
         )
         journal.on_durable = writer.wake
