@@ -7,6 +7,7 @@ URL, reply numbers given to applications; then the link as GET /v1/uplinks, GET
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -349,3 +350,37 @@ def _json(text: str) -> dict[str, Any]:
     import json
 
     return dict(json.loads(text))
+
+
+def test_a_send_registered_while_its_reply_is_being_stored_links_it(world: World) -> None:
+    """The writer has stored a reply and is linking it (held here by a trigger), uncommitted, when
+    the send it answers is registered: neither transaction sees the other's row. The registration
+    waits for the writer's lock on the replying number, then sees the reply and links it."""
+    h = world.harness
+    h.rows(
+        """CREATE FUNCTION hold_links() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+               IF NEW.sms_msg_id IS NULL THEN
+                   PERFORM pg_sleep(1.5);
+               END IF;
+               RETURN NEW;
+           END $$"""
+    )
+    h.rows("CREATE TRIGGER hold_links BEFORE INSERT ON reply_links FOR EACH ROW EXECUTE FUNCTION hold_links()")
+    form = f"smsMsgId=r1-0&from=%2B{sender(0).lstrip('+')}&to={SHOP_CHANNEL}&body=ok&createTime=2024-11-22T02%3A20%3A00Z"
+    assert h.post("uplink", form).status_code == 200
+
+    async def linking() -> bool:
+        for _ in range(250):
+            rows = await fetch(h.url, "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+                                      " AND datname = current_database()")  # fmt: skip
+            if rows:
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    assert run(linking()), "the writer never reached the link"
+    item = {"createTime": SENT_AT, "from": SHOP_CHANNEL, "originTo": sender(0), "smsMsgId": "m1-0", "status": "000000"}
+    response = h.client.post("/v1/sent", json={"result": [item]}, headers={"Authorization": f"Bearer {h.api_key}"})
+    assert response.status_code == 200
+    assert link_of(world, 0) == ("m1", "channel", 1, None)
