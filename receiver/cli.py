@@ -209,14 +209,8 @@ def cmd_app_reply_numbers(args: argparse.Namespace) -> int:
         except applications.ReplyNumberTaken as error:
             print(f"reply-numbers: {error}", file=sys.stderr)
             return 1
-    if numbers is None:
-        print(f"no application named {args.name!r}", file=sys.stderr)
-        return 1
-    if numbers:
-        print(f"{args.name}: replies to {', '.join(numbers)} (and longer numbers starting so) are its replies")
-    else:
-        print(f"{args.name}: no reply numbers")
-    return 0
+    return _show_list(args.name, numbers, "replies to {} (and longer numbers starting so) are its replies",
+                      "no reply numbers")  # fmt: skip
 
 
 def cmd_relink(args: argparse.Namespace) -> int:
@@ -297,13 +291,16 @@ def cmd_app_push_keys(args: argparse.Namespace) -> int:
 
     with database(settings) as url:
         access_keys = asyncio.run(work(url))
-    if access_keys is None:
-        print(f"no application named {args.name!r}", file=sys.stderr)
+    return _show_list(args.name, access_keys, "pushes must be signed with one of: {}",
+                      "no push keys; pushes are not verified")  # fmt: skip
+
+
+def _show_list(name: str, items: list[str] | None, some: str, none: str) -> int:
+    """An application's list as a command changed or read it (None: there is no such application)."""
+    if items is None:
+        print(f"no application named {name!r}", file=sys.stderr)
         return 1
-    if access_keys:
-        print(f"{args.name}: pushes must be signed with one of: {', '.join(access_keys)}")
-    else:
-        print(f"{args.name}: no push keys; pushes are not verified")
+    print(f"{name}: {some.format(', '.join(items)) if items else none}")
     return 0
 
 
