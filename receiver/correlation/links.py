@@ -53,20 +53,28 @@ by_reply_number AS (
     JOIN reply_numbers r ON r.number = left(u."to", k)
     ORDER BY u.id, k DESC
 ),
-sends AS (
-    SELECT u.id AS uplink_id, s.sms_msg_id, s.create_time,
-           s."from" = u."to" AS channel,
-           o.application_id = rn.application_id AS reply_number,
-           o.application_id = u.application_id AND s.create_time >= u.at - $2::interval AS application,
-           o.application_id IS NULL AND s.create_time >= u.at - $2::interval AS number,
-           o.application_id IS NULL OR o.application_id = u.application_id AS own
+channel_owner AS (
+    SELECT DISTINCT ON (channel) channel, id AS application_id
+    FROM applications CROSS JOIN LATERAL unnest(channels) AS channel
+    ORDER BY channel, id
+),
+candidate AS (
+    SELECT u.id AS uplink_id, u.application_id AS replied_to, u."to", u.at, rn.application_id AS reply_number_owner,
+           s.sms_msg_id, s.create_time, s."from",
+           coalesce(s.application_id, co.application_id) AS owner
     FROM u
     JOIN sent_messages s ON s."to" = u.from_e164 AND s.create_time <= u.at
     LEFT JOIN by_reply_number rn ON rn.id = u.id
-    CROSS JOIN LATERAL (
-        SELECT coalesce(s.application_id,
-                        (SELECT min(a.id) FROM applications a WHERE s."from" = ANY(a.channels))) AS application_id
-    ) AS o
+    LEFT JOIN channel_owner co ON co.channel = s."from"
+),
+sends AS (
+    SELECT uplink_id, sms_msg_id, create_time,
+           "from" = "to" AS channel,
+           owner = reply_number_owner AS reply_number,
+           owner = replied_to AND create_time >= at - $2::interval AS application,
+           owner IS NULL AND create_time >= at - $2::interval AS number,
+           owner IS NULL OR owner = replied_to AS own
+    FROM candidate
 ),
 matched AS (
     SELECT s.uplink_id, s.sms_msg_id, s.create_time, m.match, m.strength
