@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     default_region: str = Field(default="CN", description="country of numbers written without a country code")
     report_window: timedelta = Field(
         default=timedelta(hours=72),
+        gt=timedelta(0),
         description="how long after a send its reports and replies are expected (the platform's 72 h); a reply"
         " matched only by its application or its number answers a send inside this window (seconds, or ISO 8601"
         " such as P3D)",
