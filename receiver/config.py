@@ -93,6 +93,14 @@ class Settings(BaseSettings):
             return tuple(netaddr.parse_network(v) if isinstance(v, str) else v for v in value)
         return value
 
+    @field_validator("report_window", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        """A number of seconds as the environment writes it (``259200``), besides ISO 8601 (``P3D``)."""
+        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+            return float(value)
+        return value
+
     @field_validator("default_region")
     @classmethod
     def _region(cls, value: str) -> str:

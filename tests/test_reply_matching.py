@@ -384,3 +384,19 @@ def test_a_send_registered_while_its_reply_is_being_stored_links_it(world: World
     response = h.client.post("/v1/sent", json={"result": [item]}, headers={"Authorization": f"Bearer {h.api_key}"})
     assert response.status_code == 200
     assert link_of(world, 0) == ("m1", "channel", 1, None)
+
+
+@pytest.mark.parametrize(
+    ("written", "window"),
+    [("259200", timedelta(hours=72)), ("P7D", timedelta(days=7)), ("36:00:00", timedelta(hours=36)), ("0", None),
+     ("-1", None), ("3 days", None)],
+)  # fmt: skip
+def test_the_report_window_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, written: str, window: timedelta | None
+) -> None:
+    monkeypatch.setenv("RECEIVER_REPORT_WINDOW", written)
+    if window is None:
+        with pytest.raises(ValueError, match="report_window"):
+            Settings()
+    else:
+        assert Settings().report_window == window
