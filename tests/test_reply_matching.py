@@ -389,7 +389,7 @@ def test_a_send_registered_while_its_reply_is_being_stored_links_it(world: World
 @pytest.mark.parametrize(
     ("written", "window"),
     [("259200", timedelta(hours=72)), ("P7D", timedelta(days=7)), ("36:00:00", timedelta(hours=36)), ("0", None),
-     ("-1", None), ("3 days", None)],
+     ("-1", None), ("3 days", timedelta(days=3)), ("three days", None)],
 )  # fmt: skip
 def test_the_report_window_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, written: str, window: timedelta | None
