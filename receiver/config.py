@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -76,6 +77,13 @@ class Settings(BaseSettings):
         " NOTIFY (about 100 bytes per blacklisted number); false: every check asks PostgreSQL",
     )
     default_region: str = Field(default="CN", description="country of numbers written without a country code")
+    report_window: timedelta = Field(
+        default=timedelta(hours=72),
+        gt=timedelta(0),
+        description="how long after a send its reports and replies are expected (the platform's 72 h); a reply"
+        " matched only by its application or its number answers a send inside this window (seconds, or ISO 8601"
+        " such as P3D)",
+    )
 
     @field_validator("optout_keywords", "resubscribe_keywords", mode="before")
     @classmethod
@@ -91,6 +99,14 @@ class Settings(BaseSettings):
             value = [part for part in value.split(",") if part.strip()]
         if isinstance(value, (list, tuple)):
             return tuple(netaddr.parse_network(v) if isinstance(v, str) else v for v in value)
+        return value
+
+    @field_validator("report_window", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        """A number of seconds as the environment writes it (``259200``), besides ISO 8601 (``P3D``)."""
+        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+            return float(value)
         return value
 
     @field_validator("default_region")

@@ -45,7 +45,11 @@ STALE_AFTER = 5.0  # seconds without a status update: the writer is not running
 def hooks(settings: Settings) -> Sequence[AfterInsert]:
     """What follows from new events, in the same transaction: delivery states and reply links,
     opt-outs, the counters of stored events."""
-    return (correlation.after_insert, blacklist_store.after_insert_hook(settings), metrics.after_insert)
+    return (
+        correlation.after_insert_hook(settings.report_window),
+        blacklist_store.after_insert_hook(settings),
+        metrics.after_insert,
+    )
 
 
 def connector(dsn: str, nice: int = 0) -> Connect:

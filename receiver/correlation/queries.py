@@ -15,8 +15,10 @@ from ..protocol import ProtocolError
 _MESSAGE = """
 SELECT m.sms_msg_id, m.state, m.status, m.parts_total, m.parts_delivered, m.sent, m.sent_at, m.delivered_at,
        extract(epoch FROM m.latency) AS latency_seconds,
-       s."to", s."from", s.status AS sent_status, s.extend, s.template_id, s.signature, s.message_type
+       s."to", s."from", s.status AS sent_status, s.extend, s.template_id, s.signature, s.message_type,
+       a.name AS application
 FROM message_states m LEFT JOIN sent_messages s USING (sms_msg_id)
+LEFT JOIN applications a ON a.id = s.application_id
 WHERE m.sms_msg_id = $1
 """
 
@@ -27,7 +29,8 @@ ORDER BY update_time NULLS FIRST, received_at, id
 """
 
 _REPLIES = """
-SELECT u.id, u.sms_msg_id, u."from", u."to", u.body, u.create_time, u.received_at, l.candidates
+SELECT u.id, u.sms_msg_id, u."from", u."to", u.body, u.create_time, u.received_at, l.candidates, l.match,
+       l.unlinked_reason
 FROM reply_links l JOIN uplinks u ON u.id = l.uplink_id
 WHERE l.sms_msg_id = $1 ORDER BY u.received_at, u.id
 """
@@ -47,7 +50,7 @@ LIMIT $7
 
 _UPLINKS = """
 SELECT u.id, u.txid::text AS txid, u.sms_msg_id, u."from", u."to", u.body, u.create_time, u.received_at,
-       a.name AS application, l.sms_msg_id AS reply_to, l.candidates
+       a.name AS application, l.sms_msg_id AS reply_to, l.candidates, l.match, l.unlinked_reason
 FROM uplinks u
 JOIN applications a ON a.id = u.application_id
 LEFT JOIN reply_links l ON l.uplink_id = u.id
@@ -86,7 +89,9 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _reply(r: asyncpg.Record) -> dict[str, Any]:
-    """An uplink as the API shows it; ``ambiguous`` when the reply-link rule had to choose."""
+    """An uplink as the API shows it, with how its link was made: ``match`` the rule that found the
+    message it answers (None: none did, ``unlinked_reason`` says why), ``candidates`` how many sends
+    that rule had to choose from (``ambiguous``: more than one)."""
     return {
         "sms_msg_id": r["sms_msg_id"],
         "from": r["from"],
@@ -95,6 +100,9 @@ def _reply(r: asyncpg.Record) -> dict[str, Any]:
         "create_time": _iso(r["create_time"]),
         "received_at": _iso(r["received_at"]),
         "ambiguous": (r["candidates"] or 0) > 1,
+        "match": r["match"],
+        "candidates": r["candidates"] or 0,
+        "unlinked_reason": r["unlinked_reason"],
     }
 
 
@@ -121,6 +129,7 @@ async def message(conn: asyncpg.Connection, sms_msg_id: str) -> dict[str, Any] |
         "template_id": row["template_id"],
         "signature": row["signature"],
         "message_type": row["message_type"],
+        "application": row["application"],
         "reports": [
             {
                 "status": r["status"],
