@@ -7,7 +7,7 @@ their CRC are read; a record a worker is still writing is read once it is whole.
 
 The writer takes a batch with :meth:`JournalReader.read`, stores it, then calls
 :meth:`JournalReader.commit`, which writes each folder's cursor (``drained``: the segment and
-offset stored up to) and deletes the segments wholly behind it. A crash between the two replays
+offset stored up to); the next read deletes the segments wholly behind it. A crash between the two replays
 the batch, which the idempotent writer turns into no-ops; so the cursor is written without
 ``fsync``. The worker reads its folder's cursor to know its backlog (:mod:`.appender`).
 
@@ -162,7 +162,7 @@ class JournalReader:
                 pending -= size - start
                 self._advance(folder, numbers[i + 1], 0)
                 _unlink(path)
-        if found is None and pending == 0:
+        if found is None and (pending == 0 or limit > 0):  # drained, or only a tail that is no record
             self._retire_if_gone(folder)
         return (found[0], found[1], pending) if found is not None else ([], None, pending)
 
@@ -182,12 +182,30 @@ class JournalReader:
         gone = JournalDir.try_adopt(folder.path)
         if gone is None:
             return  # its worker is alive (or the folder went meanwhile)
-        if _unread_bytes(folder):
+        if _unread_bytes(folder) and not self._skip_torn_tail(folder):
             gone.release()  # written to since we looked: not yet
             return
         _close_cursor(folder)
         gone.remove()
         self._folders.pop(folder.path, None)
+
+    def _skip_torn_tail(self, folder: _Folder) -> bool:
+        """With its worker gone, unread bytes at the end of the last segment that hold no whole
+        record never will: a write cut short by the crash (never acknowledged). Skip them (True)."""
+        numbers = _segment_numbers(folder.path)
+        if not numbers:
+            return False
+        path = _segment_path(folder.path, numbers[-1])
+        start = folder.offset if numbers[-1] == folder.segment else 0
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            return False
+        if _unread_bytes(folder) != size - start or _read_records(path, start, size, 1)[0]:
+            return False  # unread records elsewhere, or whole ones here: read them first
+        log.warning("journal segment %s: skipping a torn tail of %d bytes", path, size - start)
+        self._advance(folder, numbers[-1], size)
+        return True
 
     def commit(self, batch: Batch) -> None:
         """The batch is stored: move each folder's cursor past it."""
