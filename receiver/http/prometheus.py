@@ -12,6 +12,7 @@ from .. import metrics
 
 
 async def metrics_endpoint(request: Request) -> Response:
+    metrics.TALLY.flush()  # this worker's callback counts of the last second
     body, content_type = await asyncio.to_thread(metrics.render)  # reads the workers' files: off the loop
     return Response(body, media_type=content_type)
 
