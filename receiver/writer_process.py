@@ -141,8 +141,9 @@ def read_status(journal_root: Path) -> dict[str, Any]:
 
 
 def main() -> int:
-    """``python -m receiver writer``: drain the journal until SIGTERM, then store what is left
-    (for up to ``RECEIVER_SHUTDOWN_DRAIN_SECONDS``) and exit."""
+    """``python -m receiver writer``: drain the journal until told to stop (its standard input
+    closes, as when the supervisor stops it or dies, or SIGTERM), then store what is left (for
+    up to ``RECEIVER_SHUTDOWN_DRAIN_SECONDS``) and exit."""
     settings = Settings()
     logs.configure(settings.log_level, settings.log_format)
     with contextlib.suppress(OSError):
@@ -154,17 +155,15 @@ def main() -> int:
 
 async def _run(settings: Settings) -> None:
     writer = build(settings, idle_poll=0.05, process=True)
-    parent = os.getppid()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    _watch_stdin(loop, stop)
     task = asyncio.create_task(writer.run())
     log.info("writer.started", pid=os.getpid(), journal=str(settings.journal_path))
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=1.0)
-        if os.getppid() != parent:  # the supervisor died (kill -9): do not outlive it
-            break
         if task.done():
             task.result()  # raises what killed the loop: the supervisor starts a new writer
     drained = await writer.stop(settings.shutdown_drain_seconds)
@@ -173,6 +172,25 @@ async def _run(settings: Settings) -> None:
         await task
     writer.reader.close()
     log.info("writer.stopped", drained=drained, stored=writer.stored_events)
+
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """The supervisor holds our standard input open while we are to run: its end (the
+    supervisor closed it, or died, even by ``kill -9``) says stop. Unlike a signal, it cannot
+    arrive before we are ready to hear it: it waits in the pipe."""
+
+    def readable() -> None:
+        try:
+            data = os.read(0, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(0)
+            stop.set()
+
+    with contextlib.suppress(OSError, ValueError, NotImplementedError):
+        if not os.isatty(0):
+            loop.add_reader(0, readable)
 
 
 class Supervisor:
@@ -190,7 +208,8 @@ class Supervisor:
         self._thread.start()
 
     def _spawn(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "receiver", "writer"], stdin=subprocess.DEVNULL)
+        # Its standard input is a pipe we hold: closing it is how we tell it to stop.
+        self.process = subprocess.Popen([sys.executable, "-m", "receiver", "writer"], stdin=subprocess.PIPE)
 
     def _watch(self) -> None:
         backoff = 0.1
@@ -208,13 +227,14 @@ class Supervisor:
             self._spawn()
 
     def stop(self) -> int | None:
-        """SIGTERM the writer and wait while it stores what is left."""
+        """Tell the writer to stop and wait while it stores what is left."""
         self._stopping.set()
         process = self.process
         if process is None:
             return None
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
+        if process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
         try:
             return process.wait(timeout=self.settings.shutdown_drain_seconds + 10)
         except subprocess.TimeoutExpired:
