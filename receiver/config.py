@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -69,6 +71,19 @@ class Settings(BaseSettings):
     )
     default_region: str = Field(default="CN", description="country of numbers written without a country code")
 
+    # Delivery states over time (docs/delivery-states.md). Durations: 72h, 10m, 90s, 3d, or seconds.
+    report_window: timedelta = Field(
+        default=timedelta(hours=72),
+        description="a registered send with no final report this long after its createTime is unreported",
+    )
+    stuck_pending_after: timedelta = Field(
+        default=timedelta(minutes=10),
+        description="a message pending longer than this (inside its report window) counts as stuck",
+    )
+    sweep_interval_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="how often pending messages past their report window are marked"
+    )
+
     @field_validator("optout_keywords", "resubscribe_keywords", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
@@ -83,6 +98,20 @@ class Settings(BaseSettings):
             value = [part for part in value.split(",") if part.strip()]
         if isinstance(value, (list, tuple)):
             return tuple(netaddr.parse_network(v) if isinstance(v, str) else v for v in value)
+        return value
+
+    @field_validator("report_window", "stuck_pending_after", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_duration(value)
+        return value
+
+    @field_validator("report_window", "stuck_pending_after")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than zero")
         return value
 
     @field_validator("default_region")
@@ -101,3 +130,15 @@ class Settings(BaseSettings):
         if ":" in host:
             host = f"[{host}]"
         return f"{'https' if tls else 'http'}://{host}:{self.port}"
+
+
+_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)\s*")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``72h``, ``10m``, ``90s``, ``3d``, ``1w``, or a number of seconds."""
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is no duration: a number with s, m, h, d or w (72h, 10m), or seconds")
+    return timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
