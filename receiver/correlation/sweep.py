@@ -125,14 +125,15 @@ async def stuck_pending(
 
 
 async def run(pool: asyncpg.Pool, window: timedelta, interval: float) -> None:
-    """Sweep every ``interval`` seconds until cancelled; a failure (PostgreSQL away) only skips a round."""
+    """Sweep every ``interval`` seconds (the first after one interval) until cancelled; a failure
+    (PostgreSQL away) only skips a round."""
     while True:
+        await asyncio.sleep(interval)
         try:
             async with pool.acquire(timeout=5) as conn:
                 await sweep_unreported(conn, window)
         except Exception as error:  # noqa: BLE001 - the next round tries again
             log.warning("sweep.failed", error=type(error).__name__)
-        await asyncio.sleep(interval)
 
 
 def start(pool: asyncpg.Pool, window: timedelta, interval: float) -> asyncio.Task[None]:
