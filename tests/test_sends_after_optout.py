@@ -267,3 +267,25 @@ def test_scope_channel_through_the_api(db_url: str, tmp_path: Path) -> None:
                   {"smsMsgId": "b", "from": B, "originTo": N1, "status": "000000"}]  # fmt: skip
         answer = h.api("POST", "/v1/sent", json={"code": "000000", "result": result}).json()
         assert [(x["sms_msg_id"], x["blacklisted_at_send"]["channel"]) for x in answer["blacklisted"]] == [("a", A)]
+
+
+def test_prune_takes_the_finding_with_its_send_and_announces_nothing(db_url: str) -> None:
+    from receiver import retention
+
+    hook = store.after_insert_hook(SETTINGS)
+
+    async def go() -> tuple[dict[str, int], list[str], int]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            app, _ = await applications.create(conn, "shop", [A])
+            await write_batch(conn, [_reply(app.id, "u1", N1, "T", minutes(0))], [hook])
+            await sends.register(conn, [_send("old", N1, minutes(5)), _send("new", N1, None)], "tests", SETTINGS)
+            await conn.execute("DELETE FROM events")
+            result = await retention.prune(conn, timedelta(days=7))
+            left = [row[0] for row in await conn.fetch("SELECT sms_msg_id FROM sends_after_optout")]
+            return result.counts, left, await conn.fetchval("SELECT count(*) FROM events")
+        finally:
+            await conn.close()
+
+    counts, left, events = run(go())
+    assert (counts["sent_messages"], counts["sends_after_optout"], left, events) == (1, 1, ["new"], 0)
