@@ -67,14 +67,16 @@ EFFECTIVE_STATE = """CASE
 # channels list the send's channel) and channel. The (state, sent_at) index bounds the scan to
 # the pending messages of one window; at most $3 label pairs.
 _STUCK_PENDING = """
-SELECT coalesce(a.name, '') AS application, coalesce(s."from", '') AS channel, count(*) AS messages
-FROM message_states m
-JOIN sent_messages s USING (sms_msg_id)
-LEFT JOIN LATERAL (SELECT name FROM applications WHERE s."from" = ANY(channels) ORDER BY id LIMIT 1) a ON true
-WHERE m.state = 'pending' AND m.sent
-  AND m.sent_at > coalesce($4::timestamptz, now()) - $1::interval
-  AND m.sent_at <= coalesce($4::timestamptz, now()) - $2::interval
-GROUP BY 1, 2
+SELECT coalesce(a.name, '') AS application, coalesce(c.channel, '') AS channel, c.messages
+FROM (
+    SELECT s."from" AS channel, count(*) AS messages
+    FROM message_states m JOIN sent_messages s USING (sms_msg_id)
+    WHERE m.state = 'pending' AND m.sent
+      AND m.sent_at > coalesce($4::timestamptz, now()) - $1::interval
+      AND m.sent_at <= coalesce($4::timestamptz, now()) - $2::interval
+    GROUP BY 1
+) c
+LEFT JOIN LATERAL (SELECT name FROM applications WHERE c.channel = ANY(channels) ORDER BY id LIMIT 1) a ON true
 ORDER BY 3 DESC, 1, 2
 LIMIT $3
 """
