@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from . import metrics
 from .blacklist import store as blacklist
 from .blacklist.rules import Entry
 from .config import Settings
@@ -33,12 +34,13 @@ async def register(
     numbers in the other order (a report's own ``to`` that is not its send's)."""
     for attempt in range(ATTEMPTS):
         try:
-            async with conn.transaction():
-                new = await correlation.register_sent(conn, messages, registered_by)
-                await blacklist.after_sent(conn, new, settings)
-                found = await blacklist.check_sends(
-                    conn, blacklist.Config.of(settings), sorted({m.sms_msg_id for m in messages})
-                )
+            with metrics.on_commit():  # counted once, when the registration has committed
+                async with conn.transaction():
+                    new = await correlation.register_sent(conn, messages, registered_by)
+                    await blacklist.after_sent(conn, new, settings)
+                    found = await blacklist.check_sends(
+                        conn, blacklist.Config.of(settings), sorted({m.sms_msg_id for m in messages})
+                    )
             return Registered(new, found)
         except (asyncpg.ForeignKeyViolationError, asyncpg.DeadlockDetectedError):
             if attempt == ATTEMPTS - 1:
