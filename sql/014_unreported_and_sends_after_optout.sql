@@ -36,7 +36,8 @@ CREATE TABLE sends_after_optout (
     sent_hour         timestamptz GENERATED ALWAYS AS (date_bin('1 hour', sent_at, '2000-01-01 00:00:00+00')) STORED,
     CHECK ((source IS NULL) = (reason IS NULL) AND (source IS NULL) = (added_at IS NULL))
 );
-CREATE INDEX sends_after_optout_to ON sends_after_optout ("to");
+-- GET /v1/messages?blacklisted_at_send=true pages through the findings in send order.
+CREATE INDEX sends_after_optout_sent_at ON sends_after_optout (sent_at, sms_msg_id) WHERE source IS NOT NULL;
 CREATE INDEX sends_after_optout_sent_hour ON sends_after_optout (sent_hour) WHERE source IS NOT NULL;
 
 -- The event feed announces both (kinds listed in 008, plus sent_after_optout).

@@ -289,3 +289,27 @@ def test_prune_takes_the_finding_with_its_send_and_announces_nothing(db_url: str
 
     counts, left, events = run(go())
     assert (counts["sent_messages"], counts["sends_after_optout"], left, events) == (1, 1, ["new"], 0)
+
+
+def test_paging_through_the_sends_after_an_optout(harness: Harness) -> None:
+    assert harness.post("uplink", f"smsMsgId=u1&from=%2B{N1.lstrip('+')}&to=csms100000001&body=T").status_code == 200
+    harness.settle()
+    now = datetime.now(UTC)
+    result = [
+        {"smsMsgId": f"m{i}", "from": "csms100000001", "originTo": N1 if i % 3 else N2, "status": "000000",
+         "createTime": (now + timedelta(minutes=i)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        for i in range(1, 10)
+    ]  # fmt: skip
+    assert harness.api("POST", "/v1/sent", json={"code": "000000", "result": result}).status_code == 200
+    seen, cursor = [], None
+    for _ in range(10):
+        params = {"blacklisted_at_send": "true", "limit": "2", **({"cursor": cursor} if cursor else {})}
+        page = harness.api("GET", "/v1/messages", params=params).json()
+        if not page["messages"]:
+            break
+        seen += [m["sms_msg_id"] for m in page["messages"]]
+        cursor = page["cursor"]
+    assert seen == ["m1", "m2", "m4", "m5", "m7", "m8"]
+    since = (now + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    later = harness.api("GET", "/v1/messages", params={"blacklisted_at_send": "true", "since": since}).json()
+    assert [m["sms_msg_id"] for m in later["messages"]] == ["m5", "m7", "m8"]
