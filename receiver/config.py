@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -32,6 +31,14 @@ class Settings(BaseSettings):
         default=0.1, ge=0, le=5, description="during bursts, store at most this often (larger batches)"
     )
     shutdown_drain_seconds: float = 10.0
+    writer: Literal["process", "inline"] = Field(
+        default="inline",
+        description="process: the writer is a process of its own (what `receiver serve` runs);"
+        " inline: a task in each worker (an ASGI server started by hand, the tests)",
+    )
+    writer_nice: int = Field(
+        default=10, ge=0, le=19, description="the writer process's CPU niceness: acknowledgements come first"
+    )
 
     max_body_bytes: int = Field(default=256 << 10, ge=1024, le=512 << 10, description="larger bodies get 413")
     client_timeout_seconds: float = Field(
@@ -70,18 +77,22 @@ class Settings(BaseSettings):
         " NOTIFY (about 100 bytes per blacklisted number); false: every check asks PostgreSQL",
     )
     default_region: str = Field(default="CN", description="country of numbers written without a country code")
-
-    # Delivery states over time (docs/delivery-states.md). Durations: 72h, 10m, 90s, 3d, or seconds.
     report_window: timedelta = Field(
         default=timedelta(hours=72),
-        description="a registered send with no final report this long after its createTime is unreported",
+        gt=timedelta(0),
+        description="how long after a send its reports and replies are expected (the platform's 72 h); a reply"
+        " matched only by its application or its number answers a send inside this window (seconds, or ISO 8601"
+        " such as P3D); a registered send with no final report once it has passed is unreported"
+        " (docs/delivery-states.md)",
     )
     stuck_pending_after: timedelta = Field(
         default=timedelta(minutes=10),
-        description="a message pending longer than this (inside its report window) counts as stuck",
+        gt=timedelta(0),
+        description="a registered send pending longer than this, inside its report window, counts as stuck"
+        " (seconds, or ISO 8601 such as PT10M)",
     )
     sweep_interval_seconds: float = Field(
-        default=30.0, gt=0, le=3600, description="how often pending messages past their report window are marked"
+        default=30.0, gt=0, le=3600, description="how often pending sends past their report window are marked"
     )
 
     @field_validator("optout_keywords", "resubscribe_keywords", mode="before")
@@ -102,16 +113,10 @@ class Settings(BaseSettings):
 
     @field_validator("report_window", "stuck_pending_after", mode="before")
     @classmethod
-    def _duration(cls, value: object) -> object:
-        if isinstance(value, str):
-            return parse_duration(value)
-        return value
-
-    @field_validator("report_window", "stuck_pending_after")
-    @classmethod
-    def _positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be longer than zero")
+    def _seconds(cls, value: object) -> object:
+        """A number of seconds as the environment writes it (``259200``), besides ISO 8601 (``P3D``)."""
+        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+            return float(value)
         return value
 
     @field_validator("default_region")
@@ -130,15 +135,3 @@ class Settings(BaseSettings):
         if ":" in host:
             host = f"[{host}]"
         return f"{'https' if tls else 'http'}://{host}:{self.port}"
-
-
-_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)\s*")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> timedelta:
-    """``72h``, ``10m``, ``90s``, ``3d``, ``1w``, or a number of seconds."""
-    match = _DURATION.fullmatch(text)
-    if match is None:
-        raise ValueError(f"{text!r} is no duration: a number with s, m, h, d or w (72h, 10m), or seconds")
-    return timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])

@@ -42,6 +42,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .journal import envelope
 from .metrics_dir import ENV
 from .procs import alive
 
@@ -135,7 +136,7 @@ SENDS_AFTER_OPTOUT = Counter(
 STUCK_PENDING = "receiver_messages_stuck_pending"
 STUCK_PENDING_HELP = (
     "Registered sends pending longer than RECEIVER_STUCK_PENDING_AFTER but inside their report window,"
-    " by application (the one listing the send's channel; empty: none) and channel; read from PostgreSQL"
+    " by application (the send's, else the one listing its channel; empty: none) and channel; read from PostgreSQL"
     " at each scrape (absent when it does not answer)"
 )
 MAX_STUCK_LABELS = 200  # label pairs per scrape: the largest counts
@@ -278,18 +279,19 @@ def blacklist_changed(changes: Diff) -> None:
 
 def received_at(payload: bytes) -> float | None:
     """A journal record's receipt time (unix seconds)."""
+    at = envelope.received_at(payload)
+    if at is not None:
+        return at
     try:
-        return float(json.loads(payload)["at"])
+        return float(json.loads(payload)["at"])  # a version 1 record
     except (ValueError, KeyError, TypeError):
         return None
 
 
 def journal_state(reader: JournalReader, batch: Batch) -> None:
     """Backlog and age of the oldest record not yet stored; ``batch`` is what the writer read
-    next (oldest first, adopted journals before its own), empty when the journal is drained."""
-    journal = reader.journal
-    JOURNAL_BACKLOG.set(journal.backlog_bytes + reader.adopted_bytes)
-    JOURNAL_MAX.set(journal.max_bytes)
+    next, empty when the journal is drained."""
+    JOURNAL_BACKLOG.set(reader.backlog_bytes)
     oldest = received_at(batch.payloads[0]) if batch.payloads else None
     JOURNAL_OLDEST.set(max(0.0, time.time() - oldest) if oldest is not None else 0.0)
 

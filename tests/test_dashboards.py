@@ -95,6 +95,22 @@ def test_failures_and_replies(harness: Harness) -> None:
         (1, 0)
     ]
 
+def test_replies_by_how_they_were_linked(harness: Harness) -> None:
+    """Per hour and rule: replies and the ambiguous ones among them; unlinked ones by reason."""
+    sends(harness)  # r1 and r2: each to csms1, the channel its send went from
+    more = {"result": [{"smsMsgId": f"n{i}", "from": "csms9", "originTo": "+8613400000000", "status": "000000",
+                        "createTime": f"2024-11-22T02:0{i}:00Z"} for i in (1, 2)]}  # fmt: skip
+    assert harness.api("POST", "/v1/sent", json=more).status_code == 200
+    for sms_msg_id, sender, when in (("r3", "8613400000000", "02%3A50"), ("r4", "8613500000000", "03%3A10")):
+        body = f"smsMsgId={sms_msg_id}&from=%2B{sender}&to=10691002019&body=ok&createTime=2024-11-22T{when}%3A00Z"
+        assert harness.post("uplink", body).status_code == 200
+    rows = harness.rows(
+        "SELECT bucket, match, unlinked_reason, replies, ambiguous FROM dashboard_reply_matches_hourly ORDER BY 1, 2"
+    )
+    assert rows == [(HOUR_1, "channel", None, 2, 0), (HOUR_1, "number", None, 1, 1), (HOUR_2, "unlinked", "no_send", 1, 0)]
+    assert harness.rows("SELECT sum(replies - linked)::int FROM dashboard_replies_hourly") == [(1,)]
+
+
 def test_readonly_role_reads_and_changes_nothing(harness: Harness) -> None:
     sends(harness)
     login = f"dash_{uuid.uuid4().hex[:8]}"
@@ -114,6 +130,7 @@ def test_readonly_role_reads_and_changes_nothing(harness: Harness) -> None:
             assert await conn.fetchval("SELECT name FROM applications") == "shop"
             assert await conn.fetchval("SELECT count(*) FROM blacklist") == 1
             assert await conn.fetchval("SELECT sum(unsubscribed_by_reply) FROM dashboard_optouts_hourly") == 1
+            assert await conn.fetchval("SELECT sum(replies) FROM dashboard_reply_matches_hourly") == 2
             for statement in (
                 "DELETE FROM status_reports",
                 "UPDATE message_states SET state = 'delivered'",
@@ -143,7 +160,7 @@ def test_bucket_filters_use_the_hour_indexes(harness: Harness) -> None:
             await conn.execute("SET enable_seqscan = off")
             found = []
             for view in ("dashboard_delivery_hourly", "dashboard_failures_hourly", "dashboard_replies_hourly",
-                         "dashboard_optouts_hourly"):
+                         "dashboard_optouts_hourly", "dashboard_reply_matches_hourly"):
                 rows = await conn.fetch(f"EXPLAIN SELECT * FROM {view} WHERE bucket >= $1 AND bucket < $2",
                                         HOUR_1, HOUR_2)  # fmt: skip
                 found.append("\n".join(r[0] for r in rows))
@@ -194,6 +211,9 @@ def test_every_grafana_panel_query_runs_on_the_views(harness: Harness) -> None:
     assert table.frames[0].rows == [("UNDELIV", "2", 1)]
     optouts = {s.name: s.values for s in render.series(by_title["timeseries", "Opt-outs"].frames[0])}
     assert optouts["unsubscribed_by_reply"] == [1]
+    matches = render.series(by_title["timeseries", "Replies by how they were linked"].frames[0])
+    assert [(s.name, s.times, s.values) for s in matches] == [("channel", [HOUR_1], [2])]
+    assert render.stat_values(by_title["stat", "Replies"].frames) == [("replies", 2), ("unlinked", 0), ("ambiguous", 0)]
 
     # The time range is the one asked for: the hour before it is left out.
     later = run(render.query(harness.url, dashboard, HOUR_2, HOUR_2 + timedelta(minutes=59)))

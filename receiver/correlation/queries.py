@@ -24,9 +24,11 @@ _MESSAGE = f"""
 SELECT m.sms_msg_id, {EFFECTIVE_STATE.format(now=_NOW, window="$2::interval")} AS state, m.status, m.parts_total,
        m.parts_delivered, m.sent, m.sent_at, m.delivered_at, extract(epoch FROM m.latency) AS latency_seconds,
        s."to", s."from", s.status AS sent_status, s.extend, s.template_id, s.signature, s.message_type,
+       a.name AS application,
        o."to" AS optout_number, o.channel, o.source, o.reason, o.cause_sms_msg_id, o.added_by, o.added_at
 FROM message_states m
 LEFT JOIN sent_messages s USING (sms_msg_id)
+LEFT JOIN applications a ON a.id = s.application_id
 LEFT JOIN sends_after_optout o ON o.sms_msg_id = m.sms_msg_id AND o.source IS NOT NULL
 WHERE m.sms_msg_id = $1
 """
@@ -38,7 +40,8 @@ ORDER BY update_time NULLS FIRST, received_at, id
 """
 
 _REPLIES = """
-SELECT u.id, u.sms_msg_id, u."from", u."to", u.body, u.create_time, u.received_at, l.candidates
+SELECT u.id, u.sms_msg_id, u."from", u."to", u.body, u.create_time, u.received_at, l.candidates, l.match,
+       l.unlinked_reason
 FROM reply_links l JOIN uplinks u ON u.id = l.uplink_id
 WHERE l.sms_msg_id = $1 ORDER BY u.received_at, u.id
 """
@@ -74,7 +77,7 @@ JOIN message_states m USING (sms_msg_id)""",
 
 _UPLINKS = """
 SELECT u.id, u.txid::text AS txid, u.sms_msg_id, u."from", u."to", u.body, u.create_time, u.received_at,
-       a.name AS application, l.sms_msg_id AS reply_to, l.candidates
+       a.name AS application, l.sms_msg_id AS reply_to, l.candidates, l.match, l.unlinked_reason
 FROM uplinks u
 JOIN applications a ON a.id = u.application_id
 LEFT JOIN reply_links l ON l.uplink_id = u.id
@@ -113,7 +116,9 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _reply(r: asyncpg.Record) -> dict[str, Any]:
-    """An uplink as the API shows it; ``ambiguous`` when the reply-link rule had to choose."""
+    """An uplink as the API shows it, with how its link was made: ``match`` the rule that found the
+    message it answers (None: none did, ``unlinked_reason`` says why), ``candidates`` how many sends
+    that rule had to choose from (``ambiguous``: more than one)."""
     return {
         "sms_msg_id": r["sms_msg_id"],
         "from": r["from"],
@@ -122,6 +127,9 @@ def _reply(r: asyncpg.Record) -> dict[str, Any]:
         "create_time": _iso(r["create_time"]),
         "received_at": _iso(r["received_at"]),
         "ambiguous": (r["candidates"] or 0) > 1,
+        "match": r["match"],
+        "candidates": r["candidates"] or 0,
+        "unlinked_reason": r["unlinked_reason"],
     }
 
 
@@ -151,6 +159,7 @@ async def message(
         "template_id": row["template_id"],
         "signature": row["signature"],
         "message_type": row["message_type"],
+        "application": row["application"],
         "reports": [
             {
                 "status": r["status"],

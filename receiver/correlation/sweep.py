@@ -63,20 +63,25 @@ EFFECTIVE_STATE = """CASE
     WHEN m.state = 'unreported' AND m.sent_at > {now} - {window} THEN 'pending'
     ELSE m.state END"""
 
-# Stuck: registered, pending past $2, still inside the window $1; by application (the one whose
-# channels list the send's channel) and channel. The (state, sent_at) index bounds the scan to
-# the pending messages of one window; at most $3 label pairs.
+# Stuck: registered, pending past $2, still inside the window $1; by application (the send's own,
+# else the one whose channels list the send's channel) and channel. The (state, sent_at) index
+# bounds the scan to the pending messages of one window; at most $3 label pairs.
 _STUCK_PENDING = """
-SELECT coalesce(a.name, '') AS application, coalesce(c.channel, '') AS channel, c.messages
+SELECT coalesce(own.name, by_channel.name, '') AS application, coalesce(c.channel, '') AS channel,
+       sum(c.messages)::bigint AS messages
 FROM (
-    SELECT s."from" AS channel, count(*) AS messages
+    SELECT s.application_id, s."from" AS channel, count(*) AS messages
     FROM message_states m JOIN sent_messages s USING (sms_msg_id)
     WHERE m.state = 'pending' AND m.sent
       AND m.sent_at > coalesce($4::timestamptz, now()) - $1::interval
       AND m.sent_at <= coalesce($4::timestamptz, now()) - $2::interval
-    GROUP BY 1
+    GROUP BY 1, 2
 ) c
-LEFT JOIN LATERAL (SELECT name FROM applications WHERE c.channel = ANY(channels) ORDER BY id LIMIT 1) a ON true
+LEFT JOIN applications own ON own.id = c.application_id
+LEFT JOIN LATERAL (
+    SELECT name FROM applications WHERE c.application_id IS NULL AND c.channel = ANY(channels) ORDER BY id LIMIT 1
+) by_channel ON true
+GROUP BY 1, 2
 ORDER BY 3 DESC, 1, 2
 LIMIT $3
 """

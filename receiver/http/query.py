@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute, Route
 from .. import sends
 from ..blacklist.store import entry_document
 from ..correlation import queries
-from ..correlation.sent import parse_sent
+from ..correlation.sent import parse_application, parse_sent
 from ..correlation.state import STATES
 from ..numbers import e164
 from ..protocol import ProtocolError
@@ -31,14 +31,22 @@ async def post_sent(request: Request) -> Response:
     if len(body) > MAX_SENT_BODY:
         return error_response(413, "body_too_large", {"max_bytes": MAX_SENT_BODY})
     try:
-        messages = parse_sent(json.loads(body))
+        document = json.loads(body)
+        messages = parse_sent(document)
+        named = parse_application(document)
     except (ValueError, RecursionError) as error:
         if isinstance(error, ProtocolError):
             return error_response(400, error.code, error.detail)
         return error_response(400, "invalid_json", "the body is not valid JSON")
     try:
         async with request.app.state.pool.acquire(timeout=5) as conn:
-            done = await sends.register(conn, messages, request.state.api_key_name, request.app.state.settings)
+            application_id = await sends.application_of(conn, request.state.api_key_application, named)
+            done = await sends.register(
+                conn, messages, request.state.api_key_name, request.app.state.settings, application_id
+            )
+    except ProtocolError as error:
+        status = 403 if isinstance(error, sends.ApplicationNotAllowed) else 400
+        return error_response(status, error.code, error.detail)
     except asyncpg.DataError as error:  # text PostgreSQL cannot store, e.g. \u0000 inside the raw item
         return error_response(400, "invalid_body", {"reason": type(error).__name__})
     return JSONResponse(
