@@ -44,6 +44,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=(structlog.PrintLoggerFactory(sys.stderr) if console else _batched_factory),
         cache_logger_on_first_use=True,
     )
+    _direct[:] = [processors, renderer if not console else None, numeric <= logging.INFO]
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
 
 
@@ -89,6 +90,25 @@ class BatchedWriter:
 
 
 _stderr_writer = BatchedWriter(2)
+_callbacks = structlog.get_logger("receiver.callbacks")
+# The configured processor list, its JSON renderer (None: console output), and whether info
+# lines are on: what :func:`callback` needs to tell that it may render the line itself.
+_direct: list[Any] = [None, None, True]
+
+
+def callback(fields: dict[str, Any]) -> None:
+    """The one ``callback`` line of a callback request. With JSON output it is rendered here,
+    in the same shape structlog gives it, without the processor chain: every callback writes
+    one. Otherwise (console output, or ``structlog.testing.capture_logs`` in force, which
+    replaces the renderer) it goes through structlog like any other line."""
+    processors, renderer, enabled = _direct
+    if renderer is not None and processors and processors[-1] is renderer:
+        if enabled:
+            fields["event"], fields["level"] = "callback", "info"
+            add_timestamp(None, "info", fields)
+            _stderr_writer.msg(orjson.dumps(fields))
+        return
+    _callbacks.info("callback", **fields)
 
 
 def _batched_factory(*args: Any) -> BatchedWriter:

@@ -16,6 +16,8 @@ failure is not counted twice (:func:`on_commit`).
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import collections
 import contextlib
 import json
@@ -195,6 +197,58 @@ CLIENT_CLOSED = Counter(
     " headers_too_large, bad_request (not HTTP)",
     ["reason"],
 )
+
+
+# --- the callback path's own counts --------------------------------------------------------------
+
+
+class Tally:
+    """Callback requests (``receiver_http_requests`` by code, ``receiver_callback_ack_seconds``)
+    counted in plain process memory, a dictionary update per request, and added to the
+    Prometheus values (which workers share through files) at most a second later and before
+    each scrape this worker answers: every update of those costs a lock and a write to a
+    memory-mapped file, several per request."""
+
+    def __init__(self, flush_after: float = 1.0) -> None:
+        self.flush_after = flush_after
+        self._codes: collections.Counter[tuple[str, int]] = collections.Counter()
+        self._acks: dict[str, tuple[list[int], list[float]]] = {}  # endpoint -> per-bucket counts, [sum]
+        self._bounds = [*ACK_SECONDS._upper_bounds]
+        self._timer: asyncio.TimerHandle | None = None
+
+    def count(self, endpoint: str, code: int, seconds: float | None) -> None:
+        self._codes[(endpoint, code)] += 1
+        if seconds is not None:
+            ack = self._acks.get(endpoint)
+            if ack is None:
+                ack = self._acks[endpoint] = ([0] * len(self._bounds), [0.0])
+            ack[0][bisect.bisect_left(self._bounds, seconds)] += 1
+            ack[1][0] += seconds
+        if self._timer is None:
+            with contextlib.suppress(RuntimeError):  # no running loop: flushed at the next scrape
+                self._timer = asyncio.get_running_loop().call_later(self.flush_after, self.flush)
+
+    def flush(self) -> None:
+        self._timer = None
+        codes, self._codes = self._codes, collections.Counter()
+        acks, self._acks = self._acks, {}
+        for (endpoint, code), n in codes.items():
+            REQUESTS.labels(endpoint, str(code)).inc(n)
+        for endpoint, (buckets, total) in acks.items():
+            _add_observations(ACK_SECONDS.labels(endpoint), buckets, total[0])
+
+
+def _add_observations(histogram: Histogram, buckets: list[int], total: float) -> None:
+    """Add counted observations to a histogram child: what ``observe()`` does one at a time.
+    prometheus_client has no public call for it; tests/test_observability.py checks that this
+    and ``observe()`` still give the same exposition."""
+    histogram._sum.inc(total)
+    for value, n in zip(histogram._buckets, buckets, strict=True):
+        if n:
+            value.inc(n)
+
+
+TALLY = Tally()
 
 
 # --- status labels: bounded, whatever the network sends ----------------------------------------

@@ -184,6 +184,9 @@ def _is_poison(error: BaseException) -> bool:
     return isinstance(error, asyncpg.PostgresError) and str(getattr(error, "sqlstate", ""))[:2] in {"22", "23"}
 
 
+MAX_GROWTH = 8
+
+
 class Writer:
     """The drain loop: journal to PostgreSQL, batch after batch, for as long as it runs.
 
@@ -218,6 +221,11 @@ class Writer:
         self.after_insert = tuple(after_insert)
         self.connect = connect
         self.batch_size = batch_size
+        # Batches grow with the backlog (doubling while each read comes back full, up to
+        # MAX_GROWTH times the size) and shrink back as it drains: a transaction's fixed costs
+        # (planning, the state refresh's setup, the commit) are shared by more reports when
+        # there are many waiting.
+        self._limit = batch_size
         # With nobody to wake it (a process of its own), the writer looks at the journal this often.
         self.idle_poll = idle_poll
         self.on_status = on_status
@@ -248,7 +256,7 @@ class Writer:
         self.locked = True
         backoff = 0.05
         while not self._stopping:
-            batch = self.reader.read(self.batch_size)
+            batch = self.reader.read(self._limit)
             metrics.journal_state(self.reader, batch)
             self._status()
             if not batch.payloads:
@@ -257,9 +265,11 @@ class Writer:
                 continue
             self._idle.clear()
             wait = self._last_store + self.interval - time.monotonic()
-            if wait > 0 and len(batch.payloads) < self.batch_size and not self._stopping:
+            if wait > 0 and len(batch.payloads) < self._limit and not self._stopping:
                 await asyncio.sleep(wait)
-                batch = self.reader.read(self.batch_size)
+                batch = self.reader.read(self._limit)
+            full = len(batch.payloads) >= self._limit
+            self._limit = min(self._limit * 2, self.batch_size * MAX_GROWTH) if full else self.batch_size
             try:
                 quarantined = await self._store(batch.payloads)
             except Exception as error:  # noqa: BLE001 - every failure here means "retry later"

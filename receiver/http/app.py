@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             log.info("worker.stopped", drained=drained, backlog_bytes=journal.backlog_bytes)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pool.close(), timeout=5)
+            metrics.TALLY.flush()  # counted in memory until now
             metrics.worker_stopped()
 
     async def refused(request: Request, exc: Exception) -> Response:

@@ -27,7 +27,7 @@ import structlog
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import ingest, metrics, netaddr
+from .. import ingest, logs, metrics, netaddr
 from ..applications import Application
 from ..journal.appender import JournalUnavailable
 from ..journal.envelope import ENDPOINT_KINDS, Kind
@@ -49,8 +49,6 @@ class Callbacks:
     def __init__(self, app: ASGIApp, trusted_proxies: tuple[netaddr.IPNetwork, ...] = ()) -> None:
         self.app = app
         self.trusted = trusted_proxies
-        self._counters: dict[tuple[str, int], Any] = {}
-        self._histograms = {name: metrics.ACK_SECONDS.labels(TEMPLATES[name]) for name in TEMPLATES}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith(PREFIX):
@@ -243,13 +241,7 @@ class _Call:
         """The request's metrics and its one log line."""
         seconds = time.perf_counter() - self.start
         owner = self.owner
-        template = TEMPLATES[self.endpoint]
-        counter = owner._counters.get((template, code))
-        if counter is None:
-            counter = owner._counters[(template, code)] = metrics.REQUESTS.labels(template, str(code))
-        counter.inc()
-        if code < 300:
-            owner._histograms[self.endpoint].observe(seconds)
+        metrics.TALLY.count(TEMPLATES[self.endpoint], code, seconds if code < 300 else None)
         client = self.address() if owner.trusted or self.client is not False else None
         peer = self.scope.get("client")
         if client is None and not owner.trusted:
@@ -258,10 +250,10 @@ class _Call:
             client_text = client.compressed if client is not None else "unknown"
         if owner.trusted and peer and (client is None or peer[0] != client.compressed):
             self.notes["peer"] = peer[0]  # a proxy's: the client is what it forwarded
-        log.info(
-            "callback", request_id=self.request_id.decode(), endpoint=self.endpoint, code=code,
-            ms=round(seconds * 1000, 2), client=client_text, **self.notes,
-        )  # fmt: skip
+        logs.callback({
+            "request_id": self.request_id.decode(), "endpoint": self.endpoint, "code": code,
+            "ms": round(seconds * 1000, 2), "client": client_text, **self.notes,
+        })  # fmt: skip
 
 
 async def _answered_by_callbacks(request: Any) -> Any:  # pragma: no cover - Callbacks answers every POST
