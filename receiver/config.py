@@ -82,7 +82,17 @@ class Settings(BaseSettings):
         gt=timedelta(0),
         description="how long after a send its reports and replies are expected (the platform's 72 h); a reply"
         " matched only by its application or its number answers a send inside this window (seconds, or ISO 8601"
-        " such as P3D)",
+        " such as P3D); a registered send with no final report once it has passed is unreported"
+        " (docs/delivery-states.md)",
+    )
+    stuck_pending_after: timedelta = Field(
+        default=timedelta(minutes=10),
+        gt=timedelta(0),
+        description="a registered send pending longer than this, inside its report window, counts as stuck"
+        " (seconds, or ISO 8601 such as PT10M)",
+    )
+    sweep_interval_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="how often pending sends past their report window are marked"
     )
 
     @field_validator("optout_keywords", "resubscribe_keywords", mode="before")
@@ -101,7 +111,7 @@ class Settings(BaseSettings):
             return tuple(netaddr.parse_network(v) if isinstance(v, str) else v for v in value)
         return value
 
-    @field_validator("report_window", mode="before")
+    @field_validator("report_window", "stuck_pending_after", mode="before")
     @classmethod
     def _seconds(cls, value: object) -> object:
         """A number of seconds as the environment writes it (``259200``), besides ISO 8601 (``P3D``)."""

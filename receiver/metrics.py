@@ -41,6 +41,8 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from .journal import envelope
 from .metrics_dir import ENV
@@ -121,6 +123,50 @@ BLACKLIST_CHECKS = Counter(
     " or database (the copy loading, applying a change, out of touch, or off: RECEIVER_BLACKLIST_MIRROR)",
     ["answered_by"],
 )
+
+# --- delivery states over time, and sends after an opt-out ----------------------------------------
+
+UNREPORTED = Counter(
+    "receiver_messages_unreported",
+    "Registered sends marked unreported: no delivered or failed state once RECEIVER_REPORT_WINDOW"
+    " (72 h) after their createTime had passed (counted by the sweep that marks them)",
+)
+SENDS_AFTER_OPTOUT = Counter(
+    "receiver_sends_after_optout",
+    "Registered sends found to have gone to a number blacklisted, for their channel, at their createTime",
+)
+STUCK_PENDING = "receiver_messages_stuck_pending"
+STUCK_PENDING_HELP = (
+    "Registered sends pending longer than RECEIVER_STUCK_PENDING_AFTER but inside their report window,"
+    " by application (the send's, else the one listing its channel; empty: none) and channel; read from PostgreSQL"
+    " at each scrape (absent when it does not answer)"
+)
+MAX_STUCK_LABELS = 200  # label pairs per scrape: the largest counts
+
+
+def stuck_pending_text(rows: Sequence[tuple[str, str, int]]) -> bytes:
+    """The stuck-pending gauge's exposition, from :func:`receiver.correlation.sweep.stuck_pending`."""
+    family = GaugeMetricFamily(STUCK_PENDING, STUCK_PENDING_HELP, labels=["application", "channel"])
+    for application, channel, messages in rows:
+        family.add_metric([application, channel], messages)
+    registry = CollectorRegistry()
+    registry.register(_Collected(family))  # values in memory only: no multiprocess file
+    return generate_latest(registry)
+
+
+class _Collected(Collector):
+    def __init__(self, family: GaugeMetricFamily) -> None:
+        self.family = family
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield self.family
+
+
+def sends_after_optout(n: int) -> None:
+    """Counted when the enclosing transaction commits."""
+    if n:
+        later(lambda: SENDS_AFTER_OPTOUT.inc(n))
+
 
 # --- refusals and slow clients -------------------------------------------------------------------
 

@@ -318,6 +318,7 @@ def serving(db_url: str, data_dir: Path, **settings: object) -> Iterator[Harness
         return token, key
 
     token, key = run(make_app())
+    settings.setdefault("sweep_interval_seconds", 3600)  # tests sweep when they mean to
     config = Settings(database_url=db_url, data_dir=data_dir, log_format="json", **settings)  # type: ignore[arg-type]
     with TestClient(create_app(config)) as client:
         yield Harness(client, token, db_url, key)

@@ -88,7 +88,10 @@ SELECT sms_msg_id, state, coalesce(latest_status, sent_status), parts_total, par
        now()
 FROM decided
 ON CONFLICT (sms_msg_id) DO UPDATE SET
-    state = EXCLUDED.state, status = EXCLUDED.status, parts_total = EXCLUDED.parts_total,
+    -- past its report window (the sweep's mark, receiver.correlation.sweep) a message the
+    -- reports leave pending stays unreported: the window does not reopen for a report
+    state = CASE WHEN EXCLUDED.state = 'pending' AND m.state = 'unreported' THEN 'unreported' ELSE EXCLUDED.state END,
+    status = EXCLUDED.status, parts_total = EXCLUDED.parts_total,
     parts_delivered = EXCLUDED.parts_delivered, reports = EXCLUDED.reports, sent = EXCLUDED.sent,
     sent_at = EXCLUDED.sent_at, delivered_at = EXCLUDED.delivered_at, latency = EXCLUDED.latency,
     updated_at = EXCLUDED.updated_at

@@ -23,6 +23,7 @@ from ..applications import Registry
 from ..blacklist import numbers as blacklist_numbers
 from ..blacklist.mirror import Mirror
 from ..config import Settings
+from ..correlation import sweep
 from ..events.hub import Hub
 from ..journal import Journal
 from ..quarantine import Quarantine
@@ -69,6 +70,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.events_hub = hub = Hub(dsn)
         app.state.blacklist_mirror = mirror = Mirror(dsn, pool) if settings.blacklist_mirror else None
         task = asyncio.create_task(writer.run()) if writer is not None else None
+        # Pending messages past their report window become unreported: a timer, not a cost per
+        # callback. Every worker runs one; one sweeps at a time (an advisory lock).
+        sweeper = sweep.start(pool, settings.report_window, settings.sweep_interval_seconds)
         blacklist_numbers.prepare(settings.default_region)
         # What is loaded now (modules, phonenumbers' tables) lives as long as the worker: out of
         # the garbage collector's sight, a full collection no longer walks it (about 35 ms on a
@@ -79,6 +83,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
+            await sweep.stop(sweeper)
             await hub.close()
             if mirror is not None:
                 await mirror.close()

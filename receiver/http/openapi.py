@@ -161,7 +161,8 @@ CHANNEL = param("channel", "query", text(21), "a channel number: only entries fo
 CURSOR = param("cursor", "query", text(), "the `cursor` of the previous page, to read on from there")
 LIMIT = param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}, "page size")
 _INVALID = "`invalid_field` (`detail.field` names it)"
-EVENT_KINDS = ["report", "state", "reply", "optout", "optin"]
+EVENT_KINDS = ["report", "state", "reply", "optout", "optin", "sent_after_optout"]
+STATES = ["pending", "delivered", "failed", "unreported"]
 APPLICATION_FIELD = {"type": ["string", "null"], "maxLength": 128,
                      "description": "the application the sends belong to (its name)"}
 EVENTS_AFTER = param("after", "query", text(), "an event's `id` or a page's `next` to read on from; `now`: from the "
@@ -178,7 +179,9 @@ _PATHS_V1 = {
             "description": "The Huawei send API's response as received, or wrapped with the send's context. "
                            "The sends belong to the application named by `application`, else to the API key's "
                            "application when the key is scoped to one, else to none. "
-                           "Registering the same message again changes nothing.",
+                           "Registering the same message again changes nothing. The answer lists the messages "
+                           "of the body (registered now or before) whose recipient was blacklisted, for the "
+                           "send's channel, at the send's createTime.",
             "requestBody": body(ref("SentBody")),
             "responses": {
                 "200": ok("registered", ref("SentResult")),
@@ -196,8 +199,12 @@ _PATHS_V1 = {
             "summary": "Registered messages, oldest send first, in pages",
             "parameters": [
                 param("to", "query", text(), "only messages to this number (any common form)"),
-                param("state", "query", {"type": "string", "enum": ["pending", "delivered", "failed"]},
-                      "only messages in this state"),
+                param("state", "query", {"type": "string", "enum": STATES},
+                      "only messages in this state (as the clock says now: `unreported` once the report window "
+                      "has passed)"),
+                param("blacklisted_at_send", "query", {"type": "string", "enum": ["true", "false"]},
+                      "only messages sent to a number blacklisted for them at the time (`true`), or only the "
+                      "others (`false`)"),
                 param("since", "query", text(), "sent at or after (`yyyy-MM-ddTHH:mm:ssZ`, offsets accepted)"),
                 param("until", "query", text(), "sent before (same format)"),
                 CURSOR,
@@ -237,7 +244,8 @@ _PATHS_V1 = {
     "/v1/events": {
         "get": v1({
             "tags": ["query"],
-            "summary": "The event feed: reports, state changes, replies, opt-outs and opt-ins, in a stable "
+            "summary": "The event feed: reports, state changes, replies, opt-outs and opt-ins, sends after an "
+                       "opt-out, in a stable "
                        "order, none skipped; with `Accept: text/event-stream` the same as Server-Sent Events",
             "parameters": [EVENTS_AFTER, EVENTS_LIMIT, EVENTS_KINDS, LAST_EVENT_ID],
             "responses": {
@@ -473,15 +481,36 @@ SCHEMAS: dict[str, Schema] = {
     },
     "SentResult": {
         "type": "object",
-        "required": ["registered", "already_registered"],
-        "properties": {"registered": {"type": "integer"}, "already_registered": {"type": "integer"}},
+        "required": ["registered", "already_registered", "blacklisted"],
+        "properties": {
+            "registered": {"type": "integer"},
+            "already_registered": {"type": "integer"},
+            "blacklisted": {
+                "type": "array",
+                "description": "the body's messages whose recipient was blacklisted for them when sent",
+                "items": {
+                    "type": "object",
+                    "required": ["sms_msg_id", "to", "blacklisted_at_send"],
+                    "properties": {
+                        "sms_msg_id": {"type": "string"},
+                        "to": {"type": "string", "description": "E.164"},
+                        "blacklisted_at_send": ref("BlacklistEntry"),
+                    },
+                },
+            },
+        },
     },
     "Parts": {
         "type": "object",
         "required": ["total", "delivered"],
         "properties": {"total": {"type": "integer"}, "delivered": {"type": "integer"}},
     },
-    "State": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+    "State": {
+        "type": "string",
+        "enum": STATES,
+        "description": "`unreported`: a registered send with no delivered or failed state once its report window "
+                       "(RECEIVER_REPORT_WINDOW, 72 h after its createTime) has passed; a later report still moves it",
+    },
     "Report": {
         "type": "object",
         "required": ["status", "sequence", "total", "source", "status_desc", "update_time", "extend", "to",
@@ -535,7 +564,7 @@ SCHEMAS: dict[str, Schema] = {
         "type": "object",
         "required": ["sms_msg_id", "to", "from", "state", "status", "parts", "registered", "sent_status", "sent_at",
                      "delivered_at", "latency_seconds", "extend", "template_id", "signature", "message_type",
-                     "application", "reports", "replies"],
+                     "application", "reports", "replies", "blacklisted_at_send"],
         "properties": {
             "sms_msg_id": {"type": "string"},
             "to": {"type": ["string", "null"]},
@@ -556,11 +585,18 @@ SCHEMAS: dict[str, Schema] = {
                             "description": "the application the send was registered for; null: none"},
             "reports": {"type": "array", "items": ref("Report")},
             "replies": {"type": "array", "items": ref("Reply")},
+            "blacklisted_at_send": {
+                **nullable(ref("BlacklistEntry")),
+                "description": "the blacklist entry that covered the recipient, for the send's channel, at its "
+                               "createTime (`channel`: the entry's scope; `added_at`: when the number was "
+                               "blacklisted); null when none did or the send is not registered",
+            },
         },
     },
     "MessageSummary": {
         "type": "object",
-        "required": ["sms_msg_id", "to", "from", "sent_at", "state", "status", "parts", "delivered_at"],
+        "required": ["sms_msg_id", "to", "from", "sent_at", "state", "status", "parts", "delivered_at",
+                     "blacklisted_at_send"],
         "properties": {
             "sms_msg_id": {"type": "string"},
             "to": {"type": "string"},
@@ -570,6 +606,7 @@ SCHEMAS: dict[str, Schema] = {
             "status": {"type": ["string", "null"]},
             "parts": ref("Parts"),
             "delivered_at": nullable(TIME),
+            "blacklisted_at_send": {"type": "boolean", "description": "sent to a number blacklisted for it then"},
         },
     },
     "MessagePage": {
@@ -609,7 +646,10 @@ SCHEMAS: dict[str, Schema] = {
                                "`status`, `parts`, `registered`, `sent_at`, `delivered_at`, `latency_seconds`; "
                                "`reply` `from`, `to`, `body`, `create_time`, `received_at`, `application`, "
                                "`reply_to`, `ambiguous`, `match`, `candidates` (when announced), `unlinked_reason`; "
-                               "`optout`/`optin` `channel`, `source`, `actor`, `reason`",
+                               "`optout`/`optin` `channel`, `source`, `actor`, `reason`; "
+                               "`sent_after_optout` (a registered send found to have gone to a number blacklisted "
+                               "for it, or that finding changed) `from`, `sent_at`, `blacklisted_at_send` (the "
+                               "entry, or null when no longer so)",
             },
         },
     },
