@@ -32,6 +32,7 @@ from . import logs, metrics
 from .blacklist import store as blacklist_store
 from .config import Settings
 from .correlation import store as correlation
+from .correlation import sweep
 from .db import migrate
 from .journal import JournalReader
 from .writer import AfterInsert, Connect, Writer
@@ -160,17 +161,23 @@ async def _run(settings: Settings) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     _watch_stdin(loop, stop)
     task = asyncio.create_task(writer.run())
+    assert settings.database_url
+    pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=1, timeout=5)
+    sweeper = sweep.start(pool, settings.report_window, settings.sweep_interval_seconds)
     log.info("writer.started", pid=os.getpid(), journal=str(settings.journal_path))
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=1.0)
         if task.done():
             task.result()  # raises what killed the loop: the supervisor starts a new writer
+    await sweep.stop(sweeper)
     drained = await writer.stop(settings.shutdown_drain_seconds)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
     writer.reader.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(pool.close(), timeout=5)
     log.info("writer.stopped", drained=drained, stored=writer.stored_events)
 
 

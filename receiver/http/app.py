@@ -70,9 +70,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.events_hub = hub = Hub(dsn)
         app.state.blacklist_mirror = mirror = Mirror(dsn, pool) if settings.blacklist_mirror else None
         task = asyncio.create_task(writer.run()) if writer is not None else None
-        # Pending messages past their report window become unreported: a timer, not a cost per
-        # callback. Every worker runs one; one sweeps at a time (an advisory lock).
-        sweeper = sweep.start(pool, settings.report_window, settings.sweep_interval_seconds)
+        # Pending messages past their report window become unreported: a timer beside the writer,
+        # not a cost per callback (under `receiver serve`, in the writer process). One sweeps at a
+        # time (an advisory lock).
+        sweeper = sweep.start(pool, settings.report_window, settings.sweep_interval_seconds) if writer else None
         blacklist_numbers.prepare(settings.default_region)
         # What is loaded now (modules, phonenumbers' tables) lives as long as the worker: out of
         # the garbage collector's sight, a full collection no longer walks it (about 35 ms on a
@@ -83,7 +84,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
-            await sweep.stop(sweeper)
+            if sweeper is not None:
+                await sweep.stop(sweeper)
             await hub.close()
             if mirror is not None:
                 await mirror.close()
