@@ -1,8 +1,10 @@
 """``python -m bench [NAME] [options]`` (what ``python3 dev.py bench`` runs): one benchmark by name.
 
 NAME is a module of this package with a ``main()``: ``ingest`` (the default, when the first
-argument is an option or absent) or ``query``, for example. ``python -m bench.NAME --help``
-describes each one's options.
+argument is an option or absent: the receiver beside a plain Starlette handler and a naive
+INSERT-per-request one, over HTTP), ``stages`` (the CPU of each step of the acknowledgement and
+of the writer, in-process) or ``query``, for example. ``python -m bench.NAME --help`` describes
+each one's options.
 """
 
 from __future__ import annotations

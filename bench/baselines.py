@@ -1,14 +1,16 @@
-"""The two baselines the receiver is measured against, served exactly as ``receiver serve`` serves.
+"""The two baselines the receiver is measured against, served as ``receiver serve`` serves.
 
-* ``noop``: reads the body, parses it with :func:`receiver.protocol.parse_status_report_form`,
-  answers ``200`` with an empty body. Nothing is stored: the ceiling for "HTTP + parsing".
+* ``plain`` ("plain Starlette"): the handler a user of this stack would write,
+  ``form = await request.form()`` and ``Response(status_code=200)``. Nothing is stored: the
+  ceiling for "HTTP + a form".
 * ``naive``: the same, then one ``INSERT`` per request through an asyncpg pool (one pool per
   worker) before answering: the obvious way to make a callback durable.
 
-Both run through :func:`receiver.server.run` itself with only the application swapped, so
-uvicorn's settings (uvloop, httptools, workers, access log off, TLS) are the receiver's own::
+Both run under the receiver's own uvicorn settings (uvloop, the receiver's httptools protocol,
+the same worker count, access log off, TLS contexts from :mod:`receiver.tls`), but without the
+writer process that :func:`receiver.server.run` starts beside the workers::
 
-    python -m bench.baselines noop  --port 8101 --workers 1 [--tls-cert F --tls-key F]
+    python -m bench.baselines plain --port 8101 --workers 2 [--tls-cert F --tls-key F]
     BENCH_NAIVE_DSN=postgresql://... python -m bench.baselines naive --port 8102
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -25,74 +28,47 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from receiver.protocol import ProtocolError, parse_status_report_form
-
 NAIVE_DSN_ENV = "BENCH_NAIVE_DSN"
 NAIVE_POOL_SIZE = 16
+PATH = "/callbacks/{token}/status-report"  # the receiver's path shape: the load generator sends identical requests
 
 NAIVE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS naive_reports (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    sms_msg_id   text NOT NULL,
-    status       text NOT NULL,
-    total        smallint,
-    sequence     smallint,
+    sms_msg_id   text,
+    status       text,
+    total        text,
+    sequence     text,
     source       text,
-    update_time  timestamptz,
+    update_time  text,
     org_code     text,
-    raw_body     text NOT NULL,
     received_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS naive_reports_sms_msg_id ON naive_reports (sms_msg_id);
 """
 
 _INSERT = """
-INSERT INTO naive_reports (sms_msg_id, status, total, sequence, source, update_time, org_code, raw_body)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+INSERT INTO naive_reports (sms_msg_id, status, total, sequence, source, update_time, org_code)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 """
+_FIELDS = ("smsMsgId", "status", "total", "sequence", "source", "updateTime", "orgCode")
 
 
-async def _body(request: Request) -> bytes:
-    return await request.body()
-
-
-async def noop_status_report(request: Request) -> Response:
-    body = await _body(request)
-    try:
-        parse_status_report_form(body)
-    except ProtocolError:
-        return Response(status_code=400)
+async def plain_status_report(request: Request) -> Response:
+    form = await request.form()
+    del form
     return Response(status_code=200)
 
 
 async def naive_status_report(request: Request) -> Response:
-    body = await _body(request)
-    try:
-        r = parse_status_report_form(body)
-    except ProtocolError:
-        return Response(status_code=400)
+    form = await request.form()
     pool: asyncpg.Pool = request.app.state.pool
-    await pool.execute(
-        _INSERT,
-        r.sms_msg_id,
-        r.status,
-        r.total,
-        r.sequence,
-        r.source,
-        r.update_time,
-        r.org_code,
-        body.decode(),
-    )
+    await pool.execute(_INSERT, *(form.get(name) for name in _FIELDS))
     return Response(status_code=200)
 
 
-def _routes(handler: object) -> list[Route]:
-    # Same path shape as the receiver's, so the load generator sends identical requests.
-    return [Route("/callbacks/{token}/status-report", handler, methods=["POST"])]  # type: ignore[arg-type]
-
-
-def noop_app() -> Starlette:
-    return Starlette(routes=_routes(noop_status_report))
+def plain_app() -> Starlette:
+    return Starlette(routes=[Route(PATH, plain_status_report, methods=["POST"])])
 
 
 def naive_app() -> Starlette:
@@ -105,7 +81,7 @@ def naive_app() -> Starlette:
         finally:
             await pool.close()
 
-    return Starlette(routes=_routes(naive_status_report), lifespan=lifespan)
+    return Starlette(routes=[Route(PATH, naive_status_report, methods=["POST"])], lifespan=lifespan)
 
 
 async def create_naive_schema(dsn: str) -> None:
@@ -116,27 +92,66 @@ async def create_naive_schema(dsn: str) -> None:
         await conn.close()
 
 
-def main() -> None:
-    from receiver import server
+def serve(app: str, *, host: str, port: int, workers: int, tls_cert: str | None, tls_key: str | None) -> None:
+    """uvicorn configured as :func:`receiver.server.run` configures it, minus the writer process."""
+    import uvicorn
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    from receiver import server, tls
     from receiver.config import Settings
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    settings = Settings(host=host, port=port, workers=workers)
+    config = uvicorn.Config(
+        f"bench.baselines:{app}_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http=server.HTTP,
+        ws="none",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=int(settings.shutdown_drain_seconds) + 5,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+        ssl_context_factory=tls.context_factory if tls_cert else None,
     )
-    parser.add_argument("app", choices=["noop", "naive"])
+    config.client_timeout = settings.client_timeout_seconds  # type: ignore[attr-defined]  # read by server.HTTP
+    raise_limit = getattr(server, "_raise_open_files_limit", None)
+    if raise_limit is not None:
+        raise_limit()
+    if config.workers > 1:
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+    else:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        uvicorn.Server(config).run()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.baselines",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("app", choices=["plain", "naive"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--workers", type=int)
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
     args = parser.parse_args()
-    overrides = {"host": args.host, "port": args.port}
-    if args.workers:
-        overrides["workers"] = args.workers
-    settings = Settings(**overrides)  # type: ignore[arg-type]
-    # The receiver's own uvicorn call, with only the application swapped.
-    server.APP = f"bench.baselines:{args.app}_app"
-    server.run(settings, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    serve(
+        args.app,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
 
 
 if __name__ == "__main__":
