@@ -97,33 +97,11 @@ def serve(app: str, *, host: str, port: int, workers: int, tls_cert: str | None,
     import uvicorn
     from uvicorn.supervisors.multiprocess import Multiprocess
 
-    from receiver import server, tls
+    from receiver import server
     from receiver.config import Settings
 
     settings = Settings(host=host, port=port, workers=workers)
-    config = uvicorn.Config(
-        f"bench.baselines:{app}_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http=server.HTTP,
-        ws="none",
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-        proxy_headers=False,
-        timeout_graceful_shutdown=int(settings.shutdown_drain_seconds) + 5,
-        ssl_certfile=tls_cert,
-        ssl_keyfile=tls_key,
-        ssl_context_factory=tls.context_factory if tls_cert else None,
-    )
-    config.client_timeout = settings.client_timeout_seconds  # type: ignore[attr-defined]  # read by server.HTTP
-    raise_limit = getattr(server, "_raise_open_files_limit", None)
-    if raise_limit is not None:
-        raise_limit()
+    config = server.uvicorn_config(settings, f"bench.baselines:{app}_app", tls_cert=tls_cert, tls_key=tls_key)
     if config.workers > 1:
         Multiprocess(config, sockets=[config.bind_socket()]).run()
     else:

@@ -45,11 +45,13 @@ async def announce(settings: Settings, *, tls: bool) -> None:
     print(f"Listening on {base}", flush=True)
 
 
-def run(settings: Settings, *, tls_cert: str | None = None, tls_key: str | None = None) -> None:
-    """uvicorn's own ``run``, with two changes: TLS contexts come from :mod:`receiver.tls`, and
-    SIGHUP reloads the certificate in every worker instead of restarting the workers."""
+def uvicorn_config(
+    settings: Settings, app: str, *, tls_cert: str | None = None, tls_key: str | None = None
+) -> uvicorn.Config:
+    """How the workers are served: uvloop, httptools with deadlines for slow clients, no access
+    log, TLS contexts from :mod:`receiver.tls` (the benchmarks serve their baselines the same way)."""
     config = uvicorn.Config(
-        APP,
+        app,
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -69,6 +71,13 @@ def run(settings: Settings, *, tls_cert: str | None = None, tls_key: str | None 
     )
     config.client_timeout = settings.client_timeout_seconds  # type: ignore[attr-defined]  # read by HTTP
     _raise_open_files_limit()
+    return config
+
+
+def run(settings: Settings, *, tls_cert: str | None = None, tls_key: str | None = None) -> None:
+    """uvicorn's own ``run``, with two changes: TLS contexts come from :mod:`receiver.tls`, and
+    SIGHUP reloads the certificate in every worker instead of restarting the workers."""
+    config = uvicorn_config(settings, APP, tls_cert=tls_cert, tls_key=tls_key)
     server = uvicorn.Server(config)
     # The workers only acknowledge; the writer, a process of its own, stores.
     os.environ["RECEIVER_WRITER"] = "process"
