@@ -279,25 +279,23 @@ class Stages:
         line = {"application": "bench", "bytes": 120, "sms_msg_id": "stage-1", "status": "DELIVRD"}
 
         def log_line(i: int) -> None:
-            callbacks.log.info(
-                "callback", request_id=os.urandom(16).hex(), endpoint="status-report", code=200, ms=0.42,
-                client="127.0.0.1", **line,
-            )  # fmt: skip
+            logs.callback({
+                "request_id": os.urandom(16).hex(), "endpoint": "status-report", "code": 200, "ms": 0.42,
+                "client": "127.0.0.1", **line,
+            })  # fmt: skip
 
         logs.flush()
         per_line = self.sync_cpu(log_line, n, logs.flush)  # with the batched writes to the file
         self.add(
-            section, "log", "of which: the `callback` log line (structlog to JSON, batched write)", per_line
+            section, "log", "of which: the `callback` log line (rendered to JSON, batched write)", per_line
         )
         template = callbacks.TEMPLATES["status-report"]
-        counter = metrics.REQUESTS.labels(template, "200")
-        histogram = metrics.ACK_SECONDS.labels(template)
+        tally = metrics.Tally()
 
         def observe(i: int) -> None:
-            counter.inc()
-            histogram.observe(0.0004)
+            tally.count(template, 200, 0.0004)
 
-        mode = "multiprocess, memory-mapped" if metrics.MULTIPROCESS else "single process"
+        mode = "counted in memory, " + ("multiprocess" if metrics.MULTIPROCESS else "single process") + " values"
         self.add(
             section,
             "metrics",

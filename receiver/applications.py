@@ -267,6 +267,14 @@ class Registry:
                 f.write(json.dumps(data))
             staging.replace(self._snapshot)
 
+    def known(self, token: str, pool: asyncpg.Pool | None) -> Application | None:
+        """The application of ``token`` if this worker knows it (no I/O, no await: the callback
+        path's usual case); an old copy is refreshed in the background."""
+        app = self._apps.get(token_hash(token))
+        if app is not None and pool is not None and time.monotonic() - self._loaded_at >= self.max_age:
+            self._start_refresh(pool)
+        return app
+
     async def lookup(self, token: str, pool: asyncpg.Pool | None, *, refresh: bool = False) -> Application | None:
         """The application of ``token``. On a miss, or with ``refresh`` (say, a push signed with an
         access key not known yet), read the database first, at most every ``min_interval`` s."""

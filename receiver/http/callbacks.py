@@ -17,6 +17,7 @@ request metrics, one ``callback`` log line) but more cheaply: the log line's wri
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import time
@@ -38,6 +39,10 @@ log = structlog.get_logger("receiver.callbacks")
 PREFIX = "/callbacks/"
 TEMPLATES = {name: f"/callbacks/{{token}}/{name}" for name in ENDPOINT_KINDS}
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+# A request without a usable X-Request-Id gets one: 32 hex digits, unique per process (a random
+# half fixed at start, a counter), without a system call per request.
+_ID_PREFIX = os.urandom(8).hex().encode()
+_ids = itertools.count()
 _OK_START = {"type": "http.response.start", "status": 200}
 _EMPTY_BODY: Message = {"type": "http.response.body", "body": b""}
 _JSON = (b"content-type", b"application/json")
@@ -71,9 +76,9 @@ class Callbacks:
             elif name == b"x-request-id" and request_id is None and _SANE_ID.fullmatch(value):
                 request_id = value
         if request_id is None:
-            request_id = os.urandom(16).hex().encode()
+            request_id = b"%s%016x" % (_ID_PREFIX, next(_ids))
         call = _Call(self, scope, receive, send, endpoint, kind, request_id, start, received_at, content_type)
-        await call.run(content_length)
+        await call.run(token, content_length)
 
 
 class _Call:
@@ -106,10 +111,9 @@ class _Call:
         self.notes: dict[str, object] = {}
         self.client: netaddr.IPAddress | None | bool = False  # False: not resolved yet
 
-    async def run(self, content_length: bytes | None) -> None:
+    async def run(self, token: str, content_length: bytes | None) -> None:
         state = self.state
-        token = self.scope["path"][len(PREFIX) :].split("/", 1)[0]
-        app = await state.registry.lookup(token, state.pool)
+        app = state.registry.known(token, state.pool) or await state.registry.lookup(token, state.pool)
         if app is None:
             await self.refuse(None, ingest.UNKNOWN_APPLICATION)
             return
