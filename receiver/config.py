@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     journal_dir: Path | None = Field(default=None, description="default: DATA_DIR/journal")
     journal_max_bytes: int = Field(default=256 << 20, description="per worker: backlog bound before 503s")
     journal_segment_bytes: int = 8 << 20
+    journal_sync_on_loop: bool = Field(
+        default=False, description="fdatasync on the event loop instead of the journal thread"
+    )
     writer_batch_size: int = 1000
     writer_interval_seconds: float = Field(
         default=0.1, ge=0, le=5, description="during bursts, store at most this often (larger batches)"

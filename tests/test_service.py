@@ -133,8 +133,8 @@ def test_a_killed_workers_journal_is_stored_while_the_service_runs(db_url: str, 
     try:
         with Load(service, token) as load:
             assert wait_for(lambda: load.acked_count() >= 300, timeout=30)
-            folders = journal_folders(data_dir)
-            assert len(folders) == 2
+            folders = journal_folders(data_dir)  # a worker's folder appears with its first record
+            assert folders
             victim = holder_of(folders[0] / "lock")
             os.kill(victim, signal.SIGKILL)
             before = load.acked_count()

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import gc
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -17,16 +14,9 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from .. import logs, metrics, writer_process
-from ..apikeys import KeyCache
-from ..applications import Registry
-from ..blacklist import numbers as blacklist_numbers
-from ..blacklist.mirror import Mirror
+from .. import logs, metrics
 from ..config import Settings
-from ..correlation import sweep
-from ..events.hub import Hub
-from ..journal import Journal
-from ..quarantine import Quarantine
+from ..worker import Worker
 from . import blacklist, callbacks, events, health, openapi, prometheus, query
 from .middleware import Observe
 from .responses import DATABASE_AWAY, Refusal, error_response
@@ -44,65 +34,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        dsn = settings.database_url
-        if not dsn:
-            raise RuntimeError("RECEIVER_DATABASE_URL is not set: start the service with `receiver serve`")
-        journal = Journal(
-            settings.journal_path, max_bytes=settings.journal_max_bytes, segment_bytes=settings.journal_segment_bytes
-        )
-        pool = await asyncpg.create_pool(dsn, min_size=0, max_size=4, timeout=5, reset=_keep_session)
-        registry = Registry(settings.data_dir / "applications.json")
-        try:
-            async with pool.acquire(timeout=5) as conn:
-                await registry.load(conn)
-        except Exception as error:  # noqa: BLE001 - the database may be down: work from the snapshot
-            registry.load_snapshot()
-            log.warning("registry.from_snapshot", error=type(error).__name__, applications=len(registry))
-        # Under `receiver serve` the writer is a process of its own; otherwise a task of this worker.
-        writer = writer_process.build(settings) if settings.writer == "inline" else None
-        if writer is not None:
-            journal.on_durable = writer.wake
-        metrics.JOURNAL_MAX.set(settings.journal_max_bytes)
-        app.state.settings, app.state.pool, app.state.registry = settings, pool, registry
-        app.state.journal, app.state.writer = journal, writer
-        app.state.api_keys = KeyCache()
-        app.state.quarantine = quarantine = Quarantine(journal, bodies_per_second=settings.quarantine_bodies_per_second)
-        app.state.events_hub = hub = Hub(dsn)
-        app.state.blacklist_mirror = mirror = Mirror(dsn, pool) if settings.blacklist_mirror else None
-        task = asyncio.create_task(writer.run()) if writer is not None else None
-        # Pending messages past their report window become unreported: a timer beside the writer,
-        # not a cost per callback (under `receiver serve`, in the writer process). One sweeps at a
-        # time (an advisory lock).
-        sweeper = sweep.start(pool, settings.report_window, settings.sweep_interval_seconds) if writer else None
-        blacklist_numbers.prepare(settings.default_region)
-        # What is loaded now (modules, phonenumbers' tables) lives as long as the worker: out of
-        # the garbage collector's sight, a full collection no longer walks it (about 35 ms on a
-        # small VM, a stall for every request in flight).
-        if not gc.get_freeze_count():  # once per process (tests run many applications in one)
-            gc.collect()
-            gc.freeze()
+        worker = await Worker.start(settings)
+        app.state.worker = worker
+        # What the handlers read, by name.
+        for name in ("settings", "journal", "pool", "registry", "api_keys", "quarantine", "events_hub",
+                     "blacklist_mirror", "writer"):  # fmt: skip
+            setattr(app.state, name, getattr(worker, name))
         try:
             yield
         finally:
-            if sweeper is not None:
-                await sweep.stop(sweeper)
-            await hub.close()
-            if mirror is not None:
-                await mirror.close()
-            quarantine.flush()  # the counts of refusals whose bodies were not kept, before the journal closes
-            await journal.close()
-            drained: bool | None = None
-            if writer is not None and task is not None:
-                drained = await writer.stop(settings.shutdown_drain_seconds)
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                writer.reader.close()
-            log.info("worker.stopped", drained=drained, backlog_bytes=journal.backlog_bytes)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(pool.close(), timeout=5)
-            metrics.TALLY.flush()  # counted in memory until now
-            metrics.worker_stopped()
+            await worker.stop()
 
     async def refused(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Refusal)
@@ -144,8 +85,3 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
         exception_handlers=handlers,
     )
-
-
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Pool connections come back as they left: the query API sets no session state, so skip
-    asyncpg's default reset, a round trip to PostgreSQL on every release."""

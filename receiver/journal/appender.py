@@ -32,8 +32,11 @@ class JournalFull(JournalUnavailable):
 
 
 class Journal:
-    def __init__(self, root: Path, *, max_bytes: int, segment_bytes: int) -> None:
+    def __init__(self, root: Path, *, max_bytes: int, segment_bytes: int, sync_on_loop: bool = False) -> None:
         self.root = root
+        # True: write and fdatasync on the event loop itself (no thread hand-off; the loop waits
+        # for the disk); False: on the journal thread while the loop goes on.
+        self.sync_on_loop = sync_on_loop
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self.dir: JournalDir | None = None
@@ -114,6 +117,15 @@ class Journal:
         flush = (loop, b"".join(self._buffer), self._waiters)
         self._buffer, self._buffered, self._waiters = [], 0, []
         self._inflight = len(flush[1])
+        if self.sync_on_loop:
+            segment: Segment | None = None
+            error: BaseException | None = None
+            try:
+                segment = self._write(flush[1])
+            except Exception as failure:  # noqa: BLE001 - whatever it is, these records are not durable
+                error = failure
+            self._flush_done(flush, segment, error)
+            return
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
             self._thread.start()
