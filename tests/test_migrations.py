@@ -87,7 +87,9 @@ def test_migrations_missing_stop_serve_even_when_the_database_is_away(tmp_path: 
     assert result.stderr.count("\n") == 1 and "no SQL migrations in" in result.stderr
 
 
-def test_an_applied_migration_whose_file_changed_stops_serve_and_migrate(empty_db_url: str, tmp_path: Path) -> None:
+def test_an_applied_migration_whose_file_changed_stops_serve_and_migrate(
+    empty_db_url: str, tmp_path: Path
+) -> None:
     folder = copy_of_sql(tmp_path / "sql")
     env = service_env(tmp_path / "data", empty_db_url, RECEIVER_MIGRATIONS_DIR=str(folder))
     assert cli("migrate", env=env).stdout.startswith("applied ")
@@ -105,16 +107,23 @@ def test_new_migrations_apply_over_checksums_recorded_before(empty_db_url: str, 
     """A database migrated by an earlier release (fewer files, same checksums) takes the new ones;
     versions it has that this release does not ship (a newer release ran) are no error."""
     folder = copy_of_sql(tmp_path / "sql")
-    newest = sorted(folder.glob("*.sql"))[-1]
+    newest = max(folder.glob("*.sql"))
     held_back = newest.read_bytes()
     newest.unlink()
     env = service_env(tmp_path / "data", empty_db_url, RECEIVER_MIGRATIONS_DIR=str(folder))
     cli("migrate", env=env)
     newest.write_bytes(held_back)
     assert cli("migrate", env=env).stdout.strip() == f"applied 1 migration(s): {newest.stem}"
-    run(fetch(empty_db_url, "INSERT INTO schema_migrations (version, checksum) VALUES ('999_later', 'x') RETURNING 1"))
+    run(
+        fetch(
+            empty_db_url,
+            "INSERT INTO schema_migrations (version, checksum) VALUES ('999_later', 'x') RETURNING 1",
+        )
+    )
     assert cli("migrate", env=env).stdout.strip() == "applied 0 migration(s)"
-    rows = run(fetch(empty_db_url, "SELECT version, checksum FROM schema_migrations WHERE version <> '999_later'"))
+    rows = run(
+        fetch(empty_db_url, "SELECT version, checksum FROM schema_migrations WHERE version <> '999_later'")
+    )
     assert {r["version"]: r["checksum"] for r in rows} == {
         m.version: m.checksum for m in migrate.available(folder)
     }
