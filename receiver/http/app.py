@@ -92,9 +92,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.blacklist_mirror = mirror = Mirror(dsn, pool) if settings.blacklist_mirror else None
         task = asyncio.create_task(writer.run())
         blacklist_numbers.prepare(settings.default_region)
-        # What is loaded now (modules, phonenumbers' tables) lives as long as the worker: out of
-        # the garbage collector's sight, a full collection no longer walks it (about 35 ms on a
-        # small VM, a stall for every request in flight).
+        # What is loaded by now (modules, phonenumbers' tables) lives as long as the worker: out
+        # of the garbage collector's sight, a full collection does not walk it (that takes about
+        # 35 ms on a small VM, a stall for every request in flight).
         if not gc.get_freeze_count():  # once per process (tests run many applications in one)
             gc.collect()
             gc.freeze()

@@ -5,7 +5,7 @@ campaign's reports arrive by the million. Starlette's router, its exception midd
 per-route ``Request``/``Response`` wrapping cost about as much CPU as parsing the report itself,
 so a ``POST /callbacks/{token}/{endpoint}`` goes straight from the observing middleware to its
 handler in :mod:`receiver.http.callbacks`. Everything else, including other methods on those
-paths (``405``), goes through the router as before, where the same routes are registered.
+paths (``405``), goes through the router, where the same routes are registered.
 
 The handler sees what the router would have given it: ``scope["route"]`` (the metrics and the
 log line name the endpoint by it) and ``scope["path_params"]``; a :class:`Refusal` or any
