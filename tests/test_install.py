@@ -27,6 +27,8 @@ def test_the_wheel_carries_the_migrations_and_the_licence(artifacts: dict[str, P
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "License-Expression: Apache-2.0" in metadata.splitlines()
     assert f"Version: {receiver.__version__}" in metadata.splitlines()
+    modules = {str(path.relative_to(ROOT)) for path in (ROOT / "receiver").rglob("*.py")}
+    assert modules <= set(names), f"pyproject.toml's packages miss {sorted(modules - set(names))}"
 
 
 @pytest.mark.parametrize("kind", ["wheel", "sdist"])
