@@ -9,6 +9,10 @@ those in memory too, so verification needs no I/O either.
 
 An application may also have a source allow-list (CIDRs): its pushes must then come from one of
 those networks (``receiver.netaddr``; 403 otherwise). Workers keep it in memory as well.
+
+An application may also have reply numbers: the 106... numbers its recipients see and reply to.
+A reply to a number that starts with one of them belongs to that application, and answers one of
+its sends (``receiver.correlation.links``). The callback path never reads them.
 """
 
 from __future__ import annotations
@@ -18,14 +22,17 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
 
+from .correlation import links
 from .netaddr import MAX_SOURCES, IPNetwork, parse_network
 
 CALLBACK_PATHS = {
@@ -111,6 +118,58 @@ async def set_allowed_sources(conn: asyncpg.Connection, name: str, networks: Seq
         "UPDATE applications SET allowed_sources = $2 WHERE name = $1 RETURNING true", name, _checked(networks)
     )
     return bool(done)
+
+
+_REPLY_NUMBER = re.compile(r"[0-9]{4,21}")
+
+
+def parse_reply_number(value: str) -> str:
+    """A number recipients reply to, as the platform sends it in an uplink's ``to``: 4 to 21
+    digits (``1069...``); blanks and dashes as written in a console are dropped."""
+    number = re.sub(r"[\s-]", "", value)
+    if not _REPLY_NUMBER.fullmatch(number):
+        raise ValueError(f"{value!r} is not a reply number (4 to 21 digits, such as 10691002019)")
+    return number
+
+
+class ReplyNumberTaken(ValueError):
+    """A reply number belongs to another application."""
+
+
+async def change_reply_numbers(
+    conn: asyncpg.Connection, name: str, add: Sequence[str], remove: Sequence[str], window: timedelta
+) -> list[str] | None:
+    """Give the application ``add`` and take ``remove`` from it, then link again the replies to
+    numbers they start (the report window as in :mod:`receiver.correlation.links`). Returns its
+    reply numbers, or None when there is no such application. ReplyNumberTaken when one of ``add``
+    is another application's."""
+    async with conn.transaction():
+        app_id = await conn.fetchval("SELECT id FROM applications WHERE name = $1", name)
+        if app_id is None:
+            return None
+        if add:
+            await conn.execute(
+                "INSERT INTO reply_numbers (number, application_id) SELECT unnest($1::text[]), $2"
+                " ON CONFLICT (number) DO NOTHING",
+                sorted(set(add)),
+                app_id,
+            )
+            taken = await conn.fetch(
+                "SELECT r.number, a.name FROM reply_numbers r JOIN applications a ON a.id = r.application_id"
+                " WHERE r.number = ANY($1::text[]) AND r.application_id <> $2 ORDER BY r.number",
+                list(add),
+                app_id,
+            )
+            if taken:
+                owners = ", ".join(f"{r['number']} is {r['name']!r}'s" for r in taken)
+                raise ReplyNumberTaken(f"a reply number belongs to one application: {owners}")
+        if remove:
+            await conn.execute(
+                "DELETE FROM reply_numbers WHERE application_id = $1 AND number = ANY($2::text[])", app_id, list(remove)
+            )
+        await links.relink_reply_numbers(conn, [*add, *remove], window)
+        rows = await conn.fetch("SELECT number FROM reply_numbers WHERE application_id = $1 ORDER BY number", app_id)
+    return [r["number"] for r in rows]
 
 
 async def set_push_keys(conn: asyncpg.Connection, name: str, pairs: Sequence[tuple[str, str]]) -> bool:

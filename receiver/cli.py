@@ -23,6 +23,7 @@ from .blacklist import store as blacklist_store
 from .blacklist.numbers import to_e164
 from .blacklist.rules import Diff, Entry
 from .config import Settings
+from .correlation import links
 from .db import embedded, migrate
 from .simulate import command as simulate
 
@@ -131,6 +132,9 @@ def cmd_app_create(args: argparse.Namespace) -> int:
     sources = _sources(args.allow_source, "--allow-source")
     if sources is None:
         return 2
+    reply_numbers = _reply_numbers(args.reply_number, "--reply-number")
+    if reply_numbers is None:
+        return 2
 
     async def create(url: str) -> tuple[applications.Application, str]:
         await _migrate(url)
@@ -140,6 +144,8 @@ def cmd_app_create(args: argparse.Namespace) -> int:
                 app, token = await applications.create(conn, args.name, args.channel or [], sources)
                 if push_keys:
                     await applications.set_push_keys(conn, app.name, push_keys)
+                if reply_numbers:
+                    await applications.change_reply_numbers(conn, app.name, reply_numbers, [], settings.report_window)
                 return app, token
         finally:
             await conn.close()
@@ -149,6 +155,9 @@ def cmd_app_create(args: argparse.Namespace) -> int:
             app, token = asyncio.run(create(url))
         except asyncpg.UniqueViolationError:
             print(f"an application named {args.name!r} exists already", file=sys.stderr)
+            return 1
+        except applications.ReplyNumberTaken as error:
+            print(f"--reply-number: {error}", file=sys.stderr)
             return 1
     urls = applications.callback_urls(settings.base_url(tls=args.tls), token)
     if args.json:
@@ -163,6 +172,64 @@ def cmd_app_create(args: argparse.Namespace) -> int:
             print(f"  signed pushes required, access key(s): {', '.join(ak for ak, _ in push_keys)}")
         if sources:
             print(f"  pushes accepted only from:  {', '.join(n.compressed for n in sources)}")
+        if reply_numbers:
+            print(f"  reply numbers:              {', '.join(sorted(set(reply_numbers)))}")
+    return 0
+
+
+def _reply_numbers(values: Sequence[str] | None, option: str) -> list[str] | None:
+    """Reply numbers as given; None, after a message, when one is not."""
+    try:
+        return [applications.parse_reply_number(v) for v in values or ()]
+    except ValueError as error:
+        print(f"{option}: {error}", file=sys.stderr)
+        return None
+
+
+def cmd_app_reply_numbers(args: argparse.Namespace) -> int:
+    """Show, add or remove (``--remove``) an application's reply numbers; link again the replies
+    they concern."""
+    settings = _settings(args)
+    add = _reply_numbers(args.numbers, "reply-numbers")
+    remove = _reply_numbers(args.remove, "--remove")
+    if add is None or remove is None:
+        return 2
+
+    async def work(url: str) -> list[str] | None:
+        await _migrate(url)
+        conn = await _connect(url)
+        try:
+            return await applications.change_reply_numbers(conn, args.name, add, remove, settings.report_window)
+        finally:
+            await conn.close()
+
+    with database(settings) as url:
+        try:
+            numbers = asyncio.run(work(url))
+        except applications.ReplyNumberTaken as error:
+            print(f"reply-numbers: {error}", file=sys.stderr)
+            return 1
+    return _show_list(args.name, numbers, "replies to {} (and longer numbers starting so) are its replies",
+                      "no reply numbers")  # fmt: skip
+
+
+def cmd_relink(args: argparse.Namespace) -> int:
+    """Apply the reply-matching rules again to stored replies (all, or those received since)."""
+    settings = _settings(args)
+    logs.configure(settings.log_level, settings.log_format)
+
+    async def work(url: str) -> tuple[int, int]:
+        await _migrate(url)
+        conn = await _connect(url)
+        try:
+            since = await conn.fetchval("SELECT now() - $1::interval", args.since) if args.since else None
+            return await links.relink(conn, settings.report_window, since=since)
+        finally:
+            await conn.close()
+
+    with database(settings) as url:
+        examined, changed = asyncio.run(work(url))
+    print(f"relinked {examined} repl{'y' if examined == 1 else 'ies'}: {changed} link(s) made or changed")
     return 0
 
 
@@ -224,13 +291,16 @@ def cmd_app_push_keys(args: argparse.Namespace) -> int:
 
     with database(settings) as url:
         access_keys = asyncio.run(work(url))
-    if access_keys is None:
-        print(f"no application named {args.name!r}", file=sys.stderr)
+    return _show_list(args.name, access_keys, "pushes must be signed with one of: {}",
+                      "no push keys; pushes are not verified")  # fmt: skip
+
+
+def _show_list(name: str, items: list[str] | None, some: str, none: str) -> int:
+    """An application's list as a command changed or read it (None: there is no such application)."""
+    if items is None:
+        print(f"no application named {name!r}", file=sys.stderr)
         return 1
-    if access_keys:
-        print(f"{args.name}: pushes must be signed with one of: {', '.join(access_keys)}")
-    else:
-        print(f"{args.name}: no push keys; pushes are not verified")
+    print(f"{name}: {some.format(', '.join(items)) if items else none}")
     return 0
 
 
@@ -241,12 +311,16 @@ def cmd_apikey_create(args: argparse.Namespace) -> int:
         await _migrate(url)
         conn = await _connect(url)
         try:
-            return await apikeys.create(conn, args.name)
+            return await apikeys.create(conn, args.name, args.application)
         finally:
             await conn.close()
 
     with database(settings) as url:
-        key = asyncio.run(create(url))
+        try:
+            key = asyncio.run(create(url))
+        except apikeys.UnknownApplication:
+            print(f"--application: no application named {args.application!r}", file=sys.stderr)
+            return 1
     if args.json:
         print(json.dumps({"name": args.name, "key": key}))
     else:
@@ -465,6 +539,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_writer(args: argparse.Namespace) -> int:
+    from . import writer_process
+
+    return writer_process.main()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from . import server
 
@@ -567,6 +647,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cmd_serve)
 
     commands.add_parser("migrate", help="apply the SQL migrations").set_defaults(handler=cmd_migrate)
+    commands.add_parser(
+        "writer", help="move the journal into PostgreSQL until SIGTERM (`receiver serve` runs it for you)"
+    ).set_defaults(handler=cmd_writer)
 
     app = commands.add_parser("app", help="Huawei SMS applications").add_subparsers(dest="app_command", required=True)
     create = app.add_parser("create", help="register an application and print its callback URLs")
@@ -588,6 +671,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CIDR",
         help="accept pushes only from this network (repeatable); 'huawei': the platform's documented ranges",
     )
+    create.add_argument(
+        "--reply-number",
+        action="append",
+        metavar="NUMBER",
+        help="a number the application's recipients reply to (the 106... number they see; repeatable); replies"
+        " to it, or to it followed by extension digits, are the application's",
+    )
     create.set_defaults(handler=cmd_app_create)
     push_keys = app.add_parser("push-keys", help="show or rotate an application's push keys (signed pushes)")
     push_keys.add_argument("name")
@@ -604,6 +694,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     allow.add_argument("--any", action="store_true", help="remove the list: pushes are accepted from any source")
     allow.set_defaults(handler=cmd_app_allow_sources)
+    reply = app.add_parser("reply-numbers", help="show or change the numbers an application's recipients reply to")
+    reply.add_argument("name")
+    reply.add_argument("numbers", nargs="*", metavar="NUMBER", help="add these reply numbers")
+    reply.add_argument("--remove", action="append", metavar="NUMBER", help="remove this reply number (repeatable)")
+    reply.set_defaults(handler=cmd_app_reply_numbers)
     app.add_parser("list", help="list the applications").set_defaults(handler=cmd_app_list)
 
     apikey = commands.add_parser("apikey", help="API keys for the /v1 query API").add_subparsers(
@@ -612,6 +707,9 @@ def build_parser() -> argparse.ArgumentParser:
     key_create = apikey.add_parser("create", help="issue a new API key")
     key_create.add_argument("name", help="who the key is for")
     key_create.add_argument("--json", action="store_true", help="print one JSON object")
+    key_create.add_argument(
+        "--application", metavar="APP", help="scope the key to this application: the sends it registers are the app's"
+    )
     key_create.set_defaults(handler=cmd_apikey_create)
 
     blacklist = commands.add_parser("blacklist", help="numbers that must get no more SMS").add_subparsers(
@@ -659,6 +757,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive, default=10_000, metavar="N", help="candidates per transaction (default 10000)"
     )
     prune.set_defaults(handler=cmd_prune)
+
+    relink = commands.add_parser("relink", help="apply the reply-matching rules again to stored replies")
+    relink.add_argument(
+        "--since", type=_duration, metavar="DURATION", help="only replies received this long ago or later (e.g. 30d)"
+    )
+    relink.set_defaults(handler=cmd_relink)
 
     simulate.add_parser(commands)
 

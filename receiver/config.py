@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -30,6 +31,14 @@ class Settings(BaseSettings):
         default=0.1, ge=0, le=5, description="during bursts, store at most this often (larger batches)"
     )
     shutdown_drain_seconds: float = 10.0
+    writer: Literal["process", "inline"] = Field(
+        default="inline",
+        description="process: the writer is a process of its own (what `receiver serve` runs);"
+        " inline: a task in each worker (an ASGI server started by hand, the tests)",
+    )
+    writer_nice: int = Field(
+        default=10, ge=0, le=19, description="the writer process's CPU niceness: acknowledgements come first"
+    )
 
     max_body_bytes: int = Field(default=256 << 10, ge=1024, le=512 << 10, description="larger bodies get 413")
     client_timeout_seconds: float = Field(
@@ -68,6 +77,23 @@ class Settings(BaseSettings):
         " NOTIFY (about 100 bytes per blacklisted number); false: every check asks PostgreSQL",
     )
     default_region: str = Field(default="CN", description="country of numbers written without a country code")
+    report_window: timedelta = Field(
+        default=timedelta(hours=72),
+        gt=timedelta(0),
+        description="how long after a send its reports and replies are expected (the platform's 72 h); a reply"
+        " matched only by its application or its number answers a send inside this window (seconds, or ISO 8601"
+        " such as P3D); a registered send with no final report once it has passed is unreported"
+        " (docs/delivery-states.md)",
+    )
+    stuck_pending_after: timedelta = Field(
+        default=timedelta(minutes=10),
+        gt=timedelta(0),
+        description="a registered send pending longer than this, inside its report window, counts as stuck"
+        " (seconds, or ISO 8601 such as PT10M)",
+    )
+    sweep_interval_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="how often pending sends past their report window are marked"
+    )
 
     @field_validator("optout_keywords", "resubscribe_keywords", mode="before")
     @classmethod
@@ -83,6 +109,14 @@ class Settings(BaseSettings):
             value = [part for part in value.split(",") if part.strip()]
         if isinstance(value, (list, tuple)):
             return tuple(netaddr.parse_network(v) if isinstance(v, str) else v for v in value)
+        return value
+
+    @field_validator("report_window", "stuck_pending_after", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        """A number of seconds as the environment writes it (``259200``), besides ISO 8601 (``P3D``)."""
+        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+            return float(value)
         return value
 
     @field_validator("default_region")

@@ -16,6 +16,8 @@ failure is not counted twice (:func:`on_commit`).
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import collections
 import contextlib
 import json
@@ -39,7 +41,10 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from .journal import envelope
 from .metrics_dir import ENV
 from .procs import alive
 
@@ -119,6 +124,50 @@ BLACKLIST_CHECKS = Counter(
     ["answered_by"],
 )
 
+# --- delivery states over time, and sends after an opt-out ----------------------------------------
+
+UNREPORTED = Counter(
+    "receiver_messages_unreported",
+    "Registered sends marked unreported: no delivered or failed state once RECEIVER_REPORT_WINDOW"
+    " (72 h) after their createTime had passed (counted by the sweep that marks them)",
+)
+SENDS_AFTER_OPTOUT = Counter(
+    "receiver_sends_after_optout",
+    "Registered sends found to have gone to a number blacklisted, for their channel, at their createTime",
+)
+STUCK_PENDING = "receiver_messages_stuck_pending"
+STUCK_PENDING_HELP = (
+    "Registered sends pending longer than RECEIVER_STUCK_PENDING_AFTER but inside their report window,"
+    " by application (the send's, else the one listing its channel; empty: none) and channel; read from PostgreSQL"
+    " at each scrape (absent when it does not answer)"
+)
+MAX_STUCK_LABELS = 200  # label pairs per scrape: the largest counts
+
+
+def stuck_pending_text(rows: Sequence[tuple[str, str, int]]) -> bytes:
+    """The stuck-pending gauge's exposition, from :func:`receiver.correlation.sweep.stuck_pending`."""
+    family = GaugeMetricFamily(STUCK_PENDING, STUCK_PENDING_HELP, labels=["application", "channel"])
+    for application, channel, messages in rows:
+        family.add_metric([application, channel], messages)
+    registry = CollectorRegistry()
+    registry.register(_Collected(family))  # values in memory only: no multiprocess file
+    return generate_latest(registry)
+
+
+class _Collected(Collector):
+    def __init__(self, family: GaugeMetricFamily) -> None:
+        self.family = family
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield self.family
+
+
+def sends_after_optout(n: int) -> None:
+    """Counted when the enclosing transaction commits."""
+    if n:
+        later(lambda: SENDS_AFTER_OPTOUT.inc(n))
+
+
 # --- refusals and slow clients -------------------------------------------------------------------
 
 QUARANTINED = Counter(
@@ -148,6 +197,58 @@ CLIENT_CLOSED = Counter(
     " headers_too_large, bad_request (not HTTP)",
     ["reason"],
 )
+
+
+# --- the callback path's own counts --------------------------------------------------------------
+
+
+class Tally:
+    """Callback requests (``receiver_http_requests`` by code, ``receiver_callback_ack_seconds``)
+    counted in plain process memory, a dictionary update per request, and added to the
+    Prometheus values (which workers share through files) at most a second later and before
+    each scrape this worker answers: every update of those costs a lock and a write to a
+    memory-mapped file, several per request."""
+
+    def __init__(self, flush_after: float = 1.0) -> None:
+        self.flush_after = flush_after
+        self._codes: collections.Counter[tuple[str, int]] = collections.Counter()
+        self._acks: dict[str, tuple[list[int], list[float]]] = {}  # endpoint -> per-bucket counts, [sum]
+        self._bounds = [*ACK_SECONDS._upper_bounds]
+        self._timer: asyncio.TimerHandle | None = None
+
+    def count(self, endpoint: str, code: int, seconds: float | None) -> None:
+        self._codes[(endpoint, code)] += 1
+        if seconds is not None:
+            ack = self._acks.get(endpoint)
+            if ack is None:
+                ack = self._acks[endpoint] = ([0] * len(self._bounds), [0.0])
+            ack[0][bisect.bisect_left(self._bounds, seconds)] += 1
+            ack[1][0] += seconds
+        if self._timer is None:
+            with contextlib.suppress(RuntimeError):  # no running loop: flushed at the next scrape
+                self._timer = asyncio.get_running_loop().call_later(self.flush_after, self.flush)
+
+    def flush(self) -> None:
+        self._timer = None
+        codes, self._codes = self._codes, collections.Counter()
+        acks, self._acks = self._acks, {}
+        for (endpoint, code), n in codes.items():
+            REQUESTS.labels(endpoint, str(code)).inc(n)
+        for endpoint, (buckets, total) in acks.items():
+            _add_observations(ACK_SECONDS.labels(endpoint), buckets, total[0])
+
+
+def _add_observations(histogram: Histogram, buckets: list[int], total: float) -> None:
+    """Add counted observations to a histogram child: what ``observe()`` does one at a time.
+    prometheus_client has no public call for it; tests/test_observability.py checks that this
+    and ``observe()`` still give the same exposition."""
+    histogram._sum.inc(total)
+    for value, n in zip(histogram._buckets, buckets, strict=True):
+        if n:
+            value.inc(n)
+
+
+TALLY = Tally()
 
 
 # --- status labels: bounded, whatever the network sends ----------------------------------------
@@ -232,18 +333,19 @@ def blacklist_changed(changes: Diff) -> None:
 
 def received_at(payload: bytes) -> float | None:
     """A journal record's receipt time (unix seconds)."""
+    at = envelope.received_at(payload)
+    if at is not None:
+        return at
     try:
-        return float(json.loads(payload)["at"])
+        return float(json.loads(payload)["at"])  # a version 1 record
     except (ValueError, KeyError, TypeError):
         return None
 
 
 def journal_state(reader: JournalReader, batch: Batch) -> None:
     """Backlog and age of the oldest record not yet stored; ``batch`` is what the writer read
-    next (oldest first, adopted journals before its own), empty when the journal is drained."""
-    journal = reader.journal
-    JOURNAL_BACKLOG.set(journal.backlog_bytes + reader.adopted_bytes)
-    JOURNAL_MAX.set(journal.max_bytes)
+    next, empty when the journal is drained."""
+    JOURNAL_BACKLOG.set(reader.backlog_bytes)
     oldest = received_at(batch.payloads[0]) if batch.payloads else None
     JOURNAL_OLDEST.set(max(0.0, time.time() - oldest) if oldest is not None else 0.0)
 

@@ -1,7 +1,10 @@
-"""Journal records: an accepted event or a refused request, as bytes and back.
+"""Journal records: an accepted callback or a refused request, as bytes and back.
 
-The HTTP layer encodes, the writer decodes; nothing else knows the format. A record is one JSON
-object whose ``kind`` says which table it is for.
+The callback path encodes, the writer decodes. An accepted callback is its body as it came, in
+the journal's versioned envelope (:mod:`receiver.journal.envelope`); the writer parses it again
+with the protocol's pure functions, so the acknowledgement never re-serialises fields. A refused
+request is a small JSON object in the same envelope. Version 1 records (JSON objects with the
+parsed fields, written by earlier releases) still decode.
 """
 
 from __future__ import annotations
@@ -15,7 +18,14 @@ from typing import Any
 
 import orjson
 
-from .protocol import StatusReport, Uplink
+from .journal import envelope
+from .protocol import (
+    StatusReport,
+    Uplink,
+    parse_status_report_batch,
+    parse_status_report_form,
+    parse_uplink_form,
+)
 
 _std_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -56,48 +66,9 @@ def _has_float(value: object) -> bool:
     return False
 
 
-def report(application_id: int, via: str, received_at: float, event: StatusReport, raw: str) -> bytes:
-    return _dumps(
-        {
-            "kind": "report",
-            "app": application_id,
-            "via": via,
-            "at": received_at,
-            "raw": raw,
-            "event": {
-                "sms_msg_id": event.sms_msg_id,
-                "status": event.status,
-                "total": event.total,
-                "sequence": event.sequence,
-                "status_desc": event.status_desc,
-                "source": event.source,
-                "update_time": event.update_time.isoformat() if event.update_time else None,
-                "extend": event.extend,
-                "to": event.to,
-                "org_code": event.org_code,
-                "extra": event.extra,
-            },
-        }
-    )
-
-
-def uplink(application_id: int, received_at: float, event: Uplink, raw: str) -> bytes:
-    return _dumps(
-        {
-            "kind": "uplink",
-            "app": application_id,
-            "at": received_at,
-            "raw": raw,
-            "event": {
-                "sms_msg_id": event.sms_msg_id,
-                "from_": event.from_,
-                "to": event.to,
-                "body": event.body,
-                "create_time": event.create_time.isoformat() if event.create_time else None,
-                "extra": event.extra,
-            },
-        }
-    )
+def accepted(kind: envelope.Kind, application_id: int, received_at: float, body: bytes) -> bytes:
+    """An accepted callback: its body as it came, in a version 2 envelope."""
+    return envelope.encode(kind, application_id, received_at, body)
 
 
 # Forensics need the start of a refused body, not all of it: a real batch of 50 reports fits in
@@ -150,7 +121,7 @@ def _quarantine(
 ) -> bytes:
     record = {"kind": "quarantine", "id": str(uuid.uuid4()), "app": application_id, "endpoint": endpoint,
               "at": at, "error": error, "detail": detail, **rest}  # fmt: skip
-    return _dumps(record)
+    return envelope.encode(envelope.Kind.QUARANTINE, application_id, at, _dumps(record))
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +159,29 @@ class QuarantineRecord:
 Record = ReportRecord | UplinkRecord | QuarantineRecord
 
 
-def decode(payload: bytes) -> Record:
-    data = _loads(payload)
+def decode(payload: bytes) -> list[Record]:
+    """The records of one journal payload: one, or a batch's accepted reports (none when every
+    item of it was refused). Raises ``ValueError`` (``ProtocolError`` included), ``KeyError`` or
+    ``TypeError`` for a payload that holds no storable record."""
+    found = envelope.decode(payload)
+    if found is None:
+        return [_decode_json(_loads(payload))]
+    at = datetime.fromtimestamp(found.received_at, UTC)
+    app, body = found.application_id, found.body
+    if found.kind is envelope.Kind.QUARANTINE:
+        return [_decode_json(_loads(body))]
+    if app is None:
+        raise ValueError("an accepted callback without an application")
+    if found.kind is envelope.Kind.STATUS_REPORT:
+        return [ReportRecord(app, "form", at, body.decode(), parse_status_report_form(body))]
+    if found.kind is envelope.Kind.STATUS_REPORTS:
+        batch = parse_status_report_batch(body)
+        return [ReportRecord(app, "batch", at, raw, report) for report, raw in batch.reports]
+    return [UplinkRecord(app, at, body.decode(), parse_uplink_form(body))]
+
+
+def _decode_json(data: Any) -> Record:
+    """A version 1 record (any kind), or the JSON of a version 2 quarantine record."""
     at = datetime.fromtimestamp(data["at"], UTC)
     kind = data["kind"]
     if kind == "report":

@@ -2,8 +2,8 @@
 
 What goes, once older than the cutoff:
 
-- **Messages, each as a whole**: a message's send (``sent_messages``), its derived state
-  (``message_states``) and all of its ``status_reports`` go together, once the send's
+- **Messages, each as a whole**: a message's send (``sent_messages``), what is derived from it
+  (``message_states``, ``sends_after_optout``) and all of its ``status_reports`` go together, once the send's
   ``create_time``, every report's ``received_at`` and the ``received_at`` of every reply linked
   to it are older than the cutoff. A message with one recent event keeps all of them, so no
   state is ever left that its remaining reports would not give. A message without a registered
@@ -53,7 +53,7 @@ class Rule:
 
 
 # Tables pruned by their own time column alone. Adding one is one line here (its column should
-# be indexed). Messages (sent_messages, message_states, status_reports) have their own rule.
+# be indexed). Messages (MESSAGE_TABLES) have their own rule.
 # The event feed goes first: a "report" event outliving its report would read as null.
 EVENT_FEED = Rule("events", "at", ordered=False)
 RULES: tuple[Rule, ...] = (
@@ -63,7 +63,7 @@ RULES: tuple[Rule, ...] = (
     Rule("quarantine_counts", "hour"),
 )
 
-MESSAGE_TABLES = ("sent_messages", "message_states", "status_reports")
+MESSAGE_TABLES = ("sent_messages", "message_states", "status_reports", "sends_after_optout")
 
 
 # --- durations --------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess
 
-from . import applications, tls
+from . import applications, tls, writer_process
 from .config import Settings
 
 APP = "receiver.http.app:create_app"
@@ -70,6 +70,10 @@ def run(settings: Settings, *, tls_cert: str | None = None, tls_key: str | None 
     config.client_timeout = settings.client_timeout_seconds  # type: ignore[attr-defined]  # read by HTTP
     _raise_open_files_limit()
     server = uvicorn.Server(config)
+    # The workers only acknowledge; the writer, a process of its own, stores.
+    os.environ["RECEIVER_WRITER"] = "process"
+    writer = writer_process.Supervisor(Settings())
+    writer.start()
     try:
         if config.workers > 1:
             _Supervisor(config, sockets=[config.bind_socket()]).run()
@@ -79,6 +83,8 @@ def run(settings: Settings, *, tls_cert: str | None = None, tls_key: str | None 
             server.run()
     except KeyboardInterrupt:
         pass
+    finally:
+        writer.stop()  # after the workers: it stores what they acknowledged last
     if config.workers == 1 and not server.started:
         sys.exit(STARTUP_FAILURE)
 

@@ -184,7 +184,16 @@ def _is_poison(error: BaseException) -> bool:
     return isinstance(error, asyncpg.PostgresError) and str(getattr(error, "sqlstate", ""))[:2] in {"22", "23"}
 
 
+MAX_GROWTH = 8
+
+
 class Writer:
+    """The drain loop: journal to PostgreSQL, batch after batch, for as long as it runs.
+
+    One writer reads a journal root at a time (the reader's ``writer.lock``); a second one waits
+    for the lock. It runs in a process of its own under ``receiver serve``, or as a task beside
+    the application (``RECEIVER_WRITER=inline``, and the tests)."""
+
     def __init__(
         self,
         reader: JournalReader,
@@ -194,6 +203,8 @@ class Writer:
         interval: float = 0.0,
         after_insert: Sequence[AfterInsert] = (),
         quarantine_max_rows: int | None = None,
+        idle_poll: float = 1.0,
+        on_status: Callable[[Writer], None] | None = None,
     ) -> None:
         self.reader = reader
         # The quarantine table is trimmed to its newest ``quarantine_max_rows`` rows after every
@@ -203,16 +214,25 @@ class Writer:
         self._trim_every = max(1, min(1000, (quarantine_max_rows or 0) // 100))
         self._inserted_since_trim = self._trim_every
         # A store costs about the same whether it carries 1 record or 100: during a burst, let
-        # records gather for up to ``interval`` seconds (less when a full batch is there), so the
-        # acknowledgements keep the CPU and PostgreSQL gets a few large transactions.
+        # records gather for up to ``interval`` seconds (less when a full batch is there), so
+        # PostgreSQL gets a few large transactions.
         self.interval = interval
         self._last_store = float("-inf")
         self.after_insert = tuple(after_insert)
         self.connect = connect
         self.batch_size = batch_size
+        # Batches grow with the backlog (doubling while each read comes back full, up to
+        # MAX_GROWTH times the size) and shrink back as it drains: a transaction's fixed costs
+        # (planning, the state refresh's setup, the commit) are shared by more reports when
+        # there are many waiting.
+        self._limit = batch_size
+        # With nobody to wake it (a process of its own), the writer looks at the journal this often.
+        self.idle_poll = idle_poll
+        self.on_status = on_status
         self.last_error: str | None = None
         self.stored_events = 0
         self.last_store_at: float | None = None
+        self.locked = False
         self._conn: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
         self._stopping = False
@@ -225,29 +245,31 @@ class Writer:
     def database_ok(self) -> bool:
         return self.last_error is None
 
+    async def _wait(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+
     async def run(self) -> None:
+        while not self._stopping and not self.reader.try_lock():
+            await self._wait(1.0)  # another writer drains this journal: take over when it stops
+        self.locked = True
         backoff = 0.05
-        next_adopt = 0.0
         while not self._stopping:
-            now = time.monotonic()
-            if now >= next_adopt:
-                adopted = await asyncio.to_thread(self.reader.adopt)
-                if adopted:
-                    log.info("journal.adopted", folders=adopted)
-                next_adopt = now + 5.0
-            batch = self.reader.read(self.batch_size)
+            batch = self.reader.read(self._limit)
             metrics.journal_state(self.reader, batch)
+            self._status()
             if not batch.payloads:
                 self._idle.set()
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                await self._wait(self.idle_poll)
                 continue
             self._idle.clear()
             wait = self._last_store + self.interval - time.monotonic()
-            if wait > 0 and len(batch.payloads) < self.batch_size and not self._stopping:
+            if wait > 0 and len(batch.payloads) < self._limit and not self._stopping:
                 await asyncio.sleep(wait)
-                batch = self.reader.read(self.batch_size)
+                batch = self.reader.read(self._limit)
+            full = len(batch.payloads) >= self._limit
+            self._limit = min(self._limit * 2, self.batch_size * MAX_GROWTH) if full else self.batch_size
             try:
                 quarantined = await self._store(batch.payloads)
             except Exception as error:  # noqa: BLE001 - every failure here means "retry later"
@@ -256,6 +278,7 @@ class Writer:
                 if self.last_error is None:
                     log.warning("writer.database_unavailable", error=_describe(error))
                 self.last_error = _describe(error)
+                self._status()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
@@ -270,6 +293,10 @@ class Writer:
             self.reader.commit(batch)
             await self._trim(quarantined)
             self._last_store = time.monotonic()
+
+    def _status(self) -> None:
+        if self.on_status is not None:
+            self.on_status(self)
 
     async def _store(self, payloads: list[bytes]) -> int:
         """Store the batch; returns the number of quarantine rows inserted."""
@@ -324,21 +351,29 @@ class Writer:
     async def stop(self, drain_timeout: float) -> bool:
         """Store what the journal holds (for up to ``drain_timeout`` s), then stop. True if all was stored."""
         deadline = time.monotonic() + drain_timeout
-        while time.monotonic() < deadline and not self.reader.drained():
+        self.locked = self.locked or self.reader.try_lock()  # run() may not have started yet
+        while self.locked and time.monotonic() < deadline and not self.reader.drained():
             self.wake()
             await asyncio.sleep(0.02)
         self._stopping = True
         self.wake()
         await self._disconnect()
-        return self.reader.drained()
+        if not self.locked:
+            return False
+        drained = self.reader.drained()
+        if drained:
+            self.reader.retire_gone()
+        self._status()
+        return drained
 
 
 def _decode(payloads: list[bytes]) -> list[tuple[bytes, Record]]:
+    """Each payload's records (a batch holds many, a batch whose items were all refused none)."""
     pairs: list[tuple[bytes, Record]] = []
     for payload in payloads:
         try:
-            pairs.append((payload, records.decode(payload)))
-        except (ValueError, KeyError, TypeError) as error:
+            pairs.extend((payload, record) for record in records.decode(payload))
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
             pairs.append((payload, _unstorable(payload, error)))
     return pairs
 

@@ -15,6 +15,8 @@ import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from receiver.journal.reader import all_stored
+
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
 
@@ -59,7 +61,7 @@ class Harness:
         blacklist checks see every change committed so far."""
         state = self.client.app.state  # type: ignore[attr-defined]
         deadline = _time.monotonic() + 10
-        while not state.reader.drained() or state.journal._flushing:
+        while state.journal._flushing or not all_stored(state.settings.journal_path):
             assert _time.monotonic() < deadline, "the writer did not drain the journal"
             _time.sleep(0.01)
         mirror = state.blacklist_mirror
@@ -345,6 +347,7 @@ def serving(db_url: str, data_dir: Path, **settings: object) -> Iterator[Harness
         return token, key
 
     token, key = run(make_app())
+    settings.setdefault("sweep_interval_seconds", 3600)  # tests sweep when they mean to
     config = Settings(database_url=db_url, data_dir=data_dir, log_format="json", **settings)  # type: ignore[arg-type]
     with TestClient(create_app(config)) as client:
         yield Harness(client, token, db_url, key)

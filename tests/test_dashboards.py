@@ -11,6 +11,9 @@ import pytest
 from support import Harness, run
 
 from dashboards import demo, render
+from receiver.blacklist import store as blacklist_store
+from receiver.config import Settings
+from receiver.correlation import sweep
 
 HOUR_1 = datetime(2024, 11, 22, 2, tzinfo=UTC)
 HOUR_2 = datetime(2024, 11, 22, 3, tzinfo=UTC)
@@ -25,6 +28,9 @@ def sends(harness: Harness) -> None:
                        "createTime": "2024-11-22T03:05:00Z"})  # fmt: skip
     result.append({"smsMsgId": "h2-refused", "from": "csms1", "originTo": "+8613300000000", "status": "E200041",
                    "createTime": "2024-11-22T03:05:00Z"})  # fmt: skip
+    # to the number that replies "T" at 02:40: a send after an opt-out
+    result.append({"smsMsgId": "h2-optout", "from": "csms1", "originTo": "+8613100000001", "status": "000000",
+                   "createTime": "2024-11-22T03:05:00Z"})  # fmt: skip
     assert harness.api("POST", "/v1/sent", json={"code": "000000", "result": result}).status_code == 200
     reports = [("h1-0", "DELIVRD", "02%3A10%3A10"), ("h1-1", "DELIVRD", "02%3A10%3A30"), ("h1-2", "UNDELIV", "02%3A11%3A00"),
                ("h2-0", "DELIVRD", "03%3A06%3A00")]  # fmt: skip
@@ -36,21 +42,44 @@ def sends(harness: Harness) -> None:
     body = "smsMsgId=r2&from=%2B8613100000001&to=csms1&body=T&createTime=2024-11-22T02%3A40%3A00Z"
     assert harness.post("uplink", body).status_code == 200
     harness.settle()
+    run(_date_and_sweep(harness.url))
+
+
+async def _date_and_sweep(url: str) -> None:
+    """What HTTP cannot carry (as the demo does it): the replies received when they were written;
+    then the clock's part: the 2024 sends still pending are long past their report window."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("UPDATE uplinks SET received_at = create_time")
+        async with conn.transaction():
+            await blacklist_store.rebuild(conn, blacklist_store.Config.of(Settings()))
+        await sweep.sweep_unreported(conn, Settings().report_window)
+    finally:
+        await conn.close()
 
 def test_delivery_hourly(harness: Harness) -> None:
     sends(harness)
     rows = harness.rows(
-        "SELECT bucket, sent, delivered, failed, pending, delivery_rate, latency_p50_seconds, latency_p99_seconds "
-        "FROM dashboard_delivery_hourly ORDER BY bucket"
+        "SELECT bucket, sent, delivered, failed, pending, unreported, delivery_rate, latency_p50_seconds,"
+        " latency_p99_seconds FROM dashboard_delivery_hourly ORDER BY bucket"
     )
-    assert [r[:6] for r in rows] == [
-        (HOUR_1, 4, 2, 1, 1, pytest.approx(0.5)),
-        (HOUR_2, 3, 1, 1, 1, pytest.approx(1 / 3)),
+    assert [r[:7] for r in rows] == [
+        (HOUR_1, 4, 2, 1, 0, 1, pytest.approx(0.5)),
+        (HOUR_2, 4, 1, 1, 0, 2, pytest.approx(1 / 4)),
     ]
-    assert rows[0][6] == pytest.approx(20.0)  # latencies 10 s and 30 s
-    assert rows[1][7] == pytest.approx(60.0)
-    daily = harness.rows("SELECT sent, delivered, failed, pending FROM dashboard_delivery_daily")
-    assert daily == [(7, 3, 2, 2)]
+    assert rows[0][7] == pytest.approx(20.0)  # latencies 10 s and 30 s
+    assert rows[1][8] == pytest.approx(60.0)
+    daily = harness.rows("SELECT sent, delivered, failed, pending, unreported FROM dashboard_delivery_daily")
+    assert daily == [(8, 3, 2, 0, 3)]
+
+
+def test_sends_after_an_optout(harness: Harness) -> None:
+    sends(harness)
+    view = "SELECT bucket, sms_msg_id, \"to\", source, reason, blacklisted_at, after FROM dashboard_sends_after_optout"
+    assert harness.rows(view) == [
+        (HOUR_2, "h2-optout", "+8613100000001", "keyword", "replied 'T'", HOUR_1 + timedelta(minutes=40),
+         timedelta(minutes=25))
+    ]  # fmt: skip
 
 def test_failures_and_replies(harness: Harness) -> None:
     sends(harness)
@@ -66,6 +95,22 @@ def test_failures_and_replies(harness: Harness) -> None:
         (1, 0)
     ]
 
+def test_replies_by_how_they_were_linked(harness: Harness) -> None:
+    """Per hour and rule: replies and the ambiguous ones among them; unlinked ones by reason."""
+    sends(harness)  # r1 and r2: each to csms1, the channel its send went from
+    more = {"result": [{"smsMsgId": f"n{i}", "from": "csms9", "originTo": "+8613400000000", "status": "000000",
+                        "createTime": f"2024-11-22T02:0{i}:00Z"} for i in (1, 2)]}  # fmt: skip
+    assert harness.api("POST", "/v1/sent", json=more).status_code == 200
+    for sms_msg_id, sender, when in (("r3", "8613400000000", "02%3A50"), ("r4", "8613500000000", "03%3A10")):
+        body = f"smsMsgId={sms_msg_id}&from=%2B{sender}&to=10691002019&body=ok&createTime=2024-11-22T{when}%3A00Z"
+        assert harness.post("uplink", body).status_code == 200
+    rows = harness.rows(
+        "SELECT bucket, match, unlinked_reason, replies, ambiguous FROM dashboard_reply_matches_hourly ORDER BY 1, 2"
+    )
+    assert rows == [(HOUR_1, "channel", None, 2, 0), (HOUR_1, "number", None, 1, 1), (HOUR_2, "unlinked", "no_send", 1, 0)]
+    assert harness.rows("SELECT sum(replies - linked)::int FROM dashboard_replies_hourly") == [(1,)]
+
+
 def test_readonly_role_reads_and_changes_nothing(harness: Harness) -> None:
     sends(harness)
     login = f"dash_{uuid.uuid4().hex[:8]}"
@@ -79,11 +124,13 @@ def test_readonly_role_reads_and_changes_nothing(harness: Harness) -> None:
         url = harness.url.replace("postgresql://postgres", f"postgresql://{login}", 1)
         conn = await asyncpg.connect(url)
         try:
-            assert await conn.fetchval("SELECT sum(sent) FROM dashboard_delivery_hourly") == 7
+            assert await conn.fetchval("SELECT sum(sent) FROM dashboard_delivery_hourly") == 8
+            assert await conn.fetchval("SELECT count(*) FROM dashboard_sends_after_optout") == 1
             assert await conn.fetchval("SELECT count(*) FROM status_reports") == 4
             assert await conn.fetchval("SELECT name FROM applications") == "shop"
             assert await conn.fetchval("SELECT count(*) FROM blacklist") == 1
             assert await conn.fetchval("SELECT sum(unsubscribed_by_reply) FROM dashboard_optouts_hourly") == 1
+            assert await conn.fetchval("SELECT sum(replies) FROM dashboard_reply_matches_hourly") == 2
             for statement in (
                 "DELETE FROM status_reports",
                 "UPDATE message_states SET state = 'delivered'",
@@ -113,7 +160,7 @@ def test_bucket_filters_use_the_hour_indexes(harness: Harness) -> None:
             await conn.execute("SET enable_seqscan = off")
             found = []
             for view in ("dashboard_delivery_hourly", "dashboard_failures_hourly", "dashboard_replies_hourly",
-                         "dashboard_optouts_hourly"):
+                         "dashboard_optouts_hourly", "dashboard_reply_matches_hourly"):
                 rows = await conn.fetch(f"EXPLAIN SELECT * FROM {view} WHERE bucket >= $1 AND bucket < $2",
                                         HOUR_1, HOUR_2)  # fmt: skip
                 found.append("\n".join(r[0] for r in rows))
@@ -139,29 +186,38 @@ def test_every_grafana_panel_query_runs_on_the_views(harness: Harness) -> None:
     assert "$" not in "".join(f.sql for d in data for f in d.frames)
 
     assert render.stat_values(by_title["stat", "Delivery rate"].frames) == [
-        ("delivery rate", pytest.approx(3 / 7))
+        ("delivery rate", pytest.approx(3 / 8))
     ]
-    counts = render.stat_values(by_title["stat", "Sent / delivered / failed / pending"].frames)
-    assert counts == [("sent", 7), ("delivered", 3), ("failed", 2), ("pending", 2)]
+    counts = render.stat_values(by_title["stat", "Sent / delivered / failed / pending / unreported"].frames)
+    assert counts == [("sent", 8), ("delivered", 3), ("failed", 2), ("pending", 0), ("unreported", 3)]
     outcome = render.series(by_title["timeseries", "Messages by outcome (per hour sent)"].frames[0])
     assert [(s.name, s.times, s.values) for s in outcome] == [
         ("delivered", [HOUR_1, HOUR_2], [2, 1]),
         ("failed", [HOUR_1, HOUR_2], [1, 1]),
-        ("pending", [HOUR_1, HOUR_2], [1, 1]),
+        ("pending", [HOUR_1, HOUR_2], [0, 0]),
+        ("unreported", [HOUR_1, HOUR_2], [1, 2]),
+    ]
+    assert render.stat_values(by_title["stat", "Sends after an opt-out"].frames) == [("sends after an opt-out", 1)]
+    optout_sends = by_title["table", "Sends after an opt-out: the newest 25 (times UTC)"].frames[0]
+    assert optout_sends.rows == [
+        ("2024-11-22 03:05", "+8613100000001", "csms1", "keyword", "replied 'T'", "2024-11-22 02:40")
     ]
     [by_code] = render.series(
         by_title["timeseries", "Failed reports by status code"].frames[0]
     )  # metric column
     assert (by_code.name, by_code.times, by_code.values) == ("UNDELIV", [HOUR_1], [1])
-    [table] = [d for d in data if d.panel["type"] == "table"]
+    table = by_title["table", "Failures by status code and source (1 SMS platform, 2 SMS center, 3 Huawei platform)"]
     assert table.frames[0].columns == ["status", "source", "reports"]
     assert table.frames[0].rows == [("UNDELIV", "2", 1)]
     optouts = {s.name: s.values for s in render.series(by_title["timeseries", "Opt-outs"].frames[0])}
     assert optouts["unsubscribed_by_reply"] == [1]
+    matches = render.series(by_title["timeseries", "Replies by how they were linked"].frames[0])
+    assert [(s.name, s.times, s.values) for s in matches] == [("channel", [HOUR_1], [2])]
+    assert render.stat_values(by_title["stat", "Replies"].frames) == [("replies", 2), ("unlinked", 0), ("ambiguous", 0)]
 
     # The time range is the one asked for: the hour before it is left out.
     later = run(render.query(harness.url, dashboard, HOUR_2, HOUR_2 + timedelta(minutes=59)))
-    assert render.stat_values(later[1].frames)[0] == ("sent", 3)
+    assert render.stat_values(later[1].frames)[0] == ("sent", 4)
 
 
 def test_grafana_macros_expand_as_grafana_does_and_unknown_ones_stop_the_rendering() -> None:

@@ -111,14 +111,14 @@ async def _sql_state(url: str, sent: Sent | None, batches: list[list[Report]]) -
                                                                      update_time=r.update_time))
                 for r in batch
             ]  # fmt: skip
-            await store(conn, records, after_insert=(correlation.after_insert,))
+            await store(conn, records, after_insert=(correlation.after_insert_hook(timedelta(hours=72)),))
         if sent is not None:
             from receiver.correlation.sent import SentMessage
 
             message = SentMessage(sms_msg_id, "+8613100000000", "csms1", sent.status, sent.create_time, "CN",
                                   sent.total, None, None, None, None, {})  # fmt: skip
             async with conn.transaction():
-                await correlation.register_sent(conn, [message], "tests")
+                await correlation.register_sent(conn, [message], "tests", window=timedelta(hours=72))
         row = await conn.fetchrow("SELECT * FROM message_states WHERE sms_msg_id = $1", sms_msg_id)
     finally:
         await conn.close()

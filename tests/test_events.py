@@ -36,6 +36,7 @@ from receiver.correlation.queries import encode_cursor
 from receiver.events.hub import Hub
 from receiver.http import events as events_http
 from receiver.http.app import create_app
+from receiver.journal.reader import all_stored
 
 NUMBER = "+8613712343774"
 SEND = {"result": [{"createTime": "2024-11-22T02:16:46Z", "from": "csms100000001", "originTo": NUMBER,
@@ -287,7 +288,7 @@ class Live:
             conn.close()
         state = self.app.state  # stored in a transaction of its own, as in the tests above
         assert wait_for(
-            lambda: state.reader.drained() and not state.journal._flushing, timeout=30, interval=0.01
+            lambda: not state.journal._flushing and all_stored(state.settings.journal_path), timeout=30, interval=0.01
         )
 
     def stream(self, path: str = "/v1/events", **headers: str) -> Stream:

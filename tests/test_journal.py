@@ -1,9 +1,18 @@
-"""The write-ahead journal on real files: group commit, durability across ``kill -9``, adoption of a
-dead worker's folder, torn tails, the backlog bound and write failures.
+"""The write-ahead journal on real files, as the worker writes it and the writer reads it back.
+
+The worker's side (:class:`Journal`): frames, group commit, durability across ``kill -9``, segment
+rotation, the backlog bound and how :meth:`Journal.refresh` follows the writer's cursor, write
+failures and ``close``. The writer's side (:class:`JournalReader` over the journal root): every
+worker folder is read whether its worker is alive (another process appending right now) or dead,
+only whole CRC-valid records, in order within a folder; ``commit`` writes the folder's cursor, a new
+reader (as after a writer crash) resumes from it; segments behind the cursor are deleted but never
+a live worker's last one; a folder is deleted once drained and its worker's lock is free; torn
+tails and damage; one writer per root (``try_lock``); stale staging folders.
 
 Nothing of ours is mocked. Where a test needs to observe or slow the disk it wraps ``os.fdatasync``
-(the OS, not our code), and one test wraps ``Path.iterdir`` to place another worker's rename at an
-exact moment; crashes are real child processes killed with SIGKILL, live owners real processes.
+(the OS, not our code), and one test wraps ``os.listdir`` / ``os.stat`` to place another worker's
+rename at an exact moment; crashes are real child processes killed with SIGKILL, live workers and
+other writers real processes holding real ``flock``s.
 """
 
 from __future__ import annotations
@@ -19,14 +28,15 @@ import textwrap
 import threading
 import time
 import zlib
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from receiver.journal import Journal, JournalFull, JournalReader, JournalUnavailable, frames
-from receiver.journal.segments import SUFFIX
+from receiver.journal.reader import WRITER_LOCK, all_stored
+from receiver.journal.segments import CURSOR_FILE, SUFFIX, JournalDir, read_cursor
 
 REPO = Path(__file__).resolve().parents[1]
 BIG = 1 << 30
@@ -50,6 +60,15 @@ def payload(i: int) -> bytes:
     return b"event-%06d|" % i + bytes((i * 7 + k) % 256 for k in range(i % 97))
 
 
+def frame_ends(records: list[bytes]) -> list[int]:
+    """Where each record's frame ends in a segment that holds exactly these records."""
+    ends, offset = [], 0
+    for r in records:
+        offset += frames.HEADER.size + len(r)
+        ends.append(offset)
+    return ends
+
+
 def drain(reader: JournalReader, max_records: int = 1000) -> list[bytes]:
     """Read and commit until nothing is left, like the writer does."""
     out: list[bytes] = []
@@ -70,13 +89,28 @@ def worker_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.name.startswith("w-"))
 
 
+@pytest.fixture
+def readers() -> Iterator[Callable[[Path], JournalReader]]:
+    """Open readers of a journal root; each is closed (its cursors and writer lock released) at the end."""
+    opened: list[JournalReader] = []
+
+    def open_reader(root: Path) -> JournalReader:
+        reader = JournalReader(root)
+        opened.append(reader)
+        return reader
+
+    yield open_reader
+    for reader in opened:
+        reader.close()
+
+
 def child(code: str, *args: object) -> subprocess.Popen[str]:
     """A separate Python process (so it holds its own flock and can really die)."""
     source = "\n".join(
         [
             "import asyncio, collections, os, sys, time",
             "from pathlib import Path",
-            "from receiver.journal import Journal",
+            "from receiver.journal import Journal, JournalReader",
             textwrap.dedent(inspect.getsource(payload)),
             textwrap.dedent(code),
         ]
@@ -84,10 +118,26 @@ def child(code: str, *args: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", source, *map(str, args)],
         cwd=REPO,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def finish(proc: subprocess.Popen[str]) -> str:
+    """Wait for a child that runs to its end; its stdout."""
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return out
+
+
+def kill_9(proc: subprocess.Popen[str]) -> str:
+    """SIGKILL a child (no clean-up of any kind runs in it); what it printed before dying."""
+    proc.send_signal(signal.SIGKILL)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    return out
 
 
 DEAD_WORKER = """
@@ -105,13 +155,82 @@ os._exit(0)  # no close(): the process just ends, the kernel drops the lock
 
 
 def dead_worker(root: Path, count: int, segment_bytes: int = 1 << 20) -> Path:
-    """Have a child process journal ``payload(0..count-1)`` and exit; return its (now orphaned) folder."""
-    proc = child(DEAD_WORKER, root, count, segment_bytes)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    folder = Path(out.strip())
+    """Have a child process journal ``payload(0..count-1)`` and exit; return its (now ownerless) folder."""
+    folder = Path(finish(child(DEAD_WORKER, root, count, segment_bytes)).strip())
     assert folder.parent == root and folder.name.startswith("w-")
     return folder
+
+
+LIVE_WORKER = """
+root, segment_bytes = Path(sys.argv[1]), int(sys.argv[2])
+
+async def main() -> None:
+    journal = Journal(root, max_bytes=1 << 30, segment_bytes=segment_bytes)
+    appended = 0
+    while line := (await asyncio.to_thread(sys.stdin.readline)).strip():
+        if line == "close":
+            await journal.close()
+        else:
+            for _ in range(int(line)):
+                await journal.append(payload(appended))
+                appended += 1
+        print(journal.dir.path if journal.dir else "-", appended, flush=True)
+
+asyncio.run(main())
+"""
+
+
+class LiveWorker:
+    """A worker in a process of its own: appends ``payload(0, 1, ...)`` on request, holds its lock."""
+
+    def __init__(self, root: Path, segment_bytes: int) -> None:
+        self.proc = child(LIVE_WORKER, root, segment_bytes)
+
+    def _send(self, command: str) -> tuple[Path, int]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, self.proc.stderr.read() if self.proc.stderr else "the worker died"
+        folder, appended = line.split()
+        return Path(folder), int(appended)
+
+    def append(self, count: int) -> tuple[Path, int]:
+        """Append ``count`` more records (acknowledged on return); its folder and the total so far."""
+        return self._send(str(count))
+
+    def close(self) -> None:
+        """``Journal.close()``: the process lives on, its folder's lock is released."""
+        self._send("close")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=30)
+
+
+@pytest.fixture
+def live_worker() -> Iterator[Callable[[Path, int], LiveWorker]]:
+    started: list[LiveWorker] = []
+
+    def start(root: Path, segment_bytes: int = 1 << 20) -> LiveWorker:
+        worker = LiveWorker(root, segment_bytes)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+WRITER = """
+root, count = Path(sys.argv[1]), int(sys.argv[2])
+reader = JournalReader(root)
+assert reader.try_lock()
+batch = reader.read(count)
+reader.commit(batch)
+print(len(batch.payloads), flush=True)
+"""
 
 
 @pytest.fixture
@@ -218,12 +337,14 @@ def test_frames_oversize_payload_rejected() -> None:
 # --- append, read, commit -----------------------------------------------------------------------
 
 
-def test_append_then_read_in_order_and_durable_on_disk(tmp_path: Path) -> None:
+def test_append_then_read_in_order_and_durable_on_disk(
+    tmp_path: Path, readers: Callable[[Path], JournalReader]
+) -> None:
     records = [payload(i) for i in range(20)]
 
     async def scenario() -> None:
         journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20)
-        reader = JournalReader(journal)
+        reader = readers(tmp_path)
         for r in records:
             await journal.append(r)
         # acknowledged means on disk, not in a buffer: the file already holds every frame
@@ -231,20 +352,25 @@ def test_append_then_read_in_order_and_durable_on_disk(tmp_path: Path) -> None:
         (segment,) = seg_files(journal.dir.path)
         assert [p for p, _ in frames.decode(segment.read_bytes())] == records
         assert journal.backlog_bytes == segment.stat().st_size
+        assert not reader.drained() and not all_stored(tmp_path)
 
-        assert reader.adopt() == 0  # our own folder is never adopted
         assert drain(reader, max_records=7) == records
-        assert reader.drained()
-        assert journal.backlog_bytes == 0
+        assert reader.drained() and all_stored(tmp_path)
+        assert journal.refresh() == 0 and journal.backlog_bytes == 0
+        reader.retire_gone()
+        assert segment.exists(), "the live worker's folder and last segment stay"
         await journal.close()
+        reader.retire_gone()
+        assert not journal.dir.path.exists(), "drained, and its worker has let go: deleted"
+        assert worker_folders(tmp_path) == []
 
     run(scenario())
 
 
-def test_read_does_not_advance_until_commit(tmp_path: Path) -> None:
+def test_read_does_not_advance_until_commit(tmp_path: Path, readers: Callable[[Path], JournalReader]) -> None:
     async def scenario() -> None:
         journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20)
-        reader = JournalReader(journal)
+        reader = readers(tmp_path)
         for i in range(5):
             await journal.append(payload(i))
         first = reader.read(3)
@@ -257,45 +383,108 @@ def test_read_does_not_advance_until_commit(tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_commit_deletes_fully_drained_closed_segments(tmp_path: Path) -> None:
+def test_commit_writes_the_cursor_a_new_reader_resumes_from(
+    tmp_path: Path, readers: Callable[[Path], JournalReader]
+) -> None:
+    records = [payload(i) for i in range(10)]
+    folder = dead_worker(tmp_path, len(records))
+    assert read_cursor(folder) == (0, 0) and not (folder / CURSOR_FILE).exists()
+
+    first = readers(tmp_path)
+    stored = first.read(4)
+    assert not (folder / CURSOR_FILE).exists(), "read alone writes nothing"
+    first.commit(stored)
+    assert read_cursor(folder) == (1, frame_ends(records)[3])
+    assert first.read(3).payloads == records[4:7]  # read, never stored: the writer dies here
+    first.close()
+
+    second = readers(tmp_path)
+    assert second.read(100).payloads == records[4:], "nothing stored is read again, the rest is"
+    assert read_cursor(folder) == (1, frame_ends(records)[3]), "still where the last commit left it"
+    second.commit(second.read(100))
+    assert read_cursor(folder) == (1, frame_ends(records)[-1])
+    assert drain(second) == []
+    assert not folder.exists(), "drained and ownerless: deleted"
+    assert drain(readers(tmp_path)) == []
+
+
+KILLED_WRITER = """
+reader = JournalReader(Path(sys.argv[1]))
+assert reader.try_lock()
+stored = reader.read(5)
+reader.commit(stored)
+unstored = reader.read(4)  # read, but the process is killed before it is stored
+print(len(stored.payloads), len(unstored.payloads), flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_writer_killed_mid_batch_is_resumed_from_its_cursor(
+    tmp_path: Path, readers: Callable[[Path], JournalReader]
+) -> None:
+    folder = dead_worker(tmp_path, 20, segment_bytes=256)
+    assert len(seg_files(folder)) >= 3
+    writer = child(KILLED_WRITER, tmp_path)
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline().split() == ["5", "4"], writer.stderr.read() if writer.stderr else ""
+        successor = readers(tmp_path)
+        assert not successor.try_lock(), "the killed writer still holds the root"
+        kill_9(writer)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    assert successor.try_lock(), "the kernel released the dead writer's lock"
+    assert drain(successor, max_records=3) == [payload(i) for i in range(5, 20)]
+    assert not folder.exists()
+
+
+def test_segments_behind_the_cursor_are_deleted_the_active_one_never(
+    tmp_path: Path, readers: Callable[[Path], JournalReader]
+) -> None:
+    record = [b"r%02d" % i + b"." * 14 for i in range(12)]
+
     async def scenario() -> None:
         # 25-byte frames: a segment is closed once it holds 100 bytes, i.e. 4 records
         journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=100)
-        reader = JournalReader(journal)
-        for i in range(12):
-            await journal.append(b"r%02d" % i + b"." * 14)
+        reader = readers(tmp_path)
+        for r in record:
+            await journal.append(r)
         assert journal.dir is not None
         files = seg_files(journal.dir.path)
         assert len(files) == 3
         first, second, active = files
 
-        batch = reader.read(2)  # half of the first segment
-        reader.commit(batch)
-        assert first.exists(), "a partly drained segment must stay"
+        reader.commit(reader.read(2))  # half of the first segment
+        assert reader.read(100).payloads == record[2:4], "a batch never spans segments"
+        assert first.exists(), "a partly stored segment stays"
+        reader.commit(reader.read(100))
+        assert read_cursor(journal.dir.path) == (1, 100)
+        assert reader.read(100).payloads == record[4:8]
+        assert not first.exists(), "wholly behind the cursor: deleted"
+        assert read_cursor(journal.dir.path) == (2, 0)
+        assert second.exists(), "read but not stored: kept"
 
-        batch = reader.read(100)  # the rest of the first segment (a batch never spans segments)
-        assert batch.payloads == [b"r02" + b"." * 14, b"r03" + b"." * 14]
-        assert first.exists(), "nothing is deleted before commit"
-        reader.commit(batch)
-        assert not first.exists()
-        assert second.exists() and active.exists()
-
-        rest = drain(reader)
-        assert rest == [b"r%02d" % i + b"." * 14 for i in range(4, 12)]
-        assert not second.exists()
-        assert active.exists(), "the segment still being appended to is kept"
-        assert seg_files(journal.dir.path) == [active]
+        assert drain(reader) == record[4:]
+        assert seg_files(journal.dir.path) == [active], "the segment still being appended to is kept"
+        assert read_cursor(journal.dir.path) == (3, 100)
+        await journal.append(b"more")  # a fifth record in segment 3 would exceed 100 bytes: segment 4
+        assert drain(reader) == [b"more"]
+        assert [f.name for f in seg_files(journal.dir.path)] == [f"{4:012d}{SUFFIX}"]
         await journal.close()
 
     run(scenario())
 
 
-def test_rotation_spreads_records_over_segments_in_order(tmp_path: Path) -> None:
+def test_rotation_spreads_records_over_segments_in_order(
+    tmp_path: Path, readers: Callable[[Path], JournalReader]
+) -> None:
     records = [payload(i) for i in range(300)]
 
     async def scenario() -> None:
         journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=512)
-        reader = JournalReader(journal)
+        reader = readers(tmp_path)
         for r in records[:200]:
             await journal.append(r)
         assert journal.dir is not None
@@ -316,15 +505,26 @@ def test_rotation_spreads_records_over_segments_in_order(tmp_path: Path) -> None
     run(scenario())
 
 
+def test_a_missing_root_has_nothing_to_read(tmp_path: Path, readers: Callable[[Path], JournalReader]) -> None:
+    root = tmp_path / "journal"
+    reader = readers(root)
+    assert reader.read(10).payloads == []
+    assert reader.drained() and all_stored(root)
+    reader.retire_gone()
+    assert not root.exists(), "reading creates nothing"
+
+
 # --- group commit -------------------------------------------------------------------------------
 
 
-def test_group_commit_concurrent_appends(tmp_path: Path, fdatasync_calls: list[int]) -> None:
+def test_group_commit_concurrent_appends(
+    tmp_path: Path, readers: Callable[[Path], JournalReader], fdatasync_calls: list[int]
+) -> None:
     records = [payload(i) for i in range(200)]
 
     async def scenario() -> None:
         journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20)
-        reader = JournalReader(journal)
+        reader = readers(tmp_path)
         await asyncio.gather(*(journal.append(r) for r in records))
         assert 1 <= len(fdatasync_calls) <= 5, f"{len(fdatasync_calls)} syncs for 200 appends"
         assert drain(reader) == records
@@ -334,7 +534,7 @@ def test_group_commit_concurrent_appends(tmp_path: Path, fdatasync_calls: list[i
 
 
 def test_group_commit_batches_appends_arriving_during_a_flush(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, readers: Callable[[Path], JournalReader], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A slow disk: every flush takes 20 ms. 200 requests trickle in, one per loop turn; those arriving
     # while a flush is on disk must share the next flush instead of paying one each.
@@ -351,7 +551,7 @@ def test_group_commit_batches_appends_arriving_during_a_flush(
 
     async def scenario() -> None:
         journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20)
-        reader = JournalReader(journal)
+        reader = readers(tmp_path)
         durable_events = 0
 
         def on_durable() -> None:
@@ -398,7 +598,9 @@ asyncio.run(main())
 """
 
 
-def test_acknowledged_records_survive_kill_9(tmp_path: Path) -> None:
+def test_acknowledged_records_survive_kill_9(
+    tmp_path: Path, readers: Callable[[Path], JournalReader]
+) -> None:
     proc = child(CRASHING_WORKER, tmp_path)
     try:
         assert proc.stdout is not None
@@ -410,36 +612,127 @@ def test_acknowledged_records_survive_kill_9(tmp_path: Path) -> None:
             assert line, f"the worker died on its own: {proc.stderr.read() if proc.stderr else ''}"
             seen += 1
         assert proc.poll() is None, "the worker must still be appending when it is killed"
-        proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=30)
+        out = kill_9(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == -signal.SIGKILL
     # every complete line was printed after its append was acknowledged
     acked = seen + sum(1 for line in out.splitlines(keepends=True) if line.endswith("\n"))
     (folder,) = worker_folders(tmp_path)
     assert len(seg_files(folder)) > 1, "the crash test should span several segments"
 
-    async def recover() -> list[bytes]:
-        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20)
-        reader = JournalReader(journal)
-        assert reader.adopt() == 1
-        got = drain(reader, max_records=100)
-        assert reader.drained()
-        await journal.close()
-        return got
-
-    got = run(recover())
+    reader = readers(tmp_path)
+    got = drain(reader, max_records=100)
+    assert reader.drained() and all_stored(tmp_path)
     # acked records are a prefix of what is on disk; records written but not yet acked may follow
     assert len(got) >= acked
     assert got == [payload(i) for i in range(len(got))], "records must come back intact and in order"
-    assert not folder.exists(), "the drained adopted folder is removed"
+    assert not folder.exists(), "the drained folder of the dead worker is deleted"
     assert worker_folders(tmp_path) == []
 
 
-# --- adoption -------------------------------------------------------------------------------------
+# --- every worker's folder: live, dead, torn, damaged -------------------------------------------
+
+
+def test_a_live_workers_folder_is_read_but_never_deleted(
+    tmp_path: Path, readers: Callable[[Path], JournalReader], live_worker: Callable[[Path, int], LiveWorker]
+) -> None:
+    worker = live_worker(tmp_path, 512)
+    folder, appended = worker.append(40)
+    assert len(seg_files(folder)) >= 3
+    reader = readers(tmp_path)
+    assert drain(reader, max_records=9) == [payload(i) for i in range(appended)]
+    assert reader.drained() and all_stored(tmp_path)
+    reader.retire_gone()
+    assert seg_files(folder) == seg_files(folder)[-1:] != [], "only the last segment is left, and it is"
+    last = seg_files(folder)[-1]
+
+    folder, appended = worker.append(30)  # the worker goes on appending to it and after it
+    assert not reader.drained() and not all_stored(tmp_path)
+    assert drain(reader, max_records=9) == [payload(i) for i in range(40, appended)]
+    assert not last.exists(), "no longer the last: deleted once behind the cursor"
+    assert len(seg_files(folder)) == 1
+    reader.retire_gone()
+    time.sleep(1.1)  # past the reader's pause between looks at a drained folder's lock
+    assert drain(reader) == []
+    assert folder.exists() and worker.proc.poll() is None
+
+    worker.close()  # the worker process lives on, but has let go of its folder
+    reader.retire_gone()
+    assert not folder.exists()
+    assert worker_folders(tmp_path) == [] and all_stored(tmp_path)
+
+
+def test_a_record_being_written_is_read_once_whole(
+    tmp_path: Path, readers: Callable[[Path], JournalReader]
+) -> None:
+    owner = JournalDir.create(tmp_path)  # a live worker's folder: its lock is held (on another open file)
+    segment = owner.path / f"{1:012d}{SUFFIX}"
+    done, writing = frames.encode(b"done"), frames.encode(b"being written" * 20)
+    segment.write_bytes(done + writing[:30])
+    reader = readers(tmp_path)
+    try:
+        assert reader.read(10).payloads == [b"done"]
+        reader.commit(reader.read(10))
+        for cut in (30, frames.HEADER.size, len(writing) - 1):
+            segment.write_bytes(done + writing[:cut])
+            assert reader.read(10).payloads == [], f"half a record ({cut} bytes) is not read"
+            assert reader.backlog_bytes == cut and not reader.drained()
+            reader.retire_gone()
+            assert segment.exists()
+        segment.write_bytes(done + writing)
+        batch = reader.read(10)
+        assert batch.payloads == [b"being written" * 20]
+        reader.commit(batch)
+        assert reader.drained()
+        assert reader.read(10).payloads == [] and reader.backlog_bytes == 0
+        reader.retire_gone()
+        assert segment.exists(), "its worker is alive"
+    finally:
+        owner.release()
+    reader.retire_gone()
+    assert not owner.path.exists()
+
+
+def test_reading_while_a_worker_appends_then_dies_by_kill_9(
+    tmp_path: Path, readers: Callable[[Path], JournalReader]
+) -> None:
+    proc = child(CRASHING_WORKER, tmp_path)
+    reader = readers(tmp_path)
+    got: list[bytes] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(got) < 1500:
+            assert time.monotonic() < deadline, "the reader made no progress"
+            assert proc.poll() is None, (
+                f"the worker died on its own: {proc.stderr.read() if proc.stderr else ''}"
+            )
+            batch = reader.read(37)
+            got += batch.payloads
+            # whole, intact records in order; a record still being written never shows up early or torn
+            assert got == [payload(i) for i in range(len(got))]
+            reader.commit(batch)
+            if got:  # (a worker's folder exists a moment before its first segment does)
+                (folder,) = worker_folders(tmp_path)
+                assert seg_files(folder), "the segment a live worker appends to is never deleted"
+            time.sleep(0.001)
+        (folder,) = worker_folders(tmp_path)
+        assert folder.exists()
+        out = kill_9(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    acked = [int(line) for line in out.splitlines(keepends=True) if line.endswith("\n")]
+    assert acked
+
+    got += drain(reader, max_records=100)
+    assert len(got) > max(acked), "every acknowledged record of the dead worker is read"
+    assert got == [payload(i) for i in range(len(got))]
+    reader.retire_gone()
+    assert not folder.exists(), "stored and ownerless: deleted"
+    assert worker_folders(tmp_path) == [] and all_stored(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -452,7 +745,9 @@ def test_acknowledged_records_survive_kill_9(tmp_path: Path) -> None:
         pytest.param(b"\x00" * 4096, id="zero-filled"),
     ],
 )
-def test_torn_tail_of_dead_worker_stops_at_the_damage(tmp_path: Path, tail: bytes) -> None:
+def test_torn_tail_of_a_dead_worker_stops_at_the_damage(
+    tmp_path: Path, readers: Callable[[Path], JournalReader], tail: bytes
+) -> None:
     folder = dead_worker(tmp_path, 30, segment_bytes=256)
     files = seg_files(folder)
     assert len(files) >= 2
@@ -461,12 +756,12 @@ def test_torn_tail_of_dead_worker_stops_at_the_damage(tmp_path: Path, tail: byte
 
     async def scenario() -> None:
         journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20)
-        reader = JournalReader(journal)
-        assert reader.adopt() == 1
+        reader = readers(tmp_path)
         assert drain(reader, max_records=4) == [payload(i) for i in range(30)]
-        assert reader.drained()
+        # a tail its dead worker never finished will never be whole: it neither blocks nor lingers
+        assert reader.drained() and all_stored(tmp_path)
         assert not folder.exists()
-        # the next write of ours goes on normally
+        # a live worker's journal goes on normally
         await journal.append(b"after")
         assert drain(reader) == [b"after"]
         await journal.close()
@@ -474,7 +769,9 @@ def test_torn_tail_of_dead_worker_stops_at_the_damage(tmp_path: Path, tail: byte
     run(scenario())
 
 
-def test_damage_inside_a_segment_skips_only_the_rest_of_that_segment(tmp_path: Path) -> None:
+def test_damage_inside_a_segment_skips_only_the_rest_of_that_segment(
+    tmp_path: Path, readers: Callable[[Path], JournalReader]
+) -> None:
     folder = dead_worker(tmp_path, 30, segment_bytes=128)
     files = seg_files(folder)
     assert len(files) >= 3
@@ -482,171 +779,222 @@ def test_damage_inside_a_segment_skips_only_the_rest_of_that_segment(tmp_path: P
     in_first = [p for p, _ in frames.decode(first.read_bytes())]
     assert len(in_first) >= 3
     data = bytearray(first.read_bytes())
-    offset = sum(frames.HEADER.size + len(p) for p in in_first[:2])  # start of the third record
+    offset = frame_ends(in_first)[1]  # start of the third record
     data[offset + frames.HEADER.size] ^= 0xFF  # corrupt its first payload byte
     first.write_bytes(bytes(data))
 
-    reader = JournalReader(Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20))
-    assert reader.adopt() == 1
+    reader = readers(tmp_path)
     got = drain(reader)
     after_first = [payload(i) for i in range(len(in_first), 30)]
     assert got == in_first[:2] + after_first
     assert not folder.exists()
 
 
-def test_folder_of_a_live_worker_is_not_adopted(tmp_path: Path) -> None:
-    live = """
-    async def main() -> None:
-        journal = Journal(Path(sys.argv[1]), max_bytes=1 << 30, segment_bytes=1 << 20)
-        await journal.append(b"live record")
-        print(journal.dir.path, flush=True)
-        time.sleep(120)
-
-    asyncio.run(main())
-    """
-    proc = child(live, tmp_path)
-    try:
-        assert proc.stdout is not None
-        folder = Path(proc.stdout.readline().strip())
-        assert folder.name.startswith("w-"), proc.stderr.read() if proc.stderr else ""
-
-        reader = JournalReader(Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20))
-        assert reader.adopt() == 0
-        assert drain(reader) == []
-        assert folder.exists() and len(seg_files(folder)) == 1
-        assert proc.poll() is None, "the owner must still be alive during the check"
-
-        proc.kill()  # the owner dies: now (and only now) its folder is adopted
-        proc.wait(timeout=30)
-        assert reader.adopt() == 1
-        assert drain(reader) == [b"live record"]
-        assert not folder.exists()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def test_folder_of_another_live_journal_in_this_process_is_not_adopted(tmp_path: Path) -> None:
+def test_dead_and_live_workers_are_read_side_by_side(
+    tmp_path: Path, readers: Callable[[Path], JournalReader]
+) -> None:
     async def scenario() -> None:
-        other = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20)
-        await other.append(b"theirs")
-        mine = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20)
-        reader = JournalReader(mine)
-        assert reader.adopt() == 0
-        assert drain(reader) == []
-        assert JournalReader(other).read(10).payloads == [b"theirs"]
-        await other.close()
-        await mine.close()
+        first = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20)
+        second = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20)
+        reader = readers(tmp_path)
+        await first.append(b"first-0")
+        dead = await asyncio.to_thread(dead_worker, tmp_path, 3)
+        await second.append(b"second-0")
+        await first.append(b"first-1")
+        assert first.dir is not None and second.dir is not None
+        assert len(worker_folders(tmp_path)) == 3
+
+        got = drain(reader, max_records=2)
+        assert sorted(got) == sorted([b"first-0", b"first-1", b"second-0", *map(payload, range(3))])
+        for prefix in (b"first-", b"event-"):  # in order within each worker's folder
+            mine = [r for r in got if r.startswith(prefix)]
+            assert mine == sorted(mine)
+        assert not dead.exists(), "the dead worker's folder is deleted once read"
+        assert first.dir.path.exists() and second.dir.path.exists(), "the live ones stay"
+
+        await first.close()
+        await second.append(b"second-1")
+        assert drain(reader) == [b"second-1"]
+        reader.retire_gone()
+        assert worker_folders(tmp_path) == [second.dir.path]
+        await second.close()
+        reader.retire_gone()
+        assert worker_folders(tmp_path) == []
 
     run(scenario())
 
 
-def test_adopted_records_come_before_our_own(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20)
-        reader = JournalReader(journal)
-        await journal.append(b"own-1")
-        folder = await asyncio.to_thread(dead_worker, tmp_path, 3)
-        await journal.append(b"own-2")
-        assert reader.adopt() == 1
-        assert reader.adopted_bytes == sum(f.stat().st_size for f in seg_files(folder))
-        assert reader.adopt() == 0, "an adopted folder is not adopted twice"
-        assert drain(reader, max_records=2) == [payload(0), payload(1), payload(2), b"own-1", b"own-2"]
-        assert not folder.exists()
-        assert journal.dir is not None and journal.dir.path.exists()
-        await journal.close()
-
-    run(scenario())
+EMPTY_DEAD_FOLDER = """
+from receiver.journal.segments import JournalDir
+print(JournalDir.create(Path(sys.argv[1])).path, flush=True)
+"""
 
 
-def test_empty_dead_folder_and_stale_staging_folder_are_cleared(tmp_path: Path) -> None:
-    make_dirs = """
-    from receiver.journal.segments import JournalDir
-    root = Path(sys.argv[1])
-    print(JournalDir.create(root).path, flush=True)
-    staging = root / ".tmp-deadbeef"
-    staging.mkdir()
-    (staging / "lock").touch()
-    """
-    proc = child(make_dirs, tmp_path)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    empty = Path(out.strip())
-    stale = tmp_path / ".tmp-deadbeef"
-    fresh = tmp_path / ".tmp-fresh"
-    fresh.mkdir()
-    (fresh / "lock").touch()
-    old = time.time() - 3600
-    os.utime(stale, (old, old))
-
-    reader = JournalReader(Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20))
-    assert reader.adopt() == 1
-    assert not empty.exists()
-    assert not stale.exists()
-    assert fresh.exists(), "a staging folder may belong to a worker starting right now"
+def test_the_empty_folder_of_a_dead_worker_is_deleted(
+    tmp_path: Path, readers: Callable[[Path], JournalReader]
+) -> None:
+    empty = Path(finish(child(EMPTY_DEAD_FOLDER, tmp_path)).strip())
+    assert empty.exists()
+    reader = readers(tmp_path)
+    assert reader.drained()
     assert drain(reader) == []
+    assert not empty.exists()
 
 
-def test_adopt_survives_a_worker_renaming_its_staging_folder_meanwhile(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_stale_staging_folder_is_cleared_a_young_one_kept(
+    tmp_path: Path, readers: Callable[[Path], JournalReader]
+) -> None:
+    # A worker dying between mkdir and rename (JournalDir.create) leaves a staging folder with a free lock.
+    stale, young, held = tmp_path / ".tmp-stale", tmp_path / ".tmp-young", tmp_path / ".tmp-held"
+    for staging in (stale, young, held):
+        staging.mkdir()
+        (staging / "lock").touch()
+    lock_fd = os.open(held / "lock", os.O_RDWR)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)  # a live worker, however long it takes to rename
+    old = time.time() - 3600
+    for staging in (stale, held):
+        os.utime(staging, (old, old))
+    os.utime(young, (time.time() - 50, time.time() - 50))
+    try:
+        reader = readers(tmp_path)
+        assert reader.read(10).payloads == []
+        assert not stale.exists()
+        assert young.exists(), "a staging folder may belong to a worker starting right now"
+        assert held.exists(), "its worker holds the lock"
+    finally:
+        os.close(lock_fd)
+
+
+@pytest.mark.parametrize("after", ["listdir", "stat"])
+def test_scan_survives_a_worker_renaming_its_staging_folder_meanwhile(
+    tmp_path: Path, readers: Callable[[Path], JournalReader], monkeypatch: pytest.MonkeyPatch, after: str
 ) -> None:
     # A worker starting up does mkdir .tmp-X, flock, rename to w-X (JournalDir.create). If that rename
-    # lands between our listing of the root and our look at .tmp-X, adoption must shrug it off, not
-    # raise (an exception here kills the writer loop, which calls adopt() every few seconds).
+    # lands between our listing of the root and our look at .tmp-X, scan() must shrug it off, not raise
+    # (an exception here kills the writer loop, which scans on every read).
     staging, final = tmp_path / ".tmp-starting", tmp_path / "w-starting"
     staging.mkdir()
     lock_fd = os.open(staging / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(lock_fd, fcntl.LOCK_EX)  # the starting worker's lock (another open file: it conflicts)
-    real_iterdir = Path.iterdir
+    old = time.time() - 3600  # old enough that only the rename keeps it from being cleared
+    os.utime(staging, (old, old))
+    real = getattr(os, after)
+    watched = str(tmp_path if after == "listdir" else staging)
+    renamed: list[bool] = []
 
-    def iterdir_then_rename(self: Path) -> Iterator[Path]:
-        entries = list(real_iterdir(self))
-        if self == tmp_path and staging.exists():
-            staging.rename(final)  # the other worker finishes JournalDir.create right now
-        return iter(entries)
+    def then_rename(path: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real(path, *args, **kwargs)
+        if not renamed and isinstance(path, (str, os.PathLike)) and os.fspath(path) == watched:
+            renamed.append(True)
+            os.rename(staging, final)  # the other worker finishes JournalDir.create right now
+        return result
 
-    monkeypatch.setattr(Path, "iterdir", iterdir_then_rename)
+    monkeypatch.setattr(os, after, then_rename)
     try:
-        reader = JournalReader(Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20))
-        assert reader.adopt() == 0
+        reader = readers(tmp_path)
+        reader.scan()
+        assert renamed
+        monkeypatch.undo()
         assert final.exists() and not staging.exists()
-        assert reader.adopt() == 0, "the live worker's folder is locked: not adopted"
+        assert reader.read(10).payloads == []
+        reader.retire_gone()
+        assert final.exists(), "the live worker's folder is locked: not deleted"
     finally:
         os.close(lock_fd)
+
+
+# --- one writer per journal root ----------------------------------------------------------------
+
+TRY_LOCK = """
+print(JournalReader(Path(sys.argv[1])).try_lock(), flush=True)
+"""
+
+
+def test_only_one_reader_holds_the_writer_lock(
+    tmp_path: Path, readers: Callable[[Path], JournalReader]
+) -> None:
+    def in_another_process() -> bool:
+        return finish(child(TRY_LOCK, tmp_path)).strip() == "True"
+
+    first, second = readers(tmp_path), readers(tmp_path)
+    assert first.try_lock() and first.try_lock(), "holding it, asking again is fine"
+    assert (tmp_path / WRITER_LOCK).exists()
+    assert not second.try_lock(), "another open file in this process"
+    assert not in_another_process()
+    first.close()
+    assert second.try_lock()
+    assert not in_another_process()
+    assert not readers(tmp_path).try_lock()
+    second.close()
+    assert in_another_process(), "free again (the child held it until it exited)"
+    assert readers(tmp_path).try_lock()
 
 
 # --- the backlog bound --------------------------------------------------------------------------
 
 
-def test_bound_refuses_then_recovers_after_drain(tmp_path: Path) -> None:
+def test_bound_refuses_then_accepts_again_after_the_writer_commits(tmp_path: Path) -> None:
     record = b"x" * 92  # a 100-byte frame
     frame = len(frames.encode(record))
     assert frame == 100
 
+    def writer_stores(count: int) -> int:
+        """A writer in a process of its own stores ``count`` records and commits (then exits)."""
+        return int(finish(child(WRITER, tmp_path, count)))
+
     async def scenario() -> None:
         journal = Journal(tmp_path, max_bytes=3 * frame, segment_bytes=1 << 20)
-        reader = JournalReader(journal)
         for _ in range(3):
             await journal.append(record)
-        assert journal.backlog_bytes == 3 * frame
+        assert journal.backlog_bytes == journal.refresh() == 3 * frame
         with pytest.raises(JournalFull) as caught:
             await journal.append(record)
         assert isinstance(caught.value, JournalUnavailable)
         with pytest.raises(JournalFull):
             journal.append_nowait(b"x")  # even a tiny record does not fit
 
-        batch = reader.read(1)
-        reader.commit(batch)
-        assert journal.backlog_bytes == 2 * frame
-        await journal.append(record)  # room for exactly one again
+        assert await asyncio.to_thread(writer_stores, 1) == 1
+        await journal.append(record)  # the bound looked at the writer's cursor: room for one again
         with pytest.raises(JournalFull):
             await journal.append(record)
+        assert journal.refresh() == 3 * frame
 
-        assert len(drain(reader)) == 3
-        assert journal.backlog_bytes == 0
+        assert await asyncio.to_thread(writer_stores, 100) == 3
+        assert journal.refresh() == 0 and journal.backlog_bytes == 0
         for _ in range(3):
             await journal.append(record)
+        with pytest.raises(JournalFull):
+            await journal.append(record)
+        await journal.close()
+
+    run(scenario())
+
+
+def test_refresh_follows_the_cursor_across_segments(
+    tmp_path: Path, readers: Callable[[Path], JournalReader]
+) -> None:
+    record = b"y" * 17  # 25-byte frames, 4 to a 100-byte segment
+
+    async def scenario() -> None:
+        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=100)
+        reader = readers(tmp_path)
+        assert journal.refresh() == 0
+        for _ in range(10):  # segments of 4, 4 and 2 records
+            await journal.append(record)
+        assert journal.refresh() == 250, "nothing stored yet (no cursor file)"
+        reader.commit(reader.read(3))
+        assert journal.refresh() == 175
+        assert [s.number for s in journal.segments] == [1, 2, 3]
+        for _ in range(2):
+            reader.commit(reader.read(100))
+        assert journal.dir is not None and read_cursor(journal.dir.path) == (2, 100)
+        assert journal.refresh() == 50
+        assert [s.number for s in journal.segments] == [2, 3]
+        assert drain(reader) == [record] * 2
+        assert journal.refresh() == 0
+        assert [s.number for s in journal.segments] == [3], "the segment it appends to is kept"
+        await journal.append(record)
+        assert journal.refresh() == 25
         await journal.close()
 
     run(scenario())
@@ -668,13 +1016,15 @@ def test_bound_counts_queued_records(tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_bound_counts_the_flush_in_flight(tmp_path: Path, sync_gate: SyncGate) -> None:
+def test_bound_counts_the_flush_in_flight(
+    tmp_path: Path, readers: Callable[[Path], JournalReader], sync_gate: SyncGate
+) -> None:
     record = b"x" * 92
     frame = len(frames.encode(record))
 
     async def scenario() -> None:
         journal = Journal(tmp_path, max_bytes=3 * frame, segment_bytes=1 << 20)
-        reader = JournalReader(journal)
+        reader = readers(tmp_path)
         in_flight = [journal.append_nowait(record), journal.append_nowait(record)]
         await sync_gate.wait_entered()  # those two are being written, neither queued nor durable
         queued = journal.append_nowait(record)
@@ -698,7 +1048,6 @@ def test_unwritable_root_refuses_appends(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         journal = Journal(blocker / "journal", max_bytes=BIG, segment_bytes=1 << 20)
-        reader = JournalReader(journal)
         assert journal.last_error is None
         with pytest.raises(JournalUnavailable):
             await journal.append(b"lost?")
@@ -706,19 +1055,19 @@ def test_unwritable_root_refuses_appends(tmp_path: Path) -> None:
         assert "Error" in journal.last_error
         with pytest.raises(JournalUnavailable):  # still refusing, never hanging
             await journal.append(b"again")
-        assert journal.backlog_bytes == 0
-        assert reader.adopt() == 0
-        assert drain(reader) == []
+        assert journal.backlog_bytes == journal.refresh() == 0
         await journal.close()
 
     run(scenario())
     assert blocker.read_bytes() == b"a regular file, not a folder"
 
 
-def test_write_failure_mid_life_refuses_then_recovers_on_a_new_segment(tmp_path: Path) -> None:
+def test_write_failure_mid_life_refuses_then_recovers_on_a_new_segment(
+    tmp_path: Path, readers: Callable[[Path], JournalReader]
+) -> None:
     async def scenario() -> None:
         journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20)
-        reader = JournalReader(journal)
+        reader = readers(tmp_path)
         await journal.append(b"first")
         assert journal.dir is not None and journal._fd >= 0
         (first_segment,) = seg_files(journal.dir.path)
@@ -742,6 +1091,7 @@ def test_write_failure_mid_life_refuses_then_recovers_on_a_new_segment(tmp_path:
 
         assert drain(reader) == [b"first", b"third"]
         assert not first_segment.exists()
+        assert journal.refresh() == 0
         await journal.append(b"fourth")
         assert drain(reader) == [b"fourth"]
         await journal.close()
@@ -749,10 +1099,12 @@ def test_write_failure_mid_life_refuses_then_recovers_on_a_new_segment(tmp_path:
     run(scenario())
 
 
-def test_failed_flush_fails_every_record_in_it_and_not_the_next(tmp_path: Path) -> None:
+def test_failed_flush_fails_every_record_in_it_and_not_the_next(
+    tmp_path: Path, readers: Callable[[Path], JournalReader]
+) -> None:
     async def scenario() -> None:
         journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20)
-        reader = JournalReader(journal)
+        reader = readers(tmp_path)
         await journal.append(b"ok")
         full = os.open("/dev/full", os.O_WRONLY)
         try:
@@ -772,12 +1124,14 @@ def test_failed_flush_fails_every_record_in_it_and_not_the_next(tmp_path: Path) 
 # --- close --------------------------------------------------------------------------------------
 
 
-def test_close_waits_for_queued_records_then_refuses(tmp_path: Path, sync_gate: SyncGate) -> None:
+def test_close_waits_for_queued_records_then_refuses(
+    tmp_path: Path, readers: Callable[[Path], JournalReader], sync_gate: SyncGate
+) -> None:
     records = [payload(i) for i in range(10)]
 
     async def scenario() -> None:
         journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20)
-        reader = JournalReader(journal)
+        reader = readers(tmp_path)
         futures = [journal.append_nowait(r) for r in records[:5]]
         await sync_gate.wait_entered()  # the first five are on their way to disk
         futures += [journal.append_nowait(r) for r in records[5:]]  # the rest wait for the next flush
@@ -797,7 +1151,7 @@ def test_close_waits_for_queued_records_then_refuses(tmp_path: Path, sync_gate: 
         (segment,) = seg_files(journal.dir.path)
         assert [p for p, _ in frames.decode(segment.read_bytes())] == records
         assert drain(reader) == records
-        assert not segment.exists(), "the closed segment is deleted once drained"
+        assert not journal.dir.path.exists(), "closed and drained: the folder is deleted"
 
     run(scenario())
 
@@ -809,17 +1163,20 @@ def test_close_of_an_unused_journal(tmp_path: Path) -> None:
         with pytest.raises(JournalUnavailable):
             await journal.append(b"x")
         assert journal.dir is None
+        assert not (tmp_path / "journal").exists(), "a journal that never wrote leaves nothing behind"
 
     run(scenario())
 
 
-def test_a_failing_durable_callback_does_not_stall_the_journal(tmp_path: Path) -> None:
+def test_a_failing_durable_callback_does_not_stall_the_journal(
+    tmp_path: Path, readers: Callable[[Path], JournalReader]
+) -> None:
     """The callback that wakes the writer raising must not leave the journal thinking a flush is
     still on its way: every later request would wait for ever."""
 
     async def scenario() -> None:
         journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20)
-        reader = JournalReader(journal)
+        reader = readers(tmp_path)
 
         def broken() -> None:
             raise RuntimeError("writer gone")

@@ -285,7 +285,10 @@ def test_metrics_add_up_over_workers_and_survive_a_killed_one(db_url: str, tmp_p
         def total(text: str) -> float:
             return value(text, "receiver_http_requests_total", endpoint=STATUS_REPORT, code="200")
 
-        workers = {int(p.stem.rsplit("_", 1)[1]) for p in folder.glob("gauge_livesum_*.db")}
+        writer = json.loads((data / "journal" / "writer.json").read_text())["pid"]
+        processes = {int(p.stem.rsplit("_", 1)[1]) for p in folder.glob("gauge_livesum_*.db")}
+        assert writer in processes, "the writer process's metrics are added up too"
+        workers = processes - {writer}
         assert len(workers) == 2, "each worker writes its own files"
         # A request is counted just after its answer is sent: the last one may still be on its way.
         assert wait_for(lambda: total(service.get("/metrics")[1].decode()) == n, timeout=10)
@@ -353,3 +356,45 @@ def test_api_keys_never_reach_logs_or_answers(harness: Harness) -> None:
         assert "priv-1" not in answer.text and "15112346789" not in answer.text
     text = repr(entries) + "".join(a.text + repr(dict(a.headers)) for a in answers)
     assert wrong not in text and harness.api_key not in text
+
+
+@pytest.mark.parametrize("seconds", [[], [0.0], [0.0004, 0.0005, 0.003, 0.7, 11.0], [0.01] * 5 + [2.5, 9.99]])
+def test_callback_counts_kept_in_memory_expose_as_observe_would(seconds: list[float]) -> None:
+    """The callback path counts in plain memory (metrics.Tally) and adds its counts to the
+    histogram through prometheus_client's internals: the exposition must be what observe() gives,
+    or a prometheus_client upgrade changed what the tally relies on."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    def exposition(feed: object) -> bytes:
+        registry = CollectorRegistry()
+        histogram = Histogram("t_seconds", "t", ["endpoint"], buckets=metrics.ACK_SECONDS._upper_bounds[:-1],
+                              registry=registry)  # fmt: skip
+        feed(histogram.labels("e"))  # type: ignore[operator]
+        return b"\n".join(line for line in generate_latest(registry).splitlines() if b"_created" not in line)
+
+    def one_by_one(child: object) -> None:
+        for s in seconds:
+            child.observe(s)  # type: ignore[attr-defined]
+
+    def tallied(child: object) -> None:
+        bounds = metrics.ACK_SECONDS._upper_bounds
+        buckets = [0] * len(bounds)
+        for s in seconds:
+            buckets[next(i for i, b in enumerate(bounds) if s <= b)] += 1
+        metrics._add_observations(child, buckets, sum(seconds))  # type: ignore[arg-type]
+
+    assert exposition(tallied) == exposition(one_by_one)
+
+
+def test_a_scrape_shows_the_callbacks_answered_just_before_it(harness: Harness) -> None:
+    """Counted in memory, flushed at the scrape: nothing waits for the next second."""
+    def counts() -> tuple[float, float]:
+        text = harness.client.get("/metrics").text
+        return (value(text, "receiver_http_requests_total", endpoint=STATUS_REPORT, code="200"),
+                value(text, "receiver_callback_ack_seconds_count", endpoint=STATUS_REPORT))  # fmt: skip
+
+    before = counts()  # the process's registry: other tests' counts too
+    for i in range(3):
+        assert harness.post("status-report", f"smsMsgId=t-{i}&status=DELIVRD").status_code == 200
+    after = counts()
+    assert (after[0] - before[0], after[1] - before[1]) == (3, 3)

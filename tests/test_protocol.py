@@ -1122,3 +1122,41 @@ def test_uplink_round_trip(
     assert parse_uplink_form(urlencode(fields).encode()) == expected
     # quote() instead of quote_plus(): spaces as %20, "+" as %2B, the way other clients send it
     assert parse_uplink_form(urlencode(fields, quote_via=quote).encode()) == expected
+
+
+# --- the form decoder reads bodies as parse_qsl does ---------------------------------------------
+
+_FORM_PIECES = st.sampled_from(["a", "b", "=", "&", "+", "%2B", "%3D", "%26", "%e4%bd%a0", "%ff", "%", "%4", "é", "\x00", " ", "x=y"])
+
+
+@given(st.lists(_FORM_PIECES, max_size=30).map("".join))
+@example("a=1&&b=&c&=d")
+@example("a\x00=&b&b")
+@example("&".join(f"f{i}=1" for i in range(64)))
+def test_decode_form_reads_as_parse_qsl_does(text: str) -> None:
+    """The callback path's form decoder against the standard library's reading it replaces."""
+    from urllib.parse import parse_qsl
+
+    from receiver.protocol.form import decode_form
+
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict", max_num_fields=64)
+    except UnicodeDecodeError:
+        expected: object = "invalid_encoding"
+    except ValueError:
+        expected = "too_many_fields"
+    else:
+        expected = {}
+        for name, value in pairs:  # the checks, in the order the fields came
+            if name in expected:
+                expected = "duplicate_field"
+                break
+            if "\x00" in name or "\x00" in value:
+                expected = "invalid_character"
+                break
+            expected[name] = value
+    try:
+        got: object = decode_form(text.encode())
+    except ProtocolError as error:
+        got = error.code
+    assert got == expected

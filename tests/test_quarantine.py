@@ -18,7 +18,7 @@ import asyncpg
 from support import FORM, JSON, fetch, run, serving, wait_for
 
 from receiver import metrics, records, writer
-from receiver.journal import Journal, JournalReader
+from receiver.journal import Journal, JournalReader, envelope
 from receiver.journal.appender import JournalFull, JournalUnavailable
 from receiver.quarantine import Quarantine
 
@@ -94,7 +94,7 @@ def test_a_replayed_record_counts_once(db_url: str) -> None:
     """A crash between the commit and the journal's own bookkeeping replays the batch: the
     rows are there already, and nothing is counted again (a count-only record neither)."""
     one = _record(b"garbage")
-    many = records.decode(records.quarantine_count(None, "status-report", "missing_field", 7, 1e9, 1e9 + 0.5, {}))
+    [many] = records.decode(records.quarantine_count(None, "status-report", "missing_field", 7, 1e9, 1e9 + 0.5, {}))
 
     async def scenario() -> list[int]:
         conn = await asyncpg.connect(db_url)
@@ -221,9 +221,11 @@ def test_a_full_journal_loses_refusals_only_with_a_count_in_the_metrics(tmp_path
         gate.add(1, "status-report", time.time(), "invalid_field", {}, FORM, body)
         gate.flush()  # their count does not fit either
         lost = metrics.QUARANTINE_LOST._value.get() - lost_before
-        payloads = JournalReader(journal).read(1000).payloads
+        payloads = JournalReader(journal.root).read(1000).payloads
         await journal.close()
-        quarantined = [records.decode(p) for p in payloads if p.startswith(b'{"kind":"quarantine"')]
+        refusal = bytes([envelope.VERSION, envelope.Kind.QUARANTINE])
+        decoded = [record for p in payloads if p.startswith(refusal) for record in records.decode(p)]
+        quarantined = [r for r in decoded if isinstance(r, records.QuarantineRecord)]
         with_body = sum(1 for r in quarantined if r.raw)
         counted = sum(r.occurrences for r in quarantined)  # type: ignore[union-attr]
         return with_body, counted, lost
@@ -235,7 +237,7 @@ def test_a_full_journal_loses_refusals_only_with_a_count_in_the_metrics(tmp_path
 
 def _record(body: bytes) -> records.QuarantineRecord:
     payload = records.quarantine(None, "status-report", time.time(), "missing_field", {}, FORM, body)
-    decoded = records.decode(payload)
+    [decoded] = records.decode(payload)
     assert isinstance(decoded, records.QuarantineRecord)
     return decoded
 

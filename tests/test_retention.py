@@ -108,8 +108,8 @@ def messages(h: Harness) -> None:
     age(h, "quarantine_counts", "endpoint = 'status-report'", column="hour")
 
 
-EXPECTED = {"sent_messages": 2, "message_states": 3, "status_reports": 4, "events": 7, "uplinks": 1,
-            "reply_links": 1, "quarantine": 1, "quarantine_counts": 1}  # fmt: skip
+EXPECTED = {"sent_messages": 2, "message_states": 3, "status_reports": 4, "sends_after_optout": 0, "events": 7,
+            "uplinks": 1, "reply_links": 1, "quarantine": 1, "quarantine_counts": 1}  # fmt: skip
 
 
 def test_old_rows_go_recent_ones_stay_and_messages_go_whole(harness: Harness, tmp_path: Path) -> None:
@@ -221,8 +221,8 @@ def test_the_blacklist_never_changes_and_a_rebuild_after_a_prune_gives_the_same_
         pruned = counts(done.stdout)
         assert pruned.pop("events") > 0 and h.rows("SELECT count(*) FROM events") == [(0,)]
         assert pruned == {
-            "sent_messages": 1, "message_states": 2, "status_reports": 2, "uplinks": 2, "reply_links": 2,
-            "quarantine": 0, "quarantine_counts": 0,
+            "sent_messages": 1, "message_states": 2, "status_reports": 2, "sends_after_optout": 0, "uplinks": 2,
+            "reply_links": 2, "quarantine": 0, "quarantine_counts": 0,
         }  # fmt: skip
         after = dump(h)
         for table in ("sent_messages", "status_reports", "uplinks", "message_states"):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -62,6 +64,88 @@ def test_kill_9_under_load_loses_nothing_acknowledged(own_pg: OwnPostgres, data_
         service.stop()
 
 
+def holder_of(path: Path) -> int:
+    """The process that has ``path`` open (a worker and its journal folder's lock)."""
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if fd.readlink() == path:
+                return int(fd.parts[2])
+        except OSError:
+            continue
+    raise AssertionError(f"nobody holds {path}")
+
+
+def writer_pid(data_dir: Path) -> int | None:
+    try:
+        return int(json.loads((data_dir / "journal" / "writer.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def test_the_writer_is_a_process_of_its_own_at_a_lower_priority(db_url: str, data_dir: Path) -> None:
+    env = service_env(data_dir, db_url)
+    token = create_app_token(env)["token"]
+    service = Service(env, workers=2).start()
+    try:
+        assert service.post_form(f"/callbacks/{token}/status-report", "smsMsgId=p-1&status=DELIVRD")[0] == 200
+        assert wait_for(lambda: stored_ids(db_url) == {"p-1"}, timeout=30)
+        assert wait_for(lambda: writer_pid(data_dir) is not None, timeout=30)
+        pid = writer_pid(data_dir)
+        assert pid is not None and pid != service.proc.pid  # type: ignore[union-attr]
+        assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, service.proc.pid) + 10  # type: ignore[union-attr]
+        ready = json.loads(service.get("/readyz")[1])
+        assert ready["writer"] == {"running": True, "error": None}
+        # Its PostgreSQL backend (local, ours to renice) runs at its priority too.
+        sql = "SELECT pid FROM pg_stat_activity WHERE application_name = 'receiver-writer'"
+        assert wait_for(lambda: run(fetch(db_url, sql)), timeout=30)
+        [backend] = [r["pid"] for r in run(fetch(db_url, sql))]
+        assert os.getpriority(os.PRIO_PROCESS, backend) == os.getpriority(os.PRIO_PROCESS, pid)
+    finally:
+        service.stop()
+
+
+def test_kill_9_of_the_writer_under_load_loses_nothing_and_it_comes_back(db_url: str, data_dir: Path) -> None:
+    env = service_env(data_dir, db_url)
+    token = create_app_token(env)["token"]
+    service = Service(env, workers=2).start()
+    try:
+        assert wait_for(lambda: writer_pid(data_dir) is not None, timeout=30)
+        first = writer_pid(data_dir)
+        with Load(service, token) as load:
+            assert wait_for(lambda: load.acked_count() >= 300, timeout=30)
+            os.kill(first, signal.SIGKILL)  # type: ignore[arg-type]
+            before = load.acked_count()
+            assert wait_for(lambda: load.acked_count() >= before + 300, timeout=30), "acks stopped with the writer"
+            assert wait_for(lambda: writer_pid(data_dir) not in (None, first), timeout=30), "no new writer"
+        assert set(load.statuses) == {200}, load.statuses
+        acked = set(load.acked)
+        assert wait_for(lambda: acked <= stored_ids(db_url), timeout=60), "acknowledged events are missing"
+        assert duplicate_rows(db_url) == 0
+    finally:
+        service.stop()
+
+
+def test_a_killed_workers_journal_is_stored_while_the_service_runs(db_url: str, data_dir: Path) -> None:
+    """Nobody has to take the dead worker's place: the writer reads every worker's journal."""
+    env = service_env(data_dir, db_url, RECEIVER_WRITER_INTERVAL_SECONDS="0")
+    token = create_app_token(env)["token"]
+    service = Service(env, workers=2).start()
+    try:
+        with Load(service, token) as load:
+            assert wait_for(lambda: load.acked_count() >= 300, timeout=30)
+            folders = journal_folders(data_dir)
+            assert len(folders) == 2
+            victim = holder_of(folders[0] / "lock")
+            os.kill(victim, signal.SIGKILL)
+            before = load.acked_count()
+            assert wait_for(lambda: load.acked_count() >= before + 200, timeout=30)
+        acked = set(load.acked)
+        assert wait_for(lambda: acked <= stored_ids(db_url), timeout=60), "acknowledged events are missing"
+        assert wait_for(lambda: not folders[0].exists(), timeout=30), "the dead worker's folder stays"
+    finally:
+        service.stop()
+
+
 def test_postgres_down_under_load_keeps_acknowledging_and_drains_later(own_pg: OwnPostgres, data_dir: Path) -> None:
     env = service_env(data_dir, own_pg.url)
     token = create_app_token(env)["token"]
@@ -107,7 +191,7 @@ def test_unwritable_journal_answers_503_never_200(db_url: str, data_dir: Path, t
 
 
 def test_full_journal_answers_503(own_pg: OwnPostgres, data_dir: Path) -> None:
-    env = service_env(data_dir, own_pg.url, RECEIVER_JOURNAL_MAX_BYTES="4096")
+    env = service_env(data_dir, own_pg.url, RECEIVER_JOURNAL_MAX_BYTES="1024")  # about 20 reports
     token = create_app_token(env)["token"]
     service = Service(env, workers=1).start()
     try:

@@ -105,6 +105,17 @@ def fold(signals: Iterable[Signal], scope: Scope) -> Folded:
     return Folded(entries, adders, removers)
 
 
+def entry_at(signals: Iterable[Signal], scope: Scope, at: datetime, channel: str | None) -> Entry | None:
+    """The entry that stopped sends from ``channel`` at ``at``: the fold of the signals that
+    happened at or before ``at`` (an opt-out at the very moment of a send covers it, and so does
+    a re-subscribe lift it). A send from an unknown channel (``None``) is stopped by any entry,
+    as the blacklist check answers it. When several entries cover it: the oldest, as
+    :func:`receiver.blacklist.store.entries` lists them."""
+    folded = fold((s for s in signals if s.at <= at), scope)
+    covering = [e for e in folded.entries.values() if channel is None or e.channel in (None, channel)]
+    return min(covering, key=lambda e: (e.added_at, e.source, e.channel or ""), default=None)
+
+
 def _removes(signal: Signal, key: Key, scope: Scope) -> bool:
     number, channel, source = key
     if number != signal.number:

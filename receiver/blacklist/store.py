@@ -26,6 +26,7 @@ import structlog
 
 from .. import metrics
 from ..config import Settings
+from . import atsend
 from .keywords import BLACKLIST_CODES, Keywords, is_blacklist_code
 from .numbers import mask, to_e164
 from .rules import Diff, Entry, Folded, Scope, Signal, diff, fold
@@ -161,6 +162,17 @@ async def _sends(conn: asyncpg.Connection, sms_msg_ids: list[str]) -> dict[str, 
     return {row["sms_msg_id"]: (row["to"], row["from"]) for row in rows}
 
 
+async def check_sends(conn: asyncpg.Connection, config: Config, sms_msg_ids: Sequence[str]) -> dict[str, Entry]:
+    """Sends registered now (or again): which went to a number blacklisted for them when they
+    were sent, with the entry that covered it. Inside the transaction that registers them."""
+    if not sms_msg_ids:
+        return {}
+    rows = await conn.fetch('SELECT DISTINCT "to" FROM sent_messages WHERE sms_msg_id = ANY($1::text[])', sms_msg_ids)
+    await _lock(conn, [row["to"] for row in rows])
+    await atsend.refresh(conn, config.scope, sms_msg_ids=sms_msg_ids)
+    return await atsend.found(conn, sms_msg_ids)
+
+
 # --- applying signals -------------------------------------------------------------------------
 
 
@@ -174,6 +186,7 @@ async def apply(conn: asyncpg.Connection, config: Config, signals: Sequence[Sign
     await _lock(conn, numbers)
     await _record(conn, signals)
     _, changes = await _refold(conn, config, numbers)
+    await atsend.refresh(conn, config.scope, numbers=numbers, since=min(s.at for s in signals))
     _log(changes)
     return changes
 
@@ -319,6 +332,7 @@ async def add(
     if not changes.history:  # nothing changed: leave no trace
         await conn.execute("DELETE FROM blacklist_signals WHERE id = $1", signal_id)
         return False
+    await atsend.refresh(conn, config.scope, numbers=[number], since=at)
     _log(changes)
     return True
 
@@ -334,6 +348,7 @@ async def remove(
     if not changes.removed:
         await conn.execute("DELETE FROM blacklist_signals WHERE id = $1", signal_id)
         return []
+    await atsend.refresh(conn, config.scope, numbers=[number], since=at)
     _log(changes)
     return changes.removed
 
@@ -352,6 +367,7 @@ async def import_entries(
     await conn.execute(
         "DELETE FROM blacklist_signals WHERE id = ANY($1::bigint[])", [i for i in ids if i not in effective]
     )
+    await atsend.refresh(conn, config.scope, numbers={n for n, _, _ in rows}, since=at)
     return sum(1 for c in changes.history if c.action == "add")
 
 
@@ -385,6 +401,7 @@ async def rebuild(conn: asyncpg.Connection, config: Config) -> Diff:
     for start in range(0, len(signals), 10_000):
         await _record(conn, signals[start : start + 10_000])
     _, changes = await _refold(conn, config, None, actor="rebuild")
+    await atsend.refresh(conn, config.scope)
     return changes
 
 

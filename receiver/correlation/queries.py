@@ -5,18 +5,31 @@ from __future__ import annotations
 import base64
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
+from ..blacklist import atsend
+from ..blacklist.store import entry_document
 from ..protocol import ProtocolError
+from .state import REPORT_WINDOW
+from .sweep import EFFECTIVE_STATE
 
-_MESSAGE = """
-SELECT m.sms_msg_id, m.state, m.status, m.parts_total, m.parts_delivered, m.sent, m.sent_at, m.delivered_at,
-       extract(epoch FROM m.latency) AS latency_seconds,
-       s."to", s."from", s.status AS sent_status, s.extend, s.template_id, s.signature, s.message_type
-FROM message_states m LEFT JOIN sent_messages s USING (sms_msg_id)
+# $2 the report window, $3 now (NULL: the database's clock): the state as the clock says it is,
+# before the sweep has stored it (sweep.EFFECTIVE_STATE).
+_NOW = "coalesce($3::timestamptz, now())"
+
+_MESSAGE = f"""
+SELECT m.sms_msg_id, {EFFECTIVE_STATE.format(now=_NOW, window="$2::interval")} AS state, m.status, m.parts_total,
+       m.parts_delivered, m.sent, m.sent_at, m.delivered_at, extract(epoch FROM m.latency) AS latency_seconds,
+       s."to", s."from", s.status AS sent_status, s.extend, s.template_id, s.signature, s.message_type,
+       a.name AS application,
+       o."to" AS optout_number, o.channel, o.source, o.reason, o.cause_sms_msg_id, o.added_by, o.added_at
+FROM message_states m
+LEFT JOIN sent_messages s USING (sms_msg_id)
+LEFT JOIN applications a ON a.id = s.application_id
+LEFT JOIN sends_after_optout o ON o.sms_msg_id = m.sms_msg_id AND o.source IS NOT NULL
 WHERE m.sms_msg_id = $1
 """
 
@@ -27,27 +40,44 @@ ORDER BY update_time NULLS FIRST, received_at, id
 """
 
 _REPLIES = """
-SELECT u.id, u.sms_msg_id, u."from", u."to", u.body, u.create_time, u.received_at, l.candidates
+SELECT u.id, u.sms_msg_id, u."from", u."to", u.body, u.create_time, u.received_at, l.candidates, l.match,
+       l.unlinked_reason
 FROM reply_links l JOIN uplinks u ON u.id = l.uplink_id
 WHERE l.sms_msg_id = $1 ORDER BY u.received_at, u.id
 """
 
+_LIST_STATE = EFFECTIVE_STATE.format(now="coalesce($9::timestamptz, now())", window="$8::interval")
 _LIST = """
-SELECT s.sms_msg_id, s."to", s."from", s.create_time, m.state, m.status, m.parts_total, m.parts_delivered,
-       m.delivered_at
-FROM sent_messages s JOIN message_states m USING (sms_msg_id)
-WHERE ($1::text IS NULL OR s."to" = $1)
-  AND ($2::text IS NULL OR m.state = $2)
-  AND ($3::timestamptz IS NULL OR s.create_time >= $3)
-  AND ($4::timestamptz IS NULL OR s.create_time < $4)
-  AND (s.create_time, s.sms_msg_id) > ($5::timestamptz, $6::text)
-ORDER BY s.create_time, s.sms_msg_id
+SELECT s.sms_msg_id, s."to", s."from", s.create_time, {state} AS state, m.status, m.parts_total,
+       m.parts_delivered, m.delivered_at, o.source IS NOT NULL AS blacklisted_at_send
+{source}
+WHERE {only}($1::text IS NULL OR s."to" = $1)
+  AND ($2::text IS NULL OR {state} = $2)
+  AND ($3::timestamptz IS NULL OR {time} >= $3)
+  AND ($4::timestamptz IS NULL OR {time} < $4)
+  AND ({time}, {id}) > ($5::timestamptz, $6::text)
+  AND ($10::boolean IS NULL OR (o.source IS NOT NULL) = $10)
+ORDER BY {time}, {id}
 LIMIT $7
 """
+# Every send, in send order; or, for the sends after an opt-out, those few in the same order
+# (their sent_at is the send's createTime), walking their own index instead of every send.
+_LIST_SENDS = _LIST.format(
+    state=_LIST_STATE, time="s.create_time", id="s.sms_msg_id", only="",
+    source="""FROM sent_messages s
+JOIN message_states m USING (sms_msg_id)
+LEFT JOIN sends_after_optout o ON o.sms_msg_id = s.sms_msg_id AND o.source IS NOT NULL""",
+)  # fmt: skip
+_LIST_AFTER_OPTOUT = _LIST.format(
+    state=_LIST_STATE, time="o.sent_at", id="o.sms_msg_id", only="o.source IS NOT NULL AND ",
+    source="""FROM sends_after_optout o
+JOIN sent_messages s USING (sms_msg_id)
+JOIN message_states m USING (sms_msg_id)""",
+)  # fmt: skip
 
 _UPLINKS = """
 SELECT u.id, u.txid::text AS txid, u.sms_msg_id, u."from", u."to", u.body, u.create_time, u.received_at,
-       a.name AS application, l.sms_msg_id AS reply_to, l.candidates
+       a.name AS application, l.sms_msg_id AS reply_to, l.candidates, l.match, l.unlinked_reason
 FROM uplinks u
 JOIN applications a ON a.id = u.application_id
 LEFT JOIN reply_links l ON l.uplink_id = u.id
@@ -86,7 +116,9 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _reply(r: asyncpg.Record) -> dict[str, Any]:
-    """An uplink as the API shows it; ``ambiguous`` when the reply-link rule had to choose."""
+    """An uplink as the API shows it, with how its link was made: ``match`` the rule that found the
+    message it answers (None: none did, ``unlinked_reason`` says why), ``candidates`` how many sends
+    that rule had to choose from (``ambiguous``: more than one)."""
     return {
         "sms_msg_id": r["sms_msg_id"],
         "from": r["from"],
@@ -95,11 +127,17 @@ def _reply(r: asyncpg.Record) -> dict[str, Any]:
         "create_time": _iso(r["create_time"]),
         "received_at": _iso(r["received_at"]),
         "ambiguous": (r["candidates"] or 0) > 1,
+        "match": r["match"],
+        "candidates": r["candidates"] or 0,
+        "unlinked_reason": r["unlinked_reason"],
     }
 
 
-async def message(conn: asyncpg.Connection, sms_msg_id: str) -> dict[str, Any] | None:
-    row = await conn.fetchrow(_MESSAGE, sms_msg_id)
+async def message(
+    conn: asyncpg.Connection, sms_msg_id: str, *, window: timedelta = REPORT_WINDOW, now: datetime | None = None
+) -> dict[str, Any] | None:
+    """One message as the API shows it, its state at ``now`` (default: the database's clock)."""
+    row = await conn.fetchrow(_MESSAGE, sms_msg_id, window, now)
     if row is None:
         return None
     reports = await conn.fetch(_REPORTS, sms_msg_id)
@@ -121,6 +159,7 @@ async def message(conn: asyncpg.Connection, sms_msg_id: str) -> dict[str, Any] |
         "template_id": row["template_id"],
         "signature": row["signature"],
         "message_type": row["message_type"],
+        "application": row["application"],
         "reports": [
             {
                 "status": r["status"],
@@ -139,6 +178,9 @@ async def message(conn: asyncpg.Connection, sms_msg_id: str) -> dict[str, Any] |
             for r in reports
         ],
         "replies": [_reply(r) for r in replies],
+        "blacklisted_at_send": (
+            entry_document(atsend.entry({**row, "to": row["optout_number"]})) if row["source"] else None
+        ),
     }
 
 
@@ -151,6 +193,9 @@ async def messages(
     until: datetime | None,
     cursor: str | None,
     limit: int,
+    blacklisted_at_send: bool | None = None,
+    window: timedelta = REPORT_WINDOW,
+    now: datetime | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     after_time, after_id = datetime.min.isoformat() + "+00:00", ""
     if cursor:
@@ -161,7 +206,8 @@ async def messages(
             raise ValueError(after_id)
     except (TypeError, ValueError, OverflowError):
         raise ProtocolError("invalid_cursor", "the cursor was not made by this API") from None
-    rows = await conn.fetch(_LIST, to, state, since, until, start, after_id, limit)
+    sql = _LIST_AFTER_OPTOUT if blacklisted_at_send else _LIST_SENDS
+    rows = await conn.fetch(sql, to, state, since, until, start, after_id, limit, window, now, blacklisted_at_send)
     items = [
         {
             "sms_msg_id": r["sms_msg_id"],
@@ -172,6 +218,7 @@ async def messages(
             "status": r["status"],
             "parts": {"total": r["parts_total"], "delivered": r["parts_delivered"]},
             "delivered_at": _iso(r["delivered_at"]),
+            "blacklisted_at_send": r["blacklisted_at_send"],
         }
         for r in rows
     ]

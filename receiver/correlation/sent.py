@@ -2,7 +2,8 @@
 
 Either the response itself, ``{"code", "description", "result": [...]}``, or that response
 wrapped with the send's context: ``{"response": ..., "extend", "template_id", "signature",
-"message_type"}``. Pure: validation only, no I/O.
+"message_type"}``. Either may name the ``application`` the sends belong to, at its top level.
+Pure: validation only, no I/O.
 """
 
 from __future__ import annotations
@@ -63,6 +64,13 @@ def parse_sent(document: object, default_region: str = "CN") -> list[SentMessage
             detail = error.detail if isinstance(error.detail, dict) else {"reason": error.detail}
             raise ProtocolError(error.code, {"item": index, **detail}) from None
     return messages
+
+
+def parse_application(document: object) -> str | None:
+    """The name of the application the document's sends belong to, when it gives one."""
+    if not isinstance(document, dict):
+        return None
+    return _optional_str(document, "application", 128)
 
 
 def _message(item: dict[str, Any], context: dict[str, Any], region: str) -> SentMessage:

@@ -6,10 +6,14 @@ Rules (Huawei documents only "DELIVRD means received, anything else does not"):
   reports and none says ``DELIVRD``, *pending* without reports;
 - a message is *delivered* when all of its ``total`` parts are, *failed* when any part failed or
   the send API refused the recipient at once (a per-recipient status other than ``000000``),
-  else *pending*.
+  else *pending*;
+- a registered send still *pending* once its report window (``RECEIVER_REPORT_WINDOW``, 72 h:
+  the platform reports within 72 hours of the send, or never) has passed, at ``now`` or later
+  than ``createTime + window``, is *unreported*. A message known from reports alone has no
+  ``createTime`` and stays *pending*.
 
-The result depends only on the set of reports: every choice below (the latest status, the
-delivery time) breaks ties by value, never by arrival order.
+The result depends only on the set of reports, the send and the clock: every choice below (the
+latest status, the delivery time) breaks ties by value, never by arrival order.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from datetime import datetime, timedelta
 
 ACCEPTED = "000000"
 DELIVERED = "DELIVRD"
+REPORT_WINDOW = timedelta(hours=72)
+STATES = ("pending", "delivered", "failed", "unreported")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +53,7 @@ class Sent:
 
 @dataclass(frozen=True, slots=True)
 class State:
-    state: str  # pending, delivered or failed
+    state: str  # pending, delivered, failed or unreported
     status: str | None  # the latest raw status (the send's own code while no report came)
     parts_total: int
     parts_delivered: int
@@ -55,7 +61,10 @@ class State:
     latency: timedelta | None
 
 
-def derive(sent: Sent | None, reports: Iterable[Report]) -> State:
+def derive(
+    sent: Sent | None, reports: Iterable[Report], *, now: datetime | None = None, window: timedelta = REPORT_WINDOW
+) -> State:
+    """The state given the reports and the send; with ``now``, also whether the window has passed."""
     reports = list(reports)
     parts_total = max(
         [sent.total if sent else 1]
@@ -72,6 +81,8 @@ def derive(sent: Sent | None, reports: Iterable[Report]) -> State:
         state = "failed"
     elif len(delivered) >= parts_total:
         state = "delivered"
+    elif past_window(sent.create_time if sent else None, now, window):
+        state = "unreported"
     else:
         state = "pending"
 
@@ -83,6 +94,12 @@ def derive(sent: Sent | None, reports: Iterable[Report]) -> State:
     if delivered_at is not None and sent is not None and sent.create_time is not None:
         latency = delivered_at - sent.create_time
     return State(state, latest_status(sent, reports), parts_total, len(delivered), delivered_at, latency)
+
+
+def past_window(create_time: datetime | None, now: datetime | None, window: timedelta = REPORT_WINDOW) -> bool:
+    """Whether the report window of a send made at ``create_time`` is over at ``now``: at
+    ``create_time + window`` exactly, it is."""
+    return create_time is not None and now is not None and now >= create_time + window
 
 
 def latest_status(sent: Sent | None, reports: list[Report]) -> str | None:

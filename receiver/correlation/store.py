@@ -1,5 +1,7 @@
 """SQL side of correlation: derived delivery states and reply links, kept in step with the events.
 
+Reply links themselves are made in :mod:`receiver.correlation.links`.
+
 ``message_states`` is the SQL twin of :func:`receiver.correlation.state.derive` (the tests hold
 the two equal on random report sets). It is recomputed from all of a message's reports each
 time one of them arrives, under an advisory lock taken in its own statement, so two
@@ -9,11 +11,15 @@ workers storing reports of one message at once cannot leave a state that misses 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import timedelta
 
 import asyncpg
 
+from . import links
 from .sent import SentMessage
+
+AfterInsert = Callable[[asyncpg.Connection, list[asyncpg.Record], list[asyncpg.Record]], Awaitable[None]]
 
 # Messages map onto 256 lock buckets: a transaction takes at most 256 advisory locks, whatever
 # its size (PostgreSQL's lock table is small), always in the same order (no deadlock).
@@ -82,54 +88,26 @@ SELECT sms_msg_id, state, coalesce(latest_status, sent_status), parts_total, par
        now()
 FROM decided
 ON CONFLICT (sms_msg_id) DO UPDATE SET
-    state = EXCLUDED.state, status = EXCLUDED.status, parts_total = EXCLUDED.parts_total,
+    -- past its report window (the sweep's mark, receiver.correlation.sweep) a message the
+    -- reports leave pending stays unreported: the window does not reopen for a report
+    state = CASE WHEN EXCLUDED.state = 'pending' AND m.state = 'unreported' THEN 'unreported' ELSE EXCLUDED.state END,
+    status = EXCLUDED.status, parts_total = EXCLUDED.parts_total,
     parts_delivered = EXCLUDED.parts_delivered, reports = EXCLUDED.reports, sent = EXCLUDED.sent,
     sent_at = EXCLUDED.sent_at, delivered_at = EXCLUDED.delivered_at, latency = EXCLUDED.latency,
     updated_at = EXCLUDED.updated_at
 """
 
-# The documented rule (reference §7.1): the latest message sent from the channel the reply came
-# to (uplink "to" = send "from"), to the number it came from, at or before the reply.
-_LINK_REPLIES = """
-WITH u AS (
-    SELECT id, from_e164, "to", coalesce(create_time, received_at) AS at
-    FROM uplinks WHERE id = ANY($1::bigint[])
-)
-INSERT INTO reply_links AS l (uplink_id, sms_msg_id, candidates, linked_at)
-SELECT u.id, best.sms_msg_id, coalesce(n.candidates, 0), now()
-FROM u
-LEFT JOIN LATERAL (
-    SELECT s.sms_msg_id FROM sent_messages s
-    WHERE s."from" = u."to" AND s."to" = u.from_e164 AND s.create_time <= u.at
-    ORDER BY s.create_time DESC, s.sms_msg_id COLLATE "C" DESC LIMIT 1
-) best ON true
-LEFT JOIN LATERAL (
-    SELECT count(*) AS candidates FROM sent_messages s
-    WHERE s."from" = u."to" AND s."to" = u.from_e164 AND s.create_time <= u.at
-) n ON true
-ON CONFLICT (uplink_id) DO UPDATE SET
-    sms_msg_id = EXCLUDED.sms_msg_id, candidates = EXCLUDED.candidates, linked_at = EXCLUDED.linked_at
-WHERE l.sms_msg_id IS DISTINCT FROM EXCLUDED.sms_msg_id OR l.candidates <> EXCLUDED.candidates
-"""
-
-# Replies a newly registered send may answer: same channel and number, at or after its createTime.
-_REPLIES_AFTER_SENDS = """
-SELECT u.id FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS s(channel, number, at)
-JOIN uplinks u ON u.from_e164 = s.number AND u."to" = s.channel
-WHERE coalesce(u.create_time, u.received_at) >= coalesce(s.at, '-infinity')
-"""
-
 _REGISTER = """
 INSERT INTO sent_messages (sms_msg_id, "to", "from", status, create_time, country_id, total, extend,
-    template_id, signature, message_type, raw, registered_by)
+    template_id, signature, message_type, raw, registered_by, application_id)
 SELECT m.sms_msg_id, m."to", m."from", m.status, coalesce(m.create_time, now()), m.country_id, m.total,
-       m.extend, m.template_id, m.signature, m.message_type, m.raw, $13
+       m.extend, m.template_id, m.signature, m.message_type, m.raw, $13, $14
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::smallint[],
             $8::text[], $9::text[], $10::text[], $11::text[], $12::jsonb[])
      AS m(sms_msg_id, "to", "from", status, create_time, country_id, total, extend, template_id, signature,
           message_type, raw)
 ON CONFLICT (sms_msg_id) DO NOTHING
-RETURNING sms_msg_id, "from", "to", create_time
+RETURNING sms_msg_id, "to", create_time
 """
 
 
@@ -146,31 +124,29 @@ async def refresh_states(conn: asyncpg.Connection, sms_msg_ids: Iterable[str]) -
     await conn.execute(_REFRESH_STATES, ids)
 
 
-async def link_replies(conn: asyncpg.Connection, uplink_ids: Sequence[int]) -> None:
-    if uplink_ids:
-        await conn.execute(_LINK_REPLIES, list(uplink_ids))
+def after_insert_hook(window: timedelta) -> AfterInsert:
+    """The writer's step, with the report window for reply links."""
+
+    async def after_insert(
+        conn: asyncpg.Connection, new_reports: list[asyncpg.Record], new_uplinks: list[asyncpg.Record]
+    ) -> None:
+        """States of the messages that got reports, links of the new replies."""
+        await refresh_states(conn, (row["sms_msg_id"] for row in new_reports))
+        await links.link(conn, [row["id"] for row in new_uplinks], window)
+
+    return after_insert
 
 
-async def relink_after_sends(conn: asyncpg.Connection, sends: Sequence[tuple[str | None, str, object]]) -> None:
-    """Sends registered after their replies arrived: link those replies again."""
-    sends = [s for s in sends if s[0]]
-    if not sends:
-        return
-    channels, numbers, times = (list(column) for column in zip(*sends, strict=True))
-    rows = await conn.fetch(_REPLIES_AFTER_SENDS, channels, numbers, times)
-    await link_replies(conn, [row["id"] for row in rows])
-
-
-async def after_insert(
-    conn: asyncpg.Connection, new_reports: list[asyncpg.Record], new_uplinks: list[asyncpg.Record]
-) -> None:
-    """The writer's step: states of the messages that got reports, links of the new replies."""
-    await refresh_states(conn, (row["sms_msg_id"] for row in new_reports))
-    await link_replies(conn, [row["id"] for row in new_uplinks])
-
-
-async def register_sent(conn: asyncpg.Connection, messages: Sequence[SentMessage], registered_by: str) -> list[str]:
-    """Store sends not registered yet; bring their states and reply links up to date. Returns the new ids.
+async def register_sent(
+    conn: asyncpg.Connection,
+    messages: Sequence[SentMessage],
+    registered_by: str,
+    *,
+    application_id: int | None = None,
+    window: timedelta,
+) -> list[str]:
+    """Store sends not registered yet (as sends of ``application_id``, when given); bring their
+    states and reply links up to date. Returns the new ids.
 
     Call it inside a transaction."""
     if not messages:
@@ -181,8 +157,8 @@ async def register_sent(conn: asyncpg.Connection, messages: Sequence[SentMessage
         for m in messages
     ]  # fmt: skip
     columns = [list(column) for column in zip(*rows, strict=True)]
-    new = await conn.fetch(_REGISTER, *columns, registered_by)
+    new = await conn.fetch(_REGISTER, *columns, registered_by, application_id)
     ids = [row["sms_msg_id"] for row in new]
     await refresh_states(conn, ids)
-    await relink_after_sends(conn, [(row["from"], row["to"], row["create_time"]) for row in new])
+    await links.relink_after_sends(conn, [(row["to"], row["create_time"]) for row in new], window)
     return ids

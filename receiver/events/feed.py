@@ -20,7 +20,7 @@ import asyncpg
 from ..correlation.queries import decode_cursor, encode_cursor, is_txid
 from ..protocol import ProtocolError
 
-KINDS = ("report", "state", "reply", "optout", "optin")
+KINDS = ("report", "state", "reply", "optout", "optin", "sent_after_optout")
 CHANNEL = "receiver_events"  # NOTIFY'd, with an empty payload, by every transaction that adds events
 _TAG = "ev"  # keeps other feeds' cursors (same shape) out
 

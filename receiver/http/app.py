@@ -17,21 +17,17 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from .. import logs, metrics
+from .. import logs, metrics, writer_process
 from ..apikeys import KeyCache
 from ..applications import Registry
 from ..blacklist import numbers as blacklist_numbers
-from ..blacklist import store as blacklist_store
 from ..blacklist.mirror import Mirror
 from ..config import Settings
-from ..correlation import store as correlation
-from ..db import migrate
+from ..correlation import sweep
 from ..events.hub import Hub
-from ..journal import Journal, JournalReader
+from ..journal import Journal
 from ..quarantine import Quarantine
-from ..writer import Writer
 from . import blacklist, callbacks, events, health, openapi, prometheus, query
-from .fastpath import CallbackFastPath
 from .middleware import Observe
 from .responses import DATABASE_AWAY, Refusal, error_response
 
@@ -54,7 +50,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         journal = Journal(
             settings.journal_path, max_bytes=settings.journal_max_bytes, segment_bytes=settings.journal_segment_bytes
         )
-        reader = JournalReader(journal)
         pool = await asyncpg.create_pool(dsn, min_size=0, max_size=4, timeout=5, reset=_keep_session)
         registry = Registry(settings.data_dir / "applications.json")
         try:
@@ -63,34 +58,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
         except Exception as error:  # noqa: BLE001 - the database may be down: work from the snapshot
             registry.load_snapshot()
             log.warning("registry.from_snapshot", error=type(error).__name__, applications=len(registry))
-        async def connect() -> asyncpg.Connection:
-            """The writer's connection; the first one also applies migrations still missing
-            (the service may have started while PostgreSQL was away)."""
-            conn = await asyncpg.connect(dsn, timeout=5)
-            if not migrated:
-                await migrate.apply(conn)
-                migrated.append(True)
-            return conn
-
-        migrated: list[bool] = []
-        writer = Writer(
-            reader,
-            connect,
-            batch_size=settings.writer_batch_size,
-            interval=settings.writer_interval_seconds,
-            quarantine_max_rows=settings.quarantine_max_rows,
-            after_insert=(
-                correlation.after_insert, blacklist_store.after_insert_hook(settings), metrics.after_insert
-            ),
-        )
-        journal.on_durable = writer.wake
+        # Under `receiver serve` the writer is a process of its own; otherwise a task of this worker.
+        writer = writer_process.build(settings) if settings.writer == "inline" else None
+        if writer is not None:
+            journal.on_durable = writer.wake
+        metrics.JOURNAL_MAX.set(settings.journal_max_bytes)
         app.state.settings, app.state.pool, app.state.registry = settings, pool, registry
-        app.state.journal, app.state.reader, app.state.writer = journal, reader, writer
+        app.state.journal, app.state.writer = journal, writer
         app.state.api_keys = KeyCache()
         app.state.quarantine = quarantine = Quarantine(journal, bodies_per_second=settings.quarantine_bodies_per_second)
         app.state.events_hub = hub = Hub(dsn)
         app.state.blacklist_mirror = mirror = Mirror(dsn, pool) if settings.blacklist_mirror else None
-        task = asyncio.create_task(writer.run())
+        task = asyncio.create_task(writer.run()) if writer is not None else None
+        # Pending messages past their report window become unreported: a timer, not a cost per
+        # callback. Every worker runs one; one sweeps at a time (an advisory lock).
+        sweeper = sweep.start(pool, settings.report_window, settings.sweep_interval_seconds)
         blacklist_numbers.prepare(settings.default_region)
         # What is loaded by now (modules, phonenumbers' tables) lives as long as the worker: out
         # of the garbage collector's sight, a full collection does not walk it (that takes about
@@ -101,20 +83,23 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
+            await sweep.stop(sweeper)
             await hub.close()
             if mirror is not None:
                 await mirror.close()
             quarantine.flush()  # the counts of refusals whose bodies were not kept, before the journal closes
             await journal.close()
-            drained = await writer.stop(settings.shutdown_drain_seconds)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            if drained and journal.dir is not None:
-                journal.dir.remove()
+            drained: bool | None = None
+            if writer is not None and task is not None:
+                drained = await writer.stop(settings.shutdown_drain_seconds)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                writer.reader.close()
             log.info("worker.stopped", drained=drained, backlog_bytes=journal.backlog_bytes)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pool.close(), timeout=5)
+            metrics.TALLY.flush()  # counted in memory until now
             metrics.worker_stopped()
 
     async def refused(request: Request, exc: Exception) -> Response:
@@ -151,8 +136,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=routes,
         middleware=[
+            Middleware(callbacks.Callbacks, trusted_proxies=settings.trusted_proxies),
             Middleware(Observe, routes=routes, trusted_proxies=settings.trusted_proxies),
-            Middleware(CallbackFastPath, routes=routes, exception_handlers=handlers),
         ],
         lifespan=lifespan,
         exception_handlers=handlers,

@@ -15,12 +15,13 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 def requires_key(endpoint: Endpoint) -> Endpoint:
     async def guarded(request: Request) -> Response:
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        name = None
+        found = None
         if scheme.lower() == "bearer" and key.strip():
-            name = await request.app.state.api_keys.name_of(key.strip(), request.app.state.pool)
-        if name is None:
+            found = await request.app.state.api_keys.find(key.strip(), request.app.state.pool)
+        if found is None:
             return error_response(401, "unauthorized", "a valid API key is required: Authorization: Bearer <key>")
-        request.state.api_key_name = name
+        request.state.api_key_name = found.name
+        request.state.api_key_application = found.application_id
         return await endpoint(request)
 
     guarded.__name__ = endpoint.__name__

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .. import writer_process
 from ..db import migrate
 
 FILLING = 0.5  # /readyz reports "filling" from here
@@ -21,7 +22,7 @@ async def healthz(request: Request) -> JSONResponse:
 async def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     journal = state.journal
-    fill = journal.backlog_bytes / journal.max_bytes
+    fill = journal.refresh() / journal.max_bytes
     database: dict[str, object] = {"reachable": False}
     try:
         async with asyncio.timeout(2):
@@ -32,7 +33,6 @@ async def readyz(request: Request) -> JSONResponse:
     journal_state = {
         "writable": journal.last_error is None,
         "backlog_bytes": journal.backlog_bytes,
-        "adopted_backlog_bytes": state.reader.adopted_bytes,
         "max_bytes": journal.max_bytes,
         "fill": round(fill, 4),
         "filling": fill >= FILLING,
@@ -45,7 +45,13 @@ async def readyz(request: Request) -> JSONResponse:
         and journal.last_error is None
         and fill < FULL
     )
-    body = {"ready": ready, "database": database, "journal": journal_state, "writer": {"error": state.writer.last_error}}
+    writer = state.writer
+    if writer is not None:  # a task of this worker
+        writer_state: dict[str, object] = {"running": True, "error": writer.last_error}
+    else:
+        writer_state = await asyncio.to_thread(writer_process.read_status, state.settings.journal_path)
+        del writer_state["pid"]
+    body = {"ready": ready, "database": database, "journal": journal_state, "writer": writer_state}
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

@@ -3,17 +3,14 @@
 A pure ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs a task and a queue per request):
 
 - **client address**: the socket peer, or behind trusted proxies the address they forwarded
-  (``receiver.netaddr``; ``RECEIVER_TRUSTED_PROXIES``), resolved once and kept in the scope for
-  the handlers (:func:`client`);
+  (``receiver.netaddr``; ``RECEIVER_TRUSTED_PROXIES``);
 - **request id**: the incoming ``X-Request-Id`` when it is sane (1 to 128 characters of
   ``A-Z a-z 0-9 . _ : @ / + = -``), else a new one; bound to structlog's context for every line
   logged while the request runs, and echoed in the response's ``X-Request-Id``;
 - **metrics**: requests by route template and status code, and for callbacks answered 2xx the
   time to that answer (``receiver.metrics``);
-- **the callback line**: after the answer is sent, one ``callback`` line at info level with the
-  endpoint, the answer, the time taken and what the handler noted with :func:`note`
-  (application, ``smsMsgId``, status, masked numbers, body size; never the body or the token),
-  with the client address (and the peer's, when a proxy forwarded the request).
+- **the callback line**: for another method on a callback path (the ``POST``s are observed by
+  :mod:`receiver.http.callbacks` in the same shape), one ``callback`` line at info level.
 """
 
 from __future__ import annotations
@@ -27,7 +24,7 @@ import structlog
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import logs, metrics, netaddr
+from .. import metrics, netaddr
 
 log = structlog.get_logger("receiver.callbacks")
 
@@ -53,37 +50,6 @@ def resolve_client(scope: Scope, trusted: tuple[netaddr.IPNetwork, ...]) -> neta
     host = peer[0] if peer else None
     forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == _FORWARDED_FOR] if trusted else []
     return netaddr.client_address(host, forwarded, trusted)
-
-
-def client(scope: Scope) -> netaddr.IPAddress | None:
-    """The request's client address, None when it cannot be told (see :mod:`receiver.netaddr`)."""
-    return scope.get(_CLIENT)  # type: ignore[no-any-return]
-
-
-def note(scope: Scope, **fields: Any) -> None:
-    """Add fields to the request's ``callback`` log line (personal data masked by the caller)."""
-    notes = scope.get(_NOTES)
-    if notes is None:
-        scope[_NOTES] = fields
-    else:
-        notes.update(fields)
-
-
-def note_report(scope: Scope, report: Any) -> None:
-    fields: dict[str, Any] = {"sms_msg_id": report.sms_msg_id, "status": report.status}
-    if report.total is not None and report.total > 1:
-        fields["part"] = f"{report.sequence}/{report.total}"
-    if report.to:
-        fields["to"] = logs.mask_number(report.to)
-    note(scope, **fields)
-
-
-def note_batch(scope: Scope, reports: int, rejected: int) -> None:
-    note(scope, items=reports, rejected=rejected)
-
-
-def note_uplink(scope: Scope, event: Any) -> None:
-    note(scope, sms_msg_id=event.sms_msg_id, **{"from": logs.mask_number(event.from_)}, channel=event.to)
 
 
 class Observe:

@@ -161,7 +161,10 @@ CHANNEL = param("channel", "query", text(21), "a channel number: only entries fo
 CURSOR = param("cursor", "query", text(), "the `cursor` of the previous page, to read on from there")
 LIMIT = param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}, "page size")
 _INVALID = "`invalid_field` (`detail.field` names it)"
-EVENT_KINDS = ["report", "state", "reply", "optout", "optin"]
+EVENT_KINDS = ["report", "state", "reply", "optout", "optin", "sent_after_optout"]
+STATES = ["pending", "delivered", "failed", "unreported"]
+APPLICATION_FIELD = {"type": ["string", "null"], "maxLength": 128,
+                     "description": "the application the sends belong to (its name)"}
 EVENTS_AFTER = param("after", "query", text(), "an event's `id` or a page's `next` to read on from; `now`: from the "
                      "current end; absent: from the oldest event")  # fmt: skip
 EVENTS_LIMIT = param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "page size")
@@ -174,12 +177,18 @@ _PATHS_V1 = {
             "tags": ["query"],
             "summary": "Register send results",
             "description": "The Huawei send API's response as received, or wrapped with the send's context. "
-                           "Registering the same message again changes nothing.",
+                           "The sends belong to the application named by `application`, else to the API key's "
+                           "application when the key is scoped to one, else to none. "
+                           "Registering the same message again changes nothing. The answer lists the messages "
+                           "of the body (registered now or before) whose recipient was blacklisted, for the "
+                           "send's channel, at the send's createTime.",
             "requestBody": body(ref("SentBody")),
             "responses": {
                 "200": ok("registered", ref("SentResult")),
                 "400": error("`invalid_json`, `invalid_body`, `invalid_field`, `missing_field`, `field_too_long`, "
-                             "`invalid_character`; `detail.item` is the index in `result`"),
+                             "`invalid_character`; `detail.item` is the index in `result`; "
+                             "`unknown_application`: no application has the name given"),
+                "403": error("`application_not_allowed`: the API key is scoped to another application"),
                 "413": error("`body_too_large`: over 1 MiB"),
             },
         })
@@ -190,8 +199,12 @@ _PATHS_V1 = {
             "summary": "Registered messages, oldest send first, in pages",
             "parameters": [
                 param("to", "query", text(), "only messages to this number (any common form)"),
-                param("state", "query", {"type": "string", "enum": ["pending", "delivered", "failed"]},
-                      "only messages in this state"),
+                param("state", "query", {"type": "string", "enum": STATES},
+                      "only messages in this state (as the clock says now: `unreported` once the report window "
+                      "has passed)"),
+                param("blacklisted_at_send", "query", {"type": "string", "enum": ["true", "false"]},
+                      "only messages sent to a number blacklisted for them at the time (`true`), or only the "
+                      "others (`false`)"),
                 param("since", "query", text(), "sent at or after (`yyyy-MM-ddTHH:mm:ssZ`, offsets accepted)"),
                 param("until", "query", text(), "sent before (same format)"),
                 CURSOR,
@@ -231,7 +244,8 @@ _PATHS_V1 = {
     "/v1/events": {
         "get": v1({
             "tags": ["query"],
-            "summary": "The event feed: reports, state changes, replies, opt-outs and opt-ins, in a stable "
+            "summary": "The event feed: reports, state changes, replies, opt-outs and opt-ins, sends after an "
+                       "opt-out, in a stable "
                        "order, none skipped; with `Accept: text/event-stream` the same as Server-Sent Events",
             "parameters": [EVENTS_AFTER, EVENTS_LIMIT, EVENTS_KINDS, LAST_EVENT_ID],
             "responses": {
@@ -449,7 +463,7 @@ SCHEMAS: dict[str, Schema] = {
     },
     "SentBody": {
         "anyOf": [
-            ref("SendResponse"),
+            {"allOf": [ref("SendResponse")], "properties": {"application": APPLICATION_FIELD}},
             {
                 "type": "object",
                 "required": ["response"],
@@ -460,21 +474,43 @@ SCHEMAS: dict[str, Schema] = {
                     "template_id": {"type": ["string", "integer", "null"], "maxLength": 128},
                     "signature": {"type": ["string", "integer", "null"], "maxLength": 128},
                     "message_type": {"enum": ["verification", "notification", "promotional", None, ""]},
+                    "application": APPLICATION_FIELD,
                 },
             },
         ]
     },
     "SentResult": {
         "type": "object",
-        "required": ["registered", "already_registered"],
-        "properties": {"registered": {"type": "integer"}, "already_registered": {"type": "integer"}},
+        "required": ["registered", "already_registered", "blacklisted"],
+        "properties": {
+            "registered": {"type": "integer"},
+            "already_registered": {"type": "integer"},
+            "blacklisted": {
+                "type": "array",
+                "description": "the body's messages whose recipient was blacklisted for them when sent",
+                "items": {
+                    "type": "object",
+                    "required": ["sms_msg_id", "to", "blacklisted_at_send"],
+                    "properties": {
+                        "sms_msg_id": {"type": "string"},
+                        "to": {"type": "string", "description": "E.164"},
+                        "blacklisted_at_send": ref("BlacklistEntry"),
+                    },
+                },
+            },
+        },
     },
     "Parts": {
         "type": "object",
         "required": ["total", "delivered"],
         "properties": {"total": {"type": "integer"}, "delivered": {"type": "integer"}},
     },
-    "State": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+    "State": {
+        "type": "string",
+        "enum": STATES,
+        "description": "`unreported`: a registered send with no delivered or failed state once its report window "
+                       "(RECEIVER_REPORT_WINDOW, 72 h after its createTime) has passed; a later report still moves it",
+    },
     "Report": {
         "type": "object",
         "required": ["status", "sequence", "total", "source", "status_desc", "update_time", "extend", "to",
@@ -496,7 +532,8 @@ SCHEMAS: dict[str, Schema] = {
     },
     "Reply": {
         "type": "object",
-        "required": ["sms_msg_id", "from", "to", "body", "create_time", "received_at", "ambiguous"],
+        "required": ["sms_msg_id", "from", "to", "body", "create_time", "received_at", "ambiguous", "match",
+                     "candidates", "unlinked_reason"],
         "properties": {
             "sms_msg_id": {"type": "string", "description": "the uplink's own id"},
             "from": {"type": "string"},
@@ -505,13 +542,29 @@ SCHEMAS: dict[str, Schema] = {
             "create_time": nullable(TIME),
             "received_at": TIME,
             "ambiguous": {"type": "boolean", "description": "the reply could answer more than one message"},
+            "match": {
+                "enum": ["channel", "reply_number", "application", "number", None],
+                "description": "the rule that linked it, strongest first: `channel` (sent from the number replied "
+                               "to), `reply_number` (a reply number of the send's application is a prefix of it), "
+                               "`application` (a send of the application whose uplink URL it came to, inside the "
+                               "report window), `number` (a send of no application to the replying number, inside "
+                               "the report window); null: not linked",
+            },
+            "candidates": {"type": "integer", "minimum": 0,
+                           "description": "how many sends that rule had to choose from (the latest wins)"},
+            "unlinked_reason": {
+                "enum": ["invalid_number", "no_send", "outside_window", "other_application", None],
+                "description": "why no rule linked it: the replying number is no phone number; no registered send "
+                               "to it at or before the reply; only sends older than the report window; only sends "
+                               "of other applications. null when linked",
+            },
         },
     },
     "Message": {
         "type": "object",
         "required": ["sms_msg_id", "to", "from", "state", "status", "parts", "registered", "sent_status", "sent_at",
                      "delivered_at", "latency_seconds", "extend", "template_id", "signature", "message_type",
-                     "reports", "replies"],
+                     "application", "reports", "replies", "blacklisted_at_send"],
         "properties": {
             "sms_msg_id": {"type": "string"},
             "to": {"type": ["string", "null"]},
@@ -528,13 +581,22 @@ SCHEMAS: dict[str, Schema] = {
             "template_id": {"type": ["string", "null"]},
             "signature": {"type": ["string", "null"]},
             "message_type": {"type": ["string", "null"]},
+            "application": {"type": ["string", "null"],
+                            "description": "the application the send was registered for; null: none"},
             "reports": {"type": "array", "items": ref("Report")},
             "replies": {"type": "array", "items": ref("Reply")},
+            "blacklisted_at_send": {
+                **nullable(ref("BlacklistEntry")),
+                "description": "the blacklist entry that covered the recipient, for the send's channel, at its "
+                               "createTime (`channel`: the entry's scope; `added_at`: when the number was "
+                               "blacklisted); null when none did or the send is not registered",
+            },
         },
     },
     "MessageSummary": {
         "type": "object",
-        "required": ["sms_msg_id", "to", "from", "sent_at", "state", "status", "parts", "delivered_at"],
+        "required": ["sms_msg_id", "to", "from", "sent_at", "state", "status", "parts", "delivered_at",
+                     "blacklisted_at_send"],
         "properties": {
             "sms_msg_id": {"type": "string"},
             "to": {"type": "string"},
@@ -544,6 +606,7 @@ SCHEMAS: dict[str, Schema] = {
             "status": {"type": ["string", "null"]},
             "parts": ref("Parts"),
             "delivered_at": nullable(TIME),
+            "blacklisted_at_send": {"type": "boolean", "description": "sent to a number blacklisted for it then"},
         },
     },
     "MessagePage": {
@@ -582,7 +645,11 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "by kind: `report` the report (null once pruned); `state` `state`, `previous`, "
                                "`status`, `parts`, `registered`, `sent_at`, `delivered_at`, `latency_seconds`; "
                                "`reply` `from`, `to`, `body`, `create_time`, `received_at`, `application`, "
-                               "`reply_to`, `ambiguous`; `optout`/`optin` `channel`, `source`, `actor`, `reason`",
+                               "`reply_to`, `ambiguous`, `match`, `candidates` (when announced), `unlinked_reason`; "
+                               "`optout`/`optin` `channel`, `source`, `actor`, `reason`; "
+                               "`sent_after_optout` (a registered send found to have gone to a number blacklisted "
+                               "for it, or that finding changed) `from`, `sent_at`, `blacklisted_at_send` (the "
+                               "entry, or null when no longer so)",
             },
         },
     },
@@ -664,11 +731,10 @@ SCHEMAS: dict[str, Schema] = {
             },
             "journal": {
                 "type": "object",
-                "required": ["writable", "backlog_bytes", "adopted_backlog_bytes", "max_bytes", "fill", "filling"],
+                "required": ["writable", "backlog_bytes", "max_bytes", "fill", "filling"],
                 "properties": {
                     "writable": {"type": "boolean"},
-                    "backlog_bytes": {"type": "integer"},
-                    "adopted_backlog_bytes": {"type": "integer"},
+                    "backlog_bytes": {"type": "integer", "description": "this worker's records not yet stored"},
                     "max_bytes": {"type": "integer"},
                     "fill": {"type": "number"},
                     "filling": {"type": "boolean"},
@@ -677,8 +743,11 @@ SCHEMAS: dict[str, Schema] = {
             },
             "writer": {
                 "type": "object",
-                "required": ["error"],
-                "properties": {"error": {"type": ["string", "null"]}},
+                "required": ["running", "error"],
+                "properties": {
+                    "running": {"type": "boolean", "description": "the writer reported within the last 5 s"},
+                    "error": {"type": ["string", "null"], "description": "its last database error"},
+                },
             },
         },
     },

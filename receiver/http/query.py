@@ -10,8 +10,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .. import sends
+from ..blacklist.store import entry_document
 from ..correlation import queries
-from ..correlation.sent import parse_sent
+from ..correlation.sent import parse_application, parse_sent
+from ..correlation.state import STATES
 from ..numbers import e164
 from ..protocol import ProtocolError
 from ..protocol.fields import timestamp
@@ -19,7 +21,7 @@ from .auth import requires_key
 from .responses import error_response
 
 MAX_SENT_BODY = 1 << 20
-STATES = {"pending", "delivered", "failed"}
+BOOLEANS = {"true": True, "false": False}
 
 
 @requires_key
@@ -29,17 +31,34 @@ async def post_sent(request: Request) -> Response:
     if len(body) > MAX_SENT_BODY:
         return error_response(413, "body_too_large", {"max_bytes": MAX_SENT_BODY})
     try:
-        messages = parse_sent(json.loads(body))
+        document = json.loads(body)
+        messages = parse_sent(document)
+        named = parse_application(document)
     except (ValueError, RecursionError) as error:
         if isinstance(error, ProtocolError):
             return error_response(400, error.code, error.detail)
         return error_response(400, "invalid_json", "the body is not valid JSON")
     try:
         async with request.app.state.pool.acquire(timeout=5) as conn:
-            new = await sends.register(conn, messages, request.state.api_key_name, request.app.state.settings)
+            application_id = await sends.application_of(conn, request.state.api_key_application, named)
+            done = await sends.register(
+                conn, messages, request.state.api_key_name, request.app.state.settings, application_id
+            )
+    except ProtocolError as error:
+        status = 403 if isinstance(error, sends.ApplicationNotAllowed) else 400
+        return error_response(status, error.code, error.detail)
     except asyncpg.DataError as error:  # text PostgreSQL cannot store, e.g. \u0000 inside the raw item
         return error_response(400, "invalid_body", {"reason": type(error).__name__})
-    return JSONResponse({"registered": len(new), "already_registered": len(messages) - len(new)})
+    return JSONResponse(
+        {
+            "registered": len(done.new),
+            "already_registered": len(messages) - len(done.new),
+            "blacklisted": [
+                {"sms_msg_id": sms_msg_id, "to": entry.number, "blacklisted_at_send": entry_document(entry)}
+                for sms_msg_id, entry in sorted(done.blacklisted_at_send.items())
+            ],
+        }
+    )
 
 
 @requires_key
@@ -48,7 +67,7 @@ async def get_message(request: Request) -> Response:
     found = None
     if "\x00" not in sms_msg_id:  # no stored id has one, and PostgreSQL text cannot carry it
         async with request.app.state.pool.acquire(timeout=5) as conn:
-            found = await queries.message(conn, sms_msg_id)
+            found = await queries.message(conn, sms_msg_id, window=request.app.state.settings.report_window)
     if found is None:
         return error_response(404, "not_found", "no send and no report has this smsMsgId")
     return JSONResponse(found)
@@ -65,13 +84,18 @@ async def list_messages(request: Request) -> Response:
         state = params.get("state")
         if state is not None and state not in STATES:
             raise ProtocolError("invalid_field", {"field": "state", "allowed": sorted(STATES)})
+        flag = params.get("blacklisted_at_send")
+        if flag is not None and flag not in BOOLEANS:
+            raise ProtocolError("invalid_field", {"field": "blacklisted_at_send", "allowed": sorted(BOOLEANS)})
         since = timestamp("since", params.get("since"))
         until = timestamp("until", params.get("until"))
         limit = _limit(params.get("limit"))
         async with request.app.state.pool.acquire(timeout=5) as conn:
             items, cursor = await queries.messages(
-                conn, to=number, state=state, since=since, until=until, cursor=params.get("cursor"), limit=limit
-            )
+                conn, to=number, state=state, since=since, until=until, cursor=params.get("cursor"), limit=limit,
+                blacklisted_at_send=BOOLEANS[flag] if flag is not None else None,
+                window=request.app.state.settings.report_window,
+            )  # fmt: skip
     except ProtocolError as error:
         return error_response(400, error.code, error.detail)
     return JSONResponse({"messages": items, "cursor": cursor})

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import frames
-from .segments import JournalDir, Segment, fsync_dir
+from .segments import CURSOR_FILE, SUFFIX, JournalDir, Segment, fsync_dir, read_cursor
 
 # A flush on its way: the loop to report back to, the frames, the futures that wait for them.
 _Flush = tuple[asyncio.AbstractEventLoop, bytes, list[asyncio.Future[None]]]
@@ -37,9 +37,11 @@ class Journal:
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self.dir: JournalDir | None = None
-        self.segments: list[Segment] = []  # own segments not yet drained, oldest first
+        self.segments: list[Segment] = []  # own segments not yet wholly stored, oldest first
         self.appended_bytes = 0  # durable bytes ever appended by this process
-        self.drained_bytes = 0  # of those, bytes stored in PostgreSQL
+        self.drained_bytes = 0  # of those, bytes stored in PostgreSQL (as of the last look at the cursor)
+        self._cursor_fd = -1
+        self._number = 0  # of the newest own segment
         self.last_error: str | None = None
         self.on_durable: Callable[[], None] = lambda: None
         self._fd = -1
@@ -63,13 +65,36 @@ class Journal:
         """The backlog plus what is on its way to disk: what :meth:`append_nowait` holds against the bound."""
         return self.backlog_bytes + self._inflight + self._buffered
 
+    def refresh(self) -> int:
+        """Read the writer's cursor of this worker's folder: forget the segments it has stored,
+        and return the backlog. A few microseconds (one ``pread``)."""
+        if self.dir is None or not self.segments:
+            return self.backlog_bytes
+        if self._cursor_fd < 0:
+            try:
+                self._cursor_fd = os.open(self.dir.path / CURSOR_FILE, os.O_RDONLY)
+            except OSError:
+                return self.backlog_bytes  # nothing stored yet
+        number, offset = read_cursor(self.dir.path, self._cursor_fd)
+        while len(self.segments) > 1 and self.segments[0].number < number:
+            self.segments.pop(0)
+        backlog = sum(segment.durable for segment in self.segments)
+        if self.segments and self.segments[0].number == number:
+            backlog -= min(offset, self.segments[0].durable)
+        elif self.segments and self.segments[0].number < number:  # the last one, wholly stored
+            backlog = 0
+        self.drained_bytes = self.appended_bytes - backlog
+        return backlog
+
     def append_nowait(self, payload: bytes) -> asyncio.Future[None]:
         """Queue a record; the returned future resolves once it is durable (or fails)."""
         if self._closed:
             raise JournalUnavailable("the journal is closed")
         frame = frames.encode(payload)
         if self.queued_bytes + len(frame) > self.max_bytes:
-            raise JournalFull(f"journal backlog reached its bound of {self.max_bytes} bytes")
+            self.refresh()  # the bound is checked against the writer's progress only when near it
+            if self.queued_bytes + len(frame) > self.max_bytes:
+                raise JournalFull(f"journal backlog reached its bound of {self.max_bytes} bytes")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._buffer.append(frame)
@@ -162,20 +187,19 @@ class Journal:
             self._close_active()
         if self.dir is None:
             self.dir = JournalDir.create(self.root)
-        path = self.dir.next_segment_path()
+        self._number += 1
+        path = self.dir.path / f"{self._number:012d}{SUFFIX}"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         try:
             fsync_dir(self.dir.path)
         except OSError:
             self._abandon(None)
             raise
-        segment = Segment(path, owner=self.dir)
+        segment = Segment(path, self._number)
         self.segments.append(segment)
         return segment
 
     def _close_active(self) -> None:
-        if self.segments:
-            self.segments[-1].closed = True
         with contextlib.suppress(OSError):
             os.close(self._fd)
         self._fd = -1
@@ -199,3 +223,9 @@ class Journal:
             self._inbox.put(None)
             await asyncio.to_thread(self._thread.join)
         self._close_active()
+        if self._cursor_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._cursor_fd)
+            self._cursor_fd = -1
+        if self.dir is not None:
+            self.dir.release()  # the writer deletes the folder once everything in it is stored

@@ -2,13 +2,15 @@
 
 Layout under the journal root::
 
+    writer.lock                flock()ed by the one writer that reads this root
     w-<uuid>/lock              flock()ed by the live worker that owns this folder
-    w-<uuid>/000000000001.seg  append-only segment files, in order
+    w-<uuid>/000000000001.seg  append-only segment files, in order; the worker appends to the last
+    w-<uuid>/drained           the writer's cursor: stored up to this segment and offset
 
 A worker creates its folder under a temporary name, locks it, then renames it into place, so
 no other process can see it unlocked. The kernel drops the lock when the owner dies (even by
-``kill -9``), and any worker, of any later run and whatever their number, then adopts the
-folder and drains what it holds.
+``kill -9``); the writer, which reads every folder whoever owns it, deletes a folder once its
+records are stored and its lock is free.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import struct
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 SUFFIX = ".seg"
@@ -26,18 +29,15 @@ SUFFIX = ".seg"
 
 @dataclass(eq=False)
 class Segment:
-    """One segment file. ``durable``: bytes known to be on disk (all of it once closed);
-    ``drained``: bytes already stored in PostgreSQL."""
+    """One of a worker's own segment files. ``durable``: bytes known to be on disk."""
 
     path: Path
+    number: int
     durable: int = 0
-    drained: int = 0
-    closed: bool = False
-    owner: JournalDir | None = field(default=None, repr=False)
 
 
 class JournalDir:
-    """A locked journal folder: our own, or an adopted one whose owner died."""
+    """A locked journal folder: a worker's own, or one whose worker has gone (to delete it)."""
 
     def __init__(self, path: Path, lock_fd: int) -> None:
         self.path = path
@@ -95,28 +95,39 @@ class JournalDir:
             self._lock_fd = -1
 
 
-def adopt_orphans(root: Path, *, exclude: set[Path]) -> list[JournalDir]:
-    """Lock every journal folder whose owner is gone, and clear abandoned staging folders."""
-    adopted: list[JournalDir] = []
-    if not root.is_dir():
-        return adopted
-    for path in sorted(root.iterdir()):
-        if path in exclude:
-            continue
-        if path.name.startswith("w-"):
-            orphan = JournalDir.try_adopt(path)
-            if orphan is not None:
-                adopted.append(orphan)
-        elif path.name.startswith(".tmp-"):
-            try:
-                age = time.time() - path.stat().st_mtime
-            except FileNotFoundError:  # renamed into place by its (live) worker since we listed the root
-                continue
-            if age > 60:
-                stale = JournalDir.try_adopt(path)
-                if stale is not None:  # a worker died between mkdir and rename: it holds no segment
-                    stale.remove()
-    return adopted
+def clear_stale_staging(path: Path) -> None:
+    """Remove a staging folder left by a worker that died between ``mkdir`` and ``rename`` (it
+    holds no segment); a young one may be a live worker's about to be renamed, and stays."""
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:  # renamed into place by its (live) worker since the root was listed
+        return
+    if age > 60:
+        stale = JournalDir.try_adopt(path)
+        if stale is not None:
+            stale.remove()
+
+
+# A folder's cursor, written by the writer after each stored batch: the segment number and the
+# offset in it up to which records are stored. 16 bytes written in place, read by the worker.
+_CURSOR = struct.Struct("<QQ")
+CURSOR_FILE = "drained"
+
+
+def write_cursor(fd: int, segment: int, offset: int) -> None:
+    os.pwrite(fd, _CURSOR.pack(segment, offset), 0)
+
+
+def read_cursor(folder: Path, fd: int = -1) -> tuple[int, int]:
+    """(segment, offset) stored up to; (0, 0) when nothing is stored yet or the file is unreadable."""
+    try:
+        data = os.pread(fd, _CURSOR.size, 0) if fd >= 0 else (folder / CURSOR_FILE).read_bytes()
+    except OSError:
+        return 0, 0
+    if len(data) < _CURSOR.size:
+        return 0, 0
+    segment, offset = _CURSOR.unpack_from(data)
+    return int(segment), int(offset)
 
 
 def fsync_dir(path: Path) -> None:

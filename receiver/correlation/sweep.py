@@ -1,0 +1,157 @@
+"""The clock's part of delivery states: messages whose report window passes become ``unreported``.
+
+A state is a function of the reports, the send and the clock (``state.derive``). Reports and
+sends change it in the transaction that stores them (``store.refresh_states``); the clock moves
+with no event, so :func:`sweep_unreported` applies its part for every message at once: a
+set-based UPDATE of the pending messages whose window has passed (and, should the window have
+been made longer, back again), walking the ``(state, sent_at)`` index. Nothing is done per
+callback.
+
+Safe to run anywhere and at any time: one sweeper works at a time (an advisory lock; the others
+return at once), rows a state refresh holds are skipped until the next sweep (``SKIP LOCKED``),
+and a row is only ever moved while it still is in the state the sweep moves it from. Each move
+is an UPDATE of ``message_states``, so the event feed announces it as a state change.
+
+Until a sweep has run, readers compute the same state from the clock (:data:`EFFECTIVE_STATE`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+import structlog
+
+from .. import metrics
+
+log = structlog.get_logger("receiver.sweep")
+
+_LOCK = 0x554E5250  # "UNRP": one sweeper at a time
+BATCH = 10_000  # rows per transaction: the sweep never holds many row locks for long
+
+# $1 window, $2 now (NULL: the transaction's clock), $3 rows at most.
+_MARK_UNREPORTED = """
+WITH due AS (
+    SELECT sms_msg_id FROM message_states
+    WHERE state = 'pending' AND sent AND sent_at <= coalesce($2::timestamptz, now()) - $1::interval
+    ORDER BY sent_at LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE message_states m SET state = 'unreported', updated_at = now()
+FROM due WHERE m.sms_msg_id = due.sms_msg_id
+"""
+
+# A window made longer: what the clock no longer says is past it is pending again.
+_REOPEN = """
+WITH due AS (
+    SELECT sms_msg_id FROM message_states
+    WHERE state = 'unreported' AND sent_at > coalesce($2::timestamptz, now()) - $1::interval
+    ORDER BY sent_at LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE message_states m SET state = 'pending', updated_at = now()
+FROM due WHERE m.sms_msg_id = due.sms_msg_id
+"""
+
+# What readers show before the sweep has run: the stored state corrected by the clock.
+# Parameters named by the caller: the window and now, as SQL expressions.
+EFFECTIVE_STATE = """CASE
+    WHEN m.state = 'pending' AND m.sent AND m.sent_at <= {now} - {window} THEN 'unreported'
+    WHEN m.state = 'unreported' AND m.sent_at > {now} - {window} THEN 'pending'
+    ELSE m.state END"""
+
+# Stuck: registered, pending past $2, still inside the window $1; by application (the send's own,
+# else the one whose channels list the send's channel) and channel. The (state, sent_at) index
+# bounds the scan to the pending messages of one window; at most $3 label pairs.
+_STUCK_PENDING = """
+SELECT coalesce(own.name, by_channel.name, '') AS application, coalesce(c.channel, '') AS channel,
+       sum(c.messages)::bigint AS messages
+FROM (
+    SELECT s.application_id, s."from" AS channel, count(*) AS messages
+    FROM message_states m JOIN sent_messages s USING (sms_msg_id)
+    WHERE m.state = 'pending' AND m.sent
+      AND m.sent_at > coalesce($4::timestamptz, now()) - $1::interval
+      AND m.sent_at <= coalesce($4::timestamptz, now()) - $2::interval
+    GROUP BY 1, 2
+) c
+LEFT JOIN applications own ON own.id = c.application_id
+LEFT JOIN LATERAL (
+    SELECT name FROM applications WHERE c.application_id IS NULL AND c.channel = ANY(channels) ORDER BY id LIMIT 1
+) by_channel ON true
+GROUP BY 1, 2
+ORDER BY 3 DESC, 1, 2
+LIMIT $3
+"""
+
+
+@dataclass(frozen=True)
+class Swept:
+    unreported: int = 0  # pending messages whose window had passed
+    reopened: int = 0  # unreported ones inside a window made longer since
+    skipped: bool = False  # another sweeper was at work
+
+
+async def sweep_unreported(
+    conn: asyncpg.Connection, window: timedelta, now: datetime | None = None, *, batch: int = BATCH
+) -> Swept:
+    """Bring stored states up to the clock (``now``; default: the database's). Outside a
+    transaction: each batch of at most ``batch`` rows commits on its own."""
+    unreported = reopened = 0
+    for sql, moved in ((_MARK_UNREPORTED, "unreported"), (_REOPEN, "reopened")):
+        while True:
+            async with conn.transaction():
+                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1::bigint)", _LOCK):
+                    return Swept(unreported, reopened, skipped=True)
+                n = _count(await conn.execute(sql, window, now, batch))
+            if moved == "unreported":
+                unreported += n
+                metrics.UNREPORTED.inc(n)
+            else:
+                reopened += n
+            if n < batch:
+                break
+    if unreported or reopened:
+        log.info("sweep.done", unreported=unreported, reopened=reopened)
+    return Swept(unreported, reopened)
+
+
+async def stuck_pending(
+    conn: asyncpg.Connection,
+    window: timedelta,
+    after: timedelta,
+    now: datetime | None = None,
+    *,
+    limit: int = metrics.MAX_STUCK_LABELS,
+) -> list[tuple[str, str, int]]:
+    """(application, channel, messages) pending longer than ``after``, inside their window."""
+    rows = await conn.fetch(_STUCK_PENDING, window, after, limit, now)
+    return [(row["application"], row["channel"], row["messages"]) for row in rows]
+
+
+async def run(pool: asyncpg.Pool, window: timedelta, interval: float) -> None:
+    """Sweep every ``interval`` seconds (the first after one interval) until cancelled; a failure
+    (PostgreSQL away) only skips a round."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with pool.acquire(timeout=5) as conn:
+                await sweep_unreported(conn, window)
+        except Exception as error:  # noqa: BLE001 - the next round tries again
+            log.warning("sweep.failed", error=type(error).__name__)
+
+
+def start(pool: asyncpg.Pool, window: timedelta, interval: float) -> asyncio.Task[None]:
+    return asyncio.create_task(run(pool, window, interval), name="receiver-sweep")
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _count(status: str) -> int:
+    return int(status.split()[-1])

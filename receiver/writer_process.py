@@ -1,0 +1,242 @@
+"""The writer as a process of its own, and what every writer is wired with.
+
+``receiver serve`` starts one writer process beside the HTTP workers (:class:`Supervisor`) and
+starts it again if it dies. It runs at a lower CPU priority than the workers: when the machine
+is saturated the operating system gives the CPU to acknowledgements, the journal absorbs the
+burst, and the writer catches up afterwards. It reads every worker's journal folder, so
+nothing waits for a dead worker to be replaced.
+
+The writer says how it is doing in ``JOURNAL/writer.json`` (its pid, its last database error,
+when it last stored a batch), which ``/readyz`` of every worker reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+from . import logs, metrics
+from .blacklist import store as blacklist_store
+from .config import Settings
+from .correlation import store as correlation
+from .db import migrate
+from .journal import JournalReader
+from .writer import AfterInsert, Connect, Writer
+
+log = structlog.get_logger("receiver.writer")
+
+STATUS_FILE = "writer.json"
+STALE_AFTER = 5.0  # seconds without a status update: the writer is not running
+
+
+def hooks(settings: Settings) -> Sequence[AfterInsert]:
+    """What follows from new events, in the same transaction: delivery states and reply links,
+    opt-outs, the counters of stored events."""
+    return (
+        correlation.after_insert_hook(settings.report_window),
+        blacklist_store.after_insert_hook(settings),
+        metrics.after_insert,
+    )
+
+
+def connector(dsn: str, nice: int = 0) -> Connect:
+    """The writer's connection; the first one also applies migrations still missing (the
+    service may have started while PostgreSQL was away). With ``nice``, the PostgreSQL backend
+    that serves it runs at the writer's priority too, when it is on this machine and ours to
+    renice (the embedded server): otherwise it would take from the acknowledgements the CPU the
+    writer gives up."""
+    migrated: list[bool] = []
+
+    async def connect() -> asyncpg.Connection:
+        conn = await asyncpg.connect(dsn, timeout=5, server_settings={"application_name": "receiver-writer"})
+        if not migrated:
+            await migrate.apply(conn)
+            migrated.append(True)
+        if nice:
+            _renice_backend(await conn.fetchval("SELECT pg_backend_pid()"), nice)
+        return conn
+
+    return connect
+
+
+def _renice_backend(pid: int, nice: int) -> None:
+    """Lower a local backend's priority to ours; silently nothing when it is not ours to change
+    (another machine's pid, another user's process)."""
+    with contextlib.suppress(OSError):
+        if os.getpriority(os.PRIO_PROCESS, pid) < nice and _is_postgres(pid):
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
+
+
+def _is_postgres(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    except OSError:
+        return False
+
+
+def build(settings: Settings, *, idle_poll: float = 1.0, process: bool = False) -> Writer:
+    """The writer: a process of its own (``process``: it reports in ``writer.json`` and its
+    backend runs at its priority), or a task of a worker."""
+    assert settings.database_url
+    path = settings.journal_path / STATUS_FILE
+    return Writer(
+        JournalReader(settings.journal_path),
+        connector(settings.database_url, settings.writer_nice if process else 0),
+        batch_size=settings.writer_batch_size,
+        interval=settings.writer_interval_seconds,
+        quarantine_max_rows=settings.quarantine_max_rows,
+        after_insert=hooks(settings),
+        idle_poll=idle_poll,
+        on_status=_StatusFile(path).update if process else None,
+    )
+
+
+class _StatusFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._written: tuple[Any, ...] = ()
+        self._at = 0.0
+
+    def update(self, writer: Writer) -> None:
+        """Rewrite the status when it changed, and at least every second (its age says the
+        writer is alive)."""
+        now = time.time()
+        state = (writer.last_error, writer.locked)
+        if state == self._written and now - self._at < 1.0:
+            return
+        self._written, self._at = state, now
+        data = {"pid": os.getpid(), "error": writer.last_error, "locked": writer.locked,
+                "stored_at": writer.last_store_at, "updated_at": now}  # fmt: skip
+        staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        with contextlib.suppress(OSError):
+            staging.write_text(json.dumps(data))
+            staging.replace(self.path)
+
+
+def read_status(journal_root: Path) -> dict[str, Any]:
+    """The writer process's last word: ``running`` (it spoke within :data:`STALE_AFTER` s) and
+    ``error`` (its last database error, None when its last batch went through)."""
+    try:
+        data = json.loads((journal_root / STATUS_FILE).read_text())
+        running = time.time() - float(data["updated_at"]) < STALE_AFTER
+        return {"running": running, "error": data.get("error"), "pid": data.get("pid")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"running": False, "error": None, "pid": None}
+
+
+# --- the process ---------------------------------------------------------------------------------
+
+
+def main() -> int:
+    """``python -m receiver writer``: drain the journal until told to stop (its standard input
+    closes, as when the supervisor stops it or dies, or SIGTERM), then store what is left (for
+    up to ``RECEIVER_SHUTDOWN_DRAIN_SECONDS``) and exit."""
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    with contextlib.suppress(OSError):
+        os.nice(settings.writer_nice)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the supervisor, which says when
+    asyncio.run(_run(settings))
+    return 0
+
+
+async def _run(settings: Settings) -> None:
+    writer = build(settings, idle_poll=0.05, process=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    _watch_stdin(loop, stop)
+    task = asyncio.create_task(writer.run())
+    log.info("writer.started", pid=os.getpid(), journal=str(settings.journal_path))
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        if task.done():
+            task.result()  # raises what killed the loop: the supervisor starts a new writer
+    drained = await writer.stop(settings.shutdown_drain_seconds)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    writer.reader.close()
+    log.info("writer.stopped", drained=drained, stored=writer.stored_events)
+
+
+def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """The supervisor holds our standard input open while we are to run: its end (the
+    supervisor closed it, or died, even by ``kill -9``) says stop. Unlike a signal, it cannot
+    arrive before we are ready to hear it: it waits in the pipe."""
+
+    def readable() -> None:
+        try:
+            data = os.read(0, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(0)
+            stop.set()
+
+    with contextlib.suppress(OSError, ValueError, NotImplementedError):
+        if not os.isatty(0):
+            loop.add_reader(0, readable)
+
+
+class Supervisor:
+    """Runs the writer process while the service runs; starts it again when it dies."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="writer-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._spawn()
+        self._thread.start()
+
+    def _spawn(self) -> None:
+        # Its standard input is a pipe we hold: closing it is how we tell it to stop.
+        self.process = subprocess.Popen([sys.executable, "-m", "receiver", "writer"], stdin=subprocess.PIPE)
+
+    def _watch(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            process = self.process
+            assert process is not None
+            code = process.wait()
+            if self._stopping.is_set():
+                return
+            log.error("writer.died", code=code, restart_in=backoff)
+            if self._stopping.wait(backoff):
+                return
+            backoff = min(backoff * 2, 5.0)
+            self.restarts += 1
+            self._spawn()
+
+    def stop(self) -> int | None:
+        """Tell the writer to stop and wait while it stores what is left."""
+        self._stopping.set()
+        process = self.process
+        if process is None:
+            return None
+        if process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+        try:
+            return process.wait(timeout=self.settings.shutdown_drain_seconds + 10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
