@@ -5,8 +5,10 @@
     python3 dev.py test  [pytest options]           # set up, then run the whole test suite
     python3 dev.py bench [bench options]            # set up, then run the benchmarks
 
-Set-up is a virtual environment in .venv with the project installed in editable mode; it is
-redone only when pyproject.toml changes.
+Set-up is a virtual environment in .venv with the project installed in editable mode, its
+dependencies at the versions of constraints.txt (the image's); it is redone only when
+pyproject.toml or constraints.txt changes. The `receiver` command is then .venv/bin/receiver
+(or plain `receiver` after `. .venv/bin/activate`).
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".receiver-installed"
+INPUTS = ("pyproject.toml", "constraints.txt")
 
 
 def ensure_venv(with_tests: bool) -> None:
     if sys.version_info < (3, 11):
         sys.exit(f"receiver needs Python 3.11 or newer; this is {sys.version.split()[0]}")
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    digest = hashlib.sha256(b"".join((ROOT / name).read_bytes() for name in INPUTS)).hexdigest()
     have = STAMP.read_text().split() if STAMP.exists() else []
     if have[:1] == [digest] and (not with_tests or "test" in have):
         return
@@ -37,7 +40,7 @@ def ensure_venv(with_tests: bool) -> None:
         venv.EnvBuilder(with_pip=True).create(VENV)
     print("dev.py: installing receiver into .venv", flush=True)
     pip = [str(BIN / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "install", "-e", target], check=True)
+    subprocess.run([*pip, "install", "--constraint", str(ROOT / "constraints.txt"), "-e", target], check=True)
     STAMP.write_text(f"{digest} test" if with_tests else digest)
 
 
@@ -48,6 +51,7 @@ def main() -> None:
     ensure_venv(with_tests=command != "serve")
     os.chdir(ROOT)
     if command == "serve":
+        print(f"dev.py: in another terminal, the receiver command is {BIN.relative_to(ROOT) / 'receiver'}", flush=True)
         argv = [str(BIN / "receiver"), "serve", *rest]
     elif command == "test":
         argv = [str(BIN / "python"), "-m", "pytest", *rest]

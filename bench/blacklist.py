@@ -1,4 +1,4 @@
-"""Blacklist look-ups before sending (issue 4's goal: p99 under 5 ms).
+"""Blacklist look-ups before sending (goal: p99 under 5 ms).
 
     .venv/bin/python -m bench.blacklist [--entries 100000] [--requests 2000] [--database-url URL]
 

@@ -1119,7 +1119,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--soak",
         type=float,
         default=0,
-        help="then this many seconds of load for the memory check (600: the issue's)",
+        help="then this many seconds of load for the memory check (the memory goal: flat over 600)",
     )
     parser.add_argument("--soak-mode", default="close", choices=list(MODES))
     parser.add_argument("--soak-transport", default="http", choices=list(TRANSPORTS))

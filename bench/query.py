@@ -1,4 +1,4 @@
-"""Query API and dashboard latency with millions of stored reports (issue 3's goal: p99 < 10 ms).
+"""Query API and dashboard latency with millions of stored reports (goal: p99 < 10 ms).
 
     .venv/bin/python -m bench.query [--reports 10000000] [--requests 2000] [--database-url URL]
 

@@ -4,8 +4,8 @@
                                 [--from 2025-01-01T00:00:00Z|now-24h] [--to ...|now]
                                 [--dashboard dashboards/grafana-receiver.json]
 
-Grafana cannot be installed from the registries this project uses, so the README's picture is
-drawn by this module. It is faithful where it matters: every panel's ``rawSql`` runs as written,
+Grafana cannot be installed from the registries this project uses, so the dashboard's picture
+in docs/operations.md is drawn by this module. It is faithful where it matters: every panel's ``rawSql`` runs as written,
 after expanding the Grafana macros of the PostgreSQL data source (``$__timeFilter(col)`` and
 friends, :func:`expand`) for the chosen time range, in a read-only transaction; a query that fails,
 or a macro or variable this module does not know, stops the rendering with an error naming the

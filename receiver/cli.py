@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import structlog
 
-from . import apikeys, applications, logs, metrics_dir, netaddr, retention, tls
+from . import __version__, apikeys, applications, logs, metrics_dir, netaddr, retention, tls
 from .blacklist import csvfile
 from .blacklist import store as blacklist_store
 from .blacklist.numbers import to_e164
@@ -556,6 +556,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"TLS: {error}", file=sys.stderr)
         return 2
     stop = _ExitQuietly()
+    migrate.available()  # a broken installation stops here, before anything starts (see main)
     with database(settings) as url:
         os.environ["RECEIVER_DATABASE_URL"] = url
         for key in ("host", "port", "workers", "public_url"):
@@ -569,7 +570,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             asyncio.run(server.announce(settings, tls=tls_cert is not None))
         except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError) as error:
             # Callbacks must not wait for the database: serve from the journal and the application
-            # snapshot; each worker's writer applies migrations once PostgreSQL answers.
+            # snapshot; each worker's writer applies migrations once PostgreSQL answers. (A
+            # migrate.BrokenInstallation is no OSError: it goes on to main and stops serve.)
             log.warning("serve.database_unreachable", error=type(error).__name__)
             print("PostgreSQL is unreachable: acknowledging from the journal until it returns", flush=True)
         metrics_dir.prepare(settings.data_dir)  # before the workers start: /metrics adds them up through it
@@ -619,6 +621,7 @@ class _ExitQuietly:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="receiver", description="Durable receiver for Huawei Cloud SMS callbacks")
+    parser.add_argument("--version", action="version", version=f"receiver {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="apply migrations, then serve the callbacks")
@@ -775,7 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except migrate.MigrationsMissing as error:
+    except migrate.BrokenInstallation as error:  # one line, never a traceback or a half-started service
         print(f"receiver: {error}", file=sys.stderr)
         return 2
 

@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
-    # The blacklist (README, "Blacklist"). Keyword lists are comma-separated in the environment.
+    # The blacklist (docs/blacklist.md). Keyword lists are comma-separated in the environment.
     optout_keywords: Annotated[tuple[str, ...], NoDecode] = Field(
         default=("T", "TD", "R", "退订"), description="a reply that is one of these, as a whole, unsubscribes"
     )

@@ -90,3 +90,34 @@ def own_pg() -> Iterator[OwnPostgres]:
     finally:
         pg.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Iterator[dict[str, Path]]:
+    """The sdist and the wheel, built from the checkout's tracked files (tests/installation.py)."""
+    import installation
+
+    out = world_readable_tmpdir("receiver-dist-")
+    try:
+        yield installation.build(out)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def wheelhouse() -> Path:
+    import installation
+
+    return installation.wheelhouse()
+
+
+@pytest.fixture(scope="session")
+def installed_wheel(artifacts: dict[str, Path], wheelhouse: Path) -> Iterator[Path]:
+    """A fresh virtual environment outside the checkout with the built wheel installed."""
+    import installation
+
+    venv_dir = installation.install(artifacts["wheel"], wheelhouse)
+    try:
+        yield venv_dir
+    finally:
+        shutil.rmtree(venv_dir.parent, ignore_errors=True)

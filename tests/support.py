@@ -140,23 +140,47 @@ def service_env(data_dir: Path, database_url: str | None, **extra: str) -> dict[
 
 
 class Service:
-    """``receiver serve`` as a child process in its own process group."""
+    """``receiver serve`` as a child process in its own process group.
 
-    def __init__(self, env: dict[str, str], workers: int = 2) -> None:
+    By default this Python's ``-m receiver serve`` on a free port; ``command`` is a whole command
+    line instead (an installed ``receiver``, the image's ``CMD``), listening on ``RECEIVER_PORT``
+    of ``env``, run in ``cwd`` as ``user`` (a uid, with its group from ``group``)."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        workers: int = 2,
+        *,
+        command: list[str] | None = None,
+        cwd: Path | None = None,
+        user: tuple[int, int] | None = None,
+    ) -> None:
         self.env = env
         self.workers = workers
-        self.port = free_port()
+        self.command, self.cwd, self.user = command, cwd, user
+        self.port = int(env["RECEIVER_PORT"]) if command else free_port()
         self.proc: subprocess.Popen[str] | None = None
         self.log = Path(env["RECEIVER_DATA_DIR"]) / f"serve-{self.port}.log"
         self.extra_args: list[str] = []  # more `receiver serve` options (TLS, ...)
 
     def start(self, workers: int | None = None, timeout: float = 60) -> Service:
         Path(self.env["RECEIVER_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "receiver", "serve", "--port", str(self.port)]
-        argv += ["--workers", str(workers or self.workers), *self.extra_args]
+        if self.command:
+            argv = self.command
+        else:
+            argv = [sys.executable, "-m", "receiver", "serve", "--port", str(self.port)]
+            argv += ["--workers", str(workers or self.workers), *self.extra_args]
         self.output = open(self.log, "a")  # noqa: SIM115
+        as_user = {"user": self.user[0], "group": self.user[1], "extra_groups": []} if self.user else {}
         self.proc = subprocess.Popen(
-            argv, env=self.env, stdout=self.output, stderr=subprocess.STDOUT, text=True, start_new_session=True
+            argv,
+            env=self.env,
+            cwd=self.cwd,
+            stdout=self.output,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            **as_user,  # type: ignore[call-overload]
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -170,10 +194,15 @@ class Service:
             time.sleep(0.1)
         raise TimeoutError(f"receiver serve did not become healthy:\n{self.log.read_text()}")
 
-    def request(self, method: str, path: str, body: bytes = b"", content_type: str | None = None) -> tuple[int, bytes]:
+    def request(
+        self, method: str, path: str, body: bytes = b"", content_type: str | None = None, **headers: str
+    ) -> tuple[int, bytes]:
+        """``headers`` with ``_`` for ``-``: ``Authorization="Bearer ..."``."""
         conn = self.connection()
         try:
-            headers = {"Content-Type": content_type} if content_type else {}
+            headers = {name.replace("_", "-"): value for name, value in headers.items()}
+            if content_type:
+                headers["Content-Type"] = content_type
             conn.request(method, path, body=body, headers=headers)
             response = conn.getresponse()
             return response.status, response.read()

@@ -31,7 +31,7 @@ UNSUBSCRIBES = [
 ]  # fmt: skip
 
 NOT_UNSUBSCRIBES = [
-    # the issue's own examples
+    # words that start with a keyword
     "T-shirt", "Thanks", "Tomorrow",
     # the keyword and more: letters, digits, words, a second keyword
     "TT", "TDD", "RT", "TR", "Tx", "T1", "1T", "T D", "T.D", "R T", "TD TD", "T T",

@@ -73,3 +73,10 @@ def test_a_token_never_starts_like_an_option() -> None:
     from receiver.applications import new_token
 
     assert not any(new_token().startswith("-") for _ in range(2000))  # 1 in 64 would without the rule
+
+
+def test_version_prints_the_installed_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    result = cli("--version", env=service_env(tmp_path, None))
+    assert result.stdout == f"receiver {version('receiver')}\n"

@@ -173,7 +173,7 @@ def test_bucket_filters_use_the_hour_indexes(harness: Harness) -> None:
 
 
 def test_every_grafana_panel_query_runs_on_the_views(harness: Harness) -> None:
-    """The renderer's own expansion and execution of the dashboard's panel queries (the README's
+    """The renderer's own expansion and execution of the dashboard's panel queries (the
     picture is drawn from exactly these), read the way Grafana reads them."""
     sends(harness)
     dashboard = render.load()

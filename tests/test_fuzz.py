@@ -1,4 +1,4 @@
-"""No input may cause a 5xx (issue 5): the three callbacks and the query API, fuzzed in-process.
+"""No input may cause a 5xx: the three callbacks and the query API, fuzzed in-process.
 
 Arbitrary bytes, form fields and JSON (nested, huge numbers, NaN, wrong types, 51 items, bad
 UTF-8, odd content types) go to the real application on a real PostgreSQL. Every answer must be

@@ -339,7 +339,7 @@ def test_metrics_dir_keeps_a_running_serves_folder(tmp_path: Path) -> None:
 
 
 def test_api_keys_never_reach_logs_or_answers(harness: Harness) -> None:
-    """Issue 5, privacy: a key, right or wrong, is in no log line and no answer; without a valid
+    """Privacy: a key, right or wrong, is in no log line and no answer; without a valid
     key the query API says nothing about what it holds."""
     assert harness.post("status-report", "smsMsgId=priv-1&status=DELIVRD&to=%2B8615112346789").status_code == 200
     harness.settle()

@@ -250,7 +250,7 @@ def test_the_migration_counts_the_rows_already_quarantined(empty_db_url: str, tm
     before.mkdir()
     for migration in migrate.available():
         if migration.version < "011":
-            (before / migration.path.name).write_text(migration.path.read_text())
+            (before / migration.file_name).write_text(migration.sql)
 
     async def scenario() -> list[tuple[object, ...]]:
         conn = await asyncpg.connect(empty_db_url)

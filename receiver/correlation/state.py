@@ -1,6 +1,6 @@
 """A message's delivery state, derived from the set of its reports: pure, order-free.
 
-Rules (issue 3; Huawei documents only "DELIVRD means received, anything else does not"):
+Rules (Huawei documents only "DELIVRD means received, anything else does not"):
 
 - a part is *delivered* once any report for it says ``DELIVRD`` (any case), *failed* when it has
   reports and none says ``DELIVRD``, *pending* without reports;

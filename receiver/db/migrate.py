@@ -1,49 +1,117 @@
-"""Plain numbered SQL migrations from ``sql/``: applied in order, each once, one process at a time."""
+"""Plain numbered SQL migrations: applied in order, each once, one process at a time.
+
+They ship inside the package as ``receiver.migrations`` (``sql/`` in the repository) and are read
+through ``importlib.resources``; ``RECEIVER_MIGRATIONS_DIR`` names another folder instead.
+
+Each applied migration is recorded in ``schema_migrations`` with the SHA-256 of its file. A set of
+migrations that is missing or unreadable, or an applied migration whose file no longer has that
+checksum, is a broken installation (``BrokenInstallation``): the commands stop with one line
+instead of serving on a schema they cannot vouch for.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import os
+import re
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import asyncpg
 
 # Any constant works; it only has to be the same for every receiver process.
 _LOCK_ID = 0x5245_4356  # "RECV"
+_FILE_NAME = re.compile(r"[0-9][^/]*\.sql")
 
 
-class MigrationsMissing(FileNotFoundError):
-    """The sql/ folder is not where we look: starting would leave the database without tables."""
+class BrokenInstallation(Exception):
+    """The migrations cannot be trusted. Deliberately no ``OSError``: a database that is away
+    is one, and must never be mistaken for this."""
+
+
+class MigrationsMissing(BrokenInstallation):
+    """No migration where we look: starting would leave the database without tables."""
+
+
+class MigrationUnreadable(BrokenInstallation):
+    """A migration file exists but cannot be read (permissions, a dangling link, not UTF-8)."""
+
+
+class MigrationChanged(BrokenInstallation):
+    """An applied migration's file differs from what was applied."""
 
 
 @dataclass(frozen=True)
 class Migration:
-    version: str
-    path: Path
+    version: str  # the file name without ".sql", as recorded in schema_migrations
+    sql: str
+    checksum: str  # SHA-256 of the file's bytes
 
     @property
-    def checksum(self) -> str:
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+    def file_name(self) -> str:
+        return f"{self.version}.sql"
 
 
-def migrations_dir() -> Path:
+def _fix() -> str:
+    if os.environ.get("RECEIVER_MIGRATIONS_DIR"):
+        return "fix RECEIVER_MIGRATIONS_DIR, or unset it to use the migrations installed with receiver"
+    return "this installation of receiver is broken: reinstall it"
+
+
+def source() -> Traversable:
+    """Where the migrations are read from: ``RECEIVER_MIGRATIONS_DIR``, else the package's own."""
     configured = os.environ.get("RECEIVER_MIGRATIONS_DIR")
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parents[2] / "sql"
+    try:
+        return importlib.resources.files("receiver.migrations")
+    except ModuleNotFoundError:
+        raise MigrationsMissing(f"this installation has no package receiver.migrations: {_fix()}") from None
 
 
-def available(directory: Path | None = None) -> list[Migration]:
-    folder = directory or migrations_dir()
-    found = [Migration(path.stem, path) for path in sorted(folder.glob("[0-9]*.sql"))]
-    if not found:  # a package installed without its sql/ folder must not start on an empty schema
-        raise MigrationsMissing(f"no SQL migrations in {folder}: set RECEIVER_MIGRATIONS_DIR to the sql/ folder")
-    return found
+def _entries(folder: Traversable) -> list[Traversable]:
+    try:
+        found = [entry for entry in folder.iterdir() if _FILE_NAME.fullmatch(entry.name)]
+    except OSError:  # no such folder, or not one
+        found = []
+    if not found:
+        raise MigrationsMissing(f"no SQL migrations in {folder}: {_fix()}")
+    return sorted(found, key=lambda entry: entry.name)
 
 
-async def apply(conn: asyncpg.Connection, directory: Path | None = None) -> list[str]:
-    """Apply what is missing; return the versions applied now. Safe to run twice, or twice at once."""
+def available(directory: Traversable | None = None) -> list[Migration]:
+    """Every migration, read whole (so that a broken file shows before anything starts)."""
+    folder = directory if directory is not None else source()
+    migrations = []
+    for entry in _entries(folder):
+        try:
+            raw = entry.read_bytes()
+            sql = raw.decode("utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else type(error).__name__
+            raise MigrationUnreadable(f"cannot read migration {entry} ({reason}): {_fix()}") from None
+        migrations.append(Migration(entry.name.removesuffix(".sql"), sql, hashlib.sha256(raw).hexdigest()))
+    return migrations
+
+
+def verify(applied: dict[str, str], migrations: list[Migration]) -> None:
+    """Raise ``MigrationChanged`` when a file's checksum differs from the one recorded when it
+    was applied. Versions recorded but not shipped (a newer release migrated this database
+    while an older one still runs) are no error."""
+    changed = [m.file_name for m in migrations if applied.get(m.version, m.checksum) != m.checksum]
+    if changed:
+        raise MigrationChanged(
+            f"applied migration{'s' if len(changed) > 1 else ''} {', '.join(changed)} changed since"
+            f" {'they were' if len(changed) > 1 else 'it was'} applied (checksum differs from"
+            f" schema_migrations): a released migration is never edited; {_fix()}"
+        )
+
+
+async def apply(conn: asyncpg.Connection, directory: Traversable | None = None) -> list[str]:
+    """Apply what is missing; return the versions applied now. Safe to run twice, or twice at once.
+    Checks every applied migration's checksum first (``MigrationChanged``)."""
     todo = available(directory)
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
     try:
@@ -53,13 +121,15 @@ async def apply(conn: asyncpg.Connection, directory: Path | None = None) -> list
                    checksum text NOT NULL,
                    applied_at timestamptz NOT NULL DEFAULT now())"""
         )
-        done = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+        rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        done = {row["version"]: row["checksum"] for row in rows}
+        verify(done, todo)
         applied = []
         for migration in todo:
             if migration.version in done:
                 continue
             async with conn.transaction():
-                await conn.execute(migration.path.read_text())
+                await conn.execute(migration.sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)",
                     migration.version,
@@ -71,10 +141,11 @@ async def apply(conn: asyncpg.Connection, directory: Path | None = None) -> list
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
 
 
-async def pending(conn: asyncpg.Connection, directory: Path | None = None) -> list[str]:
+async def pending(conn: asyncpg.Connection, directory: Traversable | None = None) -> list[str]:
     """Versions not applied yet (for readiness)."""
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     done = set()
     if exists:
         done = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
-    return [m.version for m in available(directory) if m.version not in done]
+    names = [entry.name for entry in _entries(directory if directory is not None else source())]
+    return [version for name in names if (version := name.removesuffix(".sql")) not in done]
