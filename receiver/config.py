@@ -40,8 +40,10 @@ class Settings(BaseSettings):
         " inline: a task in each worker (an ASGI server started by hand, the tests)",
     )
     writer_nice: int = Field(
-        default=10, ge=0, le=19, description="the writer process's CPU niceness: acknowledgements come first"
-    )
+        default=19, ge=0, le=19,
+        description="the writer process's CPU niceness (and its local PostgreSQL backend's): under"
+        " saturation acknowledgements come first, the journal absorbs the burst",
+    )  # fmt: skip
 
     max_body_bytes: int = Field(default=256 << 10, ge=1024, le=512 << 10, description="larger bodies get 413")
     client_timeout_seconds: float = Field(

@@ -1192,3 +1192,42 @@ def test_a_failing_durable_callback_does_not_stall_the_journal(
         await asyncio.wait_for(journal.close(), 5)
 
     run(scenario())
+
+
+# --- fdatasync on the event loop (RECEIVER_JOURNAL_SYNC_ON_LOOP) ----------------------------------
+
+
+def test_sync_on_the_loop_groups_concurrent_appends_and_refuses_what_it_cannot_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same promises without the journal thread: the appends of one turn of the loop share
+    one fdatasync, made on the loop's own thread; a failed write fails its records, not the next."""
+    threads: list[int] = []
+    real = os.fdatasync
+
+    def on_which_thread(fd: int) -> None:
+        threads.append(threading.get_ident())
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", on_which_thread)
+
+    async def scenario() -> None:
+        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20, sync_on_loop=True)
+        await asyncio.gather(*(journal.append(payload(i)) for i in range(50)))
+        assert threads == [threading.get_ident()], "one fdatasync, on the loop's thread"
+        assert journal._thread is None
+        assert journal.dir is not None
+        (segment,) = seg_files(journal.dir.path)
+        assert [p for p, _ in frames.decode(segment.read_bytes())] == [payload(i) for i in range(50)]
+        full = os.open("/dev/full", os.O_WRONLY)
+        try:
+            os.dup2(full, journal._fd)
+        finally:
+            os.close(full)
+        with pytest.raises(JournalUnavailable):
+            await journal.append(b"lost")
+        await journal.append(b"kept")
+        assert drain(JournalReader(tmp_path))[-1] == b"kept"
+        await journal.close()
+
+    run(scenario())
