@@ -118,13 +118,7 @@ class Journal:
         self._buffer, self._buffered, self._waiters = [], 0, []
         self._inflight = len(flush[1])
         if self.sync_on_loop:
-            segment: Segment | None = None
-            error: BaseException | None = None
-            try:
-                segment = self._write(flush[1])
-            except Exception as failure:  # noqa: BLE001 - whatever it is, these records are not durable
-                error = failure
-            self._flush_done(flush, segment, error)
+            self._flush_done(flush, *self._attempt(flush[1]))
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
@@ -169,16 +163,18 @@ class Journal:
             flush = self._inbox.get()
             if flush is None:
                 return
-            segment: Segment | None = None
-            error: BaseException | None = None
-            try:
-                segment = self._write(flush[1])
-            except Exception as failure:  # noqa: BLE001 - whatever it is, these records are not durable
-                error = failure
+            segment, error = self._attempt(flush[1])
             try:
                 flush[0].call_soon_threadsafe(self._flush_done, flush, segment, error)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 return
+
+    def _attempt(self, data: bytes) -> tuple[Segment | None, BaseException | None]:
+        """Write and sync; the segment written to, or what went wrong."""
+        try:
+            return self._write(data), None
+        except Exception as failure:  # noqa: BLE001 - whatever it is, these records are not durable
+            return None, failure
 
     def _write(self, data: bytes) -> Segment:
         segment = self._active_segment()
