@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -196,7 +197,7 @@ def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
             stop.set()
 
     with contextlib.suppress(OSError, ValueError, NotImplementedError):
-        if not os.isatty(0):
+        if stat.S_ISFIFO(os.fstat(0).st_mode):  # a pipe: ours. A terminal or /dev/null (run by hand, systemd): not
             loop.add_reader(0, readable)
 
 

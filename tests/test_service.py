@@ -274,3 +274,37 @@ def test_starts_and_acknowledges_while_postgres_is_down(own_pg: OwnPostgres, dat
         assert service.terminate() == 0
     finally:
         service.stop()
+
+
+def test_the_writer_run_by_hand_drains_until_sigterm(db_url: str, data_dir: Path) -> None:
+    """`receiver writer` under another supervisor (systemd gives it /dev/null for input): it
+    stores what the journal holds and stops on SIGTERM, having stored everything."""
+    import asyncio
+    import subprocess
+    import sys
+
+    from receiver.journal import Journal, envelope
+    from receiver.records import accepted
+
+    env = service_env(data_dir, db_url)
+    create_app_token(env)
+    [app_id] = [r["id"] for r in run(fetch(db_url, "SELECT id FROM applications"))]
+
+    async def journal_two() -> None:
+        journal = Journal(data_dir / "journal", max_bytes=1 << 20, segment_bytes=1 << 20)
+        for i in (1, 2):
+            body = f"smsMsgId=hand-{i}&status=DELIVRD".encode()
+            await journal.append(accepted(envelope.Kind.STATUS_REPORT, app_id, time.time(), body))
+        await journal.close()
+
+    asyncio.run(journal_two())
+    writer = subprocess.Popen([sys.executable, "-m", "receiver", "writer"], env=env, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: stored_ids(db_url) == {"hand-1", "hand-2"}, timeout=30)
+        assert writer.poll() is None, "it runs until told to stop"
+        writer.send_signal(signal.SIGTERM)
+        assert writer.wait(timeout=30) == 0
+        assert journal_folders(data_dir) == []
+    finally:
+        if writer.poll() is None:
+            writer.kill()
