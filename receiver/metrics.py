@@ -73,12 +73,12 @@ ACK_SECONDS = Histogram(
 
 JOURNAL_BACKLOG = Gauge(
     "receiver_journal_backlog_bytes",
-    "Journal bytes acknowledged but not yet in PostgreSQL (own and adopted), summed over live workers",
+    "Journal bytes acknowledged but not yet in PostgreSQL, every worker's (as the writer last read them)",
     multiprocess_mode="livesum",
 )
 JOURNAL_OLDEST = Gauge(
     "receiver_journal_oldest_age_seconds",
-    "Age of the oldest journal record not yet in PostgreSQL (0 when drained); the largest over live workers",
+    "Age of the oldest journal record not yet in PostgreSQL (0 when drained), as the writer last read them",
     multiprocess_mode="livemax",
 )
 JOURNAL_MAX = Gauge(
