@@ -141,10 +141,3 @@ def mask_number(number: str | None) -> str | None:
     if len(number) <= 7:
         return "*" * len(number)
     return number[:-8] + "****" + number[-4:] if len(number) >= 12 else number[:3] + "****" + number[-4:]
-
-
-def mask_text(text: str | None) -> str | None:
-    """Reply texts are personal data too: keep only their length."""
-    if text is None:
-        return None
-    return f"<{len(text)} chars>"

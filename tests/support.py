@@ -349,5 +349,10 @@ def serving(db_url: str, data_dir: Path, **settings: object) -> Iterator[Harness
     token, key = run(make_app())
     settings.setdefault("sweep_interval_seconds", 3600)  # tests sweep when they mean to
     config = Settings(database_url=db_url, data_dir=data_dir, log_format="json", **settings)  # type: ignore[arg-type]
-    with TestClient(create_app(config)) as client:
-        yield Harness(client, token, db_url, key)
+    from receiver import logs
+
+    try:
+        with TestClient(create_app(config)) as client:
+            yield Harness(client, token, db_url, key)
+    finally:
+        logs.flush()  # the test's log lines while its output is still captured, not after
