@@ -26,8 +26,10 @@ class Settings(BaseSettings):
     journal_dir: Path | None = Field(default=None, description="default: DATA_DIR/journal")
     journal_max_bytes: int = Field(default=256 << 20, description="per worker: backlog bound before 503s")
     journal_segment_bytes: int = 8 << 20
-    journal_sync_on_loop: bool = Field(
-        default=False, description="fdatasync on the event loop instead of the journal thread"
+    journal_sync: Literal["auto", "thread", "loop"] = Field(
+        default="auto",
+        description="where a worker fdatasyncs its journal: auto (on the event loop for a lone record, on"
+        " the journal thread for a group), thread, or loop",
     )
     writer_batch_size: int = 1000
     writer_interval_seconds: float = Field(

@@ -1194,7 +1194,7 @@ def test_a_failing_durable_callback_does_not_stall_the_journal(
     run(scenario())
 
 
-# --- fdatasync on the event loop (RECEIVER_JOURNAL_SYNC_ON_LOOP) ----------------------------------
+# --- fdatasync on the event loop (RECEIVER_JOURNAL_SYNC) ------------------------------------------
 
 
 def test_sync_on_the_loop_groups_concurrent_appends_and_refuses_what_it_cannot_write(
@@ -1212,7 +1212,7 @@ def test_sync_on_the_loop_groups_concurrent_appends_and_refuses_what_it_cannot_w
     monkeypatch.setattr(os, "fdatasync", on_which_thread)
 
     async def scenario() -> None:
-        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20, sync_on_loop=True)
+        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20, sync="loop")
         await asyncio.gather(*(journal.append(payload(i)) for i in range(50)))
         assert threads == [threading.get_ident()], "one fdatasync, on the loop's thread"
         assert journal._thread is None
@@ -1228,6 +1228,37 @@ def test_sync_on_the_loop_groups_concurrent_appends_and_refuses_what_it_cannot_w
             await journal.append(b"lost")
         await journal.append(b"kept")
         assert drain(JournalReader(tmp_path))[-1] == b"kept"
+        await journal.close()
+
+    run(scenario())
+
+
+def test_auto_syncs_a_lone_record_of_a_quiet_moment_on_the_loop_and_a_group_on_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[int] = []
+    real = os.fdatasync
+
+    def on_which_thread(fd: int) -> None:
+        threads.append(threading.get_ident())
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", on_which_thread)
+
+    async def scenario() -> None:
+        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20, sync="auto")
+        loop_thread = threading.get_ident()
+        await journal.append(b"alone")  # nothing flushed before: quiet
+        assert threads == [loop_thread]
+        await asyncio.gather(*(journal.append(payload(i)) for i in range(10)))  # a group
+        assert len(threads) == 2 and threads[1] != loop_thread
+        await journal.append(b"right after")  # alone, but a flush just ended: busy
+        assert threads[2] != loop_thread
+        await asyncio.sleep(0.01)
+        await journal.append(b"after a pause")
+        assert threads[3] == loop_thread
+        assert [p for p in drain(JournalReader(tmp_path))] == [b"alone", *(payload(i) for i in range(10)),
+                                                              b"right after", b"after a pause"]  # fmt: skip
         await journal.close()
 
     run(scenario())
