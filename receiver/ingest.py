@@ -46,10 +46,10 @@ class Refusal:
 
 @dataclass(slots=True)
 class Accepted:
-    payloads: list[bytes]  # journal records
+    payload: bytes | None  # the journal record (None: a batch whose every item was refused)
     rejected: list[Refusal]  # a batch's refused items, each quarantined on its own
     notes: dict[str, object]  # for the request's log line
-    answer: Refusal | None = None  # given once the payloads are durable (a batch with refused items)
+    answer: Refusal | None = None  # given once the record is durable (a batch with refused items)
 
 
 UNKNOWN_APPLICATION = Refusal(404, "unknown_application", "no application has this callback URL", body=None)
@@ -111,7 +111,7 @@ def accept(app: Application, kind: Kind, content_type: bytes | None, body: bytes
             return _accept_batch(app, body, received_at)
     except ProtocolError as error:
         return Refusal(400, error.code, error.detail, body=body)
-    return Accepted([records.accepted(kind, app.id, received_at, body)], [], notes)
+    return Accepted(records.accepted(kind, app.id, received_at, body), [], notes)
 
 
 def _accept_batch(app: Application, body: bytes, received_at: float) -> Accepted | Refusal:
@@ -120,9 +120,9 @@ def _accept_batch(app: Application, body: bytes, received_at: float) -> Accepted
     refused ones (each kept in quarantine)."""
     batch = parse_status_report_batch(body)
     notes: dict[str, object] = {"items": len(batch.reports), "rejected": len(batch.rejected)}
-    payloads = [records.accepted(Kind.STATUS_REPORTS, app.id, received_at, body)] if batch.reports else []
+    payload = records.accepted(Kind.STATUS_REPORTS, app.id, received_at, body) if batch.reports else None
     if not batch.rejected:
-        return Accepted(payloads, [], notes)
+        return Accepted(payload, [], notes)
     rejected = [
         Refusal(400, item.error.code, item.error.detail, body=item.raw.encode()) for item in batch.rejected
     ]
@@ -130,7 +130,7 @@ def _accept_batch(app: Application, body: bytes, received_at: float) -> Accepted
         "accepted": len(batch.reports),
         "rejected": [{"index": i.index, "error": i.error.code, "detail": i.error.detail} for i in batch.rejected],
     }
-    return Accepted(payloads, rejected, notes, answer=Refusal(400, "invalid_items", detail))
+    return Accepted(payload, rejected, notes, answer=Refusal(400, "invalid_items", detail))
 
 
 def _report_notes(report: StatusReport) -> dict[str, object]:

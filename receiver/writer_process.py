@@ -134,9 +134,9 @@ def read_status(journal_root: Path) -> dict[str, Any]:
     try:
         data = json.loads((journal_root / STATUS_FILE).read_text())
         running = time.time() - float(data["updated_at"]) < STALE_AFTER
-        return {"running": running, "error": data.get("error"), "pid": data.get("pid")}
+        return {"running": running, "error": data.get("error")}
     except (OSError, ValueError, KeyError, TypeError):
-        return {"running": False, "error": None, "pid": None}
+        return {"running": False, "error": None}
 
 
 # --- the process ---------------------------------------------------------------------------------

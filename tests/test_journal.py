@@ -1197,11 +1197,9 @@ def test_a_failing_durable_callback_does_not_stall_the_journal(
 # --- fdatasync on the event loop (RECEIVER_JOURNAL_SYNC) ------------------------------------------
 
 
-def test_sync_on_the_loop_groups_concurrent_appends_and_refuses_what_it_cannot_write(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The same promises without the journal thread: the appends of one turn of the loop share
-    one fdatasync, made on the loop's own thread; a failed write fails its records, not the next."""
+@pytest.fixture
+def sync_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The thread of every real ``os.fdatasync`` call, in order."""
     threads: list[int] = []
     real = os.fdatasync
 
@@ -1210,7 +1208,15 @@ def test_sync_on_the_loop_groups_concurrent_appends_and_refuses_what_it_cannot_w
         real(fd)
 
     monkeypatch.setattr(os, "fdatasync", on_which_thread)
+    return threads
 
+
+def test_sync_on_the_loop_groups_concurrent_appends_and_refuses_what_it_cannot_write(
+    tmp_path: Path, sync_threads: list[int]
+) -> None:
+    threads = sync_threads
+    """The same promises without the journal thread: the appends of one turn of the loop share
+    one fdatasync, made on the loop's own thread; a failed write fails its records, not the next."""
     async def scenario() -> None:
         journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20, sync="loop")
         await asyncio.gather(*(journal.append(payload(i)) for i in range(50)))
@@ -1234,17 +1240,9 @@ def test_sync_on_the_loop_groups_concurrent_appends_and_refuses_what_it_cannot_w
 
 
 def test_auto_syncs_a_lone_record_of_a_quiet_moment_on_the_loop_and_a_group_on_the_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, sync_threads: list[int]
 ) -> None:
-    threads: list[int] = []
-    real = os.fdatasync
-
-    def on_which_thread(fd: int) -> None:
-        threads.append(threading.get_ident())
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", on_which_thread)
-
+    threads = sync_threads
     async def scenario() -> None:
         journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20, sync="auto")
         loop_thread = threading.get_ident()

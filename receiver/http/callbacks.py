@@ -144,13 +144,9 @@ class _Call:
         self.notes.update(outcome.notes)
         for item in outcome.rejected:
             self.quarantine(app, item)
-        journal = state.journal
         try:
-            if len(outcome.payloads) == 1:
-                await journal.append_nowait(outcome.payloads[0])
-            else:
-                for future in [journal.append_nowait(payload) for payload in outcome.payloads]:
-                    await future
+            if outcome.payload is not None:
+                await state.journal.append_nowait(outcome.payload)
         except JournalUnavailable as error:
             log.error("callback.not_durable", reason=str(error), request_id=self.request_id.decode())
             await self.answer(503, "not_durable", "the event could not be stored; nothing was acknowledged")

@@ -50,7 +50,6 @@ async def readyz(request: Request) -> JSONResponse:
         writer_state: dict[str, object] = {"running": True, "error": writer.last_error}
     else:
         writer_state = await asyncio.to_thread(writer_process.read_status, state.settings.journal_path)
-        del writer_state["pid"]
     body = {"ready": ready, "database": database, "journal": journal_state, "writer": writer_state}
     return JSONResponse(body, status_code=200 if ready else 503)
 
