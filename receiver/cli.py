@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import structlog
 
-from . import __version__, apikeys, applications, logs, metrics_dir, netaddr, retention, tls
+from . import __version__, apikeys, applications, logs, metrics_dir, netaddr, partitions, retention, tls
 from .blacklist import csvfile
 from .blacklist import store as blacklist_store
 from .blacklist.numbers import to_e164
@@ -56,7 +56,9 @@ async def _connect(url: str) -> asyncpg.Connection:
 async def _migrate(url: str) -> list[str]:
     conn = await _connect(url)
     try:
-        return await migrate.apply(conn)
+        applied = await migrate.apply(conn)
+        await partitions.ensure(conn)  # a fresh database takes events at once
+        return applied
     finally:
         await conn.close()
 

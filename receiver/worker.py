@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
-from . import metrics, writer_process
+from . import metrics, partitions, writer_process
 from .apikeys import KeyCache
 from .applications import Registry
 from .blacklist import numbers as blacklist_numbers
@@ -71,6 +71,7 @@ class Worker:
             tasks = (
                 asyncio.create_task(writer.run(), name="receiver-writer"),
                 sweep.start(pool, settings.report_window, settings.sweep_interval_seconds),
+                partitions.start(pool),
             )
         metrics.JOURNAL_MAX.set(settings.journal_max_bytes)
         worker = cls(
@@ -92,6 +93,7 @@ class Worker:
         stores what it can within ``RECEIVER_SHUTDOWN_DRAIN_SECONDS``."""
         if len(self._tasks) > 1:
             await sweep.stop(self._tasks[1])
+            await partitions.stop(self._tasks[2])
         await self.events_hub.close()
         if self.blacklist_mirror is not None:
             await self.blacklist_mirror.close()

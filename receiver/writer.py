@@ -15,14 +15,15 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import structlog
 
 from . import metrics, numbers, records
+from .correlation.store import lock_messages
 from .journal.reader import JournalReader
 from .records import QuarantineRecord, Record, ReportRecord, UplinkRecord
 
@@ -30,22 +31,61 @@ log = structlog.get_logger(__name__)
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
+# A copy the platform pushed again is received later than the first, possibly in the next day's
+# partition, where no unique key can see the first (a key of a partitioned table holds the
+# partition column). So each insert looks for stored copies itself: rows of the same messages with
+# the same key received within REPEAT_WINDOW of the new one ($lo, $hi: the batch's span widened
+# by it), under the messages' advisory locks, taken before (another writer storing the same
+# message commits first, and this statement sees its rows). In a batch, the first copy (by
+# receipt time) goes in. The unique keys catch a journal record stored twice (same receipt time).
+# The platform pushes again within 72 hours (docs/storage.md).
+REPEAT_WINDOW = timedelta(days=4)
+
 _INSERT_REPORTS = """
+WITH n AS (
+    SELECT * FROM unnest($1::integer[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
+        $7::smallint[], $8::smallint[], $9::text[], $10::text[], $11::timestamptz[], $12::text[], $13::text[],
+        $14::text[], $15::jsonb[], $16::bytea[]) WITH ORDINALITY
+        AS n(application_id, via, received_at, raw_body, sms_msg_id, status, total, sequence, status_desc, source,
+             update_time, extend, "to", org_code, extra, dedupe_key, ord)
+),
+stored AS (
+    SELECT dedupe_key, received_at FROM status_reports
+    WHERE sms_msg_id = ANY($5::text[]) AND dedupe_key = ANY($16::bytea[]) AND received_at BETWEEN $17 AND $18
+),
+first AS (SELECT DISTINCT ON (dedupe_key) * FROM n ORDER BY dedupe_key, received_at, ord)
 INSERT INTO status_reports (application_id, via, received_at, raw_body, sms_msg_id, status, total,
     sequence, status_desc, source, update_time, extend, "to", org_code, extra, dedupe_key)
-SELECT * FROM unnest($1::integer[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
-    $7::smallint[], $8::smallint[], $9::text[], $10::text[], $11::timestamptz[], $12::text[], $13::text[],
-    $14::text[], $15::jsonb[], $16::bytea[])
-ON CONFLICT (dedupe_key) DO NOTHING
+SELECT application_id, via, received_at, raw_body, sms_msg_id, status, total, sequence, status_desc, source,
+       update_time, extend, "to", org_code, extra, dedupe_key
+FROM first f
+WHERE NOT EXISTS (SELECT FROM stored s WHERE s.dedupe_key = f.dedupe_key
+                  AND s.received_at BETWEEN f.received_at - $19::interval AND f.received_at + $19::interval)
+ORDER BY ord
+ON CONFLICT (sms_msg_id, dedupe_key, received_at) DO NOTHING
 RETURNING id, application_id, sms_msg_id, status, "to", update_time, received_at
 """
 
 _INSERT_UPLINKS = """
+WITH n AS (
+    SELECT * FROM unnest($1::integer[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::text[], $8::timestamptz[], $9::jsonb[], $10::text[]) WITH ORDINALITY
+        AS n(application_id, received_at, raw_body, sms_msg_id, "from", "to", body, create_time, extra, from_e164,
+             ord)
+),
+stored AS (
+    SELECT application_id, sms_msg_id, received_at FROM uplinks
+    WHERE sms_msg_id = ANY($4::text[]) AND received_at BETWEEN $11 AND $12
+),
+first AS (SELECT DISTINCT ON (application_id, sms_msg_id) * FROM n ORDER BY application_id, sms_msg_id, received_at, ord)
 INSERT INTO uplinks (application_id, received_at, raw_body, sms_msg_id, "from", "to", body, create_time, extra,
     from_e164)
-SELECT * FROM unnest($1::integer[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
-    $7::text[], $8::timestamptz[], $9::jsonb[], $10::text[])
-ON CONFLICT (application_id, sms_msg_id) DO NOTHING
+SELECT application_id, received_at, raw_body, sms_msg_id, "from", "to", body, create_time, extra, from_e164
+FROM first f
+WHERE NOT EXISTS (SELECT FROM stored s WHERE s.application_id = f.application_id AND s.sms_msg_id = f.sms_msg_id
+                  AND s.received_at BETWEEN f.received_at - $13::interval AND f.received_at + $13::interval)
+ORDER BY ord
+ON CONFLICT (sms_msg_id, application_id, received_at) DO NOTHING
 RETURNING id, application_id, sms_msg_id, "from", "to", body, received_at
 """
 
@@ -54,7 +94,7 @@ INSERT INTO quarantine (record_id, application_id, endpoint, received_at, error,
     body_bytes, occurrences)
 SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::timestamptz[], $5::text[], $6::jsonb[],
     $7::text[], $8::bytea[], $9::integer[], $10::integer[])
-ON CONFLICT (record_id) DO NOTHING
+ON CONFLICT (record_id, received_at) DO NOTHING
 RETURNING record_id
 """
 
@@ -96,10 +136,14 @@ async def store(conn: asyncpg.Connection, batch: Sequence[Record], after_insert:
     async with conn.transaction():
         new_reports: list[asyncpg.Record] = []
         new_uplinks: list[asyncpg.Record] = []
+        if reports or uplinks:
+            await lock_messages(conn, [r.event.sms_msg_id for r in reports] + [r.event.sms_msg_id for r in uplinks])
         if reports:
-            new_reports = await conn.fetch(_INSERT_REPORTS, *_columns(_report_row(r) for r in reports))
+            span = _span(r.received_at for r in reports)
+            new_reports = await conn.fetch(_INSERT_REPORTS, *_columns(_report_row(r) for r in reports), *span)
         if uplinks:
-            new_uplinks = await conn.fetch(_INSERT_UPLINKS, *_columns(_uplink_row(r) for r in uplinks))
+            span = _span(r.received_at for r in uplinks)
+            new_uplinks = await conn.fetch(_INSERT_UPLINKS, *_columns(_uplink_row(r) for r in uplinks), *span)
         if new_reports or new_uplinks:
             for hook in after_insert:
                 await hook(conn, new_reports, new_uplinks)
@@ -149,6 +193,12 @@ async def trim_quarantine(conn: asyncpg.Connection, max_rows: int) -> int:
         else:
             status = await conn.execute(_TRIM_QUARANTINE, max_rows)
     return int(status.split()[-1])
+
+
+def _span(times: Iterable[datetime]) -> tuple[datetime, datetime, timedelta]:
+    """Where stored copies of a batch's events may be: its receipt times widened by the window."""
+    received = list(times)
+    return min(received) - REPEAT_WINDOW, max(received) + REPEAT_WINDOW, REPEAT_WINDOW
 
 
 def _columns(rows: object) -> list[list[object]]:

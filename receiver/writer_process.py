@@ -29,7 +29,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from . import logs, metrics
+from . import logs, metrics, partitions
 from .blacklist import store as blacklist_store
 from .config import Settings
 from .correlation import store as correlation
@@ -165,6 +165,7 @@ async def _run(settings: Settings) -> None:
     assert settings.database_url
     pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=1, timeout=5)
     sweeper = sweep.start(pool, settings.report_window, settings.sweep_interval_seconds)
+    partitioner = partitions.start(pool)
     log.info("writer.started", pid=os.getpid(), journal=str(settings.journal_path))
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
@@ -172,6 +173,7 @@ async def _run(settings: Settings) -> None:
         if task.done():
             task.result()  # raises what killed the loop: the supervisor starts a new writer
     await sweep.stop(sweeper)
+    await partitions.stop(partitioner)
     drained = await writer.stop(settings.shutdown_drain_seconds)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

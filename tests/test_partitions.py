@@ -1,13 +1,211 @@
-"""Time partitions (docs/storage.md): the event tables are partitioned by day, created ahead,
-a row of a day without a partition lands in the default one and moves once its day is made."""
+"""Time partitions (docs/storage.md): the event tables are partitioned by UTC day and made ahead;
+a report pushed again is stored once even when its copy lands in the next day's partition, in
+either order and from two writers at once; a row of a day without a partition lands in the
+default partition and moves into its day once that is made; an existing database is converted
+with its rows in place."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
 from support import fetch, run
 
+from receiver import partitions
+from receiver.correlation import store as correlation
+from receiver.db import migrate
+from receiver.protocol.events import StatusReport, Uplink
+from receiver.records import ReportRecord, UplinkRecord
+from receiver.writer import store
 
-def test_migrated_database_has_day_partitions(db_url: str) -> None:
-    rows = run(fetch(db_url, "SELECT partition::text AS p, is_default FROM receiver_partitions('status_reports')"))
-    names = {r["p"] for r in rows}
-    assert "status_reports_default" in names and "status_reports_older" in names
-    assert len(names) >= 10
+SQL = Path(__file__).resolve().parent.parent / "sql"
+TODAY = datetime.now(UTC).date()
+# A day boundary with a partition on either side (the migration makes a week ahead).
+MIDNIGHT = datetime(TODAY.year, TODAY.month, TODAY.day, tzinfo=UTC) + timedelta(days=3)
+BEFORE, AFTER = MIDNIGHT - timedelta(seconds=30), MIDNIGHT + timedelta(seconds=30)
+HOOKS = (correlation.after_insert_hook(timedelta(hours=72)),)
+
+
+async def _app(conn: asyncpg.Connection) -> int:
+    app_id: int = await conn.fetchval(
+        "INSERT INTO applications (name, token_hash) VALUES ('p', '\\x01') ON CONFLICT (name) DO UPDATE SET name = 'p'"
+        " RETURNING id"
+    )
+    return app_id
+
+
+def _report(app_id: int, sms_msg_id: str, at: datetime) -> ReportRecord:
+    event = StatusReport(sms_msg_id, "DELIVRD", 1, 1, update_time=MIDNIGHT - timedelta(minutes=5))
+    return ReportRecord(app_id, "form", at, "raw", event)
+
+
+def _uplink(app_id: int, sms_msg_id: str, at: datetime) -> UplinkRecord:
+    return UplinkRecord(app_id, at, "raw", Uplink(sms_msg_id, "+8613100000000", "csms1", "T"))
+
+
+async def _stored(conn: asyncpg.Connection, table: str, like: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"SELECT sms_msg_id, received_at, tableoid::regclass::text AS part FROM {table} WHERE sms_msg_id LIKE $1"
+        " ORDER BY sms_msg_id",
+        like,
+    )
+
+
+def test_migrated_database_has_day_partitions_ahead(db_url: str) -> None:
+    for table in partitions.TABLES:
+        rows = run(fetch(db_url, "SELECT * FROM receiver_partitions($1::regclass)", table))
+        names = {r["partition"] for r in rows}
+        assert f"{table}_default" in names and f"{table}_older" in names
+        for offset in range(2, 8):  # the days the older table does not cover, a week ahead
+            day = TODAY + timedelta(days=offset)
+            assert f"{table}_{day:%Y%m%d}" in names
+
+
+@pytest.mark.parametrize("order", [(BEFORE, AFTER), (AFTER, BEFORE)], ids=["before-first", "after-first"])
+def test_a_copy_received_across_midnight_is_stored_once(db_url: str, order: tuple[datetime, datetime]) -> None:
+    async def go() -> tuple[list[asyncpg.Record], list[asyncpg.Record], int]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            app_id = await _app(conn)
+            for at in order:  # one batch each, as the platform's second push would come
+                await store(conn, [_report(app_id, "mid-1", at), _uplink(app_id, "up-1", at)], HOOKS)
+            # and once more both copies in one batch
+            await store(conn, [_report(app_id, "mid-2", at) for at in order], HOOKS)
+            events = await conn.fetchval("SELECT count(*) FROM events WHERE kind = 'report'")
+            return await _stored(conn, "status_reports", "mid-%"), await _stored(conn, "uplinks", "up-%"), events
+        finally:
+            await conn.close()
+
+    reports, uplinks, events = run(go())
+    first = order[0]
+    assert [(r["sms_msg_id"], r["received_at"]) for r in reports] == [("mid-1", first), ("mid-2", min(order))]
+    assert [(r["sms_msg_id"], r["received_at"]) for r in uplinks] == [("up-1", first)]
+    assert reports[0]["part"] == f"status_reports_{first:%Y%m%d}"  # the copy of the other day stayed out
+    assert events == 2
+
+
+def test_two_writers_storing_copies_either_side_of_midnight_store_each_report_once(db_url: str) -> None:
+    async def go() -> tuple[int, int, int, int]:
+        conns = [await asyncpg.connect(db_url) for _ in range(2)]
+        try:
+            app_id = await _app(conns[0])
+            for round_ in range(5):
+                ids = [f"con-{round_}-{i}" for i in range(50)]
+                await asyncio.gather(
+                    store(conns[0], [_report(app_id, i, BEFORE) for i in ids], HOOKS),
+                    store(conns[1], [_report(app_id, i, AFTER) for i in reversed(ids)], HOOKS),
+                )
+            rows = await _stored(conns[0], "status_reports", "con-%")
+            states = await conns[0].fetchval("SELECT count(*) FROM message_states WHERE sms_msg_id LIKE 'con-%'")
+            events = await conns[0].fetchval(
+                "SELECT count(*) FROM events WHERE kind = 'report' AND sms_msg_id LIKE 'con-%'"
+            )
+            return len(rows), len({r["sms_msg_id"] for r in rows}), states, events
+        finally:
+            for conn in conns:
+                await conn.close()
+
+    rows, distinct, states, events = run(go())
+    assert rows == distinct == states == events == 250
+
+
+def test_a_report_of_a_day_without_partition_lands_in_the_default_and_moves_when_its_day_is_made(
+    db_url: str,
+) -> None:
+    ahead = MIDNIGHT + timedelta(days=40, hours=12)  # a worker's clock far ahead: no partition yet
+
+    async def go() -> tuple[str, str, int, int]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            app_id = await _app(conn)
+            await store(conn, [_report(app_id, "far-1", ahead)], HOOKS)
+            (before,) = await _stored(conn, "status_reports", "far-1")
+            assert await partitions.create(conn, "status_reports", ahead.date())
+            assert not await partitions.create(conn, "status_reports", ahead.date())
+            (after,) = await _stored(conn, "status_reports", "far-1")
+            # stored again: still once; the event feed announced it once
+            await store(conn, [_report(app_id, "far-1", ahead + timedelta(hours=1))], HOOKS)
+            count = await conn.fetchval("SELECT count(*) FROM status_reports WHERE sms_msg_id = 'far-1'")
+            events = await conn.fetchval("SELECT count(*) FROM events WHERE sms_msg_id = 'far-1' AND kind = 'report'")
+            return before["part"], after["part"], count, events
+        finally:
+            await conn.close()
+
+    assert run(go()) == ("status_reports_default", f"status_reports_{ahead:%Y%m%d}", 1, 1)
+
+
+def test_ensure_makes_the_days_ahead_that_are_missing(db_url: str) -> None:
+    async def go() -> tuple[int, int]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            return await partitions.ensure(conn, days_ahead=10), await partitions.ensure(conn, days_ahead=10)
+        finally:
+            await conn.close()
+
+    made, again = run(go())
+    assert made == 3 * len(partitions.TABLES) and again == 0  # days 8 to 10; then nothing
+
+
+# --- converting a database that holds rows --------------------------------------------------------
+
+BEFORE_016 = """
+INSERT INTO applications (name, token_hash) VALUES ('app', '\\x02');
+INSERT INTO status_reports (application_id, sms_msg_id, status, raw_body, via, received_at, dedupe_key)
+SELECT 1, 'old-' || i, 'DELIVRD', 'raw', 'form', now() - i * interval '1 day', decode(md5('k' || i), 'hex')
+FROM generate_series(1, 3) AS i;
+INSERT INTO uplinks (application_id, sms_msg_id, "from", "to", body, raw_body, received_at, from_e164)
+VALUES (1, 'up-old', '+8613100000000', 'csms1', 'T', 'raw', now() - interval '1 day', '+8613100000000');
+INSERT INTO reply_links (uplink_id, sms_msg_id, candidates, match) SELECT id, 'old-1', 1, 'channel' FROM uplinks;
+INSERT INTO quarantine (record_id, endpoint, error, raw_body, received_at)
+VALUES ('00000000-0000-0000-0000-000000000001', 'status-report', 'bad', '\\x00', now());
+"""
+
+
+def test_a_database_with_rows_is_converted_in_place(empty_db_url: str, tmp_path: Path) -> None:
+    older = tmp_path / "sql"
+    shutil.copytree(SQL, older, ignore=shutil.ignore_patterns("__init__.py", "__pycache__", "016_*", "017_*", "018_*"))
+
+    async def go() -> dict[str, object]:
+        conn = await asyncpg.connect(empty_db_url)
+        try:
+            await migrate.apply(conn, older)
+            await conn.execute(BEFORE_016)
+            feed_before = await conn.fetch("SELECT kind, sms_msg_id FROM events ORDER BY txid, id")
+            await migrate.apply(conn)
+            app_id = await _app(conn)
+            out: dict[str, object] = {
+                "parts": await conn.fetchval(
+                    "SELECT array_agg(DISTINCT tableoid::regclass::text) FROM (SELECT tableoid FROM status_reports"
+                    " UNION ALL SELECT tableoid FROM uplinks UNION ALL SELECT tableoid FROM quarantine) t"
+                ),
+                "events": await conn.fetch(
+                    "SELECT kind, sms_msg_id FROM events WHERE report_received_at IS NOT NULL OR kind <> 'report'"
+                    " ORDER BY txid, id"
+                ),
+                "feed_before": feed_before,
+                "view": await conn.fetchval("SELECT sum(reports) FROM dashboard_reports_hourly"),
+                "replies": await conn.fetchval("SELECT sum(linked) FROM dashboard_replies_hourly"),
+                "granted": await conn.fetchval(
+                    "SELECT has_table_privilege('receiver_readonly', 'status_reports', 'SELECT')"
+                    " AND has_table_privilege('receiver_readonly', 'dashboard_reports_hourly', 'SELECT')"
+                ),
+            }
+            # ids go on from where they were; a new report is announced in the feed
+            await store(conn, [_report(app_id, "new-1", datetime.now(UTC))], HOOKS)
+            out["ids"] = await conn.fetchval("SELECT array_agg(id ORDER BY id) FROM status_reports")
+            out["new_event"] = await conn.fetchval(
+                "SELECT count(*) FROM events WHERE kind = 'report' AND sms_msg_id = 'new-1'"
+            )
+            return out
+        finally:
+            await conn.close()
+
+    out = run(go())
+    assert out["parts"] == ["quarantine_older", "status_reports_older", "uplinks_older"]
+    assert [tuple(r) for r in out["events"]] == [tuple(r) for r in out["feed_before"]]  # type: ignore[attr-defined]
+    assert out["view"] == 3 and out["replies"] == 1 and out["granted"] is True
+    assert out["ids"] == [1, 2, 3, 4] and out["new_event"] == 1

@@ -40,7 +40,7 @@ SELECT p.txid::text AS txid, p.id, e.kind, e.sms_msg_id, e.number, e.data::text 
        coalesce(s."to", CASE WHEN r."to" ~ '^\+[1-9][0-9]{5,14}$' THEN r."to" END) AS report_number
 FROM scanned p
 LEFT JOIN events e ON e.txid = p.txid AND e.id = p.id AND ($3::text[] IS NULL OR p.kind = ANY($3::text[]))
-LEFT JOIN status_reports r ON r.id = e.report_id
+LEFT JOIN status_reports r ON r.id = e.report_id AND r.received_at = e.report_received_at
 LEFT JOIN applications a ON a.id = r.application_id
 LEFT JOIN sent_messages s ON s.sms_msg_id = r.sms_msg_id
 ORDER BY p.txid, p.id

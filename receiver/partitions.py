@@ -1,0 +1,107 @@
+"""Day partitions of the event tables (``sql/016_time_partitions.sql``, docs/storage.md).
+
+``status_reports``, ``uplinks`` and ``quarantine`` are partitioned by ``received_at``, the event
+feed (``events``) by ``at``: one partition per UTC day, named ``<table>_YYYYMMDD``, plus the
+table as it was before partitioning (``<table>_older``) and a default partition. The writer
+process keeps :data:`DAYS_AHEAD` days ahead (at start, then every :data:`INTERVAL_SECONDS`), so
+the default partition normally stays empty; a row whose day has no partition (a clock far off,
+a journal replayed from long ago) lands there and never fails an insert, and moves into its
+day's partition when that day is made.
+
+Creating a partition locks its parent for a moment: each is made in a transaction of its own
+under a short ``lock_timeout``, and one that cannot get its lock (a long query on the table) is
+left for the next round, days before it is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger("receiver.partitions")
+
+# Partitioned tables and their partition column; the event feed first (retention drops it first).
+TABLES: dict[str, str] = {"events": "at", "status_reports": "received_at", "uplinks": "received_at",
+                          "quarantine": "received_at"}  # fmt: skip
+DAYS_AHEAD = 7
+INTERVAL_SECONDS = 3600.0
+LOCK_TIMEOUT = "2s"
+
+
+@dataclass(frozen=True)
+class Partition:
+    table: str  # the parent
+    name: str
+    lower: datetime | None  # None: from the beginning (the table as it was before partitioning)
+    upper: datetime | None  # None: the default partition
+
+
+async def partitions(conn: asyncpg.Connection, table: str) -> list[Partition]:
+    """The partitions of ``table``, oldest first, the default last."""
+    rows = await conn.fetch(
+        "SELECT partition::text AS name, lower_bound, upper_bound FROM receiver_partitions($1::regclass)"
+        " ORDER BY is_default, upper_bound",
+        table,
+    )
+    return [Partition(table, row["name"], row["lower_bound"], row["upper_bound"]) for row in rows]
+
+
+async def create(conn: asyncpg.Connection, table: str, day: date) -> bool:
+    """Make ``table``'s partition for ``day`` (UTC) unless it exists; True if made now. False as
+    well when the table is too busy to lock within :data:`LOCK_TIMEOUT`."""
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            made: bool = await conn.fetchval("SELECT receiver_partition_create($1::regclass, $2)", table, day)
+    except asyncpg.LockNotAvailableError:
+        log.warning("partitions.busy", table=table, day=day.isoformat())
+        return False
+    return made
+
+
+async def ensure(conn: asyncpg.Connection, days_ahead: int = DAYS_AHEAD) -> int:
+    """Partitions from yesterday to ``days_ahead`` days ahead, by the database's clock, for every
+    partitioned table; returns how many were made now."""
+    today: date = await conn.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
+    made = 0
+    for table in TABLES:
+        existing = {(p.lower, p.upper) for p in await partitions(conn, table)}
+        for offset in range(-1, days_ahead + 1):
+            day = today + timedelta(days=offset)
+            if not _covered(existing, day) and await create(conn, table, day):
+                made += 1
+    if made:
+        log.info("partitions.created", partitions=made)
+    return made
+
+
+def _covered(bounds: set[tuple[datetime | None, datetime | None]], day: date) -> bool:
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return any(upper is not None and (lower is None or lower <= start) and upper > start for lower, upper in bounds)
+
+
+async def run(pool: asyncpg.Pool, interval: float = INTERVAL_SECONDS) -> None:
+    """Keep partitions ahead, now and every ``interval`` seconds, until cancelled; a failure
+    (PostgreSQL away) only skips a round."""
+    while True:
+        try:
+            async with pool.acquire(timeout=5) as conn:
+                await ensure(conn)
+        except Exception as error:  # noqa: BLE001 - the next round tries again
+            log.warning("partitions.failed", error=type(error).__name__)
+        await asyncio.sleep(interval)
+
+
+def start(pool: asyncpg.Pool, interval: float = INTERVAL_SECONDS) -> asyncio.Task[None]:
+    return asyncio.create_task(run(pool, interval), name="receiver-partitions")
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
