@@ -532,10 +532,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
             print(f"receiver prune: the database lacks migrations {', '.join(behind.versions)}; a dry run"
                   " applies none: run `receiver migrate` first", file=sys.stderr)  # fmt: skip
             return 1
+    days = f"{len(result.dropped)} day partitions whole"
     if result.dry_run:
-        print(f"would delete rows older than {result.cutoff.isoformat()} (dry run: nothing deleted)")
+        print(f"would delete rows older than {result.cutoff.isoformat()}, {days} (dry run: nothing deleted)")
     else:
-        print(f"deleted rows older than {result.cutoff.isoformat()}")
+        print(f"deleted rows older than {result.cutoff.isoformat()}, {days}")
     for table, n in result.counts.items():
         print(f"{table}\t{n}")
     return 0

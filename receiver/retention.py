@@ -15,6 +15,15 @@ What stays, whatever its age: applications, API keys, push keys, and the blackli
 (``blacklist``, ``blacklist_signals``, ``blacklist_history``): a rebuild keeps the signals of
 events pruned away (``receiver.blacklist.store.rebuild``), so pruning never changes the list.
 
+**Whole days first.** The event tables are partitioned by UTC day (:mod:`receiver.partitions`):
+every partition that ends at or before the cutoff is dropped whole, one ``DROP TABLE`` each,
+whatever it holds (the event feed's first, then reports, replies with their ``reply_links``,
+refused requests). That takes the same time for a day of ten reports as for a day of ten
+million. The rules above then apply, row by row, only to what is left older than the cutoff: the
+day that straddles it (and the table as it was before partitioning, until its last day is past
+the cutoff). A message whose reports lie on both sides of a dropped day keeps its state and its
+recent reports; its reports of the dropped day go with the day (docs/storage.md).
+
 Each batch is one transaction of at most ``batch_size`` candidates, so a large prune holds no
 long lock and can run while the service ingests. A message batch takes the same per-message
 locks as the writer's state refresh, and re-checks its rule under them: a report stored at the
@@ -31,12 +40,14 @@ from datetime import datetime, timedelta
 import asyncpg
 import structlog
 
+from . import partitions
 from .blacklist import store as blacklist_store
 from .correlation import store as correlation_store
 
 log = structlog.get_logger("receiver.retention")
 
 _LOCK_PRUNE = 0x50524E31  # session advisory lock: one prune at a time
+LOCK_TIMEOUT = "10s"  # dropping a day waits this long for the queries reading its table
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,10 @@ class Result:
     cutoff: datetime
     dry_run: bool
     counts: dict[str, int] = field(default_factory=dict)  # table: rows deleted (or that would be)
+    dropped: list[str] = field(default_factory=list)  # partitions dropped whole (or that would be)
+    # A dry run's rows of the days it would drop: the rules row by row leave them out, as they
+    # would not see them after a real drop.
+    gone: list[int] = field(default_factory=list)  # partitions' oids
 
     def add(self, table: str, n: int) -> None:
         self.counts[table] = self.counts.get(table, 0) + n
@@ -134,12 +149,56 @@ async def prune(
 
 
 async def _run(conn: asyncpg.Connection, result: Result, batch_size: int) -> None:
+    await _drop_days(conn, result)
     await _table(conn, EVENT_FEED, result, batch_size)
     await _sent_messages(conn, result, batch_size)
     await _unsent_messages(conn, result, batch_size)
+    await _states_without_reports(conn, result, batch_size)
     for rule in RULES:
         if rule is not EVENT_FEED:
             await _table(conn, rule, result, batch_size)
+
+
+# --- whole days ----------------------------------------------------------------------------------
+
+# A dropped day's rows are counted from the statistics once PostgreSQL has gathered them (a big
+# day: counting it would take longer than dropping it); a day without them is counted.
+_ROWS = "SELECT CASE WHEN reltuples >= 0 THEN reltuples::bigint END FROM pg_class WHERE oid = $1::regclass"
+_CHILD_ROWS = {"uplinks": ("reply_links", "uplink_id")}
+
+
+async def _drop_days(conn: asyncpg.Connection, result: Result) -> None:
+    for table in partitions.TABLES:
+        for day in await partitions.partitions(conn, table):
+            if day.upper is None or day.upper > result.cutoff:
+                continue
+            child = _CHILD_ROWS.get(table)
+            if result.dry_run:
+                result.add(table, await _rows(conn, day.name))
+                if child:
+                    sql = f"SELECT count(*) FROM {child[0]} WHERE {child[1]} IN (SELECT id FROM {day.name})"
+                    result.add(child[0], await conn.fetchval(sql))
+                result.dropped.append(day.name)
+                result.gone.append(await conn.fetchval("SELECT $1::regclass::oid", day.name))
+                continue
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                await blacklist_store.keep_out_bulk_work(conn)  # a rebuild reads all of a day's replies, or none
+                rows = await _rows(conn, day.name)
+                if child:
+                    sql = f"DELETE FROM {child[0]} WHERE {child[1]} IN (SELECT id FROM {day.name})"
+                    result.add(child[0], _count(await conn.execute(sql)))
+                await conn.execute(f"DROP TABLE {day.name}")
+            result.add(table, rows)
+            result.dropped.append(day.name)
+            log.info("prune.dropped", partition=day.name, rows=rows)
+
+
+async def _rows(conn: asyncpg.Connection, name: str) -> int:
+    estimate: int | None = await conn.fetchval(_ROWS, name)
+    if estimate is None:
+        estimate = await conn.fetchval(f"SELECT count(*) FROM {name}")
+    return int(estimate or 0)
 
 
 # Messages: candidates come from old sends, then from old reports of messages never sent; each
@@ -157,6 +216,7 @@ _OLD_REPORTS = """
 SELECT id, received_at, sms_msg_id FROM status_reports
 WHERE received_at < $1 AND received_at >= coalesce($2::timestamptz, '-infinity')
   AND (received_at, id) > (coalesce($2::timestamptz, '-infinity'), coalesce($3::bigint, 0))
+  AND tableoid <> ALL($5::oid[])
 ORDER BY received_at, id LIMIT $4
 """
 
@@ -170,7 +230,7 @@ SELECT i.sms_msg_id FROM (SELECT DISTINCT unnest($1::text[]) AS sms_msg_id) AS i
 WHERE NOT EXISTS (SELECT FROM sent_messages s
                   WHERE s.sms_msg_id = i.sms_msg_id AND ($3::boolean OR s.create_time >= $2))
   AND NOT EXISTS (SELECT FROM status_reports r
-                  WHERE r.sms_msg_id = i.sms_msg_id
+                  WHERE r.sms_msg_id = i.sms_msg_id AND r.tableoid <> ALL($6::oid[])
                     AND (r.received_at >= $2 OR r.stored_at >= $2
                          OR (r.received_at, r.id) > ($4::timestamptz, $5::bigint)))
   AND NOT EXISTS (SELECT FROM reply_links l JOIN uplinks u ON u.id = l.uplink_id
@@ -187,9 +247,28 @@ async def _sent_messages(conn: asyncpg.Connection, result: Result, batch_size: i
 
 async def _unsent_messages(conn: asyncpg.Connection, result: Result, batch_size: int) -> None:
     after: tuple[datetime | None, int | None] = (None, None)
-    while rows := await conn.fetch(_OLD_REPORTS, result.cutoff, *after, batch_size):
+    while rows := await conn.fetch(_OLD_REPORTS, result.cutoff, *after, batch_size, result.gone):
         after = (rows[-1]["received_at"], rows[-1]["id"])
         await _messages(conn, result, [r["sms_msg_id"] for r in rows], unsent_only=True, last=after)
+
+
+# States of messages never sent whose reports all went with their days (a state stands for a send or
+# reports): the message rule decides on them as on others.
+_STATES_WITHOUT_REPORTS = """
+SELECT sms_msg_id FROM message_states m
+WHERE sent_at IS NULL AND NOT sent AND sms_msg_id > coalesce($1::text, '')
+  AND NOT EXISTS (SELECT FROM status_reports r WHERE r.sms_msg_id = m.sms_msg_id AND r.tableoid <> ALL($3::oid[]))
+ORDER BY sms_msg_id LIMIT $2
+"""
+
+
+async def _states_without_reports(conn: asyncpg.Connection, result: Result, batch_size: int) -> None:
+    if not result.dropped:
+        return
+    after: str | None = None
+    while rows := await conn.fetch(_STATES_WITHOUT_REPORTS, after, batch_size, result.gone):
+        after = rows[-1]["sms_msg_id"]
+        await _messages(conn, result, [r["sms_msg_id"] for r in rows], unsent_only=True, last=(None, None))
 
 
 async def _messages(
@@ -201,12 +280,12 @@ async def _messages(
     last: tuple[datetime | None, int | None],
 ) -> None:
     ids = sorted(set(candidates))
-    doomed_args = (ids, result.cutoff, unsent_only, *last)
+    doomed_args = (ids, result.cutoff, unsent_only, *last, result.gone)
     if result.dry_run:
         doomed = [row[0] for row in await conn.fetch(_DOOMED, *doomed_args)]
         for table in MESSAGE_TABLES:
-            sql = f"SELECT count(*) FROM {table} WHERE sms_msg_id = ANY($1::text[])"
-            result.add(table, await conn.fetchval(sql, doomed))
+            sql = f"SELECT count(*) FROM {table} WHERE sms_msg_id = ANY($1::text[]) AND tableoid <> ALL($2::oid[])"
+            result.add(table, await conn.fetchval(sql, doomed, result.gone))
         return
     async with conn.transaction():
         # The writer's order: the messages' locks, then the blacklist's shared one. Under them,
@@ -227,18 +306,21 @@ async def _messages(
 async def _table(conn: asyncpg.Connection, rule: Rule, result: Result, batch_size: int) -> None:
     t, col = rule.table, rule.column
     if result.dry_run:
-        result.add(t, await conn.fetchval(f"SELECT count(*) FROM {t} WHERE {col} < $1", result.cutoff))
+        sql = f"SELECT count(*) FROM {t} WHERE {col} < $1 AND tableoid <> ALL($2::oid[])"
+        result.add(t, await conn.fetchval(sql, result.cutoff, result.gone))
         for child, ref in rule.children:
-            sql = f"SELECT count(*) FROM {child} c JOIN {t} p ON c.{ref} = p.{rule.key} WHERE p.{col} < $1"
-            result.add(child, await conn.fetchval(sql, result.cutoff))
+            sql = (f"SELECT count(*) FROM {child} c JOIN {t} p ON c.{ref} = p.{rule.key}"
+                   f" WHERE p.{col} < $1 AND p.tableoid <> ALL($2::oid[])")  # fmt: skip
+            result.add(child, await conn.fetchval(sql, result.cutoff, result.gone))
         return
     key = f", {rule.key} AS key" if rule.children else ""
     if rule.ordered:
-        select = f"""SELECT ctid, {col} AS at{key} FROM {t}
+        select = f"""SELECT tableoid::regclass::text AS part, ctid, {col} AS at{key} FROM {t}
                      WHERE {col} < $1 AND {col} >= coalesce($2::timestamptz, '-infinity')
                      ORDER BY {col} LIMIT $3"""
     else:  # nothing to walk in order: each batch takes any old rows, until none are left
-        select = f"SELECT ctid, {col} AS at{key} FROM {t} WHERE {col} < $1 AND $2::timestamptz IS NULL LIMIT $3"
+        select = (f"SELECT tableoid::regclass::text AS part, ctid, {col} AS at{key} FROM {t}"
+                  f" WHERE {col} < $1 AND $2::timestamptz IS NULL LIMIT $3")  # fmt: skip
     after: datetime | None = None
     while True:
         async with conn.transaction():
@@ -250,9 +332,13 @@ async def _table(conn: asyncpg.Connection, rule: Rule, result: Result, batch_siz
             for child, ref in rule.children:
                 sql = f"DELETE FROM {child} WHERE {ref} = ANY($1)"
                 deleted[child] = _count(await conn.execute(sql, [r["key"] for r in rows]))
-            # By ctid, and old still: a row moved by an update meanwhile leaves its slot to another
-            sql = f"DELETE FROM {t} WHERE ctid = ANY($1::tid[]) AND {col} < $2"
-            deleted[t] = _count(await conn.execute(sql, [r["ctid"] for r in rows], result.cutoff))
+            # By ctid in its partition (a ctid is unique only there), and old still: a row moved by
+            # an update meanwhile leaves its slot to another
+            deleted[t] = 0
+            for part in sorted({r["part"] for r in rows}):
+                sql = f"DELETE FROM {part} WHERE ctid = ANY($1::tid[]) AND {col} < $2"
+                slots = [r["ctid"] for r in rows if r["part"] == part]
+                deleted[t] += _count(await conn.execute(sql, slots, result.cutoff))
         after = rows[-1]["at"] if rule.ordered else None
         for table, n in deleted.items():
             result.add(table, n)

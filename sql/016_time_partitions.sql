@@ -4,9 +4,9 @@
 -- the days ahead of time (receiver_partitions_ensure), and a default partition takes any row
 -- whose day has none yet, so an insert never fails for want of a partition.
 --
--- An existing table becomes the first partition of its new parent, as it is (no row moves): it
--- holds everything before the first day boundary after its newest row, and goes whole once
--- that boundary is older than the retention cutoff. Its views, triggers and grants are made
+-- An existing table becomes the first partition of its new parent, "<table>_older", as it is (no
+-- row moves): it holds everything before the first day boundary after its newest row, and goes
+-- whole once that boundary is older than the retention cutoff (an empty table just goes). Its views, triggers and grants are made
 -- again on the parent. The new keys are built on it once, here.
 --
 -- Keys. A unique key of a partitioned table must hold the partition column, and, for Citus,
@@ -168,10 +168,16 @@ DECLARE
     boundary date;
     r record;
 BEGIN
-    -- The old table keeps everything before the first day boundary after its newest row.
-    EXECUTE format('SELECT greatest(current_date, max(%I)::date) + 1 FROM %I', key, t || '_older') INTO boundary;
-    EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (MINVALUE) TO (%L)',
-                   t, t || '_older', boundary::timestamp AT TIME ZONE 'UTC');
+    -- The old table keeps everything before the first day boundary after its newest row (an
+    -- empty one, as in a new installation, goes).
+    EXECUTE format('SELECT greatest(current_date, max(%I)::date) + 1 FROM %I HAVING count(*) > 0', key, t || '_older')
+        INTO boundary;
+    IF boundary IS NULL THEN
+        EXECUTE format('DROP TABLE %I', t || '_older');
+    ELSE
+        EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (MINVALUE) TO (%L)',
+                       t, t || '_older', boundary::timestamp AT TIME ZONE 'UTC');
+    END IF;
     EXECUTE format('CREATE TABLE %I PARTITION OF %I DEFAULT', t || '_default', t);
     FOR r IN SELECT sql FROM kept_aside WHERE name = t OR kind IN ('view') ORDER BY seq LOOP
         EXECUTE r.sql;

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
-from support import fetch, run
+from support import cli, fetch, run, service_env
 
 from receiver import partitions
 from receiver.correlation import store as correlation
@@ -59,8 +59,8 @@ def test_migrated_database_has_day_partitions_ahead(db_url: str) -> None:
     for table in partitions.TABLES:
         rows = run(fetch(db_url, "SELECT * FROM receiver_partitions($1::regclass)", table))
         names = {r["partition"] for r in rows}
-        assert f"{table}_default" in names and f"{table}_older" in names
-        for offset in range(2, 8):  # the days the older table does not cover, a week ahead
+        assert f"{table}_default" in names and f"{table}_older" not in names  # a new database's were empty
+        for offset in range(-1, 8):  # yesterday to a week ahead
             day = TODAY + timedelta(days=offset)
             assert f"{table}_{day:%Y%m%d}" in names
 
@@ -209,3 +209,57 @@ def test_a_database_with_rows_is_converted_in_place(empty_db_url: str, tmp_path:
     assert [tuple(r) for r in out["events"]] == [tuple(r) for r in out["feed_before"]]  # type: ignore[attr-defined]
     assert out["view"] == 3 and out["replies"] == 1 and out["granted"] is True
     assert out["ids"] == [1, 2, 3, 4] and out["new_event"] == 1
+
+
+# --- retention by day ---------------------------------------------------------------------------
+
+
+def test_prune_drops_the_days_past_the_cutoff_and_deletes_rows_only_in_the_day_that_straddles_it(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A month of reports 40 to 10 days old, a reply and a refused request on the oldest day;
+    `prune --older-than 20d` drops the days before the cutoff's and deletes in its day alone."""
+    now = datetime.now(UTC)
+    start = datetime(now.year, now.month, now.day, tzinfo=UTC) - timedelta(days=40)
+
+    async def fill() -> None:
+        conn = await asyncpg.connect(db_url)
+        try:
+            app_id = await _app(conn)
+            for day in range(31):
+                await partitions.create(conn, "status_reports", (start + timedelta(days=day)).date())
+            await partitions.create(conn, "uplinks", start.date())
+            await partitions.create(conn, "quarantine", start.date())
+            at = [start + timedelta(days=d, hours=h) for d in range(31) for h in (1, 23)]
+            await store(conn, [_report(app_id, f"d-{i}", t) for i, t in enumerate(at)], HOOKS)
+            await store(conn, [_uplink(app_id, "up-old", start + timedelta(hours=2))], HOOKS)
+            await conn.execute("UPDATE status_reports SET stored_at = received_at")  # as if stored when received
+            await conn.execute(
+                "INSERT INTO quarantine (record_id, endpoint, error, raw_body, received_at)"
+                " VALUES (gen_random_uuid(), 'uplink', 'bad', '\\x00', $1)", start + timedelta(hours=3)
+            )  # fmt: skip
+        finally:
+            await conn.close()
+
+    run(fill())
+    cutoff_day = (now - timedelta(days=20)).date()
+    env = service_env(tmp_path, db_url)
+    dry = cli("prune", "--older-than", "20d", "--dry-run", env=env)
+    done = cli("prune", "--older-than", "20d", env=env)
+    left = run(fetch(db_url, "SELECT partition FROM receiver_partitions('status_reports') ORDER BY lower_bound"))
+    names = [r["partition"] for r in left]
+    assert f"status_reports_{start:%Y%m%d}" not in names
+    assert f"status_reports_{cutoff_day - timedelta(days=1):%Y%m%d}" not in names
+    assert f"status_reports_{cutoff_day:%Y%m%d}" in names  # straddles the cutoff: its rows went one by one
+    kept = run(fetch(db_url, "SELECT min(received_at) AS first, count(*) AS n FROM status_reports"))[0]
+    assert kept["first"] >= now - timedelta(days=20)
+    dropped_days = (cutoff_day - start.date()).days
+    for output in (dry.stdout, done.stdout):
+        counted = dict(line.split("\t") for line in output.splitlines()[1:])
+        assert int(counted["status_reports"]) + kept["n"] == 62
+        assert counted["uplinks"] == counted["reply_links"] == counted["quarantine"] == "1"
+    assert f"{dropped_days * 1 + 2} day partitions" in done.stdout  # reports' days, the uplinks' and quarantine's
+    assert run(fetch(db_url, "SELECT count(*) FROM reply_links"))[0][0] == 0
+    # every message whose reports all went has no state left; the others keep theirs
+    states = run(fetch(db_url, "SELECT count(*) FROM message_states"))[0][0]
+    assert states == kept["n"]
