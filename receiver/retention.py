@@ -34,6 +34,7 @@ that misses it. One prune at a time (a session advisory lock); a dry run takes n
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -113,6 +114,7 @@ class Result:
     # A dry run's rows of the days it would drop: the rules row by row leave them out, as they
     # would not see them after a real drop.
     gone: list[int] = field(default_factory=list)  # partitions' oids
+    drop_seconds: float = 0.0  # the time the whole days took
 
     def add(self, table: str, n: int) -> None:
         self.counts[table] = self.counts.get(table, 0) + n
@@ -168,6 +170,14 @@ _CHILD_ROWS = {"uplinks": ("reply_links", "uplink_id")}
 
 
 async def _drop_days(conn: asyncpg.Connection, result: Result) -> None:
+    started = time.perf_counter()
+    try:
+        await _drop_each_day(conn, result)
+    finally:
+        result.drop_seconds = time.perf_counter() - started
+
+
+async def _drop_each_day(conn: asyncpg.Connection, result: Result) -> None:
     for table in partitions.TABLES:
         for day in await partitions.partitions(conn, table):
             if day.upper is None or day.upper > result.cutoff:

@@ -1,0 +1,247 @@
+"""Growth: the same ingest rate, query latency and retention time at 1 M, 10 M and 50 M stored reports.
+
+    .venv/bin/python -m bench.storage [--sizes 1M,10M,50M] [--days 60] [--database-url URL]
+
+One database grows through the sizes. At each size it holds that many status reports spread
+evenly over the last ``--days`` UTC days (one partition each), with a send, a message state per
+message and a reply every 50 messages, generated straight into PostgreSQL with set-based SQL
+(``generate_series``, no HTTP). Then, one at a time:
+
+- **ingest**: batches of the writer's size (1,000 reports of new messages, received now) through
+  the writer's own ``store`` with its own after-insert steps (states, reply links, blacklist),
+  in reports per second;
+- **queries**, in-process, one at a time: ``GET /v1/messages/{id}`` and ``GET /v1/messages?to=``
+  (the API's own query functions), the blacklist check of 500 numbers, the dashboard views over
+  24 hours; p50 / p99 in milliseconds;
+- **retention**: ``receiver prune --older-than`` (``days - 30``) days, which drops the oldest 30
+  days' partitions whole; the time of the drops, and of the whole prune (which also deletes the
+  month's sends and states row by row: those tables are not partitioned).
+
+The next size refills the days the prune emptied. Prints one table; check ``df -h`` first
+(about 0.6 GB per million reports with their sends and states).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from receiver import logs, partitions, retention
+from receiver.blacklist import store as blacklist_store
+from receiver.config import Settings
+from receiver.correlation import queries
+from receiver.db import embedded, migrate
+from receiver.protocol.events import StatusReport
+from receiver.records import ReportRecord
+from receiver.writer import store
+from receiver.writer_process import hooks
+
+from .support import world_readable_tmpdir
+
+# One day's messages $3 .. $4 (sms_msg_id $1 || i), sent through the day $2; about 1.25
+# reports a message (every 4th has an ACCEPTD before its DELIVRD, every 13th fails).
+FILL_DAY = """
+WITH i AS (SELECT i, $2::timestamptz + (i - $3) * ($5::float8 / ($4 - $3 + 1)) * interval '1 second' AS at
+           FROM generate_series($3::bigint, $4::bigint) AS i),
+sends AS (
+    INSERT INTO sent_messages (sms_msg_id, "to", "from", status, create_time, country_id, total, raw)
+    SELECT $1 || i, '+86131' || lpad((i % 5000000)::text, 8, '0'), 'csms' || (i % 10), '000000', at, 'CN', 1, '{}'
+    FROM i
+),
+states AS (
+    INSERT INTO message_states (sms_msg_id, state, status, parts_total, parts_delivered, reports, sent, sent_at,
+                                delivered_at, latency)
+    SELECT $1 || i, CASE WHEN i % 13 = 0 THEN 'failed' ELSE 'delivered' END,
+           CASE WHEN i % 13 = 0 THEN 'UNDELIV' ELSE 'DELIVRD' END, 1, (i % 13 <> 0)::int, 1 + (i % 4 = 0)::int,
+           true, at, CASE WHEN i % 13 <> 0 THEN at + interval '6 seconds' END,
+           CASE WHEN i % 13 <> 0 THEN interval '6 seconds' END
+    FROM i
+),
+replies AS (
+    INSERT INTO uplinks (application_id, sms_msg_id, "from", "to", body, raw_body, received_at, from_e164)
+    SELECT $6, 'u' || $1 || i, '+86131' || lpad((i % 5000000)::text, 8, '0'), 'csms' || (i % 10), 'ok', 'bench',
+           at + interval '1 minute', '+86131' || lpad((i % 5000000)::text, 8, '0')
+    FROM i WHERE i % 50 = 0
+)
+INSERT INTO status_reports (application_id, sms_msg_id, status, total, sequence, source, update_time, raw_body,
+                            via, received_at, stored_at, dedupe_key)
+SELECT $6, $1 || i, s.status, 1, 1, '2', at + s.after, 'bench', 'form', at + s.after, at + s.after,
+       decode(md5($1 || i || s.status), 'hex')
+FROM i CROSS JOIN LATERAL (VALUES (interval '2 seconds', 'ACCEPTD'),
+                                  (interval '6 seconds', CASE WHEN i % 13 = 0 THEN 'UNDELIV' ELSE 'DELIVRD' END))
+     AS s(after, status)
+WHERE s.status <> 'ACCEPTD' OR i % 4 = 0
+"""
+
+_SIZES = {"k": 1_000, "M": 1_000_000}
+
+
+def parse_size(text: str) -> int:
+    return int(float(text[:-1]) * _SIZES[text[-1]]) if text[-1] in _SIZES else int(text)
+
+
+async def fill(conn: asyncpg.Connection, reports: int, days: int) -> float:
+    """Bring every one of the last ``days`` days up to ``reports / days`` reports; seconds taken."""
+    t0 = time.perf_counter()
+    app_id = await conn.fetchval(
+        "INSERT INTO applications (name, token_hash) VALUES ('bench', '\\x00') ON CONFLICT (name)"
+        " DO UPDATE SET name = 'bench' RETURNING id"
+    )
+    today = datetime.now(UTC).date()
+    # History, not news: no event feed rows, no foreign key checks (the rows are made consistent).
+    await conn.execute("SET session_replication_role = replica")
+    messages_per_day = int(reports / days / 1.25)
+    for back in range(days, 0, -1):
+        day = today - timedelta(days=back)
+        await partitions.create(conn, "status_reports", day)
+        await partitions.create(conn, "uplinks", day)
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        have = await conn.fetchval(
+            "SELECT count(*) FROM sent_messages WHERE create_time >= $1 AND create_time < $2",
+            start, start + timedelta(days=1),
+        )  # fmt: skip
+        if have >= messages_per_day:
+            continue
+        # Each stage's messages of the day have their own prefix; they are sent in between the others.
+        prefix = f"d{day:%Y%m%d}-{reports}-"
+        await conn.execute(FILL_DAY, prefix, start, 1, messages_per_day - have, 86_000.0, app_id)
+    await conn.execute("RESET session_replication_role")
+    await conn.execute("VACUUM ANALYZE")
+    return time.perf_counter() - t0
+
+
+async def ingest(conn: asyncpg.Connection, batches: int, size: int = 1000) -> float:
+    """Reports per second through the writer's store, batches of ``size`` new reports."""
+    steps = hooks(Settings(database_url="postgresql://unused"))
+    app_id = await conn.fetchval("SELECT id FROM applications WHERE name = 'bench'")
+    run_id = random.getrandbits(32)
+    elapsed = 0.0
+    for b in range(batches):
+        now = datetime.now(UTC)
+        batch = [
+            ReportRecord(app_id, "form", now, "bench",
+                         StatusReport(f"ingest-{run_id}-{b}-{i}", "DELIVRD", 1, 1, update_time=now, source="2"))
+            for i in range(size)
+        ]  # fmt: skip
+        t0 = time.perf_counter()
+        await store(conn, batch, steps)
+        elapsed += time.perf_counter() - t0
+    return batches * size / elapsed
+
+
+async def query_latencies(conn: asyncpg.Connection, days: int, rounds: int) -> dict[str, list[float]]:
+    today = datetime.now(UTC).date()
+    results: dict[str, list[float]] = {}
+
+    def timed(name: str, started: float) -> None:
+        results.setdefault(name, []).append((time.perf_counter() - started) * 1000)
+
+    views = ("dashboard_delivery_hourly", "dashboard_failures_hourly", "dashboard_reports_hourly",
+             "dashboard_replies_hourly")  # fmt: skip
+    for _ in range(rounds):
+        day = today - timedelta(days=random.randint(1, days))
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        ids = await conn.fetch(
+            'SELECT sms_msg_id, "to" FROM sent_messages WHERE create_time >= $1 ORDER BY create_time LIMIT 1',
+            start + timedelta(seconds=random.randrange(86_000)),
+        )
+        if not ids:
+            continue
+        sms_msg_id, to = ids[0]
+        t0 = time.perf_counter()
+        await queries.message(conn, sms_msg_id)
+        timed("GET /v1/messages/{id}", t0)
+        t0 = time.perf_counter()
+        await queries.messages(conn, to=to, state=None, since=None, until=None, cursor=None, limit=20)
+        timed("GET /v1/messages?to=", t0)
+        numbers = [f"+86131{random.randrange(5_000_000):08d}" for _ in range(500)]
+        t0 = time.perf_counter()
+        await blacklist_store.blacklisted(conn, numbers)
+        timed("blacklist check, 500 numbers", t0)
+        for view in views:
+            t0 = time.perf_counter()
+            await conn.fetch(f"SELECT * FROM {view} WHERE bucket >= $1 AND bucket < $2", start, start + timedelta(days=1))
+            timed(f"{view} (24 h)", t0)
+    return results
+
+
+async def prune_month(conn: asyncpg.Connection, days: int) -> tuple[float, float, int, int]:
+    """(seconds dropping the partitions, seconds of the whole prune, partitions dropped, reports gone)."""
+    t0 = time.perf_counter()
+    result = await retention.prune(conn, timedelta(days=days - 30) + timedelta(hours=1))
+    whole = time.perf_counter() - t0
+    return result.drop_seconds, whole, len(result.dropped), result.counts["status_reports"]
+
+
+def p50_p99(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+async def stage(url: str, reports: int, days: int, rounds: int, batches: int) -> dict[str, object]:
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate.apply(conn)
+        await partitions.ensure(conn)
+        filled = await fill(conn, reports, days)
+        stored = await conn.fetchval("SELECT count(*) FROM status_reports")
+        size = await conn.fetchval("SELECT pg_database_size(current_database())")
+        print(f"  {stored:,} reports stored ({size / 1e9:.1f} GB), filled in {filled:.0f} s", flush=True)
+        rate = await ingest(conn, batches)
+        print(f"  ingest {rate:,.0f} reports/s", flush=True)
+        latencies = await query_latencies(conn, days, rounds)
+        dropping, whole, dropped, gone = await prune_month(conn, days)
+        print(f"  prune: {dropped} partitions dropped in {dropping:.2f} s; whole prune {whole:.1f} s", flush=True)
+        return {"reports": stored, "ingest": rate, "latencies": latencies, "drop": dropping, "prune": whole,
+                "dropped": dropped, "gone": gone}  # fmt: skip
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1M,10M,50M", help="stored reports at each stage (default 1M,10M,50M)")
+    parser.add_argument("--days", type=int, default=60, help="days of history (default 60; a month is dropped)")
+    parser.add_argument("--rounds", type=int, default=300, help="query rounds at each stage")
+    parser.add_argument("--batches", type=int, default=20, help="ingest batches of 1,000 at each stage")
+    parser.add_argument("--database-url", help="grow this database instead of a new embedded one")
+    parser.add_argument("--keep", action="store_true", help="keep the embedded database's folder")
+    args = parser.parse_args()
+    logs.configure("warning", "console")
+    base = server = None
+    url = args.database_url
+    if url is None:
+        base = world_readable_tmpdir("receiver-bench-storage-")
+        server = embedded.start(base)
+        url = server.url
+    results = []
+    try:
+        for text in args.sizes.split(","):
+            print(f"growing to {text} reports over {args.days} days ...", flush=True)
+            results.append(asyncio.run(stage(url, parse_size(text), args.days, args.rounds, args.batches)))
+    finally:
+        if server is not None:
+            server.stop()
+        if base is not None and not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    names = list(results[0]["latencies"])  # type: ignore[call-overload]
+    print()
+    print("| stored reports | ingest reports/s | " + " | ".join(f"{n} p50 / p99 ms" for n in names)
+          + " | drop a month of partitions | whole prune |")  # fmt: skip
+    print("|---:|---:|" + "---:|" * len(names) + "---:|---:|")
+    for r in results:
+        cells = [f"{p50:.2f} / {p99:.2f}" for p50, p99 in (p50_p99(r["latencies"][n]) for n in names)]  # type: ignore[index]
+        print(f"| {r['reports']:,} | {r['ingest']:,.0f} | " + " | ".join(cells)
+              + f" | {r['dropped']} partitions, {r['drop']:.2f} s | {r['prune']:.1f} s |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
