@@ -263,3 +263,31 @@ def test_prune_drops_the_days_past_the_cutoff_and_deletes_rows_only_in_the_day_t
     # every message whose reports all went has no state left; the others keep theirs
     states = run(fetch(db_url, "SELECT count(*) FROM message_states"))[0][0]
     assert states == kept["n"]
+
+
+# --- ready for Citus ----------------------------------------------------------------------------
+
+# The tables Citus would distribute by sms_msg_id, co-located with the sends (docs/storage.md).
+DISTRIBUTED = ("sent_messages", "message_states", "sends_after_optout", "status_reports", "uplinks")
+
+
+def test_every_unique_key_of_the_distributed_tables_holds_sms_msg_id_and_the_partition_column(db_url: str) -> None:
+    rows = run(fetch(db_url, """
+        SELECT c.conrelid::regclass::text AS t, c.conname,
+               array_agg(a.attname::text ORDER BY a.attname) AS columns
+        FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey)
+        WHERE c.contype IN ('p', 'u') AND c.conrelid = ANY($1::regclass[])
+        GROUP BY 1, 2""", list(DISTRIBUTED)))  # fmt: skip
+    keys = {(r["t"], r["conname"]): set(r["columns"]) for r in rows}
+    assert {t for t, _ in keys} == set(DISTRIBUTED)
+    for (table, name), columns in keys.items():
+        assert "sms_msg_id" in columns, name
+        if table in ("status_reports", "uplinks"):
+            assert "received_at" in columns, name
+    # and no other unique index (one made without a constraint) escapes the rule
+    indexes = run(fetch(db_url, """
+        SELECT indexrelid::regclass::text AS name FROM pg_index i JOIN pg_attribute a
+          ON a.attrelid = i.indrelid AND a.attname = 'sms_msg_id'
+        WHERE i.indisunique AND i.indrelid = ANY($1::regclass[]) AND NOT a.attnum = ANY(i.indkey)""",
+        list(DISTRIBUTED)))  # fmt: skip
+    assert indexes == []
