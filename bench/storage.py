@@ -58,11 +58,12 @@ sends AS (
 ),
 states AS (
     INSERT INTO message_states (sms_msg_id, state, status, parts_total, parts_delivered, reports, sent, sent_at,
-                                delivered_at, latency)
+                                delivered_at, latency, reports_from, reports_until)
     SELECT $1 || i, CASE WHEN i % 13 = 0 THEN 'failed' ELSE 'delivered' END,
            CASE WHEN i % 13 = 0 THEN 'UNDELIV' ELSE 'DELIVRD' END, 1, (i % 13 <> 0)::int, 1 + (i % 4 = 0)::int,
            true, at, CASE WHEN i % 13 <> 0 THEN at + interval '6 seconds' END,
-           CASE WHEN i % 13 <> 0 THEN interval '6 seconds' END
+           CASE WHEN i % 13 <> 0 THEN interval '6 seconds' END,
+           at + CASE WHEN i % 4 = 0 THEN interval '2 seconds' ELSE interval '6 seconds' END, at + interval '6 seconds'
     FROM i
 ),
 replies AS (

@@ -47,6 +47,10 @@ def age(h: Harness, table: str, where: str, column: str = "received_at") -> None
     h.settle()
     also = f", stored_at = stored_at - interval '{AGE}'" if table == "status_reports" else ""
     run(fetch(h.url, f"UPDATE {table} SET {column} = {column} - interval '{AGE}'{also} WHERE {where}"))
+    if table == "status_reports":  # where each message's reports are, as if they had come then
+        run(fetch(h.url, "UPDATE message_states m SET reports_from = r.first, reports_until = r.last FROM"
+                         " (SELECT sms_msg_id, min(received_at) AS first, max(received_at) AS last FROM status_reports"
+                         " GROUP BY 1) r WHERE r.sms_msg_id = m.sms_msg_id"))  # fmt: skip
 
 
 def prune(h: Harness, tmp_path: Path, *args: str, check: bool = True):  # type: ignore[no-untyped-def]
@@ -250,12 +254,13 @@ def test_a_report_stored_during_a_prune_keeps_its_message_whole(harness: Harness
         conn = await asyncpg.connect(harness.url)
         try:
             async with conn.transaction():  # what the writer does with a new report
-                await conn.execute(
+                new = await conn.fetch(
                     """INSERT INTO status_reports (application_id, sms_msg_id, status, sequence, total, raw_body,
                            via, received_at, dedupe_key)
-                       SELECT id, 'late', 'DELIVRD', 2, 2, '', 'form', now(), '\\x01' FROM applications"""
+                       SELECT id, 'late', 'DELIVRD', 2, 2, '', 'form', now(), '\\x01' FROM applications
+                       RETURNING sms_msg_id, received_at"""
                 )
-                await correlation_store.refresh_states(conn, ["late"])
+                await correlation_store.refresh_states(conn, ["late"], new)
                 pruning = asyncio.create_task(asyncio.to_thread(cli, "prune", "--older-than", "180d", env=env))
                 waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
                 other = await asyncpg.connect(harness.url)

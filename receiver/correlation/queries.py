@@ -33,9 +33,15 @@ LEFT JOIN sends_after_optout o ON o.sms_msg_id = m.sms_msg_id AND o.source IS NO
 WHERE m.sms_msg_id = $1
 """
 
+# From the days its state says its reports are in (store._REFRESH_STATES), not every day kept.
 _REPORTS = """
 SELECT status, sequence, total, source, status_desc, update_time, extend, "to", org_code, extra, via, received_at
-FROM status_reports WHERE sms_msg_id = $1
+FROM status_reports
+WHERE sms_msg_id = $1
+  AND received_at BETWEEN (SELECT CASE WHEN reports > 0 THEN coalesce(reports_from, '-infinity') END
+                           FROM message_states WHERE sms_msg_id = $1)
+                      AND (SELECT CASE WHEN reports > 0 THEN coalesce(reports_until, 'infinity') END
+                           FROM message_states WHERE sms_msg_id = $1)
 ORDER BY update_time NULLS FIRST, received_at, id
 """
 

@@ -28,12 +28,32 @@ SELECT pg_advisory_xact_lock(7, k)
 FROM (SELECT DISTINCT (hashtext(id) & 255) AS k FROM unnest($1::text[]) AS id ORDER BY 1) AS buckets
 """
 
+# A message's reports are read from the days between its stored bounds (message_states
+# reports_from / reports_until) and the receipt times of the reports stored now ($2, $3): one or
+# two day partitions each, not every day kept. A state from before the bounds existed (reports,
+# no bounds) is read from every day.
 _REFRESH_STATES = """
 WITH ids AS (SELECT DISTINCT unnest($1::text[]) AS sms_msg_id),
+new AS (
+    SELECT sms_msg_id, min(received_at) AS first, max(received_at) AS last
+    FROM unnest($2::text[], $3::timestamptz[]) AS n(sms_msg_id, received_at) GROUP BY sms_msg_id
+),
+bounds AS (
+    SELECT ids.sms_msg_id,
+           CASE WHEN m.reports > 0 AND m.reports_from IS NULL THEN '-infinity'
+                ELSE least(m.reports_from, new.first) END AS lo,
+           CASE WHEN m.reports > 0 AND m.reports_until IS NULL THEN 'infinity'
+                ELSE greatest(m.reports_until, new.last) END AS hi
+    FROM ids LEFT JOIN message_states m USING (sms_msg_id) LEFT JOIN new USING (sms_msg_id)
+),
 r AS (
-    SELECT sms_msg_id, coalesce(sequence, 1) AS part, total, status, update_time,
-           upper(status) = 'DELIVRD' AS ok
-    FROM status_reports WHERE sms_msg_id = ANY($1::text[])
+    SELECT b.sms_msg_id, coalesce(s.sequence, 1) AS part, s.total, s.status, s.update_time, s.received_at,
+           upper(s.status) = 'DELIVRD' AS ok
+    FROM bounds b
+    -- OFFSET 0 keeps the subquery a loop per message (its days pruned at run time), not one
+    -- join the planner would answer with a scan of every day
+    JOIN LATERAL (SELECT * FROM status_reports s
+                  WHERE s.sms_msg_id = b.sms_msg_id AND s.received_at BETWEEN b.lo AND b.hi OFFSET 0) s ON true
 ),
 parts AS (
     SELECT sms_msg_id, part, bool_or(ok) AS delivered, min(update_time) FILTER (WHERE ok) AS delivered_at
@@ -48,7 +68,8 @@ by_part AS (
     FROM parts GROUP BY sms_msg_id
 ),
 by_report AS (
-    SELECT sms_msg_id, count(*) AS n, max(greatest(coalesce(total, 1), part)) AS max_part
+    SELECT sms_msg_id, count(*) AS n, max(greatest(coalesce(total, 1), part)) AS max_part,
+           min(received_at) AS reports_from, max(received_at) AS reports_until
     FROM r GROUP BY sms_msg_id
 ),
 latest AS (
@@ -63,7 +84,7 @@ per_message AS (
            coalesce(bp.failed, 0) AS parts_failed,
            coalesce(br.n, 0) AS reports,
            bp.delivered_at, coalesce(bp.undated, false) AS undated,
-           latest.status AS latest_status
+           latest.status AS latest_status, br.reports_from, br.reports_until
     FROM ids
     LEFT JOIN sent_messages s ON s.sms_msg_id = ids.sms_msg_id
     LEFT JOIN by_report br ON br.sms_msg_id = ids.sms_msg_id
@@ -80,12 +101,12 @@ decided AS (
     WHERE sent OR reports > 0
 )
 INSERT INTO message_states AS m (sms_msg_id, state, status, parts_total, parts_delivered, reports, sent,
-                                 sent_at, delivered_at, latency, updated_at)
+                                 sent_at, delivered_at, latency, updated_at, reports_from, reports_until)
 SELECT sms_msg_id, state, coalesce(latest_status, sent_status), parts_total, parts_delivered, reports, sent,
        create_time,
        CASE WHEN state = 'delivered' AND NOT undated THEN delivered_at END,
        CASE WHEN state = 'delivered' AND NOT undated THEN delivered_at - create_time END,
-       now()
+       now(), reports_from, reports_until
 FROM decided
 ON CONFLICT (sms_msg_id) DO UPDATE SET
     -- past its report window (the sweep's mark, receiver.correlation.sweep) a message the
@@ -94,7 +115,7 @@ ON CONFLICT (sms_msg_id) DO UPDATE SET
     status = EXCLUDED.status, parts_total = EXCLUDED.parts_total,
     parts_delivered = EXCLUDED.parts_delivered, reports = EXCLUDED.reports, sent = EXCLUDED.sent,
     sent_at = EXCLUDED.sent_at, delivered_at = EXCLUDED.delivered_at, latency = EXCLUDED.latency,
-    updated_at = EXCLUDED.updated_at
+    updated_at = EXCLUDED.updated_at, reports_from = EXCLUDED.reports_from, reports_until = EXCLUDED.reports_until
 """
 
 _REGISTER = """
@@ -116,12 +137,18 @@ async def lock_messages(conn: asyncpg.Connection, sms_msg_ids: Iterable[str]) ->
     await conn.execute(_LOCK_MESSAGES, sorted(set(sms_msg_ids)))
 
 
-async def refresh_states(conn: asyncpg.Connection, sms_msg_ids: Iterable[str]) -> None:
+async def refresh_states(
+    conn: asyncpg.Connection, sms_msg_ids: Iterable[str], new_reports: Sequence[asyncpg.Record] = ()
+) -> None:
+    """Recompute the states of these messages from all of their reports; ``new_reports`` (rows
+    with ``sms_msg_id`` and ``received_at``) are those stored in this transaction."""
     ids = sorted(set(sms_msg_ids))
     if not ids:
         return
     await lock_messages(conn, ids)
-    await conn.execute(_REFRESH_STATES, ids)
+    await conn.execute(
+        _REFRESH_STATES, ids, [r["sms_msg_id"] for r in new_reports], [r["received_at"] for r in new_reports]
+    )
 
 
 def after_insert_hook(window: timedelta) -> AfterInsert:
@@ -131,7 +158,7 @@ def after_insert_hook(window: timedelta) -> AfterInsert:
         conn: asyncpg.Connection, new_reports: list[asyncpg.Record], new_uplinks: list[asyncpg.Record]
     ) -> None:
         """States of the messages that got reports, links of the new replies."""
-        await refresh_states(conn, (row["sms_msg_id"] for row in new_reports))
+        await refresh_states(conn, (row["sms_msg_id"] for row in new_reports), new_reports)
         await links.link(conn, [row["id"] for row in new_uplinks], window)
 
     return after_insert
