@@ -9,7 +9,7 @@ connections and with a new connection (``Connection: close``) per request:
 
 * ``receiver``: ``receiver serve`` on a fresh database of an embedded PostgreSQL the benchmark
   starts; its workers answer 2xx once the report is in their fsync'd journal, and its writer
-  process (niceness 10) moves the journals into PostgreSQL;
+  process (niceness 19, SCHED_IDLE) moves the journals into PostgreSQL;
 * ``plain``: the handler a user of Starlette would write, ``await request.form()`` then
   ``Response(status_code=200)``; nothing stored (bench/baselines.py);
 * ``naive``: the same plus one ``INSERT`` per request through an asyncpg pool, then 200.
