@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import unquote
 
 from .errors import ProtocolError
@@ -178,7 +180,64 @@ def _scalar(name: str, value: object) -> str | None:
     raise ProtocolError("invalid_field", {"field": name, "reason": "expected a string"})
 
 
+_CANONICAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+
+
 def _report(fields: Mapping[str, object]) -> StatusReport:
+    """The report the fields make, or the first rule they break (in :data:`RULES`' order)."""
+    return _report_plain(fields) or _report_checked(fields)
+
+
+def _report_plain(fields: Mapping[str, object]) -> StatusReport | None:
+    """The usual report, read in one pass: only known fields, all strings within their limits,
+    digits for the counters, the canonical ``yyyy-MM-ddTHH:mm:ssZ`` time. ``None`` for
+    anything else, which :func:`_report_checked` reads (and says what is wrong). Every
+    acknowledgement and the writer read each report, so the usual case is worth a shortcut;
+    ``tests/test_protocol.py`` holds the two equal."""
+    values: dict[str, str | None] = {}
+    for name, value in fields.items():
+        rule = RULES.get(name)
+        if rule is None or value.__class__ is not str or len(value) > rule.max_len:  # type: ignore[arg-type]
+            return None
+        values[name] = value or None  # type: ignore[assignment]
+    get = values.get
+    sms_msg_id, status, total, sequence = get("smsMsgId"), get("status"), get("total"), get("sequence")
+    if sms_msg_id is None or status is None:
+        return None
+    if total is not None:
+        if not (total.isascii() and total.isdigit()) or (count := int(total)) < 1:
+            return None
+    if sequence is not None:
+        if not (sequence.isascii() and sequence.isdigit()) or (part := int(sequence)) < 1:
+            return None
+        if total is not None and part > count:
+            return None
+    update_time = get("updateTime")
+    when = None
+    if update_time is not None:
+        if not _CANONICAL_TIME.fullmatch(update_time):
+            return None
+        t = update_time
+        try:
+            when = datetime(int(t[:4]), int(t[5:7]), int(t[8:10]), int(t[11:13]), int(t[14:16]), int(t[17:19]), tzinfo=UTC)
+        except ValueError:
+            return None
+    return StatusReport(
+        sms_msg_id=sms_msg_id,
+        status=status,
+        total=None if total is None else count,
+        sequence=None if sequence is None else part,
+        status_desc=get("statusDesc"),
+        source=get("source"),
+        update_time=when,
+        extend=get("extend"),
+        to=number(get("to")),
+        org_code=get("orgCode"),
+        extra={},
+    )
+
+
+def _report_checked(fields: Mapping[str, object]) -> StatusReport:
     known: dict[str, str | None] = {
         name: value if isinstance(value, str) else None for name, value in fields.items() if name in RULES
     }
