@@ -28,7 +28,7 @@ INPUTS = ("pyproject.toml", "constraints.txt")
 
 
 def ensure_venv(with_tests: bool) -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs on whatever python3 is, to say so
         sys.exit(f"receiver needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     digest = hashlib.sha256(b"".join((ROOT / name).read_bytes() for name in INPUTS)).hexdigest()
     have = STAMP.read_text().split() if STAMP.exists() else []

@@ -95,7 +95,7 @@ async def fill(url: str, messages: int) -> None:
 def _time(text: str):  # type: ignore[no-untyped-def]
     from datetime import datetime
 
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return datetime.fromisoformat(text)
 
 
 def percentiles(samples: list[float]) -> tuple[float, float, float]:

@@ -15,10 +15,19 @@ import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from receiver.journal.reader import all_stored
+from receiver.journal.reader import JournalReader
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
+
+
+def all_stored(root: Path) -> bool:
+    """True when the writer has stored every durable record under ``root`` (as its cursors say)."""
+    reader = JournalReader(root)
+    try:
+        return reader.drained()
+    finally:
+        reader.close()
 
 
 def with_database(url: str, name: str) -> str:
@@ -115,6 +124,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Self
 
 
 def free_port() -> int:
@@ -254,7 +264,7 @@ class Load:
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         for thread in self._threads:
             thread.start()
         return self

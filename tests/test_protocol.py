@@ -593,7 +593,7 @@ def test_uplink_unknown_fields_kept_in_extra() -> None:
     [
         "DELIVRD", "SVC6001", "SVC4001", "MK:0036", "SC:0016", "GB:0014", "S:43", "908", "1", "delivrd",
         "RTE_ERR", "E200027", "MA:0001",
-    ],  # fmt: skip
+    ],
 )
 def test_status_is_an_open_string_kept_raw(status: str) -> None:
     assert parse_status_report_form(report_body(status=status)).status == status

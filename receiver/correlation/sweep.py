@@ -1,6 +1,6 @@
 """The clock's part of delivery states: messages whose report window passes become ``unreported``.
 
-A state is a function of the reports, the send and the clock (``state.derive``). Reports and
+A state is a function of the reports, the send and the clock (:mod:`receiver.correlation.state`). Reports and
 sends change it in the transaction that stores them (``store.refresh_states``); the clock moves
 with no event, so :func:`sweep_unreported` applies its part for every message at once: a
 set-based UPDATE of the pending messages whose window has passed (and, should the window have
