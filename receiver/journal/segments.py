@@ -72,9 +72,6 @@ class JournalDir:
             return None
         return cls(path, fd)
 
-    def segment_paths(self) -> list[Path]:
-        return sorted(self.path.glob(f"*{SUFFIX}"))
-
     def remove(self) -> None:
         """Delete the folder (every segment must be drained) and release the lock."""
         for path in self.path.iterdir():
