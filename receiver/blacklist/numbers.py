@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Literal, cast
 from urllib.parse import unquote
 
 import phonenumbers
@@ -56,14 +57,15 @@ def many_to_e164(raws: list[object], default_region: str = "CN") -> list[str | N
     """:func:`to_e164` for a list: what a check of 500 numbers calls. When every item is already
     a possible E.164 number (what senders send), one match over them all says so."""
     if raws and all(type(raw) is str for raw in raws):
-        joined = ",".join(raws)  # type: ignore[arg-type]
-        if joined.count(",") == len(raws) - 1:
+        texts = cast("list[str]", raws)
+        joined = ",".join(texts)
+        if joined.count(",") == len(texts) - 1:
             if _possible_e164_list().fullmatch(joined):
-                return list(raws)  # type: ignore[arg-type]
+                return list(texts)
             plain = _plain_digits_list(default_region)
             if plain is not None and plain[1].fullmatch(joined):
                 code = plain[0]  # each item matched with the code in front, or (not starting with it) without
-                return ["+" + raw if raw.startswith(code) else f"+{code}{raw}" for raw in raws]  # type: ignore[union-attr]
+                return ["+" + raw if raw.startswith(code) else f"+{code}{raw}" for raw in texts]
     fast = _possible_e164().fullmatch
     return [raw if type(raw) is str and fast(raw) else to_e164(raw, default_region) for raw in raws]
 
@@ -89,7 +91,7 @@ def _plus_verdict(text: str) -> bool | None:
     return None
 
 
-def _national(digits: str, region: str) -> str | bool | None:
+def _national(digits: str, region: str) -> str | Literal[False] | None:
     """What ``parse(digits, region)`` gives when it is a possible number (E.164), ``False`` when it is
     sure that is no possible number, ``None`` when not sure (the long way decides)."""
     rules = _region_rules(region)
@@ -118,14 +120,18 @@ def _region_rules(
     national prefix for parsing, the possible national lengths, and the lengths ``parse`` deems
     too long (so that it drops a leading country code)."""
     metadata = PhoneMetadata.metadata_for_region(region)
-    if metadata is None or phonenumbers.region_code_for_country_code(metadata.country_code) != region:
+    if (
+        metadata is None
+        or metadata.country_code is None
+        or phonenumbers.region_code_for_country_code(metadata.country_code) != region
+    ):
         return None
     code = str(metadata.country_code)
     if code not in _countries():
         return None
     _, prefix, lengths = _countries()[code]
     general = metadata.general_desc
-    if not general.possible_length:
+    if general is None or not general.possible_length:
         return None
     longest, local = max(general.possible_length), set(general.possible_length_local_only)
     too_long = frozenset(n for n in range(longest + 1, 40) if n not in local)

