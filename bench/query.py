@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import statistics
-import sys
 import time
 
 import asyncpg
@@ -194,4 +193,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -17,6 +17,7 @@ many regions.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Literal, cast
 from urllib.parse import unquote
@@ -53,11 +54,11 @@ def to_e164(raw: object, default_region: str = "CN") -> str | None:
     return e164(text, default_region)
 
 
-def many_to_e164(raws: list[object], default_region: str = "CN") -> list[str | None]:
+def many_to_e164(raws: Sequence[object], default_region: str = "CN") -> list[str | None]:
     """:func:`to_e164` for a list: what a check of 500 numbers calls. When every item is already
     a possible E.164 number (what senders send), one match over them all says so."""
     if raws and all(type(raw) is str for raw in raws):
-        texts = cast("list[str]", raws)
+        texts = cast("Sequence[str]", raws)
         joined = ",".join(texts)
         if joined.count(",") == len(texts) - 1:
             if _possible_e164_list().fullmatch(joined):
