@@ -59,7 +59,7 @@ def refused(parse: Any, body: bytes) -> ProtocolError:
 def field_of(error: ProtocolError) -> object:
     """The field an error names."""
     assert isinstance(error.detail, dict), error.detail
-    return field_of(error)
+    return error.detail["field"]
 
 
 def report_body(**fields: str | None) -> bytes:
