@@ -15,7 +15,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -151,7 +151,7 @@ async def trim_quarantine(conn: asyncpg.Connection, max_rows: int) -> int:
     return int(status.split()[-1])
 
 
-def _columns(rows: object) -> list[list[object]]:
+def _columns(rows: Iterable[Iterable[object]]) -> list[list[object]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from support import all_stored
 
 from receiver.journal import Journal, JournalFull, JournalReader, JournalUnavailable, frames
-from receiver.journal.reader import WRITER_LOCK, all_stored
+from receiver.journal.reader import WRITER_LOCK
 from receiver.journal.segments import CURSOR_FILE, SUFFIX, JournalDir, read_cursor
 
 REPO = Path(__file__).resolve().parents[1]
