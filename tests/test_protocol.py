@@ -1171,15 +1171,18 @@ def test_decode_form_reads_as_parse_qsl_does(text: str) -> None:
     assert got == expected
 
 
+USUAL_VALUES = ["", "0", "1", "7", "99", "١", "2018-04-13T06:31:46Z", "2018-02-30T06:31:46Z",
+                "2018-04-13T24:00:00Z", "2018-04-13 06:31:46Z", "+8613900000000", " 8613900000000"]  # fmt: skip
+
+
 @NO_DB
 @given(
     st.dictionaries(
         st.one_of(st.sampled_from(KNOWN_NAMES), st.text(max_size=8)),
         st.one_of(
             field_values,
-            st.sampled_from(["", "0", "1", "7", "99", "١", "2018-04-13T06:31:46Z", "2018-02-30T06:31:46Z",
-                             "2018-04-13T24:00:00Z", "2018-04-13 06:31:46Z", "+8613900000000", " 8613900000000"]),
-        ),  # fmt: skip
+            st.sampled_from(USUAL_VALUES),
+        ),
         max_size=12,
     )
 )

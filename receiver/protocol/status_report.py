@@ -197,21 +197,16 @@ def _report_plain(fields: Mapping[str, object]) -> StatusReport | None:
     values: dict[str, str | None] = {}
     for name, value in fields.items():
         rule = RULES.get(name)
-        if rule is None or value.__class__ is not str or len(value) > rule.max_len:  # type: ignore[arg-type]
+        if rule is None or not isinstance(value, str) or len(value) > rule.max_len:
             return None
-        values[name] = value or None  # type: ignore[assignment]
+        values[name] = value or None
     get = values.get
-    sms_msg_id, status, total, sequence = get("smsMsgId"), get("status"), get("total"), get("sequence")
-    if sms_msg_id is None or status is None:
+    sms_msg_id, status = get("smsMsgId"), get("status")
+    total, sequence = _counter(get("total")), _counter(get("sequence"))
+    if sms_msg_id is None or status is None or total == 0 or sequence == 0:
         return None
-    if total is not None:
-        if not (total.isascii() and total.isdigit()) or (count := int(total)) < 1:
-            return None
-    if sequence is not None:
-        if not (sequence.isascii() and sequence.isdigit()) or (part := int(sequence)) < 1:
-            return None
-        if total is not None and part > count:
-            return None
+    if total is not None and sequence is not None and sequence > total:
+        return None
     update_time = get("updateTime")
     when = None
     if update_time is not None:
@@ -225,8 +220,8 @@ def _report_plain(fields: Mapping[str, object]) -> StatusReport | None:
     return StatusReport(
         sms_msg_id=sms_msg_id,
         status=status,
-        total=None if total is None else count,
-        sequence=None if sequence is None else part,
+        total=total,
+        sequence=sequence,
         status_desc=get("statusDesc"),
         source=get("source"),
         update_time=when,
@@ -235,6 +230,13 @@ def _report_plain(fields: Mapping[str, object]) -> StatusReport | None:
         org_code=get("orgCode"),
         extra={},
     )
+
+
+def _counter(value: str | None) -> int | None:
+    """``total`` or ``sequence``; 0 for anything but a positive integer."""
+    if value is None:
+        return None
+    return int(value) if value.isascii() and value.isdigit() else 0
 
 
 def _report_checked(fields: Mapping[str, object]) -> StatusReport:
