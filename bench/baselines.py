@@ -95,15 +95,14 @@ async def create_naive_schema(dsn: str) -> None:
 def serve(app: str, *, host: str, port: int, workers: int, tls_cert: str | None, tls_key: str | None) -> None:
     """uvicorn configured as :func:`receiver.server.run` configures it, minus the writer process."""
     import uvicorn
-    from uvicorn.supervisors.multiprocess import Multiprocess
 
-    from receiver import server
+    from receiver import server, uvicorn_adapter
     from receiver.config import Settings
 
     settings = Settings(host=host, port=port, workers=workers)
     config = server.uvicorn_config(settings, f"bench.baselines:{app}_app", tls_cert=tls_cert, tls_key=tls_key)
     if config.workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        uvicorn_adapter.Supervisor(config, sockets=[config.bind_socket()]).run()
     else:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         uvicorn.Server(config).run()

@@ -9,7 +9,7 @@ connections and with a new connection (``Connection: close``) per request:
 
 * ``receiver``: ``receiver serve`` on a fresh database of an embedded PostgreSQL the benchmark
   starts; its workers answer 2xx once the report is in their fsync'd journal, and its writer
-  process (niceness 10) moves the journals into PostgreSQL;
+  process (niceness 19, SCHED_IDLE) moves the journals into PostgreSQL;
 * ``plain``: the handler a user of Starlette would write, ``await request.form()`` then
   ``Response(status_code=200)``; nothing stored (bench/baselines.py);
 * ``naive``: the same plus one ``INSERT`` per request through an asyncpg pool, then 200.
@@ -771,10 +771,10 @@ class Bench:
             ),
             "",
             (
-                "| transport | connections | server | req/s | p50 ms | p99 ms | errors | workers CPU | writer CPU "
+                "| transport | connections | server | req/s | p50 ms | p99 ms | errors | workers CPU | workers µs/req | writer CPU "
                 "| PostgreSQL CPU | wrk CPU | limited by | stored by end of load | writer catch-up s |"
             ),
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
         ]
         for transport, mode in self.combos():
             for server in a.servers:
@@ -794,17 +794,20 @@ class Bench:
                 db = (
                     f"{self.median('db_cpu', transport, mode, server) or 0:.2f}" if server != "plain" else "-"
                 )
+                rate, cpu = self.median("rate", transport, mode, server), self.median("server_cpu", transport, mode, server)
+                per_request = f"{cpu / rate * 1e6:.0f}" if rate and cpu is not None else "-"
                 lines.append(
-                    f"| {TRANSPORTS[transport]} | {MODES[mode]} | {LABELS[server]} | {self.median('rate', transport, mode, server):,.0f} "
+                    f"| {TRANSPORTS[transport]} | {MODES[mode]} | {LABELS[server]} | {rate:,.0f} "
                     f"| {self.median('p50_ms', transport, mode, server):.2f} | {self.median('p99_ms', transport, mode, server):.2f} "
-                    f"| {errors} | {self.median('server_cpu', transport, mode, server):.2f} | {writer} | {db} "
+                    f"| {errors} | {cpu:.2f} | {per_request} | {writer} | {db} "
                     f"| {self.median('client_cpu', transport, mode, server):.2f} | {self.limit(transport, mode, server)} "
                     f"| {stored_text} | {'-' if drain is None else f'{drain:.1f}'} |"
                 )
         lines += [
             "",
             (
-                "CPU columns: cores used on average during the round. The receiver's writer process and PostgreSQL "
+                "CPU columns: cores used on average during the round (workers µs/req: the HTTP workers' CPU per "
+                "request). The receiver's writer process and PostgreSQL "
                 "(every process of it, the writer's backend included) are counted apart from the HTTP workers."
             ),
             "",

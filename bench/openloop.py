@@ -151,7 +151,9 @@ async def run(
                     ),
                     TIMEOUT,
                 )
-            status = await asyncio.wait_for(exchange.send(request), TIMEOUT)
+            assert exchange is not None
+            connected = exchange
+            status = await asyncio.wait_for(connected.send(request), TIMEOUT)
         except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as error:
             statuses[type(error).__name__] = statuses.get(type(error).__name__, 0) + 1
             unacked.append(i)
@@ -165,10 +167,10 @@ async def run(
         if not 200 <= status < 300:
             unacked.append(i)
         if close:
-            if exchange.transport is not None:
-                exchange.transport.close()
+            if connected.transport is not None:
+                connected.transport.close()
         else:
-            release(exchange)
+            release(connected)
 
     start = time.perf_counter() + 0.05
     i = 0

@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import statistics
-import sys
 import time
 
 import asyncpg
@@ -95,7 +94,7 @@ async def fill(url: str, messages: int) -> None:
 def _time(text: str):  # type: ignore[no-untyped-def]
     from datetime import datetime
 
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return datetime.fromisoformat(text)
 
 
 def percentiles(samples: list[float]) -> tuple[float, float, float]:
@@ -194,4 +193,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -234,7 +234,12 @@ class Stages:
         )  # fmt: skip
         raw_fd = os.open(self.base / "fdatasync-probe", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         record = records.accepted(Kind.STATUS_REPORT, 1, time.time(), body(0))
-        raw = self.sync_cpu(lambda i: (os.write(raw_fd, record), os.fdatasync(raw_fd)), alone)
+
+        def write_and_sync(i: int) -> None:
+            os.write(raw_fd, record)
+            os.fdatasync(raw_fd)
+
+        raw = self.sync_cpu(write_and_sync, alone)
         os.close(raw_fd)
         self.add(
             section, "fsync", "for scale: one `os.write` + `os.fdatasync` of a record, on the calling thread", raw,
@@ -266,8 +271,8 @@ class Stages:
                 "    within that: `decode_form` (the form itself)",
                 self.sync_cpu(lambda i: decode_form(body(i)), n),
             )
-        record = self.sync_cpu(lambda i: records.accepted(Kind.STATUS_REPORT, 1, time.time(), body(i)), n)
-        self.add(section, "record", "  within it: `records.accepted` (envelope)", record)
+        envelope = self.sync_cpu(lambda i: records.accepted(Kind.STATUS_REPORT, 1, time.time(), body(i)), n)
+        self.add(section, "record", "  within it: `records.accepted` (envelope)", envelope)
         flushes[0] = 0
         payload = records.accepted(Kind.STATUS_REPORT, 1, time.time(), body(0))
         append = self.async_cpu(lambda i: journal.append(payload), n, c, lambda: None)

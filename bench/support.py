@@ -12,6 +12,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 
 def world_readable_tmpdir(prefix: str) -> Path:
@@ -57,7 +58,7 @@ class ServeProcess:
         self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> ServeProcess:
+    def __enter__(self) -> Self:
         argv = [sys.executable, "-m", "receiver", "serve", "--port", str(self.port), "--workers", str(self.workers)]
         self.proc = subprocess.Popen(argv, env=self.env, stdout=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 60

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import asyncpg
 
+from . import db
 from .correlation import links
 from .netaddr import MAX_SOURCES, IPNetwork, parse_network
 
@@ -215,7 +216,7 @@ class Registry:
     def __len__(self) -> int:
         return len(self._apps)
 
-    async def load(self, conn: asyncpg.Connection) -> None:
+    async def load(self, conn: db.Connection) -> None:
         rows = await conn.fetch("SELECT id, name, token_hash, allowed_sources FROM applications")
         keys: dict[int, list[tuple[str, str]]] = {}
         for k in await conn.fetch("SELECT application_id, access_key, secret_key FROM push_keys ORDER BY slot"):

@@ -9,9 +9,10 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -28,6 +29,7 @@ from .db import embedded, migrate
 from .simulate import command as simulate
 
 log = structlog.get_logger("receiver")
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -350,12 +352,14 @@ def cmd_app_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _blacklist(args: argparse.Namespace, work):  # type: ignore[no-untyped-def]
+def _blacklist(
+    args: argparse.Namespace, work: Callable[[asyncpg.Connection, blacklist_store.Config], Awaitable[T]]
+) -> T:
     """Run ``work(conn, config)`` in one transaction on the migrated database; return its result."""
     settings = _settings(args)
     logs.configure(settings.log_level, settings.log_format)  # log lines to stderr, never into the output
 
-    async def go(url: str):  # type: ignore[no-untyped-def]
+    async def go(url: str) -> T:
         await _migrate(url)
         conn = await _connect(url)
         try:
@@ -585,6 +589,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _tls_files(args: argparse.Namespace, settings: Settings) -> tuple[str | None, str | None]:
     """The certificate and key to serve with (absolute paths), checked before anything starts."""
+    key: Path | None
     if args.tls_self_signed:
         public_host = urlsplit(settings.public_url).hostname if settings.public_url else None
         cert, key = tls.self_signed(settings.data_dir / "tls", [settings.host, *([public_host] if public_host else [])])

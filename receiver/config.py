@@ -31,6 +31,11 @@ class Settings(BaseSettings):
         description="where a worker fdatasyncs its journal: auto (on the event loop for a lone record, on"
         " the journal thread for a group), thread, or loop",
     )
+    journal_group_window_seconds: float = Field(
+        default=0.001, ge=0, le=0.05,
+        description="while callbacks come faster than one per this time, a record waits up to this long"
+        " for others to share its fdatasync (0: never waits)",
+    )  # fmt: skip
     writer_batch_size: int = 1000
     writer_interval_seconds: float = Field(
         default=0.1, ge=0, le=5, description="during bursts, store at most this often (larger batches)"
@@ -46,6 +51,11 @@ class Settings(BaseSettings):
         description="the writer process's CPU niceness (and its local PostgreSQL backend's): under"
         " saturation acknowledgements come first, the journal absorbs the burst",
     )  # fmt: skip
+    writer_sched_idle: bool = Field(
+        default=True,
+        description="Linux: the writer process (and its local PostgreSQL backend) also run in the SCHED_IDLE"
+        " class, on CPU time nothing else wants",
+    )
 
     max_body_bytes: int = Field(default=256 << 10, ge=1024, le=512 << 10, description="larger bodies get 413")
     client_timeout_seconds: float = Field(

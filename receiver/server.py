@@ -8,17 +8,12 @@ import signal
 import sys
 
 import asyncpg
-import structlog
 import uvicorn
-from uvicorn.config import STARTUP_FAILURE
-from uvicorn.supervisors.multiprocess import Multiprocess
 
-from . import applications, tls, writer_process
+from . import applications, tls, uvicorn_adapter, writer_process
 from .config import Settings
 
 APP = "receiver.http.app:create_app"
-HTTP = "receiver.http.connection:GuardedHttpToolsProtocol"  # httptools, with deadlines for slow clients
-log = structlog.get_logger("receiver")
 
 
 async def announce(settings: Settings, *, tls: bool) -> None:
@@ -57,7 +52,6 @@ def uvicorn_config(
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http=HTTP,
         ws="none",  # no WebSocket routes: an Upgrade is an ordinary request
         lifespan="on",
         access_log=False,
@@ -69,9 +63,8 @@ def uvicorn_config(
         ssl_keyfile=tls_key,
         ssl_context_factory=tls.context_factory if tls_cert else None,
     )
-    config.client_timeout = settings.client_timeout_seconds  # type: ignore[attr-defined]  # read by HTTP
     _raise_open_files_limit()
-    return config
+    return uvicorn_adapter.configure(config, client_timeout=settings.client_timeout_seconds)
 
 
 def run(settings: Settings, *, tls_cert: str | None = None, tls_key: str | None = None) -> None:
@@ -85,7 +78,7 @@ def run(settings: Settings, *, tls_cert: str | None = None, tls_key: str | None 
     writer.start()
     try:
         if config.workers > 1:
-            _Supervisor(config, sockets=[config.bind_socket()]).run()
+            uvicorn_adapter.Supervisor(config, sockets=[config.bind_socket()]).run()
         else:
             if not tls_cert:
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nothing to reload
@@ -95,7 +88,7 @@ def run(settings: Settings, *, tls_cert: str | None = None, tls_key: str | None 
     finally:
         writer.stop()  # after the workers: it stores what they acknowledged last
     if config.workers == 1 and not server.started:
-        sys.exit(STARTUP_FAILURE)
+        sys.exit(uvicorn_adapter.STARTUP_FAILURE)
 
 
 def _raise_open_files_limit() -> None:
@@ -109,17 +102,3 @@ def _raise_open_files_limit() -> None:
         if soft != resource.RLIM_INFINITY and soft < target:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
-
-class _Supervisor(Multiprocess):
-    """uvicorn's worker supervisor; SIGHUP is passed on to the workers, which reload their TLS
-    certificate in place: no worker restarts, no connection is closed. A worker that gets it
-    before it has set up TLS dies of it and is replaced at once, having accepted nothing yet."""
-
-    def handle_hup(self) -> None:
-        log.info("serve.sighup", tls=self.config.is_ssl, workers=len(self.processes))
-        if not self.config.is_ssl:
-            return  # nothing to reload
-        for process in self.processes:
-            if process.pid is not None and process.exitcode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGHUP)

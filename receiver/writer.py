@@ -201,7 +201,7 @@ def _span(times: Iterable[datetime]) -> tuple[datetime, datetime, timedelta]:
     return min(received) - REPEAT_WINDOW, max(received) + REPEAT_WINDOW, REPEAT_WINDOW
 
 
-def _columns(rows: object) -> list[list[object]]:
+def _columns(rows: Iterable[Iterable[object]]) -> list[list[object]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 

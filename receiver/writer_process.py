@@ -54,7 +54,7 @@ def hooks(settings: Settings) -> Sequence[AfterInsert]:
     )
 
 
-def connector(dsn: str, nice: int = 0) -> Connect:
+def connector(dsn: str, nice: int = 0, sched_idle: bool = False) -> Connect:
     """The writer's connection; the first one also applies migrations still missing (the
     service may have started while PostgreSQL was away). With ``nice``, the PostgreSQL backend
     that serves it runs at the writer's priority too, when it is on this machine and ours to
@@ -67,19 +67,36 @@ def connector(dsn: str, nice: int = 0) -> Connect:
         if not migrated:
             await migrate.apply(conn)
             migrated.append(True)
-        if nice:
-            _renice_backend(await conn.fetchval("SELECT pg_backend_pid()"), nice)
+        if nice or sched_idle:
+            _lower_backend(await conn.fetchval("SELECT pg_backend_pid()"), nice, sched_idle)
         return conn
 
     return connect
 
 
-def _renice_backend(pid: int, nice: int) -> None:
+def _lower_backend(pid: int, nice: int, sched_idle: bool) -> None:
     """Lower a local backend's priority to ours; silently nothing when it is not ours to change
     (another machine's pid, another user's process)."""
+    if not _is_postgres(pid):
+        return
     with contextlib.suppress(OSError):
-        if os.getpriority(os.PRIO_PROCESS, pid) < nice and _is_postgres(pid):
+        if os.getpriority(os.PRIO_PROCESS, pid) < nice:
             os.setpriority(os.PRIO_PROCESS, pid, nice)
+    if sched_idle:
+        lower_to_idle(pid)
+
+
+def lower_to_idle(pid: int = 0) -> bool:
+    """Put a process (0: this one) in Linux's SCHED_IDLE class: it runs only when no other
+    process wants the CPU, and a waking worker takes the CPU from it at once. False where the
+    system has no such class or refuses."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return False
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except OSError:
+        return False
+    return True
 
 
 def _is_postgres(pid: int) -> bool:
@@ -96,7 +113,7 @@ def build(settings: Settings, *, idle_poll: float = 1.0, process: bool = False) 
     path = settings.journal_path / STATUS_FILE
     return Writer(
         JournalReader(settings.journal_path),
-        connector(settings.database_url, settings.writer_nice if process else 0),
+        connector(settings.database_url, settings.writer_nice if process else 0, process and settings.writer_sched_idle),
         batch_size=settings.writer_batch_size,
         interval=settings.writer_interval_seconds,
         quarantine_max_rows=settings.quarantine_max_rows,
@@ -150,6 +167,8 @@ def main() -> int:
     logs.configure(settings.log_level, settings.log_format)
     with contextlib.suppress(OSError):
         os.nice(settings.writer_nice)
+    if settings.writer_sched_idle:
+        lower_to_idle()  # before any thread starts: threads inherit it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the supervisor, which says when
     asyncio.run(_run(settings))
     return 0

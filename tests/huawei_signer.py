@@ -16,7 +16,7 @@ from huaweicloudsdkcore.sdk_request import SdkRequest
 from huaweicloudsdkcore.signer.signer import Signer
 
 
-class PlatformSigner(Signer):
+class PlatformSigner(Signer):  # type: ignore[misc]  # Huawei's SDK has no types: Signer is Any
     """Huawei's ``Signer`` as the push side uses it: the body is always hashed."""
 
     @classmethod

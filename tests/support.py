@@ -7,18 +7,30 @@ import contextlib
 import functools
 import tempfile
 import time as _time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import httpx2 as httpx
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from receiver.journal.reader import all_stored
+from receiver.journal.reader import JournalReader
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
+T = TypeVar("T")
+
+
+def all_stored(root: Path) -> bool:
+    """True when the writer has stored every durable record under ``root`` (as its cursors say)."""
+    reader = JournalReader(root)
+    try:
+        return reader.drained()
+    finally:
+        reader.close()
 
 
 def with_database(url: str, name: str) -> str:
@@ -33,7 +45,7 @@ def world_readable_tmpdir(prefix: str) -> Path:
     return path
 
 
-def run(coro):  # type: ignore[no-untyped-def]
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
@@ -43,13 +55,15 @@ class Harness:
     def __init__(self, client: TestClient, token: str, url: str, api_key: str) -> None:
         self.client, self.token, self.url, self.api_key = client, token, url, api_key
 
-    def api(self, method: str, path: str, **kwargs):  # type: ignore[no-untyped-def]
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """A /v1 call with the harness's API key (after the journal has reached PostgreSQL)."""
         self.settle()
         headers = {"Authorization": f"Bearer {self.api_key}", **kwargs.pop("headers", {})}
         return self.client.request(method, path, headers=headers, **kwargs)
 
-    def post(self, endpoint: str, body: str | bytes, content_type: str = FORM, token: str | None = None):  # type: ignore[no-untyped-def]
+    def post(
+        self, endpoint: str, body: str | bytes, content_type: str = FORM, token: str | None = None
+    ) -> httpx.Response:
         return self.client.post(
             f"/callbacks/{token or self.token}/{endpoint}",
             content=body.encode() if isinstance(body, str) else body,
@@ -66,10 +80,11 @@ class Harness:
             _time.sleep(0.01)
         mirror = state.blacklist_mirror
         if mirror is not None and mirror.loaded:
+            assert self.client.portal is not None, "the client is not started"
             synced = self.client.portal.call(functools.partial(mirror.sync, timeout=10))
             assert synced or not mirror.loaded, "the blacklist mirror did not catch up"  # not loaded: PostgreSQL answers
 
-    def rows(self, sql: str) -> list[tuple[object, ...]]:
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
         self.settle()
         return [tuple(r.values()) for r in run(fetch(self.url, sql))]
 
@@ -115,6 +130,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Self
 
 
 def free_port() -> int:
@@ -254,7 +270,7 @@ class Load:
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         for thread in self._threads:
             thread.start()
         return self
@@ -290,7 +306,8 @@ class Load:
 
 
 def create_app_token(env: dict[str, str], name: str = "load") -> dict[str, str]:
-    return json.loads(cli("app", "create", name, "--json", env=env).stdout)
+    created: dict[str, str] = json.loads(cli("app", "create", name, "--json", env=env).stdout)
+    return created
 
 
 def wait_for(predicate, timeout: float = 60, interval: float = 0.2):  # type: ignore[no-untyped-def]
@@ -327,7 +344,7 @@ class OwnPostgres:
         self.server.stop()
 
     def start(self) -> None:
-        self.server._server.start()  # type: ignore[attr-defined]
+        self.server._server.start()
 
 
 @contextlib.contextmanager

@@ -162,7 +162,7 @@ def test_log_line_shows_the_client_and_the_proxy(db_url: str, tmp_path: Path) ->
         garbage = h.push("status-report", REPORT, peer=PROXY, xff=["<script>"])
     lines = {e["request_id"]: e for e in entries if e.get("event") == "callback"}
     assert (ok.status_code, garbage.status_code) == (200, 403)
-    assert lines[ok.headers["x-request-id"]] | {"client": INSIDE, "peer": PROXY} == lines[ok.headers["x-request-id"]]
+    assert {**lines[ok.headers["x-request-id"]], "client": INSIDE, "peer": PROXY} == lines[ok.headers["x-request-id"]]
     line = lines[garbage.headers["x-request-id"]]
     assert line["client"] == "unknown" and line["peer"] == PROXY and "<script>" not in repr(entries)
     assert garbage.json() == {"error": "source_not_allowed", "detail": {"source": None}}
@@ -178,7 +178,7 @@ def test_a_change_by_the_cli_reaches_a_running_service(shop: Sourced, tmp_path: 
 
     def answers() -> tuple[int, int]:
         time.sleep(0.25)  # older than max_age: the next push starts a refresh
-        return tuple(shop.push("status-report", REPORT, peer=p).status_code for p in (OUTSIDE, INSIDE))  # type: ignore[return-value]
+        return tuple(shop.push("status-report", REPORT, peer=p).status_code for p in (OUTSIDE, INSIDE))
 
     assert wait_for(lambda: answers() == (200, 403), timeout=10), "the new list did not arrive"
     assert "any source" in cli("app", "allow-sources", "shop", "--any", env=env).stdout

@@ -293,9 +293,11 @@ def test_scope_all_blocks_every_channel(harness: Harness) -> None:
 
 def test_every_blacklist_route_needs_an_api_key(harness: Harness) -> None:
     client = harness.client
-    for method, path, body in [("GET", f"/v1/blacklist/{N1}", None), ("POST", "/v1/blacklist/check", {"numbers": []}),
-                               ("PUT", f"/v1/blacklist/{N1}", {"reason": "x"}),
-                               ("DELETE", f"/v1/blacklist/{N1}?reason=x", None)]:  # fmt: skip
+    routes: list[tuple[str, str, dict[str, object] | None]] = [
+        ("GET", f"/v1/blacklist/{N1}", None), ("POST", "/v1/blacklist/check", {"numbers": []}),
+        ("PUT", f"/v1/blacklist/{N1}", {"reason": "x"}), ("DELETE", f"/v1/blacklist/{N1}?reason=x", None),
+    ]  # fmt: skip
+    for method, path, body in routes:
         for headers in ({}, {"Authorization": "Bearer rcv_wrong"}, {"Authorization": "Basic abc"}):
             response = client.request(method, path, json=body, headers=headers)
             assert response.status_code == 401, (method, headers)

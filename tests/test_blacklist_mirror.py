@@ -316,7 +316,8 @@ def test_the_check_answers_from_memory_and_sees_changes_by_hand_at_once(harness:
             "/v1/blacklist/check", json={"numbers": list(numbers)}, headers=headers
         )
         assert response.status_code == 200
-        return response.json()["blacklisted"]
+        blacklisted: list[str] = response.json()["blacklisted"]
+        return blacklisted
 
     assert check(N1, N2) == []  # the first check starts the mirror; PostgreSQL answers it
     assert wait_live(mirror)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import phonenumbers
 import pytest
 from hypothesis import example, given, settings
@@ -51,6 +53,13 @@ def test_masked_for_logs() -> None:
 
 
 CODES = sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+
+
+def mobile_example(region: str) -> tuple[str, str]:
+    """The region's example mobile number: (national number, country code)."""
+    number = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
+    assert number is not None, region
+    return str(number.national_number), str(number.country_code)
 
 
 @st.composite
@@ -117,8 +126,7 @@ def plain_digit_lists(draw: st.DrawFn) -> tuple[str, list[str]]:
     """A region and a list of its numbers: mostly well-formed ones (so that the one-match way is
     tried), with some of any shape among them (so that it must say no to each of those)."""
     region = draw(st.sampled_from(REGIONS))
-    example = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
-    national, code = str(example.national_number), str(example.country_code)
+    national, code = mobile_example(region)
     good = st.sampled_from([national, code + national])
     other = plain_digits(region).map(lambda case: case[0])
     return region, draw(st.lists(st.one_of(good, good, other), min_size=1, max_size=8))
@@ -136,14 +144,18 @@ def test_a_list_of_plain_digits_is_read_as_each_number_alone(case: tuple[str, li
 @pytest.mark.parametrize("region", REGIONS)
 def test_a_list_of_national_numbers_takes_one_match(region: str) -> None:
     """500 numbers of the region, half with its code in front: read as each alone, by one match over the list."""
-    example = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
-    national, code = str(example.national_number), str(example.country_code)
+    national, code = mobile_example(region)
     raws = [national if i % 2 else code + national for i in range(500)]
     expected = [to_e164(raw, region) for raw in raws]
     original = numbers_module._national
     sure = all(isinstance(original(raw, region), str) for raw in raws)  # each alone takes the shortcut
     calls: list[str] = []
-    numbers_module._national = lambda digits, r: calls.append(digits) or original(digits, r)  # type: ignore[assignment]
+
+    def counting(digits: str, region: str) -> str | Literal[False] | None:
+        calls.append(digits)
+        return original(digits, region)
+
+    numbers_module._national = counting
     try:
         assert many_to_e164(raws, region) == expected
     finally:

@@ -72,8 +72,8 @@ UPLINK_CASES = [
     ("api example", UPLINK_API, (
         "9692b5be-c427-4525-8e73-cf4a6ac5b3f7", "+86155****5172", "201804131431201234", "********")),
     ("old demo", UPLINK_OLD, ("9692b5be-c427-4525-8e73-cf4a6ac5b3f7", "+8615123456789", "10691002019", "********")),
-    ("chinese reply", "from=%2B8615123456789&to=10691002019&smsMsgId=u_1&body="
-     "%E9%80%80%E8%AE%A2%EF%BC%8C%E8%B0%A2%E8%B0%A2",
+    ("chinese reply", ("from=%2B8615123456789&to=10691002019&smsMsgId=u_1&body="
+                       "%E9%80%80%E8%AE%A2%EF%BC%8C%E8%B0%A2%E8%B0%A2"),
      ("u_1", "+8615123456789", "10691002019", "退订，谢谢")),
 ]  # fmt: skip
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import asyncpg
+import grafana_panels as panels
 import pytest
 from support import Harness, run
 
-from dashboards import demo, render
 from receiver.blacklist import store as blacklist_store
 from receiver.config import Settings
 from receiver.correlation import sweep
@@ -46,7 +46,7 @@ def sends(harness: Harness) -> None:
 
 
 async def _date_and_sweep(url: str) -> None:
-    """What HTTP cannot carry (as the demo does it): the replies received when they were written;
+    """What HTTP cannot carry: the replies received when they were written;
     then the clock's part: the 2024 sends still pending are long past their report window."""
     conn = await asyncpg.connect(url)
     try:
@@ -173,11 +173,11 @@ def test_bucket_filters_use_the_hour_indexes(harness: Harness) -> None:
 
 
 def test_every_grafana_panel_query_runs_on_the_views(harness: Harness) -> None:
-    """The renderer's own expansion and execution of the dashboard's panel queries (the
-    picture is drawn from exactly these), read the way Grafana reads them."""
+    """The dashboard's panel queries, expanded and run as Grafana runs them, read the way Grafana
+    reads them."""
     sends(harness)
-    dashboard = render.load()
-    data = run(render.query(harness.url, dashboard, HOUR_1, datetime.now(UTC) + timedelta(hours=1)))
+    dashboard = panels.load()
+    data = run(panels.query(harness.url, dashboard, HOUR_1, datetime.now(UTC) + timedelta(hours=1)))
     assert len(data) == len(dashboard["panels"]) >= 8
     by_title = {(d.panel["type"], d.panel["title"]): d for d in data}
     assert all(d.frames and d.frames[0].rows for d in data), [
@@ -185,114 +185,59 @@ def test_every_grafana_panel_query_runs_on_the_views(harness: Harness) -> None:
     ]
     assert "$" not in "".join(f.sql for d in data for f in d.frames)
 
-    assert render.stat_values(by_title["stat", "Delivery rate"].frames) == [
-        ("delivery rate", pytest.approx(3 / 8))
-    ]
-    counts = render.stat_values(by_title["stat", "Sent / delivered / failed / pending / unreported"].frames)
+    [(name, rate)] = panels.stat_values(by_title["stat", "Delivery rate"].frames)
+    assert name == "delivery rate" and rate is not None and math.isclose(rate, 3 / 8)
+    counts = panels.stat_values(by_title["stat", "Sent / delivered / failed / pending / unreported"].frames)
     assert counts == [("sent", 8), ("delivered", 3), ("failed", 2), ("pending", 0), ("unreported", 3)]
-    outcome = render.series(by_title["timeseries", "Messages by outcome (per hour sent)"].frames[0])
+    outcome = panels.series(by_title["timeseries", "Messages by outcome (per hour sent)"].frames[0])
     assert [(s.name, s.times, s.values) for s in outcome] == [
         ("delivered", [HOUR_1, HOUR_2], [2, 1]),
         ("failed", [HOUR_1, HOUR_2], [1, 1]),
         ("pending", [HOUR_1, HOUR_2], [0, 0]),
         ("unreported", [HOUR_1, HOUR_2], [1, 2]),
     ]
-    assert render.stat_values(by_title["stat", "Sends after an opt-out"].frames) == [("sends after an opt-out", 1)]
+    assert panels.stat_values(by_title["stat", "Sends after an opt-out"].frames) == [("sends after an opt-out", 1)]
     optout_sends = by_title["table", "Sends after an opt-out: the newest 25 (times UTC)"].frames[0]
     assert optout_sends.rows == [
         ("2024-11-22 03:05", "+8613100000001", "csms1", "keyword", "replied 'T'", "2024-11-22 02:40")
     ]
-    [by_code] = render.series(
+    [by_code] = panels.series(
         by_title["timeseries", "Failed reports by status code"].frames[0]
     )  # metric column
     assert (by_code.name, by_code.times, by_code.values) == ("UNDELIV", [HOUR_1], [1])
     table = by_title["table", "Failures by status code and source (1 SMS platform, 2 SMS center, 3 Huawei platform)"]
     assert table.frames[0].columns == ["status", "source", "reports"]
     assert table.frames[0].rows == [("UNDELIV", "2", 1)]
-    optouts = {s.name: s.values for s in render.series(by_title["timeseries", "Opt-outs"].frames[0])}
+    optouts = {s.name: s.values for s in panels.series(by_title["timeseries", "Opt-outs"].frames[0])}
     assert optouts["unsubscribed_by_reply"] == [1]
-    matches = render.series(by_title["timeseries", "Replies by how they were linked"].frames[0])
+    matches = panels.series(by_title["timeseries", "Replies by how they were linked"].frames[0])
     assert [(s.name, s.times, s.values) for s in matches] == [("channel", [HOUR_1], [2])]
-    assert render.stat_values(by_title["stat", "Replies"].frames) == [("replies", 2), ("unlinked", 0), ("ambiguous", 0)]
+    assert panels.stat_values(by_title["stat", "Replies"].frames) == [("replies", 2), ("unlinked", 0), ("ambiguous", 0)]
 
     # The time range is the one asked for: the hour before it is left out.
-    later = run(render.query(harness.url, dashboard, HOUR_2, HOUR_2 + timedelta(minutes=59)))
-    assert render.stat_values(later[1].frames)[0] == ("sent", 4)
+    later = run(panels.query(harness.url, dashboard, HOUR_2, HOUR_2 + timedelta(minutes=59)))
+    assert panels.stat_values(later[1].frames)[0] == ("sent", 4)
 
 
-def test_grafana_macros_expand_as_grafana_does_and_unknown_ones_stop_the_rendering() -> None:
+def test_grafana_macros_expand_as_grafana_does_and_unknown_ones_are_refused() -> None:
     start, end = datetime(2024, 11, 21, 3, 15, 52, tzinfo=UTC), datetime(2024, 11, 22, 3, 15, 52, tzinfo=UTC)
-    assert render.expand(
+    assert panels.expand(
         "SELECT 1 FROM v WHERE $__timeFilter(bucket) AND $__timeFrom() < $__timeTo()", start, end
     ) == (
         "SELECT 1 FROM v WHERE bucket BETWEEN '2024-11-21T03:15:52Z' AND '2024-11-22T03:15:52Z'"
         " AND '2024-11-21T03:15:52Z' < '2024-11-22T03:15:52Z'"
     )
-    assert render.expand("SELECT $__unixEpochFrom()", start, end) == f"SELECT {int(start.timestamp())}"
+    assert panels.expand("SELECT $__unixEpochFrom()", start, end) == f"SELECT {int(start.timestamp())}"
     for sql in ("SELECT $__timeGroupAlias(bucket, '1h')", "SELECT 1 WHERE channel = '$channel'",
                 "SELECT ${DS_RECEIVER}", "SELECT $__interval"):  # fmt: skip
-        with pytest.raises(render.RenderError):
-            render.expand(sql, start, end)
+        with pytest.raises(panels.PanelError):
+            panels.expand(sql, start, end)
 
 
-def test_a_broken_panel_query_stops_the_rendering(db_url: str) -> None:
-    dashboard = render.load()
+def test_a_broken_panel_query_is_named(db_url: str) -> None:
+    dashboard = panels.load()
     dashboard["panels"][3]["targets"][0]["rawSql"] = (
         "SELECT bucket AS time, delivred FROM dashboard_delivery_hourly WHERE $__timeFilter(bucket)"
     )
-    with pytest.raises(render.RenderError, match="Messages by outcome.*delivred"):
-        run(render.query(db_url, dashboard, HOUR_1, HOUR_2))
-
-
-def test_the_dashboard_renders_to_a_png(harness: Harness, tmp_path: Path) -> None:
-    sends(harness)
-    out = render.render(harness.url, tmp_path / "dashboard.png", HOUR_1, datetime.now(UTC))
-    head = out.read_bytes()[:24]
-    assert head[:8] == b"\x89PNG\r\n\x1a\n"
-    assert int.from_bytes(head[16:20], "big") == 1600  # width in pixels
-
-
-def test_the_demo_day_is_the_same_for_a_seed_and_lies_in_the_day_before_now() -> None:
-    now = datetime(2024, 11, 22, 12, 40, tzinfo=UTC)
-    day = demo.plan(3, 400, now)
-    again = demo.plan(3, 400, now)
-    assert [p.push.body for p in day.pushes] == [p.push.body for p in again.pushes]
-    assert day.registrations == again.registrations and day.staff == again.staff
-    sent = [
-        datetime.fromisoformat(item["createTime"])
-        for r in day.registrations
-        for item in r["response"]["result"]
-    ]
-    assert len(sent) == day.messages == 400
-    assert now - timedelta(hours=24) < min(sent) and max(sent) <= now
-    hours = {t.hour for t in sent}
-    assert len(hours) == 24  # every hour of the day has sends
-    assert all(t.due <= now for t in day.pushes) and day.reports > 400 and day.replies > 0
-    assert demo.plan(4, 400, now).registrations != day.registrations
-
-
-def test_the_demo_fills_a_database_through_a_running_receiver(db_url: str) -> None:
-    """The picture's data path: a real receiver serve, then the dating of what HTTP cannot carry.
-    A fixed day: the plan's last hour is only as full as ``now`` is into it (at 16:01, a minute's
-    worth of sends, often none), so the clock of the run must not decide how many hours have sends."""
-    now = datetime(2024, 11, 22, 12, 40, tzinfo=UTC)
-    day = demo.plan(5, 300, now)
-    demo.fill(db_url, day, log=lambda _: None)
-
-    async def read() -> tuple[list[asyncpg.Record], ...]:
-        conn = await asyncpg.connect(db_url)
-        try:
-            return (
-                await conn.fetch("SELECT sum(sent)::int AS sent, count(DISTINCT bucket)::int AS hours FROM dashboard_delivery_hourly"),
-                await conn.fetch("SELECT bucket, unsubscribed_by_reply + blacklisted_by_platform + added_by_staff AS n "
-                                 "FROM dashboard_optouts_hourly WHERE unsubscribed_by_reply + blacklisted_by_platform + added_by_staff > 0"),
-                await conn.fetch("SELECT count(*)::int AS n FROM status_reports WHERE received_at < update_time"),
-            )  # fmt: skip
-        finally:
-            await conn.close()
-
-    delivery, optouts, early = run(read())
-    assert delivery[0]["sent"] == 300 and delivery[0]["hours"] == 24
-    assert len({r["bucket"] for r in optouts}) > 1  # dated when they happened, not all in this hour
-    assert all(r["bucket"] <= now for r in optouts)
-    assert early[0]["n"] == 0  # no report received before its own updateTime
+    with pytest.raises(panels.PanelError, match="Messages by outcome.*delivred"):
+        run(panels.query(db_url, dashboard, HOUR_1, HOUR_2))

@@ -1,7 +1,7 @@
 """Delivery state: the rules, and that neither arrival order nor duplicates can change the result.
 
-The pure rules (``receiver.correlation.state``) and their SQL twin (``message_states``, kept by
-the writer) are tested on the same random report sets: the SQL must always agree.
+The rules in Python (``delivery_rule``, pure) and in SQL (``message_states``, kept by the
+writer) are tested on the same random report sets: the SQL must always agree.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from delivery_rule import Report, Sent, State, derive
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from receiver.correlation import store as correlation
-from receiver.correlation.state import Report, Sent, State, derive
 from receiver.protocol import StatusReport
 from receiver.records import ReportRecord
 from receiver.writer import store

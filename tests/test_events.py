@@ -21,6 +21,7 @@ from support import (
     Harness,
     OwnPostgres,
     Service,
+    all_stored,
     cli,
     create_app_token,
     free_port,
@@ -33,10 +34,10 @@ from support import (
 from receiver import apikeys, applications
 from receiver.config import Settings
 from receiver.correlation.queries import encode_cursor
+from receiver.events import feed as events_feed
 from receiver.events.hub import Hub
 from receiver.http import events as events_http
 from receiver.http.app import create_app
-from receiver.journal.reader import all_stored
 
 NUMBER = "+8613712343774"
 SEND = {"result": [{"createTime": "2024-11-22T02:16:46Z", "from": "csms100000001", "originTo": NUMBER,
@@ -69,7 +70,8 @@ def uplink(harness: Harness, sms_msg_id: str, sender: str = NUMBER, body: str = 
 def feed(harness: Harness, **params: str) -> dict[str, Any]:
     response = harness.api("GET", "/v1/events", params=params)
     assert response.status_code == 200, response.text
-    return response.json()
+    page: dict[str, Any] = response.json()
+    return page
 
 
 def kinds(events: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
@@ -163,7 +165,8 @@ def test_pages_follow_the_cursor_without_gaps_or_repeats(harness: Harness) -> No
         report(harness, f"p{i}", "UNDELIV" if i % 2 else "DELIVRD")
     everything = feed(harness)["events"]
     assert len(everything) == 14
-    seen, cursor = [], None
+    seen: list[dict[str, Any]] = []
+    cursor: str | None = None
     for _ in range(20):
         page = feed(harness, limit="3", **({"after": cursor} if cursor else {}))
         assert len(page["events"]) <= 3
@@ -172,6 +175,7 @@ def test_pages_follow_the_cursor_without_gaps_or_repeats(harness: Harness) -> No
             break
         cursor = page["next"]
     assert seen == everything
+    assert cursor is not None
     assert feed(harness, after=cursor)["events"] == []
     assert (
         feed(harness, after=everything[-2]["id"])["events"] == everything[-1:]
@@ -298,7 +302,8 @@ class Live:
 
     @property
     def hub(self) -> Hub:
-        return self.app.state.events_hub
+        hub: Hub = self.app.state.events_hub
+        return hub
 
 
 class Stream:
@@ -332,7 +337,7 @@ class Stream:
             fields[name] = value.removeprefix(" ")
 
     def events(self, n: int) -> list[dict[str, Any]]:
-        found = []
+        found: list[dict[str, Any]] = []
         while len(found) < n:
             fields = self.frame()
             assert fields is not None, "the stream ended"
@@ -423,15 +428,15 @@ def test_a_stream_polls_while_an_older_transaction_held_its_event_back(
 
     blocker = on_loop(asyncpg.connect(live.url))
     on_loop(blocker.execute("BEGIN; SELECT pg_current_xact_id()"))  # a write transaction's id, older than the event's
-    original = events_http.feed.held_back
+    original = events_feed.held_back
 
     async def held_back_after_the_blocker_ends(conn: asyncpg.Connection) -> bool:
-        committed = await conn.fetchval("SELECT EXISTS (SELECT FROM events WHERE sms_msg_id = 'm1')")
+        committed: bool = await conn.fetchval("SELECT EXISTS (SELECT FROM events WHERE sms_msg_id = 'm1')")
         if committed and not blocker.is_closed():  # the page just read could not show it
             await asyncio.to_thread(on_loop, blocker.close())  # the blocker ends before this check
         return await original(conn)
 
-    monkeypatch.setattr(events_http.feed, "held_back", held_back_after_the_blocker_ends)
+    monkeypatch.setattr(events_feed, "held_back", held_back_after_the_blocker_ends)
     try:
         stream = live.stream()
         live.post("status-report", report_body("m1"))  # committed while the blocker runs: held back

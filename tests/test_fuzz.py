@@ -199,7 +199,7 @@ def test_any_request_to_a_callback_url_gets_json_or_200(harness: Harness) -> Non
     )
     def send(endpoint: str, token: str, method: str, content_type: str, body: bytes) -> None:
         path = f"/callbacks/{quote(token, safe='')}/{endpoint}"
-        headers = {"Content-Type": content_type.encode("utf-8", "surrogatepass")}
+        headers = {b"Content-Type": content_type.encode("utf-8", "surrogatepass")}
         response = harness.client.request(method, path, content=body, headers=headers)
         refusal_ok(response)
         if method != "POST":

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from support import all_stored
 
 from receiver.journal import Journal, JournalFull, JournalReader, JournalUnavailable, frames
-from receiver.journal.reader import WRITER_LOCK, all_stored
+from receiver.journal.reader import WRITER_LOCK
 from receiver.journal.segments import CURSOR_FILE, SUFFIX, JournalDir, read_cursor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1260,3 +1261,42 @@ def test_auto_syncs_a_lone_record_of_a_quiet_moment_on_the_loop_and_a_group_on_t
         await journal.close()
 
     run(scenario())
+
+
+def test_records_that_come_faster_than_the_group_window_share_fdatasyncs_and_a_slow_one_waits_for_none(
+    tmp_path: Path, sync_threads: list[int]
+) -> None:
+    """Callbacks arriving one at a time, each a little after the last (as with a new connection
+    per request): without a window each gets an fdatasync of its own; with one, those that come
+    faster than the window share them. A record after a pause is not held back."""
+
+    async def stream(journal: Journal, records: int, every: float) -> list[float]:
+        waits: list[float] = []
+
+        async def one(i: int) -> None:
+            start = time.monotonic()
+            await journal.append(payload(i))
+            waits.append(time.monotonic() - start)
+
+        tasks = []
+        for i in range(records):
+            tasks.append(asyncio.create_task(one(i)))
+            await asyncio.sleep(every)
+        await asyncio.gather(*tasks)
+        return waits
+
+    async def scenario(window: float) -> tuple[int, float]:
+        journal = Journal(tmp_path / str(window), max_bytes=BIG, segment_bytes=1 << 20, group_window=window)
+        await stream(journal, 200, 0.0005)  # 2,000 a second
+        flushes = len(sync_threads)
+        await asyncio.sleep(0.2)
+        (pause_wait,) = await stream(journal, 1, 0)
+        await journal.close()
+        assert drain(JournalReader(tmp_path / str(window)))[:200] == [payload(i) for i in range(200)]
+        sync_threads.clear()
+        return flushes, pause_wait
+
+    without, _ = run(scenario(0.0))
+    within, pause_wait = run(scenario(0.005))
+    assert within < without / 2, (within, without)
+    assert pause_wait < 0.005, "a record after a pause does not wait for the window"

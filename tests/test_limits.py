@@ -86,8 +86,8 @@ def test_every_known_field_has_a_bound_and_a_field_at_its_bound_is_taken(harness
     at_limit |= {"statusDesc": "d" * 500, "source": "2"}
     assert harness.post("status-report", urlencode(at_limit)).status_code == 200
     assert harness.post("status-reports", json.dumps({"statusReportList": [ITEM] * 50}), JSON).status_code == 200
-    at_limit = {name: over(name, rule.max_len)[1:] for name, rule in uplink.RULES.items()} | {"createTime": None}
-    assert harness.post("uplink", urlencode({k: v for k, v in at_limit.items() if v})).status_code == 200
+    uplink_at_limit = {name: over(name, rule.max_len)[1:] for name, rule in uplink.RULES.items()} | {"createTime": None}
+    assert harness.post("uplink", urlencode({k: v for k, v in uplink_at_limit.items() if v})).status_code == 200
     assert harness.rows("SELECT count(*) FROM quarantine") == [(0,)]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from ipaddress import ip_address, ip_network
 
 import pytest
@@ -99,7 +100,7 @@ def test_client_address(
 @given(st.lists(st.text(max_size=60), max_size=5))
 def test_client_address_never_fails_on_any_header(headers: list[str]) -> None:
     found = netaddr.client_address("10.0.0.2", headers, PROXIES)
-    assert found is None or isinstance(found, netaddr.IPv4Address | netaddr.IPv6Address)
+    assert found is None or isinstance(found, ipaddress.IPv4Address | ipaddress.IPv6Address)
 
 
 ALLOWED = [

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+import httpx2 as httpx
 import pytest
 from huawei_signer import sdk_date, sign
 from starlette.testclient import TestClient
@@ -60,7 +61,7 @@ def push(
     drop: str | None = None,
     date_offset: float | None = None,
     **options: object,
-):  # type: ignore[no-untyped-def]
+) -> httpx.Response:
     """Sign like the platform, then send (``sent_body``: send another body than the one signed;
     ``date_offset``: sign with a clock that far off)."""
     path = f"/callbacks/{h.token}/{endpoint}"

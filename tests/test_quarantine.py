@@ -193,7 +193,7 @@ def test_a_failed_journal_write_counts_its_refusals_as_lost(tmp_path: Path) -> N
         gate.add(1, "status-report", time.time(), "invalid_field", {}, FORM, b"body")
         with contextlib.suppress(JournalUnavailable):
             await journal.append(b"{}")  # flushed with the refusal's record, failing with it
-        lost = metrics.QUARANTINE_LOST._value.get() - before
+        lost = float(metrics.QUARANTINE_LOST._value.get() - before)
         await journal.close()
         return lost
 
@@ -227,7 +227,7 @@ def test_a_full_journal_loses_refusals_only_with_a_count_in_the_metrics(tmp_path
         decoded = [record for p in payloads if p.startswith(refusal) for record in records.decode(p)]
         quarantined = [r for r in decoded if isinstance(r, records.QuarantineRecord)]
         with_body = sum(1 for r in quarantined if r.raw)
-        counted = sum(r.occurrences for r in quarantined)  # type: ignore[union-attr]
+        counted = sum(r.occurrences for r in quarantined)
         return with_body, counted, lost
 
     with_body, counted, lost = run(scenario())
@@ -268,5 +268,8 @@ def test_the_migration_counts_the_rows_already_quarantined(empty_db_url: str, tm
         finally:
             await conn.close()
 
-    at = lambda h, m: datetime(2026, 1, 1, h, m, tzinfo=UTC)
+
+    def at(hour: int, minute: int) -> datetime:
+        return datetime(2026, 1, 1, hour, minute, tzinfo=UTC)
+
     assert run(scenario()) == [(at(10, 0), 2, at(10, 5), at(10, 55)), (at(11, 0), 1, at(11, 0), at(11, 0))]

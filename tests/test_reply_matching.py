@@ -228,7 +228,7 @@ def test_a_reply_from_no_phone_number_says_so(world: World) -> None:
 
 def test_opt_out_keywords_work_whatever_the_match(world: World) -> None:
     """The unsubscribe depends on the replying number only: one "T" linked by each rule, one by none."""
-    replies = [
+    replies: list[tuple[int, list[Step], Step, str | None]] = [
         (0, [Send("m1", SHOP_CHANNEL)], Reply(SHOP_CHANNEL, body="T"), "channel"),
         (1, [ReplyNumber("bank", REPLY_NUMBER), Send("m1", CONSOLE, key="bank")], Reply(REPLY_NUMBER + "5", body="T"),
          "reply_number"),

@@ -93,6 +93,7 @@ def test_the_writer_is_a_process_of_its_own_at_a_lower_priority(db_url: str, dat
         pid = writer_pid(data_dir)
         assert pid is not None and pid != service.proc.pid  # type: ignore[union-attr]
         assert os.getpriority(os.PRIO_PROCESS, pid) == 19  # the lowest priority there is
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE  # and only on CPU time the workers leave
         ready = json.loads(service.get("/readyz")[1])
         assert ready["writer"] == {"running": True, "error": None}
         # Its PostgreSQL backend (local, ours to renice) runs at its priority too.
@@ -100,6 +101,7 @@ def test_the_writer_is_a_process_of_its_own_at_a_lower_priority(db_url: str, dat
         assert wait_for(lambda: run(fetch(db_url, sql)), timeout=30)
         [backend] = [r["pid"] for r in run(fetch(db_url, sql))]
         assert os.getpriority(os.PRIO_PROCESS, backend) == os.getpriority(os.PRIO_PROCESS, pid)
+        assert os.sched_getscheduler(backend) == os.SCHED_IDLE
     finally:
         service.stop()
 

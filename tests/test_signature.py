@@ -186,8 +186,8 @@ def test_a_declared_body_hash_verifies_when_it_is_the_bodys() -> None:
     ),
     query=st.lists(
         st.tuples(
-            st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=6),
-            st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=6),
+            st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=6),
+            st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=6),
         ),
         max_size=4,
     ),

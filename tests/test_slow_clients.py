@@ -5,6 +5,7 @@ where an answer can still be given, and many of them at once do not keep a good 
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import threading
@@ -17,6 +18,8 @@ import pytest
 from conftest import TEMPLATE
 from prometheus_client.parser import text_string_to_metric_families
 from support import FORM, Service, admin, create_app_token, fetch, run, service_env, wait_for, with_database
+
+from receiver.uvicorn_adapter import BODY_GRACE
 
 TIMEOUT = 1.0
 
@@ -112,6 +115,30 @@ def test_a_stalled_body_gets_408_and_what_came_is_quarantined(served: Served) ->
     assert (status, body) == (408, {"error": "request_timeout", "detail": {"seconds": TIMEOUT, "received_bytes": 16}})
     assert wait_for(lambda: served.counted("request_timeout") == before + 1, timeout=10)
     assert (b"smsMsgId=stalled", 16) in served.quarantined("request_timeout")
+
+
+def test_the_rest_of_a_body_after_an_early_answer_is_waited_for_only_so_long(served: Served) -> None:
+    """A route that answers before the body is in (here: none matches) leaves uvicorn reading
+    and discarding the rest: a client that stalls there is let go at T + BODY_GRACE."""
+    before = served.closed("timeout_body")
+    sock = connect(served)
+    sock.sendall(b"POST /no/such/path HTTP/1.1\r\nHost: receiver\r\nContent-Length: 100\r\n\r\nhalf")
+    assert answer(until_closed(sock)) == (404, {"error": "not_found", "detail": "Not Found"})
+    assert served.closed("timeout_body") == before + 1
+
+
+def test_a_complete_request_leaves_no_deadline_behind(served: Served) -> None:
+    """A kept-alive connection idles past every deadline (up to uvicorn's keep-alive) and serves
+    its next request."""
+    conn = http.client.HTTPConnection("127.0.0.1", served.service.port, timeout=10)
+    try:
+        for _ in range(2):
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b'{"status":"ok"}')
+            time.sleep(TIMEOUT + BODY_GRACE + 0.5)
+    finally:
+        conn.close()
 
 
 def test_a_trickled_body_gets_408(served: Served) -> None:

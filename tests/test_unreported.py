@@ -1,6 +1,6 @@
 """Unreported messages: no final report once the report window has passed.
 
-The rule (``state.derive`` with a clock), the sweep that stores it (its boundary, idempotence,
+The rule (``delivery_rule.derive`` with a clock), the sweep that stores it (its boundary, idempotence,
 concurrent sweepers, a window made longer), late reports, every order of reports, send and
 sweeps, what the API, the event feed, the dashboard views and the metrics show, on a real
 PostgreSQL.
@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from delivery_rule import Report, Sent, derive
 from support import Harness, fetch, run, samples, serving, value
 
 from receiver import applications, metrics
@@ -24,7 +25,7 @@ from receiver.config import Settings
 from receiver.correlation import queries, sweep
 from receiver.correlation import store as correlation
 from receiver.correlation.sent import SentMessage
-from receiver.correlation.state import REPORT_WINDOW, Report, Sent, derive
+from receiver.correlation.state import REPORT_WINDOW
 from receiver.protocol import StatusReport
 from receiver.records import ReportRecord
 from receiver.writer import store

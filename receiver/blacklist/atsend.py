@@ -118,7 +118,7 @@ async def found(conn: asyncpg.Connection, sms_msg_ids: Sequence[str]) -> dict[st
     return {row["sms_msg_id"]: entry(row) for row in rows}
 
 
-def entry(row: Mapping[str, Any]) -> Entry:
+def entry(row: Mapping[str, Any] | asyncpg.Record) -> Entry:
     """A ``sends_after_optout`` row's entry (its columns as :data:`_ENTRY_COLUMNS` name them)."""
     return Entry(
         row["to"], row["channel"], row["source"], row["reason"], row["cause_sms_msg_id"], row["added_by"],

@@ -44,6 +44,7 @@ def parse(text: str, *, default_reason: str, region: str = "CN") -> Parsed:
     if not records:
         return Parsed(rows, errors)
     header = [cell.strip().lower() for cell in records[0]]
+    at: dict[str, int]
     if "number" in header:
         at = {name: header.index(name) for name in ("number", "channel", "reason") if name in header}
         body, first_line = records[1:], 2

@@ -191,7 +191,12 @@ class Mirror:
         )
         try:
             gone = asyncio.Event()
-            conn.add_termination_listener(lambda _: (gone.set(), self._bell.set()))
+
+            def lost(_: object) -> None:
+                gone.set()
+                self._bell.set()
+
+            conn.add_termination_listener(lost)
             self._notified = []
             await conn.add_listener(CHANNEL, self._on_notify)
             await _verify(conn)
@@ -220,8 +225,8 @@ class Mirror:
             conn.terminate()
             self._release_waiting()  # their answer: not live
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        self._notified.append(payload)  # from now until it is applied, PostgreSQL answers
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        self._notified.append(str(payload))  # from now until it is applied, PostgreSQL answers
         self._bell.set()
 
     def _release_waiting(self) -> None:

@@ -17,7 +17,9 @@ many regions.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import lru_cache
+from typing import Literal, cast
 from urllib.parse import unquote
 
 import phonenumbers
@@ -52,18 +54,19 @@ def to_e164(raw: object, default_region: str = "CN") -> str | None:
     return e164(text, default_region)
 
 
-def many_to_e164(raws: list[object], default_region: str = "CN") -> list[str | None]:
+def many_to_e164(raws: Sequence[object], default_region: str = "CN") -> list[str | None]:
     """:func:`to_e164` for a list: what a check of 500 numbers calls. When every item is already
     a possible E.164 number (what senders send), one match over them all says so."""
     if raws and all(type(raw) is str for raw in raws):
-        joined = ",".join(raws)  # type: ignore[arg-type]
-        if joined.count(",") == len(raws) - 1:
+        texts = cast("Sequence[str]", raws)
+        joined = ",".join(texts)
+        if joined.count(",") == len(texts) - 1:
             if _possible_e164_list().fullmatch(joined):
-                return list(raws)  # type: ignore[arg-type]
+                return list(texts)
             plain = _plain_digits_list(default_region)
             if plain is not None and plain[1].fullmatch(joined):
                 code = plain[0]  # each item matched with the code in front, or (not starting with it) without
-                return ["+" + raw if raw.startswith(code) else f"+{code}{raw}" for raw in raws]  # type: ignore[union-attr]
+                return ["+" + raw if raw.startswith(code) else f"+{code}{raw}" for raw in texts]
     fast = _possible_e164().fullmatch
     return [raw if type(raw) is str and fast(raw) else to_e164(raw, default_region) for raw in raws]
 
@@ -89,7 +92,7 @@ def _plus_verdict(text: str) -> bool | None:
     return None
 
 
-def _national(digits: str, region: str) -> str | bool | None:
+def _national(digits: str, region: str) -> str | Literal[False] | None:
     """What ``parse(digits, region)`` gives when it is a possible number (E.164), ``False`` when it is
     sure that is no possible number, ``None`` when not sure (the long way decides)."""
     rules = _region_rules(region)
@@ -118,14 +121,18 @@ def _region_rules(
     national prefix for parsing, the possible national lengths, and the lengths ``parse`` deems
     too long (so that it drops a leading country code)."""
     metadata = PhoneMetadata.metadata_for_region(region)
-    if metadata is None or phonenumbers.region_code_for_country_code(metadata.country_code) != region:
+    if (
+        metadata is None
+        or metadata.country_code is None
+        or phonenumbers.region_code_for_country_code(metadata.country_code) != region
+    ):
         return None
     code = str(metadata.country_code)
     if code not in _countries():
         return None
     _, prefix, lengths = _countries()[code]
     general = metadata.general_desc
-    if not general.possible_length:
+    if general is None or not general.possible_length:
         return None
     longest, local = max(general.possible_length), set(general.possible_length_local_only)
     too_long = frozenset(n for n in range(longest + 1, 40) if n not in local)
@@ -195,17 +202,22 @@ def _countries() -> dict[str, tuple[int, re.Pattern[str] | None, frozenset[int]]
 _CONTEXTUAL = re.compile(r"[\^$]|\\[AbBZ1-9]|\(\?P=|\(\?<|\(\?[aiLmsux]")
 
 
+_Trie = dict[str, "_Trie | str"]  # a digit's subtree, or under "$" the national part's expression
+
+
 @lru_cache(maxsize=1)
 def _possible_e164() -> re.Pattern[str]:
     """One expression for "+CC NATIONAL that parse keeps as it is and finds possible": the shortcut's
     yes, for every country code at once (a trie of the codes, so a number tries a few branches)."""
-    trie: dict[str, object] = {}
+    trie: _Trie = {}
     for code, (_, prefix, lengths) in _countries().items():
         if not lengths or (prefix is not None and _CONTEXTUAL.search(prefix.pattern)):
             continue  # left to _shortcut
         node = trie
         for digit in code:
-            node = node.setdefault(digit, {})  # type: ignore[assignment]
+            child = node.setdefault(digit, {})
+            assert isinstance(child, dict)  # a code's node has no "$" before its last digit
+            node = child
         refuse = "0" if prefix is None else f"0|(?:{prefix.pattern})"
         node["$"] = f"(?!{refuse})(?:{'|'.join(_ranges(lengths))})"
     return re.compile(r"\+" + _branches(trie))
@@ -217,10 +229,11 @@ def _possible_e164_list() -> re.Pattern[str]:
     return re.compile(f"(?:{one},)*{one}")
 
 
-def _branches(node: dict[str, object]) -> str:
-    if "$" in node:  # country codes are prefix-free: a code's node has no children
-        return str(node["$"])
-    return "(?:" + "|".join(digit + _branches(sub) for digit, sub in sorted(node.items())) + ")"  # type: ignore[arg-type]
+def _branches(node: _Trie) -> str:
+    end = node.get("$")
+    if isinstance(end, str):  # country codes are prefix-free: a code's node has no children
+        return end
+    return "(?:" + "|".join(digit + _branches(sub) for digit, sub in sorted(node.items()) if isinstance(sub, dict)) + ")"
 
 
 def _ranges(lengths: frozenset[int]) -> list[str]:

@@ -91,7 +91,7 @@ def fold(signals: Iterable[Signal], scope: Scope) -> Folded:
     for signal in sorted(signals, key=lambda s: (s.number, s.order)):
         if signal.action == "add":
             channel = signal.channel if signal.source == "manual" or scope == "channel" else None
-            key = (signal.number, channel, signal.source)
+            key: Key = (signal.number, channel, signal.source)
             if key not in entries:
                 entries[key] = Entry(
                     signal.number, channel, signal.source, signal.reason, signal.sms_msg_id, signal.actor, signal.at

@@ -24,9 +24,6 @@ from datetime import timedelta
 
 import asyncpg
 
-MATCHES = ("channel", "reply_number", "application", "number")
-UNLINKED_REASONS = ("invalid_number", "no_send", "outside_window", "other_application")
-
 # Replying numbers map onto 256 buckets (lock class 8), locked in order: no deadlock.
 _LOCK_REPLY_NUMBERS = """
 SELECT pg_advisory_xact_lock(8, k)

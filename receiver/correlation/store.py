@@ -2,7 +2,7 @@
 
 Reply links themselves are made in :mod:`receiver.correlation.links`.
 
-``message_states`` is the SQL twin of :func:`receiver.correlation.state.derive` (the tests hold
+``message_states`` is the SQL of the rule in :mod:`receiver.correlation.state` (the tests hold
 the two equal on random report sets). It is recomputed from all of a message's reports each
 time one of them arrives, under an advisory lock taken in its own statement, so two
 workers storing reports of one message at once cannot leave a state that misses either.

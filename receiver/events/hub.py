@@ -11,21 +11,22 @@ so a lost one costs latency, never an event:
 - the hub starts with its first stream, so a worker nobody streams from holds no connection.
 
 Shutdown: uvicorn waits for open responses before it shuts the application down, and a stream
-never ends by itself. So the hub watches uvicorn's exit flag (found through the SIGTERM
-handler uvicorn installs) and, once set, closes: every stream ends, and the worker exits.
+never ends by itself. So the hub watches uvicorn's exit flag
+(:func:`receiver.uvicorn_adapter.server_exit_flag`) and, once set, closes: every stream ends,
+and the worker exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import structlog
 
+from ..uvicorn_adapter import server_exit_flag
 from .feed import CHANNEL
 
 log = structlog.get_logger("receiver.events")
@@ -69,7 +70,7 @@ class Hub:
         self.check_seconds = check_seconds
         self.listening = False
         self.closed = False
-        self.exit_flag = exit_flag if exit_flag is not None else _uvicorn_exit_flag()
+        self.exit_flag = exit_flag if exit_flag is not None else server_exit_flag()
         self._subscribers: set[Subscription] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
@@ -169,12 +170,3 @@ async def _first(*events: asyncio.Event) -> None:
         for waiter in waiters:
             waiter.cancel()
 
-
-def _uvicorn_exit_flag() -> Callable[[], bool] | None:
-    """uvicorn's ``Server.should_exit``, which its SIGTERM/SIGINT handler sets; None elsewhere
-    (tests, other servers: there the application's shutdown closes the hub)."""
-    handler = signal.getsignal(signal.SIGTERM)
-    server = getattr(handler, "__self__", None)
-    if server is None or not isinstance(getattr(server, "should_exit", None), bool):
-        return None
-    return lambda: bool(server.should_exit)

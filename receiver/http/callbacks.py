@@ -21,7 +21,7 @@ import itertools
 import os
 import re
 import time
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import structlog
@@ -109,7 +109,7 @@ class _Call:
         self.start, self.received_at, self.content_type = start, received_at, content_type
         self.state = scope["app"].state
         self.notes: dict[str, object] = {}
-        self.client: netaddr.IPAddress | None | bool = False  # False: not resolved yet
+        self.client: netaddr.IPAddress | None | Literal[False] = False  # False: not resolved yet
 
     async def run(self, token: str, content_length: bytes | None) -> None:
         state = self.state
@@ -127,7 +127,8 @@ class _Call:
         refusal = ingest.check_declared_size(content_length, limit)
         body = await self.read(limit) if refusal is None else b""
         if isinstance(body, ingest.Refusal):
-            refusal = body
+            await self.refuse(app, body)
+            return
         if refusal is not None:
             await self.refuse(app, refusal)
             return
@@ -161,7 +162,7 @@ class _Call:
     def address(self) -> netaddr.IPAddress | None:
         if self.client is False:
             self.client = resolve_client(self.scope, self.owner.trusted)
-        return self.client  # type: ignore[return-value]
+        return self.client
 
     async def read(self, limit: int) -> bytes | ingest.Refusal:
         """The whole body: at most ``limit`` bytes (413), within the client timeout (408)."""

@@ -37,7 +37,8 @@ UNMATCHED = "unmatched"
 
 
 def request_id(scope: Scope) -> str:
-    for name, value in scope["headers"]:
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
         if name == HEADER:
             if _SANE_ID.fullmatch(value):
                 return value.decode("ascii")

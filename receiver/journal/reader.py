@@ -281,11 +281,3 @@ def _close_cursor(folder: _Folder) -> None:
             os.close(folder.cursor_fd)
         folder.cursor_fd = -1
 
-
-def all_stored(root: Path) -> bool:
-    """True when the writer has stored every durable record under ``root`` (as its cursors say)."""
-    reader = JournalReader(root)
-    try:
-        return reader.drained()
-    finally:
-        reader.close()

@@ -72,14 +72,6 @@ class JournalDir:
             return None
         return cls(path, fd)
 
-    def segment_paths(self) -> list[Path]:
-        return sorted(self.path.glob(f"*{SUFFIX}"))
-
-    def next_segment_path(self) -> Path:
-        existing = self.segment_paths()
-        number = int(existing[-1].stem) + 1 if existing else 1
-        return self.path / f"{number:012d}{SUFFIX}"
-
     def remove(self) -> None:
         """Delete the folder (every segment must be drained) and release the lock."""
         for path in self.path.iterdir():

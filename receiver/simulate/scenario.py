@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote_plus
@@ -157,6 +158,9 @@ class _Event:
     duplicate: bool = field(default=False, compare=False)
 
 
+_EventSink = Callable[[float, str, list[tuple[str, str]]], None]  # (at, kind, fields)
+
+
 def build(options: Options) -> Scenario:
     rng = random.Random(options.seed)
     start = (options.start or datetime.now(UTC) - timedelta(minutes=90)).replace(microsecond=0)
@@ -210,7 +214,15 @@ def build(options: Options) -> Scenario:
     return Scenario(options, sends, requests, pushes, expected)
 
 
-def _reports(rng, options, send, extend, offset, expected, event) -> datetime | None:  # type: ignore[no-untyped-def]
+def _reports(
+    rng: random.Random,
+    options: Options,
+    send: Send,
+    extend: str | None,
+    offset: float,
+    expected: Expected,
+    event: _EventSink,
+) -> datetime | None:
     """The reports of one message; returns when it was delivered (None: it failed)."""
     failing_part = rng.randint(1, send.total) if rng.random() < options.failures else None
     failure = rng.choices(FAILURES, weights=[w for _, _, w in FAILURES])[0] if failing_part else None
@@ -247,7 +259,16 @@ def _reports(rng, options, send, extend, offset, expected, event) -> datetime | 
     return send.create_time + timedelta(seconds=int(max(delays)))
 
 
-def _reply(rng, options, send, created, delivered_at, offset, expected, event) -> None:  # type: ignore[no-untyped-def]
+def _reply(
+    rng: random.Random,
+    options: Options,
+    send: Send,
+    created: datetime,
+    delivered_at: datetime,
+    offset: float,
+    expected: Expected,
+    event: _EventSink,
+) -> None:
     draw = rng.random()
     if draw < options.optouts:
         text = rng.choice(OPTOUT_REPLIES)

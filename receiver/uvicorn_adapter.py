@@ -1,0 +1,287 @@
+"""Everything the receiver needs from uvicorn beyond its public API, in one place.
+
+uvicorn's public API covers most of serving: :class:`uvicorn.Config` (the loop, the HTTP protocol
+class as an import string, ``ssl_context_factory``, ``timeout_graceful_shutdown``, workers) and
+:class:`uvicorn.Server` (``run``, ``should_exit``, ``started``). :mod:`receiver.server` uses only
+those. Three things it does not offer need uvicorn's internals, and they live here:
+
+1. **Deadlines for slow clients** (:class:`GuardedHttpToolsProtocol`). uvicorn has no timeout for
+   a request's head or body, nor for an answer the client never reads, and no bound on the size
+   of the head. ``Config(http=...)`` accepts any protocol class, but the only way to get HTTP
+   parsing with it is to subclass ``HttpToolsProtocol`` and hook into its httptools callbacks
+   (``on_message_begin``, ``on_headers_complete``, ``on_message_complete``), its flow control
+   (``pause_writing``/``resume_writing``, ``self.flow.write_paused``), ``on_response_complete``
+   (to time an answer left unread), ``send_400_response`` (so that bytes that are not HTTP get a
+   JSON answer), and ``_start_asgi_task`` (private: the only place that sees which pipelined
+   request is running, which ``connection_lost`` must tell the client is gone: uvicorn tells only
+   ``self.cycle``, the newest, and the running one would write to a closed transport). The
+   deadline reads ``client_timeout`` from the :class:`uvicorn.Config`, set by :func:`configure`:
+   with several workers the config is pickled into each spawned worker and the class is imported
+   there by name, so the setting must travel on the config.
+2. **SIGHUP reloads TLS certificates instead of restarting the workers** (:class:`Supervisor`).
+   ``uvicorn.supervisors.Multiprocess`` answers SIGHUP by replacing every worker (dropping their
+   connections); it dispatches each signal to a method ``handle_<name>``, so overriding
+   ``handle_hup`` (and reading ``processes``) is the only way to pass the signal on instead.
+3. **Ending open event streams at shutdown** (:func:`server_exit_flag`). uvicorn waits for open
+   responses before it shuts the application down, and an event stream never ends by itself;
+   the application never sees the :class:`uvicorn.Server` (a spawned worker builds its own). The
+   server's SIGTERM/SIGINT handler is its bound ``handle_exit``, installed with
+   ``signal.signal`` (``capture_signals``): the handler's ``__self__`` is the server, whose public
+   ``should_exit`` says when to close the streams.
+
+pyproject.toml pins the uvicorn versions these were checked against (``>=0.47,<0.56``);
+:data:`INTERNALS` lists every name used here, and tests/test_uvicorn_adapter.py fails, naming
+it, when one is gone or has changed its kind or parameters.
+
+The slow-client deadlines, with T = ``RECEIVER_CLIENT_TIMEOUT_SECONDS``:
+
+- **request**: T for the request line and headers, counted from the connection (or from the
+  request's first byte); then ``408`` with a JSON reason if some bytes came, and the connection
+  is closed;
+- **body**: T + :data:`BODY_GRACE` from the headers for the whole body, then the connection is
+  closed. The callbacks answer ``408`` themselves at T and quarantine what came
+  (``callbacks._read``); this deadline covers every other route, and the rest of a body after
+  an early answer (``413``, ``404``), which uvicorn reads and discards;
+- **response**: an answer the client leaves unread for T (the write buffer still full, or not
+  yet flushed) aborts the connection;
+- request line and headers still incomplete after :data:`MAX_HEAD_BYTES` get ``431`` (a head
+  that arrives whole in one read of the socket is let through: a read is bounded, and so is
+  memory either way); bytes that are not HTTP get ``400``: both with a JSON reason (uvicorn
+  answers those in plain text).
+
+A stalled connection costs a file descriptor and a few hundred bytes, never a worker: the event
+loop serves everyone else meanwhile. Every connection closed here is counted in
+``receiver_http_connections_closed`` by reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import json
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
+
+from . import metrics
+
+__all__ = ["HTTP", "INTERNALS", "STARTUP_FAILURE", "GuardedHttpToolsProtocol", "Supervisor", "configure", "server_exit_flag"]
+
+HTTP = f"{__name__}:GuardedHttpToolsProtocol"  # Config(http=...): imported by name in each worker
+log = structlog.get_logger("receiver")
+
+MAX_HEAD_BYTES = 32 << 10  # the platform's headers are about 1 KiB
+BODY_GRACE = 1.0
+DEFAULT_TIMEOUT = 10.0
+
+
+# What this module relies on beyond uvicorn's public API: (owner, name, kind, parameters). The
+# kinds: "method" (a function of the class, with these parameters after self), "attribute" (set
+# on instances; checked on a live one by the test), "class attribute" (exists on the class).
+INTERNALS: tuple[tuple[type, str, str, tuple[str, ...]], ...] = (
+    (HttpToolsProtocol, "__init__", "method", ("config", "server_state", "app_state", "_loop")),
+    (HttpToolsProtocol, "connection_made", "method", ("transport",)),
+    (HttpToolsProtocol, "data_received", "method", ("data",)),
+    (HttpToolsProtocol, "on_message_begin", "method", ()),
+    (HttpToolsProtocol, "on_headers_complete", "method", ()),
+    (HttpToolsProtocol, "on_message_complete", "method", ()),
+    (HttpToolsProtocol, "send_400_response", "method", ("msg",)),
+    (HttpToolsProtocol, "on_response_complete", "method", ()),
+    (HttpToolsProtocol, "pause_writing", "method", ()),
+    (HttpToolsProtocol, "resume_writing", "method", ()),
+    (HttpToolsProtocol, "_start_asgi_task", "method", ("cycle", "app")),
+    (HttpToolsProtocol, "connection_lost", "method", ("exc",)),
+    (HttpToolsProtocol, "loop", "attribute", ()),
+    (HttpToolsProtocol, "transport", "attribute", ()),
+    (HttpToolsProtocol, "flow", "attribute", ()),
+    (HttpToolsProtocol, "cycle", "attribute", ()),
+    (FlowControl, "write_paused", "attribute", ()),
+    (RequestResponseCycle, "response_complete", "attribute", ()),
+    (RequestResponseCycle, "disconnected", "attribute", ()),
+    (RequestResponseCycle, "message_event", "attribute", ()),
+    (Multiprocess, "__init__", "method", ("config", "sockets")),
+    (Multiprocess, "handle_signals", "method", ()),
+    (Multiprocess, "handle_hup", "method", ()),
+    (Multiprocess, "config", "attribute", ()),
+    (Multiprocess, "processes", "attribute", ()),
+    (Process, "pid", "class attribute", ()),
+    (Process, "exitcode", "class attribute", ()),
+    (uvicorn.Server, "capture_signals", "method", ()),
+    (uvicorn.Server, "handle_exit", "method", ("sig", "frame")),
+    (uvicorn.Server, "should_exit", "attribute", ()),
+)
+
+
+def configure(config: uvicorn.Config, *, client_timeout: float) -> uvicorn.Config:
+    """Serve ``config`` with :class:`GuardedHttpToolsProtocol` and these deadlines."""
+    config.http = HTTP
+    config.client_timeout = client_timeout  # type: ignore[attr-defined]  # read by the protocol, in each worker
+    return config
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with deadlines: a slow or stalled client holds nothing for
+    long (the rules are in the module's docstring)."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.client_timeout: float = getattr(config, "client_timeout", DEFAULT_TIMEOUT)
+        self._deadline: asyncio.TimerHandle | None = None  # request or body
+        self._write_deadline: asyncio.TimerHandle | None = None
+        self._in_head = False  # between a request's first byte and the end of its headers
+        self._head_bytes = 0
+        self._running: RequestResponseCycle | None = None
+
+    # --- the request ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
+        super().connection_made(transport)
+        self._arm(self.client_timeout, "timeout_request")
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._in_head and not self.transport.is_closing():
+            self._head_bytes += len(data)  # headers still incomplete: all of this chunk was head
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(431, "headers_too_large", {"max_bytes": MAX_HEAD_BYTES})
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = 0
+        self._arm(self.client_timeout, "timeout_request")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._arm(self.client_timeout + BODY_GRACE, "timeout_body")
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm()
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, "bad_request", "not a valid HTTP/1.1 request")
+
+    # --- the response --------------------------------------------------------------------------
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.transport.get_write_buffer_size() and self._write_deadline is None:
+            self._write_deadline = self.loop.call_later(self.client_timeout, self._unread)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_deadline is None:
+            self._write_deadline = self.loop.call_later(self.client_timeout, self._unread)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+        super().connection_lost(exc)
+        # uvicorn tells only the newest request that the client is gone; with pipelined requests
+        # the one running may be an older one, which would then write to a closed transport.
+        running = self._running
+        if running is not None and running is not self.cycle and not running.response_complete:
+            running.disconnected = True
+            running.message_event.set()
+
+    # --- deadlines -----------------------------------------------------------------------------
+
+    def _arm(self, seconds: float, reason: str) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.loop.call_later(seconds, self._expired, reason)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self, reason: str) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if reason == "timeout_request" and self._in_head:
+            self._refuse(408, "request_timeout", {"seconds": self.client_timeout}, reason)
+            return
+        metrics.CLIENT_CLOSED.labels(reason).inc()
+        self._close()
+
+    def _unread(self) -> None:
+        """T after an answer, or after the write buffer filled up: still not taken by the client."""
+        self._write_deadline = None
+        if self.flow.write_paused or self.transport.get_write_buffer_size():
+            metrics.CLIENT_CLOSED.labels("timeout_response").inc()
+            self.transport.abort()
+
+    def _refuse(self, status: int, error: str, detail: object, reason: str | None = None) -> None:
+        """Answer with a JSON reason (unless an answer is under way) and close the connection."""
+        metrics.CLIENT_CLOSED.labels(reason or error).inc()
+        if self.cycle is None or self.cycle.response_complete:
+            body = json.dumps({"error": error, "detail": detail}).encode()
+            phrase = http.HTTPStatus(status).phrase
+            head = f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            self.transport.write(head.encode() + b"connection: close\r\n\r\n" + body)
+        self._close()
+
+    def _close(self) -> None:
+        self._disarm()
+        self._in_head = False
+        self.transport.close()
+        if self.transport.get_write_buffer_size() and self._write_deadline is None:
+            self._write_deadline = self.loop.call_later(self.client_timeout, self._unread)
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's worker supervisor; SIGHUP is passed on to the workers, which reload their TLS
+    certificate in place: no worker restarts, no connection is closed. A worker that gets it
+    before it has set up TLS dies of it and is replaced at once, having accepted nothing yet."""
+
+    def handle_hup(self) -> None:
+        log.info("serve.sighup", tls=self.config.is_ssl, workers=len(self.processes))
+        if not self.config.is_ssl:
+            return  # nothing to reload
+        for process in self.processes:
+            if process.pid is not None and process.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGHUP)
+
+
+def server_exit_flag() -> Callable[[], bool] | None:
+    """The running :class:`uvicorn.Server`'s ``should_exit``, which its SIGTERM/SIGINT handler
+    sets; None when this process is not served by uvicorn from its main thread (tests, other
+    servers: there the application's shutdown is the only end)."""
+    handler = signal.getsignal(signal.SIGTERM)
+    server = getattr(handler, "__self__", None)
+    if not isinstance(server, uvicorn.Server):
+        return None
+    return lambda: server.should_exit
