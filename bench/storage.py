@@ -28,7 +28,6 @@ import asyncio
 import random
 import shutil
 import statistics
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -245,4 +244,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -23,6 +23,8 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import structlog
 
+from . import db
+
 log = structlog.get_logger("receiver.partitions")
 
 # Partitioned tables and their partition column; the event feed first (retention drops it first).
@@ -41,7 +43,7 @@ class Partition:
     upper: datetime | None  # None: the default partition
 
 
-async def partitions(conn: asyncpg.Connection, table: str) -> list[Partition]:
+async def partitions(conn: db.Connection, table: str) -> list[Partition]:
     """The partitions of ``table``, oldest first, the default last."""
     rows = await conn.fetch(
         "SELECT partition::text AS name, lower_bound, upper_bound FROM receiver_partitions($1::regclass)"
@@ -51,7 +53,7 @@ async def partitions(conn: asyncpg.Connection, table: str) -> list[Partition]:
     return [Partition(table, row["name"], row["lower_bound"], row["upper_bound"]) for row in rows]
 
 
-async def create(conn: asyncpg.Connection, table: str, day: date) -> bool:
+async def create(conn: db.Connection, table: str, day: date) -> bool:
     """Make ``table``'s partition for ``day`` (UTC) unless it exists; True if made now. False as
     well when the table is too busy to lock within :data:`LOCK_TIMEOUT`."""
     try:
@@ -64,7 +66,7 @@ async def create(conn: asyncpg.Connection, table: str, day: date) -> bool:
     return made
 
 
-async def ensure(conn: asyncpg.Connection, days_ahead: int = DAYS_AHEAD) -> int:
+async def ensure(conn: db.Connection, days_ahead: int = DAYS_AHEAD) -> int:
     """Partitions from yesterday to ``days_ahead`` days ahead, by the database's clock, for every
     partitioned table; returns how many were made now."""
     if not await conn.fetchval("SELECT to_regproc('receiver_partition_create') IS NOT NULL"):
