@@ -241,6 +241,10 @@ WHERE NOT EXISTS (SELECT FROM sent_messages s
                   WHERE s.sms_msg_id = i.sms_msg_id AND ($3::boolean OR s.create_time >= $2))
   AND NOT EXISTS (SELECT FROM status_reports r
                   WHERE r.sms_msg_id = i.sms_msg_id AND r.tableoid <> ALL($6::oid[])
+                    -- the days its state says its reports are in (store._REFRESH_STATES), not every day
+                    AND r.received_at BETWEEN
+                        coalesce((SELECT reports_from FROM message_states m WHERE m.sms_msg_id = i.sms_msg_id), '-infinity')
+                        AND coalesce((SELECT reports_until FROM message_states m WHERE m.sms_msg_id = i.sms_msg_id), 'infinity')
                     AND (r.received_at >= $2 OR r.stored_at >= $2
                          OR (r.received_at, r.id) > ($4::timestamptz, $5::bigint)))
   AND NOT EXISTS (SELECT FROM reply_links l JOIN uplinks u ON u.id = l.uplink_id
@@ -267,7 +271,10 @@ async def _unsent_messages(conn: asyncpg.Connection, result: Result, batch_size:
 _STATES_WITHOUT_REPORTS = """
 SELECT sms_msg_id FROM message_states m
 WHERE sent_at IS NULL AND NOT sent AND sms_msg_id > coalesce($1::text, '')
-  AND NOT EXISTS (SELECT FROM status_reports r WHERE r.sms_msg_id = m.sms_msg_id AND r.tableoid <> ALL($3::oid[]))
+  AND NOT EXISTS (SELECT FROM status_reports r
+                  WHERE r.sms_msg_id = m.sms_msg_id AND r.tableoid <> ALL($3::oid[])
+                    AND r.received_at BETWEEN coalesce(m.reports_from, '-infinity')
+                                          AND coalesce(m.reports_until, 'infinity'))
 ORDER BY sms_msg_id LIMIT $2
 """
 
@@ -307,7 +314,9 @@ async def _messages(
         if doomed:
             for table in MESSAGE_TABLES:
                 sql = f"DELETE FROM {table} WHERE sms_msg_id = ANY($1::text[])"
-                deleted[table] = _count(await conn.execute(sql, doomed))
+                if table == "status_reports":  # a doomed message's reports are all older: those days only
+                    sql += " AND received_at < $2"
+                deleted[table] = _count(await conn.execute(sql, doomed, *([result.cutoff] if "$2" in sql else [])))
     for table, n in deleted.items():
         result.add(table, n)
     log.debug("prune.batch", **deleted)

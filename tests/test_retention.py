@@ -47,10 +47,16 @@ def age(h: Harness, table: str, where: str, column: str = "received_at") -> None
     h.settle()
     also = f", stored_at = stored_at - interval '{AGE}'" if table == "status_reports" else ""
     run(fetch(h.url, f"UPDATE {table} SET {column} = {column} - interval '{AGE}'{also} WHERE {where}"))
-    if table == "status_reports":  # where each message's reports are, as if they had come then
-        run(fetch(h.url, "UPDATE message_states m SET reports_from = r.first, reports_until = r.last FROM"
-                         " (SELECT sms_msg_id, min(received_at) AS first, max(received_at) AS last FROM status_reports"
-                         " GROUP BY 1) r WHERE r.sms_msg_id = m.sms_msg_id"))  # fmt: skip
+    if table == "status_reports":
+        received_then(h)
+
+
+def received_then(h: Harness) -> None:
+    """Where each message's reports are (their first and last receipt), as if they had come when
+    they are now dated."""
+    run(fetch(h.url, "UPDATE message_states m SET reports_from = r.first, reports_until = r.last FROM"
+                     " (SELECT sms_msg_id, min(received_at) AS first, max(received_at) AS last FROM status_reports"
+                     " GROUP BY 1) r WHERE r.sms_msg_id = m.sms_msg_id"))  # fmt: skip
 
 
 def prune(h: Harness, tmp_path: Path, *args: str, check: bool = True):  # type: ignore[no-untyped-def]
@@ -191,6 +197,7 @@ def test_a_shorter_duration_reaches_recent_events(harness: Harness, tmp_path: Pa
     harness.settle()
     run(fetch(harness.url, "UPDATE status_reports SET received_at = now() - interval '2 hours' "
                            "WHERE sms_msg_id = 'two-hours-ago'"))  # fmt: skip
+    received_then(harness)
     # Received two hours ago but stored just now (it waited in the journal): its event, dated by
     # the storing transaction, stays for an hour, so the report stays with it.
     assert counts(prune(harness, tmp_path, "--older-than", "1h").stdout)["status_reports"] == 0
