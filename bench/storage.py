@@ -99,6 +99,7 @@ async def fill(conn: asyncpg.Connection, reports: int, days: int) -> float:
     # History, not news: no event feed rows, no foreign key checks (the rows are made consistent).
     await conn.execute("SET session_replication_role = replica")
     messages_per_day = int(reports / days / 1.25)
+    run = random.getrandbits(24)  # this fill's messages, whatever an earlier one left
     for back in range(days, 0, -1):
         day = today - timedelta(days=back)
         await partitions.create(conn, "status_reports", day)
@@ -111,7 +112,7 @@ async def fill(conn: asyncpg.Connection, reports: int, days: int) -> float:
         if have >= messages_per_day:
             continue
         # Each stage's messages of the day have their own prefix; they are sent in between the others.
-        prefix = f"d{day:%Y%m%d}-{reports}-"
+        prefix = f"d{day:%Y%m%d}-{reports}-{run}-"
         await conn.execute(FILL_DAY, prefix, start, 1, messages_per_day - have, 86_000.0, app_id)
     await conn.execute("RESET session_replication_role")
     await conn.execute("VACUUM ANALYZE")
