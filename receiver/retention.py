@@ -179,29 +179,33 @@ async def _drop_days(conn: asyncpg.Connection, result: Result) -> None:
 
 async def _drop_each_day(conn: asyncpg.Connection, result: Result) -> None:
     for table in partitions.TABLES:
-        for day in await partitions.partitions(conn, table):
-            if day.upper is None or day.upper > result.cutoff:
-                continue
-            child = _CHILD_ROWS.get(table)
-            if result.dry_run:
-                result.add(table, await _rows(conn, day.name))
+        days = [p.name for p in await partitions.partitions(conn, table) if p.upper is not None and p.upper <= result.cutoff]
+        if not days:
+            continue
+        child = _CHILD_ROWS.get(table)
+        if result.dry_run:
+            for day in days:
+                result.add(table, await _rows(conn, day))
                 if child:
-                    sql = f"SELECT count(*) FROM {child[0]} WHERE {child[1]} IN (SELECT id FROM {day.name})"
+                    sql = f"SELECT count(*) FROM {child[0]} WHERE {child[1]} IN (SELECT id FROM {day})"
                     result.add(child[0], await conn.fetchval(sql))
-                result.dropped.append(day.name)
-                result.gone.append(await conn.fetchval("SELECT $1::regclass::oid", day.name))
-                continue
-            async with conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-                await blacklist_store.keep_out_bulk_work(conn)  # a rebuild reads all of a day's replies, or none
-                rows = await _rows(conn, day.name)
-                if child:
-                    sql = f"DELETE FROM {child[0]} WHERE {child[1]} IN (SELECT id FROM {day.name})"
+                result.gone.append(await conn.fetchval("SELECT $1::regclass::oid", day))
+            result.dropped += days
+            continue
+        # One transaction and one DROP per table: its lock is taken once, and held for as long
+        # as dropping the files takes.
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            await blacklist_store.keep_out_bulk_work(conn)  # a rebuild reads all of a day's replies, or none
+            rows = {day: await _rows(conn, day) for day in days}
+            if child:
+                for day in days:
+                    sql = f"DELETE FROM {child[0]} WHERE {child[1]} IN (SELECT id FROM {day})"
                     result.add(child[0], _count(await conn.execute(sql)))
-                await conn.execute(f"DROP TABLE {day.name}")
-            result.add(table, rows)
-            result.dropped.append(day.name)
-            log.info("prune.dropped", partition=day.name, rows=rows)
+            await conn.execute(f"DROP TABLE {', '.join(days)}")
+        result.add(table, sum(rows.values()))
+        result.dropped += days
+        log.info("prune.dropped", table=table, partitions=len(days), rows=sum(rows.values()))
 
 
 async def _rows(conn: asyncpg.Connection, name: str) -> int:
