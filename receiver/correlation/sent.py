@@ -18,6 +18,9 @@ from ..protocol.fields import small_int, timestamp
 
 MESSAGE_TYPES = {"verification", "notification", "promotional"}
 MAX_RESULTS = 1000
+MAX_TEXT = 128  # the send's context (extend, template_id, signature, message_type) and the application
+# Longest value of each field of a result item (docs/protocol.md, Send results).
+SENT_LIMITS = {"smsMsgId": 50, "originTo": 21, "status": 7, "from": 21, "createTime": 32, "countryId": 3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +47,7 @@ def parse_sent(document: object, default_region: str = "CN") -> list[SentMessage
     if "response" in document:
         response = document["response"]
         for key in ("extend", "template_id", "signature", "message_type"):
-            context[key] = _optional_str(document, key, 128)
+            context[key] = _optional_str(document, key, MAX_TEXT)
         if context["message_type"] is not None and context["message_type"] not in MESSAGE_TYPES:
             raise ProtocolError("invalid_field", {"field": "message_type", "allowed": sorted(MESSAGE_TYPES)})
     if not isinstance(response, dict):
@@ -70,21 +73,21 @@ def parse_application(document: object) -> str | None:
     """The name of the application the document's sends belong to, when it gives one."""
     if not isinstance(document, dict):
         return None
-    return _optional_str(document, "application", 128)
+    return _optional_str(document, "application", MAX_TEXT)
 
 
 def _message(item: dict[str, Any], context: dict[str, Any], region: str) -> SentMessage:
-    sms_msg_id = _required_str(item, "smsMsgId", 50)
-    origin_to = _required_str(item, "originTo", 21)
+    sms_msg_id = _required_str(item, "smsMsgId", SENT_LIMITS["smsMsgId"])
+    origin_to = _required_str(item, "originTo", SENT_LIMITS["originTo"])
     total_value = item.get("total")
     total = small_int("total", str(total_value)) if total_value not in (None, "") else None
     return SentMessage(
         sms_msg_id=sms_msg_id,
         to=e164(origin_to, region) or origin_to,
-        from_=_optional_str(item, "from", 21),
-        status=_required_str(item, "status", 7),
-        create_time=timestamp("createTime", _optional_str(item, "createTime", 32)),
-        country_id=_optional_str(item, "countryId", 3),
+        from_=_optional_str(item, "from", SENT_LIMITS["from"]),
+        status=_required_str(item, "status", SENT_LIMITS["status"]),
+        create_time=timestamp("createTime", _optional_str(item, "createTime", SENT_LIMITS["createTime"])),
+        country_id=_optional_str(item, "countryId", SENT_LIMITS["countryId"]),
         total=total or 1,
         extend=context.get("extend"),
         template_id=context.get("template_id"),
