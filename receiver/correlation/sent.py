@@ -1,4 +1,5 @@
-"""``POST /v1/sent`` bodies: the Huawei send API's response, as the sender got it (reference §4.3).
+"""``POST /v1/sent`` bodies: the Huawei send API's response, as the sender got it (docs/protocol.md, Send
+results).
 
 Either the response itself, ``{"code", "description", "result": [...]}``, or that response
 wrapped with the send's context: ``{"response": ..., "extend", "template_id", "signature",
