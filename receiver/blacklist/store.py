@@ -288,7 +288,7 @@ async def _write(conn: asyncpg.Connection, changes: Diff) -> None:
             *[list(column) for column in zip(*rows, strict=True)],
         )
     if changes.history:
-        rows = [
+        history = [
             (c.entry.number, c.entry.channel, c.entry.source, c.action, c.actor, c.reason, c.sms_msg_id)
             for c in changes.history
         ]
@@ -296,7 +296,7 @@ async def _write(conn: asyncpg.Connection, changes: Diff) -> None:
             """INSERT INTO blacklist_history (number, channel, source, action, actor, reason, sms_msg_id)
                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                    $7::text[])""",
-            *[list(column) for column in zip(*rows, strict=True)],
+            *[list(column) for column in zip(*history, strict=True)],
         )
 
 
