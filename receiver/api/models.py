@@ -13,7 +13,7 @@ Field names and types are the public interface (docs/api.md): add fields, never 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self, get_args
@@ -28,11 +28,10 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from ..correlation.sent import MAX_RESULTS, MAX_TEXT, MESSAGE_TYPES, SENT_LIMITS
 from ..correlation.state import STATES
 from ..numbers import e164
 from ..protocol import ProtocolError
-from ..protocol.fields import MAX_FIELDS, MAX_UNKNOWN_NAME, MAX_UNKNOWN_VALUE, timestamp
+from ..protocol.fields import MAX_FIELDS, MAX_UNKNOWN_NAME, MAX_UNKNOWN_VALUE, small_int, timestamp
 from ..protocol.status_report import MAX_BATCH
 from ..protocol.status_report import RULES as REPORT_RULES
 from ..protocol.uplink import RULES as UPLINK_RULES
@@ -312,8 +311,12 @@ class Request(Shape):
     def refusal(cls, error: ValidationError) -> ProtocolError:
         first = error.errors(include_url=False)[0]
         cause = (first.get("ctx") or {}).get("error")
+        item = next((part for part in first["loc"][:-1] if isinstance(part, int)), None)
         if isinstance(cause, ProtocolError):
-            return cause
+            if item is None:
+                return cause
+            detail = cause.detail if isinstance(cause.detail, dict) else {"reason": cause.detail}
+            return ProtocolError(cause.code, {"item": item, **detail})
         name = str(first["loc"][0]) if first["loc"] else "body"
         field = cls.model_fields.get(name)
         public = field.alias if field is not None and field.alias else name
@@ -484,58 +487,153 @@ class LiftQuery(Request):
     )
 
 
-# --- POST /v1/sent: described here, validated by receiver/correlation/sent.py ----------------------
+# --- POST /v1/sent: the send API's response, as the sender got it (docs/protocol.md, Send results) ---
+
+MESSAGE_TYPES = ("verification", "notification", "promotional")
+MAX_RESULTS = 1000
+MAX_TEXT = 128  # the send's context (extend, template_id, signature, message_type) and the application
+# The longest value of each field of a result item.
+SENT_LIMITS = {"smsMsgId": 50, "originTo": 21, "status": 7, "from": 21, "createTime": 32, "countryId": 3}
 
 
-class SendResultItem(Shape):
-    smsMsgId: Annotated[Any, WithJsonSchema({"type": ["string", "integer"], "minLength": 1,
-                                             "maxLength": SENT_LIMITS["smsMsgId"]})]  # fmt: skip
-    originTo: Annotated[Any, WithJsonSchema({"type": ["string", "integer"], "minLength": 1,
-                                             "maxLength": SENT_LIMITS["originTo"]})]  # fmt: skip
-    status: Annotated[Any, WithJsonSchema({"type": ["string", "integer"], "minLength": 1,
-                                           "maxLength": SENT_LIMITS["status"]})]  # fmt: skip
-    from_: Annotated[Any, WithJsonSchema({"type": ["string", "integer", "null"], "maxLength": SENT_LIMITS["from"]})] = (
-        Field(None, alias="from")
-    )
-    createTime: Annotated[Any, WithJsonSchema({"type": ["string", "null"], "maxLength": SENT_LIMITS["createTime"],
-                                               "description": HUAWEI_TIME})] = None  # fmt: skip
-    countryId: Annotated[Any, WithJsonSchema({"type": ["string", "integer", "null"],
-                                              "maxLength": SENT_LIMITS["countryId"]})] = None  # fmt: skip
-    total: Annotated[Any, WithJsonSchema({"type": ["string", "integer", "null"],
-                                          "description": "parts, a positive integer"})] = None  # fmt: skip
+def _text(name: str, max_len: int = MAX_TEXT, *, required: bool = False) -> Callable[[object], str | None]:
+    """A field of the send API's response: a string (an integer is taken as its digits), blank for
+    absent, at most ``max_len`` characters, no NUL."""
+
+    def check(value: object) -> str | None:
+        if value is None or value == "":
+            if required:
+                raise ProtocolError("missing_field", {"field": name})
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise ProtocolError("invalid_field", {"field": name, "reason": "expected a string"})
+        if len(value) > max_len:
+            raise ProtocolError("field_too_long", {"field": name, "max_length": max_len})
+        if "\x00" in value:
+            raise ProtocolError("invalid_character", {"field": name})
+        return value
+
+    return check
 
 
-class SendResponse(Shape):
+def _described(name: str, *, required: bool = False, **more: Any) -> WithJsonSchema:
+    """How a text field of a ``/v1/sent`` body is published: a string or an integer."""
+    types = ["string", "integer"] if required else ["string", "integer", "null"]
+    limits = {"minLength": 1} if required else {}
+    return WithJsonSchema({"type": types, **limits, "maxLength": SENT_LIMITS.get(name, MAX_TEXT), **more})
+
+
+def _parts(value: object) -> int | None:
+    return small_int("total", str(value)) if value not in (None, "") else None
+
+
+def _created(value: object) -> datetime | None:
+    return timestamp("createTime", _text("createTime", SENT_LIMITS["createTime"])(value))
+
+
+def _message_type(value: object) -> str | None:
+    text = _text("message_type")(value)
+    if text is not None and text not in MESSAGE_TYPES:
+        raise ProtocolError("invalid_field", {"field": "message_type", "allowed": sorted(MESSAGE_TYPES)})
+    return text
+
+
+def _response(value: object) -> object:
+    if not isinstance(value, dict):
+        raise ProtocolError("invalid_body", "response must be the send API's JSON object")
+    return value
+
+
+def _results(value: object) -> object:
+    if not isinstance(value, list):
+        raise ProtocolError("invalid_field", {"field": "result", "reason": "expected a list"})
+    if len(value) > MAX_RESULTS:
+        raise ProtocolError("invalid_field", {"field": "result", "max_items": MAX_RESULTS})
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise ProtocolError("invalid_field", {"field": f"result[{index}]", "reason": "expected an object"})
+    return value
+
+
+# Required fields default to None and are validated anyway: absent, they get the same refusal as blank.
+_REQUIRED: Any = Field(None, validate_default=True)
+_SENT_ITEM_CONFIG = ConfigDict(
+    populate_by_name=True,
+    frozen=True,
+    extra="ignore",
+    json_schema_extra={"required": ["smsMsgId", "originTo", "status"]},
+)
+
+
+class SendResultItem(Request):
+    """One recipient of a send, as the send API answers it."""
+
+    model_config = _SENT_ITEM_CONFIG
+
+    # In the order they are checked: the first broken rule is the refusal.
+    smsMsgId: Annotated[str, BeforeValidator(_text("smsMsgId", 50, required=True)),
+                        _described("smsMsgId", required=True)] = _REQUIRED  # fmt: skip
+    originTo: Annotated[str, BeforeValidator(_text("originTo", 21, required=True)),
+                        _described("originTo", required=True)] = _REQUIRED  # fmt: skip
+    total: Annotated[int | None, BeforeValidator(_parts),
+                     WithJsonSchema({"type": ["string", "integer", "null"],
+                                     "description": "parts, a positive integer"})] = None  # fmt: skip
+    from_: Annotated[str | None, BeforeValidator(_text("from", 21)), _described("from")] = Field(None, alias="from")
+    status: Annotated[str, BeforeValidator(_text("status", 7, required=True)),
+                      _described("status", required=True)] = _REQUIRED  # fmt: skip
+    createTime: Annotated[datetime | None, BeforeValidator(_created),
+                          WithJsonSchema({"type": ["string", "null"], "maxLength": SENT_LIMITS["createTime"],
+                                          "description": HUAWEI_TIME})] = None  # fmt: skip
+    countryId: Annotated[str | None, BeforeValidator(_text("countryId", 3)), _described("countryId")] = None
+
+
+_Application = Annotated[
+    str | None,
+    BeforeValidator(_text("application")),
+    WithJsonSchema({"type": ["string", "null"], "maxLength": MAX_TEXT,
+                    "description": "the application the sends belong to (its name)"}),
+]  # fmt: skip
+
+
+class SendResponse(Request):
     """the Huawei send API's response (docs/protocol.md, Send results), as received"""
 
     code: Any = Field(None, description="kept as sent")
     description: Any = Field(None, description="kept as sent")
-    result: list[SendResultItem] = Field(default_factory=list, max_length=MAX_RESULTS)
-
-
-_APPLICATION: dict[str, Any] = {
-    "type": ["string", "null"],
-    "maxLength": MAX_TEXT,
-    "description": "the application the sends belong to (its name)",
-}
-_CONTEXT = {"type": ["string", "integer", "null"], "maxLength": MAX_TEXT}
+    result: Annotated[list[SendResultItem], BeforeValidator(_results)] = Field(
+        default_factory=list, max_length=MAX_RESULTS
+    )
 
 
 class SentResponse(SendResponse):
     """the send API's response, with the application it belongs to"""
 
-    application: Annotated[Any, WithJsonSchema(_APPLICATION)] = None
+    application: _Application = None
 
 
-class SentWrapped(Shape):
+class SentWrapped(Request):
     """the send API's response with the send's context"""
 
-    response: SendResponse
-    extend: Annotated[Any, WithJsonSchema(_CONTEXT)] = None
-    template_id: Annotated[Any, WithJsonSchema(_CONTEXT)] = None
-    signature: Annotated[Any, WithJsonSchema(_CONTEXT)] = None
-    message_type: Annotated[Any, WithJsonSchema({"enum": [*sorted(MESSAGE_TYPES), None, ""]})] = None
-    application: Annotated[Any, WithJsonSchema(_APPLICATION)] = None
+    extend: Annotated[str | None, BeforeValidator(_text("extend")), _described("extend")] = None
+    template_id: Annotated[str | None, BeforeValidator(_text("template_id")), _described("template_id")] = None
+    signature: Annotated[str | None, BeforeValidator(_text("signature")), _described("signature")] = None
+    message_type: Annotated[str | None, BeforeValidator(_message_type),
+                            WithJsonSchema({"enum": [*MESSAGE_TYPES, None, ""]})] = None  # fmt: skip
+    response: Annotated[SendResponse, BeforeValidator(_response)]
+    application: _Application = None
+
+
+
+def parse_sent_body(document: object) -> SentResponse | SentWrapped:
+    """A ``POST /v1/sent`` body: the send API's response, or that response wrapped with the send's
+    context (``{"response": ...}``). Refusals name the item (``detail.item``) they are about."""
+    if not isinstance(document, dict):
+        raise ProtocolError("invalid_body", "expected a JSON object: the send API's response")
+    if "response" in document:
+        return SentWrapped.parse(document)
+    return SentResponse.parse(document)
 
 
 # --- the platform's side: callbacks, described here, parsed by receiver/protocol/ ------------------

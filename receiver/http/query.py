@@ -20,7 +20,7 @@ from ..api.models import (
     UplinkQuery,
 )
 from ..correlation import queries
-from ..correlation.sent import parse_application, parse_sent
+from ..correlation.sent import parse_sent
 from ..protocol import ProtocolError
 from .auth import requires_key
 from .responses import error_response, model_response
@@ -35,9 +35,7 @@ async def post_sent(request: Request) -> Response:
     if len(body) > MAX_SENT_BODY:
         return error_response(413, "body_too_large", {"max_bytes": MAX_SENT_BODY})
     try:
-        document = json.loads(body)
-        messages = parse_sent(document)
-        named = parse_application(document)
+        messages, named = parse_sent(json.loads(body))
     except (ValueError, RecursionError) as error:
         if isinstance(error, ProtocolError):
             return error_response(400, error.code, error.detail)
