@@ -292,6 +292,7 @@ class Readiness(Shape):
 
 # --- requests: validation with the API's refusals -------------------------------------------------
 
+
 class Request(Shape):
     """A request's parameters or body. :meth:`parse` validates and turns the first broken rule into
     the :class:`ProtocolError` the API answers with: the one a validator raised, else
