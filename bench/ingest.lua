@@ -42,7 +42,7 @@ function request()
    end
    counter = counter + 1
    pending = counter
-   -- An official sample (Huawei reference §1.4) with our own id.
+   -- An official sample (docs/protocol.md, Official samples) with our own id.
    local body = "sequence=1&total=1&orgCode=000&updateTime=2018-04-13T06%3A31%3A46Z&source=2&smsMsgId="
       .. prefix .. counter .. "&status=DELIVRD"
    return wrk.format("POST", path, headers, body)

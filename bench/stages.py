@@ -329,6 +329,62 @@ class Stages:
         self.add(section, "ratio", "acknowledgement / plain handler", None, f"{whole / plain:.2f}")
         self.loop.run_until_complete(journal.close())
         os.close(log_file)
+        self.paced_appends(settings.journal_group_window_seconds)
+
+    def paced_appends(self, window: float) -> None:
+        """``journal.append`` of records that come one at a time at a steady rate (as callbacks do
+        with a new connection each), without and with the group window: CPU per record, records
+        per fdatasync, and the wait for durability."""
+        from receiver import records
+        from receiver.journal import Journal
+        from receiver.journal.envelope import Kind
+
+        section = "journal, records arriving one at a time (per record)"
+        payload = records.accepted(Kind.STATUS_REPORT, 1, time.time(), body(0))
+        rate = self.args.paced_rate
+        n = int(rate * 2)
+
+        async def run(group_window: float) -> tuple[float, float, float]:
+            root = self.base / f"paced-{group_window}"
+            journal = Journal(root, max_bytes=1 << 40, segment_bytes=64 << 20, sync="auto", group_window=group_window)
+            await journal.append(payload)
+            flushes = [0]
+            write = journal._write
+
+            def counted(data: bytes) -> Any:
+                flushes[0] += 1
+                return write(data)
+
+            journal._write = counted  # type: ignore[method-assign]
+            waits: list[float] = []
+
+            async def one() -> None:
+                start = time.perf_counter()
+                await journal.append(payload)
+                waits.append(time.perf_counter() - start)
+
+            tasks = []
+            begin = time.perf_counter()
+            cpu = time.process_time()
+            for i in range(n):
+                delay = begin + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.ensure_future(one()))
+            await asyncio.gather(*tasks)
+            cpu = time.process_time() - cpu
+            await journal.close()
+            waits.sort()
+            return cpu / n, n / max(1, flushes[0]), waits[int(n * 0.99)]
+
+        for label, group_window in (("no group window", 0.0), (f"group window {window * 1000:g} ms", window)):
+            per_record, per_flush, p99 = statistics.median_low(
+                [self.loop.run_until_complete(run(group_window)) for _ in range(self.args.repeat)]
+            )
+            self.add(
+                section, f"paced-{group_window}", f"`journal.append` at {rate:,}/s, {label}", per_record,
+                f"{per_flush:.1f} records per fdatasync; p99 wait {p99 * 1000:.2f} ms; the pacing loop's own CPU included",
+            )  # fmt: skip
 
     # --- the writer ----------------------------------------------------------------------------
 
@@ -523,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batches", type=int, default=20, help="measured writer batches (default 20)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure, the median shown (default 3)")
     parser.add_argument("--no-database", action="store_true", help="skip the PostgreSQL stages")
+    parser.add_argument("--paced-rate", type=int, default=1500,
+                        help="records per second of the paced journal rows (default 1500: a worker's share of a"
+                        " new-connection burst)")  # fmt: skip
     parser.add_argument("--switch-interval", type=float, default=None, metavar="MS",
                         help="the interpreter's thread switch interval (default: what the worker sets)")  # fmt: skip
     return parser

@@ -20,8 +20,8 @@ IPNetwork = IPv4Network | IPv6Network
 
 # The platform's push addresses as Huawei's FAQ "What Is the Callback Address? How Do I Set This
 # Address?" (sms_faq_0093) lists them: "for example", so not promised complete or current; the API
-# pages say to ask the operations manager for the current list. Reference: huawei-sms-callbacks.md
-# §1.1 (Source IPs) and §7.8.
+# pages say to ask the operations manager for the current list (docs/protocol.md, Source
+# addresses and TLS).
 NAMED_SOURCES: dict[str, tuple[str, ...]] = {
     "huawei": ("117.78.29.0/24", "124.70.27.0/24", "124.71.67.0/24", "123.60.96.0/24", "119.8.109.0/24"),
 }

@@ -1,5 +1,5 @@
 """TLS for ``receiver serve``: TLS 1.2 and 1.3 only, and for TLS 1.2 only the four ECDHE AES-GCM
-suites the Huawei platform offers (reference §1.1), so that RSA and ECDSA certificates both work.
+suites the Huawei platform offers (docs/protocol.md, Source addresses and TLS), so that RSA and ECDSA certificates both work.
 
 Every worker builds its own context (:func:`context_factory`, called by uvicorn in the worker) and
 reloads the certificate and key into that same context on SIGHUP: new handshakes get the new

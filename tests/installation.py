@@ -16,15 +16,12 @@ import sys
 import venv
 from pathlib import Path
 
-from support import world_readable_tmpdir
+from support import huawei_sample, world_readable_tmpdir
 
 ROOT = Path(__file__).resolve().parent.parent
 CONSTRAINTS = ROOT / "constraints.txt"
-# Huawei's sample status report, verbatim (shared/huawei-sms-callbacks.md, §2).
-OFFICIAL_STATUS_REPORT = (
-    "sequence=1&total=1&orgCode=000&updateTime=2018-04-13T06%3A31%3A46Z&source=2"
-    "&smsMsgId=b9d9b4fe-ad0e-4a2a-a2c7-445505b674ac_6&status=DELIVRD"
-)
+# Huawei's sample status report, verbatim (docs/protocol.md, Official samples).
+OFFICIAL_STATUS_REPORT = huawei_sample("status-report-api-example")
 OFFICIAL_SMS_MSG_ID = "b9d9b4fe-ad0e-4a2a-a2c7-445505b674ac_6"
 
 

@@ -33,6 +33,14 @@ def all_stored(root: Path) -> bool:
         reader.close()
 
 
+HUAWEI_SAMPLES = Path(__file__).resolve().parent / "fixtures" / "huawei"
+
+
+def huawei_sample(name: str) -> str:
+    """One of the platform's official sample bodies, byte for byte (tests/fixtures/huawei/)."""
+    return (HUAWEI_SAMPLES / f"{name}.form").read_bytes().decode("ascii")
+
+
 def with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{name}"))

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import threading
 import time
+from typing import Any
 
 import asyncpg
 import pytest
@@ -13,7 +14,7 @@ from support import Harness, run
 
 from receiver.correlation.queries import encode_cursor
 
-SEND_RESPONSE = {
+SEND_RESPONSE: dict[str, Any] = {
     "code": "000000",
     "description": "Success",
     "result": [
@@ -28,7 +29,7 @@ SEND_RESPONSE = {
          "total": 1},
     ],
 }  # fmt: skip
-ID1, ID2, ID3 = (item["smsMsgId"] for item in SEND_RESPONSE["result"])  # type: ignore[index]
+ID1, ID2, ID3 = (item["smsMsgId"] for item in SEND_RESPONSE["result"])
 
 
 def report(harness: Harness, sms_msg_id: str, status: str = "DELIVRD", sequence: int = 1, total: int = 1,
@@ -166,12 +167,80 @@ def test_list_messages_filters_and_pages(harness: Harness) -> None:
     assert late["messages"] == []
 
 
+LIMIT_500 = {"field": "limit", "allowed": "1-500"}
+
+
 @pytest.mark.parametrize(
-    "params", [{"state": "lost"}, {"limit": "0"}, {"limit": "501"}, {"cursor": "%%%"}, {"since": "soon"}, {"to": "x"}]
-)
-def test_list_messages_refuses_bad_parameters(harness: Harness, params: dict[str, str]) -> None:
-    response = harness.api("GET", "/v1/messages", params=params)
-    assert response.status_code == 400
+    ("path", "params", "error", "detail"),
+    [
+        ("/v1/messages", {"state": "lost"}, "invalid_field",
+         {"field": "state", "allowed": ["delivered", "failed", "pending", "unreported"]}),
+        ("/v1/messages", {"state": ""}, "invalid_field",
+         {"field": "state", "allowed": ["delivered", "failed", "pending", "unreported"]}),
+        ("/v1/messages", {"blacklisted_at_send": "yes"}, "invalid_field",
+         {"field": "blacklisted_at_send", "allowed": ["false", "true"]}),
+        ("/v1/messages", {"limit": "0"}, "invalid_field", LIMIT_500),
+        ("/v1/messages", {"limit": "501"}, "invalid_field", LIMIT_500),
+        ("/v1/messages", {"limit": "+5"}, "invalid_field", LIMIT_500),
+        ("/v1/messages", {"limit": " 5"}, "invalid_field", LIMIT_500),
+        ("/v1/messages", {"limit": "1_0"}, "invalid_field", LIMIT_500),
+        ("/v1/messages", {"limit": "²"}, "invalid_field", LIMIT_500),
+        ("/v1/messages", {"cursor": "%%%"}, "invalid_cursor", "the cursor was not made by this API"),
+        ("/v1/messages", {"since": "soon"}, "invalid_field",
+         {"field": "since", "reason": "expected yyyy-MM-ddTHH:mm:ssZ"}),
+        ("/v1/messages", {"until": "2024-02-30T00:00:00Z"}, "invalid_field",
+         {"field": "until", "reason": "not a valid time"}),
+        ("/v1/messages", {"to": "x"}, "invalid_field", {"field": "to", "reason": "not a phone number"}),
+        ("/v1/uplinks", {"limit": "501"}, "invalid_field", LIMIT_500),
+        ("/v1/events", {"limit": "1001"}, "invalid_field", {"field": "limit", "allowed": "1-1000"}),
+        ("/v1/events", {"kinds": "report,nope"}, "invalid_field",
+         {"field": "kinds", "allowed": ["report", "state", "reply", "optout", "optin", "sent_after_optout"]}),
+    ],
+)  # fmt: skip
+def test_query_parameters_are_refused_with_a_reason(
+    harness: Harness, path: str, params: dict[str, str], error: str, detail: object
+) -> None:
+    response = harness.api("GET", path, params=params)
+    assert (response.status_code, response.json()) == (400, {"error": error, "detail": detail})
+
+
+def test_empty_filters_are_no_filters(harness: Harness) -> None:
+    assert harness.api("POST", "/v1/sent", json=SEND_RESPONSE).status_code == 200
+    page = harness.api("GET", "/v1/messages", params={"to": "", "cursor": ""}).json()
+    assert [m["sms_msg_id"] for m in page["messages"]] == [ID1, ID2, ID3]
+
+
+def test_a_message_answers_the_same_fields_in_the_same_order_and_formats(harness: Harness) -> None:
+    """What clients parse: compact JSON, fields in this order, times with their offset (blacklist
+    entries: UTC with Z)."""
+    assert harness.api("PUT", "/v1/blacklist/+8613712343774", json={"reason": "asked"}).status_code == 201
+    sent = {"result": [{**SEND_RESPONSE["result"][0], "createTime": "2099-01-01T00:00:00Z"}]}
+    assert harness.api("POST", "/v1/sent", json=sent).status_code == 200
+    report(harness, ID1, when="2099-01-01T00%3A00%3A04Z")
+    uplink(harness, "reply-1", "+8613712343774", "thanks", "2099-01-01T00%3A01%3A00Z")
+    response = harness.api("GET", f"/v1/messages/{ID1}")
+    assert response.headers["content-type"] == "application/json"
+    message = response.json()
+    assert list(message) == [
+        "sms_msg_id", "to", "from", "state", "status", "parts", "registered", "sent_status", "sent_at",
+        "delivered_at", "latency_seconds", "extend", "template_id", "signature", "message_type", "application",
+        "reports", "replies", "blacklisted_at_send",
+    ]  # fmt: skip
+    assert response.content.startswith(b'{"sms_msg_id":"' + ID1.encode() + b'","to":"+8613712343774",')
+    assert (message["sent_at"], message["delivered_at"], message["latency_seconds"]) == (
+        "2099-01-01T00:00:00+00:00", "2099-01-01T00:00:04+00:00", 4.0)  # fmt: skip
+    [stored] = message["reports"]
+    assert list(stored) == ["status", "sequence", "total", "source", "status_desc", "update_time", "extend", "to",
+                            "org_code", "extra", "via", "received_at"]  # fmt: skip
+    assert stored["update_time"] == "2099-01-01T00:00:04+00:00" and stored["received_at"].endswith("+00:00")
+    [reply] = message["replies"]
+    assert list(reply) == ["sms_msg_id", "from", "to", "body", "create_time", "received_at", "ambiguous", "match",
+                           "candidates", "unlinked_reason"]  # fmt: skip
+    assert (reply["from"], reply["create_time"]) == ("+8613712343774", "2099-01-01T00:01:00+00:00")
+    entry = message["blacklisted_at_send"]
+    assert list(entry) == ["number", "channel", "source", "reason", "sms_msg_id", "added_by", "added_at"]
+    assert (entry["number"], entry["source"], entry["reason"]) == ("+8613712343774", "manual", "asked")
+    assert entry["added_at"].endswith("Z") and "+00:00" not in entry["added_at"]
 
 
 def test_uplinks_feed_can_be_tailed_without_gaps(harness: Harness) -> None:

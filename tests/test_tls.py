@@ -265,7 +265,7 @@ def test_signed_pushes_verify_through_the_real_server(db_url: str, data_dir: Pat
             conn.putrequest("POST", path, skip_host=True, skip_accept_encoding=True)
             for name, value in headers.items():
                 conn.putheader(name, value)
-            if platform_headers:  # unsigned, added by the platform's proxies (reference §1.4)
+            if platform_headers:  # unsigned, added by the platform's proxies (docs/protocol.md, Source addresses and TLS)
                 for name, value in (("Pooltype", "approxy"), ("TrcModule", "AP"), ("TraceHandle", "DMZ_818405")):
                     conn.putheader(name, value)
             conn.endheaders(body)

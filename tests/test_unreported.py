@@ -98,7 +98,7 @@ async def _stored(conn: asyncpg.Connection, sms_msg_id: str) -> str:
 async def _shown(conn: asyncpg.Connection, sms_msg_id: str, now: datetime) -> str:
     found = await queries.message(conn, sms_msg_id, now=now)
     assert found is not None
-    return str(found["state"])
+    return str(found.state)
 
 
 def test_the_sweep_marks_at_the_boundary_and_only_once(db_url: str) -> None:

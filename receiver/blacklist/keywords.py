@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-# The platform's own unsubscribe/blacklist outcomes in status reports (reference §5.2, §6).
+# The platform's own unsubscribe/blacklist outcomes in status reports (docs/protocol.md, Status codes).
 BLACKLIST_CODES = frozenset({"SC:0016", "SC:0003", "SC:0005", "BLACK", "TDBLACK", "TSBLACK", "MBBLACK"})
 
 Intent = Literal["optout", "resubscribe"]

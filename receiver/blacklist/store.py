@@ -19,7 +19,6 @@ import hashlib
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 import asyncpg
 import structlog
@@ -289,7 +288,7 @@ async def _write(conn: asyncpg.Connection, changes: Diff) -> None:
             *[list(column) for column in zip(*rows, strict=True)],
         )
     if changes.history:
-        rows = [
+        history = [
             (c.entry.number, c.entry.channel, c.entry.source, c.action, c.actor, c.reason, c.sms_msg_id)
             for c in changes.history
         ]
@@ -297,7 +296,7 @@ async def _write(conn: asyncpg.Connection, changes: Diff) -> None:
             """INSERT INTO blacklist_history (number, channel, source, action, actor, reason, sms_msg_id)
                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                    $7::text[])""",
-            *[list(column) for column in zip(*rows, strict=True)],
+            *[list(column) for column in zip(*history, strict=True)],
         )
 
 
@@ -452,25 +451,3 @@ async def all_entries(conn: asyncpg.Connection) -> list[Entry]:
         f"SELECT {_ENTRY_COLUMNS} FROM blacklist ORDER BY number, added_at, source, channel NULLS FIRST"
     )
     return [_entry(row) for row in rows]
-
-
-def document(found: Sequence[Entry]) -> dict[str, object]:
-    """The JSON answer for a blacklisted number: its oldest entry, and all of them."""
-    items = [entry_document(e) for e in found]
-    return {**items[0], "entries": items}
-
-
-def entry_document(e: Entry) -> dict[str, object]:
-    return {
-        "number": e.number,
-        "channel": e.channel,
-        "source": e.source,
-        "reason": e.reason,
-        "sms_msg_id": e.sms_msg_id,
-        "added_by": e.added_by,
-        "added_at": _iso(e.added_at),
-    }
-
-
-def _iso(at: datetime) -> str:
-    return at.isoformat().replace("+00:00", "Z")

@@ -10,8 +10,8 @@ from typing import Any
 
 import asyncpg
 
+from ..api.models import BlacklistEntry, Message, MessageSummary, Uplink
 from ..blacklist import atsend
-from ..blacklist.store import entry_document
 from ..protocol import ProtocolError
 from .state import REPORT_WINDOW
 from .sweep import EFFECTIVE_STATE
@@ -117,10 +117,6 @@ def decode_cursor(cursor: str, arity: int) -> list[Any]:
     return values
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
 def _reply(r: asyncpg.Record) -> dict[str, Any]:
     """An uplink as the API shows it, with how its link was made: ``match`` the rule that found the
     message it answers (None: none did, ``unlinked_reason`` says why), ``candidates`` how many sends
@@ -130,8 +126,8 @@ def _reply(r: asyncpg.Record) -> dict[str, Any]:
         "from": r["from"],
         "to": r["to"],
         "body": r["body"],
-        "create_time": _iso(r["create_time"]),
-        "received_at": _iso(r["received_at"]),
+        "create_time": r["create_time"],
+        "received_at": r["received_at"],
         "ambiguous": (r["candidates"] or 0) > 1,
         "match": r["match"],
         "candidates": r["candidates"] or 0,
@@ -141,7 +137,7 @@ def _reply(r: asyncpg.Record) -> dict[str, Any]:
 
 async def message(
     conn: asyncpg.Connection, sms_msg_id: str, *, window: timedelta = REPORT_WINDOW, now: datetime | None = None
-) -> dict[str, Any] | None:
+) -> Message | None:
     """One message as the API shows it, its state at ``now`` (default: the database's clock)."""
     row = await conn.fetchrow(_MESSAGE, sms_msg_id, window, now)
     if row is None:
@@ -149,7 +145,7 @@ async def message(
     reports = await conn.fetch(_REPORTS, sms_msg_id)
     replies = await conn.fetch(_REPLIES, sms_msg_id)
     to = row["to"] or next((r["to"] for r in reports if r["to"]), None)
-    return {
+    return Message.model_validate({
         "sms_msg_id": row["sms_msg_id"],
         "to": to,
         "from": row["from"],
@@ -158,8 +154,8 @@ async def message(
         "parts": {"total": row["parts_total"], "delivered": row["parts_delivered"]},
         "registered": row["sent"],
         "sent_status": row["sent_status"],
-        "sent_at": _iso(row["sent_at"]),
-        "delivered_at": _iso(row["delivered_at"]),
+        "sent_at": row["sent_at"],
+        "delivered_at": row["delivered_at"],
         "latency_seconds": float(row["latency_seconds"]) if row["latency_seconds"] is not None else None,
         "extend": row["extend"],
         "template_id": row["template_id"],
@@ -173,21 +169,23 @@ async def message(
                 "total": r["total"],
                 "source": r["source"],
                 "status_desc": r["status_desc"],
-                "update_time": _iso(r["update_time"]),
+                "update_time": r["update_time"],
                 "extend": r["extend"],
                 "to": r["to"],
                 "org_code": r["org_code"],
                 "extra": json.loads(r["extra"]),
                 "via": r["via"],
-                "received_at": _iso(r["received_at"]),
+                "received_at": r["received_at"],
             }
             for r in reports
         ],
         "replies": [_reply(r) for r in replies],
         "blacklisted_at_send": (
-            entry_document(atsend.entry({**row, "to": row["optout_number"]})) if row["source"] else None
+            BlacklistEntry.model_validate(atsend.entry({**row, "to": row["optout_number"]}), from_attributes=True)
+            if row["source"]
+            else None
         ),
-    }
+    })
 
 
 async def messages(
@@ -202,7 +200,7 @@ async def messages(
     blacklisted_at_send: bool | None = None,
     window: timedelta = REPORT_WINDOW,
     now: datetime | None = None,
-) -> tuple[list[dict[str, Any]], str | None]:
+) -> tuple[list[MessageSummary], str | None]:
     after_time, after_id = datetime.min.isoformat() + "+00:00", ""
     if cursor:
         after_time, after_id = decode_cursor(cursor, 2)
@@ -215,24 +213,24 @@ async def messages(
     sql = _LIST_AFTER_OPTOUT if blacklisted_at_send else _LIST_SENDS
     rows = await conn.fetch(sql, to, state, since, until, start, after_id, limit, window, now, blacklisted_at_send)
     items = [
-        {
+        MessageSummary.model_validate({
             "sms_msg_id": r["sms_msg_id"],
             "to": r["to"],
             "from": r["from"],
-            "sent_at": _iso(r["create_time"]),
+            "sent_at": r["create_time"],
             "state": r["state"],
             "status": r["status"],
             "parts": {"total": r["parts_total"], "delivered": r["parts_delivered"]},
-            "delivered_at": _iso(r["delivered_at"]),
+            "delivered_at": r["delivered_at"],
             "blacklisted_at_send": r["blacklisted_at_send"],
-        }
+        })
         for r in rows
     ]
     next_cursor = encode_cursor(rows[-1]["create_time"].isoformat(), rows[-1]["sms_msg_id"]) if rows else cursor
     return items, next_cursor
 
 
-async def uplinks(conn: asyncpg.Connection, *, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str]:
+async def uplinks(conn: asyncpg.Connection, *, cursor: str | None, limit: int) -> tuple[list[Uplink], str]:
     txid: object = "0"
     after_id: object = 0
     if cursor:
@@ -242,6 +240,8 @@ async def uplinks(conn: asyncpg.Connection, *, cursor: str | None, limit: int) -
     if not is_txid(txid) or isinstance(after_id, bool) or not isinstance(after_id, int) or not 0 <= after_id < 2**63:
         raise ProtocolError("invalid_cursor", "the cursor was not made by this API")
     rows = await conn.fetch(_UPLINKS, str(txid), after_id, limit)
-    items = [{**_reply(r), "application": r["application"], "reply_to": r["reply_to"]} for r in rows]
+    items = [
+        Uplink.model_validate({**_reply(r), "application": r["application"], "reply_to": r["reply_to"]}) for r in rows
+    ]
     next_cursor = encode_cursor(rows[-1]["txid"], rows[-1]["id"]) if rows else (cursor or encode_cursor("0", 0))
     return items, next_cursor

@@ -1,9 +1,10 @@
-"""``POST /v1/sent`` bodies: the Huawei send API's response, as the sender got it (reference §4.3).
+"""``POST /v1/sent`` bodies: the Huawei send API's response, as the sender got it (docs/protocol.md, Send
+results), as the sends to register.
 
 Either the response itself, ``{"code", "description", "result": [...]}``, or that response
 wrapped with the send's context: ``{"response": ..., "extend", "template_id", "signature",
 "message_type"}``. Either may name the ``application`` the sends belong to, at its top level.
-Pure: validation only, no I/O.
+The body's shape and refusals are :func:`receiver.api.models.parse_sent_body`'s. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -12,12 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ..api.models import SentWrapped, parse_sent_body
 from ..numbers import e164
-from ..protocol import ProtocolError
-from ..protocol.fields import small_int, timestamp
-
-MESSAGE_TYPES = {"verification", "notification", "promotional"}
-MAX_RESULTS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,81 +33,32 @@ class SentMessage:
     raw: dict[str, Any]
 
 
-def parse_sent(document: object, default_region: str = "CN") -> list[SentMessage]:
-    if not isinstance(document, dict):
-        raise ProtocolError("invalid_body", "expected a JSON object: the send API's response")
-    context: dict[str, Any] = {}
-    response: object = document
-    if "response" in document:
-        response = document["response"]
-        for key in ("extend", "template_id", "signature", "message_type"):
-            context[key] = _optional_str(document, key, 128)
-        if context["message_type"] is not None and context["message_type"] not in MESSAGE_TYPES:
-            raise ProtocolError("invalid_field", {"field": "message_type", "allowed": sorted(MESSAGE_TYPES)})
-    if not isinstance(response, dict):
-        raise ProtocolError("invalid_body", "response must be the send API's JSON object")
-    results = response.get("result", [])
-    if not isinstance(results, list):
-        raise ProtocolError("invalid_field", {"field": "result", "reason": "expected a list"})
-    if len(results) > MAX_RESULTS:
-        raise ProtocolError("invalid_field", {"field": "result", "max_items": MAX_RESULTS})
-    messages = []
-    for index, item in enumerate(results):
-        if not isinstance(item, dict):
-            raise ProtocolError("invalid_field", {"field": f"result[{index}]", "reason": "expected an object"})
-        try:
-            messages.append(_message(item, context, default_region))
-        except ProtocolError as error:
-            detail = error.detail if isinstance(error.detail, dict) else {"reason": error.detail}
-            raise ProtocolError(error.code, {"item": index, **detail}) from None
-    return messages
-
-
-def parse_application(document: object) -> str | None:
-    """The name of the application the document's sends belong to, when it gives one."""
-    if not isinstance(document, dict):
-        return None
-    return _optional_str(document, "application", 128)
-
-
-def _message(item: dict[str, Any], context: dict[str, Any], region: str) -> SentMessage:
-    sms_msg_id = _required_str(item, "smsMsgId", 50)
-    origin_to = _required_str(item, "originTo", 21)
-    total_value = item.get("total")
-    total = small_int("total", str(total_value)) if total_value not in (None, "") else None
-    return SentMessage(
-        sms_msg_id=sms_msg_id,
-        to=e164(origin_to, region) or origin_to,
-        from_=_optional_str(item, "from", 21),
-        status=_required_str(item, "status", 7),
-        create_time=timestamp("createTime", _optional_str(item, "createTime", 32)),
-        country_id=_optional_str(item, "countryId", 3),
-        total=total or 1,
-        extend=context.get("extend"),
-        template_id=context.get("template_id"),
-        signature=context.get("signature"),
-        message_type=context.get("message_type"),
-        raw=item,
-    )
-
-
-def _required_str(item: dict[str, Any], name: str, max_len: int) -> str:
-    value = _optional_str(item, name, max_len)
-    if value is None:
-        raise ProtocolError("missing_field", {"field": name})
-    return value
-
-
-def _optional_str(item: dict[str, Any], name: str, max_len: int) -> str | None:
-    value = item.get(name)
-    if value is None or value == "":
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str):
-        raise ProtocolError("invalid_field", {"field": name, "reason": "expected a string"})
-    if len(value) > max_len:
-        raise ProtocolError("field_too_long", {"field": name, "max_length": max_len})
-    if "\x00" in value:
-        raise ProtocolError("invalid_character", {"field": name})
-    return value
+def parse_sent(document: object, default_region: str = "CN") -> tuple[list[SentMessage], str | None]:
+    """The sends a body registers, and the name of the application it says they belong to (if any)."""
+    body = parse_sent_body(document)
+    assert isinstance(document, dict)  # parse_sent_body refuses anything else
+    if isinstance(body, SentWrapped):
+        response, raw_items = body.response, document["response"].get("result", [])
+        context = (body.extend, body.template_id, body.signature, body.message_type)
+    else:
+        response, raw_items = body, document.get("result", [])
+        context = (None, None, None, None)
+    extend, template_id, signature, message_type = context
+    messages = [
+        SentMessage(
+            sms_msg_id=item.smsMsgId,
+            to=e164(item.originTo, default_region) or item.originTo,
+            from_=item.from_,
+            status=item.status,
+            create_time=item.createTime,
+            country_id=item.countryId,
+            total=item.total or 1,
+            extend=extend,
+            template_id=template_id,
+            signature=signature,
+            message_type=message_type,
+            raw=raw,
+        )
+        for item, raw in zip(response.result, raw_items, strict=True)
+    ]
+    return messages, body.application

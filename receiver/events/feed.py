@@ -17,10 +17,11 @@ from typing import Any
 
 import asyncpg
 
+from ..api.models import EVENT_KINDS as KINDS
+from ..api.models import Event
 from ..correlation.queries import decode_cursor, encode_cursor, is_txid
 from ..protocol import ProtocolError
 
-KINDS = ("report", "state", "reply", "optout", "optin", "sent_after_optout")
 CHANNEL = "receiver_events"  # NOTIFY'd, with an empty payload, by every transaction that adds events
 _TAG = "ev"  # keeps other feeds' cursors (same shape) out
 
@@ -66,7 +67,7 @@ START = Position("0", 0)
 
 @dataclass(frozen=True)
 class Page:
-    events: list[dict[str, Any]]
+    events: list[Event]
     next: Position
     more: bool  # more events may be there right away: read again without waiting
 
@@ -104,7 +105,7 @@ async def page(
 ) -> Page:
     scan = limit if kinds is None else min(max(limit * 10, 1000), 10_000)
     rows = await conn.fetch(_PAGE, after.txid, after.id, list(kinds) if kinds else None, scan)
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     position = after
     for row in rows:
         position = Position(row["txid"], row["id"])
@@ -122,19 +123,13 @@ async def held_back(conn: asyncpg.Connection) -> bool:
     return bool(await conn.fetchval(_HELD_BACK))
 
 
-def _event(row: asyncpg.Record, position: Position) -> dict[str, Any]:
+def _event(row: asyncpg.Record, position: Position) -> Event:
     if row["kind"] == "report":
         number, data = row["report_number"], _report(row)
     else:
         number, data = row["number"], json.loads(row["data"])
-    return {
-        "id": position.cursor(),
-        "kind": row["kind"],
-        "at": _iso(row["at"]),
-        "sms_msg_id": row["sms_msg_id"],
-        "number": number,
-        "data": data,
-    }
+    return Event(id=position.cursor(), kind=row["kind"], at=row["at"], sms_msg_id=row["sms_msg_id"], number=number,
+                 data=data)  # fmt: skip
 
 
 def _report(row: asyncpg.Record) -> dict[str, Any] | None:

@@ -12,23 +12,37 @@ Numbers in any common form; answers in E.164. The API key's name is recorded as 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from .. import metrics
+from ..api.models import (
+    BlacklistChange,
+    BlacklistCheck,
+    BlacklistCheckResult,
+    BlacklistEntries,
+    BlacklistEntry,
+    BlacklistLift,
+    BlacklistRemoval,
+    ChannelQuery,
+)
+from ..api.models import (
+    Request as Validated,
+)
 from ..blacklist import store
 from ..blacklist.mirror import Mirror
 from ..blacklist.numbers import many_to_e164, to_e164
+from ..blacklist.rules import Entry
+from ..protocol import ProtocolError
 from .auth import requires_key
-from .responses import Refusal, error_response
+from .responses import Refusal, error_response, model_response
 
-MAX_NUMBERS = 500  # the send API's maximum per request
 MAX_BODY = 256 << 10
-MAX_TEXT = 500
+V = TypeVar("V", bound=Validated)
 
 
 def _config(request: Request) -> store.Config:
@@ -46,12 +60,15 @@ def _number(request: Request, raw: object) -> str:
     return number
 
 
-def _channel(value: object) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or len(value) > 21 or "\x00" in value:
-        raise Refusal(400, "invalid_field", {"field": "channel", "reason": "a channel number, up to 21 characters"})
-    return value
+def _valid(model: type[V], values: dict[str, Any]) -> V:
+    try:
+        return model.parse(values)
+    except ProtocolError as error:
+        raise Refusal(400, error.code, error.detail) from None
+
+
+def _entries(found: list[Entry]) -> BlacklistEntries:
+    return BlacklistEntries.of([BlacklistEntry.model_validate(e, from_attributes=True) for e in found])
 
 
 async def _json(request: Request, *, required: bool = True) -> dict[str, Any]:
@@ -69,35 +86,22 @@ async def _json(request: Request, *, required: bool = True) -> dict[str, Any]:
     return document
 
 
-def _reason(document: dict[str, Any], request: Request) -> str:
-    reason = document.get("reason", request.query_params.get("reason"))
-    if not isinstance(reason, str) or not reason.strip():
-        raise Refusal(400, "missing_field", {"field": "reason", "reason": "say why, for the history"})
-    if len(reason) > MAX_TEXT or "\x00" in reason:
-        raise Refusal(400, "invalid_field", {"field": "reason", "max_length": MAX_TEXT})
-    return reason.strip()
-
-
 @requires_key
 async def get_entry(request: Request) -> Response:
     number = _number(request, request.path_params["number"])
-    channel = _channel(request.query_params.get("channel"))
+    channel = _valid(ChannelQuery, {"channel": request.query_params.get("channel")}).channel
     async with request.app.state.pool.acquire(timeout=5) as conn:
         found = await store.entries(conn, number, channel)
     if not found:
         return error_response(404, "not_blacklisted", {"number": number})
-    return JSONResponse(store.document(found))
+    return model_response(_entries(found))
 
 
 @requires_key
 async def check(request: Request) -> Response:
     document = await _json(request)
-    raw = document.get("numbers")
-    if not isinstance(raw, list):
-        raise Refusal(400, "invalid_field", {"field": "numbers", "reason": "expected a list of numbers"})
-    if len(raw) > MAX_NUMBERS:
-        raise Refusal(400, "too_many_numbers", {"max_items": MAX_NUMBERS, "got": len(raw)})
-    channel = _channel(document.get("channel"))
+    body = _valid(BlacklistCheck, {"numbers": document.get("numbers"), "channel": document.get("channel")})
+    raw, channel = body.numbers, body.channel
     parsed = many_to_e164(raw, _config(request).region)
     if None in parsed:
         invalid = [
@@ -108,7 +112,7 @@ async def check(request: Request) -> Response:
         raise Refusal(400, "invalid_numbers", {"invalid": invalid})
     numbers = [n for n in parsed if n is not None]
     if not numbers:
-        return JSONResponse({"blacklisted": []})
+        return model_response(BlacklistCheckResult(blacklisted=[]))
     mirror: Mirror | None = request.app.state.blacklist_mirror
     found = mirror.blacklisted(numbers, channel) if mirror is not None else None
     if found is not None:
@@ -117,31 +121,35 @@ async def check(request: Request) -> Response:
         metrics.BLACKLIST_CHECKS.labels("database").inc()
         async with request.app.state.pool.acquire(timeout=5) as conn:
             found = await store.blacklisted(conn, numbers, channel)
-    return Response(orjson.dumps({"blacklisted": [n for n in dict.fromkeys(numbers) if n in found]}),
-                    media_type="application/json")  # fmt: skip
+    return model_response(BlacklistCheckResult(blacklisted=[n for n in dict.fromkeys(numbers) if n in found]))
 
 
 @requires_key
 async def put_entry(request: Request) -> Response:
     number = _number(request, request.path_params["number"])
     document = await _json(request)
-    reason = _reason(document, request)
-    channel = _channel(document.get("channel"))
+    change = _valid(BlacklistChange, {
+        "reason": document.get("reason", request.query_params.get("reason")), "channel": document.get("channel"),
+    })  # fmt: skip
+    reason, channel = change.reason, change.channel
     async with request.app.state.pool.acquire(timeout=5) as conn, conn.transaction():
         created = await store.add(
             conn, _config(request), number, reason=reason, actor=request.state.api_key_name, channel=channel
         )
         found = await store.entries(conn, number)
     await _synced(request)
-    return JSONResponse(store.document(found), status_code=201 if created else 200)
+    return model_response(_entries(found), status=201 if created else 200)
 
 
 @requires_key
 async def delete_entry(request: Request) -> Response:
     number = _number(request, request.path_params["number"])
     document = await _json(request, required=False)
-    reason = _reason(document, request)
-    channel = _channel(document.get("channel", request.query_params.get("channel")))
+    lift = _valid(BlacklistLift, {
+        "reason": document.get("reason", request.query_params.get("reason")),
+        "channel": document.get("channel", request.query_params.get("channel")),
+    })  # fmt: skip
+    reason, channel = lift.reason, lift.channel
     async with request.app.state.pool.acquire(timeout=5) as conn, conn.transaction():
         removed = await store.remove(
             conn, _config(request), number, reason=reason, actor=request.state.api_key_name, channel=channel
@@ -150,13 +158,12 @@ async def delete_entry(request: Request) -> Response:
     await _synced(request)
     if not removed:
         return error_response(404, "not_blacklisted", {"number": number, "channel": channel})
-    return JSONResponse(
-        {
-            "number": number,
-            "removed": [store.entry_document(e) for e in removed],
-            "blacklisted": bool(left),
-        }
+    removal = BlacklistRemoval(
+        number=number,
+        removed=[BlacklistEntry.model_validate(e, from_attributes=True) for e in removed],
+        blacklisted=bool(left),
     )
+    return model_response(removal)
 
 
 async def _synced(request: Request) -> None:

@@ -13,22 +13,21 @@ were committed (or polls, see :mod:`receiver.events.hub`). A comment line every
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 
 import asyncpg
 import structlog
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from ..api.models import Event, EventPage, EventQuery
 from ..events import feed
 from ..events.hub import Hub
 from ..protocol import ProtocolError
 from .auth import requires_key
-from .query import _limit
-from .responses import DATABASE_AWAY, error_response
+from .responses import DATABASE_AWAY, error_response, model_response
 
 log = structlog.get_logger("receiver.events")
 
@@ -43,16 +42,20 @@ RETRY_SECONDS = 1.0
 async def events(request: Request) -> Response:
     if "text/event-stream" in request.headers.get("accept", ""):
         return await _stream(request)
-    params = request.query_params
     try:
-        limit = _limit(params.get("limit"), maximum=1000)
-        kinds = feed.parse_kinds(params.getlist("kinds"))
+        query = _query(request)
+        kinds = feed.parse_kinds(query.kinds)
         async with request.app.state.pool.acquire(timeout=5) as conn:
-            after = await _start(conn, params.get("after"))
-            page = await feed.page(conn, after, limit=limit, kinds=kinds)
+            after = await _start(conn, query.after)
+            page = await feed.page(conn, after, limit=query.limit, kinds=kinds)
     except ProtocolError as error:
         return error_response(400, error.code, error.detail)
-    return JSONResponse({"events": page.events, "next": page.next.cursor()})
+    return model_response(EventPage(events=page.events, next=page.next.cursor()))
+
+
+def _query(request: Request) -> EventQuery:
+    params = request.query_params
+    return EventQuery.parse({**params, "kinds": params.getlist("kinds")})
 
 
 @requires_key
@@ -61,10 +64,10 @@ async def stream(request: Request) -> Response:
 
 
 async def _stream(request: Request) -> Response:
-    params = request.query_params
     try:
-        kinds = feed.parse_kinds(params.getlist("kinds"))
-        resume = request.headers.get("last-event-id") or params.get("after")
+        query = _query(request)
+        kinds = feed.parse_kinds(query.kinds)
+        resume = request.headers.get("last-event-id") or query.after
         async with request.app.state.pool.acquire(timeout=5) as conn:
             after = await _start(conn, resume)
     except ProtocolError as error:
@@ -130,9 +133,8 @@ async def _frames(
         log.debug("events.stream_closed", events=sent, shutdown=hub.closed)
 
 
-def _frame(event: dict[str, object]) -> str:
-    data = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-    return f"id: {event['id']}\nevent: {event['kind']}\ndata: {data}\n\n"
+def _frame(event: Event) -> str:
+    return f"id: {event.id}\nevent: {event.kind}\ndata: {event.model_dump_json(by_alias=True)}\n\n"
 
 
 routes: list[BaseRoute] = [

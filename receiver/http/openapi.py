@@ -1,10 +1,11 @@
 """``GET /openapi.json``: the OpenAPI 3.1 document of every route the service serves (no key needed).
 
-Written by hand, next to nothing else: ``PATHS`` holds one entry per route template, built from
-the small helpers below (``v1`` adds the bearer key and its ``401``/``503`` answers). To document a
-new route, add its entry to ``PATHS`` (and any schema it names to ``SCHEMAS``); the test suite
-checks that the document and the application's routes name the same paths and methods, and
-fuzzes every operation against it (schemathesis), so the document cannot drift from the code.
+The bodies are the models of :mod:`receiver.api.models`, published as their JSON Schema; this
+module adds what is not a body: one entry in ``PATHS`` per route template (its parameters, the
+refusals it answers with, examples), built from the small helpers below (``v1`` adds the bearer
+key and its ``401``/``503`` answers, ``query`` turns a model of query parameters into
+parameters). The test suite checks that the document and the application's routes name the same
+paths and methods, and fuzzes every operation against it (schemathesis).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import copy
 import functools
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .. import __version__
+from ..api import models
 
 Schema = dict[str, Any]
 
@@ -25,13 +29,11 @@ FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
 
 
+REF = "#/components/schemas/{model}"
+
+
 def ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def nullable(schema: Schema) -> Schema:
-    """``schema`` or ``null`` (JSON Schema 2020-12, as OpenAPI 3.1 uses it)."""
-    return {"anyOf": [schema, {"type": "null"}]}
+    return {"$ref": REF.format(model=name)}
 
 
 def text(max_length: int | None = None, *, min_length: int | None = None, **more: Any) -> Schema:
@@ -41,9 +43,6 @@ def text(max_length: int | None = None, *, min_length: int | None = None, **more
     if max_length is not None:
         schema["maxLength"] = max_length
     return schema
-
-
-TIME = text(format="date-time")
 
 
 def error(description: str) -> dict[str, Any]:
@@ -79,6 +78,62 @@ def v1(operation: dict[str, Any]) -> dict[str, Any]:
         "503": error("`database_unavailable`: PostgreSQL is not reachable; try again shortly"),
     }
     return {**operation, "security": [{"apiKey": []}], "responses": dict(sorted(responses.items()))}
+
+
+# --- the bodies: the models' JSON Schema -------------------------------------------------------
+
+_REQUESTS: list[type[BaseModel]] = [
+    models.StatusReportForm, models.StatusReportBatch, models.UplinkForm, models.SentResponse, models.SentWrapped,
+    models.BlacklistCheck, models.BlacklistChange, models.BlacklistLift,
+]  # fmt: skip
+_ANSWERS: list[type[BaseModel]] = [
+    models.Error, models.SentResult, models.Message, models.MessagePage, models.UplinkPage, models.EventPage,
+    models.BlacklistCheckResult, models.BlacklistEntries, models.BlacklistRemoval, models.Health, models.Readiness,
+]  # fmt: skip
+
+
+def _tidy(schema: Any) -> Any:
+    """Without what pydantic adds for Python's sake: titles (the names say it) and defaults of bodies."""
+    if isinstance(schema, list):
+        return [_tidy(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {key: _tidy(value) for key, value in schema.items()
+            if not (key == "title" and isinstance(value, str)) and key != "default"}  # fmt: skip
+
+
+def _schemas() -> dict[str, Schema]:
+    wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        *((model, "validation") for model in _REQUESTS), *((model, "serialization") for model in _ANSWERS),
+    ]  # fmt: skip
+    _, generated = models_json_schema(wanted, ref_template=REF)
+    schemas: dict[str, Schema] = _tidy(generated["$defs"])
+    schemas["StatusReportItem"] = models.batch_item_schema()
+    schemas["SentBody"] = {"anyOf": [ref("SentResponse"), ref("SentWrapped")]}
+    return dict(sorted(schemas.items()))
+
+
+SCHEMAS: dict[str, Schema] = _schemas()
+
+
+def _inline(schema: Schema) -> Schema:
+    """A parameter's schema without ``null`` (an absent parameter says that) and without references."""
+    variants = [v for v in schema.get("anyOf", [schema]) if v != {"type": "null"}]
+    [plain] = variants
+    if "$ref" in plain:
+        plain = SCHEMAS[plain["$ref"].rsplit("/", 1)[1]]
+    merged = {**plain, **schema}
+    if merged.get("default", 0) is None:
+        del merged["default"]
+    return {k: v for k, v in merged.items() if k not in ("anyOf", "description", "title", "$ref")}
+
+
+def query(model: type[models.Request]) -> list[dict[str, Any]]:
+    """The query parameters a model of them validates, in its order."""
+    properties = model.model_json_schema(ref_template=REF)["properties"]
+    return [
+        param(name, "query", _inline(schema), schema.get("description", "")) for name, schema in properties.items()
+    ]
 
 
 # --- the platform's side: the three callbacks ---------------------------------------------------
@@ -130,13 +185,13 @@ UPLINK_EXAMPLE = {
 _PATHS_CALLBACKS = {
     "/callbacks/{token}/status-report": callback(
         "One status report",
-        "The platform's status report, form-encoded (Huawei reference §1). Unknown fields are kept.",
+        "The platform's status report, form-encoded (docs/protocol.md, Status reports). Unknown fields are kept.",
         body(ref("StatusReportForm"), FORM, example=STATUS_REPORT_EXAMPLE),
         _FORM_ERRORS,
     ),
     "/callbacks/{token}/status-reports": callback(
         "A batch of 1 to 50 status reports",
-        "The platform's batch status report (Huawei reference §2). Good items are stored even when "
+        "The platform's batch status report (docs/protocol.md, Batch status reports). Good items are stored even when "
         "others are refused: then the answer is `400 invalid_items` with `detail.accepted` and "
         "`detail.rejected` (`index`, `error`, `detail` of each refused item).",
         body(ref("StatusReportBatch"), example={"statusReportList": [STATUS_REPORT_EXAMPLE]}),
@@ -145,7 +200,7 @@ _PATHS_CALLBACKS = {
     ),
     "/callbacks/{token}/uplink": callback(
         "One uplink SMS (a reply)",
-        "A recipient's reply, form-encoded (Huawei reference §3). Unknown fields are kept.",
+        "A recipient's reply, form-encoded (docs/protocol.md, Uplink SMS). Unknown fields are kept.",
         body(ref("UplinkForm"), FORM, example=UPLINK_EXAMPLE),
         _FORM_ERRORS,
     ),
@@ -157,18 +212,8 @@ NUMBER = param(
     "number", "path", text(min_length=1), "a phone number in any common form (`+86...`, `86...`, `%2B86...`)",
     example="+8613112345678",
 )
-CHANNEL = param("channel", "query", text(21), "a channel number: only entries for it (and for every channel)")
-CURSOR = param("cursor", "query", text(), "the `cursor` of the previous page, to read on from there")
-LIMIT = param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}, "page size")
 _INVALID = "`invalid_field` (`detail.field` names it)"
-EVENT_KINDS = ["report", "state", "reply", "optout", "optin", "sent_after_optout"]
-STATES = ["pending", "delivered", "failed", "unreported"]
-APPLICATION_FIELD = {"type": ["string", "null"], "maxLength": 128,
-                     "description": "the application the sends belong to (its name)"}
-EVENTS_AFTER = param("after", "query", text(), "an event's `id` or a page's `next` to read on from; `now`: from the "
-                     "current end; absent: from the oldest event")  # fmt: skip
-EVENTS_LIMIT = param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "page size")
-EVENTS_KINDS = param("kinds", "query", text(), f"comma-separated, of {', '.join(EVENT_KINDS)}: only these kinds")
+EVENT_QUERY = query(models.EventQuery)
 LAST_EVENT_ID = param("Last-Event-ID", "header", text(), "streams: resume after this event (wins over `after`)")
 
 _PATHS_V1 = {
@@ -197,19 +242,7 @@ _PATHS_V1 = {
         "get": v1({
             "tags": ["query"],
             "summary": "Registered messages, oldest send first, in pages",
-            "parameters": [
-                param("to", "query", text(), "only messages to this number (any common form)"),
-                param("state", "query", {"type": "string", "enum": STATES},
-                      "only messages in this state (as the clock says now: `unreported` once the report window "
-                      "has passed)"),
-                param("blacklisted_at_send", "query", {"type": "string", "enum": ["true", "false"]},
-                      "only messages sent to a number blacklisted for them at the time (`true`), or only the "
-                      "others (`false`)"),
-                param("since", "query", text(), "sent at or after (`yyyy-MM-ddTHH:mm:ssZ`, offsets accepted)"),
-                param("until", "query", text(), "sent before (same format)"),
-                CURSOR,
-                LIMIT,
-            ],
+            "parameters": query(models.MessageQuery),
             "responses": {
                 "200": ok("a page; pass `cursor` back for the next one", ref("MessagePage")),
                 "400": error(f"{_INVALID}, `invalid_cursor`"),
@@ -234,7 +267,7 @@ _PATHS_V1 = {
         "get": v1({
             "tags": ["query"],
             "summary": "Replies in a stable order, in pages; pass `cursor` back to tail new ones, none skipped",
-            "parameters": [CURSOR, LIMIT],
+            "parameters": query(models.UplinkQuery),
             "responses": {
                 "200": ok("a page", ref("UplinkPage")),
                 "400": error(f"{_INVALID}, `invalid_cursor`"),
@@ -247,7 +280,7 @@ _PATHS_V1 = {
             "summary": "The event feed: reports, state changes, replies, opt-outs and opt-ins, sends after an "
                        "opt-out, in a stable "
                        "order, none skipped; with `Accept: text/event-stream` the same as Server-Sent Events",
-            "parameters": [EVENTS_AFTER, EVENTS_LIMIT, EVENTS_KINDS, LAST_EVENT_ID],
+            "parameters": [*EVENT_QUERY, LAST_EVENT_ID],
             "responses": {
                 "200": {
                     "description": "a page (JSON), or a stream (`id:` the event's cursor, `event:` its kind, "
@@ -263,7 +296,7 @@ _PATHS_V1 = {
             "tags": ["query"],
             "summary": "The event feed as Server-Sent Events, whatever the `Accept` header; resumes after "
                        "`Last-Event-ID`",
-            "parameters": [EVENTS_AFTER, EVENTS_KINDS, LAST_EVENT_ID],
+            "parameters": [*(p for p in EVENT_QUERY if p["name"] != "limit"), LAST_EVENT_ID],
             "responses": {
                 "200": ok("the stream", text(), "text/event-stream"),
                 "400": error(f"{_INVALID}, `invalid_cursor`"),
@@ -290,7 +323,7 @@ _PATHS_V1 = {
         "get": v1({
             "tags": ["blacklist"],
             "summary": "Whether a number is blacklisted",
-            "parameters": [NUMBER, CHANNEL],
+            "parameters": [NUMBER, *query(models.ChannelQuery)],
             "responses": {
                 "200": ok("blacklisted: the oldest entry, and all of them", ref("BlacklistEntries")),
                 "400": error(f"`invalid_number`, {_INVALID}"),
@@ -312,11 +345,7 @@ _PATHS_V1 = {
         "delete": v1({
             "tags": ["blacklist"],
             "summary": "Lift a number's entry (the reason may come as `?reason=` instead of a body)",
-            "parameters": [
-                NUMBER,
-                param("reason", "query", text(500), "why, when there is no body"),
-                param("channel", "query", text(21), "the entry's channel, when there is no body"),
-            ],
+            "parameters": [NUMBER, *query(models.LiftQuery)],
             "requestBody": body(ref("BlacklistLift"), required=False),
             "responses": {
                 "200": ok("lifted", ref("BlacklistRemoval")),
@@ -362,396 +391,6 @@ _PATHS_OPS = {
 }
 
 PATHS: dict[str, dict[str, Any]] = {**_PATHS_CALLBACKS, **_PATHS_V1, **_PATHS_OPS}
-
-# --- schemas -------------------------------------------------------------------------------------
-
-_FORM_EXTRA: Schema = text(2048)  # unknown fields: kept in `extra`
-_NAMES = {"maxLength": 64}
-_SMALL_INT = text(2, pattern="^(0?[1-9]|[1-9][0-9])?$")  # empty: absent
-_HUAWEI_TIME = "yyyy-MM-dd'T'HH:mm:ss'Z' (UTC; fractions and offsets accepted)"
-
-# Known fields of a status report and their limits (Huawei reference §1.3), as the form sends them.
-_REPORT_FIELDS: dict[str, Schema] = {
-    "smsMsgId": text(50, min_length=1, description="the send API's smsMsgId"),
-    "status": text(7, min_length=1, description="status code, stored as sent (e.g. DELIVRD)"),
-    "total": {**_SMALL_INT, "description": "parts of a long message"},
-    "sequence": {**_SMALL_INT, "description": "this part, at most total"},
-    "statusDesc": text(500),
-    "source": text(8, description="1 SMS platform, 2 SMS center, 3 Huawei platform"),
-    "updateTime": text(32, description=_HUAWEI_TIME),
-    "extend": text(128),
-    "to": text(21, description="the recipient; only with extend"),
-    "orgCode": text(64),
-}
-
-
-def _batch_field(schema: Schema) -> Schema:
-    """In a JSON batch a known field may also come as a number, or null for absent."""
-    return {"anyOf": [schema, {"type": "integer"}, {"type": "null"}]}
-
-
-SCHEMAS: dict[str, Schema] = {
-    "Error": {
-        "type": "object",
-        "required": ["error", "detail"],
-        "properties": {
-            "error": {"type": "string", "description": "machine-readable reason"},
-            "detail": {"description": "where it went wrong (never a phone number, text or token)"},
-        },
-    },
-    "StatusReportForm": {
-        "type": "object",
-        "required": ["smsMsgId", "status"],
-        "properties": _REPORT_FIELDS,
-        "additionalProperties": _FORM_EXTRA,
-        "propertyNames": _NAMES,
-        "maxProperties": 64,
-    },
-    "StatusReportBatch": {
-        "type": "object",
-        "required": ["statusReportList"],
-        "properties": {
-            "statusReportList": {"type": "array", "minItems": 1, "maxItems": 50, "items": ref("StatusReportItem")}
-        },
-    },
-    "StatusReportItem": {
-        "type": "object",
-        "required": ["smsMsgId", "status"],
-        "properties": {
-            name: _batch_field(schema) if name not in ("smsMsgId", "status") else {
-                "anyOf": [schema, {"type": "integer"}]}
-            for name, schema in _REPORT_FIELDS.items()
-        },
-        "propertyNames": _NAMES,
-        "maxProperties": 64,
-    },
-    "UplinkForm": {
-        "type": "object",
-        "required": ["smsMsgId", "from", "to", "body"],
-        "properties": {
-            "smsMsgId": text(50, min_length=1, description="the uplink's own id"),
-            "from": text(21, min_length=1, description="who replied (`%2B86...`)"),
-            "to": text(21, min_length=1, description="the channel number replied to"),
-            "body": text(160, min_length=1, description="the reply's text"),
-            "createTime": text(32, description=_HUAWEI_TIME),
-        },
-        "additionalProperties": _FORM_EXTRA,
-        "propertyNames": _NAMES,
-        "maxProperties": 64,
-    },
-    "SendResponse": {
-        "type": "object",
-        "description": "the Huawei send API's response (reference §4.3), as received",
-        "properties": {
-            "code": {"description": "kept as sent"},
-            "description": {"description": "kept as sent"},
-            "result": {"type": "array", "maxItems": 1000, "items": ref("SendResultItem")},
-        },
-    },
-    "SendResultItem": {
-        "type": "object",
-        "required": ["smsMsgId", "originTo", "status"],
-        "properties": {
-            "smsMsgId": {"type": ["string", "integer"], "minLength": 1, "maxLength": 50},
-            "originTo": {"type": ["string", "integer"], "minLength": 1, "maxLength": 21},
-            "status": {"type": ["string", "integer"], "minLength": 1, "maxLength": 7},
-            "from": {"type": ["string", "integer", "null"], "maxLength": 21},
-            "createTime": {"type": ["string", "null"], "maxLength": 32, "description": _HUAWEI_TIME},
-            "countryId": {"type": ["string", "integer", "null"], "maxLength": 3},
-            "total": {"type": ["string", "integer", "null"], "description": "parts, a positive integer"},
-        },
-    },
-    "SentBody": {
-        "anyOf": [
-            {"allOf": [ref("SendResponse")], "properties": {"application": APPLICATION_FIELD}},
-            {
-                "type": "object",
-                "required": ["response"],
-                "description": "the send API's response with the send's context",
-                "properties": {
-                    "response": ref("SendResponse"),
-                    "extend": {"type": ["string", "integer", "null"], "maxLength": 128},
-                    "template_id": {"type": ["string", "integer", "null"], "maxLength": 128},
-                    "signature": {"type": ["string", "integer", "null"], "maxLength": 128},
-                    "message_type": {"enum": ["verification", "notification", "promotional", None, ""]},
-                    "application": APPLICATION_FIELD,
-                },
-            },
-        ]
-    },
-    "SentResult": {
-        "type": "object",
-        "required": ["registered", "already_registered", "blacklisted"],
-        "properties": {
-            "registered": {"type": "integer"},
-            "already_registered": {"type": "integer"},
-            "blacklisted": {
-                "type": "array",
-                "description": "the body's messages whose recipient was blacklisted for them when sent",
-                "items": {
-                    "type": "object",
-                    "required": ["sms_msg_id", "to", "blacklisted_at_send"],
-                    "properties": {
-                        "sms_msg_id": {"type": "string"},
-                        "to": {"type": "string", "description": "E.164"},
-                        "blacklisted_at_send": ref("BlacklistEntry"),
-                    },
-                },
-            },
-        },
-    },
-    "Parts": {
-        "type": "object",
-        "required": ["total", "delivered"],
-        "properties": {"total": {"type": "integer"}, "delivered": {"type": "integer"}},
-    },
-    "State": {
-        "type": "string",
-        "enum": STATES,
-        "description": "`unreported`: a registered send with no delivered or failed state once its report window "
-                       "(RECEIVER_REPORT_WINDOW, 72 h after its createTime) has passed; a later report still moves it",
-    },
-    "Report": {
-        "type": "object",
-        "required": ["status", "sequence", "total", "source", "status_desc", "update_time", "extend", "to",
-                     "org_code", "extra", "via", "received_at"],
-        "properties": {
-            "status": {"type": "string"},
-            "sequence": {"type": ["integer", "null"]},
-            "total": {"type": ["integer", "null"]},
-            "source": {"type": ["string", "null"]},
-            "status_desc": {"type": ["string", "null"]},
-            "update_time": nullable(TIME),
-            "extend": {"type": ["string", "null"]},
-            "to": {"type": ["string", "null"]},
-            "org_code": {"type": ["string", "null"]},
-            "extra": {"type": "object", "description": "fields the reference does not name"},
-            "via": {"type": "string", "enum": ["form", "batch"]},
-            "received_at": TIME,
-        },
-    },
-    "Reply": {
-        "type": "object",
-        "required": ["sms_msg_id", "from", "to", "body", "create_time", "received_at", "ambiguous", "match",
-                     "candidates", "unlinked_reason"],
-        "properties": {
-            "sms_msg_id": {"type": "string", "description": "the uplink's own id"},
-            "from": {"type": "string"},
-            "to": {"type": "string"},
-            "body": {"type": "string"},
-            "create_time": nullable(TIME),
-            "received_at": TIME,
-            "ambiguous": {"type": "boolean", "description": "the reply could answer more than one message"},
-            "match": {
-                "enum": ["channel", "reply_number", "application", "number", None],
-                "description": "the rule that linked it, strongest first: `channel` (sent from the number replied "
-                               "to), `reply_number` (a reply number of the send's application is a prefix of it), "
-                               "`application` (a send of the application whose uplink URL it came to, inside the "
-                               "report window), `number` (a send of no application to the replying number, inside "
-                               "the report window); null: not linked",
-            },
-            "candidates": {"type": "integer", "minimum": 0,
-                           "description": "how many sends that rule had to choose from (the latest wins)"},
-            "unlinked_reason": {
-                "enum": ["invalid_number", "no_send", "outside_window", "other_application", None],
-                "description": "why no rule linked it: the replying number is no phone number; no registered send "
-                               "to it at or before the reply; only sends older than the report window; only sends "
-                               "of other applications. null when linked",
-            },
-        },
-    },
-    "Message": {
-        "type": "object",
-        "required": ["sms_msg_id", "to", "from", "state", "status", "parts", "registered", "sent_status", "sent_at",
-                     "delivered_at", "latency_seconds", "extend", "template_id", "signature", "message_type",
-                     "application", "reports", "replies", "blacklisted_at_send"],
-        "properties": {
-            "sms_msg_id": {"type": "string"},
-            "to": {"type": ["string", "null"]},
-            "from": {"type": ["string", "null"]},
-            "state": ref("State"),
-            "status": {"type": ["string", "null"], "description": "the latest raw report status"},
-            "parts": ref("Parts"),
-            "registered": {"type": "boolean", "description": "the send was registered with POST /v1/sent"},
-            "sent_status": {"type": ["string", "null"]},
-            "sent_at": nullable(TIME),
-            "delivered_at": nullable(TIME),
-            "latency_seconds": {"type": ["number", "null"]},
-            "extend": {"type": ["string", "null"]},
-            "template_id": {"type": ["string", "null"]},
-            "signature": {"type": ["string", "null"]},
-            "message_type": {"type": ["string", "null"]},
-            "application": {"type": ["string", "null"],
-                            "description": "the application the send was registered for; null: none"},
-            "reports": {"type": "array", "items": ref("Report")},
-            "replies": {"type": "array", "items": ref("Reply")},
-            "blacklisted_at_send": {
-                **nullable(ref("BlacklistEntry")),
-                "description": "the blacklist entry that covered the recipient, for the send's channel, at its "
-                               "createTime (`channel`: the entry's scope; `added_at`: when the number was "
-                               "blacklisted); null when none did or the send is not registered",
-            },
-        },
-    },
-    "MessageSummary": {
-        "type": "object",
-        "required": ["sms_msg_id", "to", "from", "sent_at", "state", "status", "parts", "delivered_at",
-                     "blacklisted_at_send"],
-        "properties": {
-            "sms_msg_id": {"type": "string"},
-            "to": {"type": "string"},
-            "from": {"type": ["string", "null"]},
-            "sent_at": TIME,
-            "state": ref("State"),
-            "status": {"type": ["string", "null"]},
-            "parts": ref("Parts"),
-            "delivered_at": nullable(TIME),
-            "blacklisted_at_send": {"type": "boolean", "description": "sent to a number blacklisted for it then"},
-        },
-    },
-    "MessagePage": {
-        "type": "object",
-        "required": ["messages", "cursor"],
-        "properties": {
-            "messages": {"type": "array", "items": ref("MessageSummary")},
-            "cursor": {"type": ["string", "null"], "description": "null: no page read anything yet"},
-        },
-    },
-    "Uplink": {
-        "allOf": [ref("Reply")],
-        "type": "object",
-        "required": ["application", "reply_to"],
-        "properties": {
-            "application": {"type": "string"},
-            "reply_to": {"type": ["string", "null"], "description": "the smsMsgId of the message it answers"},
-        },
-    },
-    "UplinkPage": {
-        "type": "object",
-        "required": ["uplinks", "cursor"],
-        "properties": {"uplinks": {"type": "array", "items": ref("Uplink")}, "cursor": {"type": "string"}},
-    },
-    "Event": {
-        "type": "object",
-        "required": ["id", "kind", "at", "sms_msg_id", "number", "data"],
-        "properties": {
-            "id": {"type": "string", "description": "opaque; a cursor for `after` and `Last-Event-ID`"},
-            "kind": {"type": "string", "enum": EVENT_KINDS},
-            "at": TIME,
-            "sms_msg_id": nullable(text()),
-            "number": nullable(text(description="E.164")),
-            "data": {
-                "type": ["object", "null"],
-                "description": "by kind: `report` the report (null once pruned); `state` `state`, `previous`, "
-                               "`status`, `parts`, `registered`, `sent_at`, `delivered_at`, `latency_seconds`; "
-                               "`reply` `from`, `to`, `body`, `create_time`, `received_at`, `application`, "
-                               "`reply_to`, `ambiguous`, `match`, `candidates` (when announced), `unlinked_reason`; "
-                               "`optout`/`optin` `channel`, `source`, `actor`, `reason`; "
-                               "`sent_after_optout` (a registered send found to have gone to a number blacklisted "
-                               "for it, or that finding changed) `from`, `sent_at`, `blacklisted_at_send` (the "
-                               "entry, or null when no longer so)",
-            },
-        },
-    },
-    "EventPage": {
-        "type": "object",
-        "required": ["events", "next"],
-        "properties": {"events": {"type": "array", "items": ref("Event")}, "next": {"type": "string"}},
-    },
-    "BlacklistCheck": {
-        "type": "object",
-        "required": ["numbers"],
-        "properties": {
-            "numbers": {"type": "array", "maxItems": 500, "items": {"type": ["string", "integer"]}},
-            "channel": {"type": ["string", "null"], "maxLength": 21},
-        },
-    },
-    "BlacklistCheckResult": {
-        "type": "object",
-        "required": ["blacklisted"],
-        "properties": {"blacklisted": {"type": "array", "items": {"type": "string"}}},
-    },
-    "BlacklistChange": {
-        "type": "object",
-        "required": ["reason"],
-        "properties": {
-            "reason": text(500, min_length=1, description="why, for the history"),
-            "channel": {"type": ["string", "null"], "maxLength": 21, "description": "null: every channel"},
-        },
-    },
-    "BlacklistLift": {
-        "type": "object",
-        "properties": {
-            "reason": text(500, min_length=1, description="why, for the history (else `?reason=`)"),
-            "channel": {"type": ["string", "null"], "maxLength": 21, "description": "null: every channel"},
-        },
-    },
-    "BlacklistEntry": {
-        "type": "object",
-        "required": ["number", "channel", "source", "reason", "sms_msg_id", "added_by", "added_at"],
-        "properties": {
-            "number": {"type": "string", "description": "E.164"},
-            "channel": {"type": ["string", "null"], "description": "null: every channel"},
-            "source": {"type": "string", "enum": ["keyword", "platform", "manual"]},
-            "reason": {"type": "string"},
-            "sms_msg_id": {"type": ["string", "null"]},
-            "added_by": {"type": ["string", "null"]},
-            "added_at": TIME,
-        },
-    },
-    "BlacklistEntries": {
-        "allOf": [ref("BlacklistEntry")],
-        "type": "object",
-        "required": ["entries"],
-        "properties": {"entries": {"type": "array", "minItems": 1, "items": ref("BlacklistEntry")}},
-    },
-    "BlacklistRemoval": {
-        "type": "object",
-        "required": ["number", "removed", "blacklisted"],
-        "properties": {
-            "number": {"type": "string"},
-            "removed": {"type": "array", "items": ref("BlacklistEntry")},
-            "blacklisted": {"type": "boolean", "description": "other entries still hold it"},
-        },
-    },
-    "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
-    "Readiness": {
-        "type": "object",
-        "required": ["ready", "database", "journal", "writer"],
-        "properties": {
-            "ready": {"type": "boolean"},
-            "database": {
-                "type": "object",
-                "required": ["reachable"],
-                "properties": {
-                    "reachable": {"type": "boolean"},
-                    "pending_migrations": {"type": "array", "items": {"type": "string"}},
-                    "error": {"type": "string"},
-                },
-            },
-            "journal": {
-                "type": "object",
-                "required": ["writable", "backlog_bytes", "max_bytes", "fill", "filling"],
-                "properties": {
-                    "writable": {"type": "boolean"},
-                    "backlog_bytes": {"type": "integer", "description": "this worker's records not yet stored"},
-                    "max_bytes": {"type": "integer"},
-                    "fill": {"type": "number"},
-                    "filling": {"type": "boolean"},
-                    "error": {"type": "string"},
-                },
-            },
-            "writer": {
-                "type": "object",
-                "required": ["running", "error"],
-                "properties": {
-                    "running": {"type": "boolean", "description": "the writer reported within the last 5 s"},
-                    "error": {"type": ["string", "null"], "description": "its last database error"},
-                },
-            },
-        },
-    },
-}
 
 SECURITY_SCHEMES = {
     "apiKey": {

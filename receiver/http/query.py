@@ -6,22 +6,26 @@ import json
 
 import asyncpg
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from .. import sends
-from ..blacklist.store import entry_document
+from ..api.models import (
+    BlacklistEntry,
+    MessagePage,
+    MessageQuery,
+    SentBlacklisted,
+    SentResult,
+    UplinkPage,
+    UplinkQuery,
+)
 from ..correlation import queries
-from ..correlation.sent import parse_application, parse_sent
-from ..correlation.state import STATES
-from ..numbers import e164
+from ..correlation.sent import parse_sent
 from ..protocol import ProtocolError
-from ..protocol.fields import timestamp
 from .auth import requires_key
-from .responses import error_response
+from .responses import error_response, model_response
 
 MAX_SENT_BODY = 1 << 20
-BOOLEANS = {"true": True, "false": False}
 
 
 @requires_key
@@ -31,9 +35,7 @@ async def post_sent(request: Request) -> Response:
     if len(body) > MAX_SENT_BODY:
         return error_response(413, "body_too_large", {"max_bytes": MAX_SENT_BODY})
     try:
-        document = json.loads(body)
-        messages = parse_sent(document)
-        named = parse_application(document)
+        messages, named = parse_sent(json.loads(body))
     except (ValueError, RecursionError) as error:
         if isinstance(error, ProtocolError):
             return error_response(400, error.code, error.detail)
@@ -49,15 +51,19 @@ async def post_sent(request: Request) -> Response:
         return error_response(status, error.code, error.detail)
     except asyncpg.DataError as error:  # text PostgreSQL cannot store, e.g. \u0000 inside the raw item
         return error_response(400, "invalid_body", {"reason": type(error).__name__})
-    return JSONResponse(
-        {
-            "registered": len(done.new),
-            "already_registered": len(messages) - len(done.new),
-            "blacklisted": [
-                {"sms_msg_id": sms_msg_id, "to": entry.number, "blacklisted_at_send": entry_document(entry)}
+    return model_response(
+        SentResult(
+            registered=len(done.new),
+            already_registered=len(messages) - len(done.new),
+            blacklisted=[
+                SentBlacklisted(
+                    sms_msg_id=sms_msg_id,
+                    to=entry.number,
+                    blacklisted_at_send=BlacklistEntry.model_validate(entry, from_attributes=True),
+                )
                 for sms_msg_id, entry in sorted(done.blacklisted_at_send.items())
             ],
-        }
+        )
     )
 
 
@@ -70,55 +76,35 @@ async def get_message(request: Request) -> Response:
             found = await queries.message(conn, sms_msg_id, window=request.app.state.settings.report_window)
     if found is None:
         return error_response(404, "not_found", "no send and no report has this smsMsgId")
-    return JSONResponse(found)
+    return model_response(found)
 
 
 @requires_key
 async def list_messages(request: Request) -> Response:
-    params = request.query_params
     try:
-        to = params.get("to")
-        number = e164(to) if to else None
-        if to and number is None:
-            raise ProtocolError("invalid_field", {"field": "to", "reason": "not a phone number"})
-        state = params.get("state")
-        if state is not None and state not in STATES:
-            raise ProtocolError("invalid_field", {"field": "state", "allowed": sorted(STATES)})
-        flag = params.get("blacklisted_at_send")
-        if flag is not None and flag not in BOOLEANS:
-            raise ProtocolError("invalid_field", {"field": "blacklisted_at_send", "allowed": sorted(BOOLEANS)})
-        since = timestamp("since", params.get("since"))
-        until = timestamp("until", params.get("until"))
-        limit = _limit(params.get("limit"))
+        query = MessageQuery.parse(request.query_params)
+        flag = query.blacklisted_at_send
         async with request.app.state.pool.acquire(timeout=5) as conn:
             items, cursor = await queries.messages(
-                conn, to=number, state=state, since=since, until=until, cursor=params.get("cursor"), limit=limit,
-                blacklisted_at_send=BOOLEANS[flag] if flag is not None else None,
+                conn, to=query.to, state=query.state, since=query.since, until=query.until, cursor=query.cursor,
+                limit=query.limit, blacklisted_at_send=flag == "true" if flag is not None else None,
                 window=request.app.state.settings.report_window,
             )  # fmt: skip
     except ProtocolError as error:
         return error_response(400, error.code, error.detail)
-    return JSONResponse({"messages": items, "cursor": cursor})
+    return model_response(MessagePage(messages=items, cursor=cursor))
 
 
 @requires_key
 async def list_uplinks(request: Request) -> Response:
     """Replies in a stable order; pass the returned ``cursor`` back to tail new ones, none skipped."""
     try:
-        limit = _limit(request.query_params.get("limit"))
+        query = UplinkQuery.parse(request.query_params)
         async with request.app.state.pool.acquire(timeout=5) as conn:
-            items, cursor = await queries.uplinks(conn, cursor=request.query_params.get("cursor"), limit=limit)
+            items, cursor = await queries.uplinks(conn, cursor=query.cursor, limit=query.limit)
     except ProtocolError as error:
         return error_response(400, error.code, error.detail)
-    return JSONResponse({"uplinks": items, "cursor": cursor})
-
-
-def _limit(value: str | None, default: int = 100, maximum: int = 500) -> int:
-    if value is None:
-        return default
-    if not (value.isascii() and value.isdigit() and len(value) <= 4) or not 1 <= int(value) <= maximum:
-        raise ProtocolError("invalid_field", {"field": "limit", "allowed": f"1-{maximum}"})
-    return int(value)
+    return model_response(UplinkPage(uplinks=items, cursor=cursor))
 
 
 routes: list[BaseRoute] = [

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncpg
 from starlette.responses import JSONResponse, Response
 
+from ..api.models import Shape
+
 # PostgreSQL away (down, restarting, stopping under a query, out of reach): a 503 for the query
 # API, polling for an event stream; never a 500.
 DATABASE_AWAY: tuple[type[BaseException], ...] = (
@@ -28,6 +30,11 @@ class Refusal(Exception):
 
 def error_response(status: int, error: str, detail: object = None) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status)
+
+
+def model_response(body: Shape, status: int = 200) -> Response:
+    """An answer of the API, serialised from its model."""
+    return Response(body.json_bytes(), status_code=status, media_type="application/json")
 
 
 def accepted() -> Response:

@@ -10,7 +10,7 @@ from datetime import datetime
 
 @dataclass(frozen=True, slots=True)
 class StatusReport:
-    """One status report (Huawei reference §1.3 and §2). ``status`` is an open string."""
+    """One status report (docs/protocol.md, Status reports). ``status`` is an open string."""
 
     sms_msg_id: str
     status: str
@@ -49,7 +49,7 @@ class StatusReport:
 
 @dataclass(frozen=True, slots=True)
 class Uplink:
-    """One uplink SMS, a recipient's reply (Huawei reference §3)."""
+    """One uplink SMS, a recipient's reply (docs/protocol.md, Uplink SMS)."""
 
     sms_msg_id: str
     from_: str

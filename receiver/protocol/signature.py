@@ -1,4 +1,4 @@
-"""Signed pushes: verify the platform's ``Authorization: SDK-HMAC-SHA256 ...`` (reference §1.7).
+"""Signed pushes: verify the platform's ``Authorization: SDK-HMAC-SHA256 ...`` (docs/protocol.md, Signed pushes).
 
 When push AK/SK authentication is on, the platform signs each push the way Huawei's API Gateway
 SDKs sign requests:
@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl, quote, unquote
 
 ALGORITHM = "SDK-HMAC-SHA256"
 
-# The exact pattern of Huawei's verification sample (reference §1.7); ", " and "," both match.
+# The exact pattern of Huawei's verification sample (docs/protocol.md, Signed pushes); ", " and "," both match.
 AUTHORIZATION = re.compile(
     r"SDK-HMAC-SHA256\s+Access=([^,]+),\s?SignedHeaders=([^,]+),\s?Signature=(\w+)", re.ASCII
 )

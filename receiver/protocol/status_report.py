@@ -1,4 +1,5 @@
-"""Status reports: one per form-encoded request (§1), or up to 50 in a JSON batch (§2)."""
+"""Status reports: one per form-encoded request, or up to 50 in a JSON batch
+(docs/protocol.md, Status reports and Batch status reports)."""
 
 from __future__ import annotations
 

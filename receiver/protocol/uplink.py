@@ -1,4 +1,4 @@
-"""Uplink SMS: a recipient's reply, one per form-encoded request (§3)."""
+"""Uplink SMS: a recipient's reply, one per form-encoded request (docs/protocol.md, Uplink SMS)."""
 
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 
 Every push is a new connection with the platform's headers (``Connection: close``,
 ``Pooltype: approxy``, ``Ompsid``, ``TerminalIP``, ``TrcModule``, ``UserTrace``,
-``TraceHandle``, reference §1.4), written byte for byte on an asyncio stream, so nothing adds
+``TraceHandle``; docs/protocol.md, Source addresses and TLS), written byte for byte on an asyncio stream, so nothing adds
 or rewrites a header; with a push key (``AK:SK``) each push is signed ``SDK-HMAC-SHA256`` over
 ``connection;content-length;content-type;host;x-sdk-date`` like the platform's signed pushes
-(§1.7). Pushes start on an open-loop schedule (``rate`` per second, at most ``concurrency`` at
+(docs/protocol.md, Signed pushes). Pushes start on an open-loop schedule (``rate`` per second, at most ``concurrency`` at
 once) and are never retried: the platform does not retry either.
 
 The ``/v1`` calls (registering the sends, checking the outcome) go through ``urllib``.
@@ -152,7 +152,7 @@ def request_bytes(target: Target, push: Push, now: float | None = None) -> bytes
 def authorization(
     key: tuple[str, str], path: str, headers: Sequence[tuple[str, str]], body: bytes, date: str
 ) -> str:
-    """``SDK-HMAC-SHA256 Access=..,SignedHeaders=..,Signature=..``, the API Gateway signature (§1.7)."""
+    """``SDK-HMAC-SHA256 Access=..,SignedHeaders=..,Signature=..``, the API Gateway signature (docs/protocol.md, Signed pushes)."""
     access_key, secret_key = key
     values = {name.lower(): value for name, value in headers}
     values["connection"] = "close"

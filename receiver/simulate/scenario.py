@@ -2,7 +2,7 @@
 
 :func:`build` makes a :class:`Scenario` from :class:`Options` and a seed:
 
-- **sends**: messages as the Huawei send API answered them (§4.3): grouped in send requests of
+- **sends**: messages as the Huawei send API answered them (docs/protocol.md, Send results): grouped in send requests of
   1 to 50 recipients sharing a UUID prefix with a counting suffix (``<uuid>_<n>``), each from
   the channel number, some with an ``extend``; long messages split into 2 to 4 parts;
 - **pushes**: the HTTP bodies the platform would push, in the order it would push them:
@@ -32,7 +32,7 @@ JSON = "application/json"
 MAX_BATCH = 50
 
 DELIVERED = "DELIVRD"
-# (status, source, weight): source 1 SMS platform, 2 SMS center, 3 Huawei platform (§1.3, §5)
+# (status, source, weight): source 1 SMS platform, 2 SMS center, 3 Huawei platform (docs/protocol.md, Status reports and Status codes)
 FAILURES: tuple[tuple[str, str, int], ...] = (
     ("UNDELIV", "2", 30),
     ("EXPIRED", "1", 15),

@@ -1,0 +1,1 @@
+"""The public HTTP interface's bodies, declared once (models.py)."""
