@@ -2,8 +2,9 @@
 
 ``await journal.append(payload)`` returns once the record is written and ``fdatasync``ed. Records
 from concurrent requests that arrive while one flush is on disk wait together for the next one,
-so a burst costs a handful of syncs, not one per request. The write and the sync run on one
-dedicated thread; the event loop keeps accepting requests meanwhile.
+so a burst costs a handful of syncs, not one per request; while records come faster than one
+per ``group_window``, a record also waits up to that window for others to share its sync. The
+write and the sync run on one dedicated thread; the event loop keeps accepting requests meanwhile.
 """
 
 from __future__ import annotations
