@@ -23,7 +23,6 @@ from receiver.protocol import (
     parse_status_report_batch,
     parse_status_report_form,
     parse_uplink_form,
-    status_report,
 )
 
 # Every code a parser may raise; anything else is a new, untested behaviour.
@@ -1170,37 +1169,3 @@ def test_decode_form_reads_as_parse_qsl_does(text: str) -> None:
         got = error.code
     assert got == expected
 
-
-USUAL_VALUES = ["", "0", "1", "7", "99", "١", "2018-04-13T06:31:46Z", "2018-02-30T06:31:46Z",
-                "2018-04-13T24:00:00Z", "2018-04-13 06:31:46Z", "+8613900000000", " 8613900000000"]  # fmt: skip
-
-
-@NO_DB
-@given(
-    st.dictionaries(
-        st.one_of(st.sampled_from(KNOWN_NAMES), st.text(max_size=8)),
-        st.one_of(
-            field_values,
-            st.sampled_from(USUAL_VALUES),
-        ),
-        max_size=12,
-    )
-)
-@example({"smsMsgId": "a", "status": "DELIVRD", "total": "2", "sequence": "3"})
-@example({"smsMsgId": "a", "status": "DELIVRD", "updateTime": "2018-04-13T06:31:46Z", "to": " 8613900000000"})
-def test_the_usual_report_shortcut_reads_what_the_full_rules_read(fields: dict[str, str]) -> None:
-    """The one-pass reading of a usual report gives what the full rules give, or leaves the
-    fields to them (unknown fields, a broken rule, an unusual time)."""
-    plain = status_report._report_plain(fields)
-    try:
-        checked = status_report._report_checked(fields)
-    except ProtocolError:
-        assert plain is None
-    else:
-        assert plain is None or plain == checked
-
-
-def test_the_official_sample_report_takes_the_shortcut() -> None:
-    fields = {"sequence": "1", "total": "1", "orgCode": "000", "updateTime": "2018-04-13T06:31:46Z", "source": "2",
-              "smsMsgId": "2ea20735-f856-4376-afbf-570bd70a46ee_11840135", "status": "DELIVRD"}  # fmt: skip
-    assert status_report._report_plain(fields) == status_report._report_checked(fields) is not None

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from urllib.parse import unquote
 
 from .errors import ProtocolError
@@ -181,66 +179,7 @@ def _scalar(name: str, value: object) -> str | None:
     raise ProtocolError("invalid_field", {"field": name, "reason": "expected a string"})
 
 
-_CANONICAL_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
-
-
 def _report(fields: Mapping[str, object]) -> StatusReport:
-    """The report the fields make, or the first rule they break (in :data:`RULES`' order)."""
-    return _report_plain(fields) or _report_checked(fields)
-
-
-def _report_plain(fields: Mapping[str, object]) -> StatusReport | None:
-    """The usual report, read in one pass: only known fields, all strings within their limits,
-    digits for the counters, the canonical ``yyyy-MM-ddTHH:mm:ssZ`` time. ``None`` for
-    anything else, which :func:`_report_checked` reads (and says what is wrong). Every
-    acknowledgement and the writer read each report, so the usual case is worth a shortcut;
-    ``tests/test_protocol.py`` holds the two equal."""
-    values: dict[str, str | None] = {}
-    for name, value in fields.items():
-        rule = RULES.get(name)
-        if rule is None or not isinstance(value, str) or len(value) > rule.max_len:
-            return None
-        values[name] = value or None
-    get = values.get
-    sms_msg_id, status = get("smsMsgId"), get("status")
-    total, sequence = _counter(get("total")), _counter(get("sequence"))
-    if sms_msg_id is None or status is None or total == 0 or sequence == 0:
-        return None
-    if total is not None and sequence is not None and sequence > total:
-        return None
-    update_time = get("updateTime")
-    when = None
-    if update_time is not None:
-        if not _CANONICAL_TIME.fullmatch(update_time):
-            return None
-        t = update_time
-        try:
-            when = datetime(int(t[:4]), int(t[5:7]), int(t[8:10]), int(t[11:13]), int(t[14:16]), int(t[17:19]), tzinfo=UTC)
-        except ValueError:
-            return None
-    return StatusReport(
-        sms_msg_id=sms_msg_id,
-        status=status,
-        total=total,
-        sequence=sequence,
-        status_desc=get("statusDesc"),
-        source=get("source"),
-        update_time=when,
-        extend=get("extend"),
-        to=number(get("to")),
-        org_code=get("orgCode"),
-        extra={},
-    )
-
-
-def _counter(value: str | None) -> int | None:
-    """``total`` or ``sequence``; 0 for anything but a positive integer."""
-    if value is None:
-        return None
-    return int(value) if value.isascii() and value.isdigit() else 0
-
-
-def _report_checked(fields: Mapping[str, object]) -> StatusReport:
     known: dict[str, str | None] = {
         name: value if isinstance(value, str) else None for name, value in fields.items() if name in RULES
     }
