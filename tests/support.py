@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import tempfile
 import time as _time
 from collections.abc import Coroutine, Iterator
@@ -17,6 +18,7 @@ import httpx2 as httpx
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from receiver.journal import Journal
 from receiver.journal.reader import JournalReader
 
 FORM = "application/x-www-form-urlencoded"
@@ -34,6 +36,15 @@ def all_stored(root: Path) -> bool:
 
 
 HUAWEI_SAMPLES = Path(__file__).resolve().parent / "fixtures" / "huawei"
+
+
+def fill_disk(journal: Journal) -> None:
+    """From now on every write to the journal's open segment fails with ENOSPC (``/dev/full``)."""
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        os.dup2(full, journal._fd)
+    finally:
+        os.close(full)
 
 
 def huawei_sample(name: str) -> str:
@@ -131,7 +142,6 @@ async def fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
 
 import http.client
 import json
-import os
 import signal
 import socket
 import subprocess

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from support import all_stored
+from support import all_stored, fill_disk
 
 from receiver.journal import Journal, JournalFull, JournalReader, JournalUnavailable, frames
 from receiver.journal.reader import WRITER_LOCK
@@ -1073,11 +1073,7 @@ def test_write_failure_mid_life_refuses_then_recovers_on_a_new_segment(
         assert journal.dir is not None and journal._fd >= 0
         (first_segment,) = seg_files(journal.dir.path)
 
-        full = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
-        try:
-            os.dup2(full, journal._fd)
-        finally:
-            os.close(full)
+        fill_disk(journal)  # every write: ENOSPC
         with pytest.raises(JournalUnavailable):
             await journal.append(b"second")
         assert journal.last_error is not None and "No space left" in journal.last_error
@@ -1107,11 +1103,7 @@ def test_failed_flush_fails_every_record_in_it_and_not_the_next(
         journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20)
         reader = readers(tmp_path)
         await journal.append(b"ok")
-        full = os.open("/dev/full", os.O_WRONLY)
-        try:
-            os.dup2(full, journal._fd)
-        finally:
-            os.close(full)
+        fill_disk(journal)  # every write: ENOSPC
         doomed = [journal.append_nowait(b"doomed-%d" % i) for i in range(5)]
         results = await asyncio.gather(*doomed, return_exceptions=True)
         assert all(isinstance(r, JournalUnavailable) for r in results)
@@ -1226,11 +1218,7 @@ def test_sync_on_the_loop_groups_concurrent_appends_and_refuses_what_it_cannot_w
         assert journal.dir is not None
         (segment,) = seg_files(journal.dir.path)
         assert [p for p, _ in frames.decode(segment.read_bytes())] == [payload(i) for i in range(50)]
-        full = os.open("/dev/full", os.O_WRONLY)
-        try:
-            os.dup2(full, journal._fd)
-        finally:
-            os.close(full)
+        fill_disk(journal)  # every write: ENOSPC
         with pytest.raises(JournalUnavailable):
             await journal.append(b"lost")
         await journal.append(b"kept")

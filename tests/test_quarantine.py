@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
-from support import FORM, JSON, fetch, run, serving, wait_for
+from support import FORM, JSON, fetch, fill_disk, run, serving, wait_for
 
 from receiver import metrics, records, writer
 from receiver.journal import Journal, JournalReader, envelope
@@ -184,11 +183,7 @@ def test_a_failed_journal_write_counts_its_refusals_as_lost(tmp_path: Path) -> N
         journal = Journal(tmp_path / "journal", max_bytes=1 << 20, segment_bytes=1 << 20)
         gate = Quarantine(journal, bodies_per_second=1000)
         await journal.append(b"{}")  # the segment is open
-        full = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
-        try:
-            os.dup2(full, journal._fd)
-        finally:
-            os.close(full)
+        fill_disk(journal)  # every write: ENOSPC
         before = metrics.QUARANTINE_LOST._value.get()
         gate.add(1, "status-report", time.time(), "invalid_field", {}, FORM, b"body")
         with contextlib.suppress(JournalUnavailable):
