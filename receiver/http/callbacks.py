@@ -17,9 +17,6 @@ request metrics, one ``callback`` log line) but more cheaply: the log line's wri
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
-import re
 import time
 from typing import Any, Literal
 
@@ -32,17 +29,12 @@ from .. import ingest, logs, metrics, netaddr
 from ..applications import Application
 from ..journal.appender import JournalUnavailable
 from ..journal.envelope import ENDPOINT_KINDS, Kind
-from .middleware import resolve_client
+from .middleware import SANE_ID, new_request_id, resolve_client
 
 log = structlog.get_logger("receiver.callbacks")
 
 PREFIX = "/callbacks/"
 TEMPLATES = {name: f"/callbacks/{{token}}/{name}" for name in ENDPOINT_KINDS}
-_SANE_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
-# A request without a usable X-Request-Id gets one: 32 hex digits, unique per process (a random
-# half fixed at start, a counter), without a system call per request.
-_ID_PREFIX = os.urandom(8).hex().encode()
-_ids = itertools.count()
 _OK_START = {"type": "http.response.start", "status": 200}
 _EMPTY_BODY: Message = {"type": "http.response.body", "body": b""}
 _JSON = (b"content-type", b"application/json")
@@ -73,10 +65,10 @@ class Callbacks:
                 content_type = value
             elif name == b"content-length":
                 content_length = value
-            elif name == b"x-request-id" and request_id is None and _SANE_ID.fullmatch(value):
+            elif name == b"x-request-id" and request_id is None and SANE_ID.fullmatch(value):
                 request_id = value
         if request_id is None:
-            request_id = b"%s%016x" % (_ID_PREFIX, next(_ids))
+            request_id = new_request_id()
         call = _Call(self, scope, receive, send, endpoint, kind, request_id, start, received_at, content_type)
         await call.run(token, content_length)
 

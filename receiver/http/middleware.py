@@ -15,6 +15,7 @@ A pure ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs a task and a qu
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
@@ -29,7 +30,15 @@ from .. import metrics, netaddr
 log = structlog.get_logger("receiver.callbacks")
 
 HEADER = b"x-request-id"
-_SANE_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+SANE_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
+# A request without a usable X-Request-Id gets one: 32 hex digits, unique per process (a random
+# half fixed at start, a counter), without a system call per request.
+_ID_PREFIX = os.urandom(8).hex().encode()
+_ids = itertools.count()
+
+
+def new_request_id() -> bytes:
+    return b"%s%016x" % (_ID_PREFIX, next(_ids))
 _NOTES = "receiver.notes"
 _CLIENT = "receiver.client"
 _FORWARDED_FOR = b"x-forwarded-for"
@@ -40,10 +49,10 @@ def request_id(scope: Scope) -> str:
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     for name, value in headers:
         if name == HEADER:
-            if _SANE_ID.fullmatch(value):
+            if SANE_ID.fullmatch(value):
                 return value.decode("ascii")
             break
-    return os.urandom(16).hex()
+    return new_request_id().decode()
 
 
 def resolve_client(scope: Scope, trusted: tuple[netaddr.IPNetwork, ...]) -> netaddr.IPAddress | None:
