@@ -76,6 +76,19 @@ def scope() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def count_flushes(journal: Any) -> list[int]:
+    """A counter of the journal's flushes (each one write and one ``fdatasync``), in ``[0]``."""
+    flushes = [0]
+    write = journal._write
+
+    def counted(data: bytes) -> Any:
+        flushes[0] += 1
+        return write(data)
+
+    journal._write = counted
+    return flushes
+
+
 class Stages:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -169,14 +182,7 @@ class Stages:
         )
         self.journal_root = settings.journal_path
         journal = Journal(self.journal_root, max_bytes=1 << 40, segment_bytes=settings.journal_segment_bytes)
-        flushes = [0]
-        write = journal._write
-
-        def counted(data: bytes) -> Any:
-            flushes[0] += 1
-            return write(data)
-
-        journal._write = counted  # type: ignore[method-assign]  # counts the fdatasyncs
+        flushes = count_flushes(journal)
         registry = Registry()
         app_record = Application(1, "bench")
         registry._apps[token_hash(TOKEN)] = app_record
@@ -348,14 +354,7 @@ class Stages:
             root = self.base / f"paced-{group_window}"
             journal = Journal(root, max_bytes=1 << 40, segment_bytes=64 << 20, sync="auto", group_window=group_window)
             await journal.append(payload)
-            flushes = [0]
-            write = journal._write
-
-            def counted(data: bytes) -> Any:
-                flushes[0] += 1
-                return write(data)
-
-            journal._write = counted  # type: ignore[method-assign]
+            flushes = count_flushes(journal)
             waits: list[float] = []
 
             async def one() -> None:
