@@ -75,28 +75,23 @@ def connector(dsn: str, nice: int = 0, sched_idle: bool = False) -> Connect:
 
 
 def _lower_backend(pid: int, nice: int, sched_idle: bool) -> None:
-    """Lower a local backend's priority to ours; silently nothing when it is not ours to change
-    (another machine's pid, another user's process)."""
-    if not _is_postgres(pid):
-        return
+    """Lower a local backend's priority to ours; nothing when the pid is not a PostgreSQL
+    process of this machine."""
+    if _is_postgres(pid):
+        lower_priority(pid, nice, sched_idle)
+
+
+def lower_priority(pid: int, nice: int, sched_idle: bool) -> None:
+    """Run a process (0: this one) at niceness ``nice`` or lower and, with ``sched_idle``, in
+    Linux's SCHED_IDLE class: only on CPU time no other process wants, giving it up at once to
+    a waking worker. Silently nothing where a change is not ours to make (another user's
+    process) or the system has no such class."""
     with contextlib.suppress(OSError):
         if os.getpriority(os.PRIO_PROCESS, pid) < nice:
             os.setpriority(os.PRIO_PROCESS, pid, nice)
-    if sched_idle:
-        lower_to_idle(pid)
-
-
-def lower_to_idle(pid: int = 0) -> bool:
-    """Put a process (0: this one) in Linux's SCHED_IDLE class: it runs only when no other
-    process wants the CPU, and a waking worker takes the CPU from it at once. False where the
-    system has no such class or refuses."""
-    if not hasattr(os, "SCHED_IDLE"):
-        return False
-    try:
-        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
-    except OSError:
-        return False
-    return True
+    if sched_idle and hasattr(os, "SCHED_IDLE"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
 
 
 def _is_postgres(pid: int) -> bool:
@@ -165,10 +160,7 @@ def main() -> int:
     up to ``RECEIVER_SHUTDOWN_DRAIN_SECONDS``) and exit."""
     settings = Settings()
     logs.configure(settings.log_level, settings.log_format)
-    with contextlib.suppress(OSError):
-        os.nice(settings.writer_nice)
-    if settings.writer_sched_idle:
-        lower_to_idle()  # before any thread starts: threads inherit it
+    lower_priority(0, settings.writer_nice, settings.writer_sched_idle)  # before any thread: they inherit it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the supervisor, which says when
     asyncio.run(_run(settings))
     return 0
