@@ -278,7 +278,10 @@ class Registry:
 
     async def lookup(self, token: str, pool: asyncpg.Pool | None, *, refresh: bool = False) -> Application | None:
         """The application of ``token``. On a miss, or with ``refresh`` (say, a push signed with an
-        access key not known yet), read the database first, at most every ``min_interval`` s."""
+        access key not known yet), read the database first: at most once every ``min_interval``
+        s, so a miss soon after the last read waits for the next one (an application made a
+        moment ago must not lose its first push; a flood of unknown tokens costs one read a
+        second)."""
         key = token_hash(token)
         app = self._apps.get(key)
         if pool is None:
@@ -287,8 +290,10 @@ class Registry:
             if time.monotonic() - self._loaded_at >= self.max_age:
                 self._start_refresh(pool)  # in the background: this callback goes on with what we know
             return app
-        if time.monotonic() - self._loaded_at >= self._min_interval:
-            await asyncio.shield(self._start_refresh(pool))
+        wait = self._loaded_at + self._min_interval - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await asyncio.shield(self._start_refresh(pool))
         return self._apps.get(key)
 
     def _start_refresh(self, pool: asyncpg.Pool) -> asyncio.Task[None]:

@@ -171,6 +171,21 @@ def test_an_application_created_while_serving_is_found(harness: Harness) -> None
     assert harness.rows("SELECT a.name FROM uplinks u JOIN applications a ON a.id = u.application_id") == [("late",)]
 
 
+def test_an_application_created_just_after_a_lookup_gets_its_first_push(harness: Harness) -> None:
+    """The registry reads the database at most once a second; a push in that second for a token
+    it does not know waits for the next read instead of a 404 (the platform never retries)."""
+    assert harness.post("status-report", SAMPLE_REPORT, token="not-a-token").status_code == 404  # a read now
+
+    async def make_app() -> str:
+        conn = await asyncpg.connect(harness.url)
+        try:
+            return (await applications.create(conn, "right-after", []))[1]
+        finally:
+            await conn.close()
+
+    assert harness.post("uplink", UPLINK_PY, token=run(make_app())).status_code == 200
+
+
 def test_readyz_and_healthz(harness: Harness) -> None:
     assert harness.client.get("/healthz").json() == {"status": "ok"}
     ready = harness.client.get("/readyz")
