@@ -182,6 +182,7 @@ class Stages:
         )
         self.journal_root = settings.journal_path
         journal = Journal(self.journal_root, max_bytes=1 << 40, segment_bytes=settings.journal_segment_bytes)
+        self.loop.run_until_complete(journal.start())  # as the worker does before serving
         flushes = count_flushes(journal)
         registry = Registry()
         app_record = Application(1, "bench")
@@ -350,9 +351,13 @@ class Stages:
         rate = self.args.paced_rate
         n = int(rate * 2)
 
-        async def run(group_window: float) -> tuple[float, float, float]:
-            root = self.base / f"paced-{group_window}"
-            journal = Journal(root, max_bytes=1 << 40, segment_bytes=64 << 20, sync="auto", group_window=group_window)
+        async def run(group_window: float, preallocate: bool) -> tuple[float, float, float]:
+            root = self.base / f"paced-{group_window}-{preallocate}"
+            journal = Journal(
+                root, max_bytes=1 << 40, segment_bytes=8 << 20, sync="auto", group_window=group_window,
+                preallocate=preallocate,
+            )  # fmt: skip
+            await journal.start()
             await journal.append(payload)
             flushes = count_flushes(journal)
             waits: list[float] = []
@@ -376,12 +381,17 @@ class Stages:
             waits.sort()
             return cpu / n, n / max(1, flushes[0]), waits[int(n * 0.99)]
 
-        for label, group_window in (("no group window", 0.0), (f"group window {window * 1000:g} ms", window)):
+        variants = (
+            ("no group window", 0.0, True),
+            (f"group window {window * 1000:g} ms", window, True),
+            (f"group window {window * 1000:g} ms, segment files that grow (`RECEIVER_JOURNAL_PREALLOCATE=false`)", window, False),
+        )  # fmt: skip
+        for label, group_window, preallocate in variants:
             per_record, per_flush, p99 = statistics.median_low(
-                [self.loop.run_until_complete(run(group_window)) for _ in range(self.args.repeat)]
+                [self.loop.run_until_complete(run(group_window, preallocate)) for _ in range(self.args.repeat)]
             )
             self.add(
-                section, f"paced-{group_window}", f"`journal.append` at {rate:,}/s, {label}", per_record,
+                section, f"paced-{group_window}-{preallocate}", f"`journal.append` at {rate:,}/s, {label}", per_record,
                 f"{per_flush:.1f} records per fdatasync; p99 wait {p99 * 1000:.2f} ms; the pacing loop's own CPU included",
             )  # fmt: skip
 

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         description="while callbacks come faster than one per this time, a record waits up to this long"
         " for others to share its fdatasync (0: never waits)",
     )  # fmt: skip
+    journal_preallocate: bool = Field(
+        default=True,
+        description="zero-fill each journal segment before its records, so an fdatasync writes only"
+        " them (off on copy-on-write filesystems: btrfs, ZFS)",
+    )
     writer_batch_size: int = 1000
     writer_interval_seconds: float = Field(
         default=0.1, ge=0, le=5, description="during bursts, store at most this often (larger batches)"

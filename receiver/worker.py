@@ -52,7 +52,9 @@ class Worker:
         journal = Journal(
             settings.journal_path, max_bytes=settings.journal_max_bytes, segment_bytes=settings.journal_segment_bytes,
             sync=settings.journal_sync, group_window=settings.journal_group_window_seconds,
+            preallocate=settings.journal_preallocate,
         )  # fmt: skip
+        await journal.start()
         pool = await asyncpg.create_pool(dsn, min_size=0, max_size=4, timeout=5, reset=_keep_session)
         registry = Registry(settings.data_dir / "applications.json")
         try:

@@ -37,7 +37,7 @@ from support import all_stored, fill_disk
 
 from receiver.journal import Journal, JournalFull, JournalReader, JournalUnavailable, frames
 from receiver.journal.reader import WRITER_LOCK
-from receiver.journal.segments import CURSOR_FILE, SUFFIX, JournalDir, read_cursor
+from receiver.journal.segments import CURSOR_FILE, SPARE, SUFFIX, JournalDir, read_cursor
 
 REPO = Path(__file__).resolve().parents[1]
 BIG = 1 << 30
@@ -352,7 +352,9 @@ def test_append_then_read_in_order_and_durable_on_disk(
         assert journal.dir is not None
         (segment,) = seg_files(journal.dir.path)
         assert [p for p, _ in frames.decode(segment.read_bytes())] == records
-        assert journal.backlog_bytes == segment.stat().st_size
+        written = sum(len(frames.encode(r)) for r in records)
+        assert journal.backlog_bytes == written
+        assert segment.stat().st_size == 1 << 20, "zero-filled to its full size ahead of the records"
         assert not reader.drained() and not all_stored(tmp_path)
 
         assert drain(reader, max_records=7) == records
@@ -361,6 +363,7 @@ def test_append_then_read_in_order_and_durable_on_disk(
         reader.retire_gone()
         assert segment.exists(), "the live worker's folder and last segment stay"
         await journal.close()
+        assert segment.stat().st_size == written, "a clean stop leaves no zero-filled tail"
         reader.retire_gone()
         assert not journal.dir.path.exists(), "drained, and its worker has let go: deleted"
         assert worker_folders(tmp_path) == []
@@ -574,6 +577,65 @@ def test_group_commit_batches_appends_arriving_during_a_flush(
     run(scenario())
 
 
+# --- zero-filled segments -----------------------------------------------------------------------
+
+
+def test_segments_are_zero_filled_ahead_so_a_sync_never_grows_the_file(
+    tmp_path: Path, readers: Callable[[Path], JournalReader]
+) -> None:
+    """Records go into blocks written before them: appending never changes a segment's size (so
+    its fdatasync has no metadata to commit), the next segment is ready before it is needed, and
+    the reader counts and reads records, not zeros."""
+    segment_bytes = 1024
+
+    async def scenario() -> None:
+        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=segment_bytes)
+        await journal.start()  # before the first record: the folder and its first file, ready
+        assert journal.dir is not None
+        spare = journal.dir.path / SPARE
+        assert spare.stat().st_size == segment_bytes and seg_files(journal.dir.path) == []
+        inode = spare.stat().st_ino
+        reader = readers(tmp_path)
+        sizes, sent = set(), []
+        for i in range(80):  # about 4 segments' worth
+            sent.append(payload(i))
+            await journal.append(sent[-1])
+            sizes.add(seg_files(journal.dir.path)[-1].stat().st_size)
+            if i == 0:
+                assert seg_files(journal.dir.path)[0].stat().st_ino == inode, "the prepared file became segment 1"
+        assert len(seg_files(journal.dir.path)) >= 3
+        assert min(sizes) >= segment_bytes, "full-size from its first record on"
+        assert max(sizes) <= segment_bytes + frames.HEADER.size + 200, "a segment grows only by its last flush"
+        assert reader.read(0).payloads == [] and reader.backlog_bytes == journal.backlog_bytes
+        assert reader.backlog_bytes == sum(len(frames.encode(r)) for r in sent)
+        assert drain(reader, max_records=7) == sent
+        assert reader.drained() and reader.backlog_bytes == 0
+        await journal.close()
+        assert not spare.exists(), "a clean stop leaves no spare file"
+        reader.retire_gone()
+        assert worker_folders(tmp_path) == []
+
+    run(scenario())
+
+
+def test_without_preallocation_segments_grow_with_their_records(
+    tmp_path: Path, readers: Callable[[Path], JournalReader]
+) -> None:
+    async def scenario() -> None:
+        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20, preallocate=False)
+        await journal.start()
+        for i in range(5):
+            await journal.append(payload(i))
+        assert journal.dir is not None
+        (segment,) = seg_files(journal.dir.path)
+        assert segment.stat().st_size == journal.backlog_bytes
+        assert not (journal.dir.path / SPARE).exists()
+        assert drain(readers(tmp_path)) == [payload(i) for i in range(5)]
+        await journal.close()
+
+    run(scenario())
+
+
 # --- durability across a crash ------------------------------------------------------------------
 
 CRASHING_WORKER = """
@@ -679,7 +741,7 @@ def test_a_record_being_written_is_read_once_whole(
         for cut in (30, frames.HEADER.size, len(writing) - 1):
             segment.write_bytes(done + writing[:cut])
             assert reader.read(10).payloads == [], f"half a record ({cut} bytes) is not read"
-            assert reader.backlog_bytes == cut and not reader.drained()
+            assert reader.backlog_bytes == 0 and reader.drained(), "nor counted before it is whole"
             reader.retire_gone()
             assert segment.exists()
         segment.write_bytes(done + writing)
@@ -1083,8 +1145,9 @@ def test_write_failure_mid_life_refuses_then_recovers_on_a_new_segment(
         assert journal.last_error is None
         files = seg_files(journal.dir.path)
         assert len(files) == 2 and files[0] == first_segment
-        assert first_segment.read_bytes() == frames.encode(b"first"), "no garbage after the durable prefix"
-        assert files[1].read_bytes() == frames.encode(b"third")
+        data = first_segment.read_bytes()
+        assert data.rstrip(b"\0") == frames.encode(b"first"), "no garbage after the durable prefix"
+        assert files[1].read_bytes().rstrip(b"\0") == frames.encode(b"third")
 
         assert drain(reader) == [b"first", b"third"]
         assert not first_segment.exists()

@@ -3,7 +3,9 @@
 The writer (a process of its own, or a task beside the worker) reads straight from the segment
 files: each worker's folder, whether that worker is alive, dead or gone, so a dead worker's
 records are stored without waiting for anyone to take its place. Only whole records that pass
-their CRC are read; a record a worker is still writing is read once it is whole.
+their CRC are read; a record a worker is still writing is read once it is whole. A worker's
+last segment is zero-filled past its records (:mod:`.appender`): its size says nothing, so the
+reader finds where its records end by reading them, from where it last looked.
 
 The writer takes a batch with :meth:`JournalReader.read`, stores it, then calls
 :meth:`JournalReader.commit`, which writes each folder's cursor (``drained``: the segment and
@@ -31,6 +33,8 @@ from .segments import SUFFIX, JournalDir, clear_stale_staging, read_cursor, writ
 log = logging.getLogger(__name__)
 
 _READ_WINDOW = 2 * frames.MAX_PAYLOAD
+_FIRST_LOOK = 64 << 10  # bytes read first where a last segment's records may end (usually zeros)
+_SCAN_CHUNK = 1 << 20
 _LIVENESS_EVERY = 1.0  # seconds between looks at whether a drained folder's worker is gone
 WRITER_LOCK = "writer.lock"
 
@@ -42,6 +46,7 @@ class _Folder:
     offset: int = 0  # bytes of that segment already stored
     cursor_fd: int = -1
     checked_at: float = float("-inf")  # when we last tried its lock
+    scanned: tuple[int, int] = (0, 0)  # (segment, offset): its whole records go at least this far
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,22 +149,22 @@ class JournalReader:
                 _unlink(path)  # stored before a crash kept us from deleting it
                 continue
             start = folder.offset if number == folder.segment else 0
-            try:
-                size = os.stat(path).st_size
-            except FileNotFoundError:
+            end = _records_end(folder, number, start) if last else _size(path)
+            if end is None:
                 continue
-            pending += max(0, size - start)
-            if found is not None or size <= start:
-                if not last and size <= start and found is None:
+            pending += max(0, end - start)
+            if found is not None or end <= start:
+                if not last and end <= start and found is None:
                     self._advance(folder, numbers[i + 1], 0)  # wholly stored: on to the next
                     _unlink(path)
                 continue
-            payloads, end = _read_records(path, start, size, limit) if limit > 0 else ([], start)
+            payloads, stop = _read_records(path, start, end, limit) if limit > 0 else ([], start)
             if payloads:
-                found = payloads, Part(folder, number, end)
+                found = payloads, Part(folder, number, stop)
             elif not last and limit > 0:
-                log.warning("journal segment %s: skipping %d damaged or torn bytes", path, size - start)
-                pending -= size - start
+                if not _zeros_at(path, start):  # else: the unused, zero-filled end of the file
+                    log.warning("journal segment %s: skipping %d damaged or torn bytes", path, end - start)
+                pending -= end - start
                 self._advance(folder, numbers[i + 1], 0)
                 _unlink(path)
         if found is None and (pending == 0 or limit > 0):  # drained, or only a tail that is no record
@@ -174,7 +179,9 @@ class JournalReader:
                 self._retire_if_gone(folder, force=True)
 
     def _retire_if_gone(self, folder: _Folder, *, force: bool = False) -> None:
-        """Delete a folder whose records are all stored once its worker is gone."""
+        """Delete a folder whose records are all stored once its worker is gone. What follows its
+        last whole record then never becomes one: a write cut short by the crash, never
+        acknowledged, or the zero-filled rest of the file."""
         now = time.monotonic()
         if not force and now - folder.checked_at < _LIVENESS_EVERY:
             return
@@ -182,30 +189,19 @@ class JournalReader:
         gone = JournalDir.try_adopt(folder.path)
         if gone is None:
             return  # its worker is alive (or the folder went meanwhile)
-        if _unread_bytes(folder) and not self._skip_torn_tail(folder):
+        if _unread_bytes(folder):
             gone.release()  # written to since we looked: not yet
             return
+        numbers = _segment_numbers(folder.path)
+        if numbers:
+            path = _segment_path(folder.path, numbers[-1])
+            start = folder.offset if numbers[-1] == folder.segment else 0
+            end = max(start, folder.scanned[1]) if folder.scanned[0] == numbers[-1] else start
+            if not _zeros_at(path, end):
+                log.warning("journal segment %s: skipping a torn tail after offset %d", path, end)
         _close_cursor(folder)
         gone.remove()
         self._folders.pop(folder.path, None)
-
-    def _skip_torn_tail(self, folder: _Folder) -> bool:
-        """With its worker gone, unread bytes at the end of the last segment that hold no whole
-        record never will: a write cut short by the crash (never acknowledged). Skip them (True)."""
-        numbers = _segment_numbers(folder.path)
-        if not numbers:
-            return False
-        path = _segment_path(folder.path, numbers[-1])
-        start = folder.offset if numbers[-1] == folder.segment else 0
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            return False
-        if _unread_bytes(folder) != size - start or _read_records(path, start, size, 1)[0]:
-            return False  # unread records elsewhere, or whole ones here: read them first
-        log.warning("journal segment %s: skipping a torn tail of %d bytes", path, size - start)
-        self._advance(folder, numbers[-1], size)
-        return True
 
     def commit(self, batch: Batch) -> None:
         """The batch is stored: move each folder's cursor past it."""
@@ -228,13 +224,58 @@ class JournalReader:
 
 
 def _unread_bytes(folder: _Folder) -> int:
+    """Bytes of whole records not yet stored, every segment of the folder."""
     unread = 0
-    for number in _segment_numbers(folder.path):
+    numbers = _segment_numbers(folder.path)
+    for i, number in enumerate(numbers):
         if number >= folder.segment:
             start = folder.offset if number == folder.segment else 0
-            with contextlib.suppress(FileNotFoundError):
-                unread += max(0, os.stat(_segment_path(folder.path, number)).st_size - start)
+            last = i == len(numbers) - 1
+            end = _records_end(folder, number, start) if last else _size(_segment_path(folder.path, number))
+            unread += max(0, (end or 0) - start)
     return unread
+
+
+def _records_end(folder: _Folder, number: int, start: int) -> int | None:
+    """Where the whole, intact records of the folder's segment ``number`` end, reading from
+    where the last look stopped (records, once whole, never change); None: no such file."""
+    seen_number, seen = folder.scanned
+    offset = max(start, seen) if seen_number == number else start
+    path = _segment_path(folder.path, number)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        chunk = _FIRST_LOOK
+        while True:
+            data = os.pread(fd, chunk, offset)
+            end, cut = frames.scan(data)
+            offset += end
+            if len(data) < chunk or not (end == len(data) or cut):
+                break  # the file, or its records, end here
+            chunk = max(_SCAN_CHUNK, cut)
+    finally:
+        os.close(fd)
+    folder.scanned = (number, offset)
+    return offset
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
+def _zeros_at(path: Path, offset: int) -> bool:
+    """True when the file ends at ``offset`` or its zero-filled tail starts there."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(offset)
+            return frames.is_zero_header(file.read(frames.HEADER.size))
+    except FileNotFoundError:
+        return True
 
 
 def _segment_numbers(folder: Path) -> list[int]:
@@ -253,11 +294,12 @@ def _segment_path(folder: Path, number: int) -> Path:
     return folder / f"{number:012d}{SUFFIX}"
 
 
-def _read_records(path: Path, start: int, size: int, limit: int) -> tuple[list[bytes], int]:
+def _read_records(path: Path, start: int, end: int, limit: int) -> tuple[list[bytes], int]:
+    """Up to ``limit`` records from ``start`` (``end``: where they end, or the file's size)."""
     try:
         with open(path, "rb") as file:
             file.seek(start)
-            data = file.read(min(size - start, _READ_WINDOW))
+            data = file.read(min(end - start, _READ_WINDOW))
     except FileNotFoundError:
         return [], start
     payloads: list[bytes] = []

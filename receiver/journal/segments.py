@@ -4,7 +4,8 @@ Layout under the journal root::
 
     writer.lock                flock()ed by the one writer that reads this root
     w-<uuid>/lock              flock()ed by the live worker that owns this folder
-    w-<uuid>/000000000001.seg  append-only segment files, in order; the worker appends to the last
+    w-<uuid>/000000000001.seg  segment files, in order; the worker appends to the last
+    w-<uuid>/spare             the next segment's file, zero-filled ahead, renamed when it is needed
     w-<uuid>/drained           the writer's cursor: stored up to this segment and offset
 
 A worker creates its folder under a temporary name, locks it, then renames it into place, so
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SUFFIX = ".seg"
+SPARE = "spare"
 
 
 @dataclass(eq=False)
