@@ -34,12 +34,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,7 @@ class Stages:
         from receiver.http import callbacks
         from receiver.http.app import create_app
         from receiver.journal import Journal
+        from receiver.journal.appender import write_durably
         from receiver.journal.envelope import Kind
         from receiver.protocol import form, parse_status_report_form
         from receiver.quarantine import Quarantine
@@ -239,19 +241,23 @@ class Stages:
             section, "ack1", "the same, one request at a time (an fdatasync each)", single,
             f"{alone:,} requests, {system * 1e6:.0f} µs of it in the kernel; for scale, not in the total",
         )  # fmt: skip
-        raw_fd = os.open(self.base / "fdatasync-probe", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         record = records.accepted(Kind.STATUS_REPORT, 1, time.time(), body(0))
+        for label, zero_filled in (("a zero-filled file", True), ("a file that grows", False)):
+            raw_fd = os.open(self.base / f"flush-probe-{zero_filled}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            if zero_filled:  # room for every repeat
+                os.pwrite(raw_fd, bytes(len(record) * alone * (a.repeat + 1)), 0)
+                os.fsync(raw_fd)
+            offsets = itertools.count(0, len(record))
 
-        def write_and_sync(i: int) -> None:
-            os.write(raw_fd, record)
-            os.fdatasync(raw_fd)
+            def write_and_sync(i: int, fd: int = raw_fd, offsets: Iterator[int] = offsets) -> None:
+                write_durably(fd, record, next(offsets))
 
-        raw = self.sync_cpu(write_and_sync, alone)
-        os.close(raw_fd)
-        self.add(
-            section, "fsync", "for scale: one `os.write` + `os.fdatasync` of a record, on the calling thread", raw,
-            "what a flush costs the kernel, before any hand-off; not in the total",
-        )  # fmt: skip
+            raw = self.sync_cpu(write_and_sync, alone)
+            os.close(raw_fd)
+            self.add(
+                section, f"fsync-{zero_filled}", f"for scale: one flush of a record (`write_durably`), into {label}",
+                raw, "what a flush costs the kernel, before any hand-off; not in the total",
+            )  # fmt: skip
         lookup = self.async_cpu(lambda i: registry.lookup(TOKEN, None), n, 1, lambda: None)
         self.add(
             section,

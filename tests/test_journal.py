@@ -9,7 +9,7 @@ reader (as after a writer crash) resumes from it; segments behind the cursor are
 a live worker's last one; a folder is deleted once drained and its worker's lock is free; torn
 tails and damage; one writer per root (``try_lock``); stale staging folders.
 
-Nothing of ours is mocked. Where a test needs to observe or slow the disk it wraps ``os.fdatasync``
+Nothing of ours is mocked. Where a test needs to observe or slow the disk it wraps ``write_durably``
 (the OS, not our code), and one test wraps ``os.listdir`` / ``os.stat`` to place another worker's
 rename at an exact moment; crashes are real child processes killed with SIGKILL, live workers and
 other writers real processes holding real ``flock``s.
@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import pytest
 from support import all_stored, fill_disk
 
-from receiver.journal import Journal, JournalFull, JournalReader, JournalUnavailable, frames
+from receiver.journal import Journal, JournalFull, JournalReader, JournalUnavailable, appender, frames
 from receiver.journal.reader import WRITER_LOCK
 from receiver.journal.segments import CURSOR_FILE, SPARE, SUFFIX, JournalDir, read_cursor
 
@@ -236,20 +236,20 @@ print(len(batch.payloads), flush=True)
 
 @pytest.fixture
 def fdatasync_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count real ``os.fdatasync`` calls (the OS call is still made)."""
+    """Count real flushes (``write_durably``: a write and its sync; the OS calls are still made)."""
     calls: list[int] = []
-    real = os.fdatasync
+    real = appender.write_durably
 
-    def counting(fd: int) -> None:
+    def counting(fd: int, data: bytes, offset: int) -> None:
         calls.append(fd)
-        real(fd)
+        real(fd, data, offset)
 
-    monkeypatch.setattr(os, "fdatasync", counting)
+    monkeypatch.setattr(appender, "write_durably", counting)
     return calls
 
 
 class SyncGate:
-    """Holds the journal thread inside ``fdatasync`` until released, so a flush is observably in flight."""
+    """Holds the journal thread inside a flush until released, so a flush is observably in flight."""
 
     def __init__(self) -> None:
         self.entered = threading.Event()
@@ -257,20 +257,20 @@ class SyncGate:
         self.calls = 0
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        real = os.fdatasync
+        real = appender.write_durably
 
-        def gated(fd: int) -> None:
+        def gated(fd: int, data: bytes, offset: int) -> None:
             self.calls += 1
             self.entered.set()
             assert self.release.wait(20), "the test never released the gate"
-            real(fd)
+            real(fd, data, offset)
 
-        monkeypatch.setattr(os, "fdatasync", gated)
+        monkeypatch.setattr(appender, "write_durably", gated)
 
     async def wait_entered(self) -> None:
         deadline = time.monotonic() + 10
         while not self.entered.is_set():
-            assert time.monotonic() < deadline, "no flush reached fdatasync"
+            assert time.monotonic() < deadline, "no flush reached the disk"
             await asyncio.sleep(0.001)
 
 
@@ -543,14 +543,14 @@ def test_group_commit_batches_appends_arriving_during_a_flush(
     # A slow disk: every flush takes 20 ms. 200 requests trickle in, one per loop turn; those arriving
     # while a flush is on disk must share the next flush instead of paying one each.
     calls: list[int] = []
-    real = os.fdatasync
+    real = appender.write_durably
 
-    def slow(fd: int) -> None:
+    def slow(fd: int, data: bytes, offset: int) -> None:
         calls.append(fd)
         time.sleep(0.02)
-        real(fd)
+        real(fd, data, offset)
 
-    monkeypatch.setattr(os, "fdatasync", slow)
+    monkeypatch.setattr(appender, "write_durably", slow)
     records = [payload(i) for i in range(200)]
 
     async def scenario() -> None:
@@ -614,6 +614,33 @@ def test_segments_are_zero_filled_ahead_so_a_sync_never_grows_the_file(
         assert not spare.exists(), "a clean stop leaves no spare file"
         reader.retire_gone()
         assert worker_folders(tmp_path) == []
+
+    run(scenario())
+
+
+def test_where_the_kernel_refuses_a_synced_write_the_journal_writes_then_syncs(
+    tmp_path: Path, readers: Callable[[Path], JournalReader], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel or filesystem without ``RWF_DSYNC`` answers EOPNOTSUPP (here: a flag no kernel
+    knows); records are then written and ``fdatasync``ed, as durable as before."""
+    monkeypatch.setattr(appender, "_dsync", 1 << 30)
+    synced: list[int] = []
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting)
+
+    async def scenario() -> None:
+        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20)
+        for i in range(3):
+            await journal.append(payload(i))
+        assert appender._dsync is None, "refused once: not tried again"
+        assert len(synced) == 3
+        assert drain(readers(tmp_path)) == [payload(i) for i in range(3)]
+        await journal.close()
 
     run(scenario())
 
@@ -1255,15 +1282,15 @@ def test_a_failing_durable_callback_does_not_stall_the_journal(
 
 @pytest.fixture
 def sync_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The thread of every real ``os.fdatasync`` call, in order."""
+    """The thread of every real flush (a write and its sync), in order."""
     threads: list[int] = []
-    real = os.fdatasync
+    real = appender.write_durably
 
-    def on_which_thread(fd: int) -> None:
+    def on_which_thread(fd: int, data: bytes, offset: int) -> None:
         threads.append(threading.get_ident())
-        real(fd)
+        real(fd, data, offset)
 
-    monkeypatch.setattr(os, "fdatasync", on_which_thread)
+    monkeypatch.setattr(appender, "write_durably", on_which_thread)
     return threads
 
 
