@@ -242,7 +242,8 @@ ORDER BY received_at, id LIMIT $4
 # by the storing transaction, kept by the event feed's rule, and would read as null without its
 # report. A message's send and state are searched within partitions.WINDOW ($8) of its time, its
 # reports between its state's bounds (store._REFRESH_STATES), else within the window: a few days,
-# not every day kept.
+# not every day kept (OFFSET 0 keeps each a loop per message, its days pruned at run time, not a
+# join the planner would answer with a scan of every day).
 _DOOMED = """
 SELECT i.sms_msg_id
 FROM (SELECT sms_msg_id,
@@ -254,12 +255,12 @@ LEFT JOIN LATERAL (SELECT reports_from, reports_until FROM message_states m
                    ORDER BY m.message_at DESC LIMIT 1) AS m ON true
 WHERE NOT EXISTS (SELECT FROM sent_messages s
                   WHERE s.sms_msg_id = i.sms_msg_id AND s.create_time BETWEEN i.lo AND i.hi
-                    AND ($3::boolean OR s.create_time >= $2))
+                    AND ($3::boolean OR s.create_time >= $2) OFFSET 0)
   AND NOT EXISTS (SELECT FROM status_reports r
                   WHERE r.sms_msg_id = i.sms_msg_id AND r.tableoid <> ALL($6::oid[])
                     AND r.received_at BETWEEN coalesce(m.reports_from, i.lo) AND coalesce(m.reports_until, i.hi)
                     AND (r.received_at >= $2 OR r.stored_at >= $2
-                         OR (r.received_at, r.id) > ($4::timestamptz, $5::bigint)))
+                         OR (r.received_at, r.id) > ($4::timestamptz, $5::bigint)) OFFSET 0)
   AND NOT EXISTS (SELECT FROM reply_links l JOIN uplinks u ON u.id = l.uplink_id
                   WHERE l.sms_msg_id = i.sms_msg_id AND u.received_at >= $2)
 """

@@ -65,19 +65,27 @@ WHERE {only}($1::text IS NULL OR s."to" = $1)
 ORDER BY {time}, {id}
 LIMIT $7
 """
+# A send's state is at its createTime (message_at): one day. Each look-up is a subquery of its
+# own (LIMIT 1: one row per send), so the planner plans each table's days once instead of searching
+# join orders over them.
+_STATE_OF_SEND = """JOIN LATERAL (SELECT * FROM message_states m
+              WHERE m.sms_msg_id = s.sms_msg_id AND m.message_at = s.create_time LIMIT 1) m ON true"""
 # Every send, in send order; or, for the sends after an opt-out, those few in the same order
 # (their sent_at is the send's createTime), walking their own index instead of every send.
 _LIST_SENDS = _LIST.format(
     state=_LIST_STATE, time="s.create_time", id="s.sms_msg_id", only="",
-    source="""FROM sent_messages s
-JOIN message_states m ON m.sms_msg_id = s.sms_msg_id AND m.message_at = s.create_time
-LEFT JOIN sends_after_optout o ON o.sms_msg_id = s.sms_msg_id AND o.sent_at = s.create_time AND o.source IS NOT NULL""",
+    source=f"""FROM sent_messages s
+{_STATE_OF_SEND}
+LEFT JOIN LATERAL (SELECT source FROM sends_after_optout o
+                   WHERE o.sms_msg_id = s.sms_msg_id AND o.sent_at = s.create_time AND o.source IS NOT NULL
+                   LIMIT 1) o ON true""",
 )  # fmt: skip
 _LIST_AFTER_OPTOUT = _LIST.format(
     state=_LIST_STATE, time="o.sent_at", id="o.sms_msg_id", only="o.source IS NOT NULL AND ",
-    source="""FROM sends_after_optout o
-JOIN sent_messages s ON s.sms_msg_id = o.sms_msg_id AND s.create_time = o.sent_at
-JOIN message_states m ON m.sms_msg_id = o.sms_msg_id AND m.message_at = o.sent_at""",
+    source=f"""FROM sends_after_optout o
+JOIN LATERAL (SELECT * FROM sent_messages s WHERE s.sms_msg_id = o.sms_msg_id AND s.create_time = o.sent_at
+              LIMIT 1) s ON true
+{_STATE_OF_SEND}""",
 )  # fmt: skip
 
 _UPLINKS = """
