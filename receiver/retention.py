@@ -15,14 +15,15 @@ What stays, whatever its age: applications, API keys, push keys, and the blackli
 (``blacklist``, ``blacklist_signals``, ``blacklist_history``): a rebuild keeps the signals of
 events pruned away (``receiver.blacklist.store.rebuild``), so pruning never changes the list.
 
-**Whole days first.** The event tables are partitioned by UTC day (:mod:`receiver.partitions`):
-every partition that ends at or before the cutoff is dropped whole, one ``DROP TABLE`` each,
-whatever it holds (the event feed's first, then reports, replies with their ``reply_links``,
-refused requests). That takes the same time for a day of ten reports as for a day of ten
-million. The rules above then apply, row by row, only to what is left older than the cutoff: the
-day that straddles it (and the table as it was before partitioning, until its last day is past
-the cutoff). A message whose reports lie on both sides of a dropped day keeps its state and its
-recent reports; its reports of the dropped day go with the day (docs/storage.md).
+**Whole days first.** The event tables and the tables of one row per message are partitioned by
+UTC day (:mod:`receiver.partitions`): every partition that ends at or before the cutoff is
+dropped whole, one ``DROP TABLE`` per table, whatever it holds (the event feed's first, then
+reports, replies with their ``reply_links``, refused requests, sends, states, sends after an
+opt-out). That takes the same time for a day of ten reports as for a day of ten million. The
+rules above then apply, row by row, only to what is left older than the cutoff: the day that
+straddles it (and the table as it was before partitioning, until its last day is past the
+cutoff). A message whose events lie on both sides of a dropped day loses those of that day with
+it: its reports of the day, or its send and state when they are on it (docs/storage.md).
 
 Each batch is one transaction of at most ``batch_size`` candidates, so a large prune holds no
 long lock and can run while the service ingests. A message batch takes the same per-message

@@ -179,7 +179,7 @@ ACROSS = [
 def test_a_message_sent_before_midnight_and_reported_after_it_has_one_state(db_url: str, order: tuple[str, ...]) -> None:
     sent_at = BEFORE - timedelta(minutes=1)
 
-    async def go() -> tuple[list[asyncpg.Record], list[asyncpg.Record], object]:
+    async def go() -> tuple[list[asyncpg.Record], list[asyncpg.Record], list[str]]:
         conn = await asyncpg.connect(db_url)
         try:
             app_id = await _app(conn)
@@ -206,7 +206,7 @@ def test_a_message_sent_before_midnight_and_reported_after_it_has_one_state(db_u
     day = f"{BEFORE:%Y%m%d}"
     assert [tuple(r) for r in states] == [("delivered", 2, 2, True, sent_at, f"message_states_{day}")]
     assert [r["part"] for r in sends] == [f"sent_messages_{day}"]
-    assert events[-1] == "delivered" and events.count("delivered") == 1  # type: ignore[index]
+    assert events[-1] == "delivered" and events.count("delivered") == 1
 
 
 def test_a_send_registered_again_on_the_next_day_is_stored_once(db_url: str) -> None:

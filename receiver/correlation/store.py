@@ -31,10 +31,11 @@ FROM (SELECT DISTINCT (hashtext(id) & 255) AS k FROM unnest($1::text[]) AS id OR
 
 # Where a message's rows are (docs/storage.md): its stored state within partitions.WINDOW ($6) of
 # the times known of it ($4/$5: the receipt and updateTime of the reports stored now, the
-# createTime and registration of the sends registered now; NULL: not known), newest first; its send likewise; its reports between the state's bounds (reports_from, reports_until)
-# and the receipt times of the reports stored now. One or two day partitions each, not every day
-# kept. A message given without a time is searched in every day; so are the reports of a state
-# from before the bounds existed (reports, no bounds).
+# createTime and registration of the sends registered now; NULL: not known), newest first; its
+# send likewise; its reports between the state's bounds (reports_from, reports_until) and the
+# receipt times of the reports stored now. One or two day partitions each, not every day kept. A
+# message given without a time is searched in every day; so are the reports of a state from
+# before the bounds existed (reports, no bounds).
 #
 # message_at, the partition key, follows from the events: the send's createTime, else the first
 # report's receipt. A state whose message_at changes (a send registered after its reports, a
