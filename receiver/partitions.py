@@ -53,9 +53,9 @@ LATEST = datetime.max.replace(tzinfo=UTC)
 
 def span(times: Iterable[datetime | None]) -> tuple[datetime, datetime]:
     """Where rows of the messages of events at ``times`` may be: their span widened by
-    :data:`WINDOW`; anywhere when one of them is not known (None)."""
+    :data:`WINDOW`; anywhere when one of them is not known (None), or none is given."""
     known = list(times)
-    if None in known:
+    if not known or None in known:
         return EARLIEST, LATEST
     dated = [at for at in known if at is not None]
     return min(dated) - WINDOW, max(dated) + WINDOW
@@ -99,7 +99,7 @@ async def ensure(conn: db.Connection, days_ahead: int = DAYS_AHEAD) -> int:
         return 0  # migrations that do not partition (an older set, RECEIVER_MIGRATIONS_DIR)
     today: date = await conn.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
     made = 0
-    for table in TABLES:
+    for table in await partitioned(conn):
         existing = {(p.lower, p.upper) for p in await partitions(conn, table)}
         for offset in range(-1, days_ahead + 1):
             day = today + timedelta(days=offset)
@@ -108,6 +108,17 @@ async def ensure(conn: db.Connection, days_ahead: int = DAYS_AHEAD) -> int:
     if made:
         log.info("partitions.created", partitions=made)
     return made
+
+
+async def partitioned(conn: db.Connection) -> list[str]:
+    """The tables of :data:`TABLES` that are partitioned in this database (an older set of
+    migrations partitions fewer)."""
+    rows = await conn.fetch(
+        "SELECT t FROM unnest($1::text[]) WITH ORDINALITY AS u(t, n)"
+        " WHERE EXISTS (SELECT FROM pg_partitioned_table WHERE partrelid = to_regclass(t)) ORDER BY n",
+        list(TABLES),
+    )
+    return [row["t"] for row in rows]
 
 
 def _covered(bounds: set[tuple[datetime | None, datetime | None]], day: date) -> bool:

@@ -236,9 +236,10 @@ ORDER BY received_at, id LIMIT $4
 """
 
 # Of the candidates ($1, each with a time $7 near which its rows are: its send's createTime, an
-# old report's receipt or updateTime, its state's message_at; NULL: not known), the messages that go: no send ($3: none at all;
-# else none from the cutoff $2 on), no report from the cutoff on or after the batch's last key
-# ($4, $5; NULL: none), no reply from the cutoff on linked to them. A report received before the
+# old report's receipt or updateTime, its state's message_at; NULL: not known), the messages
+# that go: no send ($3: none at all; else none from the cutoff $2 on), no report from the cutoff
+# on or after the batch's last key ($4, $5; NULL: none), no reply from the cutoff on linked to
+# them. A report received before the
 # cutoff but stored after it (it waited in the journal) keeps its message too: its event is dated
 # by the storing transaction, kept by the event feed's rule, and would read as null without its
 # report. A message's send and state are searched within partitions.WINDOW ($8) of its time, its
