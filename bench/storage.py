@@ -1,24 +1,31 @@
 """Growth: the same ingest rate, query latency and retention time at 1 M, 10 M and 50 M stored reports.
 
-    .venv/bin/python -m bench.storage [--sizes 1M,10M,50M] [--days 60] [--database-url URL]
+    .venv/bin/python -m bench.storage [--sizes 1M,10M,50M] [--rate 250k] [--ahead 0] [--database-url URL]
 
-One database grows through the sizes. At each size it holds that many status reports spread
-evenly over the last ``--days`` UTC days (one partition each), with a send, a message state per
-message and a reply every 50 messages, generated straight into PostgreSQL with set-based SQL
-(``generate_series``, no HTTP). Then, one at a time:
+One database grows through the sizes by days, at a fixed daily rate: at each size it holds that
+many status reports, ``--rate`` a UTC day (one partition each) over as many of the last days as
+that takes (at 250k a day: 4 days at 1 M, 40 at 10 M, 200 at 50 M), with a send, a message state
+per message and a reply every 50 messages, generated straight into PostgreSQL with set-based SQL
+(``generate_series``, no HTTP). A day holds the same at every size, as a service at a steady
+rate keeps more and more days. ``--ahead N`` makes N empty day partitions ahead of today as
+well (every table), to see what many partitions cost a look-up without a time. Then, one at a
+time:
 
 - **ingest**: batches of the writer's size (1,000 reports of new messages, received now) through
   the writer's own ``store`` with its own after-insert steps (states, reply links, blacklist),
   in reports per second;
-- **queries**, in-process, one at a time: ``GET /v1/messages/{id}`` and ``GET /v1/messages?to=``
-  (the API's own query functions), the blacklist check of 500 numbers, the dashboard views over
-  24 hours; p50 / p99 in milliseconds;
-- **retention**: ``receiver prune --older-than`` (``days - 30``) days, which drops the oldest 30
-  days' partitions whole; the time of the drops, and of the whole prune (which also deletes the
-  month's sends and states row by row: those tables are not partitioned).
+- **queries**, in-process, one at a time: ``GET /v1/messages/{id}`` (a stored message, and an
+  unknown id, which searches every day) and ``GET /v1/messages?to=`` (the API's own query
+  functions), the blacklist check of 500 numbers, the dashboard views over 24 hours; p50 / p99
+  in milliseconds; and the first ``GET /v1/messages/{id}`` of a new connection (planned over
+  every partition, the plan not cached yet);
+- **retention**: ``receiver prune --older-than``, which drops the oldest 30 days (fewer when
+  fewer are kept; the cutoff an hour into the next day) of every partitioned table whole; the
+  time of the drops, and of the whole prune (which also deletes, row by row, the hour of the
+  day that straddles the cutoff).
 
 The next size refills the days the prune emptied. Prints one table; check ``df -h`` first
-(about 0.6 GB per million reports with their sends and states).
+(about 1.1 GB per million reports with their sends and states).
 """
 
 from __future__ import annotations
@@ -56,9 +63,9 @@ sends AS (
     FROM i
 ),
 states AS (
-    INSERT INTO message_states (sms_msg_id, state, status, parts_total, parts_delivered, reports, sent, sent_at,
-                                delivered_at, latency, reports_from, reports_until)
-    SELECT $1 || i, CASE WHEN i % 13 = 0 THEN 'failed' ELSE 'delivered' END,
+    INSERT INTO message_states (sms_msg_id, message_at, state, status, parts_total, parts_delivered, reports, sent,
+                                sent_at, delivered_at, latency, reports_from, reports_until)
+    SELECT $1 || i, at, CASE WHEN i % 13 = 0 THEN 'failed' ELSE 'delivered' END,
            CASE WHEN i % 13 = 0 THEN 'UNDELIV' ELSE 'DELIVRD' END, 1, (i % 13 <> 0)::int, 1 + (i % 4 = 0)::int,
            true, at, CASE WHEN i % 13 <> 0 THEN at + interval '6 seconds' END,
            CASE WHEN i % 13 <> 0 THEN interval '6 seconds' END,
@@ -89,7 +96,8 @@ def parse_size(text: str) -> int:
 
 
 async def fill(conn: asyncpg.Connection, reports: int, days: int) -> float:
-    """Bring every one of the last ``days`` days up to ``reports / days`` reports; seconds taken."""
+    """Bring every one of the last ``days`` days up to ``reports / days`` reports, and make their
+    partitions; seconds taken."""
     t0 = time.perf_counter()
     app_id = await conn.fetchval(
         "INSERT INTO applications (name, token_hash) VALUES ('bench', '\\x00') ON CONFLICT (name)"
@@ -102,8 +110,8 @@ async def fill(conn: asyncpg.Connection, reports: int, days: int) -> float:
     run = random.getrandbits(24)  # this fill's messages, whatever an earlier one left
     for back in range(days, 0, -1):
         day = today - timedelta(days=back)
-        await partitions.create(conn, "status_reports", day)
-        await partitions.create(conn, "uplinks", day)
+        for table in partitions.TABLES:
+            await partitions.create(conn, table, day)
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
         have = int(await conn.fetchval(  # messages with reports that day (a prune may have left sends)
             "SELECT count(*) / 1.25 FROM status_reports WHERE received_at >= $1 AND received_at < $2",
@@ -161,6 +169,9 @@ async def query_latencies(conn: asyncpg.Connection, days: int, rounds: int) -> d
         await queries.message(conn, sms_msg_id)
         timed("GET /v1/messages/{id}", t0)
         t0 = time.perf_counter()
+        await queries.message(conn, f"unknown-{random.getrandbits(32)}")
+        timed("GET /v1/messages/{unknown id}", t0)
+        t0 = time.perf_counter()
         await queries.messages(conn, to=to, state=None, since=None, until=None, cursor=None, limit=20)
         timed("GET /v1/messages?to=", t0)
         numbers = [f"+86131{random.randrange(5_000_000):08d}" for _ in range(500)]
@@ -174,10 +185,42 @@ async def query_latencies(conn: asyncpg.Connection, days: int, rounds: int) -> d
     return results
 
 
+async def first_query(url: str, rounds: int = 5) -> float:
+    """Milliseconds of the first ``GET /v1/messages/{id}`` on a new connection (median of ``rounds``):
+    planned over every partition, nothing cached yet."""
+    samples = []
+    for _ in range(rounds):
+        conn = await asyncpg.connect(url)
+        try:
+            sms_msg_id = await conn.fetchval("SELECT sms_msg_id FROM sent_messages ORDER BY create_time DESC LIMIT 1")
+            t0 = time.perf_counter()
+            await queries.message(conn, sms_msg_id)
+            samples.append((time.perf_counter() - t0) * 1000)
+        finally:
+            await conn.close()
+    return statistics.median(samples)
+
+
+async def make_ahead(conn: asyncpg.Connection, ahead: int) -> None:
+    """Empty day partitions of every table, ``ahead`` days beyond the week the service keeps."""
+    today = datetime.now(UTC).date()
+    for offset in range(partitions.DAYS_AHEAD + 1, partitions.DAYS_AHEAD + 1 + ahead):
+        for table in partitions.TABLES:
+            await partitions.create(conn, table, today + timedelta(days=offset))
+
+
+async def partition_count(conn: asyncpg.Connection) -> int:
+    """Partitions of ``status_reports`` (every partitioned table has as many)."""
+    return int(await conn.fetchval("SELECT count(*) FROM receiver_partitions('status_reports')"))
+
+
 async def prune_month(conn: asyncpg.Connection, days: int) -> tuple[float, float, int, int]:
-    """(seconds dropping the partitions, seconds of the whole prune, partitions dropped, reports gone)."""
+    """Prune the oldest 30 days, or all but the newest when fewer are kept: (seconds dropping the
+    partitions, seconds of the whole prune, partitions dropped, reports gone)."""
+    first_kept = datetime.now(UTC).date() - timedelta(days=days - min(30, days - 1))  # the days filled end yesterday
+    cutoff = datetime(first_kept.year, first_kept.month, first_kept.day, tzinfo=UTC) + timedelta(hours=1)
     t0 = time.perf_counter()
-    result = await retention.prune(conn, timedelta(days=days - 30) + timedelta(hours=1))
+    result = await retention.prune(conn, datetime.now(UTC) - cutoff)
     whole = time.perf_counter() - t0
     return result.drop_seconds, whole, len(result.dropped), result.counts["status_reports"]
 
@@ -187,22 +230,27 @@ def p50_p99(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-async def stage(url: str, reports: int, days: int, rounds: int, batches: int) -> dict[str, object]:
+async def stage(url: str, reports: int, days: int, rounds: int, batches: int, ahead: int) -> dict[str, object]:
     conn = await asyncpg.connect(url)
     try:
         await migrate.apply(conn)
         await partitions.ensure(conn)
+        await make_ahead(conn, ahead)
         filled = await fill(conn, reports, days)
         stored = await conn.fetchval("SELECT count(*) FROM status_reports")
         size = await conn.fetchval("SELECT pg_database_size(current_database())")
-        print(f"  {stored:,} reports stored ({size / 1e9:.1f} GB), filled in {filled:.0f} s", flush=True)
+        parts = await partition_count(conn)
+        print(f"  {stored:,} reports stored over {days} days ({size / 1e9:.1f} GB, {parts} partitions a table),"
+              f" filled in {filled:.0f} s", flush=True)  # fmt: skip
         rate = await ingest(conn, batches)
         print(f"  ingest {rate:,.0f} reports/s", flush=True)
         latencies = await query_latencies(conn, days, rounds)
+        first = await first_query(url)
+        print(f"  first GET /v1/messages/{{id}} of a new connection {first:.1f} ms", flush=True)
         dropping, whole, dropped, gone = await prune_month(conn, days)
         print(f"  prune: {dropped} partitions dropped in {dropping:.2f} s; whole prune {whole:.1f} s", flush=True)
-        return {"reports": stored, "ingest": rate, "latencies": latencies, "drop": dropping, "prune": whole,
-                "dropped": dropped, "gone": gone}  # fmt: skip
+        return {"reports": stored, "days": days, "partitions": parts, "ingest": rate, "latencies": latencies,
+                "first": first, "drop": dropping, "prune": whole, "dropped": dropped, "gone": gone}  # fmt: skip
     finally:
         await conn.close()
 
@@ -210,7 +258,8 @@ async def stage(url: str, reports: int, days: int, rounds: int, batches: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1M,10M,50M", help="stored reports at each stage (default 1M,10M,50M)")
-    parser.add_argument("--days", type=int, default=60, help="days of history (default 60; a month is dropped)")
+    parser.add_argument("--rate", default="250k", help="stored reports a day (default 250k: 40 days at 10M)")
+    parser.add_argument("--ahead", type=int, default=0, help="empty day partitions beyond the week ahead")
     parser.add_argument("--rounds", type=int, default=300, help="query rounds at each stage")
     parser.add_argument("--batches", type=int, default=20, help="ingest batches of 1,000 at each stage")
     parser.add_argument("--database-url", help="grow this database instead of a new embedded one")
@@ -225,9 +274,11 @@ def main() -> None:
         url = server.url
     results = []
     try:
+        rate = parse_size(args.rate)
         for text in args.sizes.split(","):
-            print(f"growing to {text} reports over {args.days} days ...", flush=True)
-            results.append(asyncio.run(stage(url, parse_size(text), args.days, args.rounds, args.batches)))
+            days = max(1, round(parse_size(text) / rate))
+            print(f"growing to {text} reports, {args.rate} a day: {days} days ...", flush=True)
+            results.append(asyncio.run(stage(url, days * rate, days, args.rounds, args.batches, args.ahead)))
     finally:
         if server is not None:
             server.stop()
@@ -235,13 +286,14 @@ def main() -> None:
             shutil.rmtree(base, ignore_errors=True)
     names = list(results[0]["latencies"])  # type: ignore[call-overload]
     print()
-    print("| stored reports | ingest reports/s | " + " | ".join(f"{n} p50 / p99 ms" for n in names)
-          + " | drop a month of partitions | whole prune |")  # fmt: skip
-    print("|---:|---:|" + "---:|" * len(names) + "---:|---:|")
+    print("| stored reports | days | partitions a table | ingest reports/s | "
+          + " | ".join(f"{n} p50 / p99 ms" for n in names)
+          + " | first query of a new connection ms | drop the oldest days' partitions | whole prune |")  # fmt: skip
+    print("|---:|---:|---:|---:|" + "---:|" * len(names) + "---:|---:|---:|")
     for r in results:
         cells = [f"{p50:.2f} / {p99:.2f}" for p50, p99 in (p50_p99(r["latencies"][n]) for n in names)]  # type: ignore[index]
-        print(f"| {r['reports']:,} | {r['ingest']:,.0f} | " + " | ".join(cells)
-              + f" | {r['dropped']} partitions, {r['drop']:.2f} s | {r['prune']:.1f} s |")  # fmt: skip
+        print(f"| {r['reports']:,} | {r['days']} | {r['partitions']} | {r['ingest']:,.0f} | " + " | ".join(cells)
+              + f" | {r['first']:.1f} | {r['dropped']} partitions, {r['drop']:.2f} s | {r['prune']:.1f} s |")  # fmt: skip
 
 
 if __name__ == "__main__":

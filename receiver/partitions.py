@@ -1,7 +1,9 @@
-"""Day partitions of the event tables (``sql/016_time_partitions.sql``, docs/storage.md).
+"""Day partitions (``sql/016_time_partitions.sql``, ``sql/018_message_partitions.sql``, docs/storage.md).
 
 ``status_reports``, ``uplinks`` and ``quarantine`` are partitioned by ``received_at``, the event
-feed (``events``) by ``at``: one partition per UTC day, named ``<table>_YYYYMMDD``, plus the
+feed (``events``) by ``at``, the tables of one row per message by the message's time (the send's
+``create_time``, ``message_states.message_at``, ``sends_after_optout.sent_at``): one partition per
+UTC day, named ``<table>_YYYYMMDD``, plus the
 table as it was before partitioning (``<table>_older``) and a default partition. The writer
 process keeps :data:`DAYS_AHEAD` days ahead (at start, then every :data:`INTERVAL_SECONDS`), so
 the default partition normally stays empty; a row whose day has no partition (a clock far off,
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -29,10 +32,33 @@ log = structlog.get_logger("receiver.partitions")
 
 # Partitioned tables and their partition column; the event feed first (retention drops it first).
 TABLES: dict[str, str] = {"events": "at", "status_reports": "received_at", "uplinks": "received_at",
-                          "quarantine": "received_at"}  # fmt: skip
+                          "quarantine": "received_at", "sent_messages": "create_time",
+                          "message_states": "message_at", "sends_after_optout": "sent_at"}  # fmt: skip
 DAYS_AHEAD = 7
 INTERVAL_SECONDS = 3600.0
 LOCK_TIMEOUT = "2s"
+
+# How far apart in time the rows of one message can be: the platform pushes a report (again)
+# within 72 hours of its send, so a message's send, state, reports and the copies of a report lie
+# within this of each other. A unique key of a partitioned table holds its partition column and
+# cannot see a row of the same message on another day: the statements that write look for it
+# themselves, within this window of the times they know, which bounds the search to a few days
+# whatever the number kept.
+WINDOW = timedelta(days=4)
+
+
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+LATEST = datetime.max.replace(tzinfo=UTC)
+
+
+def span(times: Iterable[datetime | None]) -> tuple[datetime, datetime]:
+    """Where rows of the messages of events at ``times`` may be: their span widened by
+    :data:`WINDOW`; anywhere when one of them is not known (None), or none is given."""
+    known = list(times)
+    if not known or None in known:
+        return EARLIEST, LATEST
+    dated = [at for at in known if at is not None]
+    return min(dated) - WINDOW, max(dated) + WINDOW
 
 
 @dataclass(frozen=True)
@@ -73,7 +99,7 @@ async def ensure(conn: db.Connection, days_ahead: int = DAYS_AHEAD) -> int:
         return 0  # migrations that do not partition (an older set, RECEIVER_MIGRATIONS_DIR)
     today: date = await conn.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
     made = 0
-    for table in TABLES:
+    for table in await partitioned(conn):
         existing = {(p.lower, p.upper) for p in await partitions(conn, table)}
         for offset in range(-1, days_ahead + 1):
             day = today + timedelta(days=offset)
@@ -82,6 +108,17 @@ async def ensure(conn: db.Connection, days_ahead: int = DAYS_AHEAD) -> int:
     if made:
         log.info("partitions.created", partitions=made)
     return made
+
+
+async def partitioned(conn: db.Connection) -> list[str]:
+    """The tables of :data:`TABLES` that are partitioned in this database (an older set of
+    migrations partitions fewer)."""
+    rows = await conn.fetch(
+        "SELECT t FROM unnest($1::text[]) WITH ORDINALITY AS u(t, n)"
+        " WHERE EXISTS (SELECT FROM pg_partitioned_table WHERE partrelid = to_regclass(t)) ORDER BY n",
+        list(TABLES),
+    )
+    return [row["t"] for row in rows]
 
 
 def _covered(bounds: set[tuple[datetime | None, datetime | None]], day: date) -> bool:

@@ -15,14 +15,15 @@ What stays, whatever its age: applications, API keys, push keys, and the blackli
 (``blacklist``, ``blacklist_signals``, ``blacklist_history``): a rebuild keeps the signals of
 events pruned away (``receiver.blacklist.store.rebuild``), so pruning never changes the list.
 
-**Whole days first.** The event tables are partitioned by UTC day (:mod:`receiver.partitions`):
-every partition that ends at or before the cutoff is dropped whole, one ``DROP TABLE`` each,
-whatever it holds (the event feed's first, then reports, replies with their ``reply_links``,
-refused requests). That takes the same time for a day of ten reports as for a day of ten
-million. The rules above then apply, row by row, only to what is left older than the cutoff: the
-day that straddles it (and the table as it was before partitioning, until its last day is past
-the cutoff). A message whose reports lie on both sides of a dropped day keeps its state and its
-recent reports; its reports of the dropped day go with the day (docs/storage.md).
+**Whole days first.** The event tables and the tables of one row per message are partitioned by
+UTC day (:mod:`receiver.partitions`): every partition that ends at or before the cutoff is
+dropped whole, one ``DROP TABLE`` per table, whatever it holds (the event feed's first, then
+reports, replies with their ``reply_links``, refused requests, sends, states, sends after an
+opt-out). That takes the same time for a day of ten reports as for a day of ten million. The
+rules above then apply, row by row, only to what is left older than the cutoff: the day that
+straddles it (and the table as it was before partitioning, until its last day is past the
+cutoff). A message whose events lie on both sides of a dropped day loses those of that day with
+it: its reports of the day, or its send and state when they are on it (docs/storage.md).
 
 Each batch is one transaction of at most ``batch_size`` candidates, so a large prune holds no
 long lock and can run while the service ingests. A message batch takes the same per-message
@@ -227,54 +228,74 @@ ORDER BY create_time, sms_msg_id LIMIT $4
 """
 
 _OLD_REPORTS = """
-SELECT id, received_at, sms_msg_id FROM status_reports
+SELECT id, received_at, update_time, sms_msg_id FROM status_reports
 WHERE received_at < $1 AND received_at >= coalesce($2::timestamptz, '-infinity')
   AND (received_at, id) > (coalesce($2::timestamptz, '-infinity'), coalesce($3::bigint, 0))
   AND tableoid <> ALL($5::oid[])
 ORDER BY received_at, id LIMIT $4
 """
 
-# Of the candidates ($1), the messages that go: no send ($3: none at all; else none from the
-# cutoff $2 on), no report from the cutoff on or after the batch's last key ($4, $5; NULL: none),
-# no reply from the cutoff on linked to them. A report received before the cutoff but stored
-# after it (it waited in the journal) keeps its message too: its event is dated by the storing
-# transaction, kept by the event feed's rule, and would read as null without its report.
+# Of the candidates ($1, each with a time $7 near which its rows are: its send's createTime, an
+# old report's receipt or updateTime, its state's message_at; NULL: not known), the messages
+# that go: no send ($3: none at all; else none from the cutoff $2 on), no report from the cutoff
+# on or after the batch's last key ($4, $5; NULL: none), no reply from the cutoff on linked to
+# them. A report received before the
+# cutoff but stored after it (it waited in the journal) keeps its message too: its event is dated
+# by the storing transaction, kept by the event feed's rule, and would read as null without its
+# report. A message's send and state are searched within partitions.WINDOW ($8) of its time, its
+# reports between its state's bounds (store._REFRESH_STATES), else within the window: a few days,
+# not every day kept (OFFSET 0 keeps each a loop per message, its days pruned at run time, not a
+# join the planner would answer with a scan of every day).
 _DOOMED = """
-SELECT i.sms_msg_id FROM (SELECT DISTINCT unnest($1::text[]) AS sms_msg_id) AS i
+SELECT i.sms_msg_id
+FROM (SELECT sms_msg_id,
+             CASE WHEN bool_or(at IS NULL) THEN '-infinity' ELSE min(at) - $8::interval END AS lo,
+             CASE WHEN bool_or(at IS NULL) THEN 'infinity' ELSE max(at) + $8::interval END AS hi
+      FROM unnest($1::text[], $7::timestamptz[]) AS c(sms_msg_id, at) GROUP BY 1) AS i
+LEFT JOIN LATERAL (SELECT reports_from, reports_until FROM message_states m
+                   WHERE m.sms_msg_id = i.sms_msg_id AND m.message_at BETWEEN i.lo AND i.hi
+                   ORDER BY m.message_at DESC LIMIT 1) AS m ON true
 WHERE NOT EXISTS (SELECT FROM sent_messages s
-                  WHERE s.sms_msg_id = i.sms_msg_id AND ($3::boolean OR s.create_time >= $2))
+                  WHERE s.sms_msg_id = i.sms_msg_id AND s.create_time BETWEEN i.lo AND i.hi
+                    AND ($3::boolean OR s.create_time >= $2) OFFSET 0)
   AND NOT EXISTS (SELECT FROM status_reports r
                   WHERE r.sms_msg_id = i.sms_msg_id AND r.tableoid <> ALL($6::oid[])
-                    -- the days its state says its reports are in (store._REFRESH_STATES), not every day
-                    AND r.received_at BETWEEN
-                        coalesce((SELECT reports_from FROM message_states m WHERE m.sms_msg_id = i.sms_msg_id), '-infinity')
-                        AND coalesce((SELECT reports_until FROM message_states m WHERE m.sms_msg_id = i.sms_msg_id), 'infinity')
+                    AND r.received_at BETWEEN coalesce(m.reports_from, i.lo) AND coalesce(m.reports_until, i.hi)
                     AND (r.received_at >= $2 OR r.stored_at >= $2
-                         OR (r.received_at, r.id) > ($4::timestamptz, $5::bigint)))
+                         OR (r.received_at, r.id) > ($4::timestamptz, $5::bigint)) OFFSET 0)
   AND NOT EXISTS (SELECT FROM reply_links l JOIN uplinks u ON u.id = l.uplink_id
                   WHERE l.sms_msg_id = i.sms_msg_id AND u.received_at >= $2)
 """
+
+# A doomed message's rows: its send, state and send-after-opt-out within the window of the batch
+# ($2, $3), its reports older than the cutoff ($2 there).
+_MESSAGE_ROWS = {table: f"sms_msg_id = ANY($1::text[]) AND {column} BETWEEN $2 AND $3"
+                 for table, column in partitions.TABLES.items() if table in MESSAGE_TABLES}  # fmt: skip
+_MESSAGE_ROWS["status_reports"] = "sms_msg_id = ANY($1::text[]) AND received_at < $2"
 
 
 async def _sent_messages(conn: asyncpg.Connection, result: Result, batch_size: int) -> None:
     after: tuple[datetime | None, str | None] = (None, None)
     while rows := await conn.fetch(_OLD_SENDS, result.cutoff, *after, batch_size):
         after = (rows[-1]["create_time"], rows[-1]["sms_msg_id"])
-        await _messages(conn, result, [r["sms_msg_id"] for r in rows], unsent_only=False, last=(None, None))
+        await _messages(conn, result, [(r["sms_msg_id"], r["create_time"]) for r in rows], unsent_only=False,
+                        last=(None, None))  # fmt: skip
 
 
 async def _unsent_messages(conn: asyncpg.Connection, result: Result, batch_size: int) -> None:
     after: tuple[datetime | None, int | None] = (None, None)
     while rows := await conn.fetch(_OLD_REPORTS, result.cutoff, *after, batch_size, result.gone):
         after = (rows[-1]["received_at"], rows[-1]["id"])
-        await _messages(conn, result, [r["sms_msg_id"] for r in rows], unsent_only=True, last=after)
+        near = [(r["sms_msg_id"], at) for r in rows for at in correlation_store.report_times(r)]
+        await _messages(conn, result, near, unsent_only=True, last=after)
 
 
 # States of messages never sent whose reports all went with their days (a state stands for a send or
-# reports): the message rule decides on them as on others.
+# reports): the message rule decides on them as on others. Such a state's message_at is its first
+# report's receipt, older than the cutoff: the days before it only.
 _STATES_WITHOUT_REPORTS = """
-SELECT sms_msg_id FROM message_states m
-WHERE sent_at IS NULL AND NOT sent AND sms_msg_id > coalesce($1::text, '')
+SELECT sms_msg_id, message_at FROM message_states m
+WHERE message_at < $4 AND sent_at IS NULL AND NOT sent AND sms_msg_id > coalesce($1::text, '')
   AND NOT EXISTS (SELECT FROM status_reports r
                   WHERE r.sms_msg_id = m.sms_msg_id AND r.tableoid <> ALL($3::oid[])
                     AND r.received_at BETWEEN coalesce(m.reports_from, '-infinity')
@@ -287,26 +308,30 @@ async def _states_without_reports(conn: asyncpg.Connection, result: Result, batc
     if not result.dropped:
         return
     after: str | None = None
-    while rows := await conn.fetch(_STATES_WITHOUT_REPORTS, after, batch_size, result.gone):
+    while rows := await conn.fetch(_STATES_WITHOUT_REPORTS, after, batch_size, result.gone, result.cutoff):
         after = rows[-1]["sms_msg_id"]
-        await _messages(conn, result, [r["sms_msg_id"] for r in rows], unsent_only=True, last=(None, None))
+        await _messages(conn, result, [(r["sms_msg_id"], r["message_at"]) for r in rows], unsent_only=True,
+                        last=(None, None))  # fmt: skip
 
 
 async def _messages(
     conn: asyncpg.Connection,
     result: Result,
-    candidates: list[str],
+    candidates: list[tuple[str, datetime | None]],  # a message and a time near its rows (None: not known)
     *,
     unsent_only: bool,
     last: tuple[datetime | None, int | None],
 ) -> None:
-    ids = sorted(set(candidates))
-    doomed_args = (ids, result.cutoff, unsent_only, *last, result.gone)
+    ids = sorted({sms_msg_id for sms_msg_id, _ in candidates})
+    times = [at for _, at in candidates]
+    doomed_args = ([c[0] for c in candidates], result.cutoff, unsent_only, *last, result.gone, times, partitions.WINDOW)
+    lo, hi = partitions.span(times)
     if result.dry_run:
         doomed = [row[0] for row in await conn.fetch(_DOOMED, *doomed_args)]
         for table in MESSAGE_TABLES:
-            sql = f"SELECT count(*) FROM {table} WHERE sms_msg_id = ANY($1::text[]) AND tableoid <> ALL($2::oid[])"
-            result.add(table, await conn.fetchval(sql, doomed, result.gone))
+            bounds = _bounds(table, result.cutoff, lo, hi)
+            sql = f"SELECT count(*) FROM {table} WHERE {_MESSAGE_ROWS[table]} AND tableoid <> ALL(${len(bounds) + 2}::oid[])"
+            result.add(table, await conn.fetchval(sql, doomed, *bounds, result.gone))
         return
     async with conn.transaction():
         # The writer's order: the messages' locks, then the blacklist's shared one. Under them,
@@ -317,13 +342,15 @@ async def _messages(
         deleted = {table: 0 for table in MESSAGE_TABLES}
         if doomed:
             for table in MESSAGE_TABLES:
-                sql = f"DELETE FROM {table} WHERE sms_msg_id = ANY($1::text[])"
-                if table == "status_reports":  # a doomed message's reports are all older: those days only
-                    sql += " AND received_at < $2"
-                deleted[table] = _count(await conn.execute(sql, doomed, *([result.cutoff] if "$2" in sql else [])))
+                sql = f"DELETE FROM {table} WHERE {_MESSAGE_ROWS[table]}"
+                deleted[table] = _count(await conn.execute(sql, doomed, *_bounds(table, result.cutoff, lo, hi)))
     for table, n in deleted.items():
         result.add(table, n)
     log.debug("prune.batch", **deleted)
+
+
+def _bounds(table: str, cutoff: datetime, lo: datetime, hi: datetime) -> tuple[datetime, ...]:
+    return (cutoff,) if table == "status_reports" else (lo, hi)
 
 
 async def _table(conn: asyncpg.Connection, rule: Rule, result: Result, batch_size: int) -> None:

@@ -68,8 +68,9 @@ async def register(
                     )
                     await blacklist.after_sent(conn, new, settings)
                     found = await blacklist.check_sends(
-                        conn, blacklist.Config.of(settings), sorted({m.sms_msg_id for m in messages})
-                    )
+                        conn, blacklist.Config.of(settings), sorted({m.sms_msg_id for m in messages}),
+                        correlation.sends_span(messages),
+                    )  # fmt: skip
             return Registered(new, found)
         except (asyncpg.ForeignKeyViolationError, asyncpg.DeadlockDetectedError):
             if attempt == ATTEMPTS - 1:

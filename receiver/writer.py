@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from . import metrics, numbers, records
+from . import metrics, numbers, partitions, records
 from .correlation.store import lock_messages
 from .journal.reader import JournalReader
 from .records import QuarantineRecord, Record, ReportRecord, UplinkRecord
@@ -39,7 +39,7 @@ Connect = Callable[[], Awaitable[asyncpg.Connection]]
 # message commits first, and this statement sees its rows). In a batch, the first copy (by
 # receipt time) goes in. The unique keys catch a journal record stored twice (same receipt time).
 # The platform pushes again within 72 hours (docs/storage.md).
-REPEAT_WINDOW = timedelta(days=4)
+REPEAT_WINDOW = partitions.WINDOW
 
 _INSERT_REPORTS = """
 WITH n AS (
@@ -197,8 +197,7 @@ async def trim_quarantine(conn: asyncpg.Connection, max_rows: int) -> int:
 
 def _span(times: Iterable[datetime]) -> tuple[datetime, datetime, timedelta]:
     """Where stored copies of a batch's events may be: its receipt times widened by the window."""
-    received = list(times)
-    return min(received) - REPEAT_WINDOW, max(received) + REPEAT_WINDOW, REPEAT_WINDOW
+    return *partitions.span(times), REPEAT_WINDOW
 
 
 def _columns(rows: Iterable[Iterable[object]]) -> list[list[object]]:

@@ -1,8 +1,9 @@
 """Time partitions (docs/storage.md): the event tables are partitioned by UTC day and made ahead;
 a report pushed again is stored once even when its copy lands in the next day's partition, in
 either order and from two writers at once; a row of a day without a partition lands in the
-default partition and moves into its day once that is made; an existing database is converted
-with its rows in place."""
+default partition and moves into its day once that is made; a message whose send and reports
+lie on both sides of midnight has one state, whatever the order; an existing database is
+converted with its rows in place."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import pytest
 from support import cli, fetch, run, service_env
 
 from receiver import partitions
+from receiver.correlation import queries
 from receiver.correlation import store as correlation
+from receiver.correlation.sent import SentMessage
 from receiver.db import migrate
 from receiver.protocol.events import StatusReport, Uplink
 from receiver.records import ReportRecord, UplinkRecord
@@ -150,6 +153,76 @@ def test_ensure_makes_the_days_ahead_that_are_missing(db_url: str) -> None:
     assert made == 3 * len(partitions.TABLES) and again == 0  # days 8 to 10; then nothing
 
 
+# --- a message across midnight ---------------------------------------------------------------------
+
+
+def _send(sms_msg_id: str, at: datetime) -> SentMessage:
+    return SentMessage(sms_msg_id, "+8613100000000", "csms1", "000000", at, "CN", 2, None, None, None, None, {})
+
+
+def _part(app_id: int, sms_msg_id: str, sequence: int, at: datetime) -> ReportRecord:
+    event = StatusReport(sms_msg_id, "DELIVRD", total=2, sequence=sequence, update_time=at - timedelta(seconds=2))
+    return ReportRecord(app_id, "form", at, "raw", event)
+
+
+# A two-part message sent before midnight: part 1 reported before it, part 2 after it (and pushed
+# again); the events come in these orders, one writer transaction each.
+ACROSS = [
+    ("send", "part1", "part2", "part2"),
+    ("part2", "part1", "send", "part2"),
+    ("part1", "part2", "part2", "send"),
+    ("part2", "send", "part2", "part1"),
+]
+
+
+@pytest.mark.parametrize("order", ACROSS, ids=["-".join(o) for o in ACROSS])
+def test_a_message_sent_before_midnight_and_reported_after_it_has_one_state(db_url: str, order: tuple[str, ...]) -> None:
+    sent_at = BEFORE - timedelta(minutes=1)
+
+    async def go() -> tuple[list[asyncpg.Record], list[asyncpg.Record], list[str]]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            app_id = await _app(conn)
+            for event in order:
+                if event == "send":
+                    async with conn.transaction():
+                        await correlation.register_sent(conn, [_send("across", sent_at)], "t", window=timedelta(hours=72))
+                else:
+                    at = BEFORE if event == "part1" else AFTER
+                    await store(conn, [_part(app_id, "across", int(event[-1]), at)], HOOKS)
+            states = await conn.fetch(
+                "SELECT state, parts_delivered, reports, sent, message_at, tableoid::regclass::text AS part"
+                " FROM message_states WHERE sms_msg_id = 'across'"
+            )
+            sends = await conn.fetch("SELECT tableoid::regclass::text AS part FROM sent_messages")
+            events = await conn.fetchval(
+                "SELECT array_agg(data->>'state' ORDER BY id) FROM events WHERE kind = 'state' AND sms_msg_id = 'across'"
+            )
+            return states, sends, events
+        finally:
+            await conn.close()
+
+    states, sends, events = run(go())
+    day = f"{BEFORE:%Y%m%d}"
+    assert [tuple(r) for r in states] == [("delivered", 2, 2, True, sent_at, f"message_states_{day}")]
+    assert [r["part"] for r in sends] == [f"sent_messages_{day}"]
+    assert events[-1] == "delivered" and events.count("delivered") == 1
+
+
+def test_a_send_registered_again_on_the_next_day_is_stored_once(db_url: str) -> None:
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            for at in (BEFORE, AFTER, BEFORE):  # the same send, its createTime as each registration says
+                async with conn.transaction():
+                    await correlation.register_sent(conn, [_send("twice", at)], "t", window=timedelta(hours=72))
+            return await conn.fetch("SELECT create_time FROM sent_messages WHERE sms_msg_id = 'twice'")
+        finally:
+            await conn.close()
+
+    assert [r["create_time"] for r in run(go())] == [BEFORE]
+
+
 # --- converting a database that holds rows --------------------------------------------------------
 
 BEFORE_016 = """
@@ -162,6 +235,12 @@ VALUES (1, 'up-old', '+8613100000000', 'csms1', 'T', 'raw', now() - interval '1 
 INSERT INTO reply_links (uplink_id, sms_msg_id, candidates, match) SELECT id, 'old-1', 1, 'channel' FROM uplinks;
 INSERT INTO quarantine (record_id, endpoint, error, raw_body, received_at)
 VALUES ('00000000-0000-0000-0000-000000000001', 'status-report', 'bad', '\\x00', now());
+INSERT INTO sent_messages (sms_msg_id, "to", "from", status, create_time, raw)
+VALUES ('old-1', '+8613100000000', 'csms1', '000000', now() - interval '1 day 1 minute', '{}');
+INSERT INTO message_states (sms_msg_id, state, status, parts_total, parts_delivered, reports, sent, sent_at)
+VALUES ('old-1', 'delivered', 'DELIVRD', 1, 1, 1, true, now() - interval '1 day 1 minute');
+INSERT INTO sends_after_optout (sms_msg_id, "to", "from", sent_at)
+VALUES ('old-1', '+8613100000000', 'csms1', now() - interval '1 day 1 minute');
 """
 
 
@@ -182,6 +261,11 @@ def test_a_database_with_rows_is_converted_in_place(empty_db_url: str, tmp_path:
                     "SELECT array_agg(DISTINCT tableoid::regclass::text) FROM (SELECT tableoid FROM status_reports"
                     " UNION ALL SELECT tableoid FROM uplinks UNION ALL SELECT tableoid FROM quarantine) t"
                 ),
+                "message_parts": await conn.fetchval(
+                    "SELECT array_agg(DISTINCT tableoid::regclass::text) FROM (SELECT tableoid FROM sent_messages"
+                    " UNION ALL SELECT tableoid FROM message_states UNION ALL SELECT tableoid FROM sends_after_optout) t"
+                ),
+                "message": await queries.message(conn, "old-1"),
                 "events": await conn.fetch(
                     "SELECT kind, sms_msg_id FROM events WHERE report_received_at IS NOT NULL OR kind <> 'report'"
                     " ORDER BY txid, id"
@@ -197,6 +281,11 @@ def test_a_database_with_rows_is_converted_in_place(empty_db_url: str, tmp_path:
             # ids go on from where they were; a new report is announced in the feed
             await store(conn, [_report(app_id, "new-1", datetime.now(UTC))], HOOKS)
             out["ids"] = await conn.fetchval("SELECT array_agg(id ORDER BY id) FROM status_reports")
+            # a new report of a message from before: its state is brought up to date where it is
+            await store(conn, [_report(app_id, "old-1", datetime.now(UTC))], HOOKS)
+            out["old_state"] = await conn.fetch(
+                "SELECT state, reports, tableoid::regclass::text AS part FROM message_states WHERE sms_msg_id = 'old-1'"
+            )
             out["new_event"] = await conn.fetchval(
                 "SELECT count(*) FROM events WHERE kind = 'report' AND sms_msg_id = 'new-1'"
             )
@@ -209,6 +298,10 @@ def test_a_database_with_rows_is_converted_in_place(empty_db_url: str, tmp_path:
     assert [tuple(r) for r in out["events"]] == [tuple(r) for r in out["feed_before"]]  # type: ignore[attr-defined]
     assert out["view"] == 3 and out["replies"] == 1 and out["granted"] is True
     assert out["ids"] == [1, 2, 3, 4] and out["new_event"] == 1
+    assert out["message_parts"] == ["message_states_older", "sends_after_optout_older", "sent_messages_older"]
+    message = out["message"]
+    assert message is not None and (message.state, message.to, message.registered) == ("delivered", "+8613100000000", True)  # type: ignore[attr-defined]
+    assert [tuple(r) for r in out["old_state"]] == [("delivered", 2, "message_states_older")]  # type: ignore[attr-defined]
 
 
 # --- retention by day ---------------------------------------------------------------------------
@@ -265,6 +358,43 @@ def test_prune_drops_the_days_past_the_cutoff_and_deletes_rows_only_in_the_day_t
     assert states == kept["n"]
 
 
+def test_prune_drops_the_old_days_of_sends_and_states_and_keeps_the_newer_ones(db_url: str, tmp_path: Path) -> None:
+    """A message sent at noon on each of 40 days, reported a minute later; `prune --older-than
+    20d` drops the sends', states' and reports' days before the cutoff's, keeps the newer days
+    whole, and in the day that straddles the cutoff deletes only the messages older than it."""
+    now = datetime.now(UTC)
+    start = datetime(now.year, now.month, now.day, 12, tzinfo=UTC) - timedelta(days=40)
+    days = [start + timedelta(days=d) for d in range(40)]
+
+    async def fill() -> None:
+        conn = await asyncpg.connect(db_url)
+        try:
+            app_id = await _app(conn)
+            for at in days:
+                for table in ("sent_messages", "message_states", "status_reports"):
+                    await partitions.create(conn, table, at.date())
+                async with conn.transaction():
+                    await correlation.register_sent(conn, [_send(f"m{at:%m%d}", at)], "t", window=timedelta(hours=72))
+                await store(conn, [_part(app_id, f"m{at:%m%d}", 1, at + timedelta(minutes=1))], HOOKS)
+            await conn.execute("UPDATE status_reports SET stored_at = received_at")  # as if stored when received
+        finally:
+            await conn.close()
+
+    run(fill())
+    done = cli("prune", "--older-than", "20d", env=service_env(tmp_path, db_url))
+    cutoff = now - timedelta(days=20)
+    for table in ("sent_messages", "message_states"):
+        left = {r["partition"] for r in run(fetch(db_url, "SELECT partition::text FROM receiver_partitions($1)", table))}
+        for at in days:
+            assert (f"{table}_{at:%Y%m%d}" in left) == (at.date() >= cutoff.date()), (table, at)
+    kept = [f"m{at:%m%d}" for at in days if at >= cutoff]
+    assert [tuple(r) for r in run(fetch(db_url, "SELECT sms_msg_id FROM sent_messages ORDER BY create_time"))] == [(m,) for m in kept]
+    states = run(fetch(db_url, "SELECT sms_msg_id, state FROM message_states ORDER BY message_at"))
+    assert [tuple(r) for r in states] == [(m, "pending") for m in kept]  # one part of two delivered
+    counted = dict(line.split("\t") for line in done.stdout.splitlines()[1:])
+    assert int(counted["sent_messages"]) == int(counted["message_states"]) == len(days) - len(kept)
+
+
 # --- ready for Citus ----------------------------------------------------------------------------
 
 # The tables Citus would distribute by sms_msg_id, co-located with the sends (docs/storage.md).
@@ -282,8 +412,7 @@ def test_every_unique_key_of_the_distributed_tables_holds_sms_msg_id_and_the_par
     assert {t for t, _ in keys} == set(DISTRIBUTED)
     for (table, name), columns in keys.items():
         assert "sms_msg_id" in columns, name
-        if table in ("status_reports", "uplinks"):
-            assert "received_at" in columns, name
+        assert partitions.TABLES[table] in columns, name  # every one is partitioned
     # and no other unique index (one made without a constraint) escapes the rule
     indexes = run(fetch(db_url, """
         SELECT indexrelid::regclass::text AS name FROM pg_index i JOIN pg_attribute a

@@ -18,9 +18,11 @@ from receiver.correlation import store as correlation_store
 
 CHANNEL = "csms100000001"
 NOW = datetime.now(UTC)
-OLD = NOW - timedelta(days=401)  # sends: a day before their (aged) reports and replies
 RECENT = NOW - timedelta(days=1)
 AGE = "400 days"  # how far back aged events go; the prunes below keep 180 days
+# Old sends are registered a day before their reports come, as the platform has it (a report
+# comes within 72 hours of its send), then dated back with them (age): 401 days old.
+OLD_SENDS = ("gone", "unanswered", "straddles", "replied")
 
 
 def send(h: Harness, sms_msg_id: str, at: datetime, number: str = "+8613100000000") -> None:
@@ -49,12 +51,22 @@ def age(h: Harness, table: str, where: str, column: str = "received_at") -> None
     run(fetch(h.url, f"UPDATE {table} SET {column} = {column} - interval '{AGE}'{also} WHERE {where}"))
     if table == "status_reports":
         received_then(h)
+    if table == "sent_messages":
+        sent_then(h)
+
+
+def sent_then(h: Harness) -> None:
+    """States of sends dated back: their send time, message time and latency, as if sent then."""
+    run(fetch(h.url, "UPDATE message_states m SET sent_at = s.create_time, message_at = s.create_time,"
+                     " latency = m.delivered_at - s.create_time FROM sent_messages s"
+                     " WHERE s.sms_msg_id = m.sms_msg_id AND m.sent_at <> s.create_time"))  # fmt: skip
 
 
 def received_then(h: Harness) -> None:
     """Where each message's reports are (their first and last receipt), as if they had come when
     they are now dated."""
-    run(fetch(h.url, "UPDATE message_states m SET reports_from = r.first, reports_until = r.last FROM"
+    run(fetch(h.url, "UPDATE message_states m SET reports_from = r.first, reports_until = r.last,"
+                     " message_at = coalesce(m.sent_at, r.first) FROM"
                      " (SELECT sms_msg_id, min(received_at) AS first, max(received_at) AS last FROM status_reports"
                      " GROUP BY 1) r WHERE r.sms_msg_id = m.sms_msg_id"))  # fmt: skip
 
@@ -90,15 +102,15 @@ def dump(h: Harness) -> dict[str, list[tuple[object, ...]]]:
 
 def messages(h: Harness) -> None:
     """Messages on either side of the cutoff, replies and refused requests."""
-    send(h, "gone", OLD, "+8613100000001")  # old send, old reports, old reply: goes whole
+    send(h, "gone", RECENT, "+8613100000001")  # old send, old reports, old reply: goes whole
     report(h, "gone", 1)
     report(h, "gone", 2)
     reply(h, "r-gone", "+8613100000001")
-    send(h, "unanswered", OLD, "+8613100000002")  # old send, no report: goes
-    send(h, "straddles", OLD, "+8613100000003")  # old send, one old and one recent report: stays whole
+    send(h, "unanswered", RECENT, "+8613100000002")  # old send, no report: goes
+    send(h, "straddles", RECENT, "+8613100000003")  # old send, one old and one recent report: stays whole
     report(h, "straddles", 1)
     report(h, "straddles", 2, "UNDELIV")
-    send(h, "replied", OLD, "+8613100000004")  # old send, old report, recent reply: stays
+    send(h, "replied", RECENT, "+8613100000004")  # old send, old report, recent reply: stays
     report(h, "replied", 1)
     reply(h, "r-replied", "+8613100000004")
     send(h, "fresh", RECENT, "+8613100000005")
@@ -116,6 +128,7 @@ def messages(h: Harness) -> None:
     age(h, "quarantine", "endpoint = 'status-report'")
     age(h, "events", "sms_msg_id IN ('gone', 'orphan-old')", column="at")  # the feed goes by its own time
     age(h, "quarantine_counts", "endpoint = 'status-report'", column="hour")
+    age(h, "sent_messages", f"sms_msg_id IN {OLD_SENDS}", column="create_time")
 
 
 EXPECTED = {"sent_messages": 2, "message_states": 3, "status_reports": 4, "sends_after_optout": 0, "events": 7,
@@ -218,13 +231,14 @@ def test_the_blacklist_never_changes_and_a_rebuild_after_a_prune_gives_the_same_
     with serving(db_url, tmp_path, blacklist_scope=scope) as h:
         reply(h, "u1", N1, "T")  # unsubscribes by reply
         reply(h, "u2", N2, "hello")  # an ordinary reply
-        send(h, "m1", OLD, N2)
+        send(h, "m1", RECENT, N2)
         report(h, "m1", 1, "SC:0016")  # a platform code, its number from the send
         report(h, "m2", 1, "BLACK", to=N3)  # a platform code with its own number, no send
         assert h.api("PUT", "/v1/blacklist/+8617712345678", json={"reason": "by hand"}).status_code == 201
         age(h, "uplinks", "true")
         age(h, "status_reports", "true")
         age(h, "events", "true", column="at")
+        age(h, "sent_messages", "true", column="create_time")
         before = dump(h)
         assert {row[0] for row in before["blacklist"]} == {N1, N2, N3, "+8617712345678"}
 
@@ -252,19 +266,23 @@ def test_the_blacklist_never_changes_and_a_rebuild_after_a_prune_gives_the_same_
 
 def test_a_report_stored_during_a_prune_keeps_its_message_whole(harness: Harness, tmp_path: Path) -> None:
     """The writer's per-message lock: the prune checks the message again once it has it."""
-    send(harness, "late", OLD)
+    send(harness, "late", RECENT)
     report(harness, "late", 1)
     age(harness, "status_reports", "true")
+    age(harness, "sent_messages", "true", column="create_time")
     env = service_env(tmp_path, harness.url)
 
     async def race() -> str:
         conn = await asyncpg.connect(harness.url)
         try:
-            async with conn.transaction():  # what the writer does with a new report
+            # what the writer does with a new report: received the day after the first (dated back
+            # with it), stored now, which keeps its message
+            async with conn.transaction():
                 new = await conn.fetch(
                     """INSERT INTO status_reports (application_id, sms_msg_id, status, sequence, total, raw_body,
                            via, received_at, dedupe_key)
-                       SELECT id, 'late', 'DELIVRD', 2, 2, '', 'form', now(), '\\x01' FROM applications
+                       SELECT id, 'late', 'DELIVRD', 2, 2, '', 'form', now() - interval '399 days', '\\x01'
+                       FROM applications
                        RETURNING sms_msg_id, received_at"""
                 )
                 await correlation_store.refresh_states(conn, ["late"], new)

@@ -26,8 +26,11 @@ from .rules import Entry, Scope, Signal, entry_at
 _SIGNAL_COLUMNS = "id, number, action, source, channel, reason, sms_msg_id, actor, uplink_id, report_id, at"
 _ENTRY_COLUMNS = "channel, source, reason, cause_sms_msg_id, added_by, added_at"
 
-_SENDS_BY_ID = """
-SELECT s.sms_msg_id, s."to", s."from", s.create_time FROM sent_messages s WHERE s.sms_msg_id = ANY($1::text[])
+# $2, $3: where the sends are (their createTime), when known: the days between, not every day kept.
+_WITHIN = "BETWEEN coalesce($2::timestamptz, '-infinity') AND coalesce($3::timestamptz, 'infinity')"
+_SENDS_BY_ID = f"""
+SELECT s.sms_msg_id, s."to", s."from", s.create_time FROM sent_messages s
+WHERE s.sms_msg_id = ANY($1::text[]) AND s.create_time {_WITHIN}
 """
 _SENDS_TO = """
 SELECT s.sms_msg_id, s."to", s."from", s.create_time FROM sent_messages s
@@ -44,7 +47,7 @@ _WRITE = f"""
 INSERT INTO sends_after_optout AS f (sms_msg_id, "to", "from", sent_at, {_ENTRY_COLUMNS})
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
     $8::text[], $9::text[], $10::timestamptz[])
-ON CONFLICT (sms_msg_id) DO UPDATE SET
+ON CONFLICT (sms_msg_id, sent_at) DO UPDATE SET
     channel = EXCLUDED.channel, source = EXCLUDED.source, reason = EXCLUDED.reason,
     cause_sms_msg_id = EXCLUDED.cause_sms_msg_id, added_by = EXCLUDED.added_by, added_at = EXCLUDED.added_at,
     checked_at = now()
@@ -52,15 +55,19 @@ WHERE ({", ".join("f." + c for c in _ENTRY_COLUMNS.split(", "))})
       IS DISTINCT FROM ({", ".join("EXCLUDED." + c for c in _ENTRY_COLUMNS.split(", "))})
 """
 
-_FLAGGED = "SELECT sms_msg_id FROM sends_after_optout WHERE sms_msg_id = ANY($1::text[]) AND source IS NOT NULL"
+# A send's row is at its createTime ($2): one day each.
+_FLAGGED = """
+SELECT sms_msg_id FROM sends_after_optout
+WHERE sms_msg_id = ANY($1::text[]) AND sent_at = ANY($2::timestamptz[]) AND source IS NOT NULL
+"""
 _CLEAR = f"""
 UPDATE sends_after_optout SET ({_ENTRY_COLUMNS}) = (NULL, NULL, NULL, NULL, NULL, NULL), checked_at = now()
-WHERE sms_msg_id = ANY($1::text[])
+WHERE sms_msg_id = ANY($1::text[]) AND sent_at = ANY($2::timestamptz[])
 """
 
 _FOUND = f"""
 SELECT sms_msg_id, "to", {_ENTRY_COLUMNS} FROM sends_after_optout
-WHERE sms_msg_id = ANY($1::text[]) AND source IS NOT NULL
+WHERE sms_msg_id = ANY($1::text[]) AND sent_at {_WITHIN} AND source IS NOT NULL
 ORDER BY sms_msg_id
 """
 
@@ -72,13 +79,14 @@ async def refresh(
     numbers: Iterable[str] | None = None,
     sms_msg_ids: Sequence[str] | None = None,
     since: datetime | None = None,
+    within: tuple[datetime | None, datetime | None] = (None, None),
 ) -> int:
     """Work the answer out again for the sends given by id, or to ``numbers`` (sent at or after
     ``since``), or, with neither, for every send to a number that has signals and every send
     found blacklisted before. Inside a
     transaction, under the numbers' locks. Returns how many sends became blacklisted at send."""
     if sms_msg_ids is not None:
-        sends = await conn.fetch(_SENDS_BY_ID, list(sms_msg_ids))
+        sends = await conn.fetch(_SENDS_BY_ID, list(sms_msg_ids), *within)
     elif numbers is not None:
         sends = await conn.fetch(_SENDS_TO, sorted(set(numbers)), since)
     else:
@@ -93,7 +101,8 @@ async def refresh(
     for row in rows:
         signals[row["number"]].append(Signal(**dict(row)))
     ids = [send["sms_msg_id"] for send in sends]
-    before = {row[0] for row in await conn.fetch(_FLAGGED, ids)}
+    times = [send["create_time"] for send in sends]
+    before = {row[0] for row in await conn.fetch(_FLAGGED, ids, times)}
     found: list[tuple[object, ...]] = []
     for send in sends:
         entry = entry_at(signals.get(send["to"], ()), scope, send["create_time"], send["from"])
@@ -105,16 +114,18 @@ async def refresh(
         await conn.execute(_WRITE, *_columns(found))
     cleared = sorted(before - flagged)  # only sends that have a row: never a new row for a clean send
     if cleared:
-        await conn.execute(_CLEAR, cleared)
+        await conn.execute(_CLEAR, cleared, times)
     blacklisted = len(flagged - before)
     metrics.sends_after_optout(blacklisted)
     return blacklisted
 
 
-async def found(conn: asyncpg.Connection, sms_msg_ids: Sequence[str]) -> dict[str, Entry]:
+async def found(
+    conn: asyncpg.Connection, sms_msg_ids: Sequence[str], within: tuple[datetime | None, datetime | None] = (None, None)
+) -> dict[str, Entry]:
     """The entry that covered each of these sends' recipients when it was sent (sends not
-    blacklisted at send are left out)."""
-    rows = await conn.fetch(_FOUND, list(sms_msg_ids))
+    blacklisted at send are left out); ``within``: the span of their createTimes, when known."""
+    rows = await conn.fetch(_FOUND, list(sms_msg_ids), *within)
     return {row["sms_msg_id"]: entry(row) for row in rows}
 
 

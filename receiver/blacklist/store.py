@@ -19,12 +19,14 @@ import hashlib
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 import structlog
 
-from .. import metrics
+from .. import metrics, partitions
 from ..config import Settings
+from ..correlation import store as correlation_store
 from . import atsend
 from .keywords import BLACKLIST_CODES, Keywords, is_blacklist_code
 from .numbers import mask, to_e164
@@ -65,7 +67,7 @@ def after_insert_hook(settings: Settings):  # type: ignore[no-untyped-def]
         signals = uplink_signals(config, new_uplinks)
         coded = [row for row in new_reports if is_blacklist_code(row["status"])]
         if coded:
-            sends = await _sends(conn, [row["sms_msg_id"] for row in coded])
+            sends = await _sends(conn, coded)
             signals += report_signals(config, coded, sends)
         if signals:
             await apply(conn, config, signals)
@@ -83,13 +85,13 @@ async def after_sent(conn: asyncpg.Connection, sms_msg_ids: list[str], settings:
         return
     config = Config.of(settings or Settings())
     rows = await conn.fetch(
-        """SELECT id, sms_msg_id, status, "to", received_at FROM status_reports
+        """SELECT id, sms_msg_id, status, "to", received_at, update_time FROM status_reports
            WHERE sms_msg_id = ANY($1::text[]) AND upper(btrim(status)) = ANY($2::text[])""",
         list(sms_msg_ids),
         sorted(BLACKLIST_CODES),
     )
     if rows:
-        sends = await _sends(conn, [row["sms_msg_id"] for row in rows])
+        sends = await _sends(conn, rows)
         await apply(conn, config, report_signals(config, rows, sends))
 
 
@@ -154,22 +156,35 @@ def report_signals(
     return signals
 
 
-async def _sends(conn: asyncpg.Connection, sms_msg_ids: list[str]) -> dict[str, tuple[str, str | None]]:
+async def _sends(conn: asyncpg.Connection, reports: Sequence[asyncpg.Record]) -> dict[str, tuple[str, str | None]]:
+    """The sends of these reports (rows with ``sms_msg_id``, ``received_at``, ``update_time``),
+    from the days near the reports (partitions.WINDOW)."""
+    if not reports:
+        return {}
+    lo, hi = partitions.span(at for row in reports for at in correlation_store.report_times(row))
     rows = await conn.fetch(
-        'SELECT sms_msg_id, "to", "from" FROM sent_messages WHERE sms_msg_id = ANY($1::text[])', sms_msg_ids
-    )
+        'SELECT sms_msg_id, "to", "from" FROM sent_messages WHERE sms_msg_id = ANY($1::text[])'
+        " AND create_time BETWEEN $2 AND $3",
+        sorted({row["sms_msg_id"] for row in reports}), lo, hi,
+    )  # fmt: skip
     return {row["sms_msg_id"]: (row["to"], row["from"]) for row in rows}
 
 
-async def check_sends(conn: asyncpg.Connection, config: Config, sms_msg_ids: Sequence[str]) -> dict[str, Entry]:
+async def check_sends(
+    conn: asyncpg.Connection, config: Config, sms_msg_ids: Sequence[str], within: tuple[datetime, datetime]
+) -> dict[str, Entry]:
     """Sends registered now (or again): which went to a number blacklisted for them when they
-    were sent, with the entry that covered it. Inside the transaction that registers them."""
+    were sent, with the entry that covered it; ``within``: where their createTimes are. Inside
+    the transaction that registers them."""
     if not sms_msg_ids:
         return {}
-    rows = await conn.fetch('SELECT DISTINCT "to" FROM sent_messages WHERE sms_msg_id = ANY($1::text[])', sms_msg_ids)
+    rows = await conn.fetch(
+        'SELECT DISTINCT "to" FROM sent_messages WHERE sms_msg_id = ANY($1::text[]) AND create_time BETWEEN $2 AND $3',
+        sms_msg_ids, *within,
+    )  # fmt: skip
     await _lock(conn, [row["to"] for row in rows])
-    await atsend.refresh(conn, config.scope, sms_msg_ids=sms_msg_ids)
-    return await atsend.found(conn, sms_msg_ids)
+    await atsend.refresh(conn, config.scope, sms_msg_ids=sms_msg_ids, within=within)
+    return await atsend.found(conn, sms_msg_ids, within)
 
 
 # --- applying signals -------------------------------------------------------------------------
@@ -386,11 +401,11 @@ async def rebuild(conn: asyncpg.Connection, config: Config) -> Diff:
             batch = []
     signals += uplink_signals(config, batch)
     reports = await conn.fetch(
-        """SELECT id, sms_msg_id, status, "to", received_at FROM status_reports
+        """SELECT id, sms_msg_id, status, "to", received_at, update_time FROM status_reports
            WHERE upper(btrim(status)) = ANY($1::text[])""",
         sorted(BLACKLIST_CODES),
     )
-    sends = await _sends(conn, sorted({row["sms_msg_id"] for row in reports}))
+    sends = await _sends(conn, reports)
     signals += report_signals(config, reports, sends)
     await conn.execute(
         """DELETE FROM blacklist_signals s

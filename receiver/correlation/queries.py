@@ -25,23 +25,22 @@ SELECT m.sms_msg_id, {EFFECTIVE_STATE.format(now=_NOW, window="$2::interval")} A
        m.parts_delivered, m.sent, m.sent_at, m.delivered_at, extract(epoch FROM m.latency) AS latency_seconds,
        s."to", s."from", s.status AS sent_status, s.extend, s.template_id, s.signature, s.message_type,
        a.name AS application,
-       o."to" AS optout_number, o.channel, o.source, o.reason, o.cause_sms_msg_id, o.added_by, o.added_at
-FROM message_states m
-LEFT JOIN sent_messages s USING (sms_msg_id)
+       o."to" AS optout_number, o.channel, o.source, o.reason, o.cause_sms_msg_id, o.added_by, o.added_at,
+       CASE WHEN m.reports > 0 THEN coalesce(m.reports_from, '-infinity') END AS reports_from,
+       CASE WHEN m.reports > 0 THEN coalesce(m.reports_until, 'infinity') END AS reports_until
+-- No time is known of the message: its state is looked for newest day first, and the search
+-- stops at the first day that has it (one index probe per day newer than the message's).
+FROM (SELECT * FROM message_states WHERE sms_msg_id = $1 ORDER BY message_at DESC LIMIT 1) m
+LEFT JOIN sent_messages s ON s.sms_msg_id = m.sms_msg_id AND s.create_time = m.sent_at
 LEFT JOIN applications a ON a.id = s.application_id
-LEFT JOIN sends_after_optout o ON o.sms_msg_id = m.sms_msg_id AND o.source IS NOT NULL
-WHERE m.sms_msg_id = $1
+LEFT JOIN sends_after_optout o ON o.sms_msg_id = m.sms_msg_id AND o.sent_at = m.sent_at AND o.source IS NOT NULL
 """
 
 # From the days its state says its reports are in (store._REFRESH_STATES), not every day kept.
 _REPORTS = """
 SELECT status, sequence, total, source, status_desc, update_time, extend, "to", org_code, extra, via, received_at
 FROM status_reports
-WHERE sms_msg_id = $1
-  AND received_at BETWEEN (SELECT CASE WHEN reports > 0 THEN coalesce(reports_from, '-infinity') END
-                           FROM message_states WHERE sms_msg_id = $1)
-                      AND (SELECT CASE WHEN reports > 0 THEN coalesce(reports_until, 'infinity') END
-                           FROM message_states WHERE sms_msg_id = $1)
+WHERE sms_msg_id = $1 AND received_at BETWEEN $2 AND $3
 ORDER BY update_time NULLS FIRST, received_at, id
 """
 
@@ -66,19 +65,27 @@ WHERE {only}($1::text IS NULL OR s."to" = $1)
 ORDER BY {time}, {id}
 LIMIT $7
 """
+# A send's state is at its createTime (message_at): one day. Each look-up is a subquery of its
+# own (LIMIT 1: one row per send), so the planner plans each table's days once instead of searching
+# join orders over them.
+_STATE_OF_SEND = """JOIN LATERAL (SELECT * FROM message_states m
+              WHERE m.sms_msg_id = s.sms_msg_id AND m.message_at = s.create_time LIMIT 1) m ON true"""
 # Every send, in send order; or, for the sends after an opt-out, those few in the same order
 # (their sent_at is the send's createTime), walking their own index instead of every send.
 _LIST_SENDS = _LIST.format(
     state=_LIST_STATE, time="s.create_time", id="s.sms_msg_id", only="",
-    source="""FROM sent_messages s
-JOIN message_states m USING (sms_msg_id)
-LEFT JOIN sends_after_optout o ON o.sms_msg_id = s.sms_msg_id AND o.source IS NOT NULL""",
+    source=f"""FROM sent_messages s
+{_STATE_OF_SEND}
+LEFT JOIN LATERAL (SELECT source FROM sends_after_optout o
+                   WHERE o.sms_msg_id = s.sms_msg_id AND o.sent_at = s.create_time AND o.source IS NOT NULL
+                   LIMIT 1) o ON true""",
 )  # fmt: skip
 _LIST_AFTER_OPTOUT = _LIST.format(
     state=_LIST_STATE, time="o.sent_at", id="o.sms_msg_id", only="o.source IS NOT NULL AND ",
-    source="""FROM sends_after_optout o
-JOIN sent_messages s USING (sms_msg_id)
-JOIN message_states m USING (sms_msg_id)""",
+    source=f"""FROM sends_after_optout o
+JOIN LATERAL (SELECT * FROM sent_messages s WHERE s.sms_msg_id = o.sms_msg_id AND s.create_time = o.sent_at
+              LIMIT 1) s ON true
+{_STATE_OF_SEND}""",
 )  # fmt: skip
 
 _UPLINKS = """
@@ -142,7 +149,7 @@ async def message(
     row = await conn.fetchrow(_MESSAGE, sms_msg_id, window, now)
     if row is None:
         return None
-    reports = await conn.fetch(_REPORTS, sms_msg_id)
+    reports = await conn.fetch(_REPORTS, sms_msg_id, row["reports_from"], row["reports_until"])
     replies = await conn.fetch(_REPLIES, sms_msg_id)
     to = row["to"] or next((r["to"] for r in reports if r["to"]), None)
     return Message.model_validate({

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from .. import partitions
 from . import links
 from .sent import SentMessage
 
@@ -28,30 +29,62 @@ SELECT pg_advisory_xact_lock(7, k)
 FROM (SELECT DISTINCT (hashtext(id) & 255) AS k FROM unnest($1::text[]) AS id ORDER BY 1) AS buckets
 """
 
-# A message's reports are read from the days between its stored bounds (message_states
-# reports_from / reports_until) and the receipt times of the reports stored now ($2, $3): one or
-# two day partitions each, not every day kept. A state from before the bounds existed (reports,
-# no bounds) is read from every day.
+# Where a message's rows are (docs/storage.md): its stored state within partitions.WINDOW ($6) of
+# the times known of it ($4/$5: the receipt and updateTime of the reports stored now, the
+# createTime and registration of the sends registered now; NULL: not known), newest first; its
+# send likewise; its reports between the state's bounds (reports_from, reports_until) and the
+# receipt times of the reports stored now. One or two day partitions each, not every day kept. A
+# message given without a time is searched in every day; so are the reports of a state from
+# before the bounds existed (reports, no bounds).
+#
+# message_at, the partition key, follows from the events: the send's createTime, else the first
+# report's receipt. A state whose message_at changes (a send registered after its reports, a
+# report received earlier than the first stored) is updated where it is and moves to its new day;
+# the others are written with ON CONFLICT on (sms_msg_id, message_at).
+_STATE_COLUMNS = """
+    -- past its report window (the sweep's mark, receiver.correlation.sweep) a message the
+    -- reports leave pending stays unreported: the window does not reopen for a report
+    state = CASE WHEN {new}.state = 'pending' AND m.state = 'unreported' THEN 'unreported' ELSE {new}.state END,
+    status = {new}.status, parts_total = {new}.parts_total,
+    parts_delivered = {new}.parts_delivered, reports = {new}.reports, sent = {new}.sent,
+    sent_at = {new}.sent_at, delivered_at = {new}.delivered_at, latency = {new}.latency,
+    updated_at = {new}.updated_at, reports_from = {new}.reports_from, reports_until = {new}.reports_until
+"""
+
 _REFRESH_STATES = """
 WITH ids AS (SELECT DISTINCT unnest($1::text[]) AS sms_msg_id),
 new AS (
     SELECT sms_msg_id, min(received_at) AS first, max(received_at) AS last
     FROM unnest($2::text[], $3::timestamptz[]) AS n(sms_msg_id, received_at) GROUP BY sms_msg_id
 ),
-bounds AS (
+near AS (
     SELECT ids.sms_msg_id,
-           CASE WHEN m.reports > 0 AND m.reports_from IS NULL THEN '-infinity'
-                ELSE least(m.reports_from, new.first) END AS lo,
-           CASE WHEN m.reports > 0 AND m.reports_until IS NULL THEN 'infinity'
-                ELSE greatest(m.reports_until, new.last) END AS hi
-    FROM ids LEFT JOIN message_states m USING (sms_msg_id) LEFT JOIN new USING (sms_msg_id)
+           CASE WHEN bool_or(k.at IS NULL) THEN '-infinity' ELSE min(k.at) - $6::interval END AS lo,
+           CASE WHEN bool_or(k.at IS NULL) THEN 'infinity' ELSE max(k.at) + $6::interval END AS hi
+    FROM ids LEFT JOIN unnest($4::text[], $5::timestamptz[]) AS k(sms_msg_id, at) USING (sms_msg_id)
+    GROUP BY ids.sms_msg_id
+),
+-- OFFSET 0 / LIMIT keep each look-up a loop per message (its days pruned at run time), not one
+-- join the planner would answer with a scan of every day
+old AS MATERIALIZED (
+    SELECT near.*, m.message_at, m.reports AS old_reports, m.reports_from, m.reports_until
+    FROM near LEFT JOIN LATERAL (
+        SELECT message_at, reports, reports_from, reports_until FROM message_states m
+        WHERE m.sms_msg_id = near.sms_msg_id AND m.message_at BETWEEN near.lo AND near.hi
+        ORDER BY m.message_at DESC LIMIT 1) m ON true
+),
+bounds AS (
+    SELECT old.sms_msg_id,
+           CASE WHEN old.old_reports > 0 AND old.reports_from IS NULL THEN '-infinity'
+                ELSE least(old.reports_from, new.first) END AS lo,
+           CASE WHEN old.old_reports > 0 AND old.reports_until IS NULL THEN 'infinity'
+                ELSE greatest(old.reports_until, new.last) END AS hi
+    FROM old LEFT JOIN new USING (sms_msg_id)
 ),
 r AS (
     SELECT b.sms_msg_id, coalesce(s.sequence, 1) AS part, s.total, s.status, s.update_time, s.received_at,
            upper(s.status) = 'DELIVRD' AS ok
     FROM bounds b
-    -- OFFSET 0 keeps the subquery a loop per message (its days pruned at run time), not one
-    -- join the planner would answer with a scan of every day
     JOIN LATERAL (SELECT * FROM status_reports s
                   WHERE s.sms_msg_id = b.sms_msg_id AND s.received_at BETWEEN b.lo AND b.hi OFFSET 0) s ON true
 ),
@@ -77,7 +110,7 @@ latest AS (
     FROM r ORDER BY sms_msg_id, update_time DESC NULLS LAST, status COLLATE "C" DESC
 ),
 per_message AS (
-    SELECT ids.sms_msg_id,
+    SELECT old.sms_msg_id, old.message_at AS old_at,
            s.sms_msg_id IS NOT NULL AS sent, s.status AS sent_status, s.create_time,
            greatest(coalesce(s.total, 1), coalesce(br.max_part, 1)) AS parts_total,
            coalesce(bp.delivered, 0) AS parts_delivered,
@@ -85,49 +118,71 @@ per_message AS (
            coalesce(br.n, 0) AS reports,
            bp.delivered_at, coalesce(bp.undated, false) AS undated,
            latest.status AS latest_status, br.reports_from, br.reports_until
-    FROM ids
-    LEFT JOIN sent_messages s ON s.sms_msg_id = ids.sms_msg_id
-    LEFT JOIN by_report br ON br.sms_msg_id = ids.sms_msg_id
-    LEFT JOIN by_part bp ON bp.sms_msg_id = ids.sms_msg_id
-    LEFT JOIN latest ON latest.sms_msg_id = ids.sms_msg_id
+    FROM old
+    LEFT JOIN LATERAL (SELECT * FROM sent_messages s
+                       WHERE s.sms_msg_id = old.sms_msg_id AND s.create_time BETWEEN old.lo AND old.hi
+                       ORDER BY s.create_time DESC LIMIT 1) s ON true
+    LEFT JOIN by_report br ON br.sms_msg_id = old.sms_msg_id
+    LEFT JOIN by_part bp ON bp.sms_msg_id = old.sms_msg_id
+    LEFT JOIN latest ON latest.sms_msg_id = old.sms_msg_id
 ),
-decided AS (
-    SELECT *,
+decided AS MATERIALIZED (
+    SELECT sms_msg_id, old_at, coalesce(create_time, reports_from) AS message_at,
            CASE WHEN sent AND sent_status <> '000000' THEN 'failed'
                 WHEN parts_failed > 0 THEN 'failed'
                 WHEN parts_delivered >= parts_total THEN 'delivered'
-                ELSE 'pending' END AS state
+                ELSE 'pending' END AS state,
+           coalesce(latest_status, sent_status) AS status, parts_total, parts_delivered, reports, sent,
+           create_time AS sent_at, delivered_at, undated, reports_from, reports_until, now() AS updated_at
     FROM per_message
     WHERE sent OR reports > 0
+),
+written AS (
+    SELECT sms_msg_id, old_at, message_at, state, status, parts_total, parts_delivered, reports, sent, sent_at,
+           CASE WHEN state = 'delivered' AND NOT undated THEN delivered_at END AS delivered_at,
+           CASE WHEN state = 'delivered' AND NOT undated THEN delivered_at - sent_at END AS latency,
+           updated_at, reports_from, reports_until
+    FROM decided
+),
+moved AS (
+    UPDATE message_states m SET message_at = w.message_at, {moved}
+    FROM written w
+    WHERE w.old_at <> w.message_at AND m.sms_msg_id = w.sms_msg_id AND m.message_at = w.old_at
 )
-INSERT INTO message_states AS m (sms_msg_id, state, status, parts_total, parts_delivered, reports, sent,
+INSERT INTO message_states AS m (sms_msg_id, message_at, state, status, parts_total, parts_delivered, reports, sent,
                                  sent_at, delivered_at, latency, updated_at, reports_from, reports_until)
-SELECT sms_msg_id, state, coalesce(latest_status, sent_status), parts_total, parts_delivered, reports, sent,
-       create_time,
-       CASE WHEN state = 'delivered' AND NOT undated THEN delivered_at END,
-       CASE WHEN state = 'delivered' AND NOT undated THEN delivered_at - create_time END,
-       now(), reports_from, reports_until
-FROM decided
-ON CONFLICT (sms_msg_id) DO UPDATE SET
-    -- past its report window (the sweep's mark, receiver.correlation.sweep) a message the
-    -- reports leave pending stays unreported: the window does not reopen for a report
-    state = CASE WHEN EXCLUDED.state = 'pending' AND m.state = 'unreported' THEN 'unreported' ELSE EXCLUDED.state END,
-    status = EXCLUDED.status, parts_total = EXCLUDED.parts_total,
-    parts_delivered = EXCLUDED.parts_delivered, reports = EXCLUDED.reports, sent = EXCLUDED.sent,
-    sent_at = EXCLUDED.sent_at, delivered_at = EXCLUDED.delivered_at, latency = EXCLUDED.latency,
-    updated_at = EXCLUDED.updated_at, reports_from = EXCLUDED.reports_from, reports_until = EXCLUDED.reports_until
-"""
+SELECT sms_msg_id, message_at, state, status, parts_total, parts_delivered, reports, sent, sent_at, delivered_at,
+       latency, updated_at, reports_from, reports_until
+FROM written
+WHERE old_at IS NULL OR old_at = message_at
+ON CONFLICT (sms_msg_id, message_at) DO UPDATE SET {updated}
+""".format(moved=_STATE_COLUMNS.format(new="w"), updated=_STATE_COLUMNS.format(new="EXCLUDED"))
 
+# A send registered again is not stored twice: the stored sends with its id within
+# partitions.WINDOW of its createTime ($15, $16: the batch's span widened by it, $17 the window)
+# keep it out, under the messages' locks; in a batch, the first of the same id goes in.
 _REGISTER = """
+WITH m AS (
+    SELECT DISTINCT ON (sms_msg_id) sms_msg_id, "to", "from", status, coalesce(create_time, now()) AS create_time,
+           country_id, total, extend, template_id, signature, message_type, raw
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::smallint[],
+                $8::text[], $9::text[], $10::text[], $11::text[], $12::jsonb[]) WITH ORDINALITY
+         AS m(sms_msg_id, "to", "from", status, create_time, country_id, total, extend, template_id, signature,
+              message_type, raw, ord)
+    ORDER BY sms_msg_id, ord
+),
+stored AS (
+    SELECT sms_msg_id, create_time FROM sent_messages
+    WHERE sms_msg_id = ANY($1::text[]) AND create_time BETWEEN $15 AND $16
+)
 INSERT INTO sent_messages (sms_msg_id, "to", "from", status, create_time, country_id, total, extend,
     template_id, signature, message_type, raw, registered_by, application_id)
-SELECT m.sms_msg_id, m."to", m."from", m.status, coalesce(m.create_time, now()), m.country_id, m.total,
+SELECT m.sms_msg_id, m."to", m."from", m.status, m.create_time, m.country_id, m.total,
        m.extend, m.template_id, m.signature, m.message_type, m.raw, $13, $14
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::smallint[],
-            $8::text[], $9::text[], $10::text[], $11::text[], $12::jsonb[])
-     AS m(sms_msg_id, "to", "from", status, create_time, country_id, total, extend, template_id, signature,
-          message_type, raw)
-ON CONFLICT (sms_msg_id) DO NOTHING
+FROM m
+WHERE NOT EXISTS (SELECT FROM stored s WHERE s.sms_msg_id = m.sms_msg_id
+                  AND s.create_time BETWEEN m.create_time - $17::interval AND m.create_time + $17::interval)
+ON CONFLICT (sms_msg_id, create_time) DO NOTHING
 RETURNING sms_msg_id, "to", create_time
 """
 
@@ -138,17 +193,34 @@ async def lock_messages(conn: asyncpg.Connection, sms_msg_ids: Iterable[str]) ->
 
 
 async def refresh_states(
-    conn: asyncpg.Connection, sms_msg_ids: Iterable[str], new_reports: Sequence[asyncpg.Record] = ()
+    conn: asyncpg.Connection,
+    sms_msg_ids: Iterable[str],
+    new_reports: Sequence[asyncpg.Record] = (),
+    new_sends: Sequence[asyncpg.Record] = (),
 ) -> None:
     """Recompute the states of these messages from all of their reports; ``new_reports`` (rows
-    with ``sms_msg_id`` and ``received_at``) are those stored in this transaction."""
+    with ``sms_msg_id``, ``received_at`` and optionally ``update_time``) are those stored in this
+    transaction, ``new_sends`` (``sms_msg_id``, ``create_time``) the sends registered in it: their
+    times say where the messages' rows are. A message given with neither is searched in every day."""
     ids = sorted(set(sms_msg_ids))
     if not ids:
         return
     await lock_messages(conn, ids)
+    near = [(r["sms_msg_id"], at) for r in new_reports for at in report_times(r)]
+    now = datetime.now(UTC)  # a send registered late: its reports came up to now
+    near += [(r["sms_msg_id"], at) for r in new_sends for at in (r["create_time"], now)]
     await conn.execute(
-        _REFRESH_STATES, ids, [r["sms_msg_id"] for r in new_reports], [r["received_at"] for r in new_reports]
-    )
+        _REFRESH_STATES, ids, [r["sms_msg_id"] for r in new_reports], [r["received_at"] for r in new_reports],
+        [m for m, _ in near], [at for _, at in near], partitions.WINDOW,
+    )  # fmt: skip
+
+
+def report_times(report: asyncpg.Record) -> list[datetime | None]:
+    """The times a stored report tells of its message: its receipt (our clock, near the first
+    report's, the state's time of a message without a send) and its updateTime (the platform's
+    clock, near its send's createTime). None for a report without updateTime (the platform
+    builds some itself): nothing says where its send is, searched in every day."""
+    return [report["received_at"], report.get("update_time")]
 
 
 def after_insert_hook(window: timedelta) -> AfterInsert:
@@ -162,6 +234,13 @@ def after_insert_hook(window: timedelta) -> AfterInsert:
         await links.link(conn, [row["id"] for row in new_uplinks], window)
 
     return after_insert
+
+
+def sends_span(messages: Sequence[SentMessage]) -> tuple[datetime, datetime]:
+    """Where these sends, registered now or before, are stored: their createTimes (the time of
+    registration for one without) widened by partitions.WINDOW."""
+    now = datetime.now(UTC)
+    return partitions.span([m.create_time or now for m in messages])
 
 
 async def register_sent(
@@ -184,8 +263,9 @@ async def register_sent(
         for m in messages
     ]  # fmt: skip
     columns = [list(column) for column in zip(*rows, strict=True)]
-    new = await conn.fetch(_REGISTER, *columns, registered_by, application_id)
+    await lock_messages(conn, columns[0])
+    new = await conn.fetch(_REGISTER, *columns, registered_by, application_id, *sends_span(messages), partitions.WINDOW)
     ids = [row["sms_msg_id"] for row in new]
-    await refresh_states(conn, ids)
+    await refresh_states(conn, ids, new_sends=new)
     await links.relink_after_sends(conn, [(row["to"], row["create_time"]) for row in new], window)
     return ids

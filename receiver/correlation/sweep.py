@@ -35,25 +35,25 @@ BATCH = 10_000  # rows per transaction: the sweep never holds many row locks for
 # $1 window, $2 now (NULL: the transaction's clock), $3 rows at most.
 _MARK_UNREPORTED = """
 WITH due AS (
-    SELECT sms_msg_id FROM message_states
+    SELECT sms_msg_id, message_at FROM message_states
     WHERE state = 'pending' AND sent AND sent_at <= coalesce($2::timestamptz, now()) - $1::interval
     ORDER BY sent_at LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
 UPDATE message_states m SET state = 'unreported', updated_at = now()
-FROM due WHERE m.sms_msg_id = due.sms_msg_id
+FROM due WHERE m.sms_msg_id = due.sms_msg_id AND m.message_at = due.message_at
 """
 
 # A window made longer: what the clock no longer says is past it is pending again.
 _REOPEN = """
 WITH due AS (
-    SELECT sms_msg_id FROM message_states
+    SELECT sms_msg_id, message_at FROM message_states
     WHERE state = 'unreported' AND sent_at > coalesce($2::timestamptz, now()) - $1::interval
     ORDER BY sent_at LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
 UPDATE message_states m SET state = 'pending', updated_at = now()
-FROM due WHERE m.sms_msg_id = due.sms_msg_id
+FROM due WHERE m.sms_msg_id = due.sms_msg_id AND m.message_at = due.message_at
 """
 
 # What readers show before the sweep has run: the stored state corrected by the clock.
@@ -71,10 +71,13 @@ SELECT coalesce(own.name, by_channel.name, '') AS application, coalesce(c.channe
        sum(c.messages)::bigint AS messages
 FROM (
     SELECT s.application_id, s."from" AS channel, count(*) AS messages
-    FROM message_states m JOIN sent_messages s USING (sms_msg_id)
+    -- a sent message's state and send are at its createTime (message_at): the window's days only
+    FROM message_states m JOIN sent_messages s ON s.sms_msg_id = m.sms_msg_id AND s.create_time = m.message_at
     WHERE m.state = 'pending' AND m.sent
       AND m.sent_at > coalesce($4::timestamptz, now()) - $1::interval
       AND m.sent_at <= coalesce($4::timestamptz, now()) - $2::interval
+      AND m.message_at > coalesce($4::timestamptz, now()) - $1::interval
+      AND m.message_at <= coalesce($4::timestamptz, now()) - $2::interval
     GROUP BY 1, 2
 ) c
 LEFT JOIN applications own ON own.id = c.application_id

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from .. import partitions
 from ..api.models import EVENT_KINDS as KINDS
 from ..api.models import Event
 from ..correlation.queries import decode_cursor, encode_cursor, is_txid
@@ -43,7 +44,13 @@ FROM scanned p
 LEFT JOIN events e ON e.txid = p.txid AND e.id = p.id AND ($3::text[] IS NULL OR p.kind = ANY($3::text[]))
 LEFT JOIN status_reports r ON r.id = e.report_id AND r.received_at = e.report_received_at
 LEFT JOIN applications a ON a.id = r.application_id
+-- a report's send is from the days near its receipt and updateTime (partitions.WINDOW), not
+-- from every day kept (a report without updateTime: nothing says where)
 LEFT JOIN sent_messages s ON s.sms_msg_id = r.sms_msg_id
+     AND s.create_time BETWEEN CASE WHEN r.update_time IS NULL THEN '-infinity'
+                                    ELSE least(r.received_at, r.update_time) - $5::interval END
+                           AND CASE WHEN r.update_time IS NULL THEN 'infinity'
+                                    ELSE greatest(r.received_at, r.update_time) + $5::interval END
 ORDER BY p.txid, p.id
 """
 
@@ -104,7 +111,7 @@ async def page(
     conn: asyncpg.Connection, after: Position, *, limit: int, kinds: tuple[str, ...] | None = None
 ) -> Page:
     scan = limit if kinds is None else min(max(limit * 10, 1000), 10_000)
-    rows = await conn.fetch(_PAGE, after.txid, after.id, list(kinds) if kinds else None, scan)
+    rows = await conn.fetch(_PAGE, after.txid, after.id, list(kinds) if kinds else None, scan, partitions.WINDOW)
     events: list[Event] = []
     position = after
     for row in rows:
