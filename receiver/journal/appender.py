@@ -193,8 +193,7 @@ class Journal:
         """Make the folder and zero-fill the first segment's file now, before the first record
         (else the first flush does it). A failure here is the first flush's to report."""
         if self.preallocate and self._spare < 0:
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(self._prepare_spare)
+            await asyncio.to_thread(self._prepare_spare)
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         """Give what is buffered to the journal thread (one flush at a time). On the event loop."""
@@ -302,7 +301,7 @@ class Journal:
         segment = Segment(path, self._number)
         self.segments.append(segment)
         if self.preallocate:  # the next one, while this one fills
-            self._preparing = threading.Thread(target=self._prepare_quietly, name="journal-spare", daemon=True)
+            self._preparing = threading.Thread(target=self._prepare_spare, name="journal-spare", daemon=True)
             self._preparing.start()
         return segment
 
@@ -313,24 +312,23 @@ class Journal:
             self._preparing.join()
             self._preparing = None
         if self._spare < 0 and self.preallocate:
-            with contextlib.suppress(OSError):
-                self._prepare_spare()
+            self._prepare_spare()
         if self.dir is None:
             self.dir = JournalDir.create(self.root)
         spare, self._spare = self._spare, -1
         return spare
 
-    def _prepare_quietly(self) -> None:
-        with contextlib.suppress(OSError):  # then the next segment is made when it is needed
-            self._prepare_spare()
-
     def _prepare_spare(self) -> None:
         """Zero-fill a file of ``segment_bytes`` under a name the reader ignores, and sync it (its
-        size and blocks are then on disk before any record goes in)."""
-        if self.dir is None:
-            self.dir = JournalDir.create(self.root)
-        path = self.dir.path / SPARE
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        size and blocks are then on disk before any record goes in). When that fails, nothing is
+        prepared: the next segment is a file that grows, and its own writes say what is wrong."""
+        try:
+            if self.dir is None:
+                self.dir = JournalDir.create(self.root)
+            path = self.dir.path / SPARE
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError:
+            return
         try:
             zeros = bytes(min(self.segment_bytes, 1 << 20))
             left = self.segment_bytes
@@ -342,7 +340,7 @@ class Journal:
             os.close(fd)
             with contextlib.suppress(OSError):
                 path.unlink()
-            raise
+            return
         self._spare = fd
 
     def _close_active(self) -> None:

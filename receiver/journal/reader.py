@@ -148,8 +148,7 @@ class JournalReader:
             if number < folder.segment:
                 _unlink(path)  # stored before a crash kept us from deleting it
                 continue
-            start = folder.offset if number == folder.segment else 0
-            end = _records_end(folder, number, start) if last else _size(path)
+            start, end = _unread_span(folder, number, last)
             if end is None:
                 continue
             pending += max(0, end - start)
@@ -195,8 +194,7 @@ class JournalReader:
         numbers = _segment_numbers(folder.path)
         if numbers:
             path = _segment_path(folder.path, numbers[-1])
-            start = folder.offset if numbers[-1] == folder.segment else 0
-            end = max(start, folder.scanned[1]) if folder.scanned[0] == numbers[-1] else start
+            end = _unread_span(folder, numbers[-1], last=True)[1] or 0
             if not _zeros_at(path, end):
                 log.warning("journal segment %s: skipping a torn tail after offset %d", path, end)
         _close_cursor(folder)
@@ -229,11 +227,19 @@ def _unread_bytes(folder: _Folder) -> int:
     numbers = _segment_numbers(folder.path)
     for i, number in enumerate(numbers):
         if number >= folder.segment:
-            start = folder.offset if number == folder.segment else 0
-            last = i == len(numbers) - 1
-            end = _records_end(folder, number, start) if last else _size(_segment_path(folder.path, number))
+            start, end = _unread_span(folder, number, last=i == len(numbers) - 1)
             unread += max(0, (end or 0) - start)
     return unread
+
+
+def _unread_span(folder: _Folder, number: int, last: bool) -> tuple[int, int | None]:
+    """Where a segment's unread part starts (past the cursor) and ends: a last segment, which
+    may be zero-filled past its records, where its whole records end; any other, at its size.
+    None: no such file."""
+    start = folder.offset if number == folder.segment else 0
+    if last:
+        return start, _records_end(folder, number, start)
+    return start, _size(_segment_path(folder.path, number))
 
 
 def _records_end(folder: _Folder, number: int, start: int) -> int | None:
