@@ -26,10 +26,11 @@ class Settings(BaseSettings):
     journal_dir: Path | None = Field(default=None, description="default: DATA_DIR/journal")
     journal_max_bytes: int = Field(default=256 << 20, description="per worker: backlog bound before 503s")
     journal_segment_bytes: int = 8 << 20
-    journal_sync: Literal["auto", "thread", "loop"] = Field(
-        default="auto",
-        description="where a worker fdatasyncs its journal: auto (on the event loop for a lone record, on"
-        " the journal thread for a group), thread, or loop",
+    journal_sync: Literal["process", "thread", "loop", "auto"] = Field(
+        default="process",
+        description="where a worker fdatasyncs its journal: process (the event loop writes, a syncer"
+        " process of the worker syncs), thread, loop, or auto (on the event loop for a lone record,"
+        " on a thread for a group)",
     )
     journal_group_window_seconds: float = Field(
         default=0.001, ge=0, le=0.05,

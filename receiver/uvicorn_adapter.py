@@ -83,6 +83,8 @@ log = structlog.get_logger("receiver")
 MAX_HEAD_BYTES = 32 << 10  # the platform's headers are about 1 KiB
 BODY_GRACE = 1.0
 DEFAULT_TIMEOUT = 10.0
+# Scope key: how many requests the connection carried before this one (0 for a new connection).
+KEPT_ALIVE = "receiver.earlier_requests"
 
 
 # What this module relies on beyond uvicorn's public API: (owner, name, kind, parameters). The
@@ -147,6 +149,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False  # between a request's first byte and the end of its headers
         self._head_bytes = 0
         self._running: RequestResponseCycle | None = None
+        self._served = 0  # requests on this connection
 
     # --- the request ---------------------------------------------------------------------------
 
@@ -163,6 +166,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # How many requests this connection carried before this one: a request on a kept-alive
+        # connection does not wait for company in the journal (see http/callbacks.py).
+        self.scope[KEPT_ALIVE] = self._served  # type: ignore[literal-required]  # an extra key
+        self._served += 1
         self._in_head = True
         self._head_bytes = 0
         self._arm(self.client_timeout, "timeout_request")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from structlog.testing import capture_logs
 from support import all_stored, fill_disk
 
 from receiver.journal import Journal, JournalFull, JournalReader, JournalUnavailable, appender, frames
@@ -1378,3 +1379,188 @@ def test_records_that_come_faster_than_the_group_window_share_fdatasyncs_and_a_s
     within, pause_wait = run(scenario(0.005))
     assert within < without / 2, (within, without)
     assert pause_wait < 0.005, "a record after a pause does not wait for the window"
+
+
+# --- the syncer process (RECEIVER_JOURNAL_SYNC=process, the default of the service) -------------
+
+
+@pytest.fixture
+def page_cache_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of each flush the event loop writes for the syncer to sync."""
+    sizes: list[int] = []
+    real = appender.write
+
+    def counted(fd: int, data: bytes, offset: int) -> None:
+        sizes.append(len(data))
+        real(fd, data, offset)
+
+    monkeypatch.setattr(appender, "write", counted)
+    return sizes
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for a parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_the_syncer_makes_grouped_flushes_durable_across_segments_and_stops_with_the_journal(
+    tmp_path: Path, page_cache_writes: list[int], sync_threads: list[int]
+) -> None:
+    async def scenario() -> None:
+        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=4096, sync="process")
+        await journal.start()
+        assert journal._syncer is not None
+        syncer = journal._syncer
+        for start in range(0, 300, 10):
+            await asyncio.gather(*(journal.append(payload(i)) for i in range(start, start + 10)))
+        assert alive(syncer.pid)
+        assert journal.dir is not None
+        assert len(seg_files(journal.dir.path)) > 3, "the syncer followed the journal into new segments"
+        assert len(page_cache_writes) <= 30, "each group is one flush"
+        assert sync_threads == [] and journal._thread is None, "no flush went through the journal thread"
+        await journal.close()
+        assert syncer.returncode == 0, "the syncer ends when its journal closes"
+
+    run(scenario())
+    assert drain(JournalReader(tmp_path)) == [payload(i) for i in range(300)]
+
+
+def test_a_syncer_killed_by_kill_9_loses_nothing_and_the_next_flush_starts_another(
+    tmp_path: Path, sync_threads: list[int]
+) -> None:
+    async def scenario() -> None:
+        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20, sync="process")
+        await journal.start()
+        assert journal._syncer is not None
+        first = journal._syncer.pid
+        with capture_logs() as entries:
+            appends = [journal.append_nowait(payload(i)) for i in range(50)]
+            await asyncio.sleep(0)  # the first flush is handed to the syncer
+            os.kill(first, signal.SIGKILL)
+            await asyncio.gather(*appends)  # none of them fails
+            await journal.append(payload(50))
+        assert "journal.syncer_gone" in [entry["event"] for entry in entries]
+        assert sync_threads, "the flush the dead syncer held was synced by the journal thread"
+        assert journal._syncer is not None and journal._syncer.pid != first and alive(journal._syncer.pid)
+        await journal.close()
+
+    run(scenario())
+    assert drain(JournalReader(tmp_path)) == [payload(i) for i in range(51)]
+
+
+FAILING_SYNCER = """
+import errno, os, socket, sys
+sock = socket.socket(fileno=int(sys.argv[1]))
+first = True
+while True:
+    message, fds, _, _ = socket.recv_fds(sock, 16, 1)
+    if not message:
+        break
+    if fds:
+        fd = fds[0]
+    if first:  # as an fdatasync that met a write-back error
+        first = False
+        sock.send(errno.EIO.to_bytes(4, "little"))
+        continue
+    os.fdatasync(fd)
+    sock.send(bytes(4))
+"""
+
+
+def test_a_failed_fdatasync_in_the_syncer_fails_its_records_and_the_next_go_to_a_new_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = tmp_path / "failing_syncer.py"
+    script.write_text(FAILING_SYNCER)
+    monkeypatch.setattr(appender, "SYNCER_ARGV", [sys.executable, str(script)])
+
+    async def scenario() -> None:
+        journal = Journal(tmp_path / "journal", max_bytes=BIG, segment_bytes=1 << 20, sync="process")
+        with pytest.raises(JournalUnavailable, match="Input/output error"):
+            await asyncio.gather(*(journal.append(b"lost %d" % i) for i in range(3)))
+        assert journal.last_error is not None and "Input/output error" in journal.last_error
+        await journal.append(b"kept")
+        assert journal.last_error is None
+        assert journal.dir is not None
+        assert len(seg_files(journal.dir.path)) == 2, "the segment whose sync failed is never appended to again"
+        await journal.close()
+
+    run(scenario())
+    assert drain(JournalReader(tmp_path / "journal")) == [b"kept"]
+
+
+def test_where_no_syncer_can_start_the_journal_thread_syncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_threads: list[int]
+) -> None:
+    monkeypatch.setattr(appender, "SYNCER_ARGV", [str(tmp_path / "no-such-python")])
+
+    async def scenario() -> None:
+        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20, sync="process")
+        with capture_logs() as entries:
+            await journal.start()
+            await asyncio.gather(*(journal.append(payload(i)) for i in range(5)))
+        assert [entry["event"] for entry in entries] == ["journal.syncer_unavailable"]
+        assert journal.sync == "thread" and len(sync_threads) == 1
+        await journal.close()
+
+    run(scenario())
+    assert drain(JournalReader(tmp_path)) == [payload(i) for i in range(5)]
+
+
+SYNCING_WORKER = """
+async def main() -> None:
+    journal = Journal(Path(sys.argv[1]), max_bytes=1 << 30, segment_bytes=1 << 20, sync="process")
+    await journal.append(payload(0))
+    print(journal._syncer.pid, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def test_the_syncer_never_outlives_its_worker_killed_by_kill_9(tmp_path: Path) -> None:
+    proc = child(SYNCING_WORKER, tmp_path)
+    try:
+        assert proc.stdout is not None
+        syncer = int(proc.stdout.readline())
+        assert alive(syncer)
+        kill_9(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 10
+    while alive(syncer):
+        assert time.monotonic() < deadline, "the syncer of a dead worker is still running"
+        time.sleep(0.02)
+    assert drain(JournalReader(tmp_path)) == [payload(0)]
+
+
+def test_a_record_in_a_hurry_does_not_wait_for_company(
+    tmp_path: Path, page_cache_writes: list[int]
+) -> None:
+    """Records that come faster than the window wait for company, unless they may not (a request
+    on a kept-alive connection, whose client sends its next one only after the answer)."""
+
+    async def stream(root: Path, wait_for_company: bool) -> int:
+        journal = Journal(root, max_bytes=BIG, segment_bytes=1 << 20, sync="process", group_window=0.05)
+        await journal.start()
+        page_cache_writes.clear()
+        tasks = []
+        for i in range(100):  # 2,000 a second: busy
+            tasks.append(asyncio.ensure_future(journal.append_nowait(payload(i), wait_for_company=wait_for_company)))
+            await asyncio.sleep(0.0005)
+        await asyncio.gather(*tasks)
+        flushes = len(page_cache_writes)
+        await journal.close()
+        assert drain(JournalReader(root)) == [payload(i) for i in range(100)]
+        return flushes
+
+    patient = run(stream(tmp_path / "patient", True))
+    hurried = run(stream(tmp_path / "hurried", False))
+    assert patient <= 6, "within the 50 ms window they share a few flushes"
+    assert hurried > 4 * patient, (hurried, patient)

@@ -132,3 +132,32 @@ def test_the_deadline_travels_on_the_config_into_the_protocol() -> None:
     protocol = GuardedHttpToolsProtocol(config, ServerState(), {}, asyncio.new_event_loop())
     protocol.loop.close()
     assert protocol.client_timeout == 3.0
+
+
+def test_each_request_says_how_many_came_before_it_on_its_connection() -> None:
+    """What lets a request on a kept-alive connection skip the journal's group window."""
+    seen: list[object] = []
+
+    async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope.get(uvicorn_adapter.KEPT_ALIVE))
+        await hello(scope, receive, send)
+
+    config = configure(uvicorn.Config(echo, lifespan="off", log_level="warning"), client_timeout=3.0)
+    config.load()
+
+    async def connection(requests: int) -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        await loop.connect_accepted_socket(lambda: GuardedHttpToolsProtocol(config, ServerState(), {}, loop), ours)
+        reader, writer = await asyncio.open_connection(sock=theirs)
+        for _ in range(requests):
+            writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200 OK")
+        writer.close()
+
+    async def scenario() -> None:
+        await connection(3)
+        await connection(1)
+
+    asyncio.run(scenario())
+    assert seen == [0, 1, 2, 0]

@@ -26,9 +26,9 @@ log = structlog.get_logger("receiver")
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
-    # The journal's thread hands each fsync'd flush back to the event loop; with Python's
-    # default 5 ms switch interval a busy loop makes that hand-off wait, and every request
-    # of the flush with it.
+    # The worker's threads (the log writer; the journal's, where no syncer process runs) take
+    # turns with the event loop for the GIL; with Python's default 5 ms switch interval either
+    # side can wait that long for the other, and every request in flight with it.
     sys.setswitchinterval(0.0005)
     logs.configure(settings.log_level, settings.log_format)
 

@@ -29,6 +29,7 @@ from .. import ingest, logs, metrics, netaddr
 from ..applications import Application
 from ..journal.appender import JournalUnavailable
 from ..journal.envelope import ENDPOINT_KINDS, Kind
+from ..uvicorn_adapter import KEPT_ALIVE
 from .middleware import SANE_ID, new_request_id, resolve_client
 
 log = structlog.get_logger("receiver.callbacks")
@@ -139,7 +140,9 @@ class _Call:
             self.quarantine(app, item)
         try:
             if outcome.payload is not None:
-                await state.journal.append_nowait(outcome.payload)
+                # A client that reuses its connection sends its next request only after this
+                # answer: others that could share this flush are waiting for it, not coming.
+                await state.journal.append_nowait(outcome.payload, wait_for_company=not self.scope.get(KEPT_ALIVE))
         except JournalUnavailable as error:
             log.error("callback.not_durable", reason=str(error), request_id=self.request_id.decode())
             await self.answer(503, "not_durable", "the event could not be stored; nothing was acknowledged")

@@ -3,8 +3,15 @@
 ``await journal.append(payload)`` returns once the record is written and ``fdatasync``ed. Records
 from concurrent requests that arrive while one flush is on disk wait together for the next one,
 so a burst costs a handful of syncs, not one per request; while records come faster than one
-per ``group_window``, a record also waits up to that window for others to share its sync. The
-write and the sync run on one dedicated thread; the event loop keeps accepting requests meanwhile.
+per ``group_window``, a record may also wait up to that window for others to share its sync
+(``wait_for_company``).
+
+Where the flush happens (``sync``): by default (``"process"``) the event loop writes it into the
+page cache and the worker's syncer process (:mod:`.syncer`) ``fdatasync``s the file, answering
+on a socket the loop polls: the loop never waits for the disk, and nothing has to take the GIL
+back from a busy loop. ``"thread"`` writes and syncs on a thread of the worker (also the
+fallback when the syncer cannot start or dies); ``"loop"`` on the event loop itself; ``"auto"``
+on the loop for a lone record in a quiet moment, else on the thread.
 
 Each segment file is zero-filled to its full size before its first record (``preallocate``), by
 a thread of its own while the previous segment fills: a write then lands in blocks that are
@@ -22,17 +29,30 @@ import contextlib
 import errno
 import os
 import queue
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from . import frames
+import structlog
+
+from . import frames, syncer
 from .segments import CURSOR_FILE, SPARE, SUFFIX, JournalDir, Segment, fsync_dir, read_cursor
 
 # A flush on its way: the loop to report back to, the frames, the futures that wait for them.
 _Flush = tuple[asyncio.AbstractEventLoop, bytes, list[asyncio.Future[None]]]
+
+Sync = Literal["process", "thread", "loop", "auto"]
+
+log = structlog.get_logger(__name__)
+
+# How a worker starts its syncer: isolated (-I) and without site-packages (-S); the syncer
+# needs only the standard library, and the script is found beside this module.
+SYNCER_ARGV = [sys.executable, "-I", "-S", str(Path(syncer.__file__))]
 
 
 QUIET = 0.002  # seconds without a flush after which a lone record is synced on the loop ("auto")
@@ -41,6 +61,13 @@ _GAP_CAP = 0.1  # seconds: a longer pause counts as this long
 
 
 _dsync: int | None = getattr(os, "RWF_DSYNC", None)  # None: not on this system (or refused once)
+
+
+def write(fd: int, data: bytes, offset: int) -> None:
+    """Write ``data`` at ``offset`` of the file (into the page cache; the syncer makes it durable)."""
+    written = 0
+    while written < len(data):
+        written += os.pwrite(fd, data[written:], offset + written)
 
 
 def write_durably(fd: int, data: bytes, offset: int) -> None:
@@ -79,7 +106,7 @@ class Journal:
         *,
         max_bytes: int,
         segment_bytes: int,
-        sync: Literal["thread", "loop", "auto"] = "thread",
+        sync: Sync = "thread",
         group_window: float = 0.0,
         preallocate: bool = True,
     ) -> None:
@@ -89,11 +116,11 @@ class Journal:
         self.preallocate = preallocate
         self._spare = -1  # the next segment's file, zero-filled (named SPARE until it is used), or -1
         self._preparing: threading.Thread | None = None
-        # Where a flush is written and fdatasync'ed. "thread": on the journal thread, while the
-        # loop goes on. "loop": on the event loop itself (no thread hand-off, about half the CPU
-        # of a flush; the loop waits for the disk). "auto": on the loop in quiet moments (a
-        # single record, and no flush in the last QUIET seconds: nobody else's request is likely
-        # to wait behind it), on the thread when busy.
+        # Where a flush is written and fdatasync'ed. "process": written on the loop, synced by
+        # the syncer process. "thread": on the journal thread, while the loop goes on. "loop": on
+        # the event loop itself (no hand-off; the loop waits for the disk). "auto": on the loop
+        # in quiet moments (a single record, and no flush in the last QUIET seconds: nobody
+        # else's request is likely to wait behind it), on the thread when busy.
         self.sync = sync
         self._last_flush = float("-inf")  # when the last flush was done (monotonic)
         # How long a record may wait for company before its flush starts. A flush costs about
@@ -105,6 +132,7 @@ class Journal:
         self._gap = _GAP_CAP  # running average of the time between appends (seconds)
         self._first_at = 0.0  # when the oldest buffered record came (monotonic)
         self._timer: asyncio.TimerHandle | None = None
+        self._in_a_hurry = False  # a buffered record may not wait for company
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self.dir: JournalDir | None = None
@@ -125,6 +153,10 @@ class Journal:
         self._flushed = asyncio.Event()
         self._inbox: queue.SimpleQueue[_Flush | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None  # started with the first flush
+        self._syncer: subprocess.Popen[bytes] | None = None  # started with the first flush ("process")
+        self._syncer_socket: socket.socket | None = None
+        self._syncer_has_fd = False  # the syncer holds the file of the active segment
+        self._syncing: tuple[_Flush, Segment] | None = None  # written, the syncer's answer awaited
 
     @property
     def backlog_bytes(self) -> int:
@@ -157,8 +189,12 @@ class Journal:
         self.drained_bytes = self.appended_bytes - backlog
         return backlog
 
-    def append_nowait(self, payload: bytes) -> asyncio.Future[None]:
-        """Queue a record; the returned future resolves once it is durable (or fails)."""
+    def append_nowait(self, payload: bytes, *, wait_for_company: bool = True) -> asyncio.Future[None]:
+        """Queue a record; the returned future resolves once it is durable (or fails).
+
+        ``wait_for_company=False``: whoever could share this record's flush is most likely
+        waiting for it already (a request on a kept-alive connection: its client sends the next
+        one only after this answer), so its flush starts at once, with whatever is buffered."""
         if self._closed:
             raise JournalUnavailable("the journal is closed")
         frame = frames.encode(payload)
@@ -177,27 +213,43 @@ class Journal:
             self._last_append = now
             if len(self._buffer) == 1:
                 self._first_at = now
+            if not wait_for_company:
+                self._in_a_hurry = True
+                if self._timer is not None:  # stop waiting: go with the next turn of the loop
+                    self._timer.cancel()
+                    self._timer = None
+                    loop.call_soon(self._hand_over, loop)
         if not self._flushing:
             self._flushing = True
             self._flushed.clear()
-            if self._gap < self.group_window:  # busy: others will join within the window
-                self._timer = loop.call_later(self.group_window, self._hand_over, loop)
-            else:
-                loop.call_soon(self._hand_over, loop)  # with whatever else this turn of the loop appends
+            loop.call_soon(self._hand_over_or_wait, loop)  # with whatever else this turn of the loop appends
         return future
 
     async def append(self, payload: bytes) -> None:
         await self.append_nowait(payload)
 
     async def start(self) -> None:
-        """Make the folder and zero-fill the first segment's file now, before the first record
-        (else the first flush does it). A failure here is the first flush's to report."""
+        """Make the folder, zero-fill the first segment's file and start the syncer now, before
+        the first record (else the first flush does it). A failure here is the first flush's to
+        report."""
         if self.preallocate and self._spare < 0:
             await asyncio.to_thread(self._prepare_spare)
+        if self.sync == "process" and self._syncer is None:
+            self._start_syncer(asyncio.get_running_loop())
+
+    def _hand_over_or_wait(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand over what is buffered now, or, while records come faster than one per window,
+        once the oldest has waited out its window (unless one of them is in a hurry)."""
+        wait = self._first_at + self.group_window - time.monotonic() if self._gap < self.group_window else 0
+        if wait > 0 and not self._in_a_hurry:
+            self._timer = loop.call_later(wait, self._hand_over, loop)
+        else:
+            self._hand_over(loop)
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         """Give what is buffered to the journal thread (one flush at a time). On the event loop."""
         self._timer = None
+        self._in_a_hurry = False
         flush = (loop, b"".join(self._buffer), self._waiters)
         self._buffer, self._buffered, self._waiters = [], 0, []
         self._inflight = len(flush[1])
@@ -206,6 +258,12 @@ class Journal:
         ):
             self._flush_done(flush, *self._attempt(flush[1]))
             return
+        if self.sync == "process" and (self._syncer_socket is not None or self._start_syncer(loop)):
+            self._write_for_syncer(flush)
+            return
+        self._to_thread(flush)
+
+    def _to_thread(self, flush: _Flush) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
             self._thread.start()
@@ -234,15 +292,101 @@ class Journal:
                         waiter.set_result(None)
                 self.on_durable()
         finally:
-            if self._buffer:
-                wait = self._first_at + self.group_window - time.monotonic() if self._gap < self.group_window else 0
-                if wait > 0:  # busy: what came during this flush waits out its window for more
-                    self._timer = loop.call_later(wait, self._hand_over, loop)
-                else:
-                    self._hand_over(loop)
+            if self._buffer:  # what came during this flush
+                self._hand_over_or_wait(loop)
             else:
                 self._flushing = False
                 self._flushed.set()
+
+    # --- the syncer process ("process") ----------------------------------------------------
+
+    def _start_syncer(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Start this worker's syncer; False (and the journal thread from now on) if it cannot."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._syncer = subprocess.Popen(
+                [*SYNCER_ARGV, str(theirs.fileno())], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a terminal's Ctrl-C stops the worker, which then stops it
+            )  # fmt: skip
+        except OSError as error:
+            ours.close()
+            log.warning("journal.syncer_unavailable", error=str(error), fallback="thread")
+            self.sync = "thread"
+            return False
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._syncer_socket = ours
+        self._syncer_has_fd = False
+        loop.add_reader(ours.fileno(), self._syncer_answered, loop)
+        return True
+
+    def _write_for_syncer(self, flush: _Flush) -> None:
+        """Write the flush into the page cache and ask the syncer to make it durable. On the loop."""
+        assert self._syncer_socket is not None
+        try:
+            fd = self._fd
+            segment = self._active_segment()
+            if self._fd != fd:
+                self._syncer_has_fd = False
+            try:
+                write(self._fd, flush[1], segment.durable)
+            except OSError:
+                self._abandon(segment)
+                raise
+        except Exception as failure:  # noqa: BLE001 - whatever it is, these records are not durable
+            self._flush_done(flush, None, failure)
+            return
+        try:
+            socket.send_fds(self._syncer_socket, [b"s"], [] if self._syncer_has_fd else [self._fd])
+        except OSError:  # the syncer is gone: the thread syncs this flush (writing it again)
+            self._syncer_gone(flush[0])
+            self._to_thread(flush)
+            return
+        self._syncer_has_fd = True
+        self._syncing = (flush, segment)
+
+    def _syncer_answered(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The syncer answered, or closed its end. On the loop."""
+        assert self._syncer_socket is not None
+        try:
+            answer = self._syncer_socket.recv(16)
+        except BlockingIOError:
+            return
+        except OSError:
+            answer = b""
+        syncing, self._syncing = self._syncing, None
+        if not answer:  # the syncer is gone: the thread syncs the flush in hand (writing it again)
+            self._syncer_gone(loop)
+            if syncing is not None:
+                self._to_thread(syncing[0])
+            return
+        if syncing is None:
+            return
+        flush, segment = syncing
+        code = int.from_bytes(answer[: syncer.ANSWER_BYTES], "little")
+        if code:
+            self._abandon(segment)
+            self._flush_done(flush, None, OSError(code, os.strerror(code)))
+        else:
+            self._flush_done(flush, segment, None)
+
+    def _syncer_gone(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Forget a syncer that stopped answering; the next flush starts a new one."""
+        log.warning("journal.syncer_gone", pid=self._syncer.pid if self._syncer else None)
+        self._close_syncer_socket(loop)
+        if self._syncer is not None:
+            with contextlib.suppress(OSError):
+                self._syncer.kill()
+            self._syncer.wait()
+            self._syncer = None
+
+    def _close_syncer_socket(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._syncer_socket is not None:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(self._syncer_socket.fileno())
+            self._syncer_socket.close()
+            self._syncer_socket = None
 
     # --- on the journal thread -------------------------------------------------------------
 
@@ -366,6 +510,14 @@ class Journal:
             self._hand_over(asyncio.get_running_loop())
         if self._flushing:
             await self._flushed.wait()
+        if self._syncer is not None:  # closing our end stops it
+            self._close_syncer_socket(asyncio.get_running_loop())
+            syncer_process, self._syncer = self._syncer, None
+            try:
+                await asyncio.to_thread(syncer_process.wait, 5)
+            except subprocess.TimeoutExpired:
+                syncer_process.kill()
+                await asyncio.to_thread(syncer_process.wait)
         if self._thread is not None:
             self._inbox.put(None)
             await asyncio.to_thread(self._thread.join)
