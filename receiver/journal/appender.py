@@ -148,7 +148,7 @@ class Journal:
         self._buffered = 0
         self._inflight = 0  # bytes of the flush being written: neither buffered nor durable yet
         self._waiters: list[asyncio.Future[None]] = []
-        self._flushing = False  # a flush is on the journal thread; the next waits in _buffer
+        self._flushing = False  # a flush is on its way to disk; the next waits in _buffer
         self._closed = False
         self._flushed = asyncio.Event()
         self._inbox: queue.SimpleQueue[_Flush | None] = queue.SimpleQueue()
@@ -247,7 +247,7 @@ class Journal:
             self._hand_over(loop)
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Give what is buffered to the journal thread (one flush at a time). On the event loop."""
+        """Start the flush of what is buffered (one flush at a time). On the event loop."""
         self._timer = None
         self._in_a_hurry = False
         flush = (loop, b"".join(self._buffer), self._waiters)
@@ -270,7 +270,7 @@ class Journal:
         self._inbox.put(flush)
 
     def _flush_done(self, flush: _Flush, segment: Segment | None, error: BaseException | None) -> None:
-        """The journal thread is done with a flush: settle its waiters, hand over the next. On the loop."""
+        """A flush is durable or failed: settle its waiters, start the next. On the loop."""
         loop, data, waiters = flush
         self._inflight = 0
         self._last_flush = time.monotonic()
