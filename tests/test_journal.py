@@ -18,6 +18,7 @@ other writers real processes holding real ``flock``s.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import inspect
 import os
@@ -1429,11 +1430,15 @@ def test_the_syncer_makes_grouped_flushes_durable_across_segments_and_stops_with
     assert drain(JournalReader(tmp_path)) == [payload(i) for i in range(300)]
 
 
+@pytest.mark.parametrize("preallocate", [True, False], ids=["zero-filled", "growing"])
 def test_a_syncer_killed_by_kill_9_loses_nothing_and_the_next_flush_starts_another(
-    tmp_path: Path, sync_threads: list[int]
+    tmp_path: Path, sync_threads: list[int], preallocate: bool
 ) -> None:
+    """The flush the dead syncer held is written again where it was (not after itself) and
+    synced on the journal thread: every record once, in order."""
+
     async def scenario() -> None:
-        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20, sync="process")
+        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20, sync="process", preallocate=preallocate)
         await journal.start()
         assert journal._syncer is not None
         first = journal._syncer.pid
@@ -1543,24 +1548,65 @@ def test_the_syncer_never_outlives_its_worker_killed_by_kill_9(tmp_path: Path) -
 def test_a_record_in_a_hurry_does_not_wait_for_company(
     tmp_path: Path, page_cache_writes: list[int]
 ) -> None:
-    """Records that come faster than the window wait for company, unless they may not (a request
-    on a kept-alive connection, whose client sends its next one only after the answer)."""
+    """Records that come faster than the window wait for company, unless one of them may not (a
+    request on a kept-alive connection, whose client sends its next one only after the answer):
+    then the flush starts at once, with all of them."""
 
-    async def stream(root: Path, wait_for_company: bool) -> int:
-        journal = Journal(root, max_bytes=BIG, segment_bytes=1 << 20, sync="process", group_window=0.05)
+    async def scenario() -> None:
+        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20, sync="process", group_window=10.0)
         await journal.start()
-        page_cache_writes.clear()
-        tasks = []
-        for i in range(100):  # 2,000 a second: busy
-            tasks.append(asyncio.ensure_future(journal.append_nowait(payload(i), wait_for_company=wait_for_company)))
-            await asyncio.sleep(0.0005)
-        await asyncio.gather(*tasks)
-        flushes = len(page_cache_writes)
+        patient = [journal.append_nowait(payload(i)) for i in range(5)]  # fast enough to count as busy
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert page_cache_writes == [], "within the window they wait for company"
+        hurried = journal.append_nowait(payload(5), wait_for_company=False)
+        await asyncio.wait_for(asyncio.gather(*patient, hurried), 5)
+        assert len(page_cache_writes) == 1, "one flush, started at once, carried all six"
         await journal.close()
-        assert drain(JournalReader(root)) == [payload(i) for i in range(100)]
-        return flushes
 
-    patient = run(stream(tmp_path / "patient", True))
-    hurried = run(stream(tmp_path / "hurried", False))
-    assert patient <= 6, "within the 50 ms window they share a few flushes"
-    assert hurried > 4 * patient, (hurried, patient)
+    run(scenario())
+    assert drain(JournalReader(tmp_path)) == [payload(i) for i in range(6)]
+
+
+def test_the_syncer_always_holds_the_active_segment_file(tmp_path: Path) -> None:
+    """A new segment's file may get the number of the one closed before it: the syncer is given
+    the new file all the same, so what it syncs is what was just written."""
+
+    def synced_files(pid: int) -> set[str]:
+        held = set()
+        for entry in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                held.add(os.readlink(entry))
+        return held
+
+    async def scenario() -> None:
+        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=512, sync="process", preallocate=False)
+        await journal.start()
+        assert journal._syncer is not None
+        for i in range(60):
+            await journal.append(payload(i))
+            assert str(journal.segments[-1].path) in synced_files(journal._syncer.pid), i
+        assert journal.dir is not None and len(seg_files(journal.dir.path)) >= 4
+        await journal.close()
+
+    run(scenario())
+
+
+def test_syncers_that_keep_dying_leave_the_syncing_to_the_journal_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_threads: list[int]
+) -> None:
+    monkeypatch.setattr(appender, "SYNCER_ARGV", [sys.executable, "-c", "pass"])  # exits at once
+
+    async def scenario() -> None:
+        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20, sync="process")
+        with capture_logs() as entries:
+            for i in range(10):
+                await journal.append(payload(i))
+        events = [entry["event"] for entry in entries]
+        assert events.count("journal.syncer_gone") == appender.SYNCER_DEATHS
+        assert events[-1] == "journal.syncer_unavailable" and journal.sync == "thread"
+        assert journal._syncer is None and len(sync_threads) >= 10 - appender.SYNCER_DEATHS
+        await journal.close()
+
+    run(scenario())
+    assert drain(JournalReader(tmp_path)) == [payload(i) for i in range(10)]

@@ -53,6 +53,9 @@ log = structlog.get_logger(__name__)
 # How a worker starts its syncer: isolated (-I) and without site-packages (-S); the syncer
 # needs only the standard library, and the script is found beside this module.
 SYNCER_ARGV = [sys.executable, "-I", "-S", str(Path(syncer.__file__))]
+# This many syncers dead within the window: the journal thread syncs from then on.
+SYNCER_DEATHS = 3
+SYNCER_DEATHS_WINDOW = 60.0
 
 
 QUIET = 0.002  # seconds without a flush after which a lone record is synced on the loop ("auto")
@@ -157,6 +160,7 @@ class Journal:
         self._syncer_socket: socket.socket | None = None
         self._syncer_has_fd = False  # the syncer holds the file of the active segment
         self._syncing: tuple[_Flush, Segment] | None = None  # written, the syncer's answer awaited
+        self._syncer_deaths: list[float] = []  # when recent syncers died (monotonic)
 
     @property
     def backlog_bytes(self) -> int:
@@ -301,34 +305,44 @@ class Journal:
     # --- the syncer process ("process") ----------------------------------------------------
 
     def _start_syncer(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Start this worker's syncer; False (and the journal thread from now on) if it cannot."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        """Start this worker's syncer; False (and the journal thread from now on) if it cannot,
+        or if syncers keep dying soon after they start."""
+        now = time.monotonic()
+        self._syncer_deaths = [at for at in self._syncer_deaths if now - at < SYNCER_DEATHS_WINDOW]
+        if len(self._syncer_deaths) >= SYNCER_DEATHS:
+            return self._no_syncer(f"{len(self._syncer_deaths)} syncers died within {SYNCER_DEATHS_WINDOW:g} s")
+        ours = theirs = None
         try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             self._syncer = subprocess.Popen(
                 [*SYNCER_ARGV, str(theirs.fileno())], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a terminal's Ctrl-C stops the worker, which then stops it
             )  # fmt: skip
-        except OSError as error:
-            ours.close()
-            log.warning("journal.syncer_unavailable", error=str(error), fallback="thread")
-            self.sync = "thread"
-            return False
+            ours.setblocking(False)
+            loop.add_reader(ours.fileno(), self._syncer_answered, loop)
+        except Exception as error:  # noqa: BLE001 - whatever it is (no descriptors left, no Python), a thread syncs
+            if ours is not None:
+                ours.close()
+            if self._syncer is not None:
+                self._end_syncer()
+            return self._no_syncer(f"{type(error).__name__}: {error}")
         finally:
-            theirs.close()
-        ours.setblocking(False)
+            if theirs is not None:
+                theirs.close()
         self._syncer_socket = ours
         self._syncer_has_fd = False
-        loop.add_reader(ours.fileno(), self._syncer_answered, loop)
         return True
+
+    def _no_syncer(self, reason: str) -> bool:
+        log.warning("journal.syncer_unavailable", error=reason, fallback="thread")
+        self.sync = "thread"
+        return False
 
     def _write_for_syncer(self, flush: _Flush) -> None:
         """Write the flush into the page cache and ask the syncer to make it durable. On the loop."""
         assert self._syncer_socket is not None
         try:
-            fd = self._fd
             segment = self._active_segment()
-            if self._fd != fd:
-                self._syncer_has_fd = False
             try:
                 write(self._fd, flush[1], segment.durable)
             except OSError:
@@ -374,12 +388,19 @@ class Journal:
     def _syncer_gone(self, loop: asyncio.AbstractEventLoop) -> None:
         """Forget a syncer that stopped answering; the next flush starts a new one."""
         log.warning("journal.syncer_gone", pid=self._syncer.pid if self._syncer else None)
+        self._syncer_deaths.append(time.monotonic())
         self._close_syncer_socket(loop)
         if self._syncer is not None:
-            with contextlib.suppress(OSError):
-                self._syncer.kill()
-            self._syncer.wait()
-            self._syncer = None
+            self._end_syncer()
+
+    def _end_syncer(self) -> None:
+        """Kill the syncer and reap it off the loop (one stuck in the disk may take a while to go)."""
+        assert self._syncer is not None
+        syncer_process, self._syncer = self._syncer, None
+        with contextlib.suppress(OSError):
+            syncer_process.kill()
+        if syncer_process.poll() is None:
+            threading.Thread(target=syncer_process.wait, name="journal-syncer-reaper", daemon=True).start()
 
     def _close_syncer_socket(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._syncer_socket is not None:
@@ -436,7 +457,9 @@ class Journal:
             except OSError:
                 os.close(spare)
         if self._fd < 0:  # nothing prepared (preallocate off, or it failed): a file that grows
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            # no O_APPEND: every write says where it goes (a flush written again after a
+            # failure must land where it was, not after itself)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             fsync_dir(self.dir.path)
         except OSError:
@@ -491,6 +514,7 @@ class Journal:
         with contextlib.suppress(OSError):
             os.close(self._fd)
         self._fd = -1
+        self._syncer_has_fd = False  # the next file may get the same number: the syncer must get it anew
 
     def _abandon(self, segment: Segment | None) -> None:
         """After a failed write or sync the file's tail is unknown: cut it back and never append to it

@@ -20,7 +20,6 @@ core, and owes nothing to the receiver's package or its settings.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import platform
@@ -42,6 +41,10 @@ def short_slice() -> bool:
     a few milliseconds after its write completes. Unprivileged; older kernels ignore the
     figure for ordinary tasks. Best effort: False when refused."""
     if _SCHED_SETATTR is None or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes  # here: a Python built without it still syncs
+    except ImportError:
         return False
     # struct sched_attr: size, policy, flags, nice, priority, runtime, deadline, period (util clamps 0)
     attr = struct.pack("IIQiIQQQII", 56, 0, 0, os.nice(0), 0, SLICE_NS, 0, 0, 0, 0)
