@@ -251,6 +251,10 @@ class Server:
         spawned = [p for p in self.pids() if "spawn_main" in cmdline(p)]
         return spawned or [self.proc.pid]
 
+    def syncers(self) -> list[int]:
+        """The receiver's journal syncer processes (one per worker)."""
+        return [p for p in self.pids() if "journal/syncer.py" in cmdline(p)]
+
     def split_pids(self) -> tuple[list[int], list[int]]:
         """(the HTTP side: workers and their supervisor, the writer process of ``receiver serve``)."""
         pids = self.pids()
@@ -618,6 +622,7 @@ class Bench:
             "acked": len(acked), "errors": info["errors"], "p50_ms": info["p50_ms"], "p99_ms": info["p99_ms"],
             "stored_at_end": stored_at_end, "drain_seconds": drain, "lost": lost, "samples": samples, "workers": per_worker,
             "writer_pids": [str(p) for p in server.split_pids()[1]],
+            "syncer_pids": [str(p) for p in server.syncers()],
         }  # fmt: skip
         for pid, v in per_worker.items():
             log(
@@ -994,17 +999,21 @@ def _pyplot() -> Any:
 
 
 def _rss(server: Server) -> dict[str, int]:
-    """Resident size of each HTTP worker and of the writer process, by pid."""
-    return {str(p): rss_bytes(p) for p in [*server.workers(), *server.split_pids()[1]]}
+    """Resident size of each HTTP worker, each worker's journal syncer and the writer process, by pid."""
+    return {str(p): rss_bytes(p) for p in [*server.workers(), *server.syncers(), *server.split_pids()[1]]}
 
 
 def _process_names(soak: dict[str, Any]) -> list[str]:
-    """``worker 1``, ``worker 2``, ``writer``, for the pids of a soak, in their order."""
+    """``worker 1``, ``worker 2``, ``syncer 1``, ``writer``, for the pids of a soak, in their order."""
     writers = set(soak.get("writer_pids", ()))
-    names, n = [], 0
+    syncers = set(soak.get("syncer_pids", ()))
+    names, n, k = [], 0, 0
     for pid in soak["workers"]:
         if pid in writers:
             names.append("writer")
+        elif pid in syncers:
+            k += 1
+            names.append(f"syncer {k}")
         else:
             n += 1
             names.append(f"worker {n}")
