@@ -5,7 +5,7 @@
 One database grows through the sizes by days, at a fixed daily rate: at each size it holds that
 many status reports, ``--rate`` a UTC day (one partition each) over as many of the last days as
 that takes (at 250k a day: 4 days at 1 M, 40 at 10 M, 200 at 50 M), with a send, a message state
-per message and a reply every 50 messages, generated straight into PostgreSQL with set-based SQL
+per message and a reply every 50 messages (linked to it), generated straight into PostgreSQL with set-based SQL
 (``generate_series``, no HTTP). A day holds the same at every size, as a service at a steady
 rate keeps more and more days. ``--ahead N`` makes N empty day partitions ahead of today as
 well (every table), to see what many partitions cost a look-up without a time. Then, one at a
@@ -77,6 +77,11 @@ replies AS (
     SELECT $6, 'u' || $1 || i, '+86131' || lpad((i % 5000000)::text, 8, '0'), 'csms' || (i % 10), 'ok', 'bench',
            at + interval '1 minute', '+86131' || lpad((i % 5000000)::text, 8, '0')
     FROM i WHERE i % 50 = 0
+    RETURNING id, sms_msg_id
+),
+links AS (  -- each reply answers the message it follows
+    INSERT INTO reply_links (uplink_id, sms_msg_id, candidates, match)
+    SELECT id, substr(sms_msg_id, 2), 1, 'channel' FROM replies
 )
 INSERT INTO status_reports (application_id, sms_msg_id, status, total, sequence, source, update_time, raw_body,
                             via, received_at, stored_at, dedupe_key)
@@ -214,15 +219,12 @@ async def partition_count(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM receiver_partitions('status_reports')"))
 
 
-async def prune_month(conn: asyncpg.Connection, days: int) -> tuple[float, float, int, int]:
-    """Prune the oldest 30 days, or all but the newest when fewer are kept: (seconds dropping the
-    partitions, seconds of the whole prune, partitions dropped, reports gone)."""
+async def prune_month(conn: asyncpg.Connection, days: int) -> retention.Result:
+    """Prune the oldest 30 days, or all but the newest when fewer are kept; the result's
+    ``drop_seconds`` is the time of the drops."""
     first_kept = datetime.now(UTC).date() - timedelta(days=days - min(30, days - 1))  # the days filled end yesterday
     cutoff = datetime(first_kept.year, first_kept.month, first_kept.day, tzinfo=UTC) + timedelta(hours=1)
-    t0 = time.perf_counter()
-    result = await retention.prune(conn, datetime.now(UTC) - cutoff)
-    whole = time.perf_counter() - t0
-    return result.drop_seconds, whole, len(result.dropped), result.counts["status_reports"]
+    return await retention.prune(conn, datetime.now(UTC) - cutoff)
 
 
 def p50_p99(samples: list[float]) -> tuple[float, float]:
@@ -247,10 +249,15 @@ async def stage(url: str, reports: int, days: int, rounds: int, batches: int, ah
         latencies = await query_latencies(conn, days, rounds)
         first = await first_query(url)
         print(f"  first GET /v1/messages/{{id}} of a new connection {first:.1f} ms", flush=True)
-        dropping, whole, dropped, gone = await prune_month(conn, days)
-        print(f"  prune: {dropped} partitions dropped in {dropping:.2f} s; whole prune {whole:.1f} s", flush=True)
+        t0 = time.perf_counter()
+        pruned = await prune_month(conn, days)
+        whole = time.perf_counter() - t0
+        by_table = ", ".join(f"{table} {seconds:.2f}" for table, seconds in pruned.table_seconds.items())
+        print(f"  prune: {len(pruned.dropped)} partitions dropped in {pruned.drop_seconds:.2f} s ({by_table});"
+              f" whole prune {whole:.1f} s", flush=True)  # fmt: skip
         return {"reports": stored, "days": days, "partitions": parts, "ingest": rate, "latencies": latencies,
-                "first": first, "drop": dropping, "prune": whole, "dropped": dropped, "gone": gone}  # fmt: skip
+                "first": first, "drop": pruned.drop_seconds, "prune": whole, "dropped": len(pruned.dropped),
+                "gone": pruned.counts["status_reports"]}  # fmt: skip
     finally:
         await conn.close()
 

@@ -116,6 +116,7 @@ class Result:
     # would not see them after a real drop.
     gone: list[int] = field(default_factory=list)  # partitions' oids
     drop_seconds: float = 0.0  # the time the whole days took
+    table_seconds: dict[str, float] = field(default_factory=dict)  # of it, each table's (its child rows' DELETEs with it)
 
     def add(self, table: str, n: int) -> None:
         self.counts[table] = self.counts.get(table, 0) + n
@@ -195,6 +196,7 @@ async def _drop_each_day(conn: asyncpg.Connection, result: Result) -> None:
             continue
         # One transaction and one DROP per table: its lock is taken once, and held for as long
         # as dropping the files takes.
+        started = time.perf_counter()
         async with conn.transaction():
             await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
             await blacklist_store.keep_out_bulk_work(conn)  # a rebuild reads all of a day's replies, or none
@@ -204,9 +206,11 @@ async def _drop_each_day(conn: asyncpg.Connection, result: Result) -> None:
                     sql = f"DELETE FROM {child[0]} WHERE {child[1]} IN (SELECT id FROM {day})"
                     result.add(child[0], _count(await conn.execute(sql)))
             await conn.execute(f"DROP TABLE {', '.join(days)}")
+        # Most of it is the commit: PostgreSQL empties the files of the partitions and of their indexes then.
+        result.table_seconds[table] = seconds = time.perf_counter() - started
         result.add(table, sum(rows.values()))
         result.dropped += days
-        log.info("prune.dropped", table=table, partitions=len(days), rows=sum(rows.values()))
+        log.info("prune.dropped", table=table, partitions=len(days), rows=sum(rows.values()), seconds=round(seconds, 3))
 
 
 async def _rows(conn: asyncpg.Connection, name: str) -> int:

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 from support import cli, fetch, run, service_env
 
-from receiver import partitions
+from receiver import partitions, retention
 from receiver.correlation import queries
 from receiver.correlation import store as correlation
 from receiver.correlation.sent import SentMessage
@@ -394,6 +394,31 @@ def test_prune_drops_the_old_days_of_sends_and_states_and_keeps_the_newer_ones(d
     counted = dict(line.split("\t") for line in done.stdout.splitlines()[1:])
     assert int(counted["sent_messages"]) == int(counted["message_states"]) == len(days) - len(kept)
 
+
+
+def test_prune_tells_the_time_each_table_took_to_drop_its_days(db_url: str) -> None:
+    """Three old days of reports and of replies (one linked): the prune times the drop of each
+    table that had days to drop, the deletion of the replies' links with it, and no other."""
+    start = datetime.now(UTC) - timedelta(days=40)
+
+    async def fill_and_prune() -> retention.Result:
+        conn = await asyncpg.connect(db_url)
+        try:
+            app_id = await _app(conn)
+            for day in range(3):
+                for table in ("status_reports", "uplinks"):
+                    await partitions.create(conn, table, (start + timedelta(days=day)).date())
+                await store(conn, [_report(app_id, f"s-{day}", start + timedelta(days=day))], HOOKS)
+            await store(conn, [_uplink(app_id, "up-s", start + timedelta(hours=1))], HOOKS)
+            return await retention.prune(conn, timedelta(days=20))
+        finally:
+            await conn.close()
+
+    result = run(fill_and_prune())
+    assert len(result.dropped) == 6 and result.counts["reply_links"] == 1
+    assert set(result.table_seconds) == {"status_reports", "uplinks"}
+    assert all(seconds > 0 for seconds in result.table_seconds.values())
+    assert sum(result.table_seconds.values()) <= result.drop_seconds
 
 # --- ready for Citus ----------------------------------------------------------------------------
 
