@@ -395,7 +395,6 @@ def test_prune_drops_the_old_days_of_sends_and_states_and_keeps_the_newer_ones(d
     assert int(counted["sent_messages"]) == int(counted["message_states"]) == len(days) - len(kept)
 
 
-
 def test_prune_tells_the_time_each_table_took_to_drop_its_days(db_url: str) -> None:
     """Three old days of reports and of replies (one linked): the prune times the drop of each
     table that had days to drop, the deletion of the replies' links with it, and no other."""
@@ -419,6 +418,7 @@ def test_prune_tells_the_time_each_table_took_to_drop_its_days(db_url: str) -> N
     assert set(result.table_seconds) == {"status_reports", "uplinks"}
     assert all(seconds > 0 for seconds in result.table_seconds.values())
     assert sum(result.table_seconds.values()) <= result.drop_seconds
+
 
 # --- ready for Citus ----------------------------------------------------------------------------
 
