@@ -89,8 +89,7 @@ def write_durably(fd: int, data: bytes, offset: int) -> None:
             if written or error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise
             _dsync = None
-    while written < len(data):
-        written += os.pwrite(fd, data[written:], offset + written)
+    write(fd, data, offset)
     os.fdatasync(fd)
 
 
@@ -353,9 +352,8 @@ class Journal:
             return
         try:
             socket.send_fds(self._syncer_socket, [b"s"], [] if self._syncer_has_fd else [self._fd])
-        except OSError:  # the syncer is gone: the thread syncs this flush (writing it again)
-            self._syncer_gone(flush[0])
-            self._to_thread(flush)
+        except OSError:
+            self._syncer_gone(flush[0], flush)
             return
         self._syncer_has_fd = True
         self._syncing = (flush, segment)
@@ -370,10 +368,8 @@ class Journal:
         except OSError:
             answer = b""
         syncing, self._syncing = self._syncing, None
-        if not answer:  # the syncer is gone: the thread syncs the flush in hand (writing it again)
-            self._syncer_gone(loop)
-            if syncing is not None:
-                self._to_thread(syncing[0])
+        if not answer:
+            self._syncer_gone(loop, syncing[0] if syncing is not None else None)
             return
         if syncing is None:
             return
@@ -385,13 +381,17 @@ class Journal:
         else:
             self._flush_done(flush, segment, None)
 
-    def _syncer_gone(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Forget a syncer that stopped answering; the next flush starts a new one."""
+    def _syncer_gone(self, loop: asyncio.AbstractEventLoop, held: _Flush | None) -> None:
+        """Forget a syncer that stopped answering; the flush it ``held`` (already written) goes
+        to the journal thread, which writes it again where it was and syncs it; the next flush
+        starts a new syncer."""
         log.warning("journal.syncer_gone", pid=self._syncer.pid if self._syncer else None)
         self._syncer_deaths.append(time.monotonic())
         self._close_syncer_socket(loop)
         if self._syncer is not None:
             self._end_syncer()
+        if held is not None:
+            self._to_thread(held)
 
     def _end_syncer(self) -> None:
         """Kill the syncer and reap it off the loop (one stuck in the disk may take a while to go)."""
