@@ -3,7 +3,10 @@
 Request ``i`` is due at ``start + i / rate`` whatever happened to the earlier ones, and its
 latency is measured from that due time, not from when it was actually sent: a slow answer
 cannot hold the next requests back and hide itself (no coordinated omission). The client's own
-lateness (due time to send) is reported beside it, so a client that cannot keep up shows.
+lateness (due time to send) is reported beside it, so a client that cannot keep up shows, and
+so is the CPU it used: on a small machine the generator shares the cores with the server it
+measures, so it is built to cost little (no task, future or timer per request on a kept-alive
+connection: the answer is handled where it is read, and the next queued request sent from there).
 
     python -m bench.openloop --url http://127.0.0.1:8080/callbacks/TOKEN/status-report \\
         --rate 1000 --duration 10 --mode close --prefix ol1 --out result.json
@@ -12,16 +15,19 @@ lateness (due time to send) is reported beside it, so a client that cannot keep 
 close``; ``--mode keep`` reuses idle keep-alive connections, opens more when none is idle, up
 to ``--connections``; past that a request queues for the next free one (its wait counts).
 Ids are ``PREFIX-0_<i>``; the result lists the ``i`` that got no 2xx, so the caller can check
-that every acknowledged report was stored.
+that every acknowledged report was stored. A request unanswered after 10 s counts as a timeout.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
+import resource
 import ssl
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 BODY = (
@@ -30,24 +36,47 @@ BODY = (
 TIMEOUT = 10.0
 
 
-class Exchange(asyncio.Protocol):
-    """One HTTP/1.1 connection; one request at a time."""
+class Tally:
+    """What the run saw: each answered request's latency from its due time, each send's
+    lateness, the statuses, and the requests that got no 2xx."""
 
     def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.lateness: list[float] = []
+        self.unacked: list[int] = []
+        self.statuses: dict[str, int] = {}
+
+    def answered(self, i: int, due: float, status: int) -> None:
+        self.latencies.append(time.perf_counter() - due)
+        self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
+        if not 200 <= status < 300:
+            self.unacked.append(i)
+
+    def failed(self, i: int, error: str) -> None:
+        self.statuses[error] = self.statuses.get(error, 0) + 1
+        self.unacked.append(i)
+
+
+class Exchange(asyncio.Protocol):
+    """One HTTP/1.1 connection, one request at a time. The answer is parsed where it is read;
+    ``on_free`` is called with the connection once it can take the next request, or once it
+    closed (``closed`` set)."""
+
+    def __init__(self, tally: Tally, on_free: Callable[[Exchange], None]) -> None:
+        self.tally = tally
+        self.on_free = on_free
         self.transport: asyncio.Transport | None = None
-        self.waiter: asyncio.Future[int] | None = None
         self.buffer = b""
+        self.current: tuple[int, float, float] | None = None  # i, due time, time sent
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def send(self, data: bytes) -> asyncio.Future[int]:
+    def send(self, i: int, due: float, request: bytes) -> None:
         assert self.transport is not None
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.buffer = b""
-        self.transport.write(data)
-        return self.waiter
+        self.current = (i, due, time.perf_counter())
+        self.transport.write(request)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -64,13 +93,27 @@ class Exchange(asyncio.Protocol):
             return
         status = int(self.buffer[9:12])
         self.buffer = b""
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(status)
+        current, self.current = self.current, None
+        if current is not None:
+            self.tally.answered(current[0], current[1], status)
+            self.on_free(self)
+
+    def abort(self, error: str) -> None:
+        """Give up on the request under way (``error`` counted) and close."""
+        current, self.current = self.current, None
+        if current is not None:
+            self.tally.failed(current[0], error)
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
         self.closed = True
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("connection closed before the answer"))
+        current, self.current = self.current, None
+        if current is not None:
+            self.tally.failed(current[0], "ConnectionError")
+        self.on_free(self)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -96,118 +139,139 @@ async def run(
         f"POST {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
         f"Content-Type: application/x-www-form-urlencoded\r\n{'Connection: close' + chr(13) + chr(10) if close else ''}"
     )
-    loop = asyncio.get_running_loop()
-    idle: list[Exchange] = []
-    queue: list[asyncio.Future[Exchange | None]] = []  # requests waiting for a keep-alive connection
-    opened = 0
-    latencies: list[float] = []
-    lateness: list[float] = []
-    unacked: list[int] = []
-    statuses: dict[str, int] = {}
-    outstanding: set[asyncio.Task[None]] = set()
-    total = int(rate * duration)
 
-    def release(exchange: Exchange | None) -> None:
-        """A keep-alive connection is free again (None: it was closed, a new one may be opened)."""
-        nonlocal opened
-        if exchange is None or exchange.closed:
-            opened -= 1
-            exchange = None
-        while queue:
-            waiter = queue.pop(0)
-            if not waiter.done():
-                if exchange is None:
-                    opened += 1
-                waiter.set_result(exchange)
-                return
-        if exchange is not None:
+    def request(i: int) -> bytes:
+        body = BODY.format(id=f"{prefix}-0_{i}").encode()
+        return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    loop = asyncio.get_running_loop()
+    tally = Tally()
+    busy: set[Exchange] = set()
+    idle: list[Exchange] = []
+    queued: collections.deque[tuple[int, float]] = collections.deque()  # waiting for a keep-alive connection
+    opening = 0  # keep-alive connections being opened
+    connecting: set[asyncio.Task[None]] = set()
+
+    def refill() -> None:
+        """Open connections for the queued requests, as far as ``connections`` allows."""
+        while queued and len(busy) + len(idle) + opening < connections:
+            open_one(*queued.popleft())
+
+    def free(exchange: Exchange) -> None:
+        """A keep-alive connection can take the next request, or closed."""
+        if exchange.closed:
+            busy.discard(exchange)
+            if exchange in idle:
+                idle.remove(exchange)
+            refill()
+            return
+        if queued:
+            i, due = queued.popleft()
+            exchange.send(i, due, request(i))
+        else:
+            busy.discard(exchange)
             idle.append(exchange)
 
-    async def one(i: int, due: float) -> None:
-        nonlocal opened
-        body = BODY.format(id=f"{prefix}-0_{i}").encode()
-        request = (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-        lateness.append(time.perf_counter() - due)
-        exchange: Exchange | None = None
-        try:
-            if not close:
-                while idle and exchange is None:
-                    candidate = idle.pop()
-                    if candidate.closed:
-                        opened -= 1
-                    else:
-                        exchange = candidate
-                if exchange is None:
-                    if opened < connections:
-                        opened += 1
-                    else:
-                        waiter: asyncio.Future[Exchange | None] = loop.create_future()
-                        queue.append(waiter)
-                        exchange = await waiter  # None: a slot to open a new connection in
-            if exchange is None:
-                _, exchange = await asyncio.wait_for(
-                    loop.create_connection(
-                        Exchange, host, port, ssl=context, server_hostname=host if context else None
-                    ),
-                    TIMEOUT,
-                )
-            assert exchange is not None
-            connected = exchange
-            status = await asyncio.wait_for(connected.send(request), TIMEOUT)
-        except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as error:
-            statuses[type(error).__name__] = statuses.get(type(error).__name__, 0) + 1
-            unacked.append(i)
-            if not close:
-                if exchange is not None and exchange.transport is not None:
-                    exchange.transport.close()
-                release(None)
-            return
-        latencies.append(time.perf_counter() - due)
-        statuses[str(status)] = statuses.get(str(status), 0) + 1
-        if not 200 <= status < 300:
-            unacked.append(i)
-        if close:
-            if connected.transport is not None:
-                connected.transport.close()
-        else:
-            release(connected)
+    def closed_one(exchange: Exchange) -> None:
+        """A connection of ``--mode close`` answered or closed."""
+        busy.discard(exchange)
+        if not exchange.closed and exchange.transport is not None:
+            exchange.transport.close()
 
+    async def connect(i: int, due: float) -> None:
+        nonlocal opening
+        try:
+            _, exchange = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: Exchange(tally, closed_one if close else free),
+                    host, port, ssl=context, server_hostname=host if context else None,
+                ),
+                TIMEOUT,
+            )  # fmt: skip
+        except (OSError, TimeoutError, ssl.SSLError) as error:
+            tally.failed(i, type(error).__name__)
+            if not close:
+                opening -= 1
+                refill()
+            return
+        if not close:
+            opening -= 1
+        busy.add(exchange)
+        exchange.send(i, due, request(i))
+
+    def open_one(i: int, due: float) -> None:
+        nonlocal opening
+        if not close:
+            opening += 1
+        task = loop.create_task(connect(i, due))
+        connecting.add(task)
+        task.add_done_callback(connecting.discard)
+
+    def due_now(i: int, due: float) -> None:
+        tally.lateness.append(time.perf_counter() - due)
+        if idle:
+            exchange = idle.pop()
+            busy.add(exchange)
+            exchange.send(i, due, request(i))
+            return
+        if close or len(busy) + opening < connections:
+            open_one(i, due)
+        else:
+            queued.append((i, due))
+
+    def overdue() -> None:
+        """Requests sent more than TIMEOUT ago: counted as timeouts, their connections closed."""
+        limit = time.perf_counter() - TIMEOUT
+        for exchange in [e for e in busy if e.current is not None and e.current[2] < limit]:
+            exchange.abort("TimeoutError")
+
+    total = int(rate * duration)
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter() + 0.05
+    next_sweep = start + 1.0
     i = 0
     while i < total:
         now = time.perf_counter()
         while i < total and start + i / rate <= now:
-            task = loop.create_task(one(i, start + i / rate))
-            outstanding.add(task)
-            task.add_done_callback(outstanding.discard)
+            due_now(i, start + i / rate)
             i += 1
-        wait = start + i / rate - time.perf_counter()
-        # uvloop timers have millisecond resolution: sleep for the long gaps, yield for the short ones
-        await asyncio.sleep(wait - 0.001 if wait > 0.002 else 0)
+        if now >= next_sweep:
+            overdue()
+            next_sweep = now + 1.0
+        # Wake once a millisecond at most (uvloop's timer resolution) and send what fell due
+        # meanwhile: spinning for the next due time would take a core from the server measured.
+        # A request may so go out up to a millisecond late; its latency counts that against the server.
+        await asyncio.sleep(max(start + i / rate - time.perf_counter(), 0.001))
     elapsed = time.perf_counter() - start
-    if outstanding:
-        await asyncio.wait(outstanding, timeout=TIMEOUT * 2)
-    for exchange in idle:
-        if exchange.transport is not None:
-            exchange.transport.close()
-    ms = [v * 1000 for v in latencies]
-    late = [v * 1000 for v in lateness]
+    deadline = time.perf_counter() + TIMEOUT * 2
+    while (busy or connecting or queued) and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+        overdue()
+        if not close:
+            refill()  # open connections for what still queues, if some closed
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    for exchange in idle + list(busy):
+        exchange.abort("TimeoutError")
+    for i_left, _due in queued:
+        tally.failed(i_left, "TimeoutError")
+    ms = [v * 1000 for v in tally.latencies]
+    late = [v * 1000 for v in tally.lateness]
+    cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
     return {
         "rate": rate,
         "sent": total,
         "send_seconds": elapsed,
         "achieved_rate": total / elapsed if elapsed > 0 else 0.0,
-        "statuses": statuses,
-        "unacked": sorted(unacked),
+        "statuses": tally.statuses,
+        "unacked": sorted(tally.unacked),
         "p50_ms": percentile(ms, 50),
         "p90_ms": percentile(ms, 90),
         "p99_ms": percentile(ms, 99),
         "p999_ms": percentile(ms, 99.9),
         "max_ms": max(ms) if ms else float("nan"),
         "client_lateness_p99_ms": percentile(late, 99),
+        "client_cpu_us_per_request": cpu / total * 1e6 if total else float("nan"),
     }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

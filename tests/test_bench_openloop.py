@@ -1,0 +1,63 @@
+"""The open-loop load generator (bench/openloop.py) counts every request once: answered with a
+2xx, refused, or lost with its connection, so the benchmark's id-by-id loss check can trust it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from bench import openloop
+
+ANSWERS = {
+    0: b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+    1: b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+}
+
+
+class Server(asyncio.Protocol):
+    """Answers request ``i`` by ``i % 3``: 200, 503, or closes the connection without an answer.
+    With ``Connection: close`` it closes after each answer."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            head, _, rest = self.buffer.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+            if len(rest) < length:
+                return
+            body, self.buffer = rest[:length], rest[length:]
+            i = int(re.search(rb"smsMsgId=[^&]*_(\d+)", body).group(1))  # type: ignore[union-attr]
+            if i % 3 == 2:
+                self.transport.close()
+                return
+            self.transport.write(ANSWERS[i % 3])
+            if b"connection: close" in head.lower():
+                self.transport.close()
+                return
+
+
+@pytest.mark.parametrize("mode", ["keep", "close"])
+def test_every_request_is_counted_once_as_answered_refused_or_lost(mode: str) -> None:
+    async def scenario() -> dict[str, object]:
+        server = await asyncio.get_running_loop().create_server(Server, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await openloop.run(
+                f"http://127.0.0.1:{port}/callbacks/t/status-report", rate=300, duration=1, mode=mode, prefix="x",
+                connections=4,
+            )  # fmt: skip
+        finally:
+            server.close()
+
+    result = asyncio.run(scenario())
+    assert result["sent"] == 300
+    assert result["statuses"] == {"200": 100, "503": 100, "ConnectionError": 100}
+    assert result["unacked"] == [i for i in range(300) if i % 3]
+    assert 0 < result["p50_ms"] <= result["p99_ms"] < 1000  # type: ignore[operator]
+    assert result["client_cpu_us_per_request"] > 0  # type: ignore[operator]
