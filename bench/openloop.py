@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
+import os
 import resource
 import ssl
 import time
@@ -34,6 +36,7 @@ BODY = (
     "sequence=1&total=1&orgCode=000&updateTime=2018-04-13T06%3A31%3A46Z&source=2&smsMsgId={id}&status=DELIVRD"
 )
 TIMEOUT = 10.0
+CLIENT_NICE = -5  # above the servers measured: a late send would count against them
 
 
 class Tally:
@@ -271,6 +274,7 @@ async def run(
         "max_ms": max(ms) if ms else float("nan"),
         "client_lateness_p99_ms": percentile(late, 99),
         "client_cpu_us_per_request": cpu / total * 1e6 if total else float("nan"),
+        "client_nice": os.getpriority(os.PRIO_PROCESS, 0),
     }
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -285,6 +289,9 @@ def main() -> None:
     parser.add_argument("--out", help="write the result as JSON here (default: stdout)")
     args = parser.parse_args()
     import uvloop  # comes with uvicorn[standard]
+
+    with contextlib.suppress(PermissionError):  # when allowed (root): its sends go out on time
+        os.setpriority(os.PRIO_PROCESS, 0, CLIENT_NICE)
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         result = runner.run(run(args.url, args.rate, args.duration, args.mode, args.prefix, args.connections))
