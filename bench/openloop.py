@@ -147,6 +147,10 @@ async def run(
         body = BODY.format(id=f"{prefix}-0_{i}").encode()
         return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
+    # A new connection per request from one address would soon have used every local port
+    # (28,000 by default, each held 60 s in TIME_WAIT): at thousands a second the kernel's search
+    # for a free one costs the client more and more. On loopback, spread them over addresses.
+    spread = close and host == "127.0.0.1"
     loop = asyncio.get_running_loop()
     tally = Tally()
     busy: set[Exchange] = set()
@@ -188,6 +192,7 @@ async def run(
                 loop.create_connection(
                     lambda: Exchange(tally, closed_one if close else free),
                     host, port, ssl=context, server_hostname=host if context else None,
+                    local_addr=(f"127.0.{i % 200}.{2 + i // 200 % 250}", 0) if spread else None,
                 ),
                 TIMEOUT,
             )  # fmt: skip

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     )
     writer_batch_size: int = 1000
     writer_interval_seconds: float = Field(
-        default=0.1, ge=0, le=5, description="during bursts, store at most this often (larger batches)"
+        default=0.5, ge=0, le=5, description="during bursts, store at most this often (larger batches)"
     )
     shutdown_drain_seconds: float = 10.0
     writer: Literal["process", "inline"] = Field(
