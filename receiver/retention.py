@@ -278,32 +278,34 @@ async def _detach_each_day(conn: asyncpg.Connection, result: Result) -> None:
 
 async def _drop_retired(conn: asyncpg.Connection, result: Result, connect: Connect | None) -> int:
     """Drop every retired table, each table's days in one transaction: one table after the other
-    on ``conn``, or with ``connect`` on :data:`DROP_CONNECTIONS` at once (``conn`` one of them).
-    Returns how many were dropped."""
+    on ``conn``, or with ``connect`` on :data:`DROP_CONNECTIONS` at once (``conn`` one of them; a
+    connection that cannot be opened leaves its share to the others). Returns how many went."""
     started = time.perf_counter()
     try:
         rows = await conn.fetch(_RETIRED_TABLES, list(partitions.TABLES), RETIRED)
         by_table: dict[str, list[str]] = {}
         for row in rows:
             by_table.setdefault(row["parent"], []).append(row["name"])
-        queue = list(by_table.values())  # the event feed's first
+        queue = list(by_table.values())
 
         async def drop_on(db: asyncpg.Connection) -> None:
             while queue:
                 await _drop(db, queue.pop(0))
 
-        async def drop_on_new() -> None:
-            assert connect is not None
-            extra = await connect()
+        async def drop_on_new(open_one: Connect) -> None:
             try:
-                await drop_on(extra)
+                db = await open_one()
+            except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+                log.warning("prune.connect_failed", error=type(error).__name__)
+                return
+            try:
+                await drop_on(db)
             finally:
-                await extra.close()
+                await db.close()
 
-        extra = min(DROP_CONNECTIONS, len(queue)) - 1 if connect is not None else 0
-        failed = [error for error in await asyncio.gather(drop_on(conn), *(drop_on_new() for _ in range(extra)),
-                                                          return_exceptions=True) if error is not None]  # fmt: skip
-        if failed:
+        extra = [drop_on_new(connect) for _ in range(min(DROP_CONNECTIONS, len(queue)) - 1)] if connect else []
+        outcomes = await asyncio.gather(drop_on(conn), *extra, return_exceptions=True)
+        if failed := [error for error in outcomes if error is not None]:
             raise failed[0]
         return len(rows)
     finally:

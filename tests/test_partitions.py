@@ -306,6 +306,8 @@ def test_a_database_with_rows_is_converted_in_place(empty_db_url: str, tmp_path:
 
 # --- retention by day ---------------------------------------------------------------------------
 
+_RETIRED_TABLES = "SELECT relname::text FROM pg_class WHERE relname LIKE 'retired\\_%' ORDER BY 1"  # detached days not dropped yet
+
 
 def test_prune_drops_the_days_past_the_cutoff_and_deletes_rows_only_in_the_day_that_straddles_it(
     db_url: str, tmp_path: Path
@@ -423,7 +425,11 @@ def test_prune_tells_the_time_each_table_took_to_drop_its_days(db_url: str) -> N
     assert result.lock_seconds + result.file_seconds <= result.drop_seconds
 
 
-_RETIRED_TABLES = "SELECT relname::text FROM pg_class WHERE relname LIKE 'retired\\_%' ORDER BY 1"
+@pytest.mark.parametrize("table", list(partitions.TABLES))
+def test_the_retired_name_of_every_partition_fits_postgresql_s_names(table: str) -> None:
+    """PostgreSQL cuts a longer name to 63 bytes: two days could then share one."""
+    for partition in (f"{table}_20261205", f"{table}_older"):
+        assert len(retention.retired(partition).encode()) <= 63
 
 
 async def _retire(conn: asyncpg.Connection, table: str, day: datetime) -> str:
