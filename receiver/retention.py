@@ -19,16 +19,16 @@ events pruned away (``receiver.blacklist.store.rebuild``), so pruning never chan
 UTC day (:mod:`receiver.partitions`): every partition that ends at or before the cutoff goes
 whole, whatever it holds, in two steps. Each table in one short transaction (the event feed's
 first, then reports, replies with their ``reply_links``, refused requests, sends, states, sends
-after an opt-out): its old days are detached and renamed :data:`RETIRED` ``<day>``, a change of
-the catalog alone, so the table's lock is held for a moment. Then the retired tables are
-dropped, with no lock of the service's tables held: their files go while the writer and the API
-go on. A prune stopped between the two leaves retired tables, which no query reads; the next
-prune drops them before anything else. The lock of a table lasts as long for a day of ten
-reports as for a day of ten million; the drop grows with the bytes. The rules above then apply, row by row, only to what is left older than
-the cutoff: the day that straddles it (and the table as it was before partitioning, until its
-last day is past the cutoff). A message whose events lie on both sides of a dropped day loses
-those of that day with it: its reports of the day, or its send and state when they are on it
-(docs/storage.md).
+after an opt-out): its old days are detached, renamed :data:`RETIRED` ``<day>`` and lose their
+foreign keys, a change of the catalog alone, so the table's lock is held for a moment, as long
+for a day of ten reports as for a day of ten million. Then the retired tables are dropped, with
+no lock of the service's tables held: their files go (a time that grows with their bytes) while
+the writer and the API go on. A prune stopped between the two leaves retired tables, which no
+query reads; the next prune drops them before anything else. The rules above then apply, row by
+row, only to what is left older than the cutoff: the day that straddles it (and the table as it
+was before partitioning, until its last day is past the cutoff). A message whose events lie on
+both sides of a dropped day loses those of that day with it: its reports of the day, or its send
+and state when they are on it (docs/storage.md).
 
 Each batch is one transaction of at most ``batch_size`` candidates, so a large prune holds no
 long lock and can run while the service ingests. A message batch takes the same per-message
