@@ -21,8 +21,9 @@ time:
   every partition, the plan not cached yet);
 - **retention**: ``receiver prune --older-than``, which drops the oldest 30 days (fewer when
   fewer are kept; the cutoff an hour into the next day) of every partitioned table whole; the
-  time of the drops, and of the whole prune (which also deletes, row by row, the hour of the
-  day that straddles the cutoff).
+  time of the drops (of it, the tables locked while their days are detached, and the drop of
+  the detached days' files), and of the whole prune (which also deletes, row by row, the hour
+  of the day that straddles the cutoff).
 
 The next size refills the days the prune emptied. Prints one table; check ``df -h`` first
 (about 1.1 GB per million reports with their sends and states).
@@ -219,12 +220,13 @@ async def partition_count(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM receiver_partitions('status_reports')"))
 
 
-async def prune_month(conn: asyncpg.Connection, days: int) -> retention.Result:
-    """Prune the oldest 30 days, or all but the newest when fewer are kept; the result's
-    ``drop_seconds`` is the time of the drops."""
+async def prune_month(conn: asyncpg.Connection, url: str, days: int) -> retention.Result:
+    """Prune the oldest 30 days, or all but the newest when fewer are kept, as ``receiver prune``
+    does (its drops on connections of their own); the result's ``drop_seconds`` is the time of the
+    drops, ``lock_seconds`` and ``file_seconds`` its two phases."""
     first_kept = datetime.now(UTC).date() - timedelta(days=days - min(30, days - 1))  # the days filled end yesterday
     cutoff = datetime(first_kept.year, first_kept.month, first_kept.day, tzinfo=UTC) + timedelta(hours=1)
-    return await retention.prune(conn, datetime.now(UTC) - cutoff)
+    return await retention.prune(conn, datetime.now(UTC) - cutoff, connect=lambda: asyncpg.connect(url))
 
 
 def p50_p99(samples: list[float]) -> tuple[float, float]:
@@ -250,13 +252,15 @@ async def stage(url: str, reports: int, days: int, rounds: int, batches: int, ah
         first = await first_query(url)
         print(f"  first GET /v1/messages/{{id}} of a new connection {first:.1f} ms", flush=True)
         t0 = time.perf_counter()
-        pruned = await prune_month(conn, days)
+        pruned = await prune_month(conn, url, days)
         whole = time.perf_counter() - t0
         by_table = ", ".join(f"{table} {seconds:.2f}" for table, seconds in pruned.table_seconds.items())
-        print(f"  prune: {len(pruned.dropped)} partitions dropped in {pruned.drop_seconds:.2f} s ({by_table});"
+        print(f"  prune: {len(pruned.dropped)} partitions dropped in {pruned.drop_seconds:.2f} s: tables locked"
+              f" {pruned.lock_seconds:.2f} s ({by_table}), files {pruned.file_seconds:.2f} s;"
               f" whole prune {whole:.1f} s", flush=True)  # fmt: skip
         return {"reports": stored, "days": days, "partitions": parts, "ingest": rate, "latencies": latencies,
-                "first": first, "drop": pruned.drop_seconds, "prune": whole, "dropped": len(pruned.dropped),
+                "first": first, "drop": pruned.drop_seconds, "locked": pruned.lock_seconds,
+                "files": pruned.file_seconds, "prune": whole, "dropped": len(pruned.dropped),
                 "gone": pruned.counts["status_reports"]}  # fmt: skip
     finally:
         await conn.close()
@@ -300,7 +304,8 @@ def main() -> None:
     for r in results:
         cells = [f"{p50:.2f} / {p99:.2f}" for p50, p99 in (p50_p99(r["latencies"][n]) for n in names)]  # type: ignore[index]
         print(f"| {r['reports']:,} | {r['days']} | {r['partitions']} | {r['ingest']:,.0f} | " + " | ".join(cells)
-              + f" | {r['first']:.1f} | {r['dropped']} partitions, {r['drop']:.2f} s | {r['prune']:.1f} s |")  # fmt: skip
+              + f" | {r['first']:.1f} | {r['dropped']} partitions, {r['drop']:.2f} s"
+              + f" (tables locked {r['locked']:.2f} s, files {r['files']:.2f} s) | {r['prune']:.1f} s |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -521,7 +521,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             if args.dry_run and (behind := await migrate.pending(conn)):  # a dry run changes nothing, schema neither
                 raise _SchemaBehind(behind)
             return await retention.prune(
-                conn, args.older_than, dry_run=args.dry_run, batch_size=args.batch_size
+                conn, args.older_than, dry_run=args.dry_run, batch_size=args.batch_size, connect=lambda: _connect(url)
             )
         finally:
             await conn.close()

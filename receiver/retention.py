@@ -16,14 +16,19 @@ What stays, whatever its age: applications, API keys, push keys, and the blackli
 events pruned away (``receiver.blacklist.store.rebuild``), so pruning never changes the list.
 
 **Whole days first.** The event tables and the tables of one row per message are partitioned by
-UTC day (:mod:`receiver.partitions`): every partition that ends at or before the cutoff is
-dropped whole, one ``DROP TABLE`` per table, whatever it holds (the event feed's first, then
-reports, replies with their ``reply_links``, refused requests, sends, states, sends after an
-opt-out). That takes the same time for a day of ten reports as for a day of ten million. The
-rules above then apply, row by row, only to what is left older than the cutoff: the day that
-straddles it (and the table as it was before partitioning, until its last day is past the
-cutoff). A message whose events lie on both sides of a dropped day loses those of that day with
-it: its reports of the day, or its send and state when they are on it (docs/storage.md).
+UTC day (:mod:`receiver.partitions`): every partition that ends at or before the cutoff goes
+whole, whatever it holds, in two steps. Each table in one short transaction (the event feed's
+first, then reports, replies with their ``reply_links``, refused requests, sends, states, sends
+after an opt-out): its old days are detached, renamed :data:`RETIRED` ``<day>`` and lose their
+foreign keys, a change of the catalog alone, so the table's lock is held for a moment, as long
+for a day of ten reports as for a day of ten million. Then the retired tables are dropped, with
+no lock of the service's tables held: their files go (a time that grows with their bytes) while
+the writer and the API go on. A prune stopped between the two leaves retired tables, which no
+query reads; the next prune drops them before anything else. The rules above then apply, row by
+row, only to what is left older than the cutoff: the day that straddles it (and the table as it
+was before partitioning, until its last day is past the cutoff). A message whose events lie on
+both sides of a dropped day loses those of that day with it: its reports of the day, or its send
+and state when they are on it (docs/storage.md).
 
 Each batch is one transaction of at most ``batch_size`` candidates, so a large prune holds no
 long lock and can run while the service ingests. A message batch takes the same per-message
@@ -34,8 +39,10 @@ that misses it. One prune at a time (a session advisory lock); a dry run takes n
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -49,7 +56,10 @@ from .correlation import store as correlation_store
 log = structlog.get_logger("receiver.retention")
 
 _LOCK_PRUNE = 0x50524E31  # session advisory lock: one prune at a time
-LOCK_TIMEOUT = "10s"  # dropping a day waits this long for the queries reading its table
+LOCK_TIMEOUT = "10s"  # detaching a day waits this long for the queries reading its table
+DROP_CONNECTIONS = 3  # connections dropping retired tables at once, when prune is given a way to connect
+
+Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 
 @dataclass(frozen=True)
@@ -115,8 +125,10 @@ class Result:
     # A dry run's rows of the days it would drop: the rules row by row leave them out, as they
     # would not see them after a real drop.
     gone: list[int] = field(default_factory=list)  # partitions' oids
-    drop_seconds: float = 0.0  # the time the whole days took
-    table_seconds: dict[str, float] = field(default_factory=dict)  # of it, each table's (its child rows' DELETEs with it)
+    drop_seconds: float = 0.0  # the time the whole days took: lock_seconds, file_seconds and the look-ups between
+    lock_seconds: float = 0.0  # of it, the days' tables locked: detaching the days (their child rows' DELETEs with it)
+    table_seconds: dict[str, float] = field(default_factory=dict)  # lock_seconds, each table's
+    file_seconds: float = 0.0  # of it, dropping the detached days (their files), no table of the service's locked
 
     def add(self, table: str, n: int) -> None:
         self.counts[table] = self.counts.get(table, 0) + n
@@ -131,29 +143,36 @@ def tables() -> list[str]:
 
 
 async def prune(
-    conn: asyncpg.Connection, older_than: timedelta, *, dry_run: bool = False, batch_size: int = 10_000
+    conn: asyncpg.Connection,
+    older_than: timedelta,
+    *,
+    dry_run: bool = False,
+    batch_size: int = 10_000,
+    connect: Connect | None = None,
 ) -> Result:
     """Delete (``dry_run``: count) what is older than ``older_than``, by the database's clock.
 
-    Outside a transaction: each batch commits on its own. Raises :class:`Busy` when another
-    prune is running."""
+    Outside a transaction: each batch commits on its own. ``connect`` opens a connection to the
+    same database: the detached days are then dropped on :data:`DROP_CONNECTIONS` at once
+    (closed when done), else one table after the other on ``conn``. Raises :class:`Busy` when
+    another prune is running."""
     cutoff = await conn.fetchval("SELECT now() - $1::interval", older_than)
     result = Result(cutoff, dry_run, {name: 0 for name in tables()})
     if dry_run:
-        await _run(conn, result, batch_size)
+        await _run(conn, result, batch_size, connect)
         return result
     if not await conn.fetchval("SELECT pg_try_advisory_lock($1::bigint)", _LOCK_PRUNE):
         raise Busy("another prune is running")
     try:
-        await _run(conn, result, batch_size)
+        await _run(conn, result, batch_size, connect)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1::bigint)", _LOCK_PRUNE)
     log.info("prune.done", cutoff=cutoff.isoformat(), **result.counts)
     return result
 
 
-async def _run(conn: asyncpg.Connection, result: Result, batch_size: int) -> None:
-    await _drop_days(conn, result)
+async def _run(conn: asyncpg.Connection, result: Result, batch_size: int, connect: Connect | None) -> None:
+    await _drop_days(conn, result, connect)
     await _table(conn, EVENT_FEED, result, batch_size)
     await _sent_messages(conn, result, batch_size)
     await _unsent_messages(conn, result, batch_size)
@@ -170,16 +189,54 @@ async def _run(conn: asyncpg.Connection, result: Result, batch_size: int) -> Non
 _ROWS = "SELECT CASE WHEN reltuples >= 0 THEN reltuples::bigint END FROM pg_class WHERE oid = $1::regclass"
 _CHILD_ROWS = {"uplinks": ("reply_links", "uplink_id")}
 
+# A day detached from its table is renamed with this prefix until it is dropped: no query of the
+# service reads it, no day partition is named so (the day can be made again), and a prune that
+# stopped before dropping it finds it by name. ``retired_sends_after_optout_YYYYMMDD``, the
+# longest, is 35 characters (PostgreSQL's limit is 63).
+RETIRED = "retired_"
 
-async def _drop_days(conn: asyncpg.Connection, result: Result) -> None:
+# The retired tables of each partitioned table, in its schema.
+_RETIRED_TABLES = """
+SELECT t.parent, c.relname::text AS name
+FROM unnest($1::text[]) WITH ORDINALITY AS t(parent, n)
+JOIN pg_class p ON p.oid = to_regclass(t.parent)
+JOIN pg_class c ON c.relnamespace = p.relnamespace AND c.relkind = 'r' AND NOT c.relispartition
+                AND starts_with(c.relname, $2 || t.parent || '_')
+ORDER BY t.n, c.relname
+"""
+
+
+_FOREIGN_KEYS = """
+SELECT conrelid::regclass::text AS t, quote_ident(conname) AS c FROM pg_constraint
+WHERE contype = 'f' AND conrelid = ANY($1::regclass[])
+"""
+
+
+def retired(partition: str) -> str:
+    """The name of ``partition`` once detached, until it is dropped."""
+    return RETIRED + partition
+
+
+async def _drop_days(conn: asyncpg.Connection, result: Result, connect: Connect | None) -> None:
+    """Every day past the cutoff, each table's in one short transaction: detached and renamed as
+    retired (its table's lock held for the catalog alone), then, with no lock of the service's
+    tables held, the retired tables dropped (the files go then). Retired tables a prune left
+    behind (stopped between the two) are dropped first."""
     started = time.perf_counter()
     try:
-        await _drop_each_day(conn, result)
+        if not result.dry_run and (left := await _drop_retired(conn, result, connect)):
+            log.info("prune.retired_left", tables=left)  # by a prune stopped before its drops
+        await _detach_each_day(conn, result)
+        if not result.dry_run:
+            await _drop_retired(conn, result, connect)
     finally:
         result.drop_seconds = time.perf_counter() - started
+    if result.dropped and not result.dry_run:
+        log.info("prune.dropped", partitions=len(result.dropped), locked_seconds=round(result.lock_seconds, 3),
+                 file_seconds=round(result.file_seconds, 3), seconds=round(result.drop_seconds, 3))  # fmt: skip
 
 
-async def _drop_each_day(conn: asyncpg.Connection, result: Result) -> None:
+async def _detach_each_day(conn: asyncpg.Connection, result: Result) -> None:
     for table in partitions.TABLES:
         days = [p.name for p in await partitions.partitions(conn, table) if p.upper is not None and p.upper <= result.cutoff]
         if not days:
@@ -194,8 +251,8 @@ async def _drop_each_day(conn: asyncpg.Connection, result: Result) -> None:
                 result.gone.append(await conn.fetchval("SELECT $1::regclass::oid", day))
             result.dropped += days
             continue
-        # One transaction and one DROP per table: its lock is taken once, and held for as long
-        # as dropping the files takes.
+        # One transaction per table, its lock taken once: the days leave the table, their files
+        # stay (dropped once the lock is released).
         started = time.perf_counter()
         async with conn.transaction():
             await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
@@ -205,12 +262,60 @@ async def _drop_each_day(conn: asyncpg.Connection, result: Result) -> None:
                 for day in days:
                     sql = f"DELETE FROM {child[0]} WHERE {child[1]} IN (SELECT id FROM {day})"
                     result.add(child[0], _count(await conn.execute(sql)))
-            await conn.execute(f"DROP TABLE {', '.join(days)}")
-        # Most of it is the commit: PostgreSQL empties the files of the partitions and of their indexes then.
+            await conn.execute(";".join(f"ALTER TABLE {table} DETACH PARTITION {day}; ALTER TABLE {day} RENAME TO {retired(day)}"
+                                        for day in days))  # fmt: skip
+            # Their foreign keys go now: dropped with the tables, they would lock the tables they refer to
+            # (applications) for as long as the files take.
+            keys = await conn.fetch(_FOREIGN_KEYS, [retired(day) for day in days])
+            if keys:
+                await conn.execute(";".join(f"ALTER TABLE {k['t']} DROP CONSTRAINT {k['c']}" for k in keys))
         result.table_seconds[table] = seconds = time.perf_counter() - started
+        result.lock_seconds += seconds
         result.add(table, sum(rows.values()))
         result.dropped += days
-        log.info("prune.dropped", table=table, partitions=len(days), rows=sum(rows.values()), seconds=round(seconds, 3))
+        log.info("prune.detached", table=table, partitions=len(days), rows=sum(rows.values()), seconds=round(seconds, 3))
+
+
+async def _drop_retired(conn: asyncpg.Connection, result: Result, connect: Connect | None) -> int:
+    """Drop every retired table, each table's days in one transaction: one table after the other
+    on ``conn``, or with ``connect`` on :data:`DROP_CONNECTIONS` at once (``conn`` one of them; a
+    connection that cannot be opened leaves its share to the others). Returns how many went."""
+    started = time.perf_counter()
+    try:
+        rows = await conn.fetch(_RETIRED_TABLES, list(partitions.TABLES), RETIRED)
+        by_table: dict[str, list[str]] = {}
+        for row in rows:
+            by_table.setdefault(row["parent"], []).append(row["name"])
+        queue = list(by_table.values())
+
+        async def drop_on(db: asyncpg.Connection) -> None:
+            while queue:
+                await _drop(db, queue.pop(0))
+
+        async def drop_on_new(open_one: Connect) -> None:
+            try:
+                db = await open_one()
+            except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+                log.warning("prune.connect_failed", error=type(error).__name__)
+                return
+            try:
+                await drop_on(db)
+            finally:
+                await db.close()
+
+        extra = [drop_on_new(connect) for _ in range(min(DROP_CONNECTIONS, len(queue)) - 1)] if connect else []
+        outcomes = await asyncio.gather(drop_on(conn), *extra, return_exceptions=True)
+        if failed := [error for error in outcomes if error is not None]:
+            raise failed[0]
+        return len(rows)
+    finally:
+        result.file_seconds += time.perf_counter() - started
+
+
+async def _drop(conn: asyncpg.Connection, names: list[str]) -> None:
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        await conn.execute(f"DROP TABLE {', '.join(names)}")
 
 
 async def _rows(conn: asyncpg.Connection, name: str) -> int:

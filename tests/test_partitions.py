@@ -306,6 +306,8 @@ def test_a_database_with_rows_is_converted_in_place(empty_db_url: str, tmp_path:
 
 # --- retention by day ---------------------------------------------------------------------------
 
+_RETIRED_TABLES = "SELECT relname::text FROM pg_class WHERE relname LIKE 'retired\\_%' ORDER BY 1"  # detached days not dropped yet
+
 
 def test_prune_drops_the_days_past_the_cutoff_and_deletes_rows_only_in_the_day_that_straddles_it(
     db_url: str, tmp_path: Path
@@ -356,6 +358,7 @@ def test_prune_drops_the_days_past_the_cutoff_and_deletes_rows_only_in_the_day_t
     # every message whose reports all went has no state left; the others keep theirs
     states = run(fetch(db_url, "SELECT count(*) FROM message_states"))[0][0]
     assert states == kept["n"]
+    assert run(fetch(db_url, _RETIRED_TABLES)) == []  # the days' tables are gone, not only detached
 
 
 def test_prune_drops_the_old_days_of_sends_and_states_and_keeps_the_newer_ones(db_url: str, tmp_path: Path) -> None:
@@ -417,7 +420,101 @@ def test_prune_tells_the_time_each_table_took_to_drop_its_days(db_url: str) -> N
     assert len(result.dropped) == 6 and result.counts["reply_links"] == 1
     assert set(result.table_seconds) == {"status_reports", "uplinks"}
     assert all(seconds > 0 for seconds in result.table_seconds.values())
-    assert sum(result.table_seconds.values()) <= result.drop_seconds
+    assert sum(result.table_seconds.values()) == pytest.approx(result.lock_seconds)
+    assert result.file_seconds > 0
+    assert result.lock_seconds + result.file_seconds <= result.drop_seconds
+
+
+@pytest.mark.parametrize("table", list(partitions.TABLES))
+def test_the_retired_name_of_every_partition_fits_postgresql_s_names(table: str) -> None:
+    """PostgreSQL cuts a longer name to 63 bytes: two days could then share one."""
+    for partition in (f"{table}_20261205", f"{table}_older"):
+        assert len(retention.retired(partition).encode()) <= 63
+
+
+async def _retire(conn: asyncpg.Connection, table: str, day: datetime) -> str:
+    """Detach ``table``'s partition of ``day`` and rename it, as a prune does before it drops the
+    day's files: what a prune stopped there (killed, its connection lost) leaves behind."""
+    name = f"{table}_{day:%Y%m%d}"
+    await conn.execute(f"ALTER TABLE {table} DETACH PARTITION {name}; ALTER TABLE {name} RENAME TO {retention.retired(name)}")
+    return retention.retired(name)
+
+
+def test_a_prune_drops_the_retired_days_a_stopped_prune_left_and_the_day_can_be_made_again(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A prune stopped between detaching its days and dropping them left an old day of reports
+    (made again since, with a report) and an empty day of replies ahead retired: the next
+    `receiver prune` drops both retired tables, whatever their day, and the old day anew."""
+    old = datetime.now(UTC) - timedelta(days=40)
+    ahead = datetime.now(UTC) + timedelta(days=3)
+
+    async def leave_retired() -> list[str]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            app_id = await _app(conn)
+            await partitions.create(conn, "status_reports", old.date())
+            await store(conn, [_report(app_id, "r-old", old)], HOOKS)
+            left = [await _retire(conn, "status_reports", old), await _retire(conn, "uplinks", ahead)]
+            assert await partitions.create(conn, "status_reports", old.date())  # its name is free
+            await store(conn, [_report(app_id, "r-again", old + timedelta(minutes=1))], HOOKS)
+            return left
+        finally:
+            await conn.close()
+
+    left = run(leave_retired())
+    assert [r[0] for r in run(fetch(db_url, _RETIRED_TABLES))] == sorted(left)
+    done = cli("prune", "--older-than", "20d", env=service_env(tmp_path, db_url))
+    assert "1 day partitions whole" in done.stdout  # the day made again
+    assert run(fetch(db_url, _RETIRED_TABLES)) == []
+    assert run(fetch(db_url, "SELECT count(*) FROM status_reports WHERE sms_msg_id LIKE 'r-%'"))[0][0] == 0
+
+
+def test_while_a_prune_drops_the_files_of_its_days_the_writer_stores_into_their_table(db_url: str) -> None:
+    """The drop of the old days' files is held up (an event trigger on the drop of a table waits
+    for a lock another connection holds): meanwhile the writer stores a report into the table
+    the days belonged to at once, under a lock timeout of a second. The prune then ends."""
+
+    async def scenario() -> tuple[retention.Result, list[asyncpg.Record]]:
+        conn, holder, writer = [await asyncpg.connect(db_url) for _ in range(3)]
+        try:
+            app_id = await _app(conn)
+            start = datetime.now(UTC) - timedelta(days=40)
+            for day in range(3):
+                await partitions.create(conn, "status_reports", (start + timedelta(days=day)).date())
+                await store(conn, [_report(app_id, f"w-{day}", start + timedelta(days=day))], HOOKS)
+            await holder.execute("SELECT pg_advisory_lock(4242)")
+            await conn.execute("""
+                CREATE FUNCTION hold_drop() RETURNS event_trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF EXISTS (SELECT FROM pg_event_trigger_dropped_objects() WHERE object_type = 'table') THEN
+                        PERFORM pg_advisory_xact_lock(4242);
+                    END IF;
+                END $$;
+                CREATE EVENT TRIGGER hold_drop ON sql_drop EXECUTE FUNCTION hold_drop();
+            """)
+            pruning = asyncio.create_task(retention.prune(conn, timedelta(days=20)))
+            waiting = "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted)"
+            for _ in range(500):
+                if await writer.fetchval(waiting):
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the prune never reached the drop")
+            await writer.execute("SET lock_timeout = '1s'")
+            await store(writer, [_report(app_id, "w-now", datetime.now(UTC))], HOOKS)
+            assert not pruning.done()
+            await holder.execute("SELECT pg_advisory_unlock(4242)")
+            result = await asyncio.wait_for(pruning, 10)
+            return result, await writer.fetch("SELECT sms_msg_id FROM status_reports ORDER BY 1")
+        finally:
+            for c in (conn, holder, writer):
+                await c.close()
+
+    result, stored = run(scenario())
+    assert len(result.dropped) == 3 and result.counts["status_reports"] == 3
+    assert [r[0] for r in stored] == ["w-now"]
+    assert run(fetch(db_url, _RETIRED_TABLES)) == []
 
 
 # --- ready for Citus ----------------------------------------------------------------------------
