@@ -208,7 +208,11 @@ def test_a_shorter_duration_reaches_recent_events(harness: Harness, tmp_path: Pa
     report(harness, "two-hours-ago", 1)
     report(harness, "just-now", 1)
     harness.settle()
-    run(fetch(harness.url, "UPDATE status_reports SET received_at = now() - interval '2 hours' "
+    # Two hours ago, or the start of the UTC day of the cutoff an hour ago when that is later
+    # (from 01:00 to 02:00 UTC): a day that ends before the cutoff is dropped whole, and this is
+    # about the rows' rule, which applies in the day that straddles the cutoff.
+    run(fetch(harness.url, "UPDATE status_reports SET received_at = greatest(now() - interval '2 hours', "
+                           "date_trunc('day', now() - interval '1 hour', 'UTC')) "
                            "WHERE sms_msg_id = 'two-hours-ago'"))  # fmt: skip
     received_then(harness)
     # Received two hours ago but stored just now (it waited in the journal): its event, dated by
