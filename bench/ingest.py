@@ -579,7 +579,7 @@ class Bench:
             f"{TRANSPORTS[server.transport]} {MODES[mode]} receiver at {rate:,.0f} req/s ({what}), "
             f"open loop: p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, p99.9 {result['p999_ms']:.2f} ms "
             f"(client lateness p99 {result['client_lateness_p99_ms']:.2f} ms, client CPU "
-            f"{result.get('client_cpu_us_per_request', float('nan')):.0f} µs a request), statuses {result['statuses']}, "
+            f"{result['client_cpu_us_per_request']:.0f} µs a request), statuses {result['statuses']}, "
             f"zero loss {'PASS' if lost == 0 else f'FAIL ({lost} missing)'}"
         )
         return result
