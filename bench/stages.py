@@ -1,19 +1,21 @@
 """The stage table: CPU per request of each step of the acknowledgement path, and per report of
-the writer's Python and of PostgreSQL, in-process, no HTTP.
+the writer's Python and of PostgreSQL, in-process, no network.
 
     .venv/bin/python -m bench stages [--requests 20000] [--concurrency 32] [--batches 20] [--repeat 3]
 
-Acknowledgement (a worker's side, per request): the real ASGI callable
-(:class:`receiver.http.callbacks.Callbacks`, inside a Starlette app built as
-``receiver.http.app`` builds it) is called with a synthetic scope, ``receive`` and ``send``,
-``--concurrency`` requests at a time on uvloop, against a real journal (group commit, synced
-as the service syncs it: by its syncer process by default) in a temporary folder, an in-memory application registry, a
-quarantine, the JSON log lines written to a file and the metrics in multiprocess mode, as under
-``receiver serve``. Then each piece alone: the application look-up, ``ingest.accept`` (and
-within it the protocol parse and ``records.accepted``), ``journal.append`` under the same
-concurrency, the log line, the metrics updates; what is left of the whole is the ASGI plumbing,
-the header scan, the request id and the answer. Beside it, the plain Starlette handler
-(``await request.form()``, answer 200) driven the same way.
+Acknowledgement (a worker's side, per request): request bytes handed to the receiver's uvicorn
+protocol (:class:`receiver.uvicorn_adapter.GuardedHttpToolsProtocol`) on in-memory
+connections, ``--concurrency`` kept-alive connections at a time on uvloop: parsed by
+httptools, claimed by the callbacks' direct lane (:class:`receiver.http.callbacks.Lane`, as the
+worker's lifespan hands it to uvicorn), against a real journal (group commit, synced as the
+service syncs it: by its syncer process by default) in a temporary folder, an in-memory
+application registry, a quarantine, the JSON log lines written to a file and the metrics in
+multiprocess mode, as under ``receiver serve``. Then each piece alone: the application
+look-up, ``ingest.accept`` (and within it the protocol parse and ``records.accepted``),
+``journal.append`` under the same concurrency, the log line, the metrics updates; what is
+left of the whole is the HTTP parsing, the header scan, the request id and the answer.
+Beside it, the plain Starlette handler (``await request.form()``, answer 200) through the
+same protocol (its ASGI cycle and task, as uvicorn runs every application).
 
 Writer (per report, batches of ``--batch-size``): reading the journal the acknowledgement wrote,
 ``writer._decode`` (envelope and protocol parse), building the rows, and ``writer.store()``
@@ -24,8 +26,8 @@ processes': WAL writer, checkpointer).
 CPU is ``time.process_time()`` (every thread of this process: the log writer's, the journal's
 where it syncs on a thread) plus the journals' syncer processes' (``/proc/PID/stat``, in clock
 ticks), or ``/proc/PID/stat`` for PostgreSQL; each figure is
-the median of ``--repeat`` runs. Neither side pays here for uvicorn's HTTP parsing, TLS or the
-kernel's network: those cost the receiver and the plain handler the same.
+the median of ``--repeat`` runs. Both sides pay for uvicorn's HTTP parsing; neither for TLS or
+the kernel's network, which cost the receiver and the plain handler the same.
 
 Output: a markdown table on stdout and in bench/out/stages.md.
 """
@@ -42,6 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +71,80 @@ def body(n: int) -> bytes:
     return BODY.replace(b"{n}", str(n).encode())
 
 
-def scope() -> dict[str, Any]:
-    return {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-        "method": "POST", "scheme": "http", "path": PATH, "raw_path": PATH.encode(), "query_string": b"",
-        "root_path": "", "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8080),
-        "headers": [(b"host", b"127.0.0.1:8080"), (b"content-type", FORM), (b"content-length", b"120"),
-                    (b"user-agent", b"bench")],
-    }  # fmt: skip
+HEAD = (
+    b"POST " + PATH.encode() + b" HTTP/1.1\r\nhost: 127.0.0.1:8080\r\ncontent-type: " + FORM
+    + b"\r\nuser-agent: bench\r\ncontent-length: %d\r\n\r\n"
+)  # fmt: skip
+
+
+class _Memory(asyncio.Transport):
+    """An in-memory connection: what the protocol writes goes to ``written``."""
+
+    def __init__(self, written: Callable[[bytes], None]) -> None:
+        super().__init__()
+        self.written = written
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 40000)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class Served:
+    """``concurrency`` kept-alive connections to ``app`` through the receiver's uvicorn protocol
+    (``receiver.uvicorn_adapter``, with ``app_state`` as the lifespan left it), each on an
+    in-memory transport: :meth:`call` sends request ``i`` as bytes and waits for its answer."""
+
+    def __init__(self, app: Any, app_state: dict[str, Any], concurrency: int, answers: dict[int, int]) -> None:
+        import uvicorn
+        from uvicorn.server import ServerState
+
+        from receiver.uvicorn_adapter import GuardedHttpToolsProtocol, configure
+
+        config = configure(uvicorn.Config(app, lifespan="off", log_level="warning", proxy_headers=False), client_timeout=10.0)
+        config.load()
+        state = ServerState()
+        state.default_headers = [(b"date", b"Sat, 05 Dec 2026 00:00:00 GMT")]
+        self.answers = answers
+        self.free: list[tuple[Any, list[Any]]] = []
+        for _ in range(concurrency):
+            protocol = GuardedHttpToolsProtocol(config, state, app_state, asyncio.get_event_loop())
+            waiter: list[Any] = [None]
+            protocol.connection_made(_Memory(partial(self.written, waiter)))
+            self.free.append((protocol, waiter))
+
+    def written(self, waiter: list[Any], data: bytes) -> None:
+        if data.startswith(b"HTTP/1.1 "):
+            status = int(data[9:12])
+            self.answers[status] = self.answers.get(status, 0) + 1
+        if b"\r\n\r\n" in data and waiter[0] is not None:  # every answer here has an empty body
+            waiter[0].set_result(None)
+            waiter[0] = None
+
+    async def call(self, i: int) -> None:
+        protocol, waiter = self.free.pop()
+        payload = body(i)
+        waiter[0] = asyncio.get_running_loop().create_future()
+        protocol.data_received(HEAD % len(payload) + payload)
+        await waiter[0]
+        self.free.append((protocol, waiter))
 
 
 def count_flushes(journal: Any) -> list[int]:
@@ -181,6 +250,7 @@ class Stages:
         from receiver.journal.envelope import Kind
         from receiver.protocol import form, parse_status_report_form
         from receiver.quarantine import Quarantine
+        from receiver.uvicorn_adapter import LANE
 
         from .baselines import plain_status_report
 
@@ -220,41 +290,30 @@ class Stages:
             routes=[Route("/callbacks/{token}/status-report", plain_status_report, methods=["POST"])]
         )
         answers: dict[int, int] = {}
+        lane = {LANE: callbacks.Lane(receiver_app.state)}  # what the worker's lifespan hands uvicorn
 
-        async def send(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                answers[message["status"]] = answers.get(message["status"], 0) + 1
-
-        def asgi(app: Any) -> Callable[[int], Awaitable[None]]:
-            async def call(i: int) -> None:
-                payload = body(i)
-
-                async def receive() -> dict[str, Any]:
-                    return {"type": "http.request", "body": payload, "more_body": False}
-
-                await app(scope(), receive, send)
-
-            return call
+        def served(app: Any, app_state: dict[str, Any]) -> Callable[[int], Awaitable[None]]:
+            return Served(app, app_state, c, answers).call
 
         async def nothing(scope: Any, receive: Any, send: Any) -> None:
             await receive()
-            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
             await send({"type": "http.response.body", "body": b""})
 
-        self.loop.run_until_complete(asgi(receiver_app)(0))  # warm: the journal thread, the log writer
+        self.loop.run_until_complete(served(receiver_app, lane)(0))  # warm: the journal thread, the log writer
         answers.clear()
         flushes[0] = 0
-        whole = self.async_cpu(asgi(receiver_app), n, c, logs.flush)
+        whole = self.async_cpu(served(receiver_app, lane), n, c, logs.flush)
         per_flush = answers.get(200, 0) / max(1, flushes[0])
         if set(answers) != {200}:
             raise RuntimeError(f"the receiver answered {answers}, not only 200")
         self.add(
-            section, "ack", "whole acknowledgement: `Callbacks` (Starlette app as in http/app.py), journal, log line, metrics",
+            section, "ack", "whole acknowledgement: uvicorn's protocol and the callbacks' lane, journal, log line, metrics",
             whole, f"{c} concurrent; {per_flush:.1f} records per fdatasync",
         )  # fmt: skip
         alone = min(n, 2000)
         before = os.times()
-        single = self.async_cpu(asgi(receiver_app), alone, 1, logs.flush)
+        single = self.async_cpu(served(receiver_app, lane), alone, 1, logs.flush)
         system = (os.times().system - before.system) / (alone * a.repeat)
         self.add(
             section, "ack1", "the same, one request at a time (an fdatasync each)", single,
@@ -344,19 +403,22 @@ class Stages:
         self.add(
             section,
             "rest",
-            "of which: the rest (ASGI plumbing, header scan, request id, answer)",
+            "of which: the rest (HTTP parsing, header scan, request id, answer)",
             rest,
             "whole minus the pieces",
         )
-        harness = self.async_cpu(asgi(nothing), n, c, lambda: None)
-        self.add(section, "harness", "the harness alone (scope, receive, send; in both figures)", harness)
+        harness = self.async_cpu(served(nothing, {}), n, c, lambda: None)
+        self.add(
+            section, "harness", "the protocol alone, an ASGI application answering 200 (in the plain handler's figure)",
+            harness, "the in-memory connection and its request bytes are in every figure here",
+        )  # fmt: skip
         self.add(section, "body", "making each request's body (in every figure here)", self.sync_cpu(body, n))
         answers.clear()
-        plain = self.async_cpu(asgi(plain_app), n, c, lambda: None)
+        plain = self.async_cpu(served(plain_app, {}), n, c, lambda: None)
         if answers != {200: n // c * c * a.repeat}:
             raise RuntimeError(f"the plain handler answered {answers}")
         self.add(
-            section, "plain", "**plain Starlette handler** (`await request.form()`, 200), same harness", plain
+            section, "plain", "**plain Starlette handler** (`await request.form()`, 200), through the same protocol", plain
         )
         self.add(section, "ratio", "acknowledgement / plain handler", None, f"{whole / plain:.2f}")
         self.loop.run_until_complete(journal.close())
@@ -545,7 +607,7 @@ class Stages:
 
         lines = [
             (
-                f"Stage table: CPU per request (acknowledgement) and per report (writer, PostgreSQL), in-process, no HTTP; "
+                f"Stage table: CPU per request (acknowledgement) and per report (writer, PostgreSQL), in-process, no network; "
                 f"median of {a.repeat} runs of {a.requests:,} requests ({a.concurrency} at a time, uvloop) and "
                 f"{a.batches} batches of {a.batch_size:,} reports. Metrics {'multiprocess' if MULTIPROCESS else 'single process'}; "
                 f"thread switch interval {self.switch_interval * 1000:g} ms. "
@@ -565,8 +627,8 @@ class Stages:
         lines += [
             "",
             (
-                "Neither figure includes uvicorn's HTTP parsing, TLS, or the kernel's network: they cost the receiver "
-                "and the plain handler the same."
+                "Both figures include uvicorn's HTTP parsing; neither TLS nor the kernel's network, which cost the "
+                "receiver and the plain handler the same."
             ),
         ]
         return "\n".join(lines) + "\n"

@@ -3,7 +3,7 @@
 uvicorn's public API covers most of serving: :class:`uvicorn.Config` (the loop, the HTTP protocol
 class as an import string, ``ssl_context_factory``, ``timeout_graceful_shutdown``, workers) and
 :class:`uvicorn.Server` (``run``, ``should_exit``, ``started``). :mod:`receiver.server` uses only
-those. Three things it does not offer need uvicorn's internals, and they live here:
+those. Four things it does not offer need uvicorn's internals, and they live here:
 
 1. **Deadlines for slow clients** (:class:`GuardedHttpToolsProtocol`). uvicorn has no timeout for
    a request's head or body, nor for an answer the client never reads, and no bound on the size
@@ -22,7 +22,21 @@ those. Three things it does not offer need uvicorn's internals, and they live he
    ``uvicorn.supervisors.Multiprocess`` answers SIGHUP by replacing every worker (dropping their
    connections); it dispatches each signal to a method ``handle_<name>``, so overriding
    ``handle_hup`` (and reading ``processes``) is the only way to pass the signal on instead.
-3. **Ending open event streams at shutdown** (:func:`server_exit_flag`). uvicorn waits for open
+3. **A direct lane for the callbacks** (:class:`GuardedHttpToolsProtocol`, :data:`LANE`). uvicorn
+   runs every request as an asyncio task of its own around an ASGI cycle; for a status report,
+   which needs nothing but its body, a few checks and the journal's flush, that machinery cost
+   more CPU than the rest of the acknowledgement. The application's lifespan may put a
+   :class:`Lane` in its state (the ASGI lifespan state, which uvicorn hands every protocol as
+   ``app_state``); a request the lane claims, once its head is complete, is answered by the lane
+   itself, with no task, scope copy or cycle: see :class:`GuardedHttpToolsProtocol`. Everything
+   else about the connection (deadlines, limits, keep-alive, pipelining, TLS, shutdown) stays
+   uvicorn's. Claiming replays the scope fields uvicorn's ``on_headers_complete`` sets (method,
+   HTTP version, path, raw path, query string), and the answer carries the server's default
+   headers (``ServerState.default_headers``: the date). While the lane answers, a stand-in for
+   uvicorn's cycle (:class:`_LaneCycle`) is the protocol's ``cycle``, so uvicorn's own code
+   queues a pipelined request behind it, tells it when the client is gone, and asks it to close
+   at shutdown.
+4. **Ending open event streams at shutdown** (:func:`server_exit_flag`). uvicorn waits for open
    responses before it shuts the application down, and an event stream never ends by itself;
    the application never sees the :class:`uvicorn.Server` (a spawned worker builds its own). The
    server's SIGTERM/SIGINT handler is its bound ``handle_exit``, installed with
@@ -62,9 +76,12 @@ import http
 import json
 import os
 import signal
+import urllib.parse
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
+import httptools
 import structlog
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
@@ -75,7 +92,10 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from . import metrics
 
-__all__ = ["HTTP", "INTERNALS", "STARTUP_FAILURE", "GuardedHttpToolsProtocol", "Supervisor", "configure", "server_exit_flag"]
+__all__ = [
+    "HTTP", "INTERNALS", "LANE", "STARTUP_FAILURE", "GuardedHttpToolsProtocol", "Lane", "LaneRequest", "Respond",
+    "Supervisor", "configure", "server_exit_flag",
+]  # fmt: skip
 
 HTTP = f"{__name__}:GuardedHttpToolsProtocol"  # Config(http=...): imported by name in each worker
 log = structlog.get_logger("receiver")
@@ -85,6 +105,23 @@ BODY_GRACE = 1.0
 DEFAULT_TIMEOUT = 10.0
 # Scope key: how many requests the connection carried before this one (0 for a new connection).
 KEPT_ALIVE = "receiver.earlier_requests"
+# Lifespan-state key of the application's :class:`Lane`, if it has one.
+LANE = "receiver.lane"
+
+# The lane's answer: (status, headers, body); the protocol adds the status line, the server's
+# default headers, content-length and, when the connection ends with it, connection: close.
+Respond = Callable[[int, list[tuple[bytes, bytes]], bytes], None]
+
+
+class LaneRequest(Protocol):
+    def finish(self, body: bytes, respond: Respond) -> None:
+        """The whole body is here: answer, now or later, by calling ``respond`` once."""
+
+
+class Lane(Protocol):
+    def claim(self, scope: dict[str, Any]) -> LaneRequest | None:
+        """A request whose head is complete (``scope`` as uvicorn fills it): take it, or leave it
+        to the ASGI application (None)."""
 
 
 # What this module relies on beyond uvicorn's public API: (owner, name, kind, parameters). The
@@ -103,6 +140,16 @@ INTERNALS: tuple[tuple[type, str, str, tuple[str, ...]], ...] = (
     (HttpToolsProtocol, "resume_writing", "method", ()),
     (HttpToolsProtocol, "_start_asgi_task", "method", ("cycle", "app")),
     (HttpToolsProtocol, "connection_lost", "method", ("exc",)),
+    (HttpToolsProtocol, "on_body", "method", ("body",)),
+    (HttpToolsProtocol, "_unset_keepalive_if_required", "method", ()),
+    (HttpToolsProtocol, "shutdown", "method", ()),
+    (HttpToolsProtocol, "parser", "attribute", ()),
+    (HttpToolsProtocol, "url", "attribute", ()),
+    (HttpToolsProtocol, "scope", "attribute", ()),
+    (HttpToolsProtocol, "app_state", "attribute", ()),
+    (HttpToolsProtocol, "root_path", "attribute", ()),
+    (HttpToolsProtocol, "expect_100_continue", "attribute", ()),
+    (HttpToolsProtocol, "server_state", "attribute", ()),
     (HttpToolsProtocol, "loop", "attribute", ()),
     (HttpToolsProtocol, "transport", "attribute", ()),
     (HttpToolsProtocol, "flow", "attribute", ()),
@@ -111,6 +158,8 @@ INTERNALS: tuple[tuple[type, str, str, tuple[str, ...]], ...] = (
     (RequestResponseCycle, "response_complete", "attribute", ()),
     (RequestResponseCycle, "disconnected", "attribute", ()),
     (RequestResponseCycle, "message_event", "attribute", ()),
+    (RequestResponseCycle, "keep_alive", "attribute", ()),
+    (ServerState, "default_headers", "attribute", ()),
     (Multiprocess, "__init__", "method", ("config", "sockets")),
     (Multiprocess, "handle_signals", "method", ()),
     (Multiprocess, "handle_hup", "method", ()),
@@ -150,6 +199,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._running: RequestResponseCycle | None = None
         self._served = 0  # requests on this connection
+        # The application's direct lane (filled in by its lifespan before anything is served).
+        self._lane: Lane | None = app_state.get(LANE)
+        self._claimed: LaneRequest | None = None  # the lane's request while its body is read
+        self._claimed_keep_alive = True
+        self._lane_body: list[bytes] = []
 
     # --- the request ---------------------------------------------------------------------------
 
@@ -159,6 +213,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self._claimed is not None:
+            self._unclaim()  # its body did not come whole with its head: the application reads it
         if self._in_head and not self.transport.is_closing():
             self._head_bytes += len(data)  # headers still incomplete: all of this chunk was head
             if self._head_bytes > MAX_HEAD_BYTES:
@@ -170,6 +226,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # connection does not wait for company in the journal (see http/callbacks.py).
         self.scope[KEPT_ALIVE] = self._served  # type: ignore[literal-required]  # an extra key
         self._served += 1
+        self._unset_keepalive_if_required()  # a lane may have answered within this read, arming it
         self._in_head = True
         self._head_bytes = 0
         self._arm(self.client_timeout, "timeout_request")
@@ -177,11 +234,92 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._arm(self.client_timeout + BODY_GRACE, "timeout_body")
+        if self._lane is not None and self._claim(self._lane):
+            return
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if self._claimed is not None:
+            self._lane_body.append(body)
+            return
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        request = self._claimed
+        if request is None:
+            super().on_message_complete()
+            self._disarm()
+            return
+        self._claimed = None
         self._disarm()
+        body = b"".join(self._lane_body)
+        self._lane_body = []
+        cycle = self.cycle = _LaneCycle(self._claimed_keep_alive)  # type: ignore[assignment]  # what uvicorn reads of a cycle
+        respond = partial(self._lane_respond, cycle)
+        try:
+            request.finish(body, respond)
+        except Exception:  # a defect: nothing was acknowledged
+            log.exception("lane.failed")
+            respond(500, [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(_INTERNAL))], _INTERNAL)
+
+    # --- the direct lane -----------------------------------------------------------------------
+
+    def _claim(self, lane: Lane) -> bool:
+        """Offer the request whose head just ended to the lane, unless it must wait its turn
+        (an answer under way), expects ``100 Continue`` or asks for an upgrade."""
+        cycle, parser = self.cycle, self.parser
+        if (cycle is not None and not cycle.response_complete) or self.expect_100_continue or parser.should_upgrade():
+            return False
+        scope: Any = self.scope  # the fields uvicorn's on_headers_complete sets, as it sets them
+        version = parser.get_http_version()
+        try:
+            scope["method"] = parser.get_method().decode("ascii")
+            url = httptools.parse_url(self.url)
+        except (UnicodeDecodeError, httptools.HttpParserError):
+            return False  # uvicorn answers it
+        if version != "1.1":
+            scope["http_version"] = version
+        raw_path = url.path
+        path = raw_path.decode("ascii")
+        scope["path"] = self.root_path + (urllib.parse.unquote(path) if "%" in path else path)
+        scope["raw_path"] = self.root_path.encode("ascii") + raw_path
+        scope["query_string"] = url.query or b""
+        request = lane.claim(scope)
+        if request is None:
+            return False
+        self._claimed = request
+        self._claimed_keep_alive = version != "1.0" and parser.should_keep_alive()
+        return True
+
+    def _unclaim(self) -> None:
+        """Hand a claimed request to the ASGI application after all, with what came of its body."""
+        self._claimed = None
+        body = b"".join(self._lane_body)
+        self._lane_body = []
+        if self.transport.is_closing():
+            return
+        super().on_headers_complete()
+        if body:
+            super().on_body(body)
+
+    def _lane_respond(self, cycle: _LaneCycle, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        if cycle.response_complete:
+            return
+        cycle.response_complete = True
+        if cycle.disconnected or self.transport.is_closing():
+            return  # nobody to answer
+        parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
+        for name, value in self.server_state.default_headers:
+            parts += (name, b": ", value, b"\r\n")
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        if not cycle.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts += (b"\r\n", body)
+        self.transport.write(b"".join(parts))
+        if not cycle.keep_alive:
+            self.transport.close()
+        self.on_response_complete()
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "bad_request", "not a valid HTTP/1.1 request")
@@ -266,6 +404,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
         if self.transport.get_write_buffer_size() and self._write_deadline is None:
             self._write_deadline = self.loop.call_later(self.client_timeout, self._unread)
+
+
+_STATUS_LINES = {int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode()) for s in http.HTTPStatus}
+_INTERNAL = b'{"error":"internal_error","detail":"the request failed; nothing was acknowledged"}'
+
+
+class _LaneCycle:
+    """Stands in for uvicorn's ``RequestResponseCycle`` while the lane answers a request: what
+    uvicorn's protocol reads and sets of its current cycle (a pipelined request waits behind
+    it, the client's leaving is marked on it, shutdown clears ``keep_alive``)."""
+
+    __slots__ = ("disconnected", "keep_alive", "response_complete")
+
+    def __init__(self, keep_alive: bool) -> None:
+        self.keep_alive = keep_alive
+        self.disconnected = False
+        self.response_complete = False
+
+    @property
+    def message_event(self) -> _LaneCycle:
+        return self  # uvicorn sets it when the connection is lost: nothing waits on it here
+
+    def set(self) -> None:
+        pass
 
 
 class Supervisor(Multiprocess):

@@ -74,10 +74,16 @@ def empty_db_url(pg_server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def harness(db_url: str, tmp_path: Path) -> Iterator[Harness]:
-    """The application in-process on a database of its own, with one application and one API key."""
-    with serving(db_url, tmp_path) as h:
+def harness(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Harness]:
+    """The application in-process on a database of its own, with one application and one API key.
+    Parametrized indirectly with ``True`` (:data:`BOTH_PATHS`), its callbacks go over a socket to
+    uvicorn's protocol and the direct lane instead of Starlette's test client."""
+    with serving(db_url, tmp_path, lane=getattr(request, "param", False)) as h:
         yield h
+
+
+# ``pytestmark = BOTH_PATHS`` in a module: each of its tests runs through the ASGI path and the lane.
+BOTH_PATHS = pytest.mark.parametrize("harness", [False, True], ids=["asgi", "lane"], indirect=True)
 
 
 @pytest.fixture

@@ -80,14 +80,16 @@ class Harness:
         headers = {"Authorization": f"Bearer {self.api_key}", **kwargs.pop("headers", {})}
         return self.client.request(method, path, headers=headers, **kwargs)
 
+    lane: LaneServer | None = None  # set: callbacks go over a socket to uvicorn's protocol, the direct lane's way
+
     def post(
         self, endpoint: str, body: str | bytes, content_type: str = FORM, token: str | None = None
     ) -> httpx.Response:
-        return self.client.post(
-            f"/callbacks/{token or self.token}/{endpoint}",
-            content=body.encode() if isinstance(body, str) else body,
-            headers={"Content-Type": content_type},
-        )
+        path = f"/callbacks/{token or self.token}/{endpoint}"
+        content = body.encode() if isinstance(body, str) else body
+        if self.lane is not None:
+            return self.lane.post(path, content, {"Content-Type": content_type})
+        return self.client.post(path, content=content, headers={"Content-Type": content_type})
 
     def settle(self) -> None:
         """Wait until the writer has moved everything journaled into PostgreSQL, and the
@@ -365,8 +367,65 @@ class OwnPostgres:
         self.server._server.start()
 
 
+class LaneServer:
+    """The in-process application behind uvicorn's protocol (the receiver's, with its direct lane)
+    on a loopback port, in the application's own event loop: what ``receiver serve`` runs, but
+    for the TestClient's portal. Every callback it is sent whole must be claimed by the lane."""
+
+    def __init__(self, client: TestClient) -> None:
+        import uvicorn
+        from uvicorn.server import ServerState
+
+        from receiver.uvicorn_adapter import LANE, GuardedHttpToolsProtocol, configure
+
+        self.client = client
+        self.claims = 0
+        lane = client.app_state[LANE]
+        claim = lane.claim
+
+        def counted(scope: dict[str, Any]) -> Any:
+            request = claim(scope)
+            self.claims += request is not None
+            return request
+
+        lane.claim = counted
+        config = configure(uvicorn.Config(client.app, lifespan="off", proxy_headers=False, log_level="warning"),
+                           client_timeout=10.0)  # fmt: skip
+        config.load()
+
+        async def start() -> asyncio.Server:
+            loop = asyncio.get_running_loop()
+            state = ServerState()
+            return await loop.create_server(lambda: GuardedHttpToolsProtocol(config, state, client.app_state, loop),
+                                            "127.0.0.1", 0)  # fmt: skip
+
+        assert client.portal is not None
+        self.server = client.portal.call(start)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        claims = self.claims
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("POST", path, body=body, headers=headers)  # head and body in one send
+            answer = conn.getresponse()
+            response = httpx.Response(answer.status, headers=answer.getheaders(), content=answer.read())
+        finally:
+            conn.close()
+        if len(body) <= self.client.app.state.settings.max_body_bytes:  # type: ignore[attr-defined]
+            assert self.claims == claims + 1, "a callback sent whole was not answered by the lane"
+        return response
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self.server.close()
+
+        assert self.client.portal is not None
+        self.client.portal.call(stop)
+
+
 @contextlib.contextmanager
-def serving(db_url: str, data_dir: Path, **settings: object) -> Iterator[Harness]:
+def serving(db_url: str, data_dir: Path, *, lane: bool = False, **settings: object) -> Iterator[Harness]:
     """The app in-process on ``db_url`` with one application and one API key, and the settings given."""
     from receiver import apikeys, applications
     from receiver.config import Settings
@@ -388,6 +447,13 @@ def serving(db_url: str, data_dir: Path, **settings: object) -> Iterator[Harness
 
     try:
         with TestClient(create_app(config)) as client:
-            yield Harness(client, token, db_url, key)
+            harness = Harness(client, token, db_url, key)
+            if lane:
+                harness.lane = LaneServer(client)
+            try:
+                yield harness
+            finally:
+                if harness.lane is not None:
+                    harness.lane.close()
     finally:
         logs.flush()  # the test's log lines while its output is still captured, not after

@@ -8,9 +8,12 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
+from conftest import BOTH_PATHS
 from support import FORM, JSON, Harness, huawei_sample, run
 
 from receiver import applications
+
+pytestmark = BOTH_PATHS  # each test through the ASGI path and the direct lane
 
 # The platform's official sample bodies (docs/protocol.md, Official samples); each is parsed and
 # stored on its own in test_huawei_samples.py.

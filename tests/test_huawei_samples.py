@@ -8,9 +8,12 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from conftest import BOTH_PATHS
 from support import JSON, Harness, huawei_sample
 
 from receiver.protocol import parse_status_report_batch, parse_status_report_form, parse_uplink_form
+
+pytestmark = BOTH_PATHS  # each test through the ASGI path and the direct lane
 
 T_API = datetime(2018, 4, 13, 6, 31, 46, tzinfo=UTC)
 T_DEMO = datetime(2018, 10, 31, 8, 43, 41, tzinfo=UTC)

@@ -9,6 +9,7 @@ import json
 from urllib.parse import urlencode
 
 import pytest
+from conftest import BOTH_PATHS
 from support import FORM, JSON, Harness
 
 from receiver import records
@@ -66,6 +67,7 @@ CASES = [
 ]  # fmt: skip
 
 
+@BOTH_PATHS
 @pytest.mark.parametrize(("endpoint", "content_type", "body", "status", "answer"), CASES)
 def test_every_limit_is_a_4xx_with_a_json_reason_quarantined_and_counted(
     harness: Harness, endpoint: str, content_type: str, body: str | bytes, status: int, answer: dict[str, object]
@@ -103,6 +105,7 @@ def test_a_signature_refusal_quotes_a_long_header_only_in_part() -> None:
     assert len(error.detail) == signature.MAX_DETAIL and error.detail.endswith("…")
 
 
+@BOTH_PATHS
 @pytest.mark.parametrize(("endpoint", "base", "table"), [("status-report", REPORT, "status_reports"), ("uplink", UPLINK, "uplinks")])
 def test_a_body_whose_escapes_would_pass_a_mebibyte_is_journaled_as_it_came_and_stored(
     harness: Harness, endpoint: str, base: dict[str, str], table: str

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import signal
 import socket
 from collections.abc import Iterator
@@ -72,6 +73,7 @@ def live() -> dict[type, object]:
         RequestResponseCycle: protocol.cycle,
         FlowControl: protocol.flow,
         uvicorn.Server: uvicorn.Server(config),
+        ServerState: ServerState(),
         Multiprocess: supervisor,
     }
 
@@ -161,3 +163,175 @@ def test_each_request_says_how_many_came_before_it_on_its_connection() -> None:
 
     asyncio.run(scenario())
     assert seen == [0, 1, 2, 0]
+
+
+# --- the direct lane ------------------------------------------------------------------------------
+
+
+class Spy:
+    """A lane that takes POST /lane: echoes the body, at once or when told (``hold``)."""
+
+    def __init__(self, hold: bool = False, fail: bool = False) -> None:
+        self.hold, self.fail = hold, fail
+        self.bodies: list[bytes] = []
+        self.held: list[tuple[bytes, Any]] = []
+
+    def claim(self, scope: dict[str, Any]) -> Spy | None:
+        return self if scope["method"] == "POST" and scope["path"] == "/lane" else None
+
+    def finish(self, body: bytes, respond: Any) -> None:
+        self.bodies.append(body)
+        if self.fail:
+            raise RuntimeError("a defect")
+        if self.hold:
+            self.held.append((body, respond))
+        else:
+            respond(200, [(b"content-length", b"%d" % len(body))], body)
+
+    def release(self) -> None:
+        for body, respond in self.held:
+            respond(200, [(b"content-length", b"%d" % len(body))], body)
+        self.held.clear()
+
+
+async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The ASGI application behind the lane: echoes the body with ``asgi:`` in front."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    answer = b"asgi:" + body
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(answer))]})
+    await send({"type": "http.response.body", "body": answer})
+
+
+def post(path: str, body: bytes, *extra: bytes, version: bytes = b"1.1") -> bytes:
+    head = b"POST %s HTTP/%s\r\nHost: test\r\ncontent-length: %d\r\n" % (path.encode(), version, len(body))
+    return head + b"".join(h + b"\r\n" for h in extra) + b"\r\n" + body
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
+    status = int((await reader.readline()).split()[1])
+    headers = {}
+    while (line := await reader.readline()) != b"\r\n":
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, await reader.readexactly(int(headers.get(b"content-length", b"0")))
+
+
+async def laned(lane: Spy) -> tuple[GuardedHttpToolsProtocol, asyncio.StreamReader, asyncio.StreamWriter]:
+    config = configure(uvicorn.Config(echo_app, lifespan="off", log_level="warning"), client_timeout=3.0)
+    config.load()
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    state = ServerState()
+    state.default_headers = [(b"date", b"Sat, 05 Dec 2026 03:00:00 GMT")]
+    protocol = GuardedHttpToolsProtocol(config, state, {uvicorn_adapter.LANE: lane}, loop)
+    await loop.connect_accepted_socket(lambda: protocol, ours)
+    reader, writer = await asyncio.open_connection(sock=theirs)
+    return protocol, reader, writer
+
+
+def test_a_callback_whose_body_comes_with_its_head_is_answered_by_the_lane_on_a_kept_alive_connection() -> None:
+    lane = Spy()
+
+    async def scenario() -> list[tuple[int, dict[bytes, bytes], bytes]]:
+        _, reader, writer = await laned(lane)
+        answers = []
+        for body in (b"one", b"two"):
+            writer.write(post("/lane", body))
+            answers.append(await read_answer(reader))
+        writer.write(b"GET /other HTTP/1.1\r\nHost: test\r\n\r\n")  # not the lane's: the application's
+        answers.append(await read_answer(reader))
+        writer.close()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert [(status, body) for status, _, body in answers] == [(200, b"one"), (200, b"two"), (200, b"asgi:")]
+    assert answers[0][1] == {b"date": b"Sat, 05 Dec 2026 03:00:00 GMT", b"content-length": b"3"}
+    assert lane.bodies == [b"one", b"two"]
+
+
+def test_a_body_that_comes_after_its_head_goes_to_the_application_whole() -> None:
+    lane = Spy()
+
+    async def scenario() -> tuple[int, dict[bytes, bytes], bytes]:
+        _, reader, writer = await laned(lane)
+        request = post("/lane", b"in two pieces")
+        writer.write(request[:-6])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(request[-6:])
+        answer = await read_answer(reader)
+        writer.close()
+        return answer
+
+    assert asyncio.run(scenario())[2] == b"asgi:in two pieces"
+    assert lane.bodies == []
+
+
+def test_pipelined_requests_are_answered_in_order_behind_a_lane_answer_that_waits() -> None:
+    lane = Spy(hold=True)
+
+    async def scenario() -> list[bytes]:
+        _, reader, writer = await laned(lane)
+        writer.write(post("/lane", b"first") + post("/elsewhere", b"second") + post("/lane", b"third"))
+        await asyncio.sleep(0.1)  # the application could answer the second by now: it must wait its turn
+        lane.release()
+        bodies = [(await read_answer(reader))[2] for _ in range(3)]
+        writer.close()
+        return bodies
+
+    assert asyncio.run(scenario()) == [b"first", b"asgi:second", b"asgi:third"]
+    assert lane.bodies == [b"first"]  # the third came while an answer was under way: the application's
+
+
+@pytest.mark.parametrize(
+    ("extra", "version"), [((b"connection: close",), b"1.1"), ((), b"1.0")], ids=["connection-close", "http-1.0"]
+)
+def test_a_lane_answer_that_ends_its_connection_says_so_and_closes(extra: tuple[bytes, ...], version: bytes) -> None:
+    async def scenario() -> tuple[dict[bytes, bytes], bytes]:
+        _, reader, writer = await laned(Spy())
+        writer.write(post("/lane", b"bye", *extra, version=version))
+        _, headers, _ = await read_answer(reader)
+        rest = await asyncio.wait_for(reader.read(), 5)  # EOF: the server closed it
+        writer.close()
+        return headers, rest
+
+    headers, rest = asyncio.run(scenario())
+    assert headers[b"connection"] == b"close" and rest == b""
+
+
+def test_shutdown_lets_a_waiting_lane_answer_out_then_closes() -> None:
+    lane = Spy(hold=True)
+
+    async def scenario() -> tuple[int, dict[bytes, bytes], bytes, bytes]:
+        protocol, reader, writer = await laned(lane)
+        writer.write(post("/lane", b"durable"))
+        await asyncio.sleep(0.05)
+        protocol.shutdown()  # what uvicorn's server does to each connection on SIGTERM
+        lane.release()
+        status, headers, body = await read_answer(reader)
+        rest = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        return status, headers, body, rest
+
+    status, headers, body, rest = asyncio.run(scenario())
+    assert (status, body, headers[b"connection"], rest) == (200, b"durable", b"close", b"")
+
+
+def test_a_lane_that_fails_answers_500_with_a_reason_and_keeps_the_connection() -> None:
+    async def scenario() -> list[tuple[int, dict[bytes, bytes], bytes]]:
+        _, reader, writer = await laned(Spy(fail=True))
+        writer.write(post("/lane", b"x"))
+        first = await read_answer(reader)
+        writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        second = await read_answer(reader)
+        writer.close()
+        return [first, second]
+
+    first, second = asyncio.run(scenario())
+    assert first[0] == 500 and json.loads(first[2])["error"] == "internal_error"
+    assert second[0] == 200

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import structlog
@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from .. import logs, metrics
 from ..config import Settings
+from ..uvicorn_adapter import LANE
 from ..worker import Worker
 from . import blacklist, callbacks, events, health, openapi, prometheus, query
 from .middleware import Observe
@@ -33,7 +34,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     logs.configure(settings.log_level, settings.log_format)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
         worker = await Worker.start(settings)
         app.state.worker = worker
         # What the handlers read, by name.
@@ -41,7 +42,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                      "blacklist_mirror", "writer"):  # fmt: skip
             setattr(app.state, name, getattr(worker, name))
         try:
-            yield
+            # The lifespan state reaches uvicorn's protocol: the callbacks' direct lane.
+            yield {LANE: callbacks.Lane(app.state, settings.trusted_proxies)}
         finally:
             await worker.stop()
 

@@ -1,8 +1,12 @@
 """The platform's side: ``POST /callbacks/{token}/{status-report|status-reports|uplink}``.
 
-This is the hot path (a campaign brings millions of these in minutes), so it is a raw ASGI
-callable placed in front of Starlette's router: no ``Request`` or ``Response`` objects, one
-pass over the headers, a prebuilt answer. It does only what makes the event durable and the
+This is the hot path (a campaign brings millions of these in minutes). A callback whose body
+comes whole with its head (the platform's always do) is answered on uvicorn's protocol itself
+(:class:`Lane`, see :mod:`receiver.uvicorn_adapter`): no ASGI task, scope copy or
+``Request``/``Response`` objects, one pass over the headers, the answer written as bytes. Any
+other (a body in pieces, chunked, an ``Expect: 100-continue``) goes the ASGI way, through
+:class:`Callbacks`, a raw ASGI callable in front of Starlette's router; both run the same
+:class:`_Call`. It does only what makes the event durable and the
 answer right: find the application in memory, check the source, read the bounded body, check
 the signature when configured, then :func:`receiver.ingest.accept` (media type, protocol),
 append the record to the journal and wait for its group ``fdatasync``, and answer ``200`` with
@@ -18,27 +22,38 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
+from functools import partial
 from typing import Any, Literal
 
 import orjson
 import structlog
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import ingest, logs, metrics, netaddr
 from ..applications import Application
 from ..journal.appender import JournalUnavailable
 from ..journal.envelope import ENDPOINT_KINDS, Kind
-from ..uvicorn_adapter import KEPT_ALIVE
+from ..uvicorn_adapter import KEPT_ALIVE, Respond
 from .middleware import SANE_ID, new_request_id, resolve_client
 
 log = structlog.get_logger("receiver.callbacks")
 
 PREFIX = "/callbacks/"
 TEMPLATES = {name: f"/callbacks/{{token}}/{name}" for name in ENDPOINT_KINDS}
-_OK_START = {"type": "http.response.start", "status": 200}
-_EMPTY_BODY: Message = {"type": "http.response.body", "body": b""}
 _JSON = (b"content-type", b"application/json")
+
+
+def _route(method: str, path: str) -> tuple[str, str, Kind] | None:
+    """(token, endpoint, kind) of a callback request; None for anything else."""
+    if method != "POST" or not path.startswith(PREFIX):
+        return None
+    token, slash, endpoint = path[len(PREFIX) :].partition("/")
+    kind = ENDPOINT_KINDS.get(endpoint)
+    if kind is None or not token or not slash:
+        return None  # the router answers (404)
+    return token, endpoint, kind
 
 
 class Callbacks:
@@ -49,119 +64,105 @@ class Callbacks:
         self.trusted = trusted_proxies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith(PREFIX):
+        route = _route(scope["method"], scope["path"]) if scope["type"] == "http" else None
+        if route is None:
             await self.app(scope, receive, send)
             return
-        token, slash, endpoint = scope["path"][len(PREFIX) :].partition("/")
-        kind = ENDPOINT_KINDS.get(endpoint)
-        if kind is None or not token or not slash:
-            await self.app(scope, receive, send)  # the router answers (404)
-            return
-        start = time.perf_counter()
-        received_at = time.time()
-        request_id: bytes | None = None
-        content_type = content_length = None
-        for name, value in scope["headers"]:
-            if name == b"content-type":
-                content_type = value
-            elif name == b"content-length":
-                content_length = value
-            elif name == b"x-request-id" and request_id is None and SANE_ID.fullmatch(value):
-                request_id = value
-        if request_id is None:
-            request_id = new_request_id()
-        call = _Call(self, scope, receive, send, endpoint, kind, request_id, start, received_at, content_type)
-        await call.run(token, content_length)
+        await _Call(self.trusted, scope["app"].state, scope, *route).run(receive, send)
+
+
+class Lane:
+    """The same endpoints on uvicorn's protocol directly (:data:`receiver.uvicorn_adapter.LANE`):
+    a callback whose body comes whole with its head is answered without an ASGI task. It claims
+    what the ASGI path would answer the same way from the body alone; a body of undeclared
+    length (chunked) or above the limit is left to the ASGI path, which reads it within bounds."""
+
+    def __init__(self, state: Any, trusted_proxies: tuple[netaddr.IPNetwork, ...] = ()) -> None:
+        self.state = state
+        self.trusted = trusted_proxies
+        self.limit: int = state.settings.max_body_bytes
+
+    def claim(self, scope: dict[str, Any]) -> _Call | None:
+        route = _route(scope["method"], scope["path"])
+        if route is None:
+            return None
+        call = _Call(self.trusted, self.state, scope, *route)
+        length = call.content_length
+        if length is None or not length.isdigit() or int(length) > self.limit:
+            return None
+        return call
 
 
 class _Call:
-    """One callback request, from its headers to its answer and its log line."""
+    """One callback request, from its headers to its answer and its log line.
+
+    :meth:`proceed` is the whole way from a body to an answer, without waiting on anything but
+    the journal's flush; the two rare cases that need the database (an application not in
+    memory, a signature by an access key not known yet) continue in a task. The answer goes
+    to ``respond``: the lane's writer, or the ASGI path's future."""
 
     __slots__ = (
         "client",
+        "content_length",
         "content_type",
         "endpoint",
         "kind",
         "notes",
-        "owner",
-        "receive",
         "received_at",
         "request_id",
+        "respond",
         "scope",
-        "send",
         "start",
         "state",
+        "token",
+        "trusted",
     )  # fmt: skip
 
     def __init__(
-        self, owner: Callbacks, scope: Scope, receive: Receive, send: Send, endpoint: str, kind: Kind,
-        request_id: bytes, start: float, received_at: float, content_type: bytes | None,
-    ) -> None:  # fmt: skip
-        self.owner, self.scope, self.receive, self.send = owner, scope, receive, send
-        self.endpoint, self.kind, self.request_id = endpoint, kind, request_id
-        self.start, self.received_at, self.content_type = start, received_at, content_type
-        self.state = scope["app"].state
+        self, trusted: tuple[netaddr.IPNetwork, ...], state: Any, scope: Scope, token: str, endpoint: str, kind: Kind
+    ) -> None:
+        self.start = time.perf_counter()
+        self.received_at = time.time()
+        self.trusted, self.state, self.scope = trusted, state, scope
+        self.token, self.endpoint, self.kind = token, endpoint, kind
+        request_id: bytes | None = None
+        self.content_type = self.content_length = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                self.content_type = value
+            elif name == b"content-length":
+                self.content_length = value
+            elif name == b"x-request-id" and request_id is None and SANE_ID.fullmatch(value):
+                request_id = value
+        self.request_id: bytes = request_id or new_request_id()
         self.notes: dict[str, object] = {}
         self.client: netaddr.IPAddress | None | Literal[False] = False  # False: not resolved yet
+        self.respond: Respond = _unanswerable
 
-    async def run(self, token: str, content_length: bytes | None) -> None:
+    # --- the ASGI path -------------------------------------------------------------------------
+
+    async def run(self, receive: Receive, send: Send) -> None:
+        """Look the application up and check it before reading the body, then :meth:`proceed`."""
+        answered: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] = asyncio.get_running_loop().create_future()
+        self.respond = lambda status, headers, body: answered.set_result((status, headers, body))
         state = self.state
-        app = state.registry.known(token, state.pool) or await state.registry.lookup(token, state.pool)
-        if app is None:
-            await self.refuse(None, ingest.UNKNOWN_APPLICATION)
-            return
-        self.notes["application"] = app.name
-        if app.allowed_sources:
-            refusal = ingest.check_source(app, self.address())
-            if refusal is not None:
-                await self.refuse(app, refusal)
-                return
+        app = state.registry.known(self.token, state.pool) or await state.registry.lookup(self.token, state.pool)
         limit = state.settings.max_body_bytes
-        refusal = ingest.check_declared_size(content_length, limit)
-        body = await self.read(limit) if refusal is None else b""
-        if isinstance(body, ingest.Refusal):
-            await self.refuse(app, body)
-            return
+        refusal = self.admit(app) or ingest.check_declared_size(self.content_length, limit)
         if refusal is not None:
-            await self.refuse(app, refusal)
-            return
-        self.notes["bytes"] = len(body)
-        if app.push_key_pairs:
-            app, refusal = await self.authenticate(app, token, body)
-            if refusal is not None:
-                await self.refuse(app, refusal)
-                return
-        outcome = ingest.accept(app, self.kind, self.content_type, body, self.received_at)
-        if isinstance(outcome, ingest.Refusal):
-            await self.refuse(app, outcome)
-            return
-        self.notes.update(outcome.notes)
-        for item in outcome.rejected:
-            self.quarantine(app, item)
-        try:
-            if outcome.payload is not None:
-                # A client that reuses its connection sends its next request only after this
-                # answer: others that could share this flush are waiting for it, not coming.
-                await state.journal.append_nowait(outcome.payload, wait_for_company=not self.scope.get(KEPT_ALIVE))
-        except JournalUnavailable as error:
-            log.error("callback.not_durable", reason=str(error), request_id=self.request_id.decode())
-            await self.answer(503, "not_durable", "the event could not be stored; nothing was acknowledged")
-            return
-        if outcome.answer is not None:
-            await self.answer(outcome.answer.status, outcome.answer.error, outcome.answer.detail)
-            return
-        await self.send({**_OK_START, "headers": [(b"content-length", b"0"), (b"x-request-id", self.request_id)]})
-        await self.send(_EMPTY_BODY)
-        self.observe(200)
+            self.refuse(app, refusal)
+        else:
+            body = await self.read(receive, limit)
+            if isinstance(body, ingest.Refusal):
+                self.refuse(app, body)
+            else:
+                self.proceed(app, body)
+        status, headers, body = await answered
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
-    def address(self) -> netaddr.IPAddress | None:
-        if self.client is False:
-            self.client = resolve_client(self.scope, self.owner.trusted)
-        return self.client
-
-    async def read(self, limit: int) -> bytes | ingest.Refusal:
+    async def read(self, receive: Receive, limit: int) -> bytes | ingest.Refusal:
         """The whole body: at most ``limit`` bytes (413), within the client timeout (408)."""
-        receive = self.receive
         message = await receive()  # the whole body, usually: the platform's are a few hundred bytes
         body: bytes = message.get("body", b"")
         if not message.get("more_body", False) and message["type"] == "http.request":
@@ -187,19 +188,107 @@ class _Call:
             return ingest.too_large(limit, b"".join(chunks), size)
         return b"".join(chunks)
 
-    async def authenticate(self, app: Application, token: str, body: bytes) -> tuple[Application, ingest.Refusal | None]:
+    # --- the lane ------------------------------------------------------------------------------
+
+    def finish(self, body: bytes, respond: Respond) -> None:
+        """The body came whole with the head (the lane claimed it)."""
+        self.respond = respond
+        state = self.state
+        app = state.registry.known(self.token, state.pool)
+        if app is None:
+            self.later(self.looked_up(body))  # not in memory: the database is asked
+        else:
+            self.proceed(app, body)
+
+    async def looked_up(self, body: bytes) -> None:
+        state = self.state
+        self.proceed(await state.registry.lookup(self.token, state.pool), body)
+
+    # --- from the body to the answer -----------------------------------------------------------
+
+    def admit(self, app: Application | None) -> ingest.Refusal | None:
+        if app is None:
+            return ingest.UNKNOWN_APPLICATION
+        self.notes["application"] = app.name
+        return ingest.check_source(app, self.address()) if app.allowed_sources else None
+
+    def proceed(self, app: Application | None, body: bytes, *, verified: bool = False) -> None:
+        """Check, parse, journal and answer: now, or once the journal's flush is done."""
+        refusal = self.admit(app)
+        if refusal is not None or app is None:
+            self.refuse(app, refusal or ingest.UNKNOWN_APPLICATION)
+            return
+        self.notes["bytes"] = len(body)
+        if app.push_key_pairs and not verified:
+            refusal = self.verify(app, body)
+            if refusal is not None and refusal.notes.get("signature") == "unknown_access_key":
+                self.later(self.verified_again(app, body, refusal))
+                return
+            if refusal is not None:
+                self.refuse(app, refusal)
+                return
+        outcome = ingest.accept(app, self.kind, self.content_type, body, self.received_at)
+        if isinstance(outcome, ingest.Refusal):
+            self.refuse(app, outcome)
+            return
+        self.notes.update(outcome.notes)
+        for item in outcome.rejected:
+            self.quarantine(app, item)
+        if outcome.payload is None:
+            self.answered(outcome, None)
+            return
+        try:
+            # A client that reuses its connection sends its next request only after this
+            # answer: others that could share this flush are waiting for it, not coming.
+            durable = self.state.journal.append_nowait(outcome.payload, wait_for_company=not self.scope.get(KEPT_ALIVE))
+        except JournalUnavailable as error:
+            self.answered(outcome, error)
+            return
+        durable.add_done_callback(partial(self.flushed, outcome))
+
+    def flushed(self, outcome: ingest.Accepted, durable: asyncio.Future[None]) -> None:
+        error = JournalUnavailable("cancelled") if durable.cancelled() else durable.exception()
+        self.answered(outcome, error)
+
+    def answered(self, outcome: ingest.Accepted, error: BaseException | None) -> None:
+        if error is not None:
+            log.error("callback.not_durable", reason=str(error), request_id=self.request_id.decode())
+            self.answer(503, "not_durable", "the event could not be stored; nothing was acknowledged")
+        elif outcome.answer is not None:
+            self.answer(outcome.answer.status, outcome.answer.error, outcome.answer.detail)
+        else:
+            self.respond(200, [(b"content-length", b"0"), (b"x-request-id", self.request_id)], b"")
+            self.observe(200)
+
+    async def verified_again(self, app: Application, body: bytes, refusal: ingest.Refusal) -> None:
         """A push signed with an access key we do not know yet may follow a rotation: look the
         application up again (rate-limited) and check once more."""
-        refusal = self.verify(app, body)
-        if refusal is None or refusal.notes.get("signature") != "unknown_access_key":
-            return app, refusal
         state = self.state
-        fresh = await state.registry.lookup(token, state.pool, refresh=True)
+        fresh = await state.registry.lookup(self.token, state.pool, refresh=True)
         if fresh is None or fresh.push_key_pairs == app.push_key_pairs:
-            return app, refusal
-        if not fresh.push_key_pairs:
-            return fresh, None  # verification was turned off meanwhile
-        return fresh, self.verify(fresh, body)
+            self.refuse(app, refusal)
+        elif fresh.push_key_pairs and (refusal_again := self.verify(fresh, body)) is not None:
+            self.refuse(fresh, refusal_again)
+        else:
+            self.proceed(fresh, body, verified=True)  # signed by a new key, or verification turned off meanwhile
+
+    def later(self, step: Coroutine[Any, Any, None]) -> None:
+        """Go on in a task (the rare case that waits for the database)."""
+        task = asyncio.get_running_loop().create_task(step)
+        _pending.add(task)
+        task.add_done_callback(self.ended)
+
+    def ended(self, task: asyncio.Task[None]) -> None:
+        _pending.discard(task)
+        error = asyncio.CancelledError() if task.cancelled() else task.exception()
+        if error is not None:
+            log.error("callback.failed", error=type(error).__name__, request_id=self.request_id.decode(), exc_info=error)
+            self.answer(500, "internal_error", "the request failed; nothing was acknowledged")
+
+    def address(self) -> netaddr.IPAddress | None:
+        if self.client is False:
+            self.client = resolve_client(self.scope, self.trusted)
+        return self.client
 
     def verify(self, app: Application, body: bytes) -> ingest.Refusal | None:
         scope = self.scope
@@ -209,11 +298,11 @@ class _Call:
             now=self.received_at, max_skew=self.state.settings.signature_max_skew_seconds,
         )  # fmt: skip
 
-    async def refuse(self, app: Application | None, refusal: ingest.Refusal) -> None:
+    def refuse(self, app: Application | None, refusal: ingest.Refusal) -> None:
         if refusal.body is not None:
             self.quarantine(app, refusal)
         self.notes.update(refusal.notes)
-        await self.answer(refusal.status, refusal.error, refusal.detail)
+        self.answer(refusal.status, refusal.error, refusal.detail)
 
     def quarantine(self, app: Application | None, refusal: ingest.Refusal) -> None:
         """Hand a refusal to the quarantine (counted always, its body kept within bounds); never
@@ -225,31 +314,36 @@ class _Call:
             content_type, refusal.body or b"", body_bytes=refusal.body_bytes,
         )  # fmt: skip
 
-    async def answer(self, status: int, error: str, detail: object) -> None:
+    def answer(self, status: int, error: str, detail: object) -> None:
         self.notes["error"] = error
         body = orjson.dumps({"error": error, "detail": detail})
-        headers = [(b"content-length", str(len(body)).encode()), _JSON, (b"x-request-id", self.request_id)]
-        await self.send({"type": "http.response.start", "status": status, "headers": headers})
-        await self.send({"type": "http.response.body", "body": body})
+        self.respond(status, [(b"content-length", b"%d" % len(body)), _JSON, (b"x-request-id", self.request_id)], body)
         self.observe(status)
 
     def observe(self, code: int) -> None:
         """The request's metrics and its one log line."""
         seconds = time.perf_counter() - self.start
-        owner = self.owner
+        trusted = self.trusted
         metrics.TALLY.count(TEMPLATES[self.endpoint], code, seconds if code < 300 else None)
-        client = self.address() if owner.trusted or self.client is not False else None
+        client = self.address() if trusted or self.client is not False else None
         peer = self.scope.get("client")
-        if client is None and not owner.trusted:
+        if client is None and not trusted:
             client_text = peer[0] if peer else "unknown"
         else:
             client_text = client.compressed if client is not None else "unknown"
-        if owner.trusted and peer and (client is None or peer[0] != client.compressed):
+        if trusted and peer and (client is None or peer[0] != client.compressed):
             self.notes["peer"] = peer[0]  # a proxy's: the client is what it forwarded
         logs.callback({
             "request_id": self.request_id.decode(), "endpoint": self.endpoint, "code": code,
             "ms": round(seconds * 1000, 2), "client": client_text, **self.notes,
         })  # fmt: skip
+
+
+_pending: set[asyncio.Task[None]] = set()  # the tasks of :meth:`_Call.later`, kept until done
+
+
+def _unanswerable(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    raise AssertionError("answered before the call knew where to")
 
 
 async def _answered_by_callbacks(request: Any) -> Any:  # pragma: no cover - Callbacks answers every POST
