@@ -193,7 +193,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.client_timeout: float = getattr(config, "client_timeout", DEFAULT_TIMEOUT)
-        self._deadline: asyncio.TimerHandle | None = None  # request or body
+        # The request's or the body's deadline: a time and a reason, moved by an assignment as a
+        # request goes. One timer a connection checks it (see _arm).
+        self._deadline: float | None = None
+        self._deadline_reason = ""
+        self._timer: asyncio.TimerHandle | None = None
         self._write_deadline: asyncio.TimerHandle | None = None
         self._in_head = False  # between a request's first byte and the end of its headers
         self._head_bytes = 0
@@ -348,6 +352,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._write_deadline is not None:
             self._write_deadline.cancel()
             self._write_deadline = None
@@ -362,17 +369,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # --- deadlines -----------------------------------------------------------------------------
 
     def _arm(self, seconds: float, reason: str) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-        self._deadline = self.loop.call_later(seconds, self._expired, reason)
+        """A deadline ``seconds`` (at least the client timeout T) from now. The timer is never
+        set more than T ahead, so it fires at or before any deadline armed after it: a request
+        moves its deadline with an assignment, and a connection costs one timer every T."""
+        now = self.loop.time()
+        self._deadline, self._deadline_reason = now + seconds, reason
+        if self._timer is None:
+            self._schedule(now, now + seconds)
+
+    def _schedule(self, now: float, deadline: float) -> None:
+        self._timer = self.loop.call_at(min(deadline, now + self.client_timeout), self._due)
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline = None  # the timer, if it fires, finds nothing due
+
+    def _due(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        now = self.loop.time()
+        if now < deadline:  # armed again since: check again then
+            self._schedule(now, deadline)
+            return
+        self._deadline = None
+        self._expired(self._deadline_reason)
 
     def _expired(self, reason: str) -> None:
-        self._deadline = None
         if self.transport.is_closing():
             return
         if reason == "timeout_request" and self._in_head:

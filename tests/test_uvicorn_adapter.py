@@ -335,3 +335,30 @@ def test_a_lane_that_fails_answers_500_with_a_reason_and_keeps_the_connection() 
     first, second = asyncio.run(scenario())
     assert first[0] == 500 and json.loads(first[2])["error"] == "internal_error"
     assert second[0] == 200
+
+
+def test_a_stalled_head_after_a_kept_alive_request_is_cut_off_its_own_timeout_after_its_first_byte() -> None:
+    """The deadline moves with each request: the connection's older checks neither cut the second
+    request early nor let it run late."""
+    timeout = 0.4
+    config = configure(uvicorn.Config(hello, lifespan="off", log_level="warning"), client_timeout=timeout)
+    config.load()
+
+    async def scenario() -> tuple[bytes, float]:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        await loop.connect_accepted_socket(lambda: GuardedHttpToolsProtocol(config, ServerState(), {}, loop), ours)
+        reader, writer = await asyncio.open_connection(sock=theirs)
+        await asyncio.sleep(timeout * 0.25)
+        writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200 OK")
+        await asyncio.sleep(timeout * 0.5)  # the connection's first check is still to come
+        started = loop.time()
+        writer.write(b"GET / HTTP/1.1\r\nHo")  # and nothing more
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        return answer, loop.time() - started
+
+    answer, waited = asyncio.run(scenario())
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert timeout * 0.9 <= waited <= timeout + 0.3, waited
