@@ -1,12 +1,12 @@
 """The platform's side: ``POST /callbacks/{token}/{status-report|status-reports|uplink}``.
 
 This is the hot path (a campaign brings millions of these in minutes). A callback whose body
-comes whole with its head (the platform's always do) is answered on uvicorn's protocol itself
-(:class:`Lane`, see :mod:`receiver.uvicorn_adapter`): no ASGI task, scope copy or
-``Request``/``Response`` objects, one pass over the headers, the answer written as bytes. Any
-other (a body in pieces, chunked, an ``Expect: 100-continue``) goes the ASGI way, through
-:class:`Callbacks`, a raw ASGI callable in front of Starlette's router; both run the same
-:class:`_Call`. It does only what makes the event durable and the
+comes whole with its head, in one read of the socket (the platform's are a few hundred bytes),
+is answered on uvicorn's protocol itself (:class:`Lane`, see :mod:`receiver.uvicorn_adapter`):
+no ASGI task, scope copy or ``Request``/``Response`` objects, one pass over the headers, the
+answer written as bytes. Any other (a body in pieces, chunked, after ``Expect: 100-continue``)
+goes the ASGI way, through :class:`Callbacks`, a raw ASGI callable in front of Starlette's
+router. Both run the same :class:`_Call`, which does only what makes the event durable and the
 answer right: find the application in memory, check the source, read the bounded body, check
 the signature when configured, then :func:`receiver.ingest.accept` (media type, protocol),
 append the record to the journal and wait for its group ``fdatasync``, and answer ``200`` with
