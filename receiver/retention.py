@@ -220,23 +220,29 @@ def retired(partition: str) -> str:
 async def _drop_days(conn: asyncpg.Connection, result: Result, connect: Connect | None) -> None:
     """Every day past the cutoff, each table's in one short transaction: detached and renamed as
     retired (its table's lock held for the catalog alone), then, with no lock of the service's
-    tables held, the retired tables dropped (the files go then). Retired tables a prune left
-    behind (stopped between the two) are dropped first."""
+    tables held, the retired tables dropped (the files go then). A table's days are dropped as
+    soon as they are detached, on connections of their own while ``conn`` detaches the next
+    table's, and on ``conn`` too once it has detached them all. Retired tables a prune left
+    behind (stopped between the two) are dropped first: a day made again since is retired under
+    the same name."""
     started = time.perf_counter()
+    droppers = _Droppers(conn, connect, result)
     try:
-        if not result.dry_run and (left := await _drop_retired(conn, result, connect)):
+        if not result.dry_run and (left := await droppers.drop_left()):
             log.info("prune.retired_left", tables=left)  # by a prune stopped before its drops
-        await _detach_each_day(conn, result)
-        if not result.dry_run:
-            await _drop_retired(conn, result, connect)
+        await _detach_each_day(conn, result, droppers.hand_over)
+        await droppers.drain()
     finally:
+        await droppers.close()
         result.drop_seconds = time.perf_counter() - started
     if result.dropped and not result.dry_run:
         log.info("prune.dropped", partitions=len(result.dropped), locked_seconds=round(result.lock_seconds, 3),
                  file_seconds=round(result.file_seconds, 3), seconds=round(result.drop_seconds, 3))  # fmt: skip
 
 
-async def _detach_each_day(conn: asyncpg.Connection, result: Result) -> None:
+async def _detach_each_day(conn: asyncpg.Connection, result: Result, retire: Callable[[list[str]], None]) -> None:
+    """Detach each table's days past the cutoff in a transaction of its own; ``retire`` is handed
+    each table's retired tables once their transaction has committed."""
     for table in partitions.TABLES:
         days = [p.name for p in await partitions.partitions(conn, table) if p.upper is not None and p.upper <= result.cutoff]
         if not days:
@@ -274,42 +280,94 @@ async def _detach_each_day(conn: asyncpg.Connection, result: Result) -> None:
         result.add(table, sum(rows.values()))
         result.dropped += days
         log.info("prune.detached", table=table, partitions=len(days), rows=sum(rows.values()), seconds=round(seconds, 3))
+        retire([retired(day) for day in days])
 
 
-async def _drop_retired(conn: asyncpg.Connection, result: Result, connect: Connect | None) -> int:
-    """Drop every retired table, each table's days in one transaction: one table after the other
-    on ``conn``, or with ``connect`` on :data:`DROP_CONNECTIONS` at once (``conn`` one of them; a
-    connection that cannot be opened leaves its share to the others). Returns how many went."""
-    started = time.perf_counter()
-    try:
-        rows = await conn.fetch(_RETIRED_TABLES, list(partitions.TABLES), RETIRED)
+class _Droppers:
+    """Drops retired tables, each table's days in one transaction, in the order they are handed
+    over: with ``connect``, on up to :data:`DROP_CONNECTIONS` - 1 connections of their own (one
+    opened at each of the first hand-overs) while ``conn`` goes on, and on ``conn`` in
+    :meth:`drain`; without, on ``conn`` in :meth:`drain` alone. A connection that cannot be
+    opened leaves its share to the others; one whose drop fails stops, its error raised by
+    :meth:`drain` once the others are done. What was handed over is dropped even when ``conn``
+    fails before :meth:`drain` (by the connections of their own; on ``conn`` alone, it stays
+    retired until the next prune). ``result.file_seconds`` grows by the time from the first drop's
+    start to the last one's end, in each of the two calls of :meth:`drain`."""
+
+    def __init__(self, conn: asyncpg.Connection, connect: Connect | None, result: Result) -> None:
+        self._conn = conn
+        self._connect = connect
+        self._result = result
+        self._queue: asyncio.Queue[list[str]] = asyncio.Queue()  # an empty list: no more
+        self._workers: list[asyncio.Task[None]] = []
+        self._first: float | None = None  # the first drop's start since the last drain
+        self._last = 0.0  # the last drop's end
+
+    def hand_over(self, names: list[str]) -> None:
+        self._queue.put_nowait(names)
+        if self._connect is not None and len(self._workers) < DROP_CONNECTIONS - 1:
+            self._workers.append(asyncio.create_task(self._work(self._connect)))
+
+    async def drop_left(self) -> int:
+        """Drop the retired tables there are (a stopped prune's); how many."""
+        rows = await self._conn.fetch(_RETIRED_TABLES, list(partitions.TABLES), RETIRED)
         by_table: dict[str, list[str]] = {}
         for row in rows:
             by_table.setdefault(row["parent"], []).append(row["name"])
-        queue = list(by_table.values())
-
-        async def drop_on(db: asyncpg.Connection) -> None:
-            while queue:
-                await _drop(db, queue.pop(0))
-
-        async def drop_on_new(open_one: Connect) -> None:
-            try:
-                db = await open_one()
-            except (OSError, TimeoutError, asyncpg.PostgresError) as error:
-                log.warning("prune.connect_failed", error=type(error).__name__)
-                return
-            try:
-                await drop_on(db)
-            finally:
-                await db.close()
-
-        extra = [drop_on_new(connect) for _ in range(min(DROP_CONNECTIONS, len(queue)) - 1)] if connect else []
-        outcomes = await asyncio.gather(drop_on(conn), *extra, return_exceptions=True)
-        if failed := [error for error in outcomes if error is not None]:
-            raise failed[0]
+        for names in by_table.values():
+            self.hand_over(names)
+        await self.drain()
         return len(rows)
-    finally:
-        result.file_seconds += time.perf_counter() - started
+
+    async def drain(self) -> None:
+        """Drop on ``conn`` what is still waiting, then wait for the other connections' drops."""
+        try:
+            while not self._queue.empty():
+                names = self._queue.get_nowait()
+                try:
+                    await self._drop(self._conn, names)
+                finally:
+                    self._queue.task_done()
+            await self._queue.join()
+            if failed := [e for task in self._workers if task.done() and not task.cancelled() and (e := task.exception())]:
+                raise failed[0]
+        finally:
+            self._settle()
+
+    async def close(self) -> None:
+        """Let the other connections drop what is still waiting, then close them."""
+        for _ in self._workers:
+            self._queue.put_nowait([])
+        await asyncio.gather(*self._workers, return_exceptions=True)  # their errors: raised by drain()
+        self._settle()
+
+    def _settle(self) -> None:
+        if self._first is not None:
+            self._result.file_seconds += self._last - self._first
+            self._first = None
+
+    async def _work(self, connect: Connect) -> None:
+        try:
+            db = await connect()
+        except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+            log.warning("prune.connect_failed", error=type(error).__name__)
+            return
+        try:
+            while names := await self._queue.get():
+                try:
+                    await self._drop(db, names)  # an error ends this connection's share: drain() raises it
+                finally:
+                    self._queue.task_done()
+        finally:
+            await db.close()
+
+    async def _drop(self, db: asyncpg.Connection, names: list[str]) -> None:
+        if self._first is None:
+            self._first = time.perf_counter()
+        try:
+            await _drop(db, names)
+        finally:
+            self._last = time.perf_counter()
 
 
 async def _drop(conn: asyncpg.Connection, names: list[str]) -> None:
