@@ -21,9 +21,9 @@ whole, whatever it holds, in two steps. Each table in one short transaction (the
 first, then reports, replies with their ``reply_links``, refused requests, sends, states, sends
 after an opt-out): its old days are detached, renamed :data:`RETIRED` ``<day>`` and lose their
 foreign keys, a change of the catalog alone, so the table's lock is held for a moment, as long
-for a day of ten reports as for a day of ten million. Then the retired tables are dropped, with
-no lock of the service's tables held: their files go (a time that grows with their bytes) while
-the writer and the API go on. A prune stopped between the two leaves retired tables, which no
+for a day of ten reports as for a day of ten million. Then its retired tables are dropped, with
+no lock of the service's tables held, while the next table's days are detached: their files go
+(a time that grows with their bytes) while the writer and the API go on. A prune stopped between the two leaves retired tables, which no
 query reads; the next prune drops them before anything else. The rules above then apply, row by
 row, only to what is left older than the cutoff: the day that straddles it (and the table as it
 was before partitioning, until its last day is past the cutoff). A message whose events lie on
@@ -125,10 +125,13 @@ class Result:
     # A dry run's rows of the days it would drop: the rules row by row leave them out, as they
     # would not see them after a real drop.
     gone: list[int] = field(default_factory=list)  # partitions' oids
-    drop_seconds: float = 0.0  # the time the whole days took: lock_seconds, file_seconds and the look-ups between
+    drop_seconds: float = 0.0  # the time the whole days took, from the first look-up to the last drop's end
     lock_seconds: float = 0.0  # of it, the days' tables locked: detaching the days (their child rows' DELETEs with it)
     table_seconds: dict[str, float] = field(default_factory=dict)  # lock_seconds, each table's
-    file_seconds: float = 0.0  # of it, dropping the detached days (their files), no table of the service's locked
+    # Of it, dropping the detached days (their files), no table of the service's locked: from the
+    # first drop's start to the last one's end (and the same for the retired tables a stopped prune
+    # left, dropped before). It overlaps lock_seconds: a table's days go while the next are detached.
+    file_seconds: float = 0.0
 
     def add(self, table: str, n: int) -> None:
         self.counts[table] = self.counts.get(table, 0) + n
@@ -153,8 +156,9 @@ async def prune(
     """Delete (``dry_run``: count) what is older than ``older_than``, by the database's clock.
 
     Outside a transaction: each batch commits on its own. ``connect`` opens a connection to the
-    same database: the detached days are then dropped on :data:`DROP_CONNECTIONS` at once
-    (closed when done), else one table after the other on ``conn``. Raises :class:`Busy` when
+    same database: the detached days are then dropped on :data:`DROP_CONNECTIONS` at once, the
+    first of them while ``conn`` detaches the next tables (closed when done), else one table after
+    the other on ``conn`` once every table's days are detached. Raises :class:`Busy` when
     another prune is running."""
     cutoff = await conn.fetchval("SELECT now() - $1::interval", older_than)
     result = Result(cutoff, dry_run, {name: 0 for name in tables()})
