@@ -58,6 +58,7 @@ log = structlog.get_logger("receiver.retention")
 _LOCK_PRUNE = 0x50524E31  # session advisory lock: one prune at a time
 LOCK_TIMEOUT = "10s"  # detaching a day waits this long for the queries reading its table
 DROP_CONNECTIONS = 3  # connections dropping retired tables at once, when prune is given a way to connect
+DROP_DAYS = 10  # retired tables one drop transaction takes at most: the connections share a big table's days
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
@@ -288,8 +289,8 @@ async def _detach_each_day(conn: asyncpg.Connection, result: Result, retire: Cal
 
 
 class _Droppers:
-    """Drops retired tables, each table's days in one transaction, in the order they are handed
-    over: with ``connect``, on up to :data:`DROP_CONNECTIONS` - 1 connections of their own (one
+    """Drops retired tables, a table's days in transactions of at most :data:`DROP_DAYS`, in the
+    order they are handed over: with ``connect``, on up to :data:`DROP_CONNECTIONS` - 1 connections of their own (one
     opened at each of the first hand-overs) while ``conn`` goes on, and on ``conn`` in
     :meth:`drain`; without, on ``conn`` in :meth:`drain` alone. A connection that cannot be
     opened leaves its share to the others; one whose drop fails stops, its error raised by
@@ -308,9 +309,10 @@ class _Droppers:
         self._last = 0.0  # the last drop's end
 
     def hand_over(self, names: list[str]) -> None:
-        self._queue.put_nowait(names)
-        if self._connect is not None and len(self._workers) < DROP_CONNECTIONS - 1:
-            self._workers.append(asyncio.create_task(self._work(self._connect)))
+        for at in range(0, len(names), DROP_DAYS):
+            self._queue.put_nowait(names[at : at + DROP_DAYS])
+            if self._connect is not None and len(self._workers) < DROP_CONNECTIONS - 1:
+                self._workers.append(asyncio.create_task(self._work(self._connect)))
 
     async def drop_left(self) -> int:
         """Drop the retired tables there are (a stopped prune's); how many."""
