@@ -23,12 +23,13 @@ after an opt-out): its old days are detached, renamed :data:`RETIRED` ``<day>`` 
 foreign keys, a change of the catalog alone, so the table's lock is held for a moment, as long
 for a day of ten reports as for a day of ten million. Then its retired tables are dropped, with
 no lock of the service's tables held, while the next table's days are detached: their files go
-(a time that grows with their bytes) while the writer and the API go on. A prune stopped between the two leaves retired tables, which no
-query reads; the next prune drops them before anything else. The rules above then apply, row by
-row, only to what is left older than the cutoff: the day that straddles it (and the table as it
-was before partitioning, until its last day is past the cutoff). A message whose events lie on
-both sides of a dropped day loses those of that day with it: its reports of the day, or its send
-and state when they are on it (docs/storage.md).
+(a time that grows with their bytes) while the writer and the API go on. A prune stopped
+between the two leaves retired tables, which no query reads; the next prune drops them before
+anything else. The rules above then apply, row by row, only to what is left older than the
+cutoff: the day that straddles it (and the table as it was before partitioning, until its last
+day is past the cutoff). A message whose events lie on both sides of a dropped day loses those
+of that day with it: its reports of the day, or its send and state when they are on it
+(docs/storage.md).
 
 Each batch is one transaction of at most ``batch_size`` candidates, so a large prune holds no
 long lock and can run while the service ingests. A message batch takes the same per-message
@@ -290,9 +291,9 @@ async def _detach_each_day(conn: asyncpg.Connection, result: Result, retire: Cal
 
 class _Droppers:
     """Drops retired tables, a table's days in transactions of at most :data:`DROP_DAYS`, in the
-    order they are handed over: with ``connect``, on up to :data:`DROP_CONNECTIONS` - 1 connections of their own (one
-    opened at each of the first hand-overs) while ``conn`` goes on, and on ``conn`` in
-    :meth:`drain`; without, on ``conn`` in :meth:`drain` alone. A connection that cannot be
+    order they are handed over: with ``connect``, on up to :data:`DROP_CONNECTIONS` - 1
+    connections of their own (opened as the first drops are handed over) while ``conn`` goes on,
+    and on ``conn`` in :meth:`drain`; without, on ``conn`` in :meth:`drain` alone. A connection that cannot be
     opened leaves its share to the others; one whose drop fails stops, its error raised by
     :meth:`drain` once the others are done. What was handed over is dropped even when ``conn``
     fails before :meth:`drain` (by the connections of their own; on ``conn`` alone, it stays
