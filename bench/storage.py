@@ -21,8 +21,8 @@ time:
   every partition, the plan not cached yet);
 - **retention**: ``receiver prune --older-than``, which drops the oldest 30 days (fewer when
   fewer are kept; the cutoff an hour into the next day) of every partitioned table whole; the
-  time of the drops (of it, the tables locked while their days are detached, and the drop of
-  the detached days' files), and of the whole prune (which also deletes, row by row, the hour
+  time of the drops (the tables locked while their days are detached, and the drop of the
+  detached days' files, from the first table's on: the two overlap), and of the whole prune (which also deletes, row by row, the hour
   of the day that straddles the cutoff).
 
 The next size refills the days the prune emptied. Prints one table; check ``df -h`` first
@@ -223,7 +223,7 @@ async def partition_count(conn: asyncpg.Connection) -> int:
 async def prune_month(conn: asyncpg.Connection, url: str, days: int) -> retention.Result:
     """Prune the oldest 30 days, or all but the newest when fewer are kept, as ``receiver prune``
     does (its drops on connections of their own); the result's ``drop_seconds`` is the time of the
-    drops, ``lock_seconds`` and ``file_seconds`` its two phases."""
+    drops, ``lock_seconds`` and ``file_seconds`` its two steps (which overlap)."""
     first_kept = datetime.now(UTC).date() - timedelta(days=days - min(30, days - 1))  # the days filled end yesterday
     cutoff = datetime(first_kept.year, first_kept.month, first_kept.day, tzinfo=UTC) + timedelta(hours=1)
     return await retention.prune(conn, datetime.now(UTC) - cutoff, connect=lambda: asyncpg.connect(url))

@@ -21,14 +21,15 @@ whole, whatever it holds, in two steps. Each table in one short transaction (the
 first, then reports, replies with their ``reply_links``, refused requests, sends, states, sends
 after an opt-out): its old days are detached, renamed :data:`RETIRED` ``<day>`` and lose their
 foreign keys, a change of the catalog alone, so the table's lock is held for a moment, as long
-for a day of ten reports as for a day of ten million. Then the retired tables are dropped, with
-no lock of the service's tables held: their files go (a time that grows with their bytes) while
-the writer and the API go on. A prune stopped between the two leaves retired tables, which no
-query reads; the next prune drops them before anything else. The rules above then apply, row by
-row, only to what is left older than the cutoff: the day that straddles it (and the table as it
-was before partitioning, until its last day is past the cutoff). A message whose events lie on
-both sides of a dropped day loses those of that day with it: its reports of the day, or its send
-and state when they are on it (docs/storage.md).
+for a day of ten reports as for a day of ten million. Then its retired tables are dropped, with
+no lock of the service's tables held, while the next table's days are detached: their files go
+(a time that grows with their bytes) while the writer and the API go on. A prune stopped
+between the two leaves retired tables, which no query reads; the next prune drops them before
+anything else. The rules above then apply, row by row, only to what is left older than the
+cutoff: the day that straddles it (and the table as it was before partitioning, until its last
+day is past the cutoff). A message whose events lie on both sides of a dropped day loses those
+of that day with it: its reports of the day, or its send and state when they are on it
+(docs/storage.md).
 
 Each batch is one transaction of at most ``batch_size`` candidates, so a large prune holds no
 long lock and can run while the service ingests. A message batch takes the same per-message
@@ -58,6 +59,7 @@ log = structlog.get_logger("receiver.retention")
 _LOCK_PRUNE = 0x50524E31  # session advisory lock: one prune at a time
 LOCK_TIMEOUT = "10s"  # detaching a day waits this long for the queries reading its table
 DROP_CONNECTIONS = 3  # connections dropping retired tables at once, when prune is given a way to connect
+DROP_DAYS = 10  # retired tables one drop transaction takes at most: the connections share a big table's days
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
@@ -125,10 +127,13 @@ class Result:
     # A dry run's rows of the days it would drop: the rules row by row leave them out, as they
     # would not see them after a real drop.
     gone: list[int] = field(default_factory=list)  # partitions' oids
-    drop_seconds: float = 0.0  # the time the whole days took: lock_seconds, file_seconds and the look-ups between
+    drop_seconds: float = 0.0  # the time the whole days took, from the first look-up to the last drop's end
     lock_seconds: float = 0.0  # of it, the days' tables locked: detaching the days (their child rows' DELETEs with it)
     table_seconds: dict[str, float] = field(default_factory=dict)  # lock_seconds, each table's
-    file_seconds: float = 0.0  # of it, dropping the detached days (their files), no table of the service's locked
+    # Of it, dropping the detached days (their files), no table of the service's locked: from the
+    # first drop's start to the last one's end (and the same for the retired tables a stopped prune
+    # left, dropped before). It overlaps lock_seconds: a table's days go while the next are detached.
+    file_seconds: float = 0.0
 
     def add(self, table: str, n: int) -> None:
         self.counts[table] = self.counts.get(table, 0) + n
@@ -153,8 +158,9 @@ async def prune(
     """Delete (``dry_run``: count) what is older than ``older_than``, by the database's clock.
 
     Outside a transaction: each batch commits on its own. ``connect`` opens a connection to the
-    same database: the detached days are then dropped on :data:`DROP_CONNECTIONS` at once
-    (closed when done), else one table after the other on ``conn``. Raises :class:`Busy` when
+    same database: the detached days are then dropped on :data:`DROP_CONNECTIONS` at once, the
+    first of them while ``conn`` detaches the next tables (closed when done), else one table after
+    the other on ``conn`` once every table's days are detached. Raises :class:`Busy` when
     another prune is running."""
     cutoff = await conn.fetchval("SELECT now() - $1::interval", older_than)
     result = Result(cutoff, dry_run, {name: 0 for name in tables()})
@@ -220,23 +226,29 @@ def retired(partition: str) -> str:
 async def _drop_days(conn: asyncpg.Connection, result: Result, connect: Connect | None) -> None:
     """Every day past the cutoff, each table's in one short transaction: detached and renamed as
     retired (its table's lock held for the catalog alone), then, with no lock of the service's
-    tables held, the retired tables dropped (the files go then). Retired tables a prune left
-    behind (stopped between the two) are dropped first."""
+    tables held, the retired tables dropped (the files go then). A table's days are dropped as
+    soon as they are detached, on connections of their own while ``conn`` detaches the next
+    table's, and on ``conn`` too once it has detached them all. Retired tables a prune left
+    behind (stopped between the two) are dropped first: a day made again since is retired under
+    the same name."""
     started = time.perf_counter()
+    droppers = _Droppers(conn, connect, result)
     try:
-        if not result.dry_run and (left := await _drop_retired(conn, result, connect)):
+        if not result.dry_run and (left := await droppers.drop_left()):
             log.info("prune.retired_left", tables=left)  # by a prune stopped before its drops
-        await _detach_each_day(conn, result)
-        if not result.dry_run:
-            await _drop_retired(conn, result, connect)
+        await _detach_each_day(conn, result, droppers.hand_over)
+        await droppers.drain()
     finally:
+        await droppers.close()
         result.drop_seconds = time.perf_counter() - started
     if result.dropped and not result.dry_run:
         log.info("prune.dropped", partitions=len(result.dropped), locked_seconds=round(result.lock_seconds, 3),
                  file_seconds=round(result.file_seconds, 3), seconds=round(result.drop_seconds, 3))  # fmt: skip
 
 
-async def _detach_each_day(conn: asyncpg.Connection, result: Result) -> None:
+async def _detach_each_day(conn: asyncpg.Connection, result: Result, retire: Callable[[list[str]], None]) -> None:
+    """Detach each table's days past the cutoff in a transaction of its own; ``retire`` is handed
+    each table's retired tables once their transaction has committed."""
     for table in partitions.TABLES:
         days = [p.name for p in await partitions.partitions(conn, table) if p.upper is not None and p.upper <= result.cutoff]
         if not days:
@@ -274,42 +286,95 @@ async def _detach_each_day(conn: asyncpg.Connection, result: Result) -> None:
         result.add(table, sum(rows.values()))
         result.dropped += days
         log.info("prune.detached", table=table, partitions=len(days), rows=sum(rows.values()), seconds=round(seconds, 3))
+        retire([retired(day) for day in days])
 
 
-async def _drop_retired(conn: asyncpg.Connection, result: Result, connect: Connect | None) -> int:
-    """Drop every retired table, each table's days in one transaction: one table after the other
-    on ``conn``, or with ``connect`` on :data:`DROP_CONNECTIONS` at once (``conn`` one of them; a
-    connection that cannot be opened leaves its share to the others). Returns how many went."""
-    started = time.perf_counter()
-    try:
-        rows = await conn.fetch(_RETIRED_TABLES, list(partitions.TABLES), RETIRED)
+class _Droppers:
+    """Drops retired tables, a table's days in transactions of at most :data:`DROP_DAYS`, in the
+    order they are handed over: with ``connect``, on up to :data:`DROP_CONNECTIONS` - 1
+    connections of their own (opened as the first drops are handed over) while ``conn`` goes on,
+    and on ``conn`` in :meth:`drain`; without, on ``conn`` in :meth:`drain` alone. A connection that cannot be
+    opened leaves its share to the others; one whose drop fails stops, its error raised by
+    :meth:`drain` once the others are done. What was handed over is dropped even when ``conn``
+    fails before :meth:`drain` (by the connections of their own; on ``conn`` alone, it stays
+    retired until the next prune). ``result.file_seconds`` grows by the time from the first drop's
+    start to the last one's end, in each of the two calls of :meth:`drain`."""
+
+    def __init__(self, conn: asyncpg.Connection, connect: Connect | None, result: Result) -> None:
+        self._conn = conn
+        self._connect = connect
+        self._result = result
+        self._queue: asyncio.Queue[list[str]] = asyncio.Queue()  # an empty list: no more
+        self._workers: list[asyncio.Task[None]] = []
+        self._first: float | None = None  # the first drop's start since the last drain
+        self._last = 0.0  # the last drop's end
+
+    def hand_over(self, names: list[str]) -> None:
+        for at in range(0, len(names), DROP_DAYS):
+            self._queue.put_nowait(names[at : at + DROP_DAYS])
+            if self._connect is not None and len(self._workers) < DROP_CONNECTIONS - 1:
+                self._workers.append(asyncio.create_task(self._work(self._connect)))
+
+    async def drop_left(self) -> int:
+        """Drop the retired tables there are (a stopped prune's); how many."""
+        rows = await self._conn.fetch(_RETIRED_TABLES, list(partitions.TABLES), RETIRED)
         by_table: dict[str, list[str]] = {}
         for row in rows:
             by_table.setdefault(row["parent"], []).append(row["name"])
-        queue = list(by_table.values())
-
-        async def drop_on(db: asyncpg.Connection) -> None:
-            while queue:
-                await _drop(db, queue.pop(0))
-
-        async def drop_on_new(open_one: Connect) -> None:
-            try:
-                db = await open_one()
-            except (OSError, TimeoutError, asyncpg.PostgresError) as error:
-                log.warning("prune.connect_failed", error=type(error).__name__)
-                return
-            try:
-                await drop_on(db)
-            finally:
-                await db.close()
-
-        extra = [drop_on_new(connect) for _ in range(min(DROP_CONNECTIONS, len(queue)) - 1)] if connect else []
-        outcomes = await asyncio.gather(drop_on(conn), *extra, return_exceptions=True)
-        if failed := [error for error in outcomes if error is not None]:
-            raise failed[0]
+        for names in by_table.values():
+            self.hand_over(names)
+        await self.drain()
         return len(rows)
-    finally:
-        result.file_seconds += time.perf_counter() - started
+
+    async def drain(self) -> None:
+        """Drop on ``conn`` what is still waiting, then wait for the other connections' drops."""
+        try:
+            while not self._queue.empty():
+                names = self._queue.get_nowait()
+                try:
+                    await self._drop(self._conn, names)
+                finally:
+                    self._queue.task_done()
+            await self._queue.join()
+            if failed := [e for task in self._workers if task.done() and not task.cancelled() and (e := task.exception())]:
+                raise failed[0]
+        finally:
+            self._settle()
+
+    async def close(self) -> None:
+        """Let the other connections drop what is still waiting, then close them."""
+        for _ in self._workers:
+            self._queue.put_nowait([])
+        await asyncio.gather(*self._workers, return_exceptions=True)  # their errors: raised by drain()
+        self._settle()
+
+    def _settle(self) -> None:
+        if self._first is not None:
+            self._result.file_seconds += self._last - self._first
+            self._first = None
+
+    async def _work(self, connect: Connect) -> None:
+        try:
+            db = await connect()
+        except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+            log.warning("prune.connect_failed", error=type(error).__name__)
+            return
+        try:
+            while names := await self._queue.get():
+                try:
+                    await self._drop(db, names)  # an error ends this connection's share: drain() raises it
+                finally:
+                    self._queue.task_done()
+        finally:
+            await db.close()
+
+    async def _drop(self, db: asyncpg.Connection, names: list[str]) -> None:
+        if self._first is None:
+            self._first = time.perf_counter()
+        try:
+            await _drop(db, names)
+        finally:
+            self._last = time.perf_counter()
 
 
 async def _drop(conn: asyncpg.Connection, names: list[str]) -> None:

@@ -517,6 +517,93 @@ def test_while_a_prune_drops_the_files_of_its_days_the_writer_stores_into_their_
     assert run(fetch(db_url, _RETIRED_TABLES)) == []
 
 
+async def _old_days_of_reports_and_sends_after_optout(conn: asyncpg.Connection) -> list[str]:
+    """Two days of reports 40 days old, and the same days of sends after an opt-out (the last
+    table a prune detaches), empty: their partitions."""
+    app_id = await _app(conn)
+    start = datetime.now(UTC) - timedelta(days=40)
+    names = []
+    for day in range(2):
+        at = start + timedelta(days=day)
+        for table in ("status_reports", "sends_after_optout"):
+            await partitions.create(conn, table, at.date())
+            names.append(f"{table}_{at:%Y%m%d}")
+        await store(conn, [_report(app_id, f"o-{day}", at)], HOOKS)
+    return names
+
+
+_ATTACHED = "SELECT relname::text FROM pg_class WHERE relname = ANY($1::text[]) AND relispartition ORDER BY 1"
+
+
+def test_a_table_s_days_are_dropped_while_a_later_table_waits_to_detach_its_own(db_url: str) -> None:
+    """A query holds the last table a prune detaches (sends after an opt-out): meanwhile the days of
+    reports, detached before, are dropped already, on the prune's other connections; once the
+    query ends, the prune detaches and drops the last days too."""
+
+    async def scenario() -> tuple[list[str], list[str], retention.Result]:
+        conn, holder = [await asyncpg.connect(db_url) for _ in range(2)]
+        try:
+            names = await _old_days_of_reports_and_sends_after_optout(conn)
+            holding = holder.transaction()
+            await holding.start()
+            await holder.execute("SELECT count(*) FROM sends_after_optout")
+            pruning = asyncio.create_task(retention.prune(conn, timedelta(days=20), connect=lambda: asyncpg.connect(db_url)))
+            waiting = ("SELECT EXISTS (SELECT FROM pg_locks WHERE relation = 'sends_after_optout'::regclass"
+                       " AND mode = 'AccessExclusiveLock' AND NOT granted)")  # fmt: skip
+            for _ in range(500):
+                left = await holder.fetch(_ATTACHED, names) + await holder.fetch(_RETIRED_TABLES)
+                if await holder.fetchval(waiting) and not any(r[0].startswith(("status", "retired")) for r in left):
+                    break
+                await asyncio.sleep(0.01)
+            assert not pruning.done()
+            meanwhile = [r[0] for r in left]
+            await holding.rollback()
+            result = await asyncio.wait_for(pruning, 10)
+            return meanwhile, [r[0] for r in await holder.fetch(_ATTACHED, names)], result
+        finally:
+            for c in (conn, holder):
+                await c.close()
+
+    meanwhile, after, result = run(scenario())
+    assert meanwhile == sorted(n for n in result.dropped if n.startswith("sends_after_optout"))
+    assert after == [] and len(result.dropped) == 4 and result.counts["status_reports"] == 2
+    assert run(fetch(db_url, _RETIRED_TABLES)) == []
+    assert 0 < result.file_seconds <= result.drop_seconds and result.lock_seconds <= result.drop_seconds
+
+
+@pytest.mark.parametrize("with_connections", [True, False])
+def test_a_prune_that_cannot_detach_a_later_table_s_days_drops_the_earlier_ones_or_the_next_prune_does(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, with_connections: bool
+) -> None:
+    """A query holds the last table a prune detaches beyond the prune's lock timeout: the prune
+    fails, the days of reports it detached before are dropped all the same on its other
+    connections (on its one connection alone, they stay retired); the next prune drops what is
+    left, and the last table's days."""
+    monkeypatch.setattr(retention, "LOCK_TIMEOUT", "200ms")
+    connect = (lambda: asyncpg.connect(db_url)) if with_connections else None
+
+    async def scenario() -> tuple[list[str], list[str], list[str]]:
+        conn, holder = [await asyncpg.connect(db_url) for _ in range(2)]
+        try:
+            names = await _old_days_of_reports_and_sends_after_optout(conn)
+            async with holder.transaction():
+                await holder.execute("SELECT count(*) FROM sends_after_optout")
+                with pytest.raises(asyncpg.LockNotAvailableError):
+                    await retention.prune(conn, timedelta(days=20), connect=connect)
+            failed = [r[0] for r in await conn.fetch(_ATTACHED, names) + await conn.fetch(_RETIRED_TABLES)]
+            await retention.prune(conn, timedelta(days=20), connect=connect)
+            return names, failed, [r[0] for r in await conn.fetch(_ATTACHED, names) + await conn.fetch(_RETIRED_TABLES)]
+        finally:
+            for c in (conn, holder):
+                await c.close()
+
+    names, failed, after = run(scenario())
+    reports, later = sorted(n for n in names if n.startswith("status")), sorted(n for n in names if n.startswith("sends"))
+    assert failed == later + ([] if with_connections else [retention.retired(n) for n in reports])
+    assert after == []
+    assert run(fetch(db_url, "SELECT count(*) FROM status_reports WHERE sms_msg_id LIKE 'o-%'"))[0][0] == 0
+
+
 # --- ready for Citus ----------------------------------------------------------------------------
 
 # The tables Citus would distribute by sms_msg_id, co-located with the sends (docs/storage.md).
