@@ -425,8 +425,10 @@ class LaneServer:
 
 
 @contextlib.contextmanager
-def serving(db_url: str, data_dir: Path, *, lane: bool = False, **settings: object) -> Iterator[Harness]:
-    """The app in-process on ``db_url`` with one application and one API key, and the settings given."""
+def serving(db_url: str, data_dir: Path, **settings: object) -> Iterator[Harness]:
+    """The app in-process on ``db_url`` with one application and one API key, and the settings
+    given; ``lane=True``: the harness posts its callbacks through the direct lane."""
+    lane = bool(settings.pop("lane", False))
     from receiver import apikeys, applications
     from receiver.config import Settings
     from receiver.http.app import create_app
