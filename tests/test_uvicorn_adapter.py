@@ -362,3 +362,46 @@ def test_a_stalled_head_after_a_kept_alive_request_is_cut_off_its_own_timeout_af
     answer, waited = asyncio.run(scenario())
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert timeout * 0.9 <= waited <= timeout + 0.3, waited
+
+
+def test_a_client_that_pipelines_without_reading_is_held_back_on_the_lane_as_on_the_asgi_path() -> None:
+    """uvicorn's ASGI cycle waits for the write buffer to drain before it answers, and a request
+    pipelined behind it pauses reading: a client that sends and never reads holds a bounded
+    buffer. The lane must not answer past a full write buffer either."""
+    big = b"x" * (64 << 10)
+
+    class Loud(Spy):
+        def finish(self, body: bytes, respond: Any) -> None:
+            self.bodies.append(body)
+            respond(200, [(b"content-length", b"%d" % len(big))], big)
+
+    async def loud_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(big))]})
+        await send({"type": "http.response.body", "body": big})
+
+    async def scenario(lane: bool) -> int:
+        config = configure(uvicorn.Config(loud_app, lifespan="off", log_level="warning"), client_timeout=3.0)
+        config.load()
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        protocol = GuardedHttpToolsProtocol(config, ServerState(), {uvicorn_adapter.LANE: Loud()} if lane else {}, loop)
+        await loop.connect_accepted_socket(lambda: protocol, ours)
+        reader, writer = await asyncio.open_connection(sock=theirs)
+        for n in range(200):
+            writer.write(post("/lane", b"%d" % n))
+            if n % 20 == 19:
+                await writer.drain()
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # the client reads nothing meanwhile
+        buffered = protocol.transport.get_write_buffer_size()
+        for _ in range(200):  # then everything, in order
+            assert (await read_answer(reader))[2] == big
+        writer.close()
+        return buffered
+
+    asgi = asyncio.run(scenario(lane=False))
+    laned_ = asyncio.run(scenario(lane=True))
+    assert asgi < 1 << 20, asgi
+    assert laned_ < 1 << 20, laned_
