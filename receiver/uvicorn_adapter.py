@@ -270,9 +270,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _claim(self, lane: Lane) -> bool:
         """Offer the request whose head just ended to the lane, unless it must wait its turn
-        (an answer under way), expects ``100 Continue`` or asks for an upgrade."""
+        (an answer under way, or the client not reading its answers), expects ``100 Continue``
+        or asks for an upgrade."""
         cycle, parser = self.cycle, self.parser
         if (cycle is not None and not cycle.response_complete) or self.expect_100_continue or parser.should_upgrade():
+            return False
+        if self.flow.write_paused:  # the client is not reading: uvicorn's cycle waits for it, reading paused
             return False
         scope: Any = self.scope  # the fields uvicorn's on_headers_complete sets, as it sets them
         version = parser.get_http_version()
