@@ -405,3 +405,22 @@ def test_a_client_that_pipelines_without_reading_is_held_back_on_the_lane_as_on_
     laned_ = asyncio.run(scenario(lane=True))
     assert asgi < 1 << 20, asgi
     assert laned_ < 1 << 20, laned_
+
+
+def test_requests_pipelined_in_one_read_do_not_count_towards_the_next_requests_head() -> None:
+    """MAX_HEAD_BYTES bounds one request's head: the whole requests that came in the same read
+    before it are not part of it."""
+
+    async def scenario() -> list[tuple[int, dict[bytes, bytes], bytes]]:
+        _, reader, writer = await laned(Spy())
+        n = 1000  # about 60 KiB of whole requests, then the start of one more
+        writer.write(b"".join(post("/lane", b"%05d" % i) for i in range(n)) + b"POST /lane HTTP/1.1\r\nHo")
+        answers = [await read_answer(reader) for _ in range(n)]
+        writer.write(b"st: test\r\ncontent-length: 4\r\n\r\nlast")
+        answers.append(await asyncio.wait_for(read_answer(reader), 5))
+        writer.close()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert [status for status, _, _ in answers] == [200] * 1001
+    assert answers[-1][2] == b"last"
