@@ -201,6 +201,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._write_deadline: asyncio.TimerHandle | None = None
         self._in_head = False  # between a request's first byte and the end of its headers
         self._head_bytes = 0
+        self._ended_in_read = False  # a request ended in the read being parsed
         self._running: RequestResponseCycle | None = None
         self._served = 0  # requests on this connection
         # The application's direct lane (filled in by its lifespan before anything is served).
@@ -216,11 +217,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm(self.client_timeout, "timeout_request")
 
     def data_received(self, data: bytes) -> None:
+        self._ended_in_read = False
         super().data_received(data)
         if self._claimed is not None:
             self._unclaim()  # its body did not come whole with its head: the application reads it
-        if self._in_head and not self.transport.is_closing():
-            self._head_bytes += len(data)  # headers still incomplete: all of this chunk was head
+        if self._in_head and not self.transport.is_closing() and not self._ended_in_read:
+            # Headers still incomplete: all of this chunk was head. Not so when an earlier request
+            # ended in it (pipelined): that chunk is not counted (a read is bounded).
+            self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(431, "headers_too_large", {"max_bytes": MAX_HEAD_BYTES})
 
@@ -249,6 +253,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._ended_in_read = True
         request = self._claimed
         if request is None:
             super().on_message_complete()
