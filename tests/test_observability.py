@@ -192,6 +192,22 @@ def test_refused_and_unknown_callbacks_log_one_line_each(harness: Harness) -> No
     assert "guess" not in repr(entries)
 
 
+@pytest.mark.parametrize("harness", [True], ids=["lane"], indirect=True)
+def test_a_defect_on_the_lane_answers_500_with_a_reason_and_is_logged_like_any_callback(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(token: str, pool: object) -> None:
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(harness.client.app.state.registry, "known", broken)  # type: ignore[attr-defined]
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as entries:
+        response = harness.post("status-report", "smsMsgId=d-1&status=DELIVRD")
+    assert response.status_code == 500 and response.json()["error"] == "internal_error"
+    rid = response.headers["x-request-id"]
+    lines = [e for e in entries if e.get("request_id") == rid]
+    assert [e["event"] for e in lines] == ["callback.failed", "callback"] and lines[1]["code"] == 500
+
+
 def test_a_push_with_a_bad_signature_logs_one_line(db_url: str, tmp_path: Path) -> None:
     async def keyed_app() -> str:
         conn = await asyncpg.connect(db_url)

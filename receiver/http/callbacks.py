@@ -144,7 +144,12 @@ class _Call:
     async def run(self, receive: Receive, send: Send) -> None:
         """Look the application up and check it before reading the body, then :meth:`proceed`."""
         answered: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] = asyncio.get_running_loop().create_future()
-        self.respond = lambda status, headers, body: answered.set_result((status, headers, body))
+
+        def respond(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+            if not answered.done():  # the first answer is the answer
+                answered.set_result((status, headers, body))
+
+        self.respond = respond
         state = self.state
         app = state.registry.known(self.token, state.pool) or await state.registry.lookup(self.token, state.pool)
         limit = state.settings.max_body_bytes
@@ -194,11 +199,14 @@ class _Call:
         """The body came whole with the head (the lane claimed it)."""
         self.respond = respond
         state = self.state
-        app = state.registry.known(self.token, state.pool)
-        if app is None:
-            self.later(self.looked_up(body))  # not in memory: the database is asked
-        else:
-            self.proceed(app, body)
+        try:
+            app = state.registry.known(self.token, state.pool)
+            if app is None:
+                self.later(self.looked_up(body))  # not in memory: the database is asked
+            else:
+                self.proceed(app, body)
+        except Exception as error:  # noqa: BLE001 - a defect: answered (500), logged and counted like any request
+            self.failed(error)
 
     async def looked_up(self, body: bytes) -> None:
         state = self.state
@@ -282,8 +290,11 @@ class _Call:
         _pending.discard(task)
         error = asyncio.CancelledError() if task.cancelled() else task.exception()
         if error is not None:
-            log.error("callback.failed", error=type(error).__name__, request_id=self.request_id.decode(), exc_info=error)
-            self.answer(500, "internal_error", "the request failed; nothing was acknowledged")
+            self.failed(error)
+
+    def failed(self, error: BaseException) -> None:
+        log.error("callback.failed", error=type(error).__name__, request_id=self.request_id.decode(), exc_info=error)
+        self.answer(500, "internal_error", "the request failed; nothing was acknowledged")
 
     def address(self) -> netaddr.IPAddress | None:
         if self.client is False:
