@@ -309,6 +309,16 @@ class Round:
     rss: dict[str, int] = field(default_factory=dict)
 
 
+def autogroups() -> str:
+    """The kernel's autogroup scheduling, which decides whether the writer's SCHED_IDLE backend
+    yields to the workers (docs/operations.md, PostgreSQL on the same machine)."""
+    try:
+        state = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
+    except OSError:
+        return ""
+    return "; kernel autogroups " + ("on" if state == "1" else "off (`kernel.sched_autogroup_enabled=0`)")
+
+
 def read_wrk_result(path: Path) -> tuple[dict[str, Any], dict[str, list[int]]]:
     """wrk's summary and, per thread prefix, (requests made, acknowledged, numbers not acknowledged)."""
     info: dict[str, Any] = {}
@@ -709,11 +719,11 @@ class Bench:
             return (
                 f"Layout: {a.workers} worker(s) per server, unpinned (the scheduler places the servers, the receiver's "
                 f"writer, PostgreSQL and the load generator on all {len(os.sched_getaffinity(0))} cores), "
-                "PostgreSQL on the same machine"
+                f"PostgreSQL on the same machine{autogroups()}"
             )
         return (
             f"Layout: pinned, {a.workers} worker(s) per server; servers on CPU {a.server_cpus or 'any'}, PostgreSQL "
-            f"on CPU {a.db_cpus or a.server_cpus or 'any'}, load on CPU {a.client_cpus or 'any'}"
+            f"on CPU {a.db_cpus or a.server_cpus or 'any'}, load on CPU {a.client_cpus or 'any'}{autogroups()}"
         )
 
     def median(self, key: str, transport: str, mode: str, server: str) -> float | None:
