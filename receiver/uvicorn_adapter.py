@@ -261,8 +261,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._claimed = None
         self._disarm()
-        body = b"".join(self._lane_body)
-        self._lane_body = []
+        body = self._take_body()
         cycle = self.cycle = _LaneCycle(self._claimed_keep_alive)  # type: ignore[assignment]  # what uvicorn reads of a cycle
         respond = partial(self._lane_respond, cycle)
         try:
@@ -306,13 +305,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _unclaim(self) -> None:
         """Hand a claimed request to the ASGI application after all, with what came of its body."""
         self._claimed = None
-        body = b"".join(self._lane_body)
-        self._lane_body = []
+        body = self._take_body()
         if self.transport.is_closing():
             return
         super().on_headers_complete()
         if body:
             super().on_body(body)
+
+    def _take_body(self) -> bytes:
+        body = b"".join(self._lane_body)
+        self._lane_body = []
+        return body
 
     def _lane_respond(self, cycle: _LaneCycle, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         if cycle.response_complete:

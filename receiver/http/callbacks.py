@@ -96,7 +96,7 @@ class Lane:
 class _Call:
     """One callback request, from its headers to its answer and its log line.
 
-    :meth:`proceed` is the whole way from a body to an answer, without waiting on anything but
+    :meth:`begin` is the whole way from a body to an answer, without waiting on anything but
     the journal's flush; the two rare cases that need the database (an application not in
     memory, a signature by an access key not known yet) continue in a task. The answer goes
     to ``respond``: the lane's writer, or the ASGI path's future."""
@@ -154,14 +154,14 @@ class _Call:
         app = state.registry.known(self.token, state.pool) or await state.registry.lookup(self.token, state.pool)
         limit = state.settings.max_body_bytes
         refusal = self.admit(app) or ingest.check_declared_size(self.content_length, limit)
-        if refusal is not None:
-            self.refuse(app, refusal)
+        if refusal is not None or app is None:
+            self.refuse(app, refusal or ingest.UNKNOWN_APPLICATION)
         else:
             body = await self.read(receive, limit)
             if isinstance(body, ingest.Refusal):
                 self.refuse(app, body)
             else:
-                self.proceed(app, body)
+                self.proceed(app, body)  # admitted above
         status, headers, body = await answered
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -204,13 +204,13 @@ class _Call:
             if app is None:
                 self.later(self.looked_up(body))  # not in memory: the database is asked
             else:
-                self.proceed(app, body)
+                self.begin(app, body)
         except Exception as error:  # noqa: BLE001 - a defect: answered (500), logged and counted like any request
             self.failed(error)
 
     async def looked_up(self, body: bytes) -> None:
         state = self.state
-        self.proceed(await state.registry.lookup(self.token, state.pool), body)
+        self.begin(await state.registry.lookup(self.token, state.pool), body)
 
     # --- from the body to the answer -----------------------------------------------------------
 
@@ -220,12 +220,17 @@ class _Call:
         self.notes["application"] = app.name
         return ingest.check_source(app, self.address()) if app.allowed_sources else None
 
-    def proceed(self, app: Application | None, body: bytes, *, verified: bool = False) -> None:
-        """Check, parse, journal and answer: now, or once the journal's flush is done."""
+    def begin(self, app: Application | None, body: bytes, *, verified: bool = False) -> None:
+        """:meth:`admit`, then :meth:`proceed`."""
         refusal = self.admit(app)
         if refusal is not None or app is None:
             self.refuse(app, refusal or ingest.UNKNOWN_APPLICATION)
-            return
+        else:
+            self.proceed(app, body, verified=verified)
+
+    def proceed(self, app: Application, body: bytes, *, verified: bool = False) -> None:
+        """Check, parse, journal and answer an admitted request: now, or once the journal's
+        flush is done."""
         self.notes["bytes"] = len(body)
         if app.push_key_pairs and not verified:
             refusal = self.verify(app, body)
@@ -278,7 +283,7 @@ class _Call:
         elif fresh.push_key_pairs and (refusal_again := self.verify(fresh, body)) is not None:
             self.refuse(fresh, refusal_again)
         else:
-            self.proceed(fresh, body, verified=True)  # signed by a new key, or verification turned off meanwhile
+            self.begin(fresh, body, verified=True)  # signed by a new key, or verification turned off meanwhile
 
     def later(self, step: Coroutine[Any, Any, None]) -> None:
         """Go on in a task (the rare case that waits for the database)."""
