@@ -8,12 +8,15 @@ several workers), tests/test_events.py (SIGTERM ends open streams)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import signal
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 import uvicorn
@@ -163,6 +166,82 @@ def test_each_request_says_how_many_came_before_it_on_its_connection() -> None:
 
     asyncio.run(scenario())
     assert seen == [0, 1, 2, 0]
+
+
+def _families() -> list[str]:
+    families = ["ipv4", "unix"]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        families.append("ipv6")
+    return families
+
+
+@pytest.mark.parametrize("loop_factory", ["uvloop", "asyncio"])
+@pytest.mark.parametrize("family", _families())
+def test_a_connections_addresses_in_the_scope_are_uvicorns(family: str, loop_factory: str, tmp_path: Path) -> None:
+    """The protocol reads a connection's addresses from the transport, not from a socket object
+    as uvicorn does: the scope's client, server and scheme stay what uvicorn's protocol gives."""
+    scopes: dict[type, dict[str, Any]] = {}
+    ends: dict[type, tuple[Any, Any]] = {}  # the client's own view: (its address, the server's)
+
+    def app_for(kind: type) -> Any:
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            scopes[kind] = scope
+            await hello(scope, receive, send)
+
+        return app
+
+    async def served(kind: type) -> None:
+        config = configure(uvicorn.Config(app_for(kind), lifespan="off", log_level="warning"), client_timeout=3.0)
+        config.load()
+        loop = asyncio.get_running_loop()
+
+        def factory() -> Any:
+            return kind(config, ServerState(), {}, loop)
+
+        if family == "unix":
+            path = str(tmp_path / f"{kind.__name__}.sock")
+            server = await loop.create_unix_server(factory, path)
+            reader, writer = await asyncio.open_unix_connection(path)
+        else:
+            host = "127.0.0.1" if family == "ipv4" else "::1"
+            server = await loop.create_server(factory, host, 0)
+            reader, writer = await asyncio.open_connection(host, server.sockets[0].getsockname()[1])
+        ends[kind] = (writer.get_extra_info("sockname"), writer.get_extra_info("peername"))
+        writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200 OK")
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    async def both() -> None:
+        await served(HttpToolsProtocol)
+        await served(GuardedHttpToolsProtocol)
+
+    if loop_factory == "uvloop":
+        import uvloop
+
+        uvloop.run(both())
+    else:
+        asyncio.run(both())
+
+    def seen(kind: type) -> tuple[Any, ...]:
+        """The scope's addresses, each port that is the client's or the server's named so."""
+        scope, (client, server) = scopes[kind], ends[kind]
+        names = {server: "socket path"} if family == "unix" else {client[1]: "client port", server[1]: "server port"}
+
+        def named(address: Any) -> Any:
+            if address is None:
+                return None
+            if family == "unix":
+                return (names.get(address[0], address[0]), address[1])
+            return (address[0], names.get(address[1], address[1]))
+
+        return named(scope["client"]), named(scope["server"]), scope["scheme"]
+
+    assert seen(GuardedHttpToolsProtocol) == seen(HttpToolsProtocol)
+    expected = (None, ("socket path", None)) if family == "unix" else ((ANY, "client port"), (ANY, "server port"))
+    assert seen(HttpToolsProtocol)[:2] == expected
 
 
 # --- the direct lane ------------------------------------------------------------------------------
