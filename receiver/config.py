@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     writer_interval_seconds: float = Field(
         default=0.5, ge=0, le=5, description="during bursts, store at most this often (larger batches)"
     )
+    writer_busy_share: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="while the acknowledgements keep the CPUs busy, the writer process stores at most this"
+        " share of the time (1: never rests); see receiver/pacing.py",
+    )
     shutdown_drain_seconds: float = 10.0
     writer: Literal["process", "inline"] = Field(
         default="inline",

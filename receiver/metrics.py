@@ -96,6 +96,10 @@ WRITER_LAG = Histogram(
     "At each commit: time since the newest record of the batch was received",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0),
 )
+WRITER_RESTED = Counter(
+    "receiver_writer_rested_seconds",
+    "Time the writer rested between stores to leave the CPUs to the acknowledgements (a burst)",
+)
 DATABASE_ERRORS = Counter(
     "receiver_database_errors",
     "PostgreSQL failures: writer (a batch failed, retried later), poison (a record refused for its data,"

@@ -25,6 +25,7 @@ import structlog
 from . import metrics, numbers, partitions, records
 from .correlation.store import lock_messages
 from .journal.reader import JournalReader
+from .pacing import Pacing
 from .records import QuarantineRecord, Record, ReportRecord, UplinkRecord
 
 log = structlog.get_logger(__name__)
@@ -254,6 +255,7 @@ class Writer:
         quarantine_max_rows: int | None = None,
         idle_poll: float = 1.0,
         on_status: Callable[[Writer], None] | None = None,
+        pacing: Pacing | None = None,
     ) -> None:
         self.reader = reader
         # The quarantine table is trimmed to its newest ``quarantine_max_rows`` rows after every
@@ -267,6 +269,9 @@ class Writer:
         # PostgreSQL gets a few large transactions.
         self.interval = interval
         self._last_store = float("-inf")
+        # During a burst that keeps the CPUs busy, rest after each store (receiver/pacing.py).
+        self.pacing = pacing
+        self._rest_until = float("-inf")
         self.after_insert = tuple(after_insert)
         self.connect = connect
         self.batch_size = batch_size
@@ -313,12 +318,21 @@ class Writer:
                 await self._wait(self.idle_poll)
                 continue
             self._idle.clear()
+            rest = self._rest_until - time.monotonic()
+            if rest > 0:  # stop() wakes it: what is left is stored at once
+                resting = time.monotonic()
+                await self._wait(rest)
+                metrics.WRITER_RESTED.inc(time.monotonic() - resting)
+                if self._stopping:
+                    continue
+                batch = self.reader.read(self._limit)
             wait = self._last_store + self.interval - time.monotonic()
             if wait > 0 and len(batch.payloads) < self._limit and not self._stopping:
                 await asyncio.sleep(wait)
                 batch = self.reader.read(self._limit)
             full = len(batch.payloads) >= self._limit
             self._limit = min(self._limit * 2, self.batch_size * MAX_GROWTH) if full else self.batch_size
+            started = time.monotonic()
             try:
                 quarantined = await self._store(batch.payloads)
             except Exception as error:  # noqa: BLE001 - every failure here means "retry later"
@@ -342,6 +356,10 @@ class Writer:
             self.reader.commit(batch)
             await self._trim(quarantined)
             self._last_store = time.monotonic()
+            if self.pacing is not None:
+                self._rest_until = self._last_store + self.pacing.rest(
+                    self._last_store - started, self.reader.backlog_bytes
+                )
 
     def _status(self) -> None:
         if self.on_status is not None:

@@ -36,6 +36,7 @@ from .correlation import store as correlation
 from .correlation import sweep
 from .db import migrate
 from .journal import JournalReader
+from .pacing import Pacing
 from .writer import AfterInsert, Connect, Writer
 
 log = structlog.get_logger("receiver.writer")
@@ -115,6 +116,8 @@ def build(settings: Settings, *, idle_poll: float = 1.0, process: bool = False) 
         after_insert=hooks(settings),
         idle_poll=idle_poll,
         on_status=_StatusFile(path).update if process else None,
+        # Resting helps only a process of its own, in SCHED_IDLE: its waits say the workers want the CPUs.
+        pacing=Pacing(settings.writer_busy_share, settings.journal_max_bytes // 2) if process else None,
     )
 
 

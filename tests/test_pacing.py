@@ -1,0 +1,128 @@
+"""The writer rests between stores while the acknowledgements keep the CPUs busy
+(receiver/pacing.py), and never when that would bring the journal's bound nearer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from receiver import metrics, records, writer_process
+from receiver.config import Settings
+from receiver.journal import Journal
+from receiver.journal.envelope import Kind
+from receiver.pacing import Pacing, schedstat
+
+BOUND = 1000  # bytes of backlog past which the writer stores at full speed
+
+
+def stats_of(*samples: tuple[int, int] | None) -> object:
+    """A scheduler whose statistics are these samples, in turn (ns run, ns waited)."""
+    queue = list(samples)
+    return lambda: queue.pop(0)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "busy_share", "backlog", "store_seconds", "rest"),
+    [
+        # waited 90 % of the time it wanted a CPU: the workers keep the CPUs busy
+        pytest.param((0, 0), (10, 90), 0.25, 0, 0.1, 0.3, id="contended-rests-3x-the-store"),
+        pytest.param((0, 0), (10, 90), 0.5, 0, 0.2, 0.2, id="half-the-time"),
+        pytest.param((100, 100), (190, 110), 0.25, 0, 0.1, 0.0, id="cpus-free-no-rest"),
+        pytest.param((0, 0), (50, 50), 0.25, 0, 0.1, 0.0, id="half-waiting-is-not-contended"),
+        pytest.param((0, 0), (10, 90), 1.0, 0, 0.1, 0.0, id="busy-share-1-never-rests"),
+        pytest.param((0, 0), (10, 90), 0.25, BOUND, 0.1, 0.0, id="backlog-at-its-bound-no-rest"),
+        pytest.param(None, None, 0.25, 0, 0.1, 0.0, id="system-says-nothing"),
+        pytest.param((5, 5), (5, 5), 0.25, 0, 0.1, 0.0, id="did-not-run"),
+    ],
+)
+def test_the_rest_after_a_store(
+    before: tuple[int, int] | None,
+    after: tuple[int, int] | None,
+    busy_share: float,
+    backlog: int,
+    store_seconds: float,
+    rest: float,
+) -> None:
+    pacing = Pacing(busy_share, BOUND, stats=stats_of(before, after))  # type: ignore[arg-type]
+    assert pacing.rest(store_seconds, backlog) == pytest.approx(rest)
+
+
+def test_the_threads_own_statistics_grow_as_it_runs() -> None:
+    first = schedstat()
+    if first is None:
+        pytest.skip("this system does not report scheduler statistics")
+    end = time.process_time() + 0.05
+    while time.process_time() < end:
+        pass
+    second = schedstat()
+    assert second is not None and second[0] - first[0] >= 40_000_000  # ns of the 50 ms it ran
+    assert schedstat(Path("/nonexistent/schedstat")) is None
+
+
+class Resting(Pacing):
+    """Contended all along: rests ``seconds`` after every store."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(0.25, BOUND)
+        self.seconds = seconds
+
+    def rest(self, store_seconds: float, backlog_bytes: int) -> float:
+        return self.seconds
+
+
+async def journal_reports(root: Path, count: int) -> None:
+    journal = Journal(root, max_bytes=1 << 30, segment_bytes=1 << 20, sync="loop")
+    await journal.start()
+    for i in range(count):
+        body = b"smsMsgId=pace-%d&status=DELIVRD&updateTime=2024-11-22T02%%3A16%%3A46Z" % i
+        await journal.append(records.accepted(Kind.STATUS_REPORT, 1, time.time(), body))
+    await journal.close()
+
+
+async def stored(db_url: str) -> int:
+    conn = await asyncpg.connect(db_url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM status_reports WHERE sms_msg_id LIKE 'pace-%'"))
+    finally:
+        await conn.close()
+
+
+def test_the_writer_rests_between_stores_and_not_when_stopping(db_url: str, tmp_path: Path) -> None:
+    root = tmp_path / "journal"
+
+    async def scenario() -> tuple[int, int, float]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            await conn.execute(
+                "INSERT INTO applications (id, name, token_hash) OVERRIDING SYSTEM VALUE VALUES (1, 'pace', $1)", b"h"
+            )
+        finally:
+            await conn.close()
+        await journal_reports(root, 30)
+        writer = writer_process.build(Settings(database_url=db_url, journal_dir=root, writer_batch_size=10))
+        writer.pacing = Resting(30.0)
+        rested = metrics.WRITER_RESTED._value.get()
+        task = asyncio.create_task(writer.run())
+        try:
+            deadline = time.monotonic() + 10
+            while await stored(db_url) < 10 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            during_rest = await stored(db_url)  # one batch stored, then resting
+            started = time.monotonic()
+            assert await writer.stop(10)  # stopping: what is left is stored at once
+            stop_seconds = time.monotonic() - started
+        finally:
+            task.cancel()
+            writer.reader.close()
+        assert metrics.WRITER_RESTED._value.get() > rested
+        return during_rest, await stored(db_url), stop_seconds
+
+    during_rest, after_stop, stop_seconds = asyncio.run(scenario())
+    assert during_rest == 10
+    assert after_stop == 30
+    assert stop_seconds < 10
