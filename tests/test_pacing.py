@@ -7,8 +7,8 @@ import asyncio
 import time
 from pathlib import Path
 
-import asyncpg
 import pytest
+from support import admin, fetch
 
 from receiver import metrics, records, writer_process
 from receiver.config import Settings
@@ -84,24 +84,17 @@ async def journal_reports(root: Path, count: int) -> None:
 
 
 async def stored(db_url: str) -> int:
-    conn = await asyncpg.connect(db_url)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM status_reports WHERE sms_msg_id LIKE 'pace-%'"))
-    finally:
-        await conn.close()
+    rows = await fetch(db_url, "SELECT count(*) AS n FROM status_reports WHERE sms_msg_id LIKE 'pace-%'")
+    return int(rows[0]["n"])
 
 
 def test_the_writer_rests_between_stores_and_not_when_stopping(db_url: str, tmp_path: Path) -> None:
     root = tmp_path / "journal"
 
     async def scenario() -> tuple[int, int, float]:
-        conn = await asyncpg.connect(db_url)
-        try:
-            await conn.execute(
-                "INSERT INTO applications (id, name, token_hash) OVERRIDING SYSTEM VALUE VALUES (1, 'pace', $1)", b"h"
-            )
-        finally:
-            await conn.close()
+        await admin(
+            db_url, "INSERT INTO applications (id, name, token_hash) OVERRIDING SYSTEM VALUE VALUES (1, 'pace', 'h')"
+        )
         await journal_reports(root, 30)
         writer = writer_process.build(Settings(database_url=db_url, journal_dir=root, writer_batch_size=10))
         writer.pacing = Resting(30.0)
