@@ -290,6 +290,7 @@ class Writer:
         self._conn: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
         self._stopping = False
+        self._draining = False  # stop() stores what is left: no rest
         self._idle = asyncio.Event()
 
     def wake(self) -> None:
@@ -318,7 +319,7 @@ class Writer:
                 await self._wait(self.idle_poll)
                 continue
             self._idle.clear()
-            rest = self._rest_until - time.monotonic()
+            rest = self._rest_until - time.monotonic() if not self._draining else 0.0
             if rest > 0:  # stop() wakes it: what is left is stored at once
                 resting = time.monotonic()
                 await self._wait(rest)
@@ -418,6 +419,7 @@ class Writer:
     async def stop(self, drain_timeout: float) -> bool:
         """Store what the journal holds (for up to ``drain_timeout`` s), then stop. True if all was stored."""
         deadline = time.monotonic() + drain_timeout
+        self._draining = True
         self.locked = self.locked or self.reader.try_lock()  # run() may not have started yet
         while self.locked and time.monotonic() < deadline and not self.reader.drained():
             self.wake()

@@ -64,10 +64,10 @@ def test_the_threads_own_statistics_grow_as_it_runs() -> None:
 
 
 class Resting(Pacing):
-    """Contended all along: rests ``seconds`` after every store."""
+    """Contended all along: rests ``seconds`` after every store, whatever the backlog then."""
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__(0.25, BOUND)
+    def __init__(self, seconds: float, bound: int = 1 << 30) -> None:
+        super().__init__(0.25, bound)
         self.seconds = seconds
 
     def rest(self, store_seconds: float, backlog_bytes: int) -> float:
@@ -83,6 +83,16 @@ async def journal_reports(root: Path, count: int) -> None:
     await journal.close()
 
 
+async def an_application(db_url: str) -> None:
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            "INSERT INTO applications (id, name, token_hash) OVERRIDING SYSTEM VALUE VALUES (1, 'pace', $1)", b"h"
+        )
+    finally:
+        await conn.close()
+
+
 async def stored(db_url: str) -> int:
     conn = await asyncpg.connect(db_url)
     try:
@@ -95,13 +105,7 @@ def test_the_writer_rests_between_stores_and_not_when_stopping(db_url: str, tmp_
     root = tmp_path / "journal"
 
     async def scenario() -> tuple[int, int, float]:
-        conn = await asyncpg.connect(db_url)
-        try:
-            await conn.execute(
-                "INSERT INTO applications (id, name, token_hash) OVERRIDING SYSTEM VALUE VALUES (1, 'pace', $1)", b"h"
-            )
-        finally:
-            await conn.close()
+        await an_application(db_url)
         await journal_reports(root, 30)
         writer = writer_process.build(Settings(database_url=db_url, journal_dir=root, writer_batch_size=10))
         writer.pacing = Resting(30.0)
@@ -126,3 +130,27 @@ def test_the_writer_rests_between_stores_and_not_when_stopping(db_url: str, tmp_
     assert during_rest == 10
     assert after_stop == 30
     assert stop_seconds < 10
+
+
+def test_stopping_stores_what_is_left_without_resting(db_url: str, tmp_path: Path) -> None:
+    """stop() stores the backlog at once: no rest between its batches."""
+    root = tmp_path / "journal"
+
+    async def scenario() -> tuple[bool, float]:
+        await an_application(db_url)
+        await journal_reports(root, 30)
+        writer = writer_process.build(Settings(database_url=db_url, journal_dir=root, writer_batch_size=10))
+        writer.pacing = Resting(30.0)
+        rested = metrics.WRITER_RESTED._value.get()
+        task = asyncio.create_task(writer.run())
+        try:
+            drained = await writer.stop(10)
+        finally:
+            task.cancel()
+            writer.reader.close()
+        return drained, metrics.WRITER_RESTED._value.get() - rested
+
+    drained, rested = asyncio.run(scenario())
+    assert drained
+    assert rested == 0
+    assert asyncio.run(stored(db_url)) == 30
