@@ -16,6 +16,7 @@ from receiver.config import Settings
 from receiver.journal import Journal
 from receiver.journal.envelope import Kind
 from receiver.pacing import Pacing, schedstat
+from receiver.writer import Writer
 
 BOUND = 1000  # bytes of backlog past which the writer stores at full speed
 
@@ -94,6 +95,15 @@ async def an_application(db_url: str) -> None:
         await conn.close()
 
 
+async def a_writer(db_url: str, root: Path, pacing: Pacing) -> Writer:
+    """A writer (not yet running) of batches of 10, with this pacing, and 30 reports to store."""
+    await an_application(db_url)
+    await journal_reports(root, 30)
+    writer = writer_process.build(Settings(database_url=db_url, journal_dir=root, writer_batch_size=10))
+    writer.pacing = pacing
+    return writer
+
+
 async def stored(db_url: str) -> int:
     conn = await asyncpg.connect(db_url)
     try:
@@ -102,20 +112,28 @@ async def stored(db_url: str) -> int:
         await conn.close()
 
 
+async def until(condition: Callable[[], Awaitable[bool]], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not await condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def _at_least(db_url: str, count: int) -> bool:
+    return await stored(db_url) >= count
+
+
 def test_the_writer_rests_between_stores_and_not_when_stopping(db_url: str, tmp_path: Path) -> None:
     root = tmp_path / "journal"
 
     async def scenario() -> tuple[int, int, float]:
-        await an_application(db_url)
-        await journal_reports(root, 30)
-        writer = writer_process.build(Settings(database_url=db_url, journal_dir=root, writer_batch_size=10))
-        writer.pacing = Resting(30.0)
+        writer = await a_writer(db_url, root, Resting(30.0))
         rested = metrics.WRITER_RESTED._value.get()
         task = asyncio.create_task(writer.run())
         try:
-            deadline = time.monotonic() + 10
-            while await stored(db_url) < 10 and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            assert await until(lambda: _at_least(db_url, 10), 10)
             await asyncio.sleep(0.5)
             during_rest = await stored(db_url)  # one batch stored, then resting
             started = time.monotonic()
@@ -133,19 +151,6 @@ def test_the_writer_rests_between_stores_and_not_when_stopping(db_url: str, tmp_
     assert stop_seconds < 10
 
 
-async def until(condition: Callable[[], Awaitable[bool]], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not await condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
-async def _at_least(db_url: str, count: int) -> bool:
-    return await stored(db_url) >= count
-
-
 def test_a_rest_ends_when_the_backlog_reaches_the_bound_meanwhile(db_url: str, tmp_path: Path) -> None:
     """A rest is decided after a store, but the journal fills while the writer rests: once the
     backlog is past the bound the writer stores at once, not when the rest was to end (the rest
@@ -154,10 +159,7 @@ def test_a_rest_ends_when_the_backlog_reaches_the_bound_meanwhile(db_url: str, t
     bound = 5_000  # bytes: these records take about 90 each, so 20 are below it, 60 past it
 
     async def scenario() -> tuple[int, int]:
-        await an_application(db_url)
-        await journal_reports(root, 30)
-        writer = writer_process.build(Settings(database_url=db_url, journal_dir=root, writer_batch_size=10))
-        writer.pacing = Resting(30.0, bound)
+        writer = await a_writer(db_url, root, Resting(30.0, bound))
         task = asyncio.create_task(writer.run())
         try:
             assert await until(lambda: _at_least(db_url, 10), 10)
@@ -187,10 +189,7 @@ def test_a_resting_writer_still_says_it_is_running(
     root = tmp_path / "journal"
 
     async def scenario() -> list[bool]:
-        await an_application(db_url)
-        await journal_reports(root, 30)
-        writer = writer_process.build(Settings(database_url=db_url, journal_dir=root, writer_batch_size=10))
-        writer.pacing = Resting(30.0)
+        writer = await a_writer(db_url, root, Resting(30.0))
         writer.on_status = writer_process._StatusFile(root / writer_process.STATUS_FILE).update
         task = asyncio.create_task(writer.run())
         running = []
@@ -214,10 +213,7 @@ def test_stopping_stores_what_is_left_without_resting(db_url: str, tmp_path: Pat
     root = tmp_path / "journal"
 
     async def scenario() -> tuple[bool, float]:
-        await an_application(db_url)
-        await journal_reports(root, 30)
-        writer = writer_process.build(Settings(database_url=db_url, journal_dir=root, writer_batch_size=10))
-        writer.pacing = Resting(30.0)
+        writer = await a_writer(db_url, root, Resting(30.0))
         rested = metrics.WRITER_RESTED._value.get()
         task = asyncio.create_task(writer.run())
         try:
