@@ -11,7 +11,8 @@ time it wants one (the workers are keeping the CPUs busy), it stores at most ``b
 the time, resting after each store in proportion to how long the store took. The journal holds
 the rest durably; once the burst is over the writer waits for nobody and stores at full speed.
 A backlog past ``max_backlog_bytes`` is stored at full speed whatever the CPUs do: resting must
-never bring the journal's bound (and its ``503``) nearer.
+never bring the journal's bound (and its ``503``) nearer. The journal fills while the writer
+rests, so a rest ends as soon as the backlog passes it.
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ class Pacing:
         """Seconds to rest after a store that took ``store_seconds``, with ``backlog_bytes``
         still in the journal."""
         contended = self.contention() > self.CONTENDED
-        if not contended or self.busy_share >= 1 or backlog_bytes >= self.max_backlog_bytes:
+        if not contended or not self.may_rest(backlog_bytes):
             return 0.0
         return store_seconds * (1 - self.busy_share) / self.busy_share
+
+    def may_rest(self, backlog_bytes: int) -> bool:
+        """Whether the writer may rest (begin a rest, or go on with one) with ``backlog_bytes``
+        in the journal."""
+        return self.busy_share < 1 and backlog_bytes < self.max_backlog_bytes

@@ -235,6 +235,9 @@ def _is_poison(error: BaseException) -> bool:
 
 
 MAX_GROWTH = 8
+# While resting (receiver/pacing.py) the writer reads the journal again this often: its backlog
+# may end the rest, and its status must stay well within writer_process.STALE_AFTER.
+REST_SLICE = 1.0
 
 
 class Writer:
@@ -290,6 +293,7 @@ class Writer:
         self._conn: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
         self._stopping = False
+        self._draining = False  # stop() stores what is left: no rest
         self._idle = asyncio.Event()
 
     def wake(self) -> None:
@@ -318,14 +322,15 @@ class Writer:
                 await self._wait(self.idle_poll)
                 continue
             self._idle.clear()
-            rest = self._rest_until - time.monotonic()
-            if rest > 0:  # stop() wakes it: what is left is stored at once
+            rest = self._rest_left()
+            if rest > 0:
+                # A slice at a time, the journal read again after each: a backlog grown past the
+                # pacing's bound ends the rest, and the metrics and the status stay current (a
+                # status older than STALE_AFTER says the writer is not running). stop() wakes it.
                 resting = time.monotonic()
-                await self._wait(rest)
+                await self._wait(min(rest, REST_SLICE))
                 metrics.WRITER_RESTED.inc(time.monotonic() - resting)
-                if self._stopping:
-                    continue
-                batch = self.reader.read(self._limit)
+                continue
             wait = self._last_store + self.interval - time.monotonic()
             if wait > 0 and len(batch.payloads) < self._limit and not self._stopping:
                 await asyncio.sleep(wait)
@@ -360,6 +365,13 @@ class Writer:
                 self._rest_until = self._last_store + self.pacing.rest(
                     self._last_store - started, self.reader.backlog_bytes
                 )
+
+    def _rest_left(self) -> float:
+        """Seconds the writer still rests before its next store (receiver/pacing.py): none while
+        stop() drains, nor with a backlog past the pacing's bound."""
+        if self.pacing is None or self._draining or not self.pacing.may_rest(self.reader.backlog_bytes):
+            return 0.0
+        return self._rest_until - time.monotonic()
 
     def _status(self) -> None:
         if self.on_status is not None:
@@ -418,6 +430,7 @@ class Writer:
     async def stop(self, drain_timeout: float) -> bool:
         """Store what the journal holds (for up to ``drain_timeout`` s), then stop. True if all was stored."""
         deadline = time.monotonic() + drain_timeout
+        self._draining = True
         self.locked = self.locked or self.reader.try_lock()  # run() may not have started yet
         while self.locked and time.monotonic() < deadline and not self.reader.drained():
             self.wake()

@@ -117,8 +117,14 @@ def build(settings: Settings, *, idle_poll: float = 1.0, process: bool = False) 
         idle_poll=idle_poll,
         on_status=_StatusFile(path).update if process else None,
         # Resting helps only a process of its own, in SCHED_IDLE: its waits say the workers want the CPUs.
-        pacing=Pacing(settings.writer_busy_share, settings.journal_max_bytes // 2) if process else None,
+        pacing=Pacing(settings.writer_busy_share, settings.journal_max_bytes // PACED_SHARE) if process else None,
     )
+
+
+# The writer rests (receiver/pacing.py) only while the journal's backlog, all workers' together,
+# is under this fraction (1/4) of one worker's bound: well before /readyz says "filling" (half of
+# it) and far from the 503s.
+PACED_SHARE = 4
 
 
 class _StatusFile:

@@ -13,6 +13,7 @@ import inspect
 import json
 import signal
 import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from uvicorn.server import ServerState
 from uvicorn.supervisors.multiprocess import SIGNALS, Multiprocess
 
-from receiver import uvicorn_adapter
+from receiver import tls, uvicorn_adapter
 from receiver.uvicorn_adapter import (
     INTERNALS,
     GuardedHttpToolsProtocol,
@@ -169,7 +170,7 @@ def test_each_request_says_how_many_came_before_it_on_its_connection() -> None:
 
 
 def _families() -> list[str]:
-    families = ["ipv4", "unix"]
+    families = ["ipv4", "tls", "unix"]
     with contextlib.suppress(OSError), socket.socket(socket.AF_INET6) as probe:
         probe.bind(("::1", 0))
         families.append("ipv6")
@@ -180,7 +181,13 @@ def _families() -> list[str]:
 @pytest.mark.parametrize("family", _families())
 def test_a_connections_addresses_in_the_scope_are_uvicorns(family: str, loop_factory: str, tmp_path: Path) -> None:
     """The protocol reads a connection's addresses from the transport, not from a socket object
-    as uvicorn does: the scope's client, server and scheme stay what uvicorn's protocol gives."""
+    as uvicorn does: the scope's client, server and scheme stay what uvicorn's protocol gives
+    (``tls``: IPv4 through the TLS transport of each loop)."""
+    server_tls = client_tls = None
+    if family == "tls":
+        server_tls = tls.server_context(*tls.self_signed(tmp_path))
+        client_tls = ssl.create_default_context()
+        client_tls.check_hostname, client_tls.verify_mode = False, ssl.CERT_NONE
     scopes: dict[type, dict[str, Any]] = {}
     ends: dict[type, tuple[Any, Any]] = {}  # the client's own view: (its address, the server's)
 
@@ -204,9 +211,10 @@ def test_a_connections_addresses_in_the_scope_are_uvicorns(family: str, loop_fac
             server = await loop.create_unix_server(factory, path)
             reader, writer = await asyncio.open_unix_connection(path)
         else:
-            host = "127.0.0.1" if family == "ipv4" else "::1"
-            server = await loop.create_server(factory, host, 0)
-            reader, writer = await asyncio.open_connection(host, server.sockets[0].getsockname()[1])
+            host = "::1" if family == "ipv6" else "127.0.0.1"
+            server = await loop.create_server(factory, host, 0, ssl=server_tls)
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection(host, port, ssl=client_tls)
         ends[kind] = (writer.get_extra_info("sockname"), writer.get_extra_info("peername"))
         writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
         assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200 OK")
@@ -241,7 +249,7 @@ def test_a_connections_addresses_in_the_scope_are_uvicorns(family: str, loop_fac
 
     assert seen(GuardedHttpToolsProtocol) == seen(HttpToolsProtocol)
     expected = (None, ("socket path", None)) if family == "unix" else ((ANY, "client port"), (ANY, "server port"))
-    assert seen(HttpToolsProtocol)[:2] == expected
+    assert seen(HttpToolsProtocol) == (*expected, "https" if family == "tls" else "http")
 
 
 # --- the direct lane ------------------------------------------------------------------------------
