@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from .. import db
 from ..api.models import BlacklistEntry, Message, MessageSummary, Uplink
 from ..blacklist import atsend
 from ..protocol import ProtocolError
@@ -28,13 +29,19 @@ SELECT m.sms_msg_id, {EFFECTIVE_STATE.format(now=_NOW, window="$2::interval")} A
        o."to" AS optout_number, o.channel, o.source, o.reason, o.cause_sms_msg_id, o.added_by, o.added_at,
        CASE WHEN m.reports > 0 THEN coalesce(m.reports_from, '-infinity') END AS reports_from,
        CASE WHEN m.reports > 0 THEN coalesce(m.reports_until, 'infinity') END AS reports_until
--- No time is known of the message: its state is looked for newest day first, and the search
--- stops at the first day that has it (one index probe per day newer than the message's).
-FROM (SELECT * FROM message_states WHERE sms_msg_id = $1 ORDER BY message_at DESC LIMIT 1) m
+-- The days message_index gives ($4, newest first): the state, and the send and opt-out row of its
+-- day (a sent message's state is at its send's createTime, sent_at = message_at).
+FROM (SELECT * FROM message_states WHERE sms_msg_id = $1 AND message_at = ANY($4::timestamptz[])
+      ORDER BY message_at DESC LIMIT 1) m
 LEFT JOIN sent_messages s ON s.sms_msg_id = m.sms_msg_id AND s.create_time = m.sent_at
+                         AND s.create_time = ANY($4::timestamptz[])
 LEFT JOIN applications a ON a.id = s.application_id
-LEFT JOIN sends_after_optout o ON o.sms_msg_id = m.sms_msg_id AND o.sent_at = m.sent_at AND o.source IS NOT NULL
+LEFT JOIN sends_after_optout o ON o.sms_msg_id = m.sms_msg_id AND o.sent_at = m.sent_at
+                              AND o.sent_at = ANY($4::timestamptz[]) AND o.source IS NOT NULL
 """
+
+# Where a message's state is (sql/019_message_index.sql): one row, a few month partitions.
+_DAYS = "SELECT message_at FROM message_index WHERE sms_msg_id = $1 ORDER BY message_at DESC"
 
 # From the days its state says its reports are in (store._REFRESH_STATES), not every day kept.
 _REPORTS = """
@@ -44,11 +51,19 @@ WHERE sms_msg_id = $1 AND received_at BETWEEN $2 AND $3
 ORDER BY update_time NULLS FIRST, received_at, id
 """
 
+# A message's replies: their links first (most messages have none), then the replies from the
+# days their links name (sql/019_message_index.sql).
+_LINKS = """
+SELECT uplink_id, uplink_received_at, candidates, match, unlinked_reason FROM reply_links WHERE sms_msg_id = $1
+"""
 _REPLIES = """
 SELECT u.id, u.sms_msg_id, u."from", u."to", u.body, u.create_time, u.received_at, l.candidates, l.match,
        l.unlinked_reason
-FROM reply_links l JOIN uplinks u ON u.id = l.uplink_id
-WHERE l.sms_msg_id = $1 ORDER BY u.received_at, u.id
+FROM unnest($1::bigint[], $2::timestamptz[], $3::integer[], $4::text[], $5::text[])
+     AS l(uplink_id, received_at, candidates, match, unlinked_reason)
+JOIN uplinks u ON u.id = l.uplink_id AND u.received_at = l.received_at
+WHERE u.received_at = ANY($2::timestamptz[])
+ORDER BY u.received_at, u.id
 """
 
 _LIST_STATE = EFFECTIVE_STATE.format(now="coalesce($9::timestamptz, now())", window="$8::interval")
@@ -146,11 +161,19 @@ async def message(
     conn: asyncpg.Connection, sms_msg_id: str, *, window: timedelta = REPORT_WINDOW, now: datetime | None = None
 ) -> Message | None:
     """One message as the API shows it, its state at ``now`` (default: the database's clock)."""
-    row = await conn.fetchrow(_MESSAGE, sms_msg_id, window, now)
-    if row is None:
-        return None
-    reports = await conn.fetch(_REPORTS, sms_msg_id, row["reports_from"], row["reports_until"])
-    replies = await conn.fetch(_REPLIES, sms_msg_id)
+    async with conn.transaction():
+        await db.plan_each_time(conn)  # each statement reads the days it is given
+        days = [r["message_at"] for r in await conn.fetch(_DAYS, sms_msg_id)]
+        row = await conn.fetchrow(_MESSAGE, sms_msg_id, window, now, days) if days else None
+        if row is None:
+            return None
+        # no bounds: no reports (NULL bounds would leave the planner every day to look at)
+        reports = []
+        if row["reports_from"] is not None:
+            reports = await conn.fetch(_REPORTS, sms_msg_id, row["reports_from"], row["reports_until"])
+        links = [link for link in await conn.fetch(_LINKS, sms_msg_id) if link["uplink_received_at"] is not None]
+        columns = ("uplink_id", "uplink_received_at", "candidates", "match", "unlinked_reason")
+        replies = await conn.fetch(_REPLIES, *([link[k] for link in links] for k in columns)) if links else []
     to = row["to"] or next((r["to"] for r in reports if r["to"]), None)
     return Message.model_validate({
         "sms_msg_id": row["sms_msg_id"],
