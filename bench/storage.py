@@ -76,6 +76,11 @@ states AS (
 indexed AS (
     INSERT INTO message_index (sms_msg_id, message_at) SELECT $1 || i, at FROM i
 ),
+recipients AS (
+    INSERT INTO recipient_index ("to", day)
+    SELECT DISTINCT '+86131' || lpad((i % 5000000)::text, 8, '0'), date_trunc('day', at, 'UTC') FROM i
+    ON CONFLICT DO NOTHING
+),
 replies AS (
     INSERT INTO uplinks (application_id, sms_msg_id, "from", "to", body, raw_body, received_at, from_e164)
     SELECT $6, 'u' || $1 || i, '+86131' || lpad((i % 5000000)::text, 8, '0'), 'csms' || (i % 10), 'ok', 'bench',

@@ -19,14 +19,27 @@ CREATE TABLE message_index (
 
 CREATE TABLE message_index_default PARTITION OF message_index DEFAULT;
 
--- The partition of `parent` for the UTC day `day` (for message_index: its UTC month), created if
+-- The days a recipient was sent to: recipient_index maps a number ("to") to each UTC day that has
+-- a send to it, so that a recipient's messages (GET /v1/messages?to=) are read from those days
+-- alone, not from the recipient index of every day kept. A trigger on sent_messages writes it (a
+-- send is never moved or changed); partitioned by UTC month, as message_index. A day whose sends
+-- a prune took away stays until its month goes: it lists no send.
+CREATE TABLE recipient_index (
+    "to" text NOT NULL,
+    day timestamptz NOT NULL,  -- the UTC day's start
+    PRIMARY KEY ("to", day)
+) PARTITION BY RANGE (day);
+
+CREATE TABLE recipient_index_default PARTITION OF recipient_index DEFAULT;
+
+-- The partition of `parent` for the UTC day `day` (for the two indexes: its UTC month), created if
 -- missing; true if created now. Rows the default partition took meanwhile move into it, in this
 -- transaction. Concurrent callers wait for each other (an advisory lock per table); the caller
 -- may set lock_timeout: a table busy with a long query is then left for the next round.
 CREATE OR REPLACE FUNCTION receiver_partition_create(parent regclass, day date) RETURNS boolean
 LANGUAGE plpgsql SET timezone = 'UTC' AS $$
 DECLARE
-    monthly boolean := parent = 'message_index'::regclass;
+    monthly boolean := parent::text IN ('message_index', 'recipient_index');
     start_day date := CASE WHEN monthly THEN date_trunc('month', day)::date ELSE day END;
     name text := format('%s_%s', parent::text, to_char(start_day, CASE WHEN monthly THEN 'YYYYMM' ELSE 'YYYYMMDD' END));
     lo timestamptz := start_day::timestamp AT TIME ZONE 'UTC';
@@ -77,7 +90,8 @@ DECLARE
     day date;
 BEGIN
     FOREACH parent IN ARRAY ARRAY['status_reports', 'uplinks', 'quarantine', 'events', 'sent_messages',
-                                  'message_states', 'sends_after_optout', 'message_index']::regclass[] LOOP
+                                  'message_states', 'sends_after_optout', 'message_index',
+                                  'recipient_index']::regclass[] LOOP
         FOR day IN SELECT generate_series(first_day, last_day, interval '1 day')::date LOOP
             IF receiver_partition_create(parent, day) THEN
                 created := created + 1;
@@ -126,11 +140,27 @@ CREATE TRIGGER message_index_on_changed_states AFTER UPDATE ON message_states
 CREATE TRIGGER message_index_on_deleted_states AFTER DELETE ON message_states
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION message_index_on_deleted_states();
 
--- The months of the states stored, and the months ahead; then every state's row.
+CREATE FUNCTION recipient_index_on_sends() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO recipient_index ("to", day)
+    SELECT DISTINCT "to", date_trunc('day', create_time, 'UTC') FROM new_rows ORDER BY 1, 2
+    ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER recipient_index_on_sends AFTER INSERT ON sent_messages
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION recipient_index_on_sends();
+
+-- The months of the states and sends stored, and the months ahead; then the rows of both.
 SELECT receiver_partition_create('message_index', month::date)
 FROM (SELECT DISTINCT date_trunc('month', message_at AT TIME ZONE 'UTC') AS month FROM message_states) AS m;
+SELECT receiver_partition_create('recipient_index', month::date)
+FROM (SELECT DISTINCT date_trunc('month', create_time AT TIME ZONE 'UTC') AS month FROM sent_messages) AS m;
 SELECT receiver_partitions_ensure(current_date - 1, current_date + 7);
 INSERT INTO message_index (sms_msg_id, message_at) SELECT sms_msg_id, message_at FROM message_states;
+INSERT INTO recipient_index ("to", day)
+SELECT DISTINCT "to", date_trunc('day', create_time, 'UTC') FROM sent_messages;
 
 -- A state's send is the one at its sent_at, on the days of the statement's rows: the bounds are
 -- values of the call, so its plan reads those days alone, not every day kept. Without a send among
