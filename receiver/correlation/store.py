@@ -225,7 +225,7 @@ async def refresh_states(
     near = [(r["sms_msg_id"], at) for r in new_reports for at in report_times(r)]
     now = datetime.now(UTC)  # a send registered late: its reports came up to now
     near += [(r["sms_msg_id"], at) for r in new_sends for at in (r["create_time"], now)]
-    timeless: list[datetime | None] = [None] if {m for m, _ in near} < set(ids) else []  # given without a time
+    timeless: list[datetime | None] = [None] if set(ids) - {m for m, _ in near} else []  # given without a time
     states = partitions.span([at for _, at in near] + timeless)
     received = [r["received_at"] for r in new_reports]
     near_columns = ([m for m, _ in near], [at for _, at in near], partitions.WINDOW)
