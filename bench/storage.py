@@ -73,16 +73,24 @@ states AS (
            at + CASE WHEN i % 4 = 0 THEN interval '2 seconds' ELSE interval '6 seconds' END, at + interval '6 seconds'
     FROM i
 ),
+indexed AS (
+    INSERT INTO message_index (sms_msg_id, message_at) SELECT $1 || i, at FROM i
+),
+recipients AS (
+    INSERT INTO recipient_index ("to", day)
+    SELECT DISTINCT '+86131' || lpad((i % 5000000)::text, 8, '0'), date_trunc('day', at, 'UTC') FROM i
+    ON CONFLICT DO NOTHING
+),
 replies AS (
     INSERT INTO uplinks (application_id, sms_msg_id, "from", "to", body, raw_body, received_at, from_e164)
     SELECT $6, 'u' || $1 || i, '+86131' || lpad((i % 5000000)::text, 8, '0'), 'csms' || (i % 10), 'ok', 'bench',
            at + interval '1 minute', '+86131' || lpad((i % 5000000)::text, 8, '0')
     FROM i WHERE i % 50 = 0
-    RETURNING id, sms_msg_id
+    RETURNING id, sms_msg_id, received_at
 ),
 links AS (  -- each reply answers the message it follows
-    INSERT INTO reply_links (uplink_id, sms_msg_id, candidates, match)
-    SELECT id, substr(sms_msg_id, 2), 1, 'channel' FROM replies
+    INSERT INTO reply_links (uplink_id, sms_msg_id, candidates, match, uplink_received_at)
+    SELECT id, substr(sms_msg_id, 2), 1, 'channel', received_at FROM replies
 )
 INSERT INTO status_reports (application_id, sms_msg_id, status, total, sequence, source, update_time, raw_body,
                             via, received_at, stored_at, dedupe_key)

@@ -4,7 +4,10 @@
 feed (``events``) by ``at``, the tables of one row per message by the message's time (the send's
 ``create_time``, ``message_states.message_at``, ``sends_after_optout.sent_at``): one partition per
 UTC day, named ``<table>_YYYYMMDD``, plus the
-table as it was before partitioning (``<table>_older``) and a default partition. The writer
+table as it was before partitioning (``<table>_older``) and a default partition. The two indexes
+(``message_index``: a message's day by its id, ``recipient_index``: a recipient's days,
+``sql/019_message_index.sql``) have one partition per UTC month, ``<table>_YYYYMM``:
+:func:`create` of a day makes its month. The writer
 process keeps :data:`DAYS_AHEAD` days ahead (at start, then every :data:`INTERVAL_SECONDS`), so
 the default partition normally stays empty; a row whose day has no partition (a clock far off,
 a journal replayed from long ago) lands there and never fails an insert, and moves into its
@@ -33,7 +36,10 @@ log = structlog.get_logger("receiver.partitions")
 # Partitioned tables and their partition column; the event feed first (retention drops it first).
 TABLES: dict[str, str] = {"events": "at", "status_reports": "received_at", "uplinks": "received_at",
                           "quarantine": "received_at", "sent_messages": "create_time",
-                          "message_states": "message_at", "sends_after_optout": "sent_at"}  # fmt: skip
+                          "message_states": "message_at", "sends_after_optout": "sent_at",
+                          "message_index": "message_at", "recipient_index": "day"}  # fmt: skip
+# Tables with one partition per UTC month instead of per day (receiver_partition_create knows them too).
+MONTHLY = frozenset({"message_index", "recipient_index"})
 DAYS_AHEAD = 7
 INTERVAL_SECONDS = 3600.0
 LOCK_TIMEOUT = "2s"
@@ -61,6 +67,11 @@ def span(times: Iterable[datetime | None]) -> tuple[datetime, datetime]:
     return min(dated) - WINDOW, max(dated) + WINDOW
 
 
+def name(table: str, day: date) -> str:
+    """The name of ``table``'s partition that holds ``day``."""
+    return f"{table}_{day:%Y%m}" if table in MONTHLY else f"{table}_{day:%Y%m%d}"
+
+
 @dataclass(frozen=True)
 class Partition:
     table: str  # the parent
@@ -80,8 +91,8 @@ async def partitions(conn: db.Connection, table: str) -> list[Partition]:
 
 
 async def create(conn: db.Connection, table: str, day: date) -> bool:
-    """Make ``table``'s partition for ``day`` (UTC) unless it exists; True if made now. False as
-    well when the table is too busy to lock within :data:`LOCK_TIMEOUT`."""
+    """Make ``table``'s partition for ``day`` (UTC; of a :data:`MONTHLY` table: its month) unless it exists;
+    True if made now. False as well when the table is too busy to lock within :data:`LOCK_TIMEOUT`."""
     try:
         async with conn.transaction():
             await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")

@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from . import metrics, numbers, partitions, records
+from . import db, metrics, numbers, partitions, records
 from .correlation.store import lock_messages
 from .journal.reader import JournalReader
 from .pacing import Pacing
@@ -139,12 +139,14 @@ async def store(conn: asyncpg.Connection, batch: Sequence[Record], after_insert:
         new_uplinks: list[asyncpg.Record] = []
         if reports or uplinks:
             await lock_messages(conn, [r.event.sms_msg_id for r in reports] + [r.event.sms_msg_id for r in uplinks])
-        if reports:
-            span = _span(r.received_at for r in reports)
-            new_reports = await conn.fetch(_INSERT_REPORTS, *_columns(_report_row(r) for r in reports), *span)
-        if uplinks:
-            span = _span(r.received_at for r in uplinks)
-            new_uplinks = await conn.fetch(_INSERT_UPLINKS, *_columns(_uplink_row(r) for r in uplinks), *span)
+            await db.plan_each_time(conn)  # the look-ups of stored copies read the days of their span
+            if reports:
+                span = _span(r.received_at for r in reports)
+                new_reports = await conn.fetch(_INSERT_REPORTS, *_columns(_report_row(r) for r in reports), *span)
+            if uplinks:
+                span = _span(r.received_at for r in uplinks)
+                new_uplinks = await conn.fetch(_INSERT_UPLINKS, *_columns(_uplink_row(r) for r in uplinks), *span)
+            await db.plan_as_usual(conn)
         if new_reports or new_uplinks:
             for hook in after_insert:
                 await hook(conn, new_reports, new_uplinks)

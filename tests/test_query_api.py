@@ -308,7 +308,7 @@ def test_a_query_cut_by_postgres_terminating_its_backend_is_503_not_500(harness:
         admin = await asyncpg.connect(harness.url)
         try:
             async with admin.transaction():
-                await admin.execute("LOCK TABLE message_states IN ACCESS EXCLUSIVE MODE")
+                await admin.execute("LOCK TABLE message_index IN ACCESS EXCLUSIVE MODE")  # read first
                 thread.start()
                 waiting: list[asyncpg.Record] = []
                 for _ in range(250):

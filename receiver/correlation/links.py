@@ -40,7 +40,7 @@ _LOCK_EVERY_NUMBER = "SELECT pg_advisory_xact_lock(8, k) FROM generate_series(0,
 # reply is a candidate of each rule it meets; the strongest rule with a candidate decides.
 _LINK = """
 WITH u AS (
-    SELECT id, application_id, from_e164, "to", coalesce(create_time, received_at) AS at
+    SELECT id, application_id, from_e164, "to", coalesce(create_time, received_at) AS at, received_at
     FROM uplinks WHERE id = ANY($1::bigint[])
 ),
 by_reply_number AS (
@@ -89,21 +89,22 @@ best AS (
 seen AS (
     SELECT uplink_id, bool_or(own) AS own FROM sends GROUP BY uplink_id
 )
-INSERT INTO reply_links AS l (uplink_id, sms_msg_id, candidates, match, unlinked_reason, linked_at)
+INSERT INTO reply_links AS l (uplink_id, sms_msg_id, candidates, match, unlinked_reason, linked_at, uplink_received_at)
 SELECT u.id, b.sms_msg_id, coalesce(b.candidates, 0), b.match,
        CASE WHEN b.uplink_id IS NOT NULL THEN NULL
             WHEN u.from_e164 IS NULL THEN 'invalid_number'
             WHEN seen.uplink_id IS NULL THEN 'no_send'
             WHEN seen.own THEN 'outside_window'
             ELSE 'other_application' END,
-       now()
+       now(), u.received_at
 FROM u
 LEFT JOIN best b ON b.uplink_id = u.id
 LEFT JOIN seen ON seen.uplink_id = u.id
 ORDER BY u.id
 ON CONFLICT (uplink_id) DO UPDATE SET
     sms_msg_id = EXCLUDED.sms_msg_id, candidates = EXCLUDED.candidates, match = EXCLUDED.match,
-    unlinked_reason = EXCLUDED.unlinked_reason, linked_at = EXCLUDED.linked_at
+    unlinked_reason = EXCLUDED.unlinked_reason, linked_at = EXCLUDED.linked_at,
+    uplink_received_at = EXCLUDED.uplink_received_at
 WHERE (l.sms_msg_id, l.candidates, l.match, l.unlinked_reason)
       IS DISTINCT FROM (EXCLUDED.sms_msg_id, EXCLUDED.candidates, EXCLUDED.match, EXCLUDED.unlinked_reason)
 RETURNING uplink_id

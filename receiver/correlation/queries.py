@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from .. import db
 from ..api.models import BlacklistEntry, Message, MessageSummary, Uplink
 from ..blacklist import atsend
 from ..protocol import ProtocolError
@@ -28,13 +29,19 @@ SELECT m.sms_msg_id, {EFFECTIVE_STATE.format(now=_NOW, window="$2::interval")} A
        o."to" AS optout_number, o.channel, o.source, o.reason, o.cause_sms_msg_id, o.added_by, o.added_at,
        CASE WHEN m.reports > 0 THEN coalesce(m.reports_from, '-infinity') END AS reports_from,
        CASE WHEN m.reports > 0 THEN coalesce(m.reports_until, 'infinity') END AS reports_until
--- No time is known of the message: its state is looked for newest day first, and the search
--- stops at the first day that has it (one index probe per day newer than the message's).
-FROM (SELECT * FROM message_states WHERE sms_msg_id = $1 ORDER BY message_at DESC LIMIT 1) m
+-- The days message_index gives ($4, newest first): the state, and the send and opt-out row of its
+-- day (a sent message's state is at its send's createTime, sent_at = message_at).
+FROM (SELECT * FROM message_states WHERE sms_msg_id = $1 AND message_at = ANY($4::timestamptz[])
+      ORDER BY message_at DESC LIMIT 1) m
 LEFT JOIN sent_messages s ON s.sms_msg_id = m.sms_msg_id AND s.create_time = m.sent_at
+                         AND s.create_time = ANY($4::timestamptz[])
 LEFT JOIN applications a ON a.id = s.application_id
-LEFT JOIN sends_after_optout o ON o.sms_msg_id = m.sms_msg_id AND o.sent_at = m.sent_at AND o.source IS NOT NULL
+LEFT JOIN sends_after_optout o ON o.sms_msg_id = m.sms_msg_id AND o.sent_at = m.sent_at
+                              AND o.sent_at = ANY($4::timestamptz[]) AND o.source IS NOT NULL
 """
+
+# Where a message's state is (sql/019_message_index.sql): one row, a few month partitions.
+_DAYS = "SELECT message_at FROM message_index WHERE sms_msg_id = $1 ORDER BY message_at DESC"
 
 # From the days its state says its reports are in (store._REFRESH_STATES), not every day kept.
 _REPORTS = """
@@ -44,11 +51,19 @@ WHERE sms_msg_id = $1 AND received_at BETWEEN $2 AND $3
 ORDER BY update_time NULLS FIRST, received_at, id
 """
 
+# A message's replies: their links first (most messages have none), then the replies from the
+# days their links name (sql/019_message_index.sql).
+_LINKS = """
+SELECT uplink_id, uplink_received_at, candidates, match, unlinked_reason FROM reply_links WHERE sms_msg_id = $1
+"""
 _REPLIES = """
 SELECT u.id, u.sms_msg_id, u."from", u."to", u.body, u.create_time, u.received_at, l.candidates, l.match,
        l.unlinked_reason
-FROM reply_links l JOIN uplinks u ON u.id = l.uplink_id
-WHERE l.sms_msg_id = $1 ORDER BY u.received_at, u.id
+FROM unnest($1::bigint[], $2::timestamptz[], $3::integer[], $4::text[], $5::text[])
+     AS l(uplink_id, received_at, candidates, match, unlinked_reason)
+JOIN uplinks u ON u.id = l.uplink_id AND u.received_at = l.received_at
+WHERE u.received_at = ANY($2::timestamptz[])
+ORDER BY u.received_at, u.id
 """
 
 _LIST_STATE = EFFECTIVE_STATE.format(now="coalesce($9::timestamptz, now())", window="$8::interval")
@@ -65,27 +80,51 @@ WHERE {only}($1::text IS NULL OR s."to" = $1)
 ORDER BY {time}, {id}
 LIMIT $7
 """
-# A send's state is at its createTime (message_at): one day. Each look-up is a subquery of its
-# own (LIMIT 1: one row per send), so the planner plans each table's days once instead of searching
-# join orders over them.
-_STATE_OF_SEND = """JOIN LATERAL (SELECT * FROM message_states m
-              WHERE m.sms_msg_id = s.sms_msg_id AND m.message_at = s.create_time LIMIT 1) m ON true"""
-# Every send, in send order; or, for the sends after an opt-out, those few in the same order
-# (their sent_at is the send's createTime), walking their own index instead of every send.
-_LIST_SENDS = _LIST.format(
-    state=_LIST_STATE, time="s.create_time", id="s.sms_msg_id", only="",
-    source=f"""FROM sent_messages s
-{_STATE_OF_SEND}
+
+
+def _state_of_send(days: str = "") -> str:
+    """A send's state is at its createTime (message_at): one day. Each look-up is a subquery of its
+    own (LIMIT 1: one row per send), so the planner plans each table's days once instead of
+    searching join orders over them. ``days``: a condition on ``m.message_at`` that names them."""
+    return f"""JOIN LATERAL (SELECT * FROM message_states m
+              WHERE m.sms_msg_id = s.sms_msg_id AND m.message_at = s.create_time {days} LIMIT 1) m ON true"""
+
+
+def _sends(days: dict[str, str] | None = None) -> str:
+    """Sends with their state and opt-out row; ``days``: conditions, by column, that name their days."""
+    on = days or {}
+    return f"""FROM sent_messages s
+{_state_of_send(on.get("m.message_at", ""))}
 LEFT JOIN LATERAL (SELECT source FROM sends_after_optout o
                    WHERE o.sms_msg_id = s.sms_msg_id AND o.sent_at = s.create_time AND o.source IS NOT NULL
-                   LIMIT 1) o ON true""",
-)  # fmt: skip
+                   {on.get("o.sent_at", "")} LIMIT 1) o ON true"""
+
+
+# Every send, in send order; or, for the sends after an opt-out, those few in the same order
+# (their sent_at is the send's createTime), walking their own index instead of every send.
+_LIST_SENDS = _LIST.format(state=_LIST_STATE, time="s.create_time", id="s.sms_msg_id", only="", source=_sends())
 _LIST_AFTER_OPTOUT = _LIST.format(
     state=_LIST_STATE, time="o.sent_at", id="o.sms_msg_id", only="o.source IS NOT NULL AND ",
     source=f"""FROM sends_after_optout o
 JOIN LATERAL (SELECT * FROM sent_messages s WHERE s.sms_msg_id = o.sms_msg_id AND s.create_time = o.sent_at
               LIMIT 1) s ON true
-{_STATE_OF_SEND}""",
+{_state_of_send()}""",
+)  # fmt: skip
+
+# A recipient's sends are read from the days it was sent to (recipient_index, sql/019_message_index.sql),
+# from the cursor's day on, a statement for each run of them ($11, $12: the run's start and end),
+# planned with those days alone: a run is no longer than the rows still wanted or DAYS_A_QUERY days.
+DAYS_A_QUERY = 8
+_RECIPIENT_DAYS = """
+SELECT day FROM recipient_index
+WHERE "to" = $1 AND day >= date_trunc('day', $2::timestamptz, 'UTC') AND ($3::timestamptz IS NULL OR day < $3)
+ORDER BY day
+"""
+_LIST_RECIPIENT = _LIST.format(
+    state=_LIST_STATE, time="s.create_time", id="s.sms_msg_id",
+    only="s.create_time >= $11::timestamptz AND s.create_time < $12::timestamptz AND ",
+    source=_sends({column: f"AND {column} >= $11::timestamptz AND {column} < $12::timestamptz"
+                   for column in ("m.message_at", "o.sent_at")}),
 )  # fmt: skip
 
 _UPLINKS = """
@@ -146,11 +185,19 @@ async def message(
     conn: asyncpg.Connection, sms_msg_id: str, *, window: timedelta = REPORT_WINDOW, now: datetime | None = None
 ) -> Message | None:
     """One message as the API shows it, its state at ``now`` (default: the database's clock)."""
-    row = await conn.fetchrow(_MESSAGE, sms_msg_id, window, now)
-    if row is None:
-        return None
-    reports = await conn.fetch(_REPORTS, sms_msg_id, row["reports_from"], row["reports_until"])
-    replies = await conn.fetch(_REPLIES, sms_msg_id)
+    async with conn.transaction():
+        await db.plan_each_time(conn)  # each statement reads the days it is given
+        days = [r["message_at"] for r in await conn.fetch(_DAYS, sms_msg_id)]
+        row = await conn.fetchrow(_MESSAGE, sms_msg_id, window, now, days) if days else None
+        if row is None:
+            return None
+        # no bounds: no reports (NULL bounds would leave the planner every day to look at)
+        reports = []
+        if row["reports_from"] is not None:
+            reports = await conn.fetch(_REPORTS, sms_msg_id, row["reports_from"], row["reports_until"])
+        links = [link for link in await conn.fetch(_LINKS, sms_msg_id) if link["uplink_received_at"] is not None]
+        columns = ("uplink_id", "uplink_received_at", "candidates", "match", "unlinked_reason")
+        replies = await conn.fetch(_REPLIES, *([link[k] for link in links] for k in columns)) if links else []
     to = row["to"] or next((r["to"] for r in reports if r["to"]), None)
     return Message.model_validate({
         "sms_msg_id": row["sms_msg_id"],
@@ -217,8 +264,11 @@ async def messages(
             raise ValueError(after_id)
     except (TypeError, ValueError, OverflowError):
         raise ProtocolError("invalid_cursor", "the cursor was not made by this API") from None
-    sql = _LIST_AFTER_OPTOUT if blacklisted_at_send else _LIST_SENDS
-    rows = await conn.fetch(sql, to, state, since, until, start, after_id, limit, window, now, blacklisted_at_send)
+    args = (to, state, since, until, start, after_id, limit, window, now, blacklisted_at_send)
+    if to is not None and not blacklisted_at_send:
+        rows = await _recipient_sends(conn, args)
+    else:
+        rows = await conn.fetch(_LIST_AFTER_OPTOUT if blacklisted_at_send else _LIST_SENDS, *args)
     items = [
         MessageSummary.model_validate({
             "sms_msg_id": r["sms_msg_id"],
@@ -235,6 +285,24 @@ async def messages(
     ]
     next_cursor = encode_cursor(rows[-1]["create_time"].isoformat(), rows[-1]["sms_msg_id"]) if rows else cursor
     return items, next_cursor
+
+
+async def _recipient_sends(conn: asyncpg.Connection, args: tuple[Any, ...]) -> list[asyncpg.Record]:
+    """The page of _LIST_RECIPIENT's rows for ``args`` (_LIST's $1 to $10), read from the
+    recipient's days, a run of them at a time, until the page is full."""
+    to, since, until, start, limit = args[0], args[2], args[3], args[4], args[6]
+    rows: list[asyncpg.Record] = []
+    async with conn.transaction():
+        await db.plan_each_time(conn)
+        days = [r["day"] for r in await conn.fetch(_RECIPIENT_DAYS, to, max(start, since or start), until)]
+        while days and len(rows) < limit:
+            # each day has a send: no more days than rows wanted, within as many days or DAYS_A_QUERY
+            wanted = limit - len(rows)
+            run = [day for day in days[:wanted] if day < days[0] + timedelta(days=max(wanted, DAYS_A_QUERY))]
+            del days[: len(run)]
+            end = run[-1] + timedelta(days=1)
+            rows += await conn.fetch(_LIST_RECIPIENT, *args[:6], limit - len(rows), *args[7:], run[0], end)
+    return rows
 
 
 async def uplinks(conn: asyncpg.Connection, *, cursor: str | None, limit: int) -> tuple[list[Uplink], str]:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from .. import partitions
+from .. import db, partitions
 from . import links
 from .sent import SentMessage
 
@@ -29,18 +29,24 @@ SELECT pg_advisory_xact_lock(7, k)
 FROM (SELECT DISTINCT (hashtext(id) & 255) AS k FROM unnest($1::text[]) AS id ORDER BY 1) AS buckets
 """
 
-# Where a message's rows are (docs/storage.md): its stored state within partitions.WINDOW ($6) of
-# the times known of it ($4/$5: the receipt and updateTime of the reports stored now, the
-# createTime and registration of the sends registered now; NULL: not known), newest first; its
-# send likewise; its reports between the state's bounds (reports_from, reports_until) and the
-# receipt times of the reports stored now. One or two day partitions each, not every day kept. A
-# message given without a time is searched in every day; so are the reports of a state from
-# before the bounds existed (reports, no bounds).
+# Where a message's rows are (docs/storage.md): its stored state within partitions.WINDOW of the
+# times known of it (the receipt and updateTime of the reports stored now, the createTime and
+# registration of the sends registered now; none known: anywhere), newest first; its send
+# likewise; its reports between the state's bounds (reports_from, reports_until) and the receipt
+# times of the reports stored now. One or two day partitions each, not every day kept. A message
+# given without a time is searched in every day; so are the reports of a state from before the
+# bounds existed (reports, no bounds).
+#
+# Two statements, so that each reads its days by values known when it is planned (db.plan_each_time):
+# _FIND_STATES finds the stored states ($5, $6: the span of the messages' windows); the refresh
+# is given them ($7 to $11) and, for each table it reads, the span of the days it needs ($12 to
+# $17), computed from them. Per message, the rows are still looked up within its own bounds.
 #
 # message_at, the partition key, follows from the events: the send's createTime, else the first
 # report's receipt. A state whose message_at changes (a send registered after its reports, a
 # report received earlier than the first stored) is updated where it is and moves to its new day;
-# the others are written with ON CONFLICT on (sms_msg_id, message_at).
+# the others are written with ON CONFLICT on (sms_msg_id, message_at). message_index follows the
+# states by triggers (sql/019_message_index.sql).
 _STATE_COLUMNS = """
     -- past its report window (the sweep's mark, receiver.correlation.sweep) a message the
     -- reports leave pending stays unreported: the window does not reopen for a report
@@ -51,27 +57,32 @@ _STATE_COLUMNS = """
     updated_at = {new}.updated_at, reports_from = {new}.reports_from, reports_until = {new}.reports_until
 """
 
-_REFRESH_STATES = """
+_NEAR = """
 WITH ids AS (SELECT DISTINCT unnest($1::text[]) AS sms_msg_id),
-new AS (
-    SELECT sms_msg_id, min(received_at) AS first, max(received_at) AS last
-    FROM unnest($2::text[], $3::timestamptz[]) AS n(sms_msg_id, received_at) GROUP BY sms_msg_id
-),
 near AS (
     SELECT ids.sms_msg_id,
-           CASE WHEN bool_or(k.at IS NULL) THEN '-infinity' ELSE min(k.at) - $6::interval END AS lo,
-           CASE WHEN bool_or(k.at IS NULL) THEN 'infinity' ELSE max(k.at) + $6::interval END AS hi
-    FROM ids LEFT JOIN unnest($4::text[], $5::timestamptz[]) AS k(sms_msg_id, at) USING (sms_msg_id)
+           CASE WHEN bool_or(k.at IS NULL) THEN '-infinity' ELSE min(k.at) - $4::interval END AS lo,
+           CASE WHEN bool_or(k.at IS NULL) THEN 'infinity' ELSE max(k.at) + $4::interval END AS hi
+    FROM ids LEFT JOIN unnest($2::text[], $3::timestamptz[]) AS k(sms_msg_id, at) USING (sms_msg_id)
     GROUP BY ids.sms_msg_id
+)"""
+_FIND_STATES = _NEAR + """
+SELECT near.sms_msg_id, m.message_at, m.reports, m.reports_from, m.reports_until
+FROM near JOIN LATERAL (
+    SELECT message_at, reports, reports_from, reports_until FROM message_states m
+    WHERE m.sms_msg_id = near.sms_msg_id AND m.message_at BETWEEN near.lo AND near.hi
+      AND m.message_at BETWEEN $5 AND $6
+    ORDER BY m.message_at DESC LIMIT 1) m ON true
+"""
+_REFRESH_STATES = _NEAR + """,
+new AS (
+    SELECT sms_msg_id, min(received_at) AS first, max(received_at) AS last
+    FROM unnest($5::text[], $6::timestamptz[]) AS n(sms_msg_id, received_at) GROUP BY sms_msg_id
 ),
--- OFFSET 0 / LIMIT keep each look-up a loop per message (its days pruned at run time), not one
--- join the planner would answer with a scan of every day
-old AS MATERIALIZED (
-    SELECT near.*, m.message_at, m.reports AS old_reports, m.reports_from, m.reports_until
-    FROM near LEFT JOIN LATERAL (
-        SELECT message_at, reports, reports_from, reports_until FROM message_states m
-        WHERE m.sms_msg_id = near.sms_msg_id AND m.message_at BETWEEN near.lo AND near.hi
-        ORDER BY m.message_at DESC LIMIT 1) m ON true
+old AS (
+    SELECT near.*, f.message_at, f.old_reports, f.reports_from, f.reports_until
+    FROM near LEFT JOIN unnest($7::text[], $8::timestamptz[], $9::integer[], $10::timestamptz[], $11::timestamptz[])
+        AS f(sms_msg_id, message_at, old_reports, reports_from, reports_until) USING (sms_msg_id)
 ),
 bounds AS (
     SELECT old.sms_msg_id,
@@ -81,12 +92,15 @@ bounds AS (
                 ELSE greatest(old.reports_until, new.last) END AS hi
     FROM old LEFT JOIN new USING (sms_msg_id)
 ),
+-- OFFSET 0 / LIMIT keep each look-up a loop per message (its days chosen per row), not one join
+-- the planner would answer with a scan of every day in the span
 r AS (
     SELECT b.sms_msg_id, coalesce(s.sequence, 1) AS part, s.total, s.status, s.update_time, s.received_at,
            upper(s.status) = 'DELIVRD' AS ok
     FROM bounds b
     JOIN LATERAL (SELECT * FROM status_reports s
-                  WHERE s.sms_msg_id = b.sms_msg_id AND s.received_at BETWEEN b.lo AND b.hi OFFSET 0) s ON true
+                  WHERE s.sms_msg_id = b.sms_msg_id AND s.received_at BETWEEN b.lo AND b.hi
+                    AND s.received_at BETWEEN $14 AND $15 OFFSET 0) s ON true
 ),
 parts AS (
     SELECT sms_msg_id, part, bool_or(ok) AS delivered, min(update_time) FILTER (WHERE ok) AS delivered_at
@@ -121,6 +135,7 @@ per_message AS (
     FROM old
     LEFT JOIN LATERAL (SELECT * FROM sent_messages s
                        WHERE s.sms_msg_id = old.sms_msg_id AND s.create_time BETWEEN old.lo AND old.hi
+                         AND s.create_time BETWEEN $12 AND $13
                        ORDER BY s.create_time DESC LIMIT 1) s ON true
     LEFT JOIN by_report br ON br.sms_msg_id = old.sms_msg_id
     LEFT JOIN by_part bp ON bp.sms_msg_id = old.sms_msg_id
@@ -148,6 +163,7 @@ moved AS (
     UPDATE message_states m SET message_at = w.message_at, {moved}
     FROM written w
     WHERE w.old_at <> w.message_at AND m.sms_msg_id = w.sms_msg_id AND m.message_at = w.old_at
+      AND m.message_at BETWEEN $16 AND $17
 )
 INSERT INTO message_states AS m (sms_msg_id, message_at, state, status, parts_total, parts_delivered, reports, sent,
                                  sent_at, delivered_at, latency, updated_at, reports_from, reports_until)
@@ -209,10 +225,34 @@ async def refresh_states(
     near = [(r["sms_msg_id"], at) for r in new_reports for at in report_times(r)]
     now = datetime.now(UTC)  # a send registered late: its reports came up to now
     near += [(r["sms_msg_id"], at) for r in new_sends for at in (r["create_time"], now)]
+    timeless: list[datetime | None] = [None] if set(ids) - {m for m, _ in near} else []  # given without a time
+    states = partitions.span([at for _, at in near] + timeless)
+    received = [r["received_at"] for r in new_reports]
+    near_columns = ([m for m, _ in near], [at for _, at in near], partitions.WINDOW)
+    await db.plan_each_time(conn)
+    found = await conn.fetch(_FIND_STATES, ids, *near_columns, *states)
     await conn.execute(
-        _REFRESH_STATES, ids, [r["sms_msg_id"] for r in new_reports], [r["received_at"] for r in new_reports],
-        [m for m, _ in near], [at for _, at in near], partitions.WINDOW,
+        _REFRESH_STATES, ids, *near_columns, [r["sms_msg_id"] for r in new_reports], received,
+        *([row[k] for row in found] for k in ("sms_msg_id", "message_at", "reports", "reports_from", "reports_until")),
+        *states, *_reports_span(found, received), *_within(row["message_at"] for row in found),
     )  # fmt: skip
+    await db.plan_as_usual(conn)
+
+
+def _reports_span(states: Sequence[asyncpg.Record], received: Iterable[datetime]) -> tuple[datetime, datetime]:
+    """Where the reports of these stored states and of the reports received now are: from the
+    first to the last receipt; anywhere for a state with reports and no bounds (made before them)."""
+    times = list(received)
+    for state in states:
+        if state["reports"] > 0:
+            times += [state["reports_from"] or partitions.EARLIEST, state["reports_until"] or partitions.LATEST]
+    return _within(times)
+
+
+def _within(times: Iterable[datetime]) -> tuple[datetime, datetime]:
+    """From the first of ``times`` to the last; an empty span (no day) when there is none."""
+    known = list(times)
+    return (min(known), max(known)) if known else (partitions.LATEST, partitions.EARLIEST)
 
 
 def report_times(report: asyncpg.Record) -> list[datetime | None]:

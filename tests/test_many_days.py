@@ -1,0 +1,212 @@
+"""Look-ups that do not grow with the days kept (docs/storage.md): with many day partitions, a
+message is found by its id alone through message_index, a recipient's messages through
+recipient_index, each read from the days that hold them; the two indexes follow the states and
+sends whatever the order of the events, and a prune."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+import asyncpg
+import pytest
+from support import run
+
+from receiver import partitions, retention
+from receiver.api.models import Message
+from receiver.correlation import queries
+from receiver.correlation import store as correlation
+from receiver.correlation.sent import SentMessage
+from receiver.protocol.events import StatusReport, Uplink
+from receiver.records import ReportRecord, UplinkRecord
+from receiver.writer import store
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+TODAY = datetime(NOW.year, NOW.month, NOW.day, tzinfo=UTC)
+DAYS = 40  # kept before today, each with its partition in every table
+HOOKS = (correlation.after_insert_hook(timedelta(hours=72)),)
+WINDOW = timedelta(hours=72)
+TO = "+8613100000000"
+T = TypeVar("T")
+
+
+def _send(sms_msg_id: str, at: datetime, to: str = TO) -> SentMessage:
+    return SentMessage(sms_msg_id, to, "csms1", "000000", at, "CN", 1, None, None, None, None, {})
+
+
+def _report(app_id: int, sms_msg_id: str, at: datetime, update_time: datetime | None = None) -> ReportRecord:
+    event = StatusReport(sms_msg_id, "DELIVRD", 1, 1, update_time=update_time or at)
+    return ReportRecord(app_id, "form", at, "raw", event)
+
+
+async def _app(conn: asyncpg.Connection) -> int:
+    app_id: int = await conn.fetchval(
+        "INSERT INTO applications (name, token_hash, channels) VALUES ('m', '\\x03', ARRAY['csms1'])"
+        " ON CONFLICT (name) DO UPDATE SET name = 'm' RETURNING id"
+    )
+    return app_id
+
+
+async def _keep_days(conn: asyncpg.Connection) -> None:
+    for back in range(1, DAYS + 1):
+        for table in partitions.TABLES:
+            await partitions.create(conn, table, (TODAY - timedelta(days=back)).date())
+
+
+async def _register(conn: asyncpg.Connection, *sends: SentMessage) -> None:
+    async with conn.transaction():
+        await correlation.register_sent(conn, list(sends), "t", window=WINDOW)
+
+
+def _with(db_url: str, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def go() -> T:
+        conn = await asyncpg.connect(db_url)
+        try:
+            await _keep_days(conn)
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return run(go())
+
+
+async def _partitions_locked(conn: asyncpg.Connection) -> int:
+    """Partitions of the day-partitioned tables this session holds a lock on."""
+    count: int = await conn.fetchval(
+        """SELECT count(*) FROM pg_locks l JOIN pg_inherits i ON i.inhrelid = l.relation
+           WHERE l.pid = pg_backend_pid() AND i.inhparent = ANY($1::regclass[])""",
+        [t for t in partitions.TABLES if t not in partitions.MONTHLY],
+    )
+    return count
+
+
+# A message on one of the days kept, by how far back; its reports a minute after its send.
+FOUND = [("today", 0), ("yesterday", 1), ("a month back", 30), ("the oldest day kept", DAYS)]
+
+
+@pytest.mark.parametrize(("name", "back"), FOUND, ids=[name for name, _ in FOUND])
+def test_a_message_is_found_by_its_id_on_any_day_kept_reading_its_own_day(db_url: str, name: str, back: int) -> None:
+    sent_at = NOW - timedelta(days=back, minutes=10)
+
+    async def work(conn: asyncpg.Connection) -> tuple[Message | None, int]:
+        app_id = await _app(conn)
+        for other in range(0, DAYS, 7):  # other messages on other days
+            await _register(conn, _send(f"other-{other}", NOW - timedelta(days=other, minutes=30), "+8613100000009"))
+        await _register(conn, _send("m", sent_at))
+        await store(conn, [_report(app_id, "m", sent_at + timedelta(minutes=1))], HOOKS)
+        async with conn.transaction():  # the look-up's locks stay until this ends
+            message = await queries.message(conn, "m")
+            locked = await _partitions_locked(conn)
+        return message, locked
+
+    message, locked = _with(db_url, work)
+    assert message is not None and message.state == "delivered" and message.sent_at == sent_at
+    assert [r.received_at for r in message.reports] == [sent_at + timedelta(minutes=1)]
+    assert 0 < locked <= 6  # its state, send, opt-out row and reports: one day each (not every day kept)
+
+
+def test_an_unknown_id_is_not_found_and_reads_no_day(db_url: str) -> None:
+    async def work(conn: asyncpg.Connection) -> tuple[Message | None, int]:
+        await _register(conn, _send("known", NOW - timedelta(days=3)))
+        async with conn.transaction():
+            message = await queries.message(conn, "unknown")
+            return message, await _partitions_locked(conn)
+
+    assert _with(db_url, work) == (None, 0)
+
+
+# A message reported before its send is registered: the state is made on the report's day, then
+# moves to the send's (the send's createTime before midnight, the reports after it).
+ORDERS = [("report", "send", "report"), ("send", "report", "report"), ("report", "report", "send")]
+
+
+@pytest.mark.parametrize("order", ORDERS, ids=["-".join(o) for o in ORDERS])
+def test_the_index_follows_a_state_that_moves_to_its_send_s_day(db_url: str, order: tuple[str, ...]) -> None:
+    sent_at = TODAY - timedelta(days=2, seconds=30)  # 30 s before a midnight
+    received = iter([TODAY - timedelta(days=2) + timedelta(seconds=20), TODAY - timedelta(days=1, hours=-2)])
+
+    async def work(conn: asyncpg.Connection) -> tuple[list[datetime], Message | None]:
+        app_id = await _app(conn)
+        for event in order:
+            if event == "send":
+                await _register(conn, _send("moved", sent_at))
+            else:
+                at = next(received)
+                await store(conn, [_report(app_id, "moved", at, update_time=at)], HOOKS)
+        index = await conn.fetch("SELECT message_at FROM message_index WHERE sms_msg_id = 'moved'")
+        return [r["message_at"] for r in index], await queries.message(conn, "moved")
+
+    index, message = _with(db_url, work)
+    assert index == [sent_at]  # one row, on the state's day
+    assert message is not None and message.sent_at == sent_at and len(message.reports) == 2
+
+
+def test_a_reply_to_an_old_message_is_read_from_its_own_day(db_url: str) -> None:
+    sent_at = NOW - timedelta(days=20)
+
+    async def work(conn: asyncpg.Connection) -> Message | None:
+        app_id = await _app(conn)
+        await _register(conn, _send("asked", sent_at))
+        reply = UplinkRecord(app_id, sent_at + timedelta(hours=1), "raw", Uplink("r-1", TO, "csms1", "yes"))
+        await store(conn, [reply], HOOKS)
+        return await queries.message(conn, "asked")
+
+    message = _with(db_url, work)
+    assert message is not None and [r["sms_msg_id"] for r in message.model_dump()["replies"]] == ["r-1"]
+
+
+# A recipient sent to on a few of the days kept (two sends on one of them), days apart; pages
+# of every size give every send once, in send order, and a time range its own.
+SENT_ON = [DAYS, DAYS - 1, 25, 25, 9, 1, 0]
+PAGES = [1, 2, 3, 50]
+
+
+@pytest.mark.parametrize("limit", PAGES)
+def test_a_recipient_s_messages_page_through_the_days_it_was_sent_to(db_url: str, limit: int) -> None:
+    sends = [_send(f"to-{n}", NOW - timedelta(days=back, minutes=n), TO) for n, back in enumerate(SENT_ON)]
+
+    async def work(conn: asyncpg.Connection) -> tuple[list[str], list[str]]:
+        await _register(conn, *sends, _send("elsewhere", NOW - timedelta(days=25), "+8613100000001"))
+        listed: list[str] = []
+        cursor = None
+        for _ in range(len(sends) + 1):
+            page, cursor = await queries.messages(
+                conn, to=TO, state=None, since=None, until=None, cursor=cursor, limit=limit
+            )
+            if not page:
+                break
+            listed += [m.sms_msg_id for m in page]
+        ranged, _ = await queries.messages(
+            conn, to=TO, state=None, since=TODAY - timedelta(days=26), until=TODAY - timedelta(days=1), cursor=None,
+            limit=limit,
+        )  # fmt: skip
+        return listed, [m.sms_msg_id for m in ranged]
+
+    listed, ranged = _with(db_url, work)
+    in_order = [s.sms_msg_id for s in sorted(sends, key=lambda s: (s.create_time, s.sms_msg_id))]
+    assert listed == in_order
+    since, until = TODAY - timedelta(days=26), TODAY - timedelta(days=1)
+    assert ranged == [s.sms_msg_id for s in sorted(sends, key=lambda s: (s.create_time, s.sms_msg_id))
+                      if s.create_time is not None and since <= s.create_time < until][:limit]  # fmt: skip
+
+
+def test_a_pruned_message_is_not_found_whether_its_day_was_dropped_or_its_rows_deleted(db_url: str) -> None:
+    """Days past the cutoff are dropped whole (their index rows stay until their month goes, and
+    lead to no state); the day that straddles it loses its rows one by one, as here, and their
+    index rows with them. Either way the message is not found; a kept one is."""
+
+    async def work(conn: asyncpg.Connection) -> list[object]:
+        app_id = await _app(conn)
+        for name, back in (("dropped", 35), ("deleted", 20), ("kept", 20)):
+            at = TODAY - timedelta(days=back, hours=-1)
+            await _register(conn, _send(name, at))
+            await store(conn, [_report(app_id, name, at + timedelta(minutes=1))], HOOKS)
+        await retention.prune(conn, NOW - (TODAY - timedelta(days=30)))
+        for table in ("sent_messages", "message_states", "status_reports"):
+            await conn.execute(f"DELETE FROM {table} WHERE sms_msg_id = 'deleted'")
+        found = [await queries.message(conn, name) is not None for name in ("dropped", "deleted", "kept")]
+        left = await conn.fetchval("SELECT count(*) FROM message_index WHERE sms_msg_id = 'deleted'")
+        return [*found, left]
+
+    assert _with(db_url, work) == [False, False, True, 0]
