@@ -75,6 +75,7 @@ HEAD = (
     b"POST " + PATH.encode() + b" HTTP/1.1\r\nhost: 127.0.0.1:8080\r\ncontent-type: " + FORM
     + b"\r\nuser-agent: bench\r\ncontent-length: %d\r\n\r\n"
 )  # fmt: skip
+HEAD_CLOSE = HEAD.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n")
 
 
 class _Memory(asyncio.Transport):
@@ -84,6 +85,13 @@ class _Memory(asyncio.Transport):
         super().__init__()
         self.written = written
         self.closing = False
+        self.protocol: Any = None
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 40000)}.get(name, default)
@@ -108,27 +116,41 @@ class _Memory(asyncio.Transport):
 
 
 class Served:
-    """``concurrency`` kept-alive connections to ``app`` through the receiver's uvicorn protocol
-    (``receiver.uvicorn_adapter``, with ``app_state`` as the lifespan left it), each on an
-    in-memory transport: :meth:`call` sends request ``i`` as bytes and waits for its answer."""
+    """Connections to ``app`` through the receiver's uvicorn protocol
+    (``receiver.uvicorn_adapter.GuardedHttpToolsProtocol``, with ``app_state`` as the lifespan left
+    it), each on an in-memory transport: :meth:`call` sends request ``i`` as bytes and waits for
+    its answer. ``concurrency`` kept-alive connections; or, with ``new_connections``, a new
+    connection per request, as uvicorn makes one (built, connected, given the request with
+    ``connection: close``, disconnected once answered)."""
 
-    def __init__(self, app: Any, app_state: dict[str, Any], concurrency: int, answers: dict[int, int]) -> None:
+    def __init__(
+        self, app: Any, app_state: dict[str, Any], concurrency: int, answers: dict[int, int],
+        new_connections: bool = False,
+    ) -> None:  # fmt: skip
         import uvicorn
         from uvicorn.server import ServerState
 
         from receiver.uvicorn_adapter import GuardedHttpToolsProtocol, configure
 
-        config = configure(uvicorn.Config(app, lifespan="off", log_level="warning", proxy_headers=False), client_timeout=10.0)
+        config = configure(
+            uvicorn.Config(app, lifespan="off", log_level="warning", proxy_headers=False), client_timeout=10.0
+        )
         config.load()
         state = ServerState()
         state.default_headers = [(b"date", b"Sat, 05 Dec 2026 00:00:00 GMT")]
         self.answers = answers
         self.free: list[tuple[Any, list[Any]]] = []
+        make = partial(GuardedHttpToolsProtocol, config, state, app_state, asyncio.get_event_loop())
+        self.make = make
+        self.head = HEAD_CLOSE if new_connections else HEAD
+        if new_connections:
+            self.call = self.call_new  # type: ignore[method-assign]
+            return
         for _ in range(concurrency):
-            protocol = GuardedHttpToolsProtocol(config, state, app_state, asyncio.get_event_loop())
             waiter: list[Any] = [None]
-            protocol.connection_made(_Memory(partial(self.written, waiter)))
-            self.free.append((protocol, waiter))
+            kept = make()
+            kept.connection_made(_Memory(partial(self.written, waiter)))
+            self.free.append((kept, waiter))
 
     def written(self, waiter: list[Any], data: bytes) -> None:
         if data.startswith(b"HTTP/1.1 "):
@@ -142,9 +164,21 @@ class Served:
         protocol, waiter = self.free.pop()
         payload = body(i)
         waiter[0] = asyncio.get_running_loop().create_future()
-        protocol.data_received(HEAD % len(payload) + payload)
+        protocol.data_received(self.head % len(payload) + payload)
         await waiter[0]
         self.free.append((protocol, waiter))
+
+    async def call_new(self, i: int) -> None:
+        waiter: list[Any] = [asyncio.get_running_loop().create_future()]
+        answered = waiter[0]
+        transport = _Memory(partial(self.written, waiter))
+        protocol = self.make()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        payload = body(i)
+        protocol.data_received(self.head % len(payload) + payload)
+        await answered
+        transport.get_protocol().connection_lost(None)  # the protocol it ended on
 
 
 def count_flushes(journal: Any) -> list[int]:
@@ -292,8 +326,8 @@ class Stages:
         answers: dict[int, int] = {}
         lane = {LANE: callbacks.Lane(receiver_app.state)}  # what the worker's lifespan hands uvicorn
 
-        def served(app: Any, app_state: dict[str, Any]) -> Callable[[int], Awaitable[None]]:
-            return Served(app, app_state, c, answers).call
+        def served(app: Any, app_state: dict[str, Any], **how: Any) -> Callable[[int], Awaitable[None]]:
+            return Served(app, app_state, c, answers, **how).call
 
         async def nothing(scope: Any, receive: Any, send: Any) -> None:
             await receive()
@@ -310,6 +344,15 @@ class Stages:
         self.add(
             section, "ack", "whole acknowledgement: uvicorn's protocol and the callbacks' lane, journal, log line, metrics",
             whole, f"{c} concurrent; {per_flush:.1f} records per fdatasync",
+        )  # fmt: skip
+        answers.clear()
+        flushes[0] = 0
+        whole_new = self.async_cpu(served(receiver_app, lane, new_connections=True), n, c, logs.flush)
+        if set(answers) != {200}:
+            raise RuntimeError(f"the receiver answered {answers}, not only 200")
+        self.add(
+            section, "ack-new", "the same, a new connection per request", whole_new,
+            f"{c} concurrent; {answers[200] / max(1, flushes[0]):.1f} records per fdatasync",
         )  # fmt: skip
         alone = min(n, 2000)
         before = os.times()
@@ -421,6 +464,11 @@ class Stages:
             section, "plain", "**plain Starlette handler** (`await request.form()`, 200), through the same protocol", plain
         )
         self.add(section, "ratio", "acknowledgement / plain handler", None, f"{whole / plain:.2f}")
+        answers.clear()
+        plain_new = self.async_cpu(served(plain_app, {}, new_connections=True), n, c, lambda: None)
+        self.add(section, "plain-new", "**plain Starlette handler**, a new connection per request", plain_new)
+        ratio = f"{whole_new / plain_new:.2f}"
+        self.add(section, "ratio-new", "acknowledgement / plain handler, a new connection per request", None, ratio)
         self.loop.run_until_complete(journal.close())
         os.close(log_file)
         self.paced_appends(settings.journal_group_window_seconds)

@@ -33,7 +33,7 @@ class Settings(BaseSettings):
         " on a thread for a group)",
     )
     journal_group_window_seconds: float = Field(
-        default=0.001, ge=0, le=0.05,
+        default=0.002, ge=0, le=0.05,
         description="while callbacks come faster than one per this time, a record waits up to this long"
         " for others to share its fdatasync (0: never waits)",
     )  # fmt: skip
