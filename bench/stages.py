@@ -15,7 +15,9 @@ look-up, ``ingest.accept`` (and within it the protocol parse and ``records.accep
 ``journal.append`` under the same concurrency, the log line, the metrics updates; what is
 left of the whole is the HTTP parsing, the header scan, the request id and the answer.
 Beside it, the plain Starlette handler (``await request.form()``, answer 200) through the
-same protocol (its ASGI cycle and task, as uvicorn runs every application).
+same protocol (its ASGI cycle and task, as uvicorn runs every application). Both again with a
+new connection per request, as the platform sends its callbacks: a protocol built, connected,
+given the request with ``connection: close`` and disconnected for each one.
 
 Writer (per report, batches of ``--batch-size``): reading the journal the acknowledgement wrote,
 ``writer._decode`` (envelope and protocol parse), building the rows, and ``writer.store()``
