@@ -141,6 +141,7 @@ async def store(conn: asyncpg.Connection, batch: Sequence[Record], after_insert:
             await lock_messages(conn, [r.event.sms_msg_id for r in reports] + [r.event.sms_msg_id for r in uplinks])
             await db.plan_each_time(conn)  # the look-ups of stored copies read the days of their span
             if reports:
+                await _check_applications(conn, {r.application_id for r in reports})
                 span = _span(r.received_at for r in reports)
                 new_reports = await conn.fetch(_INSERT_REPORTS, *_columns(_report_row(r) for r in reports), *span)
             if uplinks:
@@ -157,6 +158,23 @@ async def store(conn: asyncpg.Connection, batch: Sequence[Record], after_insert:
                 await _count_quarantined(conn, [r for r in refused if r.record_id in new])
                 return len(inserted)
     return 0
+
+
+# The applications a batch of reports names, each locked as a foreign key would lock it (no one
+# deletes it until the batch is stored); sql/021_report_applications.sql says why the reports'
+# foreign key is checked here, once a batch, instead.
+_LOCK_APPLICATIONS = """
+SELECT coalesce(array_agg(w.id), '{}') FROM unnest($1::integer[]) AS w(id)
+WHERE NOT EXISTS (SELECT FROM (SELECT id FROM applications WHERE id = ANY($1::integer[]) FOR KEY SHARE) a
+                  WHERE a.id = w.id)
+"""
+
+
+async def _check_applications(conn: asyncpg.Connection, ids: set[int]) -> None:
+    """Refuse a batch that names an application that is not there, as the foreign key did."""
+    missing = await conn.fetchval(_LOCK_APPLICATIONS, sorted(ids))
+    if missing:
+        raise asyncpg.ForeignKeyViolationError(f"no application with id {', '.join(map(str, sorted(missing)))}")
 
 
 async def _count_quarantined(conn: asyncpg.Connection, refused: list[QuarantineRecord]) -> None:
