@@ -163,16 +163,12 @@ async def store(conn: asyncpg.Connection, batch: Sequence[Record], after_insert:
 # The applications a batch of reports names, each locked as a foreign key would lock it (no one
 # deletes it until the batch is stored); sql/021_report_applications.sql says why the reports'
 # foreign key is checked here, once a batch, instead.
-_LOCK_APPLICATIONS = """
-SELECT coalesce(array_agg(w.id), '{}') FROM unnest($1::integer[]) AS w(id)
-WHERE NOT EXISTS (SELECT FROM (SELECT id FROM applications WHERE id = ANY($1::integer[]) FOR KEY SHARE) a
-                  WHERE a.id = w.id)
-"""
+_LOCK_APPLICATIONS = "SELECT id FROM applications WHERE id = ANY($1::integer[]) FOR KEY SHARE"
 
 
 async def _check_applications(conn: asyncpg.Connection, ids: set[int]) -> None:
     """Refuse a batch that names an application that is not there, as the foreign key did."""
-    missing = await conn.fetchval(_LOCK_APPLICATIONS, sorted(ids))
+    missing = ids - {row["id"] for row in await conn.fetch(_LOCK_APPLICATIONS, list(ids))}
     if missing:
         raise asyncpg.ForeignKeyViolationError(f"no application with id {', '.join(map(str, sorted(missing)))}")
 
