@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import grafana_panels as panels
@@ -241,3 +243,50 @@ def test_a_broken_panel_query_is_named(db_url: str) -> None:
     )
     with pytest.raises(panels.PanelError, match="Messages by outcome.*delivred"):
         run(panels.query(db_url, dashboard, HOUR_1, HOUR_2))
+
+
+def test_a_day_of_replies_reads_its_links_by_key_however_many_older_links_there_are(harness: Harness) -> None:
+    """The replies of a busy day beside the links of a long history (reply_links is not
+    partitioned): the view finds each reply's link by its key, never by reading every link."""
+    sends(harness)
+    harness.settle()
+
+    async def plan() -> tuple[list[tuple[str, str]], int]:
+        conn = await asyncpg.connect(harness.url)
+        try:
+            await conn.execute("SET session_replication_role = replica")  # history, not news: no feed rows
+            app = await conn.fetchval("SELECT id FROM applications LIMIT 1")
+            await conn.execute(
+                """INSERT INTO uplinks (id, application_id, sms_msg_id, "from", "to", body, raw_body, received_at)
+                   OVERRIDING SYSTEM VALUE SELECT 10000000 + g, $1, 'busy-' || g, '+8613100000000', '10691002019', 'ok', '', t
+                   FROM generate_series(1, 4000) g, LATERAL (SELECT $2::timestamptz + g * interval '0.9 second') AS s(t)""",
+                app, HOUR_1,
+            )  # fmt: skip
+            await conn.execute(
+                "INSERT INTO reply_links (uplink_id, sms_msg_id, candidates, match)"
+                " SELECT 10000000 + g, 'm-' || g, 1, 'channel' FROM generate_series(1, 4000) g"
+                " UNION ALL SELECT -g, 'gone-' || g, 1, 'channel' FROM generate_series(1, 160000) g"
+            )
+            await conn.execute("RESET session_replication_role")
+            await conn.execute("ANALYZE uplinks")
+            await conn.execute("ANALYZE reply_links")
+            sql = "SELECT * FROM dashboard_replies_hourly WHERE bucket >= $1 AND bucket < $2"
+            found = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", HOUR_1, HOUR_2 + timedelta(hours=1))
+            linked = await conn.fetchval(f"SELECT sum(linked)::int FROM ({sql}) AS v", HOUR_1, HOUR_2 + timedelta(hours=1))
+            return _scans(json.loads(found) if isinstance(found, str) else found), linked
+        finally:
+            await conn.close()
+
+    scans, linked = run(plan())
+    assert linked == 4002  # the busy day's and the two replies of sends()
+    assert scans and all(kind in ("Index Scan", "Index Only Scan") for kind, table in scans if table == "reply_links"), scans
+
+
+def _scans(node: Any) -> list[tuple[str, str]]:
+    """Every (node type, table) that reads a table in an EXPLAIN (FORMAT JSON) plan."""
+    if isinstance(node, list):
+        return [s for n in node for s in _scans(n)]
+    if isinstance(node, dict):
+        here = [(node["Node Type"], node["Relation Name"])] if "Relation Name" in node else []
+        return here + [s for v in node.values() if isinstance(v, list | dict) for s in _scans(v)]
+    return []
