@@ -26,7 +26,10 @@ time:
   of the day that straddles the cutoff).
 
 The next size refills the days the prune emptied. Prints one table; check ``df -h`` first
-(about 1.1 GB per million reports with their sends and states).
+(about 1.1 GB per million reports with their sends and states). The embedded database goes to
+``$TMPDIR``. The file system of the database's files is printed first: where it is mounted with
+online ``discard`` (ext4, XFS), the drops wait for the disk to discard each freed extent, and
+that, not PostgreSQL, is most of a month's drop (see docs/storage.md, "Measured growth").
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import shutil
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 
@@ -237,6 +241,22 @@ async def prune_month(conn: asyncpg.Connection, url: str, days: int) -> retentio
     return await retention.prune(conn, datetime.now(UTC) - cutoff, connect=lambda: asyncpg.connect(url))
 
 
+def file_system(path: str) -> str:
+    """The file system holding ``path`` and whether it discards freed blocks online (Linux's
+    ``/proc/self/mounts``; the longest mount point above ``path``)."""
+    try:
+        mounts = [line.split()[1:4] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        return "unknown"
+    target = Path(path).resolve()
+    found = max((m for m in mounts if target.is_relative_to(m[0])), key=lambda m: len(m[0]), default=None)
+    if found is None:
+        return "unknown"
+    point, kind, options = found
+    discard = "online discard" if "discard" in options.split(",") else "no online discard"
+    return f"{kind} at {point} ({discard})"
+
+
 def p50_p99(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -252,6 +272,7 @@ async def stage(url: str, reports: int, days: int, rounds: int, batches: int, ah
         stored = await conn.fetchval("SELECT count(*) FROM status_reports")
         size = await conn.fetchval("SELECT pg_database_size(current_database())")
         parts = await partition_count(conn)
+        print(f"  database files: {file_system(await conn.fetchval('SHOW data_directory'))}", flush=True)
         print(f"  {stored:,} reports stored over {days} days ({size / 1e9:.1f} GB, {parts} partitions a table),"
               f" filled in {filled:.0f} s", flush=True)  # fmt: skip
         rate = await ingest(conn, batches)
