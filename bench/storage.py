@@ -27,9 +27,10 @@ time:
 
 The next size refills the days the prune emptied. Prints one table; check ``df -h`` first
 (about 1.1 GB per million reports with their sends and states). The embedded database goes to
-``$TMPDIR``. The file system of the database's files is printed first: where it is mounted with
-online ``discard`` (ext4, XFS), the drops wait for the disk to discard each freed extent, and
-that, not PostgreSQL, is most of a month's drop (see docs/storage.md, "Measured growth").
+``$TMPDIR``. The file system of the database's files (when PostgreSQL runs on this machine) is
+printed first: where it is mounted with online ``discard`` (ext4, XFS), the drops wait for the
+disk to discard each freed extent, and that, not PostgreSQL, is most of a month's drop (see
+docs/storage.md, "Where a month's drop waits").
 """
 
 from __future__ import annotations
@@ -272,7 +273,11 @@ async def stage(url: str, reports: int, days: int, rounds: int, batches: int, ah
         stored = await conn.fetchval("SELECT count(*) FROM status_reports")
         size = await conn.fetchval("SELECT pg_database_size(current_database())")
         parts = await partition_count(conn)
-        print(f"  database files: {file_system(await conn.fetchval('SHOW data_directory'))}", flush=True)
+        try:
+            where = file_system(await conn.fetchval("SHOW data_directory"))
+        except asyncpg.InsufficientPrivilegeError:  # a role without pg_read_all_settings
+            where = "unknown"
+        print(f"  database files: {where}", flush=True)
         print(f"  {stored:,} reports stored over {days} days ({size / 1e9:.1f} GB, {parts} partitions a table),"
               f" filled in {filled:.0f} s", flush=True)  # fmt: skip
         rate = await ingest(conn, batches)
