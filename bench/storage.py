@@ -8,8 +8,8 @@ that takes (at 250k a day: 4 days at 1 M, 40 at 10 M, 200 at 50 M), with a send,
 per message and a reply every 50 messages (linked to it), generated straight into PostgreSQL with set-based SQL
 (``generate_series``, no HTTP). A day holds the same at every size, as a service at a steady
 rate keeps more and more days. ``--ahead N`` makes N empty day partitions ahead of today as
-well (every table), to see what many partitions cost a look-up without a time. Then, one at a
-time:
+well (every table), to see what many partitions cost a look-up without a time. Then, once the
+fill is written out (a checkpoint, then the kernel's dirty pages), one at a time:
 
 - **ingest**: batches of the writer's size (1,000 reports of new messages, received now) through
   the writer's own ``store`` with its own after-insert steps (states, reply links, blacklist),
