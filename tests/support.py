@@ -140,6 +140,22 @@ async def fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
         await conn.close()
 
 
+async def plan_nodes(conn: asyncpg.Connection, sql: str, *args: object) -> list[dict[str, Any]]:
+    """Every node of PostgreSQL's plan for ``sql`` (``EXPLAIN (FORMAT JSON)``), sub-plans included."""
+    plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
+    nodes: list[dict[str, Any]] = []
+    todo = [json.loads(plan) if isinstance(plan, str) else plan]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, list):
+            todo += node
+        elif isinstance(node, dict):
+            if "Node Type" in node:
+                nodes.append(node)
+            todo += [v for v in node.values() if isinstance(v, list | dict)]
+    return nodes
+
+
 # --- a real `receiver serve` in a child process -----------------------------------------------
 
 import http.client

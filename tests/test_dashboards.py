@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 import grafana_panels as panels
 import pytest
-from support import Harness, run
+from support import Harness, plan_nodes, run
 
 from receiver.blacklist import store as blacklist_store
 from receiver.config import Settings
@@ -271,9 +269,9 @@ def test_a_day_of_replies_reads_its_links_by_key_however_many_older_links_there_
             await conn.execute("ANALYZE uplinks")
             await conn.execute("ANALYZE reply_links")
             sql = "SELECT * FROM dashboard_replies_hourly WHERE bucket >= $1 AND bucket < $2"
-            found = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", HOUR_1, HOUR_2 + timedelta(hours=1))
+            nodes = await plan_nodes(conn, sql, HOUR_1, HOUR_2 + timedelta(hours=1))
             linked = await conn.fetchval(f"SELECT sum(linked)::int FROM ({sql}) AS v", HOUR_1, HOUR_2 + timedelta(hours=1))
-            return _scans(json.loads(found) if isinstance(found, str) else found), linked
+            return [(n["Node Type"], n["Relation Name"]) for n in nodes if "Relation Name" in n], linked
         finally:
             await conn.close()
 
@@ -281,12 +279,3 @@ def test_a_day_of_replies_reads_its_links_by_key_however_many_older_links_there_
     assert linked == 4002  # the busy day's and the two replies of sends()
     assert scans and all(kind in ("Index Scan", "Index Only Scan") for kind, table in scans if table == "reply_links"), scans
 
-
-def _scans(node: Any) -> list[tuple[str, str]]:
-    """Every (node type, table) that reads a table in an EXPLAIN (FORMAT JSON) plan."""
-    if isinstance(node, list):
-        return [s for n in node for s in _scans(n)]
-    if isinstance(node, dict):
-        here = [(node["Node Type"], node["Relation Name"])] if "Relation Name" in node else []
-        return here + [s for v in node.values() if isinstance(v, list | dict) for s in _scans(v)]
-    return []

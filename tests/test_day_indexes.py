@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from support import admin, run, with_database
+from support import admin, plan_nodes, run, with_database
 from test_partitions import BEFORE_016
 
 from receiver import partitions, retention
@@ -307,8 +307,7 @@ def test_the_statements_of_the_changed_indexes_read_the_new_ones(databases: dict
         try:
             async with conn.transaction():
                 await conn.execute("SET LOCAL enable_seqscan = off")
-                plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
-                names = _index_names(json.loads(plan) if isinstance(plan, str) else plan)
+                names = {node["Index Name"] for node in await plan_nodes(conn, sql, *args) if "Index Name" in node}
                 rows = await conn.fetch(
                     "SELECT DISTINCT coalesce(p.inhparent, i.oid)::regclass::text AS name FROM pg_class i"
                     " LEFT JOIN pg_inherits p ON p.inhrelid = i.oid WHERE i.oid = ANY($1::regclass[])",
@@ -320,11 +319,3 @@ def test_the_statements_of_the_changed_indexes_read_the_new_ones(databases: dict
 
     assert index in run(used())
 
-
-def _index_names(node: Any) -> set[str]:
-    if isinstance(node, list):
-        return set().union(*(_index_names(n) for n in node)) if node else set()
-    if isinstance(node, dict):
-        found = {node["Index Name"]} if "Index Name" in node else set()
-        return found.union(*(_index_names(v) for v in node.values() if isinstance(v, list | dict)))
-    return set()
