@@ -31,6 +31,17 @@ class BrokenInstallation(Exception):
     is one, and must never be mistaken for this."""
 
 
+# The oldest PostgreSQL the migrations run on: their functions write constants as hexadecimal
+# integers (sql/016, sql/019), which PostgreSQL reads from 16 on. The test suite runs on the
+# embedded PostgreSQL 18, and has passed whole on 16.
+MINIMUM_SERVER = 16
+
+
+class UnsupportedServer(BrokenInstallation):
+    """PostgreSQL older than :data:`MINIMUM_SERVER`. Nothing is applied (a migration would fail
+    halfway through the set); the commands stop with one line, as for a broken installation."""
+
+
 class MigrationsMissing(BrokenInstallation):
     """No migration where we look: starting would leave the database without tables."""
 
@@ -109,10 +120,22 @@ def verify(applied: dict[str, str], migrations: list[Migration]) -> None:
         )
 
 
+def check_server(conn: asyncpg.Connection) -> None:
+    """Raise ``UnsupportedServer`` when the server is older than :data:`MINIMUM_SERVER`."""
+    if conn.get_server_version().major < MINIMUM_SERVER:
+        version = conn.get_settings().server_version.split()[0]  # as the server says it: "15.18"
+        raise UnsupportedServer(
+            f"PostgreSQL {version} is too old: receiver needs PostgreSQL {MINIMUM_SERVER} or"
+            " later (point RECEIVER_DATABASE_URL at one, or unset it for the embedded PostgreSQL)"
+        )
+
+
 async def apply(conn: asyncpg.Connection, directory: Traversable | None = None) -> list[str]:
     """Apply what is missing; return the versions applied now. Safe to run twice, or twice at once.
-    Checks every applied migration's checksum first (``MigrationChanged``)."""
+    Checks the server's version (``UnsupportedServer``) and every applied migration's checksum
+    first (``MigrationChanged``)."""
     todo = available(directory)
+    check_server(conn)
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
     try:
         await conn.execute(
