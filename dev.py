@@ -33,21 +33,24 @@ STAMP = VENV / ".receiver-installed"
 INPUTS = ("pyproject.toml", "constraints.txt")
 
 
-def ensure_venv(with_tests: bool) -> None:
+def ensure_venv(extras: tuple[str, ...]) -> None:
+    """The project installed in .venv with these extras (pyproject.toml's optional dependencies),
+    and those installed before."""
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs on whatever python3 is, to say so
         sys.exit(f"receiver needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     digest = hashlib.sha256(b"".join((ROOT / name).read_bytes() for name in INPUTS)).hexdigest()
     have = STAMP.read_text().split() if STAMP.exists() else []
-    if have[:1] == [digest] and (not with_tests or "test" in have):
+    if have[:1] == [digest] and set(extras) <= set(have[1:]):
         return
-    target = f"{ROOT}[test]" if with_tests else str(ROOT)
+    wanted = sorted(set(extras) | set(have[1:]))
+    target = f"{ROOT}[{','.join(wanted)}]" if wanted else str(ROOT)
     if not (BIN / "python").exists():
         print("dev.py: creating .venv", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     print("dev.py: installing receiver into .venv", flush=True)
     pip = [str(BIN / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "install", "--constraint", str(ROOT / "constraints.txt"), "-e", target], check=True)
-    STAMP.write_text(f"{digest} test" if with_tests else digest)
+    STAMP.write_text(" ".join([digest, *wanted]))
 
 
 CHECKS = (("ruff", "check", "."), ("mypy",))
@@ -65,7 +68,7 @@ def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in {"serve", "test", "check", "bench"}:
         sys.exit(__doc__)
     command, rest = sys.argv[1], sys.argv[2:]
-    ensure_venv(with_tests=command != "serve")
+    ensure_venv({"serve": (), "test": ("test",), "check": ("test",), "bench": ("test", "bench")}[command])
     os.chdir(ROOT)
     if command == "serve":
         print(f"dev.py: in another terminal, the receiver command is {BIN.relative_to(ROOT) / 'receiver'}", flush=True)
