@@ -5,8 +5,9 @@
 One database grows through the sizes by days, at a fixed daily rate: at each size it holds that
 many status reports, ``--rate`` a UTC day (one partition each) over as many of the last days as
 that takes (at 250k a day: 4 days at 1 M, 40 at 10 M, 200 at 50 M), with a send, a message state
-per message and a reply every 50 messages (linked to it), generated straight into PostgreSQL with set-based SQL
-(``generate_series``, no HTTP). A day holds the same at every size, as a service at a steady
+per message, a reply every 50 messages (linked to it) and the event feed's rows the service
+writes for them (a state event at the send and at the settlement, one a report, one a reply),
+generated straight into PostgreSQL with set-based SQL (``generate_series``, no HTTP). A day holds the same at every size, as a service at a steady
 rate keeps more and more days. ``--ahead N`` makes N empty day partitions ahead of today as
 well (every table), to see what many partitions cost a look-up without a time. Then, once the
 fill is written out (a checkpoint, then the kernel's dirty pages), one at a time:
@@ -16,7 +17,8 @@ fill is written out (a checkpoint, then the kernel's dirty pages), one at a time
   in reports per second;
 - **queries**, in-process, one at a time: ``GET /v1/messages/{id}`` (a stored message, and an
   unknown id, which searches every day) and ``GET /v1/messages?to=`` (the API's own query
-  functions), the blacklist check of 500 numbers, the dashboard views over 24 hours; p50 / p99
+  functions), the blacklist check of 500 numbers, the dashboard views over 24 hours, a page of
+  100 events from a point of the last day and the feed's head (``GET /v1/events``); p50 / p99
   in milliseconds; and the first ``GET /v1/messages/{id}`` of a new connection (planned over
   every partition, the plan not cached yet);
 - **retention**: ``receiver prune --older-than``, which drops the oldest 30 days (fewer when
@@ -26,7 +28,7 @@ fill is written out (a checkpoint, then the kernel's dirty pages), one at a time
   of the day that straddles the cutoff).
 
 The next size refills the days the prune emptied. Prints one table; check ``df -h`` first
-(about 1.1 GB per million reports with their sends and states). The embedded database goes to
+(about 2.0 GB per million reports with their sends, states and events). The embedded database goes to
 ``$TMPDIR``. The file system of the database's files (when PostgreSQL runs on this machine) is
 printed first: where it is mounted with online ``discard`` (ext4, XFS), the drops wait for the
 disk to discard each freed extent, and that, not PostgreSQL, is most of a month's drop (see
@@ -52,6 +54,7 @@ from receiver.blacklist import store as blacklist_store
 from receiver.config import Settings
 from receiver.correlation import queries
 from receiver.db import embedded, migrate
+from receiver.events import feed
 from receiver.protocol.events import StatusReport
 from receiver.records import ReportRecord
 from receiver.writer import store
@@ -97,15 +100,43 @@ replies AS (
 links AS (  -- each reply answers the message it follows
     INSERT INTO reply_links (uplink_id, sms_msg_id, candidates, match, uplink_received_at)
     SELECT id, substr(sms_msg_id, 2), 1, 'channel', received_at FROM replies
+),
+reports AS (
+    INSERT INTO status_reports (application_id, sms_msg_id, status, total, sequence, source, update_time, raw_body,
+                                via, received_at, stored_at, dedupe_key)
+    SELECT $6, $1 || i, s.status, 1, 1, '2', at + s.after, 'bench', 'form', at + s.after, at + s.after,
+           decode(md5($1 || i || s.status), 'hex')
+    FROM i CROSS JOIN LATERAL (VALUES (interval '2 seconds', 'ACCEPTD'),
+                                      (interval '6 seconds', CASE WHEN i % 13 = 0 THEN 'UNDELIV' ELSE 'DELIVRD' END))
+         AS s(after, status)
+    WHERE s.status <> 'ACCEPTD' OR i % 4 = 0
+    RETURNING id, sms_msg_id, received_at
 )
-INSERT INTO status_reports (application_id, sms_msg_id, status, total, sequence, source, update_time, raw_body,
-                            via, received_at, stored_at, dedupe_key)
-SELECT $6, $1 || i, s.status, 1, 1, '2', at + s.after, 'bench', 'form', at + s.after, at + s.after,
-       decode(md5($1 || i || s.status), 'hex')
-FROM i CROSS JOIN LATERAL (VALUES (interval '2 seconds', 'ACCEPTD'),
-                                  (interval '6 seconds', CASE WHEN i % 13 = 0 THEN 'UNDELIV' ELSE 'DELIVRD' END))
-     AS s(after, status)
-WHERE s.status <> 'ACCEPTD' OR i % 4 = 0
+-- The event feed, as the service writes it: a state event when the send is registered (pending)
+-- and when the message is settled, an event a report (its data read from the report) and a reply.
+INSERT INTO events (kind, sms_msg_id, number, report_id, report_received_at, data, at)
+SELECT 'state', $1 || i, '+86131' || lpad((i % 5000000)::text, 8, '0'), NULL, NULL,
+       jsonb_build_object('state', 'pending', 'previous', NULL, 'status', '000000',
+                          'parts', jsonb_build_object('total', 1, 'delivered', 0), 'registered', true,
+                          'sent_at', at, 'delivered_at', NULL, 'latency_seconds', NULL), at
+FROM i
+UNION ALL
+SELECT 'report', sms_msg_id, NULL, id, received_at, NULL, received_at FROM reports
+UNION ALL
+SELECT 'state', $1 || i, '+86131' || lpad((i % 5000000)::text, 8, '0'), NULL, NULL,
+       jsonb_build_object('state', CASE WHEN i % 13 = 0 THEN 'failed' ELSE 'delivered' END, 'previous', 'pending',
+                          'status', CASE WHEN i % 13 = 0 THEN 'UNDELIV' ELSE 'DELIVRD' END,
+                          'parts', jsonb_build_object('total', 1, 'delivered', (i % 13 <> 0)::int), 'registered', true,
+                          'sent_at', at, 'delivered_at', CASE WHEN i % 13 <> 0 THEN at + interval '6 seconds' END,
+                          'latency_seconds', CASE WHEN i % 13 <> 0 THEN 6.0 END), at + interval '6 seconds'
+FROM i
+UNION ALL
+SELECT 'reply', r.sms_msg_id, '+86131' || lpad((i % 5000000)::text, 8, '0'), NULL, NULL,
+       jsonb_build_object('to', 'csms' || (i % 10), 'body', 'ok', 'from', '+86131' || lpad((i % 5000000)::text, 8, '0'),
+                          'match', 'channel', 'reply_to', $1 || i, 'ambiguous', false, 'candidates', 1,
+                          'application', 'bench', 'create_time', at, 'received_at', r.received_at,
+                          'unlinked_reason', NULL), r.received_at
+FROM i JOIN replies r ON r.sms_msg_id = 'u' || $1 || i
 """
 
 _SIZES = {"k": 1_000, "M": 1_000_000}
@@ -185,6 +216,11 @@ async def query_latencies(conn: asyncpg.Connection, days: int, rounds: int) -> d
 
     views = ("dashboard_delivery_hourly", "dashboard_failures_hourly", "dashboard_reports_hourly",
              "dashboard_replies_hourly")  # fmt: skip
+    # The event feed: a follower a little behind reads a page from some point of the last day
+    # (the day's events, the fill's, share a transaction); one that has caught up reads its head.
+    yesterday = partitions.name("events", today - timedelta(days=1))
+    behind = await conn.fetchrow(f"SELECT txid::text AS txid, min(id) AS lo, max(id) AS hi FROM {yesterday}"
+                                 " GROUP BY txid ORDER BY count(*) DESC LIMIT 1")  # fmt: skip
     for _ in range(rounds):
         day = today - timedelta(days=random.randint(1, days))
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
@@ -212,6 +248,13 @@ async def query_latencies(conn: asyncpg.Connection, days: int, rounds: int) -> d
             t0 = time.perf_counter()
             await conn.fetch(f"SELECT * FROM {view} WHERE bucket >= $1 AND bucket < $2", start, start + timedelta(days=1))
             timed(f"{view} (24 h)", t0)
+        if behind is not None:
+            t0 = time.perf_counter()
+            await feed.page(conn, feed.Position(behind["txid"], random.randint(behind["lo"], behind["hi"])), limit=100)
+            timed("event feed, a page of 100", t0)
+        t0 = time.perf_counter()
+        await feed.page(conn, await feed.now(conn), limit=100)
+        timed("event feed at its head", t0)
     return results
 
 
