@@ -198,7 +198,7 @@ def test_a_message_sent_before_midnight_and_reported_after_it_has_one_state(db_u
             )
             sends = await conn.fetch("SELECT tableoid::regclass::text AS part FROM sent_messages")
             events = await conn.fetchval(
-                "SELECT array_agg(data->>'state' ORDER BY id) FROM events WHERE kind = 'state' AND sms_msg_id = 'across'"
+                "SELECT array_agg(state ORDER BY id) FROM events WHERE kind = 'state' AND sms_msg_id = 'across'"
             )
             return states, sends, events
         finally:

@@ -112,7 +112,7 @@ def test_the_sweep_marks_at_the_boundary_and_only_once(db_url: str) -> None:
             due = await sweep.sweep_unreported(conn, WINDOW, T0 + WINDOW)
             again = await sweep.sweep_unreported(conn, WINDOW, T0 + 2 * WINDOW)
             counted = metrics.UNREPORTED._value.get() - before
-            events = await conn.fetch("SELECT data->>'state' AS s, data->>'previous' AS p FROM events "
+            events = await conn.fetch("SELECT state AS s, previous AS p FROM events "
                                       "WHERE kind = 'state' ORDER BY id")  # fmt: skip
             return [early, state_early, due, await _stored(conn, "m1"), again, counted,
                     [(e["s"], e["p"]) for e in events]]  # fmt: skip
@@ -218,7 +218,7 @@ def test_concurrent_sweepers_move_each_message_once(db_url: str) -> None:
             again = await sweep.sweep_unreported(conns[0], WINDOW, T0 + WINDOW)
             assert again.unreported == 600 - sum(s.unreported for s in swept)  # a skipped sweeper left the rest
             states = await conns[0].fetchval("SELECT count(*) FROM message_states WHERE state = 'unreported'")
-            events = await conns[0].fetchval("SELECT count(*) FROM events WHERE data->>'state' = 'unreported'")
+            events = await conns[0].fetchval("SELECT count(*) FROM events WHERE state = 'unreported'")
             return list(swept), states, events
         finally:
             for c in conns:
@@ -338,4 +338,4 @@ def test_the_sweeper_runs_on_its_own(db_url: str, tmp_path: Path) -> None:
         deadline = datetime.now(UTC) + timedelta(seconds=10)
         while not h.rows("SELECT 1 FROM message_states WHERE state = 'unreported'"):
             assert datetime.now(UTC) < deadline, "no sweep ran"
-        assert run(fetch(db_url, "SELECT count(*) FROM events WHERE data->>'state' = 'unreported'"))[0][0] == 1
+        assert run(fetch(db_url, "SELECT count(*) FROM events WHERE state = 'unreported'"))[0][0] == 1

@@ -36,7 +36,12 @@ WITH scanned AS MATERIALIZED (
     ORDER BY txid, id
     LIMIT $4
 )
-SELECT p.txid::text AS txid, p.id, e.kind, e.sms_msg_id, e.number, e.data::text AS data, e.at,
+SELECT p.txid::text AS txid, p.id, e.kind, e.sms_msg_id, e.number, e.at,
+       -- a state event's columns, as the object it stored before sql/023_state_events.sql
+       CASE WHEN e.kind = 'state' AND e.data IS NULL
+            THEN receiver_state_event_data(e.state, e.previous, e.status, e.parts_total, e.parts_delivered,
+                                           e.registered, e.sent_at, e.delivered_at, e.latency)
+            ELSE e.data END::text AS data,
        e.report_id, r.id IS NOT NULL AS report_found, r.status, r.sequence, r.total, r.source, r.status_desc,
        r.update_time, r.extend, r.org_code, r.via, r.received_at, a.name AS application,
        coalesce(s."to", CASE WHEN r."to" ~ '^\+[1-9][0-9]{5,14}$' THEN r."to" END) AS report_number
