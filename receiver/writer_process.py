@@ -65,11 +65,15 @@ def connector(dsn: str, nice: int = 0, sched_idle: bool = False) -> Connect:
 
     async def connect() -> asyncpg.Connection:
         conn = await asyncpg.connect(dsn, timeout=5, server_settings={"application_name": "receiver-writer"})
-        if not migrated:
-            await migrate.apply(conn)
-            migrated.append(True)
-        if nice or sched_idle:
-            _lower_backend(await conn.fetchval("SELECT pg_backend_pid()"), nice, sched_idle)
+        try:
+            if not migrated:
+                await migrate.apply(conn)
+                migrated.append(True)
+            if nice or sched_idle:
+                _lower_backend(await conn.fetchval("SELECT pg_backend_pid()"), nice, sched_idle)
+        except BaseException:
+            conn.terminate()  # the writer retries with a new connection: this one must not stay open
+            raise
         return conn
 
     return connect

@@ -1,4 +1,4 @@
-"""A PostgreSQL older than the migrations need: one clear line, and nothing applied.
+"""A PostgreSQL older than the migrations need: one clear line, nothing applied, no connection left.
 
 The migrations need PostgreSQL 16 or later (``migrate.MINIMUM_SERVER``). On 15 a migration
 would fail halfway through the set with a syntax error; the commands say so up front instead.
@@ -7,6 +7,7 @@ The test runs Debian's PostgreSQL 15 server (``postgresql-15``) where it is inst
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ import asyncpg
 import pytest
 from support import cli, free_port, run, service_env, world_readable_tmpdir
 
+from receiver import writer_process
 from receiver.db import migrate
 
 PG15 = Path("/usr/lib/postgresql/15/bin")
@@ -78,3 +80,35 @@ def test_the_check_passes_on_the_server_the_tests_use(pg_server_url: str) -> Non
             await conn.close()
 
     assert run(check()) >= migrate.MINIMUM_SERVER
+
+
+def test_a_writer_that_meets_postgresql_15_reports_it_and_leaves_no_connection_open(postgres_15: str) -> None:
+    async def scenario() -> tuple[str, int]:
+        with pytest.raises(migrate.UnsupportedServer) as refused:
+            await writer_process.connector(postgres_15)()
+        conn = await asyncpg.connect(postgres_15)
+        try:
+            for _ in range(50):  # a backend whose client went away ends a moment later
+                left = int(await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'receiver-writer'"))  # fmt: skip
+                if left == 0:
+                    break
+                await asyncio.sleep(0.1)
+            return str(refused.value), left
+        finally:
+            await conn.close()
+
+    reason, left = run(scenario())
+    assert reason.startswith("PostgreSQL 15.") and left == 0
+
+
+@pytest.mark.parametrize(
+    ("server_version", "refused"),
+    [("15.18 (Debian 15.18-0+deb12u1)", True), ("9.6.24", True), ("16.14", False), ("18.4", False),
+     ("17beta1", False)],
+)  # fmt: skip
+def test_servers_before_16_are_refused_by_their_reported_version(server_version: str, refused: bool) -> None:
+    reason = migrate.refusal(server_version)
+    assert (reason is not None) == refused
+    if reason is not None:
+        assert reason.startswith(f"PostgreSQL {server_version.split()[0]} is too old")

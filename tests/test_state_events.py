@@ -87,3 +87,20 @@ def test_the_service_stores_state_events_without_json(harness: Harness) -> None:
     assert [e["data"]["state"] for e in states] == ["pending", "delivered"]
     assert states[1]["data"]["sent_at"] == "2024-11-22T02:16:46+00:00"
     assert states[1]["data"]["latency_seconds"] == 4
+
+
+async def _refused(url: str, columns: str, values: str) -> bool:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"INSERT INTO events (kind, sms_msg_id, {columns}) VALUES ('state', 'x', {values})")
+    except asyncpg.CheckViolationError:
+        return True
+    finally:
+        await conn.close()
+    return False
+
+
+def test_a_state_event_has_its_json_or_its_columns_not_both_nor_neither(db_url: str) -> None:
+    assert run(_refused(db_url, "data, state", """'{"state": "pending"}', 'pending'"""))
+    assert run(_refused(db_url, "number", "NULL"))
+    assert not run(_refused(db_url, "state", "'pending'"))

@@ -33,8 +33,9 @@ class BrokenInstallation(Exception):
 
 # The oldest PostgreSQL the migrations run on: their functions write constants as hexadecimal
 # integers (sql/016, sql/019), which PostgreSQL reads from 16 on. The test suite runs on the
-# embedded PostgreSQL 18, and has passed whole on 16.
+# embedded PostgreSQL 18; it passes on 16.14 too.
 MINIMUM_SERVER = 16
+_MAJOR = re.compile(r"[0-9]+")
 
 
 class UnsupportedServer(BrokenInstallation):
@@ -120,14 +121,23 @@ def verify(applied: dict[str, str], migrations: list[Migration]) -> None:
         )
 
 
+def refusal(server_version: str) -> str | None:
+    """Why a server that reports ``server_version`` ("15.18 (Debian 15.18-0+deb12u1)") cannot
+    hold the schema; None when it can."""
+    major = _MAJOR.match(server_version)
+    if major is None or int(major.group()) >= MINIMUM_SERVER:
+        return None
+    return (
+        f"PostgreSQL {server_version.split()[0]} is too old: receiver needs PostgreSQL {MINIMUM_SERVER} or"
+        " later (point RECEIVER_DATABASE_URL at one, or unset it for the embedded PostgreSQL)"
+    )
+
+
 def check_server(conn: asyncpg.Connection) -> None:
     """Raise ``UnsupportedServer`` when the server is older than :data:`MINIMUM_SERVER`."""
-    if conn.get_server_version().major < MINIMUM_SERVER:
-        version = conn.get_settings().server_version.split()[0]  # as the server says it: "15.18"
-        raise UnsupportedServer(
-            f"PostgreSQL {version} is too old: receiver needs PostgreSQL {MINIMUM_SERVER} or"
-            " later (point RECEIVER_DATABASE_URL at one, or unset it for the embedded PostgreSQL)"
-        )
+    reason = refusal(conn.get_settings().server_version)
+    if reason is not None:
+        raise UnsupportedServer(reason)
 
 
 async def apply(conn: asyncpg.Connection, directory: Traversable | None = None) -> list[str]:
