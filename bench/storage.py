@@ -65,11 +65,12 @@ from .support import world_readable_tmpdir
 # One day's messages $3 .. $4 (sms_msg_id $1 || i), sent through the day $2; about 1.25
 # reports a message (every 4th has an ACCEPTD before its DELIVRD, every 13th fails).
 FILL_DAY = """
-WITH i AS (SELECT i, $2::timestamptz + (i - $3) * ($5::float8 / ($4 - $3 + 1)) * interval '1 second' AS at
+WITH i AS (SELECT i, $2::timestamptz + (i - $3) * ($5::float8 / ($4 - $3 + 1)) * interval '1 second' AS at,
+                  '+86131' || lpad((i % 5000000)::text, 8, '0') AS number  -- the recipient, who also replies
            FROM generate_series($3::bigint, $4::bigint) AS i),
 sends AS (
     INSERT INTO sent_messages (sms_msg_id, "to", "from", status, create_time, country_id, total, raw)
-    SELECT $1 || i, '+86131' || lpad((i % 5000000)::text, 8, '0'), 'csms' || (i % 10), '000000', at, 'CN', 1, '{}'
+    SELECT $1 || i, number, 'csms' || (i % 10), '000000', at, 'CN', 1, '{}'
     FROM i
 ),
 states AS (
@@ -87,13 +88,13 @@ indexed AS (
 ),
 recipients AS (
     INSERT INTO recipient_index ("to", day)
-    SELECT DISTINCT '+86131' || lpad((i % 5000000)::text, 8, '0'), date_trunc('day', at, 'UTC') FROM i
+    SELECT DISTINCT number, date_trunc('day', at, 'UTC') FROM i
     ON CONFLICT DO NOTHING
 ),
 replies AS (
     INSERT INTO uplinks (application_id, sms_msg_id, "from", "to", body, raw_body, received_at, from_e164)
-    SELECT $6, 'u' || $1 || i, '+86131' || lpad((i % 5000000)::text, 8, '0'), 'csms' || (i % 10), 'ok', 'bench',
-           at + interval '1 minute', '+86131' || lpad((i % 5000000)::text, 8, '0')
+    SELECT $6, 'u' || $1 || i, number, 'csms' || (i % 10), 'ok', 'bench',
+           at + interval '1 minute', number
     FROM i WHERE i % 50 = 0
     RETURNING id, sms_msg_id, received_at
 ),
@@ -116,7 +117,7 @@ reports AS (
 -- and when the message is settled, an event a report (its data read from the report) and a reply.
 INSERT INTO events (kind, sms_msg_id, number, report_id, report_received_at, data, state, previous, status,
                     parts_total, parts_delivered, registered, sent_at, delivered_at, latency, at)
-SELECT 'state', $1 || i, '+86131' || lpad((i % 5000000)::text, 8, '0'), NULL::bigint, NULL::timestamptz,
+SELECT 'state', $1 || i, number, NULL::bigint, NULL::timestamptz,
        NULL::jsonb, 'pending', NULL::text, '000000', 1, 0, true, at, NULL::timestamptz, NULL::interval, at
 FROM i
 UNION ALL
@@ -124,15 +125,15 @@ SELECT 'report', sms_msg_id, NULL, id, received_at, NULL, NULL, NULL, NULL, NULL
        received_at
 FROM reports
 UNION ALL
-SELECT 'state', $1 || i, '+86131' || lpad((i % 5000000)::text, 8, '0'), NULL, NULL, NULL,
+SELECT 'state', $1 || i, number, NULL, NULL, NULL,
        CASE WHEN i % 13 = 0 THEN 'failed' ELSE 'delivered' END, 'pending',
        CASE WHEN i % 13 = 0 THEN 'UNDELIV' ELSE 'DELIVRD' END, 1, (i % 13 <> 0)::int, true, at,
        CASE WHEN i % 13 <> 0 THEN at + interval '6 seconds' END, CASE WHEN i % 13 <> 0 THEN interval '6 seconds' END,
        at + interval '6 seconds'
 FROM i
 UNION ALL
-SELECT 'reply', r.sms_msg_id, '+86131' || lpad((i % 5000000)::text, 8, '0'), NULL, NULL,
-       jsonb_build_object('to', 'csms' || (i % 10), 'body', 'ok', 'from', '+86131' || lpad((i % 5000000)::text, 8, '0'),
+SELECT 'reply', r.sms_msg_id, number, NULL, NULL,
+       jsonb_build_object('to', 'csms' || (i % 10), 'body', 'ok', 'from', number,
                           'match', 'channel', 'reply_to', $1 || i, 'ambiguous', false, 'candidates', 1,
                           'application', 'bench', 'create_time', at, 'received_at', r.received_at,
                           'unlinked_reason', NULL),
