@@ -40,6 +40,9 @@ SELECT 'm' || i, '+86131' || lpad((i % 5000000)::text, 8, '0'), 'csms' || (i % 1
        CASE WHEN i % 97 = 0 THEN 'E200041' ELSE '000000' END,
        $2::timestamptz + (i::float8 * 2592000 / $1) * interval '1 second', 'CN', 1 + (i % 7 = 0)::int, '{}'
 FROM generate_series(1, $1) AS i;
+-- the days each recipient was sent to, as registering the sends writes them
+INSERT INTO recipient_index ("to", day)
+SELECT DISTINCT "to", date_trunc('day', create_time, 'UTC') FROM sent_messages ON CONFLICT DO NOTHING;
 
 INSERT INTO status_reports (application_id, sms_msg_id, status, total, sequence, source, update_time, raw_body,
                             via, received_at, dedupe_key)

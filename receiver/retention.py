@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -75,6 +75,10 @@ class Rule:
     key: str = "id"
     # False for a column with a BRIN index (no order to walk): each batch takes any old rows
     ordered: bool = True
+    # The columns (and their types) that name a row of a table Citus may distribute: its rows
+    # are deleted by them, not by their place in their partition (a ctid of a shard's row, on
+    # another server, names nothing here).
+    row: tuple[tuple[str, str], ...] = ()
 
 
 # Tables pruned by their own time column alone. Adding one is one line here (its column should
@@ -83,7 +87,7 @@ class Rule:
 EVENT_FEED = Rule("events", "at", ordered=False)
 RULES: tuple[Rule, ...] = (
     EVENT_FEED,
-    Rule("uplinks", "received_at", children=(("reply_links", "uplink_id"),)),
+    Rule("uplinks", "received_at", children=(("reply_links", "uplink_id"),), row=(("sms_msg_id", "text"), ("id", "bigint"))),
     Rule("quarantine", "received_at"),
     Rule("quarantine_counts", "hour"),
 )
@@ -274,19 +278,25 @@ async def _detach_each_day(conn: asyncpg.Connection, result: Result, retire: Cal
                 for day in days:
                     sql = f"DELETE FROM {child[0]} WHERE {child[1]} IN (SELECT id FROM {day})"
                     result.add(child[0], _count(await conn.execute(sql)))
-            await conn.execute(";".join(f"ALTER TABLE {table} DETACH PARTITION {day}; ALTER TABLE {day} RENAME TO {retired(day)}"
+            await conn.execute(_at_once(f"ALTER TABLE {table} DETACH PARTITION {day}; ALTER TABLE {day} RENAME TO {retired(day)}"
                                         for day in days))  # fmt: skip
             # Their foreign keys go now: dropped with the tables, they would lock the tables they refer to
             # (applications) for as long as the files take.
             keys = await conn.fetch(_FOREIGN_KEYS, [retired(day) for day in days])
             if keys:
-                await conn.execute(";".join(f"ALTER TABLE {k['t']} DROP CONSTRAINT {k['c']}" for k in keys))
+                await conn.execute(_at_once(f"ALTER TABLE {k['t']} DROP CONSTRAINT {k['c']}" for k in keys))
         result.table_seconds[table] = seconds = time.perf_counter() - started
         result.lock_seconds += seconds
         result.add(table, sum(rows.values()))
         result.dropped += days
         log.info("prune.detached", table=table, partitions=len(days), rows=sum(rows.values()), seconds=round(seconds, 3))
         retire([retired(day) for day in days])
+
+
+def _at_once(commands: Iterable[str]) -> str:
+    """These commands as one (a round trip, whatever their number): a DO block, as Citus runs
+    no string of several commands on a distributed table."""
+    return "DO $commands$BEGIN " + "".join(f"{command}; " for command in commands) + "END$commands$"
 
 
 class _Droppers:
@@ -413,32 +423,46 @@ ORDER BY received_at, id LIMIT $4
 # old report's receipt or updateTime, its state's message_at; NULL: not known), the messages
 # that go: no send ($3: none at all; else none from the cutoff $2 on), no report from the cutoff
 # on or after the batch's last key ($4, $5; NULL: none), no reply from the cutoff on linked to
-# them. A report received before the
-# cutoff but stored after it (it waited in the journal) keeps its message too: its event is dated
-# by the storing transaction, kept by the event feed's rule, and would read as null without its
-# report. A message's send and state are searched within partitions.WINDOW ($8) of its time, its
-# reports between its state's bounds (store._REFRESH_STATES), else within the window: a few days,
-# not every day kept (OFFSET 0 keeps each a loop per message, its days pruned at run time, not a
-# join the planner would answer with a scan of every day).
+# them. A report received before the cutoff but stored after it (it waited in the journal) keeps
+# its message too: its event is dated by the storing transaction, kept by the event feed's rule,
+# and would read as null without its report. A message's send and state are searched within
+# partitions.WINDOW ($8) of its time, its reports between its state's bounds
+# (store._REFRESH_STATES), else within the window: a few days, not every day kept ($9, $10: the
+# span of the candidates' windows). Each table is joined on the messages' ids alone (so Citus
+# runs each join on the shards of those ids); a reply link names its reply's receipt.
 _DOOMED = """
-SELECT i.sms_msg_id
-FROM (SELECT sms_msg_id,
-             CASE WHEN bool_or(at IS NULL) THEN '-infinity' ELSE min(at) - $8::interval END AS lo,
-             CASE WHEN bool_or(at IS NULL) THEN 'infinity' ELSE max(at) + $8::interval END AS hi
-      FROM unnest($1::text[], $7::timestamptz[]) AS c(sms_msg_id, at) GROUP BY 1) AS i
-LEFT JOIN LATERAL (SELECT reports_from, reports_until FROM message_states m
-                   WHERE m.sms_msg_id = i.sms_msg_id AND m.message_at BETWEEN i.lo AND i.hi
-                   ORDER BY m.message_at DESC LIMIT 1) AS m ON true
-WHERE NOT EXISTS (SELECT FROM sent_messages s
-                  WHERE s.sms_msg_id = i.sms_msg_id AND s.create_time BETWEEN i.lo AND i.hi
-                    AND ($3::boolean OR s.create_time >= $2) OFFSET 0)
-  AND NOT EXISTS (SELECT FROM status_reports r
-                  WHERE r.sms_msg_id = i.sms_msg_id AND r.tableoid <> ALL($6::oid[])
-                    AND r.received_at BETWEEN coalesce(m.reports_from, i.lo) AND coalesce(m.reports_until, i.hi)
-                    AND (r.received_at >= $2 OR r.stored_at >= $2
-                         OR (r.received_at, r.id) > ($4::timestamptz, $5::bigint)) OFFSET 0)
-  AND NOT EXISTS (SELECT FROM reply_links l JOIN uplinks u ON u.id = l.uplink_id
-                  WHERE l.sms_msg_id = i.sms_msg_id AND u.received_at >= $2)
+WITH i AS (
+    SELECT sms_msg_id,
+           CASE WHEN bool_or(at IS NULL) THEN '-infinity' ELSE min(at) - $8::interval END AS lo,
+           CASE WHEN bool_or(at IS NULL) THEN 'infinity' ELSE max(at) + $8::interval END AS hi
+    FROM unnest($1::text[], $7::timestamptz[]) AS c(sms_msg_id, at) GROUP BY 1
+),
+states AS (
+    SELECT DISTINCT ON (i.sms_msg_id) i.sms_msg_id, m.reports_from, m.reports_until
+    FROM i JOIN message_states m ON m.sms_msg_id = i.sms_msg_id AND m.message_at BETWEEN i.lo AND i.hi
+    WHERE m.message_at BETWEEN $9 AND $10
+    ORDER BY i.sms_msg_id, m.message_at DESC
+),
+sent AS (
+    SELECT s.sms_msg_id
+    FROM i JOIN sent_messages s ON s.sms_msg_id = i.sms_msg_id AND s.create_time BETWEEN i.lo AND i.hi
+    WHERE s.create_time BETWEEN $9 AND $10 AND ($3::boolean OR s.create_time >= $2)
+),
+reported AS (
+    SELECT r.sms_msg_id
+    FROM i LEFT JOIN states m USING (sms_msg_id)
+    JOIN status_reports r ON r.sms_msg_id = i.sms_msg_id
+                         AND r.received_at BETWEEN coalesce(m.reports_from, i.lo) AND coalesce(m.reports_until, i.hi)
+    WHERE r.tableoid <> ALL($6::oid[])
+      AND (r.received_at >= $2 OR r.stored_at >= $2 OR (r.received_at, r.id) > ($4::timestamptz, $5::bigint))
+),
+replied AS (
+    SELECT l.sms_msg_id FROM i JOIN reply_links l ON l.sms_msg_id = i.sms_msg_id WHERE l.uplink_received_at >= $2
+)
+SELECT sms_msg_id FROM i
+EXCEPT SELECT sms_msg_id FROM sent
+EXCEPT SELECT sms_msg_id FROM reported
+EXCEPT SELECT sms_msg_id FROM replied
 """
 
 # A doomed message's rows: its send, state and send-after-opt-out within the window of the batch
@@ -446,6 +470,16 @@ WHERE NOT EXISTS (SELECT FROM sent_messages s
 _MESSAGE_ROWS = {table: f"sms_msg_id = ANY($1::text[]) AND {column} BETWEEN $2 AND $3"
                  for table, column in partitions.TABLES.items() if table in MESSAGE_TABLES}  # fmt: skip
 _MESSAGE_ROWS["status_reports"] = "sms_msg_id = ANY($1::text[]) AND received_at < $2"
+# A state goes with its row of message_index (sql/024_statements_write_derived_rows.sql), in the
+# same window.
+_DELETE_STATES = f"""
+WITH gone AS (DELETE FROM message_states WHERE {_MESSAGE_ROWS["message_states"]} RETURNING sms_msg_id, message_at),
+unindexed AS (
+    DELETE FROM message_index i USING gone
+    WHERE i.sms_msg_id = gone.sms_msg_id AND i.message_at = gone.message_at AND i.message_at BETWEEN $2 AND $3
+)
+SELECT count(*) FROM gone
+"""
 
 
 async def _sent_messages(conn: asyncpg.Connection, result: Result, batch_size: int) -> None:
@@ -498,8 +532,9 @@ async def _messages(
 ) -> None:
     ids = sorted({sms_msg_id for sms_msg_id, _ in candidates})
     times = [at for _, at in candidates]
-    doomed_args = ([c[0] for c in candidates], result.cutoff, unsent_only, *last, result.gone, times, partitions.WINDOW)
     lo, hi = partitions.span(times)
+    doomed_args = ([c[0] for c in candidates], result.cutoff, unsent_only, *last, result.gone, times, partitions.WINDOW,
+                   lo, hi)  # fmt: skip
     if result.dry_run:
         doomed = [row[0] for row in await conn.fetch(_DOOMED, *doomed_args)]
         for table in MESSAGE_TABLES:
@@ -516,8 +551,12 @@ async def _messages(
         deleted = {table: 0 for table in MESSAGE_TABLES}
         if doomed:
             for table in MESSAGE_TABLES:
-                sql = f"DELETE FROM {table} WHERE {_MESSAGE_ROWS[table]}"
-                deleted[table] = _count(await conn.execute(sql, doomed, *_bounds(table, result.cutoff, lo, hi)))
+                bounds = _bounds(table, result.cutoff, lo, hi)
+                if table == "message_states":
+                    deleted[table] = await conn.fetchval(_DELETE_STATES, doomed, *bounds)
+                else:
+                    sql = f"DELETE FROM {table} WHERE {_MESSAGE_ROWS[table]}"
+                    deleted[table] = _count(await conn.execute(sql, doomed, *bounds))
     for table, n in deleted.items():
         result.add(table, n)
     log.debug("prune.batch", **deleted)
@@ -538,13 +577,13 @@ async def _table(conn: asyncpg.Connection, rule: Rule, result: Result, batch_siz
             result.add(child, await conn.fetchval(sql, result.cutoff, result.gone))
         return
     key = f", {rule.key} AS key" if rule.children else ""
+    names = ", ".join(name for name, _ in rule.row) if rule.row else "tableoid::regclass::text AS part, ctid"
     if rule.ordered:
-        select = f"""SELECT tableoid::regclass::text AS part, ctid, {col} AS at{key} FROM {t}
+        select = f"""SELECT {names}, {col} AS at{key} FROM {t}
                      WHERE {col} < $1 AND {col} >= coalesce($2::timestamptz, '-infinity')
                      ORDER BY {col} LIMIT $3"""
     else:  # nothing to walk in order: each batch takes any old rows, until none are left
-        select = (f"SELECT tableoid::regclass::text AS part, ctid, {col} AS at{key} FROM {t}"
-                  f" WHERE {col} < $1 AND $2::timestamptz IS NULL LIMIT $3")  # fmt: skip
+        select = f"SELECT {names}, {col} AS at{key} FROM {t} WHERE {col} < $1 AND $2::timestamptz IS NULL LIMIT $3"
     after: datetime | None = None
     while True:
         async with conn.transaction():
@@ -556,17 +595,31 @@ async def _table(conn: asyncpg.Connection, rule: Rule, result: Result, batch_siz
             for child, ref in rule.children:
                 sql = f"DELETE FROM {child} WHERE {ref} = ANY($1)"
                 deleted[child] = _count(await conn.execute(sql, [r["key"] for r in rows]))
-            # By ctid in its partition (a ctid is unique only there), and old still: a row moved by
-            # an update meanwhile leaves its slot to another
-            deleted[t] = 0
-            for part in sorted({r["part"] for r in rows}):
-                sql = f"DELETE FROM {part} WHERE ctid = ANY($1::tid[]) AND {col} < $2"
-                slots = [r["ctid"] for r in rows if r["part"] == part]
-                deleted[t] += _count(await conn.execute(sql, slots, result.cutoff))
+            deleted[t] = await _delete_rows(conn, rule, rows, result.cutoff)
         after = rows[-1]["at"] if rule.ordered else None
         for table, n in deleted.items():
             result.add(table, n)
         log.debug("prune.batch", **deleted)
+
+
+async def _delete_rows(conn: asyncpg.Connection, rule: Rule, rows: list[asyncpg.Record], cutoff: datetime) -> int:
+    """Delete these rows of ``rule.table`` (found older than ``cutoff``) if they still are."""
+    col = rule.column
+    if rule.row:
+        arrays = ", ".join(f"${n}::{kind}[]" for n, (_, kind) in enumerate(rule.row, 1))
+        names = ", ".join(name for name, _ in rule.row)
+        sql = (f"DELETE FROM {rule.table} WHERE ({names}) IN (SELECT * FROM unnest({arrays}))"
+               f" AND {col} >= ${len(rule.row) + 1} AND {col} < ${len(rule.row) + 2}")  # fmt: skip
+        columns = [[r[name] for r in rows] for name, _ in rule.row]
+        return _count(await conn.execute(sql, *columns, min(r["at"] for r in rows), cutoff))
+    # By ctid in its partition (a ctid is unique only there), and old still: a row moved by an
+    # update meanwhile leaves its slot to another
+    deleted = 0
+    for part in sorted({r["part"] for r in rows}):
+        sql = f"DELETE FROM {part} WHERE ctid = ANY($1::tid[]) AND {col} < $2"
+        slots = [r["ctid"] for r in rows if r["part"] == part]
+        deleted += _count(await conn.execute(sql, slots, cutoff))
+    return deleted
 
 
 def _count(status: str) -> int:

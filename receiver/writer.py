@@ -54,17 +54,25 @@ stored AS (
     SELECT dedupe_key, received_at FROM status_reports
     WHERE sms_msg_id = ANY($5::text[]) AND dedupe_key = ANY($16::bytea[]) AND received_at BETWEEN $17 AND $18
 ),
-first AS (SELECT DISTINCT ON (dedupe_key) * FROM n ORDER BY dedupe_key, received_at, ord)
-INSERT INTO status_reports (application_id, via, received_at, raw_body, sms_msg_id, status, total,
-    sequence, status_desc, source, update_time, extend, "to", org_code, extra, dedupe_key)
-SELECT application_id, via, received_at, raw_body, sms_msg_id, status, total, sequence, status_desc, source,
-       update_time, extend, "to", org_code, extra, dedupe_key
-FROM first f
-WHERE NOT EXISTS (SELECT FROM stored s WHERE s.dedupe_key = f.dedupe_key
-                  AND s.received_at BETWEEN f.received_at - $19::interval AND f.received_at + $19::interval)
-ORDER BY ord
-ON CONFLICT (sms_msg_id, dedupe_key, received_at) DO NOTHING
-RETURNING id, application_id, sms_msg_id, status, "to", update_time, received_at
+first AS (SELECT DISTINCT ON (dedupe_key) * FROM n ORDER BY dedupe_key, received_at, ord),
+inserted AS (
+    INSERT INTO status_reports (application_id, via, received_at, raw_body, sms_msg_id, status, total,
+        sequence, status_desc, source, update_time, extend, "to", org_code, extra, dedupe_key)
+    SELECT application_id, via, received_at, raw_body, sms_msg_id, status, total, sequence, status_desc, source,
+           update_time, extend, "to", org_code, extra, dedupe_key
+    FROM first f
+    WHERE NOT EXISTS (SELECT FROM stored s WHERE s.dedupe_key = f.dedupe_key
+                      AND s.received_at BETWEEN f.received_at - $19::interval AND f.received_at + $19::interval)
+    ORDER BY ord
+    ON CONFLICT (sms_msg_id, dedupe_key, received_at) DO NOTHING
+    RETURNING id, application_id, sms_msg_id, status, "to", update_time, received_at
+),
+-- each report stored now is announced on the event feed (a reference: the feed reads the report)
+announced AS (
+    INSERT INTO events (kind, sms_msg_id, report_id, report_received_at)
+    SELECT 'report', sms_msg_id, id, received_at FROM inserted ORDER BY id
+)
+SELECT * FROM inserted
 """
 
 _INSERT_UPLINKS = """

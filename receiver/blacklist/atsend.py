@@ -42,18 +42,30 @@ WHERE s."to" IN (SELECT number FROM blacklist_signals)
    OR s.sms_msg_id IN (SELECT sms_msg_id FROM sends_after_optout WHERE source IS NOT NULL)
 """
 
-# Only real changes are written (each write is announced on the event feed).
-_WRITE = f"""
-INSERT INTO sends_after_optout AS f (sms_msg_id, "to", "from", sent_at, {_ENTRY_COLUMNS})
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
-    $8::text[], $9::text[], $10::timestamptz[])
-ON CONFLICT (sms_msg_id, sent_at) DO UPDATE SET
-    channel = EXCLUDED.channel, source = EXCLUDED.source, reason = EXCLUDED.reason,
-    cause_sms_msg_id = EXCLUDED.cause_sms_msg_id, added_by = EXCLUDED.added_by, added_at = EXCLUDED.added_at,
-    checked_at = now()
-WHERE ({", ".join("f." + c for c in _ENTRY_COLUMNS.split(", "))})
-      IS DISTINCT FROM ({", ".join("EXCLUDED." + c for c in _ENTRY_COLUMNS.split(", "))})
+# Each row written (only real changes are) is announced on the event feed by the statement that
+# writes it (sql/024_statements_write_derived_rows.sql).
+_ANNOUNCE = """
+INSERT INTO events (kind, sms_msg_id, number, data)
+SELECT 'sent_after_optout', n.sms_msg_id, n."to",
+       receiver_sent_after_optout_data(n."from", n.sent_at, n."to", n.channel, n.source, n.reason, n.cause_sms_msg_id,
+                                       n.added_by, n.added_at)
+FROM written n
+ORDER BY n.sms_msg_id COLLATE "C"
 """
+_WRITE = f"""
+WITH written AS (
+    INSERT INTO sends_after_optout AS f (sms_msg_id, "to", "from", sent_at, {_ENTRY_COLUMNS})
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
+        $8::text[], $9::text[], $10::timestamptz[])
+    ON CONFLICT (sms_msg_id, sent_at) DO UPDATE SET
+        channel = EXCLUDED.channel, source = EXCLUDED.source, reason = EXCLUDED.reason,
+        cause_sms_msg_id = EXCLUDED.cause_sms_msg_id, added_by = EXCLUDED.added_by, added_at = EXCLUDED.added_at,
+        checked_at = now()
+    WHERE ({", ".join("f." + c for c in _ENTRY_COLUMNS.split(", "))})
+          IS DISTINCT FROM ({", ".join("EXCLUDED." + c for c in _ENTRY_COLUMNS.split(", "))})
+    RETURNING *
+)
+{_ANNOUNCE}"""
 
 # A send's row is at its createTime ($2): one day each.
 _FLAGGED = """
@@ -61,9 +73,12 @@ SELECT sms_msg_id FROM sends_after_optout
 WHERE sms_msg_id = ANY($1::text[]) AND sent_at = ANY($2::timestamptz[]) AND source IS NOT NULL
 """
 _CLEAR = f"""
-UPDATE sends_after_optout SET ({_ENTRY_COLUMNS}) = (NULL, NULL, NULL, NULL, NULL, NULL), checked_at = now()
-WHERE sms_msg_id = ANY($1::text[]) AND sent_at = ANY($2::timestamptz[])
-"""
+WITH written AS (
+    UPDATE sends_after_optout SET ({_ENTRY_COLUMNS}) = (NULL, NULL, NULL, NULL, NULL, NULL), checked_at = now()
+    WHERE sms_msg_id = ANY($1::text[]) AND sent_at = ANY($2::timestamptz[]) AND source IS NOT NULL
+    RETURNING *
+)
+{_ANNOUNCE}"""
 
 _FOUND = f"""
 SELECT sms_msg_id, "to", {_ENTRY_COLUMNS} FROM sends_after_optout

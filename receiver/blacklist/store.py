@@ -385,6 +385,22 @@ async def import_entries(
     return sum(1 for c in changes.history if c.action == "add")
 
 
+# The signals derived again: those whose reply or report is still stored. Each stored table is
+# read for the ids the signals name (a sub-query of its own, which Citus runs on the shards),
+# not joined to the signals row by row.
+_DERIVED_AGAIN = """
+WITH replies AS (
+    SELECT id FROM uplinks WHERE id IN (SELECT uplink_id FROM blacklist_signals WHERE source = 'keyword')
+),
+reports AS (
+    SELECT id FROM status_reports WHERE id IN (SELECT report_id FROM blacklist_signals WHERE source = 'platform')
+)
+DELETE FROM blacklist_signals s
+WHERE (s.source = 'keyword' AND s.uplink_id IN (SELECT id FROM replies))
+   OR (s.source = 'platform' AND s.report_id IN (SELECT id FROM reports))
+"""
+
+
 async def rebuild(conn: asyncpg.Connection, config: Config) -> Diff:
     """Derive the keyword and platform signals again from every stored reply and report (with the
     current settings), keep the people's ones, fold every number again. In a transaction.
@@ -407,11 +423,7 @@ async def rebuild(conn: asyncpg.Connection, config: Config) -> Diff:
     )
     sends = await _sends(conn, reports)
     signals += report_signals(config, reports, sends)
-    await conn.execute(
-        """DELETE FROM blacklist_signals s
-           WHERE (s.source = 'keyword' AND EXISTS (SELECT FROM uplinks u WHERE u.id = s.uplink_id))
-              OR (s.source = 'platform' AND EXISTS (SELECT FROM status_reports r WHERE r.id = s.report_id))"""
-    )
+    await conn.execute(_DERIVED_AGAIN)
     for start in range(0, len(signals), 10_000):
         await _record(conn, signals[start : start + 10_000])
     _, changes = await _refold(conn, config, None, actor="rebuild")

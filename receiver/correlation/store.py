@@ -29,6 +29,14 @@ SELECT pg_advisory_xact_lock(7, k)
 FROM (SELECT DISTINCT (hashtext(id) & 255) AS k FROM unnest($1::text[]) AS id ORDER BY 1) AS buckets
 """
 
+_TRY_LOCK_MESSAGES = """
+WITH free AS (
+    SELECT k FROM (SELECT DISTINCT (hashtext(id) & 255) AS k FROM unnest($1::text[]) AS id ORDER BY 1) AS buckets
+    WHERE pg_try_advisory_xact_lock(7, k)
+)
+SELECT id FROM unnest($1::text[]) AS id WHERE (hashtext(id) & 255) IN (SELECT k FROM free)
+"""
+
 # Where a message's rows are (docs/storage.md): its stored state within partitions.WINDOW of the
 # times known of it (the receipt and updateTime of the reports stored now, the createTime and
 # registration of the sends registered now; none known: anywhere), newest first; its send
@@ -39,18 +47,21 @@ FROM (SELECT DISTINCT (hashtext(id) & 255) AS k FROM unnest($1::text[]) AS id OR
 #
 # Two statements, so that each reads its days by values known when it is planned (db.plan_each_time):
 # _FIND_STATES finds the stored states ($5, $6: the span of the messages' windows); the refresh
-# is given them ($7 to $11) and, for each table it reads, the span of the days it needs ($12 to
-# $17), computed from them. Per message, the rows are still looked up within its own bounds.
+# is given them ($7 to $11, $18) and, for each table it reads, the span of the days it needs ($12
+# to $17), computed from them. Per message, the rows are still looked up within its own bounds:
+# joins on (sms_msg_id, time range), which PostgreSQL answers with an index probe per message
+# and day, and Citus pushes down to the shards of the messages' ids (docs/storage.md, "Citus").
 #
 # message_at, the partition key, follows from the events: the send's createTime, else the first
 # report's receipt. A state whose message_at changes (a send registered after its reports, a
 # report received earlier than the first stored) is updated where it is and moves to its new day;
-# the others are written with ON CONFLICT on (sms_msg_id, message_at). message_index follows the
-# states by triggers (sql/019_message_index.sql).
+# the others are written with ON CONFLICT on (sms_msg_id, message_at). The same statement writes
+# what follows from the states it changes (sql/024_statements_write_derived_rows.sql): a row of
+# message_index where a state is made or moved to (none left where it moved from), and a state
+# event for each state that is new or differs from the one found. What is found is what is
+# stored: every writer of message_states holds the messages' locks (lock_messages), taken before.
 _STATE_COLUMNS = """
-    -- past its report window (the sweep's mark, receiver.correlation.sweep) a message the
-    -- reports leave pending stays unreported: the window does not reopen for a report
-    state = CASE WHEN {new}.state = 'pending' AND m.state = 'unreported' THEN 'unreported' ELSE {new}.state END,
+    state = {new}.state,
     status = {new}.status, parts_total = {new}.parts_total,
     parts_delivered = {new}.parts_delivered, reports = {new}.reports, sent = {new}.sent,
     sent_at = {new}.sent_at, delivered_at = {new}.delivered_at, latency = {new}.latency,
@@ -67,12 +78,11 @@ near AS (
     GROUP BY ids.sms_msg_id
 )"""
 _FIND_STATES = _NEAR + """
-SELECT near.sms_msg_id, m.message_at, m.reports, m.reports_from, m.reports_until
-FROM near JOIN LATERAL (
-    SELECT message_at, reports, reports_from, reports_until FROM message_states m
-    WHERE m.sms_msg_id = near.sms_msg_id AND m.message_at BETWEEN near.lo AND near.hi
-      AND m.message_at BETWEEN $5 AND $6
-    ORDER BY m.message_at DESC LIMIT 1) m ON true
+SELECT DISTINCT ON (near.sms_msg_id) near.sms_msg_id, m.message_at, m.state, m.reports, m.reports_from,
+       m.reports_until
+FROM near JOIN message_states m ON m.sms_msg_id = near.sms_msg_id AND m.message_at BETWEEN near.lo AND near.hi
+WHERE m.message_at BETWEEN $5 AND $6
+ORDER BY near.sms_msg_id, m.message_at DESC
 """
 _REFRESH_STATES = _NEAR + """,
 new AS (
@@ -80,9 +90,10 @@ new AS (
     FROM unnest($5::text[], $6::timestamptz[]) AS n(sms_msg_id, received_at) GROUP BY sms_msg_id
 ),
 old AS (
-    SELECT near.*, f.message_at, f.old_reports, f.reports_from, f.reports_until
-    FROM near LEFT JOIN unnest($7::text[], $8::timestamptz[], $9::integer[], $10::timestamptz[], $11::timestamptz[])
-        AS f(sms_msg_id, message_at, old_reports, reports_from, reports_until) USING (sms_msg_id)
+    SELECT near.*, f.message_at, f.old_state, f.old_reports, f.reports_from, f.reports_until
+    FROM near LEFT JOIN unnest($7::text[], $8::timestamptz[], $9::integer[], $10::timestamptz[], $11::timestamptz[],
+                               $18::text[])
+        AS f(sms_msg_id, message_at, old_reports, reports_from, reports_until, old_state) USING (sms_msg_id)
 ),
 bounds AS (
     SELECT old.sms_msg_id,
@@ -92,15 +103,12 @@ bounds AS (
                 ELSE greatest(old.reports_until, new.last) END AS hi
     FROM old LEFT JOIN new USING (sms_msg_id)
 ),
--- OFFSET 0 / LIMIT keep each look-up a loop per message (its days chosen per row), not one join
--- the planner would answer with a scan of every day in the span
 r AS (
     SELECT b.sms_msg_id, coalesce(s.sequence, 1) AS part, s.total, s.status, s.update_time, s.received_at,
            upper(s.status) = 'DELIVRD' AS ok
     FROM bounds b
-    JOIN LATERAL (SELECT * FROM status_reports s
-                  WHERE s.sms_msg_id = b.sms_msg_id AND s.received_at BETWEEN b.lo AND b.hi
-                    AND s.received_at BETWEEN $14 AND $15 OFFSET 0) s ON true
+    JOIN status_reports s ON s.sms_msg_id = b.sms_msg_id AND s.received_at BETWEEN b.lo AND b.hi
+    WHERE s.received_at BETWEEN $14 AND $15
 ),
 parts AS (
     SELECT sms_msg_id, part, bool_or(ok) AS delivered, min(update_time) FILTER (WHERE ok) AS delivered_at
@@ -123,9 +131,15 @@ latest AS (
     SELECT DISTINCT ON (sms_msg_id) sms_msg_id, status
     FROM r ORDER BY sms_msg_id, update_time DESC NULLS LAST, status COLLATE "C" DESC
 ),
+sends AS (  -- each message's newest send within its bounds
+    SELECT DISTINCT ON (s.sms_msg_id) s.sms_msg_id, s."to", s.status, s.create_time, s.total
+    FROM old JOIN sent_messages s ON s.sms_msg_id = old.sms_msg_id AND s.create_time BETWEEN old.lo AND old.hi
+    WHERE s.create_time BETWEEN $12 AND $13
+    ORDER BY s.sms_msg_id, s.create_time DESC
+),
 per_message AS (
-    SELECT old.sms_msg_id, old.message_at AS old_at,
-           s.sms_msg_id IS NOT NULL AS sent, s.status AS sent_status, s.create_time,
+    SELECT old.sms_msg_id, old.message_at AS old_at, old.old_state,
+           s.sms_msg_id IS NOT NULL AS sent, s.status AS sent_status, s.create_time, s."to",
            greatest(coalesce(s.total, 1), coalesce(br.max_part, 1)) AS parts_total,
            coalesce(bp.delivered, 0) AS parts_delivered,
            coalesce(bp.failed, 0) AS parts_failed,
@@ -133,16 +147,13 @@ per_message AS (
            bp.delivered_at, coalesce(bp.undated, false) AS undated,
            latest.status AS latest_status, br.reports_from, br.reports_until
     FROM old
-    LEFT JOIN LATERAL (SELECT * FROM sent_messages s
-                       WHERE s.sms_msg_id = old.sms_msg_id AND s.create_time BETWEEN old.lo AND old.hi
-                         AND s.create_time BETWEEN $12 AND $13
-                       ORDER BY s.create_time DESC LIMIT 1) s ON true
+    LEFT JOIN sends s ON s.sms_msg_id = old.sms_msg_id
     LEFT JOIN by_report br ON br.sms_msg_id = old.sms_msg_id
     LEFT JOIN by_part bp ON bp.sms_msg_id = old.sms_msg_id
     LEFT JOIN latest ON latest.sms_msg_id = old.sms_msg_id
 ),
 decided AS MATERIALIZED (
-    SELECT sms_msg_id, old_at, coalesce(create_time, reports_from) AS message_at,
+    SELECT sms_msg_id, old_at, old_state, "to", coalesce(create_time, reports_from) AS message_at,
            CASE WHEN sent AND sent_status <> '000000' THEN 'failed'
                 WHEN parts_failed > 0 THEN 'failed'
                 WHEN parts_delivered >= parts_total THEN 'delivered'
@@ -153,7 +164,11 @@ decided AS MATERIALIZED (
     WHERE sent OR reports > 0
 ),
 written AS (
-    SELECT sms_msg_id, old_at, message_at, state, status, parts_total, parts_delivered, reports, sent, sent_at,
+    SELECT sms_msg_id, old_at, old_state, "to", message_at,
+           -- past its report window (the sweep's mark, receiver.correlation.sweep) a message the
+           -- reports leave pending stays unreported: the window does not reopen for a report
+           CASE WHEN state = 'pending' AND old_state = 'unreported' THEN 'unreported' ELSE state END AS state,
+           status, parts_total, parts_delivered, reports, sent, sent_at,
            CASE WHEN state = 'delivered' AND NOT undated THEN delivered_at END AS delivered_at,
            CASE WHEN state = 'delivered' AND NOT undated THEN delivered_at - sent_at END AS latency,
            updated_at, reports_from, reports_until
@@ -164,14 +179,33 @@ moved AS (
     FROM written w
     WHERE w.old_at <> w.message_at AND m.sms_msg_id = w.sms_msg_id AND m.message_at = w.old_at
       AND m.message_at BETWEEN $16 AND $17
+),
+upserted AS (
+    INSERT INTO message_states AS m (sms_msg_id, message_at, state, status, parts_total, parts_delivered, reports,
+                                     sent, sent_at, delivered_at, latency, updated_at, reports_from, reports_until)
+    SELECT sms_msg_id, message_at, state, status, parts_total, parts_delivered, reports, sent, sent_at, delivered_at,
+           latency, updated_at, reports_from, reports_until
+    FROM written
+    WHERE old_at IS NULL OR old_at = message_at
+    ON CONFLICT (sms_msg_id, message_at) DO UPDATE SET {updated}
+),
+indexed AS (
+    INSERT INTO message_index (sms_msg_id, message_at)
+    SELECT sms_msg_id, message_at FROM written WHERE old_at IS DISTINCT FROM message_at ORDER BY 1, 2
+    ON CONFLICT DO NOTHING
+),
+unindexed AS (
+    DELETE FROM message_index i USING written w
+    WHERE w.old_at <> w.message_at AND i.sms_msg_id = w.sms_msg_id AND i.message_at = w.old_at
+      AND i.message_at BETWEEN $16 AND $17
 )
-INSERT INTO message_states AS m (sms_msg_id, message_at, state, status, parts_total, parts_delivered, reports, sent,
-                                 sent_at, delivered_at, latency, updated_at, reports_from, reports_until)
-SELECT sms_msg_id, message_at, state, status, parts_total, parts_delivered, reports, sent, sent_at, delivered_at,
-       latency, updated_at, reports_from, reports_until
+INSERT INTO events (kind, sms_msg_id, number, state, previous, status, parts_total, parts_delivered, registered,
+                    sent_at, delivered_at, latency)
+SELECT 'state', sms_msg_id, "to", state, old_state, status, parts_total, parts_delivered, sent, sent_at, delivered_at,
+       latency
 FROM written
-WHERE old_at IS NULL OR old_at = message_at
-ON CONFLICT (sms_msg_id, message_at) DO UPDATE SET {updated}
+WHERE state IS DISTINCT FROM old_state
+ORDER BY sms_msg_id COLLATE "C"
 """.format(moved=_STATE_COLUMNS.format(new="w"), updated=_STATE_COLUMNS.format(new="EXCLUDED"))
 
 # A send registered again is not stored twice: the stored sends with its id within
@@ -190,22 +224,37 @@ WITH m AS (
 stored AS (
     SELECT sms_msg_id, create_time FROM sent_messages
     WHERE sms_msg_id = ANY($1::text[]) AND create_time BETWEEN $15 AND $16
+),
+inserted AS (
+    INSERT INTO sent_messages (sms_msg_id, "to", "from", status, create_time, country_id, total, extend,
+        template_id, signature, message_type, raw, registered_by, application_id)
+    SELECT m.sms_msg_id, m."to", m."from", m.status, m.create_time, m.country_id, m.total,
+           m.extend, m.template_id, m.signature, m.message_type, m.raw, $13, $14
+    FROM m
+    WHERE NOT EXISTS (SELECT FROM stored s WHERE s.sms_msg_id = m.sms_msg_id
+                      AND s.create_time BETWEEN m.create_time - $17::interval AND m.create_time + $17::interval)
+    ON CONFLICT (sms_msg_id, create_time) DO NOTHING
+    RETURNING sms_msg_id, "to", create_time
+),
+-- the days each recipient was sent to (sql/019_message_index.sql)
+indexed AS (
+    INSERT INTO recipient_index ("to", day)
+    SELECT DISTINCT "to", date_trunc('day', create_time, 'UTC') FROM inserted ORDER BY 1, 2
+    ON CONFLICT DO NOTHING
 )
-INSERT INTO sent_messages (sms_msg_id, "to", "from", status, create_time, country_id, total, extend,
-    template_id, signature, message_type, raw, registered_by, application_id)
-SELECT m.sms_msg_id, m."to", m."from", m.status, m.create_time, m.country_id, m.total,
-       m.extend, m.template_id, m.signature, m.message_type, m.raw, $13, $14
-FROM m
-WHERE NOT EXISTS (SELECT FROM stored s WHERE s.sms_msg_id = m.sms_msg_id
-                  AND s.create_time BETWEEN m.create_time - $17::interval AND m.create_time + $17::interval)
-ON CONFLICT (sms_msg_id, create_time) DO NOTHING
-RETURNING sms_msg_id, "to", create_time
+SELECT * FROM inserted
 """
 
 
 async def lock_messages(conn: asyncpg.Connection, sms_msg_ids: Iterable[str]) -> None:
-    """Until this transaction ends, no one else recomputes (or prunes) these messages' states."""
+    """Until this transaction ends, no one else writes (or prunes) these messages' states."""
     await conn.execute(_LOCK_MESSAGES, sorted(set(sms_msg_ids)))
+
+
+async def try_lock_messages(conn: db.Connection, sms_msg_ids: Iterable[str]) -> list[str]:
+    """:func:`lock_messages` for those of these messages whose locks are free now, without
+    waiting for the others; returns the ones locked."""
+    return [row[0] for row in await conn.fetch(_TRY_LOCK_MESSAGES, sorted(set(sms_msg_ids)))]
 
 
 async def refresh_states(
@@ -235,6 +284,7 @@ async def refresh_states(
         _REFRESH_STATES, ids, *near_columns, [r["sms_msg_id"] for r in new_reports], received,
         *([row[k] for row in found] for k in ("sms_msg_id", "message_at", "reports", "reports_from", "reports_until")),
         *states, *_reports_span(found, received), *_within(row["message_at"] for row in found),
+        [row["state"] for row in found],
     )  # fmt: skip
     await db.plan_as_usual(conn)
 

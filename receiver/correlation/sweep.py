@@ -8,9 +8,9 @@ been made longer, back again), walking the ``(state, sent_at)`` index. Nothing i
 callback.
 
 Safe to run anywhere and at any time: one sweeper works at a time (an advisory lock; the others
-return at once), rows a state refresh holds are skipped until the next sweep (``SKIP LOCKED``),
-and a row is only ever moved while it still is in the state the sweep moves it from. Each move
-is an UPDATE of ``message_states``, so the event feed announces it as a state change.
+return at once), messages whose locks a state refresh holds (``store.lock_messages``) are skipped
+until the next sweep, and a row is only ever moved while it still is in the state the sweep moves
+it from. The statement that moves a state announces it on the event feed as a state change.
 
 Until a sweep has run, readers compute the same state from the clock (:data:`EFFECTIVE_STATE`).
 """
@@ -26,35 +26,63 @@ import asyncpg
 import structlog
 
 from .. import db, metrics
+from . import store
 
 log = structlog.get_logger("receiver.sweep")
 
 _LOCK = 0x554E5250  # "UNRP": one sweeper at a time
 BATCH = 10_000  # rows per transaction: the sweep never holds many row locks for long
 
-# $1 window, $2 now (NULL: the transaction's clock), $3 rows at most.
-_MARK_UNREPORTED = """
-WITH due AS (
-    SELECT sms_msg_id, message_at FROM message_states
-    WHERE state = 'pending' AND sent AND sent_at <= coalesce($2::timestamptz, now()) - $1::interval
-    ORDER BY sent_at LIMIT $3
-    FOR UPDATE SKIP LOCKED
+# $1 window, $2 now, $3 rows at most. A sent message's state is at its createTime (message_at =
+# sent_at).
+_PAST_WINDOW = "sent_at <= $2::timestamptz - $1::interval"
+_DUE = """
+SELECT sms_msg_id, message_at FROM message_states
+WHERE state = '{from_}' AND sent AND {when}
+ORDER BY sent_at LIMIT $3
+"""
+# The due states ($3, $4) whose messages this sweep holds the locks of, still due: moved to the
+# state ($5) and announced, each with its send's recipient (at the day of its message_at).
+_MOVE = """
+WITH moved AS (
+    UPDATE message_states m SET state = $5, updated_at = now()
+    FROM unnest($3::text[], $4::timestamptz[]) AS due(sms_msg_id, message_at)
+    WHERE m.sms_msg_id = due.sms_msg_id AND m.message_at = due.message_at
+      AND m.state = '{from_}' AND m.sent AND {when}
+    RETURNING m.*
 )
-UPDATE message_states m SET state = 'unreported', updated_at = now()
-FROM due WHERE m.sms_msg_id = due.sms_msg_id AND m.message_at = due.message_at
+INSERT INTO events (kind, sms_msg_id, number, state, previous, status, parts_total, parts_delivered, registered,
+                    sent_at, delivered_at, latency)
+SELECT 'state', m.sms_msg_id, s."to", m.state, '{from_}', m.status, m.parts_total, m.parts_delivered, m.sent,
+       m.sent_at, m.delivered_at, m.latency
+FROM moved m
+LEFT JOIN sent_messages s ON s.sms_msg_id = m.sms_msg_id AND s.create_time = m.sent_at
+                         AND s.create_time BETWEEN $6 AND $7
+ORDER BY m.sms_msg_id COLLATE "C"
 """
 
-# A window made longer: what the clock no longer says is past it is pending again.
-_REOPEN = """
-WITH due AS (
-    SELECT sms_msg_id, message_at FROM message_states
-    WHERE state = 'unreported' AND sent_at > coalesce($2::timestamptz, now()) - $1::interval
-    ORDER BY sent_at LIMIT $3
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE message_states m SET state = 'pending', updated_at = now()
-FROM due WHERE m.sms_msg_id = due.sms_msg_id AND m.message_at = due.message_at
-"""
+
+@dataclass(frozen=True)
+class _Move:
+    """States ``from_`` to move to ``to`` once ``when`` holds: the statements that find them and move them."""
+
+    from_: str
+    when: str
+    to: str
+
+    @property
+    def due(self) -> str:
+        return _DUE.format(from_=self.from_, when=self.when)
+
+    @property
+    def move(self) -> str:
+        return _MOVE.format(from_=self.from_, when=self.when)
+
+
+# Pending past the window: unreported. A window made longer: what the clock no longer says is
+# past it is pending again.
+_MARK_UNREPORTED = _Move("pending", _PAST_WINDOW, "unreported")
+_REOPEN = _Move("unreported", f"NOT ({_PAST_WINDOW})", "pending")
 
 # What readers show before the sweep has run: the stored state corrected by the clock.
 # Parameters named by the caller: the window and now, as SQL expressions.
@@ -103,18 +131,25 @@ async def sweep_unreported(
     """Bring stored states up to the clock (``now``; default: the database's). Outside a
     transaction: each batch of at most ``batch`` rows commits on its own."""
     unreported = reopened = 0
-    for sql, moved in ((_MARK_UNREPORTED, "unreported"), (_REOPEN, "reopened")):
+    for step, moved in ((_MARK_UNREPORTED, "unreported"), (_REOPEN, "reopened")):
         while True:
             async with conn.transaction():
                 if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1::bigint)", _LOCK):
                     return Swept(unreported, reopened, skipped=True)
-                n = _count(await conn.execute(sql, window, now, batch))
+                clock = now if now is not None else await conn.fetchval("SELECT now()")
+                found = await conn.fetch(step.due, window, clock, batch)
+                held = set(await store.try_lock_messages(conn, [row["sms_msg_id"] for row in found]))
+                due = [row for row in found if row["sms_msg_id"] in held]
+                n = 0
+                if due:
+                    ids, at = [row["sms_msg_id"] for row in due], [row["message_at"] for row in due]
+                    n = _count(await conn.execute(step.move, window, clock, ids, at, step.to, min(at), max(at)))
             if moved == "unreported":
                 unreported += n
                 metrics.UNREPORTED.inc(n)
             else:
                 reopened += n
-            if n < batch:
+            if len(found) < batch or n == 0:  # none left, or only the ones a refresh holds
                 break
     if unreported or reopened:
         log.info("sweep.done", unreported=unreported, reopened=reopened)
