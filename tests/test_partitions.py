@@ -8,6 +8,7 @@ converted with its rows in place."""
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -631,3 +632,34 @@ def test_every_unique_key_of_the_distributed_tables_holds_sms_msg_id_and_the_par
         WHERE i.indisunique AND i.indrelid = ANY($1::regclass[]) AND NOT a.attnum = ANY(i.indkey)""",
         list(DISTRIBUTED)))  # fmt: skip
     assert indexes == []
+
+
+def _citus_steps() -> str:
+    """The SQL that distributes the tables, as docs/storage.md gives it."""
+    text = (Path(__file__).parent.parent / "docs" / "storage.md").read_text()
+    section = text[text.index("\n## Citus\n") :]
+    return section[section.index("```sql\n") + 7 : section.index("\n```", section.index("```sql\n"))]
+
+
+def test_the_documented_citus_steps_leave_no_trigger_and_no_key_citus_refuses(db_url: str) -> None:
+    """On Citus a trigger of a distributed table runs on the shards, where the statement's
+    transition tables and the event feed are not, and a reference table takes none at all; a
+    day partition's key to a reference table cannot be dropped once the day is detached (a prune
+    does that before dropping it). So once the steps have run, the tables they distribute and
+    reference carry no trigger, and no day-partitioned table a key to a reference table: the rows
+    that follow from theirs are written by the service's statements."""
+    steps = _citus_steps()
+    distributed = set(re.findall(r"create_distributed_table\('(\w+)'", steps))
+    reference = set(re.findall(r"create_reference_table\('(\w+)'\)", steps))
+    dropped_triggers = set(re.findall(r"DROP TRIGGER (\w+) ON (\w+);", steps))
+    dropped_keys = set(re.findall(r"ALTER TABLE (\w+) DROP CONSTRAINT (\w+);", steps))
+    assert distributed == {*DISTRIBUTED, "recipient_index"} and "applications" in reference
+    assert "FOREIGN KEY" not in steps  # none is added back
+    triggers = {(r["tgname"], r["t"]) for r in run(fetch(db_url, """
+        SELECT tgname, tgrelid::regclass::text AS t FROM pg_trigger
+        WHERE NOT tgisinternal AND tgrelid = ANY($1::regclass[])""", sorted(distributed | reference)))}  # fmt: skip
+    keys = {(r["t"], r["conname"]) for r in run(fetch(db_url, """
+        SELECT c.conrelid::regclass::text AS t, c.conname FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+        WHERE c.contype = 'f' AND t.relkind = 'p' AND c.confrelid = ANY($1::regclass[])""", sorted(reference)))}  # fmt: skip
+    assert dropped_triggers <= triggers and dropped_keys <= keys  # the steps name what is there
+    assert (triggers - dropped_triggers, keys - dropped_keys) == (set(), set())
