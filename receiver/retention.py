@@ -428,8 +428,9 @@ ORDER BY received_at, id LIMIT $4
 # and would read as null without its report. A message's send and state are searched within
 # partitions.WINDOW ($8) of its time, its reports between its state's bounds
 # (store._REFRESH_STATES), else within the window: a few days, not every day kept ($9, $10: the
-# span of the candidates' windows). Each table is joined on the messages' ids alone (so Citus
-# runs each join on the shards of those ids); a reply link names its reply's receipt.
+# span of the candidates' windows). Each table is read for the candidates' ids (= ANY($1): an
+# index probe per message and day) and joined on them alone (so Citus runs each join on the
+# shards of those ids); a reply link names its reply's receipt.
 _DOOMED = """
 WITH i AS (
     SELECT sms_msg_id,
@@ -440,24 +441,24 @@ WITH i AS (
 states AS (
     SELECT DISTINCT ON (i.sms_msg_id) i.sms_msg_id, m.reports_from, m.reports_until
     FROM i JOIN message_states m ON m.sms_msg_id = i.sms_msg_id AND m.message_at BETWEEN i.lo AND i.hi
-    WHERE m.message_at BETWEEN $9 AND $10
+    WHERE m.sms_msg_id = ANY($1::text[]) AND m.message_at BETWEEN $9 AND $10
     ORDER BY i.sms_msg_id, m.message_at DESC
 ),
 sent AS (
     SELECT s.sms_msg_id
     FROM i JOIN sent_messages s ON s.sms_msg_id = i.sms_msg_id AND s.create_time BETWEEN i.lo AND i.hi
-    WHERE s.create_time BETWEEN $9 AND $10 AND ($3::boolean OR s.create_time >= $2)
+    WHERE s.sms_msg_id = ANY($1::text[]) AND s.create_time BETWEEN $9 AND $10 AND ($3::boolean OR s.create_time >= $2)
 ),
 reported AS (
     SELECT r.sms_msg_id
     FROM i LEFT JOIN states m USING (sms_msg_id)
     JOIN status_reports r ON r.sms_msg_id = i.sms_msg_id
                          AND r.received_at BETWEEN coalesce(m.reports_from, i.lo) AND coalesce(m.reports_until, i.hi)
-    WHERE r.tableoid <> ALL($6::oid[])
+    WHERE r.sms_msg_id = ANY($1::text[]) AND r.tableoid <> ALL($6::oid[])
       AND (r.received_at >= $2 OR r.stored_at >= $2 OR (r.received_at, r.id) > ($4::timestamptz, $5::bigint))
 ),
 replied AS (
-    SELECT l.sms_msg_id FROM i JOIN reply_links l ON l.sms_msg_id = i.sms_msg_id WHERE l.uplink_received_at >= $2
+    SELECT l.sms_msg_id FROM reply_links l WHERE l.sms_msg_id = ANY($1::text[]) AND l.uplink_received_at >= $2
 )
 SELECT sms_msg_id FROM i
 EXCEPT SELECT sms_msg_id FROM sent

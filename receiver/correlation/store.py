@@ -49,8 +49,10 @@ SELECT id FROM unnest($1::text[]) AS id WHERE (hashtext(id) & 255) IN (SELECT k 
 # _FIND_STATES finds the stored states ($5, $6: the span of the messages' windows); the refresh
 # is given them ($7 to $11, $18) and, for each table it reads, the span of the days it needs ($12
 # to $17), computed from them. Per message, the rows are still looked up within its own bounds:
-# joins on (sms_msg_id, time range), which PostgreSQL answers with an index probe per message
-# and day, and Citus pushes down to the shards of the messages' ids (docs/storage.md, "Citus").
+# joins on (sms_msg_id, time range), each table read for the batch's ids (= ANY($1): an index
+# probe per message and day, where a join alone would be answered by a scan of every row of the
+# span's days once they are big), which Citus pushes down to the shards of those ids
+# (docs/storage.md, "Citus").
 #
 # message_at, the partition key, follows from the events: the send's createTime, else the first
 # report's receipt. A state whose message_at changes (a send registered after its reports, a
@@ -81,7 +83,7 @@ _FIND_STATES = _NEAR + """
 SELECT DISTINCT ON (near.sms_msg_id) near.sms_msg_id, m.message_at, m.state, m.reports, m.reports_from,
        m.reports_until
 FROM near JOIN message_states m ON m.sms_msg_id = near.sms_msg_id AND m.message_at BETWEEN near.lo AND near.hi
-WHERE m.message_at BETWEEN $5 AND $6
+WHERE m.sms_msg_id = ANY($1::text[]) AND m.message_at BETWEEN $5 AND $6
 ORDER BY near.sms_msg_id, m.message_at DESC
 """
 _REFRESH_STATES = _NEAR + """,
@@ -108,7 +110,7 @@ r AS (
            upper(s.status) = 'DELIVRD' AS ok
     FROM bounds b
     JOIN status_reports s ON s.sms_msg_id = b.sms_msg_id AND s.received_at BETWEEN b.lo AND b.hi
-    WHERE s.received_at BETWEEN $14 AND $15
+    WHERE s.sms_msg_id = ANY($1::text[]) AND s.received_at BETWEEN $14 AND $15
 ),
 parts AS (
     SELECT sms_msg_id, part, bool_or(ok) AS delivered, min(update_time) FILTER (WHERE ok) AS delivered_at
@@ -134,7 +136,7 @@ latest AS (
 sends AS (  -- each message's newest send within its bounds
     SELECT DISTINCT ON (s.sms_msg_id) s.sms_msg_id, s."to", s.status, s.create_time, s.total
     FROM old JOIN sent_messages s ON s.sms_msg_id = old.sms_msg_id AND s.create_time BETWEEN old.lo AND old.hi
-    WHERE s.create_time BETWEEN $12 AND $13
+    WHERE s.sms_msg_id = ANY($1::text[]) AND s.create_time BETWEEN $12 AND $13
     ORDER BY s.sms_msg_id, s.create_time DESC
 ),
 per_message AS (
@@ -197,7 +199,7 @@ indexed AS (
 unindexed AS (
     DELETE FROM message_index i USING written w
     WHERE w.old_at <> w.message_at AND i.sms_msg_id = w.sms_msg_id AND i.message_at = w.old_at
-      AND i.message_at BETWEEN $16 AND $17
+      AND i.sms_msg_id = ANY($1::text[]) AND i.message_at BETWEEN $16 AND $17
 )
 INSERT INTO events (kind, sms_msg_id, number, state, previous, status, parts_total, parts_delivered, registered,
                     sent_at, delivered_at, latency)
