@@ -419,30 +419,39 @@ WHERE received_at < $1 AND received_at >= coalesce($2::timestamptz, '-infinity')
 ORDER BY received_at, id LIMIT $4
 """
 
-# Of the candidates ($1, each with a time $7 near which its rows are: its send's createTime, an
-# old report's receipt or updateTime, its state's message_at; NULL: not known), the messages
-# that go: no send ($3: none at all; else none from the cutoff $2 on), no report from the cutoff
-# on or after the batch's last key ($4, $5; NULL: none), no reply from the cutoff on linked to
-# them. A report received before the cutoff but stored after it (it waited in the journal) keeps
-# its message too: its event is dated by the storing transaction, kept by the event feed's rule,
-# and would read as null without its report. A message's send and state are searched within
-# partitions.WINDOW ($8) of its time, its reports between its state's bounds
-# (store._REFRESH_STATES), else within the window: a few days, not every day kept ($9, $10: the
-# span of the candidates' windows). Each table is read for the candidates' ids (= ANY($1): an
-# index probe per message and day) and joined on them alone (so Citus runs each join on the
-# shards of those ids); a reply link names its reply's receipt.
-_DOOMED = """
+# Each candidate's window: partitions.WINDOW ($w) around the times near which its rows are
+# ($t: its send's createTime, an old report's receipt or updateTime, its state's message_at;
+# NULL: not known, anywhere).
+_WINDOWS = """
 WITH i AS (
     SELECT sms_msg_id,
-           CASE WHEN bool_or(at IS NULL) THEN '-infinity' ELSE min(at) - $8::interval END AS lo,
-           CASE WHEN bool_or(at IS NULL) THEN 'infinity' ELSE max(at) + $8::interval END AS hi
-    FROM unnest($1::text[], $7::timestamptz[]) AS c(sms_msg_id, at) GROUP BY 1
-),
-states AS (
-    SELECT DISTINCT ON (i.sms_msg_id) i.sms_msg_id, m.reports_from, m.reports_until
-    FROM i JOIN message_states m ON m.sms_msg_id = i.sms_msg_id AND m.message_at BETWEEN i.lo AND i.hi
-    WHERE m.sms_msg_id = ANY($1::text[]) AND m.message_at BETWEEN $9 AND $10
-    ORDER BY i.sms_msg_id, m.message_at DESC
+           CASE WHEN bool_or(at IS NULL) THEN '-infinity' ELSE min(at) - {w}::interval END AS lo,
+           CASE WHEN bool_or(at IS NULL) THEN 'infinity' ELSE max(at) + {w}::interval END AS hi
+    FROM unnest($1::text[], {t}::timestamptz[]) AS c(sms_msg_id, at) GROUP BY 1
+)"""
+
+# The candidates' ($1) stored states within their windows ($4, $5: the span of the windows):
+# where their reports are (store._REFRESH_STATES).
+_CANDIDATE_STATES = _WINDOWS.format(t="$2", w="$3") + """
+SELECT DISTINCT ON (i.sms_msg_id) i.sms_msg_id, m.reports_from, m.reports_until
+FROM i JOIN message_states m ON m.sms_msg_id = i.sms_msg_id AND m.message_at BETWEEN i.lo AND i.hi
+WHERE m.sms_msg_id = ANY($1::text[]) AND m.message_at BETWEEN $4 AND $5
+ORDER BY i.sms_msg_id, m.message_at DESC
+"""
+
+# Of the candidates ($1, their times $7), the messages that go: no send ($3: none at all; else
+# none from the cutoff $2 on), no report from the cutoff on or after the batch's last key ($4,
+# $5; NULL: none), no reply from the cutoff on linked to them. A report received before the
+# cutoff but stored after it (it waited in the journal) keeps its message too: its event is
+# dated by the storing transaction, kept by the event feed's rule, and would read as null
+# without its report. A message's send is searched within its window ($8; $9, $10: their span),
+# its reports between its state's bounds ($11 to $13, _CANDIDATE_STATES), else within the
+# window ($14, $15: the span of both): a few days, not every day kept. Each table is read for
+# the candidates' ids (= ANY($1): an index probe per message and day) and joined on them alone
+# (so Citus runs each join on the shards of those ids); a reply link names its reply's receipt.
+_DOOMED = _WINDOWS.format(t="$7", w="$8") + """,
+m AS (
+    SELECT * FROM unnest($11::text[], $12::timestamptz[], $13::timestamptz[]) AS m(sms_msg_id, reports_from, reports_until)
 ),
 sent AS (
     SELECT s.sms_msg_id
@@ -451,10 +460,10 @@ sent AS (
 ),
 reported AS (
     SELECT r.sms_msg_id
-    FROM i LEFT JOIN states m USING (sms_msg_id)
+    FROM i LEFT JOIN m USING (sms_msg_id)
     JOIN status_reports r ON r.sms_msg_id = i.sms_msg_id
                          AND r.received_at BETWEEN coalesce(m.reports_from, i.lo) AND coalesce(m.reports_until, i.hi)
-    WHERE r.sms_msg_id = ANY($1::text[]) AND r.tableoid <> ALL($6::oid[])
+    WHERE r.sms_msg_id = ANY($1::text[]) AND r.received_at BETWEEN $14 AND $15 AND r.tableoid <> ALL($6::oid[])
       AND (r.received_at >= $2 OR r.stored_at >= $2 OR (r.received_at, r.id) > ($4::timestamptz, $5::bigint))
 ),
 replied AS (
@@ -465,6 +474,55 @@ EXCEPT SELECT sms_msg_id FROM sent
 EXCEPT SELECT sms_msg_id FROM reported
 EXCEPT SELECT sms_msg_id FROM replied
 """
+
+
+async def _doomed(
+    conn: asyncpg.Connection,
+    result: Result,
+    candidates: list[tuple[str, datetime | None]],
+    unsent_only: bool,
+    last: tuple[datetime | None, int | None],
+) -> list[str]:
+    """The candidates that go (:data:`_DOOMED`), looked up :data:`correlation_store.CHUNK`
+    messages at a time (a day's index probed for each, not the day read whole)."""
+    by_id: dict[str, list[datetime | None]] = {}
+    for sms_msg_id, at in candidates:
+        by_id.setdefault(sms_msg_id, []).append(at)
+    ordered = sorted(by_id)
+    doomed = []
+    for start in range(0, len(ordered), correlation_store.CHUNK):
+        chunk = [(sms_msg_id, at) for sms_msg_id in ordered[start : start + correlation_store.CHUNK]
+                 for at in by_id[sms_msg_id]]  # fmt: skip
+        doomed += await _doomed_of(conn, result, chunk, unsent_only, last)
+    return doomed
+
+
+async def _doomed_of(
+    conn: asyncpg.Connection,
+    result: Result,
+    candidates: list[tuple[str, datetime | None]],
+    unsent_only: bool,
+    last: tuple[datetime | None, int | None],
+) -> list[str]:
+    ids, times = [c[0] for c in candidates], [c[1] for c in candidates]
+    lo, hi = partitions.span(times)
+    states = await conn.fetch(_CANDIDATE_STATES, ids, times, partitions.WINDOW, lo, hi)
+    # where their reports may be: each state's bounds, else its message's window
+    windows: dict[str, list[datetime | None]] = {}
+    for sms_msg_id, at in candidates:
+        windows.setdefault(sms_msg_id, []).append(at)
+    bounds = {sms_msg_id: partitions.span(at) for sms_msg_id, at in windows.items()}
+    for row in states:
+        window = bounds[row["sms_msg_id"]]
+        bounds[row["sms_msg_id"]] = (row["reports_from"] or window[0], row["reports_until"] or window[1])
+    reports = (min(b[0] for b in bounds.values()), max(b[1] for b in bounds.values()))
+    columns = ([row[k] for row in states] for k in ("sms_msg_id", "reports_from", "reports_until"))
+    rows = await conn.fetch(
+        _DOOMED, ids, result.cutoff, unsent_only, *last, result.gone, times, partitions.WINDOW, lo, hi, *columns,
+        *reports,
+    )  # fmt: skip
+    return [row[0] for row in rows]
+
 
 # A doomed message's rows: its send, state and send-after-opt-out within the window of the batch
 # ($2, $3), its reports older than the cutoff ($2 there).
@@ -534,10 +592,8 @@ async def _messages(
     ids = sorted({sms_msg_id for sms_msg_id, _ in candidates})
     times = [at for _, at in candidates]
     lo, hi = partitions.span(times)
-    doomed_args = ([c[0] for c in candidates], result.cutoff, unsent_only, *last, result.gone, times, partitions.WINDOW,
-                   lo, hi)  # fmt: skip
     if result.dry_run:
-        doomed = [row[0] for row in await conn.fetch(_DOOMED, *doomed_args)]
+        doomed = await _doomed(conn, result, candidates, unsent_only, last)
         for table in MESSAGE_TABLES:
             bounds = _bounds(table, result.cutoff, lo, hi)
             sql = f"SELECT count(*) FROM {table} WHERE {_MESSAGE_ROWS[table]} AND tableoid <> ALL(${len(bounds) + 2}::oid[])"
@@ -548,7 +604,7 @@ async def _messages(
         # the rule is checked again (a new statement sees what committed meanwhile).
         await correlation_store.lock_messages(conn, ids)
         await blacklist_store.keep_out_bulk_work(conn)
-        doomed = [row[0] for row in await conn.fetch(_DOOMED, *doomed_args)]
+        doomed = await _doomed(conn, result, candidates, unsent_only, last)
         deleted = {table: 0 for table in MESSAGE_TABLES}
         if doomed:
             for table in MESSAGE_TABLES:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
-from support import run
+from support import plan_nodes, run
 
 from receiver import partitions, retention
 from receiver.api.models import Message
@@ -211,3 +211,60 @@ def test_a_pruned_message_is_not_found_whether_its_day_was_dropped_or_its_rows_d
         return [*found, left]
 
     assert _with(db_url, work) == [False, False, True, 0]
+
+
+def test_a_batchs_refresh_reads_big_days_by_the_messages_ids(db_url: str) -> None:
+    """The refresh joins each table it reads to the batch's messages; with days of tens of
+    thousands of states and sends, PostgreSQL would answer a join alone, or a look-up of a few
+    thousand ids, with a scan of every row of the days in the batch's span (at 250,000 a day it
+    halved the writer's rate). Each table is read by the ids of at most correlation.CHUNK
+    messages (an index probe per message and day) instead; a writer's batch grows past that."""
+    days = [TODAY - timedelta(days=1), TODAY]
+
+    async def work(conn: asyncpg.Connection) -> list[str]:
+        app_id = await _app(conn)
+        for day in days:
+            await conn.execute(
+                """INSERT INTO sent_messages (sms_msg_id, "to", "from", status, create_time, raw)
+                   SELECT 'big-' || $1 || '-' || i, '+86131' || lpad(i::text, 8, '0'), 'csms1', '000000',
+                          $2::timestamptz + i * interval '2 seconds', '{}'
+                   FROM generate_series(1, 40000) AS i""",
+                f"{day:%Y%m%d}", day,
+            )  # fmt: skip
+            await conn.execute(
+                """INSERT INTO message_states (sms_msg_id, message_at, state, status, parts_total, parts_delivered,
+                                               reports, sent, sent_at)
+                   SELECT sms_msg_id, create_time, 'pending', '000000', 1, 0, 0, true, create_time
+                   FROM sent_messages WHERE create_time >= $1 AND create_time < $1 + interval '1 day'""",
+                day,
+            )  # fmt: skip
+        await conn.execute("ANALYZE sent_messages, message_states, status_reports")
+        batch = [_report(app_id, f"new-{i}", NOW, NOW) for i in range(2500)]  # messages not sent: every day searched
+        statements: list[tuple[str, tuple[object, ...]]] = []
+        fetch, execute = asyncpg.Connection.fetch, asyncpg.Connection.execute
+
+        def capturing(method: Any) -> Any:
+            async def call(self: asyncpg.Connection, sql: str, *args: object, **kw: object) -> object:
+                if sql in (correlation._FIND_STATES, correlation._REFRESH_STATES):
+                    statements.append((sql, args))
+                return await method(self, sql, *args, **kw)
+
+            return call
+
+        asyncpg.Connection.fetch = capturing(fetch)  # type: ignore[method-assign]
+        asyncpg.Connection.execute = capturing(execute)  # type: ignore[method-assign]
+        try:
+            await store(conn, batch, HOOKS)
+        finally:
+            asyncpg.Connection.fetch, asyncpg.Connection.execute = fetch, execute  # type: ignore[method-assign]
+        assert [sql for sql, _ in statements] == [correlation._FIND_STATES, correlation._REFRESH_STATES] * 3
+        scanned = []
+        async with conn.transaction():
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")  # as the refresh plans them
+            for sql, args in statements:
+                nodes = await plan_nodes(conn, sql, *args)
+                scanned += [n["Relation Name"] for n in nodes if n["Node Type"] == "Seq Scan"
+                            and any(n["Relation Name"].endswith(f"_{day:%Y%m%d}") for day in days)]  # fmt: skip
+        return scanned
+
+    assert _with(db_url, work) == []
