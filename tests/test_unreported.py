@@ -229,35 +229,34 @@ def test_concurrent_sweepers_move_each_message_once(db_url: str) -> None:
     assert any(s.unreported for s in swept)
 
 
-def test_the_sweep_leaves_a_message_whose_state_is_being_written_to_the_next_sweep(db_url: str) -> None:
+def test_the_sweep_waits_for_a_refresh_of_its_messages_and_moves_only_what_is_still_due(db_url: str) -> None:
     """A state refresh holds its messages' locks from reading their stored states to writing
-    them: a sweep that moved one of them in between would leave the refresh announcing its change
-    from a state that is no longer there."""
+    them, and announces its change from the state it read: a sweep that moved one of them in
+    between would leave a second, wrong announcement. So the sweep takes the locks too."""
 
-    async def go() -> tuple[sweep.Swept, tuple[str, str], sweep.Swept, str, list[tuple[str, str | None]]]:
-        conn, writing = await asyncpg.connect(db_url), await asyncpg.connect(db_url)
+    async def go() -> tuple[str, sweep.Swept, str, list[tuple[str, str | None]]]:
+        conn, writing, reading = [await asyncpg.connect(db_url) for _ in range(3)]
         try:
-            other = await conn.fetchval(  # a message whose lock is not m1's
-                "SELECT id FROM unnest($1::text[]) AS id WHERE hashtext(id) & 255 <> hashtext('m1') & 255 LIMIT 1",
-                [f"m-{n}" for n in range(20)],
-            )
             await _register(conn, "m1", T0)
-            await _register(conn, other, T0)
+            await _register(conn, "m2", T0)
             async with writing.transaction():
                 await correlation.lock_messages(writing, ["m1"])  # as a refresh of m1 does first
-                during = await sweep.sweep_unreported(conn, WINDOW, T0 + WINDOW)
-                held = (await _stored(conn, "m1"), await _stored(conn, other))
-            after = await sweep.sweep_unreported(conn, WINDOW, T0 + WINDOW)
-            events = await conn.fetch("SELECT state, previous FROM events WHERE sms_msg_id = 'm1' ORDER BY id")
-            return during, held, after, await _stored(conn, "m1"), [(e["state"], e["previous"]) for e in events]
+                swept = asyncio.ensure_future(sweep.sweep_unreported(conn, WINDOW, T0 + WINDOW))
+                await asyncio.sleep(0.3)
+                during = await _stored(reading, "m1")
+                # the refresh settles m1 (its last report came in) before it lets go
+                await writing.execute("UPDATE message_states SET state = 'delivered' WHERE sms_msg_id = 'm1'")
+            result = await swept
+            events = await reading.fetch("SELECT state, previous FROM events WHERE sms_msg_id = 'm1' ORDER BY id")
+            return during, result, await _stored(reading, "m2"), [(e["state"], e["previous"]) for e in events]
         finally:
-            await conn.close()
-            await writing.close()
+            for c in (conn, writing, reading):
+                await c.close()
 
-    during, held, after, state, events = run(go())
-    assert (during, held) == (sweep.Swept(unreported=1), ("pending", "unreported"))
-    assert (after, state) == (sweep.Swept(unreported=1), "unreported")
-    assert events == [("pending", None), ("unreported", "pending")]
+    during, result, other, events = run(go())
+    assert during == "pending"  # not moved while the refresh held it
+    assert (result, other) == (sweep.Swept(unreported=1), "unreported")  # m2 alone: m1 was no longer due
+    assert events == [("pending", None)]  # and no announcement of a move that did not stay
 
 
 def test_a_longer_window_makes_them_pending_again(db_url: str) -> None:

@@ -29,14 +29,6 @@ SELECT pg_advisory_xact_lock(7, k)
 FROM (SELECT DISTINCT (hashtext(id) & 255) AS k FROM unnest($1::text[]) AS id ORDER BY 1) AS buckets
 """
 
-_TRY_LOCK_MESSAGES = """
-WITH free AS (
-    SELECT k FROM (SELECT DISTINCT (hashtext(id) & 255) AS k FROM unnest($1::text[]) AS id ORDER BY 1) AS buckets
-    WHERE pg_try_advisory_xact_lock(7, k)
-)
-SELECT id FROM unnest($1::text[]) AS id WHERE (hashtext(id) & 255) IN (SELECT k FROM free)
-"""
-
 # Where a message's rows are (docs/storage.md): its stored state within partitions.WINDOW of the
 # times known of it (the receipt and updateTime of the reports stored now, the createTime and
 # registration of the sends registered now; none known: anywhere), newest first; its send
@@ -181,6 +173,7 @@ moved AS (
     FROM written w
     WHERE w.old_at <> w.message_at AND m.sms_msg_id = w.sms_msg_id AND m.message_at = w.old_at
       AND m.message_at BETWEEN $16 AND $17
+    RETURNING m.sms_msg_id
 ),
 upserted AS (
     INSERT INTO message_states AS m (sms_msg_id, message_at, state, status, parts_total, parts_delivered, reports,
@@ -190,14 +183,18 @@ upserted AS (
     FROM written
     WHERE old_at IS NULL OR old_at = message_at
     ON CONFLICT (sms_msg_id, message_at) DO UPDATE SET {updated}
+    RETURNING m.sms_msg_id
+),
+stored AS (  -- the states written: what follows is written for them alone
+    SELECT w.* FROM written w WHERE w.sms_msg_id IN (SELECT sms_msg_id FROM moved UNION ALL SELECT sms_msg_id FROM upserted)
 ),
 indexed AS (
     INSERT INTO message_index (sms_msg_id, message_at)
-    SELECT sms_msg_id, message_at FROM written WHERE old_at IS DISTINCT FROM message_at ORDER BY 1, 2
+    SELECT sms_msg_id, message_at FROM stored WHERE old_at IS DISTINCT FROM message_at ORDER BY 1, 2
     ON CONFLICT DO NOTHING
 ),
 unindexed AS (
-    DELETE FROM message_index i USING written w
+    DELETE FROM message_index i USING stored w
     WHERE w.old_at <> w.message_at AND i.sms_msg_id = w.sms_msg_id AND i.message_at = w.old_at
       AND i.sms_msg_id = ANY($1::text[]) AND i.message_at BETWEEN $16 AND $17
 )
@@ -205,7 +202,7 @@ INSERT INTO events (kind, sms_msg_id, number, state, previous, status, parts_tot
                     sent_at, delivered_at, latency)
 SELECT 'state', sms_msg_id, "to", state, old_state, status, parts_total, parts_delivered, sent, sent_at, delivered_at,
        latency
-FROM written
+FROM stored
 WHERE state IS DISTINCT FROM old_state
 ORDER BY sms_msg_id COLLATE "C"
 """.format(moved=_STATE_COLUMNS.format(new="w"), updated=_STATE_COLUMNS.format(new="EXCLUDED"))
@@ -248,15 +245,9 @@ SELECT * FROM inserted
 """
 
 
-async def lock_messages(conn: asyncpg.Connection, sms_msg_ids: Iterable[str]) -> None:
+async def lock_messages(conn: db.Connection, sms_msg_ids: Iterable[str]) -> None:
     """Until this transaction ends, no one else writes (or prunes) these messages' states."""
     await conn.execute(_LOCK_MESSAGES, sorted(set(sms_msg_ids)))
-
-
-async def try_lock_messages(conn: db.Connection, sms_msg_ids: Iterable[str]) -> list[str]:
-    """:func:`lock_messages` for those of these messages whose locks are free now, without
-    waiting for the others; returns the ones locked."""
-    return [row[0] for row in await conn.fetch(_TRY_LOCK_MESSAGES, sorted(set(sms_msg_ids)))]
 
 
 # Messages one refresh statement looks up at most. Each table is read for the ids (= ANY): with

@@ -8,9 +8,11 @@ been made longer, back again), walking the ``(state, sent_at)`` index. Nothing i
 callback.
 
 Safe to run anywhere and at any time: one sweeper works at a time (an advisory lock; the others
-return at once), messages whose locks a state refresh holds (``store.lock_messages``) are skipped
-until the next sweep, and a row is only ever moved while it still is in the state the sweep moves
-it from. The statement that moves a state announces it on the event feed as a state change.
+return at once), and a row is only ever moved while it still is in the state the sweep moves it
+from. It takes the messages' locks first (``store.lock_messages``), as every writer of a state
+does: a refresh compares the state it finds under them with the one it writes, so nothing may
+move it in between. The statement that moves a state announces it on the event feed as a state
+change.
 
 Until a sweep has run, readers compute the same state from the clock (:data:`EFFECTIVE_STATE`).
 """
@@ -31,7 +33,9 @@ from . import store
 log = structlog.get_logger("receiver.sweep")
 
 _LOCK = 0x554E5250  # "UNRP": one sweeper at a time
-BATCH = 10_000  # rows per transaction: the sweep never holds many row locks for long
+# Rows per transaction: the sweep holds the locks of the messages it moves (a few hundred ids
+# take most of the 256 lock buckets, which every writer's batch needs) for a few milliseconds.
+BATCH = 500
 
 # $1 window, $2 now, $3 rows at most. A sent message's state is at its createTime (message_at =
 # sent_at).
@@ -41,8 +45,8 @@ SELECT sms_msg_id, message_at FROM message_states
 WHERE state = '{from_}' AND sent AND {when}
 ORDER BY sent_at LIMIT $3
 """
-# The due states ($3, $4) whose messages this sweep holds the locks of, still due: moved to the
-# state ($5) and announced, each with its send's recipient (at the day of its message_at).
+# The due states ($3, $4), still due under their messages' locks: moved to the state ($5) and
+# announced, each with its send's recipient (at the day of its message_at).
 _MOVE = """
 WITH moved AS (
     UPDATE message_states m SET state = $5, updated_at = now()
@@ -137,19 +141,18 @@ async def sweep_unreported(
                 if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1::bigint)", _LOCK):
                     return Swept(unreported, reopened, skipped=True)
                 clock = now if now is not None else await conn.fetchval("SELECT now()")
-                found = await conn.fetch(step.due, window, clock, batch)
-                held = set(await store.try_lock_messages(conn, [row["sms_msg_id"] for row in found]))
-                due = [row for row in found if row["sms_msg_id"] in held]
+                due = await conn.fetch(step.due, window, clock, batch)
                 n = 0
                 if due:
                     ids, at = [row["sms_msg_id"] for row in due], [row["message_at"] for row in due]
+                    await store.lock_messages(conn, ids)  # waits for a refresh of them to end
                     n = _count(await conn.execute(step.move, window, clock, ids, at, step.to, min(at), max(at)))
             if moved == "unreported":
                 unreported += n
                 metrics.UNREPORTED.inc(n)
             else:
                 reopened += n
-            if len(found) < batch or n == 0:  # none left, or only the ones a refresh holds
+            if len(due) < batch:
                 break
     if unreported or reopened:
         log.info("sweep.done", unreported=unreported, reopened=reopened)
