@@ -491,34 +491,31 @@ async def _doomed(
     ordered = sorted(by_id)
     doomed = []
     for start in range(0, len(ordered), correlation_store.CHUNK):
-        chunk = [(sms_msg_id, at) for sms_msg_id in ordered[start : start + correlation_store.CHUNK]
-                 for at in by_id[sms_msg_id]]  # fmt: skip
-        doomed += await _doomed_of(conn, result, chunk, unsent_only, last)
+        times = {sms_msg_id: by_id[sms_msg_id] for sms_msg_id in ordered[start : start + correlation_store.CHUNK]}
+        doomed += await _doomed_of(conn, result, times, unsent_only, last)
     return doomed
 
 
 async def _doomed_of(
     conn: asyncpg.Connection,
     result: Result,
-    candidates: list[tuple[str, datetime | None]],
+    times: dict[str, list[datetime | None]],  # each candidate's times
     unsent_only: bool,
     last: tuple[datetime | None, int | None],
 ) -> list[str]:
-    ids, times = [c[0] for c in candidates], [c[1] for c in candidates]
-    lo, hi = partitions.span(times)
-    states = await conn.fetch(_CANDIDATE_STATES, ids, times, partitions.WINDOW, lo, hi)
+    ids = [sms_msg_id for sms_msg_id, at in times.items() for _ in at]
+    ats = [t for at in times.values() for t in at]
+    lo, hi = partitions.span(ats)
+    states = await conn.fetch(_CANDIDATE_STATES, ids, ats, partitions.WINDOW, lo, hi)
     # where their reports may be: each state's bounds, else its message's window
-    windows: dict[str, list[datetime | None]] = {}
-    for sms_msg_id, at in candidates:
-        windows.setdefault(sms_msg_id, []).append(at)
-    bounds = {sms_msg_id: partitions.span(at) for sms_msg_id, at in windows.items()}
+    bounds = {sms_msg_id: partitions.span(at) for sms_msg_id, at in times.items()}
     for row in states:
         window = bounds[row["sms_msg_id"]]
         bounds[row["sms_msg_id"]] = (row["reports_from"] or window[0], row["reports_until"] or window[1])
     reports = (min(b[0] for b in bounds.values()), max(b[1] for b in bounds.values()))
     columns = ([row[k] for row in states] for k in ("sms_msg_id", "reports_from", "reports_until"))
     rows = await conn.fetch(
-        _DOOMED, ids, result.cutoff, unsent_only, *last, result.gone, times, partitions.WINDOW, lo, hi, *columns,
+        _DOOMED, ids, result.cutoff, unsent_only, *last, result.gone, ats, partitions.WINDOW, lo, hi, *columns,
         *reports,
     )  # fmt: skip
     return [row[0] for row in rows]
