@@ -14,6 +14,9 @@
 --
 -- The tables that stay on one server keep their triggers (reply_links, blacklist_history,
 -- blacklist).
+--
+-- A replica of an earlier release does not write those rows: upgrade every replica together
+-- across this migration (docs/operations.md).
 
 DROP TRIGGER events_on_reports ON status_reports;
 DROP TRIGGER events_on_new_states ON message_states;
