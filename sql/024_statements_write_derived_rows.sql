@@ -1,23 +1,22 @@
 -- The rows that follow from a send, a report or a state (the event feed's, message_index's,
--- recipient_index's) are written by the statements that store them, in the same statement, no
--- longer by triggers on the tables they follow.
+-- recipient_index's) are written by the service's statements that store them, in the same
+-- statement; the triggers that wrote them stay for every other writer.
 --
 -- The tables they follow (status_reports, message_states, sent_messages, sends_after_optout) are
 -- the ones a Citus cluster distributes by sms_msg_id (docs/storage.md, "Citus"). A trigger there
 -- runs on the workers' shards, which have neither the statement's transition tables nor the
--- event feed (it stays on the coordinator: the feed needs one order of transactions). The
--- statements of the service write those rows themselves (receiver/writer.py,
+-- event feed (it stays on the coordinator: the feed needs one order of transactions). So the
+-- service's statements write those rows themselves (receiver/writer.py,
 -- receiver/correlation/store.py and sweep.py, receiver/blacklist/atsend.py, receiver/retention.py):
 -- a data-modifying WITH that stores the rows and, from what it returns, the rows that follow.
--- So does anything else that writes these tables and wants the feed and the look-up indexes to
--- follow: an operator's UPDATE of message_states, say, is no longer announced by itself.
 --
--- The tables that stay on one server keep their triggers (reply_links, blacklist_history,
--- blacklist).
---
--- A replica of an earlier release does not write those rows: upgrade every replica together
--- across this migration (docs/operations.md).
+-- A transaction whose statements do so says it first (receiver.derived_rows = 'statements',
+-- transaction-local: receiver/db), and the triggers stand aside for it. Any other writer still
+-- gets the rows from the triggers: a replica of an earlier release still running against this
+-- database (a rolling upgrade), an operator's UPDATE. The steps that distribute the tables drop
+-- the triggers (docs/storage.md).
 
+-- The same triggers (sql/008, 014, 019), now only for a transaction that writes the rows itself.
 DROP TRIGGER events_on_reports ON status_reports;
 DROP TRIGGER events_on_new_states ON message_states;
 DROP TRIGGER events_on_changed_states ON message_states;
@@ -28,13 +27,42 @@ DROP TRIGGER recipient_index_on_sends ON sent_messages;
 DROP TRIGGER events_on_new_sends_after_optout ON sends_after_optout;
 DROP TRIGGER events_on_changed_sends_after_optout ON sends_after_optout;
 
-DROP FUNCTION events_on_reports();
-DROP FUNCTION events_on_states();
-DROP FUNCTION message_index_on_new_states();
-DROP FUNCTION message_index_on_changed_states();
-DROP FUNCTION message_index_on_deleted_states();
-DROP FUNCTION recipient_index_on_sends();
-DROP FUNCTION events_on_sends_after_optout();
+CREATE TRIGGER events_on_reports AFTER INSERT ON status_reports
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    WHEN (current_setting('receiver.derived_rows', true) IS DISTINCT FROM 'statements')
+    EXECUTE FUNCTION events_on_reports();
+CREATE TRIGGER events_on_new_states AFTER INSERT ON message_states
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    WHEN (current_setting('receiver.derived_rows', true) IS DISTINCT FROM 'statements')
+    EXECUTE FUNCTION events_on_states();
+CREATE TRIGGER events_on_changed_states AFTER UPDATE ON message_states
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT
+    WHEN (current_setting('receiver.derived_rows', true) IS DISTINCT FROM 'statements')
+    EXECUTE FUNCTION events_on_states();
+CREATE TRIGGER message_index_on_new_states AFTER INSERT ON message_states
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    WHEN (current_setting('receiver.derived_rows', true) IS DISTINCT FROM 'statements')
+    EXECUTE FUNCTION message_index_on_new_states();
+CREATE TRIGGER message_index_on_changed_states AFTER UPDATE ON message_states
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT
+    WHEN (current_setting('receiver.derived_rows', true) IS DISTINCT FROM 'statements')
+    EXECUTE FUNCTION message_index_on_changed_states();
+CREATE TRIGGER message_index_on_deleted_states AFTER DELETE ON message_states
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT
+    WHEN (current_setting('receiver.derived_rows', true) IS DISTINCT FROM 'statements')
+    EXECUTE FUNCTION message_index_on_deleted_states();
+CREATE TRIGGER recipient_index_on_sends AFTER INSERT ON sent_messages
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    WHEN (current_setting('receiver.derived_rows', true) IS DISTINCT FROM 'statements')
+    EXECUTE FUNCTION recipient_index_on_sends();
+CREATE TRIGGER events_on_new_sends_after_optout AFTER INSERT ON sends_after_optout
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    WHEN (current_setting('receiver.derived_rows', true) IS DISTINCT FROM 'statements')
+    EXECUTE FUNCTION events_on_sends_after_optout();
+CREATE TRIGGER events_on_changed_sends_after_optout AFTER UPDATE ON sends_after_optout
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT
+    WHEN (current_setting('receiver.derived_rows', true) IS DISTINCT FROM 'statements')
+    EXECUTE FUNCTION events_on_sends_after_optout();
 
 -- Listeners of the feed are woken by the events themselves, whoever wrote them: one empty
 -- NOTIFY per transaction that adds any (PostgreSQL collapses the same notification within a

@@ -63,7 +63,6 @@ def sent_then(h: Harness) -> None:
     run(fetch(h.url, "UPDATE message_states m SET sent_at = s.create_time, message_at = s.create_time,"
                      " latency = m.delivered_at - s.create_time FROM sent_messages s"
                      " WHERE s.sms_msg_id = m.sms_msg_id AND m.sent_at <> s.create_time"))  # fmt: skip
-    moved_states(h)
 
 
 def received_then(h: Harness) -> None:
@@ -73,15 +72,6 @@ def received_then(h: Harness) -> None:
                      " message_at = coalesce(m.sent_at, r.first) FROM"
                      " (SELECT sms_msg_id, min(received_at) AS first, max(received_at) AS last FROM status_reports"
                      " GROUP BY 1) r WHERE r.sms_msg_id = m.sms_msg_id"))  # fmt: skip
-    moved_states(h)
-
-
-def moved_states(h: Harness) -> None:
-    """message_index follows states an UPDATE moved to another time, as the service's own
-    statements keep it."""
-    run(fetch(h.url, "DELETE FROM message_index"))
-    run(fetch(h.url, "INSERT INTO message_index (sms_msg_id, message_at) SELECT sms_msg_id, message_at"
-                     " FROM message_states"))  # fmt: skip
 
 
 def prune(h: Harness, tmp_path: Path, *args: str, check: bool = True):  # type: ignore[no-untyped-def]

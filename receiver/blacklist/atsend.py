@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from .. import metrics
+from .. import db, metrics
 from .rules import Entry, Scope, Signal, entry_at
 
 _SIGNAL_COLUMNS = "id, number, action, source, channel, reason, sms_msg_id, actor, uplink_id, report_id, at"
@@ -125,6 +125,7 @@ async def refresh(
             found.append((*_send(send), entry.channel, entry.source, entry.reason, entry.sms_msg_id,
                           entry.added_by, entry.added_at))  # fmt: skip
     flagged = {row[0] for row in found}
+    await db.statements_write_derived_rows(conn)  # _WRITE and _CLEAR announce what they write
     if found:
         await conn.execute(_WRITE, *_columns(found))
     cleared = sorted(before - flagged)  # only sends that have a row: never a new row for a clean send

@@ -246,7 +246,10 @@ SELECT * FROM inserted
 
 
 async def lock_messages(conn: db.Connection, sms_msg_ids: Iterable[str]) -> None:
-    """Until this transaction ends, no one else writes (or prunes) these messages' states."""
+    """Until this transaction ends, no one else writes (or prunes) these messages' states, and
+    this transaction's statements write what follows from the rows they store
+    (:func:`db.statements_write_derived_rows`): every writer of a message's rows calls it first."""
+    await db.statements_write_derived_rows(conn)
     await conn.execute(_LOCK_MESSAGES, sorted(set(sms_msg_ids)))
 
 

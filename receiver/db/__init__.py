@@ -27,3 +27,16 @@ async def plan_each_time(conn: Connection) -> None:
 async def plan_as_usual(conn: Connection) -> None:
     """Statements are planned by the session's rule again for the rest of this transaction."""
     await conn.execute("SET LOCAL plan_cache_mode TO DEFAULT")
+
+
+# The rows that follow from a send, a report or a state (the event feed's, message_index's,
+# recipient_index's) are written by the service's statements that store them; triggers write them
+# for every other writer (an older release's, an operator's), and stand aside in a transaction
+# that has said it writes them itself (sql/024_statements_write_derived_rows.sql).
+_DERIVED_ROWS = "SELECT set_config('receiver.derived_rows', 'statements', true)"
+
+
+async def statements_write_derived_rows(conn: Connection) -> None:
+    """For the rest of this transaction, the statements that store sends, reports and states
+    write what follows from them themselves: call it inside the transaction, before them."""
+    await conn.execute(_DERIVED_ROWS)
