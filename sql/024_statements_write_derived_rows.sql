@@ -16,7 +16,7 @@
 -- database (a rolling upgrade), an operator's UPDATE. The steps that distribute the tables drop
 -- the triggers (docs/storage.md).
 
--- The same triggers (sql/008, 014, 019), now only for a transaction that writes the rows itself.
+-- The same triggers (sql/008, 014, 019), now only for a transaction that does not write the rows itself.
 DROP TRIGGER events_on_reports ON status_reports;
 DROP TRIGGER events_on_new_states ON message_states;
 DROP TRIGGER events_on_changed_states ON message_states;
