@@ -16,53 +16,30 @@
 -- database (a rolling upgrade), an operator's UPDATE. The steps that distribute the tables drop
 -- the triggers (docs/storage.md).
 
--- The same triggers (sql/008, 014, 019), now only for a transaction that does not write the rows itself.
-DROP TRIGGER events_on_reports ON status_reports;
-DROP TRIGGER events_on_new_states ON message_states;
-DROP TRIGGER events_on_changed_states ON message_states;
-DROP TRIGGER message_index_on_new_states ON message_states;
-DROP TRIGGER message_index_on_changed_states ON message_states;
-DROP TRIGGER message_index_on_deleted_states ON message_states;
-DROP TRIGGER recipient_index_on_sends ON sent_messages;
-DROP TRIGGER events_on_new_sends_after_optout ON sends_after_optout;
-DROP TRIGGER events_on_changed_sends_after_optout ON sends_after_optout;
-
-CREATE TRIGGER events_on_reports AFTER INSERT ON status_reports
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
-    WHEN (current_setting('receiver.derived_rows', true) IS DISTINCT FROM 'statements')
-    EXECUTE FUNCTION events_on_reports();
-CREATE TRIGGER events_on_new_states AFTER INSERT ON message_states
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
-    WHEN (current_setting('receiver.derived_rows', true) IS DISTINCT FROM 'statements')
-    EXECUTE FUNCTION events_on_states();
-CREATE TRIGGER events_on_changed_states AFTER UPDATE ON message_states
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT
-    WHEN (current_setting('receiver.derived_rows', true) IS DISTINCT FROM 'statements')
-    EXECUTE FUNCTION events_on_states();
-CREATE TRIGGER message_index_on_new_states AFTER INSERT ON message_states
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
-    WHEN (current_setting('receiver.derived_rows', true) IS DISTINCT FROM 'statements')
-    EXECUTE FUNCTION message_index_on_new_states();
-CREATE TRIGGER message_index_on_changed_states AFTER UPDATE ON message_states
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT
-    WHEN (current_setting('receiver.derived_rows', true) IS DISTINCT FROM 'statements')
-    EXECUTE FUNCTION message_index_on_changed_states();
-CREATE TRIGGER message_index_on_deleted_states AFTER DELETE ON message_states
-    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT
-    WHEN (current_setting('receiver.derived_rows', true) IS DISTINCT FROM 'statements')
-    EXECUTE FUNCTION message_index_on_deleted_states();
-CREATE TRIGGER recipient_index_on_sends AFTER INSERT ON sent_messages
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
-    WHEN (current_setting('receiver.derived_rows', true) IS DISTINCT FROM 'statements')
-    EXECUTE FUNCTION recipient_index_on_sends();
-CREATE TRIGGER events_on_new_sends_after_optout AFTER INSERT ON sends_after_optout
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
-    WHEN (current_setting('receiver.derived_rows', true) IS DISTINCT FROM 'statements')
-    EXECUTE FUNCTION events_on_sends_after_optout();
-CREATE TRIGGER events_on_changed_sends_after_optout AFTER UPDATE ON sends_after_optout
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT
-    WHEN (current_setting('receiver.derived_rows', true) IS DISTINCT FROM 'statements')
-    EXECUTE FUNCTION events_on_sends_after_optout();
+-- The same triggers (sql/008, 014, 019), now only for a transaction that does not write the
+-- rows itself: each made again with that condition.
+DO $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN SELECT * FROM (VALUES
+        ('events_on_reports',                    'INSERT', 'status_reports',     'NEW TABLE AS new_rows',                    'events_on_reports'),
+        ('events_on_new_states',                 'INSERT', 'message_states',     'NEW TABLE AS new_rows',                    'events_on_states'),
+        ('events_on_changed_states',             'UPDATE', 'message_states',     'OLD TABLE AS old_rows NEW TABLE AS new_rows', 'events_on_states'),
+        ('message_index_on_new_states',          'INSERT', 'message_states',     'NEW TABLE AS new_rows',                    'message_index_on_new_states'),
+        ('message_index_on_changed_states',      'UPDATE', 'message_states',     'OLD TABLE AS old_rows NEW TABLE AS new_rows', 'message_index_on_changed_states'),
+        ('message_index_on_deleted_states',      'DELETE', 'message_states',     'OLD TABLE AS old_rows',                    'message_index_on_deleted_states'),
+        ('recipient_index_on_sends',             'INSERT', 'sent_messages',      'NEW TABLE AS new_rows',                    'recipient_index_on_sends'),
+        ('events_on_new_sends_after_optout',     'INSERT', 'sends_after_optout', 'NEW TABLE AS new_rows',                    'events_on_sends_after_optout'),
+        ('events_on_changed_sends_after_optout', 'UPDATE', 'sends_after_optout', 'OLD TABLE AS old_rows NEW TABLE AS new_rows', 'events_on_sends_after_optout')
+    ) AS v(name, event, tab, transition, func) LOOP
+        EXECUTE format('DROP TRIGGER %I ON %I', t.name, t.tab);
+        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %I REFERENCING %s FOR EACH STATEMENT '
+                       'WHEN (current_setting(''receiver.derived_rows'', true) IS DISTINCT FROM ''statements'') '
+                       'EXECUTE FUNCTION %I()', t.name, t.event, t.tab, t.transition, t.func);
+    END LOOP;
+END
+$$;
 
 -- Listeners of the feed are woken by the events themselves, whoever wrote them: one empty
 -- NOTIFY per transaction that adds any (PostgreSQL collapses the same notification within a

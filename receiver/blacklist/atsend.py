@@ -125,10 +125,11 @@ async def refresh(
             found.append((*_send(send), entry.channel, entry.source, entry.reason, entry.sms_msg_id,
                           entry.added_by, entry.added_at))  # fmt: skip
     flagged = {row[0] for row in found}
-    await db.statements_write_derived_rows(conn)  # _WRITE and _CLEAR announce what they write
+    cleared = sorted(before - flagged)  # only sends that have a row: never a new row for a clean send
+    if found or cleared:
+        await db.statements_write_derived_rows(conn)  # _WRITE and _CLEAR announce what they write
     if found:
         await conn.execute(_WRITE, *_columns(found))
-    cleared = sorted(before - flagged)  # only sends that have a row: never a new row for a clean send
     if cleared:
         await conn.execute(_CLEAR, cleared, times)
     blacklisted = len(flagged - before)

@@ -2,11 +2,11 @@
 
 The rows are written in the transactions that store what they announce, by the statements that
 store it (``sql/024_statements_write_derived_rows.sql``; replies, blacklist changes and what
-other writers than the service store, by triggers, ``sql/008_events.sql``). A page holds only events of transactions older than every transaction still
-running (``pg_snapshot_xmin``), in ``(txid, id)`` order: a transaction that commits after a
-later one has a smaller txid, so it is still ahead of every cursor handed out before it
-committed. The price: an event waits until the write transactions running beside it have
-ended (the writer's last well under a second).
+other writers than the service store, by triggers, ``sql/008_events.sql``). A page holds only
+events of transactions older than every transaction still running (``pg_snapshot_xmin``), in
+``(txid, id)`` order: a transaction that commits after a later one has a smaller txid, so it is
+still ahead of every cursor handed out before it committed. The price: an event waits until the
+write transactions running beside it have ended (the writer's last well under a second).
 """
 
 from __future__ import annotations
