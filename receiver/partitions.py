@@ -8,7 +8,8 @@ table as it was before partitioning (``<table>_older``) and a default partition.
 (``message_index``: a message's day by its id, ``recipient_index``: a recipient's days,
 ``sql/019_message_index.sql``) have one partition per UTC month, ``<table>_YYYYMM``:
 :func:`create` of a day makes its month. The writer
-process keeps :data:`DAYS_AHEAD` days ahead (at start, then every :data:`INTERVAL_SECONDS`), so
+process keeps :data:`DAYS_AHEAD` days ahead (at start, then every :data:`INTERVAL_SECONDS`, when
+it also closes the event feed's days that nothing can add to any more), so
 the default partition normally stays empty; a row whose day has no partition (a clock far off,
 a journal replayed from long ago) lands there and never fails an insert, and moves into its
 day's partition when that day is made.
@@ -121,6 +122,16 @@ async def ensure(conn: db.Connection, days_ahead: int = DAYS_AHEAD) -> int:
     return made
 
 
+async def close_event_days(conn: db.Connection) -> int:
+    """Record the days of the event feed that no transaction can add to any more
+    (``sql/025_event_feed_closed_days.sql``): a page of the feed reads none of them that closed
+    before its cursor. Returns how many were recorded now."""
+    if not await conn.fetchval("SELECT to_regproc('receiver_events_close') IS NOT NULL"):
+        return 0  # an older set of migrations
+    closed: int = await conn.fetchval("SELECT receiver_events_close()")
+    return closed
+
+
 async def partitioned(conn: db.Connection) -> list[str]:
     """The tables of :data:`TABLES` that are partitioned in this database (an older set of
     migrations partitions fewer)."""
@@ -144,6 +155,7 @@ async def run(pool: asyncpg.Pool, interval: float = INTERVAL_SECONDS) -> None:
         try:
             async with pool.acquire(timeout=5) as conn:
                 await ensure(conn)
+                await close_event_days(conn)
         except Exception as error:  # noqa: BLE001 - the next round tries again
             log.warning("partitions.failed", error=type(error).__name__)
         await asyncio.sleep(interval)

@@ -7,18 +7,26 @@ events of transactions older than every transaction still running (``pg_snapshot
 ``(txid, id)`` order: a transaction that commits after a later one has a smaller txid, so it is
 still ahead of every cursor handed out before it committed. The price: an event waits until the
 write transactions running beside it have ended (the writer's last well under a second).
+
+A page reads only the days of ``events`` that can hold events after its cursor: the days still
+open, and the closed days closed after its cursor's transaction
+(``sql/025_event_feed_closed_days.sql``, docs/storage.md); and the reports of its report events
+from the days they were received. Each statement is planned for its values, so that the days it
+does not read are not even opened.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from .. import partitions
+from .. import db, partitions
 from ..api.models import EVENT_KINDS as KINDS
 from ..api.models import Event
 from ..correlation.queries import decode_cursor, encode_cursor, is_txid
@@ -27,43 +35,57 @@ from ..protocol import ProtocolError
 CHANNEL = "receiver_events"  # NOTIFY'd, with an empty payload, by every transaction that adds events
 _TAG = "ev"  # keeps other feeds' cursors (same shape) out
 
-# Rows past the cursor, at most $4; with a kinds filter ($3) the others come back as bare
-# positions, so that the cursor moves past them and they are not scanned again.
+# Where the events of transactions from a txid on can be: the earliest day partition still open
+# or closed after it (sql/025_event_feed_closed_days.sql); the statements below read no day before.
+_FROM = "SELECT receiver_events_from($1::text::xid8)"
+
+# Rows past the cursor, at most $4, from the days that can hold them ($5); with a kinds filter
+# ($3) the others come back as bare positions (no kind), so that the cursor moves past them and
+# they are not scanned again. "From the next position on" ($1, $2: Position.following), not
+# "after the cursor": PostgreSQL estimates a row comparison by its first column, and every row
+# of the cursor's transaction is ">= txid" where none is "> txid"; told that few rows follow, it
+# sorted all of them instead of merging the days' keys up to the page's end.
 _PAGE = r"""
-WITH scanned AS MATERIALIZED (
-    SELECT txid, id, kind FROM events
-    WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
-      AND (txid, id) > ($1::text::xid8, $2::bigint)
-    ORDER BY txid, id
-    LIMIT $4
-)
-SELECT p.txid::text AS txid, p.id, e.kind, e.sms_msg_id, e.number, e.at,
+SELECT e.txid::text AS position, e.id, CASE WHEN shown THEN e.kind END AS kind, e.sms_msg_id, e.number, e.at,
        -- a state event's columns, as the object it stored before sql/023_state_events.sql
-       CASE WHEN e.kind = 'state' AND e.data IS NULL
+       CASE WHEN NOT shown THEN NULL
+            WHEN e.kind = 'state' AND e.data IS NULL
             THEN receiver_state_event_data(e.state, e.previous, e.status, e.parts_total, e.parts_delivered,
                                            e.registered, e.sent_at, e.delivered_at, e.latency)
             ELSE e.data END::text AS data,
-       e.report_id, r.id IS NOT NULL AS report_found, r.status, r.sequence, r.total, r.source, r.status_desc,
-       r.update_time, r.extend, r.org_code, r.via, r.received_at, a.name AS application,
-       coalesce(s."to", CASE WHEN r."to" ~ '^\+[1-9][0-9]{5,14}$' THEN r."to" END) AS report_number
-FROM scanned p
-LEFT JOIN events e ON e.txid = p.txid AND e.id = p.id AND ($3::text[] IS NULL OR p.kind = ANY($3::text[]))
-LEFT JOIN status_reports r ON r.id = e.report_id AND r.received_at = e.report_received_at
+       e.report_id, e.report_received_at
+FROM events e, LATERAL (SELECT $3::text[] IS NULL OR e.kind = ANY($3::text[]) AS shown) k
+WHERE e.txid < pg_snapshot_xmin(pg_current_snapshot())
+  AND (e.txid, e.id) >= ($1::text::xid8, $2::bigint)
+  AND e.at >= $5
+ORDER BY e.txid, e.id
+LIMIT $4
+"""
+
+# The reports of a page's report events, by key, from the days they were received ($3, $4).
+_REPORTS = r"""
+SELECT r.id, r.received_at, r.sms_msg_id, r.status, r.sequence, r.total, r.source, r.status_desc, r.update_time,
+       r.extend, r.org_code, r.via, a.name AS application,
+       CASE WHEN r."to" ~ '^\+[1-9][0-9]{5,14}$' THEN r."to" END AS "to"
+FROM status_reports r
 LEFT JOIN applications a ON a.id = r.application_id
--- a report's send is from the days near its receipt and updateTime (partitions.WINDOW), not
--- from every day kept (a report without updateTime: nothing says where)
-LEFT JOIN sent_messages s ON s.sms_msg_id = r.sms_msg_id
-     AND s.create_time BETWEEN CASE WHEN r.update_time IS NULL THEN '-infinity'
-                                    ELSE least(r.received_at, r.update_time) - $5::interval END
-                           AND CASE WHEN r.update_time IS NULL THEN 'infinity'
-                                    ELSE greatest(r.received_at, r.update_time) + $5::interval END
-ORDER BY p.txid, p.id
+WHERE (r.id, r.received_at) IN (SELECT * FROM unnest($1::bigint[], $2::timestamptz[]))
+  AND r.received_at BETWEEN $3 AND $4
+"""
+
+# The recipients of those reports' sends, from the days near the reports (partitions.span).
+_SENDS = r"""
+SELECT sms_msg_id, "to", create_time FROM sent_messages
+WHERE sms_msg_id = ANY($1::text[]) AND create_time BETWEEN $2 AND $3
 """
 
 _NOW = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text"
 
 # Committed events a page cannot show yet: a write transaction that began before them still runs.
-_HELD_BACK = "SELECT EXISTS (SELECT FROM events WHERE txid >= pg_snapshot_xmin(pg_current_snapshot()))"
+_HELD_BACK = """
+SELECT EXISTS (SELECT FROM events WHERE txid >= pg_snapshot_xmin(pg_current_snapshot()) AND at >= $1)
+"""
+_HELD_FROM = "SELECT receiver_events_from(pg_snapshot_xmin(pg_current_snapshot()))"
 
 
 @dataclass(frozen=True)
@@ -73,6 +95,15 @@ class Position:
 
     def cursor(self) -> str:
         return encode_cursor(_TAG, self.txid, self.id)
+
+    def following(self) -> tuple[str, int]:
+        """The first (txid, id) after this position."""
+        if self.id < _LAST_ID:
+            return self.txid, self.id + 1
+        return str(int(self.txid) + 1), 0
+
+
+_LAST_ID = (1 << 63) - 1
 
 
 START = Position("0", 0)
@@ -117,13 +148,16 @@ async def page(
     conn: asyncpg.Connection, after: Position, *, limit: int, kinds: tuple[str, ...] | None = None
 ) -> Page:
     scan = limit if kinds is None else min(max(limit * 10, 1000), 10_000)
-    rows = await conn.fetch(_PAGE, after.txid, after.id, list(kinds) if kinds else None, scan, partitions.WINDOW)
+    async with _planned_for_values(conn):
+        since = await conn.fetchval(_FROM, after.txid)
+        rows = await conn.fetch(_PAGE, *after.following(), list(kinds) if kinds else None, scan, since)
+        reports, sends = await _reports(conn, [row for row in rows if row["kind"] == "report"])
     events: list[Event] = []
     position = after
     for row in rows:
-        position = Position(row["txid"], row["id"])
+        position = Position(row["position"], row["id"])
         if row["kind"] is not None:
-            events.append(_event(row, position))
+            events.append(_event(row, position, reports, sends))
             if len(events) == limit:
                 return Page(events, position, more=True)
     return Page(events, position, more=len(rows) == scan)
@@ -133,33 +167,88 @@ async def held_back(conn: asyncpg.Connection) -> bool:
     """Whether committed events wait behind a running transaction. Ask it in the snapshot of the
     page it is about (a repeatable-read transaction): in a fresh one, a transaction that ended
     meanwhile would not count, and the events it held back would wait for the next wake-up."""
-    return bool(await conn.fetchval(_HELD_BACK))
+    async with _planned_for_values(conn):
+        return bool(await conn.fetchval(_HELD_BACK, await conn.fetchval(_HELD_FROM)))
 
 
-def _event(row: asyncpg.Record, position: Position) -> Event:
+@contextlib.asynccontextmanager
+async def _planned_for_values(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """The statements inside planned for their values (db.plan_each_time), so that each reads only
+    the days its values reach: in the caller's transaction, or in a read-only one of their own."""
+    if conn.is_in_transaction():
+        await db.plan_each_time(conn)
+        yield
+        await db.plan_as_usual(conn)
+        return
+    async with conn.transaction(readonly=True):
+        await db.plan_each_time(conn)
+        yield
+
+
+_Key = tuple[int, datetime]
+
+
+async def _reports(
+    conn: asyncpg.Connection, rows: list[asyncpg.Record]
+) -> tuple[dict[_Key, asyncpg.Record], dict[str, list[asyncpg.Record]]]:
+    """The reports of a page's report events, by (id, received_at), and their messages' sends by id."""
+    keys = [(row["report_id"], row["report_received_at"]) for row in rows
+            if row["report_id"] is not None and row["report_received_at"] is not None]  # fmt: skip
+    if not keys:
+        return {}, {}
+    ids, times = [k[0] for k in keys], [k[1] for k in keys]
+    found = await conn.fetch(_REPORTS, ids, times, min(times), max(times))
+    reports = {(r["id"], r["received_at"]): r for r in found}
+    sends: dict[str, list[asyncpg.Record]] = {}
+    if reports:
+        lo, hi = partitions.span(t for r in found for t in (r["received_at"], r["update_time"]))
+        for send in await conn.fetch(_SENDS, list({r["sms_msg_id"] for r in found}), lo, hi):
+            sends.setdefault(send["sms_msg_id"], []).append(send)
+    return reports, sends
+
+
+def _event(
+    row: asyncpg.Record, position: Position, reports: dict[_Key, asyncpg.Record], sends: dict[str, list[asyncpg.Record]]
+) -> Event:
     if row["kind"] == "report":
-        number, data = row["report_number"], _report(row)
+        report = reports.get((row["report_id"], row["report_received_at"]))
+        number, data = _report_number(report, sends), _report(report)
     else:
         number, data = row["number"], json.loads(row["data"])
     return Event(id=position.cursor(), kind=row["kind"], at=row["at"], sms_msg_id=row["sms_msg_id"], number=number,
                  data=data)  # fmt: skip
 
 
-def _report(row: asyncpg.Record) -> dict[str, Any] | None:
-    if not row["report_found"]:
+def _report_number(report: asyncpg.Record | None, sends: dict[str, list[asyncpg.Record]]) -> str | None:
+    """The recipient of the report's message: its send's, found within partitions.WINDOW of the
+    report's receipt and updateTime (anywhere without an updateTime); else the report's own when
+    it is a number."""
+    if report is None:
+        return None
+    received, updated = report["received_at"], report["update_time"]
+    for send in sends.get(report["sms_msg_id"], ()):
+        if updated is None or (min(received, updated) - partitions.WINDOW <= send["create_time"]
+                               <= max(received, updated) + partitions.WINDOW):  # fmt: skip
+            if send["to"] is not None:
+                return send["to"]  # type: ignore[no-any-return]
+    return report["to"]  # type: ignore[no-any-return]
+
+
+def _report(report: asyncpg.Record | None) -> dict[str, Any] | None:
+    if report is None:
         return None  # pruned since
     return {
-        "status": row["status"],
-        "sequence": row["sequence"],
-        "total": row["total"],
-        "source": row["source"],
-        "status_desc": row["status_desc"],
-        "update_time": _iso(row["update_time"]),
-        "extend": row["extend"],
-        "org_code": row["org_code"],
-        "via": row["via"],
-        "received_at": _iso(row["received_at"]),
-        "application": row["application"],
+        "status": report["status"],
+        "sequence": report["sequence"],
+        "total": report["total"],
+        "source": report["source"],
+        "status_desc": report["status_desc"],
+        "update_time": _iso(report["update_time"]),
+        "extend": report["extend"],
+        "org_code": report["org_code"],
+        "via": report["via"],
+        "received_at": _iso(report["received_at"]),
+        "application": report["application"],
     }
 
 
