@@ -223,3 +223,28 @@ def test_the_migration_closes_the_days_already_past_and_pages_stay_the_same(
 def test_the_position_after_the_last_id_of_a_transaction_is_the_next_transaction() -> None:
     assert feed.Position("41", 7).following() == ("41", 8)
     assert feed.Position("41", (1 << 63) - 1).following() == ("42", 0)
+
+
+def test_the_days_before_partitioning_are_read_from_the_beginning(db_url: str) -> None:
+    """A database partitioned after it held events keeps them in a partition open below
+    (``events_older``): its bound is ``-infinity``, read from the start and skipped after it."""
+
+    async def go() -> tuple[list[str], list[str], datetime]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            first = min(p.lower for p in await partitions.partitions(conn, "events") if p.lower is not None)
+            await conn.execute(f"CREATE TABLE events_older PARTITION OF events FOR VALUES FROM (MINVALUE) TO ('{first.isoformat()}')")
+            await conn.execute("INSERT INTO events (kind, sms_msg_id, data, at) VALUES ('optout', 'old', '{}', '2020-01-01')")
+            await partitions.close_event_days(conn)
+            await conn.execute("INSERT INTO events (kind, sms_msg_id, data) VALUES ('optout', 'new', '{}')")
+            from_start = [e.sms_msg_id or "" for e in (await feed.page(conn, feed.START, limit=10)).events]
+            old = await conn.fetchrow("SELECT txid::text AS txid, id FROM events WHERE sms_msg_id = 'old'")
+            after_old = [e.sms_msg_id or "" for e in (await feed.page(conn, feed.Position(old["txid"], old["id"]), limit=10)).events]
+            return from_start, after_old, await conn.fetchval("SELECT receiver_events_from('0')")
+        finally:
+            await conn.close()
+
+    from_start, after_old, bound = run(go())
+    assert from_start == ["old", "new"]
+    assert after_old == ["new"]
+    assert bound == datetime.min  # asyncpg's -infinity, and handed back as one

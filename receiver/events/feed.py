@@ -41,10 +41,11 @@ _FROM = "SELECT receiver_events_from($1::text::xid8)"
 
 # Rows past the cursor, at most $4, from the days that can hold them ($5); with a kinds filter
 # ($3) the others come back as bare positions (no kind), so that the cursor moves past them and
-# they are not scanned again. "From the next position on" ($1, $2: Position.following), not
-# "after the cursor": PostgreSQL estimates a row comparison by its first column, and every row
-# of the cursor's transaction is ">= txid" where none is "> txid"; told that few rows follow, it
-# sorted all of them instead of merging the days' keys up to the page's end.
+# they are not scanned again. The rows are asked "from the next position on" ($1, $2:
+# Position.following), not "after the cursor": PostgreSQL estimates a row comparison by its first
+# column alone, so "> (txid, id)" counted none of the rows left in the cursor's transaction (a
+# writer's batch, a bench's day), and the planner, told that few rows follow, sorted all of them
+# instead of merging the days' keys up to the page's end.
 _PAGE = r"""
 SELECT e.txid::text AS position, e.id, CASE WHEN shown THEN e.kind END AS kind, e.sms_msg_id, e.number, e.at,
        -- a state event's columns, as the object it stored before sql/023_state_events.sql
@@ -174,13 +175,15 @@ async def held_back(conn: asyncpg.Connection) -> bool:
 @contextlib.asynccontextmanager
 async def _planned_for_values(conn: asyncpg.Connection) -> AsyncIterator[None]:
     """The statements inside planned for their values (db.plan_each_time), so that each reads only
-    the days its values reach: in the caller's transaction, or in a read-only one of their own."""
+    the days its values reach: in the caller's transaction, or in a read-only one of their own.
+    One snapshot for all of them: rows that move out of the default partition into a day made
+    meanwhile stay where the bound saw them."""
     if conn.is_in_transaction():
         await db.plan_each_time(conn)
         yield
         await db.plan_as_usual(conn)
         return
-    async with conn.transaction(readonly=True):
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
         await db.plan_each_time(conn)
         yield
 
