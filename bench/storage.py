@@ -174,7 +174,12 @@ async def fill(conn: asyncpg.Connection, reports: int, days: int) -> float:
             continue
         # Each stage's messages of the day have their own prefix; they are sent in between the others.
         prefix = f"d{day:%Y%m%d}-{reports}-{run}-"
+        # The day's events are written after the service's partition job would have closed it: open
+        # it again, and close it once written, as the job does the day after (and it closes the
+        # days one after the other, so that a closed day bounds the txids it holds).
+        await conn.execute("DELETE FROM events_closed_days WHERE part = to_regclass($1)", partitions.name("events", day))
         await conn.execute(FILL_DAY, prefix, start, 1, messages_per_day - have, 86_000.0, app_id)
+        await conn.execute("SELECT receiver_events_close($1)", start + timedelta(days=1))
     await conn.execute("RESET session_replication_role")
     await conn.execute("VACUUM ANALYZE")
     return time.perf_counter() - t0
