@@ -69,7 +69,7 @@ def _open_days(now: datetime = NOW) -> set[str]:
     """The days of events the job cannot close yet: those that ended less than two hours ago,
     and the days ahead (made by the migrations: up to a week)."""
     first = TODAY if now - timedelta(hours=2) >= TODAY else TODAY - timedelta(days=1)
-    return {partitions.name("events", (first + timedelta(days=n)).date()) for n in range(0, 9)}
+    return {partitions.name("events", (first + timedelta(days=n)).date()) for n in range(9)}
 
 
 def test_a_page_reads_the_days_from_its_cursor_on_not_every_day_kept(db_url: str) -> None:
@@ -81,6 +81,7 @@ def test_a_page_reads_the_days_from_its_cursor_on_not_every_day_kept(db_url: str
             five_days_ago = await conn.fetchrow(
                 f"SELECT txid::text AS txid, min(id) AS id FROM {partitions.name('events', _day(5).date())} GROUP BY txid"
             )
+            assert five_days_ago is not None
             after = feed.Position(five_days_ago["txid"], five_days_ago["id"])
             page = await feed.page(conn, after, limit=4)
             kept = {p.name for p in await partitions.partitions(conn, "events")}
@@ -239,6 +240,7 @@ def test_the_days_before_partitioning_are_read_from_the_beginning(db_url: str) -
             await conn.execute("INSERT INTO events (kind, sms_msg_id, data) VALUES ('optout', 'new', '{}')")
             from_start = [e.sms_msg_id or "" for e in (await feed.page(conn, feed.START, limit=10)).events]
             old = await conn.fetchrow("SELECT txid::text AS txid, id FROM events WHERE sms_msg_id = 'old'")
+            assert old is not None
             after_old = [e.sms_msg_id or "" for e in (await feed.page(conn, feed.Position(old["txid"], old["id"]), limit=10)).events]
             return from_start, after_old, await conn.fetchval("SELECT receiver_events_from('0')")
         finally:

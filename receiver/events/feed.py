@@ -230,10 +230,10 @@ def _report_number(report: asyncpg.Record | None, sends: dict[str, list[asyncpg.
         return None
     received, updated = report["received_at"], report["update_time"]
     for send in sends.get(report["sms_msg_id"], ()):
-        if updated is None or (min(received, updated) - partitions.WINDOW <= send["create_time"]
-                               <= max(received, updated) + partitions.WINDOW):  # fmt: skip
-            if send["to"] is not None:
-                return send["to"]  # type: ignore[no-any-return]
+        near = updated is None or (min(received, updated) - partitions.WINDOW <= send["create_time"]
+                                   <= max(received, updated) + partitions.WINDOW)  # fmt: skip
+        if near and send["to"] is not None:
+            return send["to"]  # type: ignore[no-any-return]
     return report["to"]  # type: ignore[no-any-return]
 
 
