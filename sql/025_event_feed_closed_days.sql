@@ -18,9 +18,13 @@
 
 ALTER TABLE events ALTER COLUMN at SET DEFAULT greatest(now(), clock_timestamp() - interval '1 hour');
 
--- A closed day partition of events: every event it holds has a txid below `below`.
+-- A closed day partition of events: every event it holds has a txid below `below`. A row counts
+-- only for the partition it was written for: the same table (oid) attached with the same bounds.
+-- Any other (a partition gone, attached again otherwise, an oid used again) is ignored, and
+-- deleted by the next close.
 CREATE TABLE events_closed_days (
-    part   oid PRIMARY KEY,      -- the partition (pg_class); a row of a partition gone is ignored, then deleted
+    part   oid PRIMARY KEY,      -- the partition (pg_class)
+    bound  text NOT NULL,        -- its bounds when closed (pg_class.relpartbound)
     lower  timestamptz NOT NULL, -- its lower bound ('-infinity': the table as it was before partitioning)
     below  xid8 NOT NULL,
     closed_at timestamptz NOT NULL DEFAULT now()
@@ -36,38 +40,43 @@ DECLARE
     closed integer;
 BEGIN
     DELETE FROM events_closed_days d
-    WHERE NOT EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = d.part AND i.inhparent = 'events'::regclass);
+    WHERE NOT EXISTS (SELECT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                      WHERE i.inhrelid = d.part AND i.inhparent = 'events'::regclass AND c.relpartbound::text = d.bound);
     -- A txid after every transaction that wrote into them: this transaction's own, assigned now,
-    -- is after every one assigned before; and after every one that has ended (xmax), in case
-    -- this transaction had its txid before the others' writes (a migration's).
-    INSERT INTO events_closed_days (part, lower, below)
-    SELECT p.partition, coalesce(p.lower_bound, '-infinity'),
+    -- is after every one assigned before; and after every one that has ended (xmax), should the
+    -- caller's transaction have had its txid from before.
+    INSERT INTO events_closed_days (part, bound, lower, below)
+    SELECT p.partition, c.relpartbound::text, coalesce(p.lower_bound, '-infinity'),
            greatest(pg_current_xact_id(), pg_snapshot_xmax(pg_current_snapshot()))
     FROM receiver_partitions('events') p
+    JOIN pg_class c ON c.oid = p.partition
     WHERE NOT p.is_default
       AND p.upper_bound <= least(now() - interval '2 hours', coalesce(until, 'infinity'))
-      AND NOT EXISTS (SELECT FROM events_closed_days d WHERE d.part = p.partition);
+      AND NOT EXISTS (SELECT FROM events_closed_days d WHERE d.part = p.partition)
+    ON CONFLICT (part) DO NOTHING;  -- closed meanwhile by another writer
     GET DIAGNOSTICS closed = ROW_COUNT;
     RETURN closed;
 END
 $$;
 
 -- The earliest `at` of an event whose txid is `first` or later: the lower bound of the earliest
--- day partition that is open or was closed after `first` ('infinity': none, only the default
--- partition, which takes rows outside every day, can hold one). A page of the feed after a cursor
--- reads the days from there.
+-- day partition that is open or was closed after `first`, or the earliest such event in the
+-- default partition (which takes rows outside every day: a day not made in time, a clock stepped
+-- back), whichever is earlier; 'infinity' if none. A page of the feed after a cursor reads from there.
 CREATE FUNCTION receiver_events_from(first xid8) RETURNS timestamptz
 LANGUAGE sql STABLE SET timezone = 'UTC' SET datestyle = 'ISO' AS $$
-    SELECT coalesce(min(coalesce(d.lower,
-                                 (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']*)''\)'))[1]::timestamptz,
-                                 '-infinity')),
-                    'infinity')
-    FROM pg_inherits i
-    JOIN pg_class c ON c.oid = i.inhrelid
-    LEFT JOIN events_closed_days d ON d.part = i.inhrelid
-    WHERE i.inhparent = 'events'::regclass
-      AND i.inhrelid <> (SELECT partdefid FROM pg_partitioned_table WHERE partrelid = 'events'::regclass)
-      AND (d.part IS NULL OR d.below > first)
+    SELECT least(
+        (SELECT min(coalesce(d.lower,
+                             (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']*)''\)'))[1]::timestamptz,
+                             '-infinity'))
+         FROM pg_inherits i
+         JOIN pg_class c ON c.oid = i.inhrelid
+         LEFT JOIN events_closed_days d ON d.part = i.inhrelid AND d.bound = c.relpartbound::text
+         WHERE i.inhparent = 'events'::regclass
+           AND i.inhrelid <> (SELECT partdefid FROM pg_partitioned_table WHERE partrelid = 'events'::regclass)
+           AND (d.part IS NULL OR d.below > first)),
+        (SELECT min(at) FROM events_default WHERE txid >= first),
+        'infinity')
 $$;
 
 -- The days before this migration: every transaction that wrote into events has ended (this one

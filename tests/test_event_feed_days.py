@@ -20,8 +20,8 @@ from receiver import partitions
 from receiver.db import migrate
 from receiver.events import feed
 
-NOW = datetime.now(UTC)
-TODAY = datetime(NOW.year, NOW.month, NOW.day, tzinfo=UTC)
+_NOW = datetime.now(UTC)
+TODAY = datetime(_NOW.year, _NOW.month, _NOW.day, tzinfo=UTC)
 DAYS = 30
 SQL = Path(migrate.__file__).resolve().parents[2] / "sql"
 
@@ -65,10 +65,10 @@ async def _days_read(conn: asyncpg.Connection, after: feed.Position) -> list[str
     return [row["relname"] for row in rows]
 
 
-def _open_days(now: datetime = NOW) -> set[str]:
+def _open_days() -> set[str]:
     """The days of events the job cannot close yet: those that ended less than two hours ago,
     and the days ahead (made by the migrations: up to a week)."""
-    first = TODAY if now - timedelta(hours=2) >= TODAY else TODAY - timedelta(days=1)
+    first = TODAY if datetime.now(UTC) - timedelta(hours=2) >= TODAY else TODAY - timedelta(days=1)
     return {partitions.name("events", (first + timedelta(days=n)).date()) for n in range(9)}
 
 
@@ -179,7 +179,7 @@ def test_the_job_closes_days_two_hours_after_their_end_and_forgets_dropped_ones(
     assert not closed & _open_days()
     assert after_drop == closed - {partitions.name("events", _day(3).date())}
     # A follower at the head reads from the first day still open.
-    assert bound == (TODAY if NOW - timedelta(hours=2) >= TODAY else TODAY - timedelta(days=1))
+    assert bound == (TODAY if datetime.now(UTC) - timedelta(hours=2) >= TODAY else TODAY - timedelta(days=1))
 
 
 async def _closed(conn: asyncpg.Connection) -> set[str]:
@@ -228,9 +228,10 @@ def test_the_position_after_the_last_id_of_a_transaction_is_the_next_transaction
 
 def test_the_days_before_partitioning_are_read_from_the_beginning(db_url: str) -> None:
     """A database partitioned after it held events keeps them in a partition open below
-    (``events_older``): its bound is ``-infinity``, read from the start and skipped after it."""
+    (``events_older``): its bound is ``-infinity``, read from the start and skipped once closed
+    before the cursor."""
 
-    async def go() -> tuple[list[str], list[str], datetime]:
+    async def go() -> tuple[list[str], list[str], datetime, list[str]]:
         conn = await asyncpg.connect(db_url)
         try:
             first = min(p.lower for p in await partitions.partitions(conn, "events") if p.lower is not None)
@@ -242,11 +243,32 @@ def test_the_days_before_partitioning_are_read_from_the_beginning(db_url: str) -
             old = await conn.fetchrow("SELECT txid::text AS txid, id FROM events WHERE sms_msg_id = 'old'")
             assert old is not None
             after_old = [e.sms_msg_id or "" for e in (await feed.page(conn, feed.Position(old["txid"], old["id"]), limit=10)).events]
-            return from_start, after_old, await conn.fetchval("SELECT receiver_events_from('0')")
+            bound = await conn.fetchval("SELECT receiver_events_from('0')")
+            return from_start, after_old, bound, await _days_read(conn, await feed.now(conn))
         finally:
             await conn.close()
 
-    from_start, after_old, bound = run(go())
+    from_start, after_old, bound, head = run(go())
     assert from_start == ["old", "new"]
     assert after_old == ["new"]
+    assert "events_older" not in head
     assert bound == datetime.min  # asyncpg's -infinity, and handed back as one
+
+
+def test_an_event_in_the_default_partition_is_not_skipped(db_url: str) -> None:
+    """A row whose day has no partition lands in the default partition, with an ``at`` before
+    the days a follower reads: it is read all the same."""
+
+    async def go() -> list[str]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            await _history(conn, days=3)
+            start = await feed.now(conn)
+            await conn.execute(
+                "INSERT INTO events (kind, sms_msg_id, data, at) VALUES ('optout', 'dayless', '{}', $1)", _day(10)
+            )
+            return [e.sms_msg_id or "" for e in (await feed.page(conn, start, limit=10)).events]
+        finally:
+            await conn.close()
+
+    assert run(go()) == ["dayless"]

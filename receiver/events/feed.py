@@ -63,7 +63,8 @@ ORDER BY e.txid, e.id
 LIMIT $4
 """
 
-# The reports of a page's report events, by key, from the days they were received ($3, $4).
+# The reports of a page's report events, by key, from the days they were received ($3, $4); by
+# their messages' ids too ($5), so that Citus reads only their shards.
 _REPORTS = r"""
 SELECT r.id, r.received_at, r.sms_msg_id, r.status, r.sequence, r.total, r.source, r.status_desc, r.update_time,
        r.extend, r.org_code, r.via, a.name AS application,
@@ -71,7 +72,7 @@ SELECT r.id, r.received_at, r.sms_msg_id, r.status, r.sequence, r.total, r.sourc
 FROM status_reports r
 LEFT JOIN applications a ON a.id = r.application_id
 WHERE (r.id, r.received_at) IN (SELECT * FROM unnest($1::bigint[], $2::timestamptz[]))
-  AND r.received_at BETWEEN $3 AND $4
+  AND r.received_at BETWEEN $3 AND $4 AND r.sms_msg_id = ANY($5::text[])
 """
 
 # The recipients of those reports' sends, from the days near the reports (partitions.span).
@@ -101,10 +102,13 @@ class Position:
         """The first (txid, id) after this position."""
         if self.id < _LAST_ID:
             return self.txid, self.id + 1
-        return str(int(self.txid) + 1), 0
+        if int(self.txid) < _LAST_TXID:
+            return str(int(self.txid) + 1), 0
+        return self.txid, self.id  # the last position there is (no row can be there)
 
 
 _LAST_ID = (1 << 63) - 1
+_LAST_TXID = (1 << 64) - 1
 
 
 START = Position("0", 0)
@@ -179,9 +183,10 @@ async def _planned_for_values(conn: asyncpg.Connection) -> AsyncIterator[None]:
     One snapshot for all of them: rows that move out of the default partition into a day made
     meanwhile stay where the bound saw them."""
     if conn.is_in_transaction():
+        before = await conn.fetchval("SELECT current_setting('plan_cache_mode')")
         await db.plan_each_time(conn)
         yield
-        await db.plan_as_usual(conn)
+        await conn.execute("SELECT set_config('plan_cache_mode', $1, true)", before)  # as the caller had it
         return
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         await db.plan_each_time(conn)
@@ -195,12 +200,12 @@ async def _reports(
     conn: asyncpg.Connection, rows: list[asyncpg.Record]
 ) -> tuple[dict[_Key, asyncpg.Record], dict[str, list[asyncpg.Record]]]:
     """The reports of a page's report events, by (id, received_at), and their messages' sends by id."""
-    keys = [(row["report_id"], row["report_received_at"]) for row in rows
-            if row["report_id"] is not None and row["report_received_at"] is not None]  # fmt: skip
-    if not keys:
+    rows = [row for row in rows if row["report_id"] is not None and row["report_received_at"] is not None]
+    if not rows:
         return {}, {}
-    ids, times = [k[0] for k in keys], [k[1] for k in keys]
-    found = await conn.fetch(_REPORTS, ids, times, min(times), max(times))
+    ids, times = [row["report_id"] for row in rows], [row["report_received_at"] for row in rows]
+    messages = list({row["sms_msg_id"] for row in rows})
+    found = await conn.fetch(_REPORTS, ids, times, min(times), max(times), messages)
     reports = {(r["id"], r["received_at"]): r for r in found}
     sends: dict[str, list[asyncpg.Record]] = {}
     if reports:
