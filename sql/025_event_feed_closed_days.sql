@@ -19,12 +19,12 @@
 ALTER TABLE events ALTER COLUMN at SET DEFAULT greatest(now(), clock_timestamp() - interval '1 hour');
 
 -- A closed day partition of events: every event it holds has a txid below `below`. A row counts
--- only for the partition it was written for: the same table (oid) attached with the same bounds.
--- Any other (a partition gone, attached again otherwise, an oid used again) is ignored, and
--- deleted by the next close.
+-- only for the partition it was written for: the same table (oid) under the same name, attached
+-- to events. Any other (a partition gone, an oid used again) is ignored, and deleted by the next
+-- close.
 CREATE TABLE events_closed_days (
     part   oid PRIMARY KEY,      -- the partition (pg_class)
-    bound  text NOT NULL,        -- its bounds when closed (pg_class.relpartbound)
+    name   text NOT NULL,        -- its name (part::regclass::text) when closed
     lower  timestamptz NOT NULL, -- its lower bound ('-infinity': the table as it was before partitioning)
     below  xid8 NOT NULL,
     closed_at timestamptz NOT NULL DEFAULT now()
@@ -40,16 +40,15 @@ DECLARE
     closed integer;
 BEGIN
     DELETE FROM events_closed_days d
-    WHERE NOT EXISTS (SELECT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                      WHERE i.inhrelid = d.part AND i.inhparent = 'events'::regclass AND c.relpartbound::text = d.bound);
+    WHERE NOT EXISTS (SELECT FROM pg_inherits i
+                      WHERE i.inhrelid = d.part AND i.inhparent = 'events'::regclass AND i.inhrelid::regclass::text = d.name);
     -- A txid after every transaction that wrote into them: this transaction's own, assigned now,
     -- is after every one assigned before; and after every one that has ended (xmax), should the
     -- caller's transaction have had its txid from before.
-    INSERT INTO events_closed_days (part, bound, lower, below)
-    SELECT p.partition, c.relpartbound::text, coalesce(p.lower_bound, '-infinity'),
+    INSERT INTO events_closed_days (part, name, lower, below)
+    SELECT p.partition, p.partition::text, coalesce(p.lower_bound, '-infinity'),
            greatest(pg_current_xact_id(), pg_snapshot_xmax(pg_current_snapshot()))
     FROM receiver_partitions('events') p
-    JOIN pg_class c ON c.oid = p.partition
     WHERE NOT p.is_default
       AND p.upper_bound <= least(now() - interval '2 hours', coalesce(until, 'infinity'))
       AND NOT EXISTS (SELECT FROM events_closed_days d WHERE d.part = p.partition)
@@ -67,11 +66,11 @@ CREATE FUNCTION receiver_events_from(first xid8) RETURNS timestamptz
 LANGUAGE sql STABLE SET timezone = 'UTC' SET datestyle = 'ISO' AS $$
     SELECT least(
         (SELECT min(coalesce(d.lower,
-                             (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']*)''\)'))[1]::timestamptz,
+                             (SELECT (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']*)''\)'))[1]::timestamptz
+                              FROM pg_class c WHERE c.oid = i.inhrelid),
                              '-infinity'))
          FROM pg_inherits i
-         JOIN pg_class c ON c.oid = i.inhrelid
-         LEFT JOIN events_closed_days d ON d.part = i.inhrelid AND d.bound = c.relpartbound::text
+         LEFT JOIN events_closed_days d ON d.part = i.inhrelid AND d.name = i.inhrelid::regclass::text
          WHERE i.inhparent = 'events'::regclass
            AND i.inhrelid <> (SELECT partdefid FROM pg_partitioned_table WHERE partrelid = 'events'::regclass)
            AND (d.part IS NULL OR d.below > first)),

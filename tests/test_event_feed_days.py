@@ -159,7 +159,7 @@ def test_a_day_closed_while_a_transaction_still_writes_into_it_keeps_that_transa
 
 
 def test_the_job_closes_days_two_hours_after_their_end_and_forgets_dropped_ones(db_url: str) -> None:
-    async def go() -> tuple[set[str], set[str], datetime]:
+    async def go() -> tuple[set[str], set[str], datetime, datetime]:
         conn = await asyncpg.connect(db_url)
         try:
             for back in (3, 2, 1):
@@ -169,17 +169,22 @@ def test_the_job_closes_days_two_hours_after_their_end_and_forgets_dropped_ones(
             await conn.execute(f"DROP TABLE {partitions.name('events', _day(3).date())}")
             await partitions.close_event_days(conn)
             bound = await conn.fetchval("SELECT receiver_events_from(pg_current_xact_id())")
-            return closed, await _closed(conn), bound
+            forgotten = await _closed(conn)
+            # A closed day's row counts for that table under its name only.
+            await conn.execute(f"ALTER TABLE {partitions.name('events', _day(2).date())} RENAME TO events_renamed")
+            renamed = await conn.fetchval("SELECT receiver_events_from(pg_current_xact_id())")
+            return closed, forgotten, bound, renamed
         finally:
             await conn.close()
 
-    closed, after_drop, bound = run(go())
+    closed, after_drop, bound, renamed = run(go())
     past = {partitions.name("events", _day(back).date()) for back in (3, 2, 1)}
     assert past - _open_days() <= closed
     assert not closed & _open_days()
     assert after_drop == closed - {partitions.name("events", _day(3).date())}
     # A follower at the head reads from the first day still open.
     assert bound == (TODAY if datetime.now(UTC) - timedelta(hours=2) >= TODAY else TODAY - timedelta(days=1))
+    assert renamed == _day(2)
 
 
 async def _closed(conn: asyncpg.Connection) -> set[str]:
