@@ -18,7 +18,8 @@ fill is written out (a checkpoint, then the kernel's dirty pages), one at a time
 - **queries**, in-process, one at a time: ``GET /v1/messages/{id}`` (a stored message, and an
   unknown id, which searches every day) and ``GET /v1/messages?to=`` (the API's own query
   functions), the blacklist check of 500 numbers, the dashboard views over 24 hours, a page of
-  100 events from a point of the last day and the feed's head (``GET /v1/events``); p50 / p99
+  100 events from a point of the last day and the feed's head (``GET /v1/events``), a page of the
+  replies' listing from the last day (``GET /v1/uplinks``); p50 / p99
   in milliseconds; and the first ``GET /v1/messages/{id}`` of a new connection (planned over
   every partition, the plan not cached yet);
 - **retention**: ``receiver prune --older-than``, which drops the oldest 30 days (fewer when
@@ -228,6 +229,9 @@ async def query_latencies(conn: asyncpg.Connection, days: int, rounds: int) -> d
     yesterday = partitions.name("events", today - timedelta(days=1))
     behind = await conn.fetchrow(f"SELECT txid::text AS txid, min(id) AS lo, max(id) AS hi FROM {yesterday}"
                                  " GROUP BY txid ORDER BY count(*) DESC LIMIT 1")  # fmt: skip
+    # The replies' listing, a follower as far behind: it pages by transaction over every day.
+    replies = partitions.name("uplinks", today - timedelta(days=1))
+    replies_behind = await conn.fetchrow(f"SELECT txid::text AS txid, min(id) AS id FROM {replies} GROUP BY txid LIMIT 1")
     for _ in range(rounds):
         day = today - timedelta(days=random.randint(1, days))
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
@@ -262,6 +266,11 @@ async def query_latencies(conn: asyncpg.Connection, days: int, rounds: int) -> d
         t0 = time.perf_counter()
         await feed.page(conn, await feed.now(conn), limit=100)
         timed("event feed at its head", t0)
+        if replies_behind is not None:
+            t0 = time.perf_counter()
+            await queries.uplinks(conn, cursor=queries.encode_cursor(replies_behind["txid"], replies_behind["id"]),
+                                  limit=100)  # fmt: skip
+            timed("GET /v1/uplinks, a page of 100", t0)
     return results
 
 

@@ -134,7 +134,7 @@ FROM uplinks u
 JOIN applications a ON a.id = u.application_id
 LEFT JOIN reply_links l ON l.uplink_id = u.id
 WHERE u.txid < pg_snapshot_xmin(pg_current_snapshot())
-  AND (u.txid, u.id) > ($1::text::xid8, $2::bigint)
+  AND (u.txid, u.id) >= ($1::text::xid8, $2::bigint)  -- the position after the cursor's (following)
 ORDER BY u.txid, u.id
 LIMIT $3
 """
@@ -151,6 +151,22 @@ def is_txid(value: object) -> bool:
     """A transaction id as PostgreSQL's xid8 reads it back unchanged: ASCII decimal digits with no
     leading zero (it would read ``010`` as octal), below 2**64."""
     return isinstance(value, str) and _TXID.fullmatch(value) is not None and int(value) < 2**64
+
+
+_LAST_ID = (1 << 63) - 1
+_LAST_TXID = (1 << 64) - 1
+
+
+def following(txid: str, row_id: int) -> tuple[str, int]:
+    """The first (txid, id) after this one, for a page that asks its rows ">=" it. PostgreSQL
+    estimates a row comparison by its first column alone, so "> (txid, id)" counts none of the
+    rows left in the cursor's transaction (a writer's batch), and the planner, told that few
+    rows follow, sorts all of them instead of reading the key in order up to the page's end."""
+    if row_id < _LAST_ID:
+        return txid, row_id + 1
+    if int(txid) < _LAST_TXID:
+        return str(int(txid) + 1), 0
+    return txid, row_id  # the last position there is (no row can be there)
 
 
 def decode_cursor(cursor: str, arity: int) -> list[Any]:
@@ -314,7 +330,7 @@ async def uplinks(conn: asyncpg.Connection, *, cursor: str | None, limit: int) -
     txid = str(txid) if isinstance(txid, int) and not isinstance(txid, bool) else txid
     if not is_txid(txid) or isinstance(after_id, bool) or not isinstance(after_id, int) or not 0 <= after_id < 2**63:
         raise ProtocolError("invalid_cursor", "the cursor was not made by this API")
-    rows = await conn.fetch(_UPLINKS, str(txid), after_id, limit)
+    rows = await conn.fetch(_UPLINKS, *following(str(txid), after_id), limit)
     items = [
         Uplink.model_validate({**_reply(r), "application": r["application"], "reply_to": r["reply_to"]}) for r in rows
     ]

@@ -29,7 +29,7 @@ import asyncpg
 from .. import db, partitions
 from ..api.models import EVENT_KINDS as KINDS
 from ..api.models import Event
-from ..correlation.queries import decode_cursor, encode_cursor, is_txid
+from ..correlation.queries import decode_cursor, encode_cursor, following, is_txid
 from ..protocol import ProtocolError
 
 CHANNEL = "receiver_events"  # NOTIFY'd, with an empty payload, by every transaction that adds events
@@ -41,11 +41,8 @@ _FROM = "SELECT receiver_events_from($1::text::xid8)"
 
 # Rows past the cursor, at most $4, from the days that can hold them ($5); with a kinds filter
 # ($3) the others come back as bare positions (no kind), so that the cursor moves past them and
-# they are not scanned again. The rows are asked "from the next position on" ($1, $2:
-# Position.following), not "after the cursor": PostgreSQL estimates a row comparison by its first
-# column alone, so "> (txid, id)" counted none of the rows left in the cursor's transaction (a
-# writer's batch, a bench's day), and the planner, told that few rows follow, sorted all of them
-# instead of merging the days' keys up to the page's end.
+# they are not scanned again. The rows are asked from the position after the cursor's on ($1,
+# $2: queries.following, which says why).
 _PAGE = r"""
 SELECT e.txid::text AS position, e.id, CASE WHEN shown THEN e.kind END AS kind, e.sms_msg_id, e.number, e.at,
        -- a state event's columns, as the object it stored before sql/023_state_events.sql
@@ -100,15 +97,7 @@ class Position:
 
     def following(self) -> tuple[str, int]:
         """The first (txid, id) after this position."""
-        if self.id < _LAST_ID:
-            return self.txid, self.id + 1
-        if int(self.txid) < _LAST_TXID:
-            return str(int(self.txid) + 1), 0
-        return self.txid, self.id  # the last position there is (no row can be there)
-
-
-_LAST_ID = (1 << 63) - 1
-_LAST_TXID = (1 << 64) - 1
+        return following(self.txid, self.id)
 
 
 START = Position("0", 0)
