@@ -62,6 +62,8 @@ $$;
 -- day partition that is open or was closed after `first`, or the earliest such event in the
 -- default partition (which takes rows outside every day: a day not made in time, a clock stepped
 -- back), whichever is earlier; 'infinity' if none. A page of the feed after a cursor reads from there.
+-- The bounds of the days still open are read here, not through receiver_partitions, which reads
+-- every day's: 16 to 18 ms at 200 days, against under a millisecond.
 CREATE FUNCTION receiver_events_from(first xid8) RETURNS timestamptz
 LANGUAGE sql STABLE SET timezone = 'UTC' SET datestyle = 'ISO' AS $$
     SELECT least(

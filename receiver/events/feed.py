@@ -172,10 +172,9 @@ async def _planned_for_values(conn: asyncpg.Connection) -> AsyncIterator[None]:
     One snapshot for all of them: rows that move out of the default partition into a day made
     meanwhile stay where the bound saw them."""
     if conn.is_in_transaction():
-        before = await conn.fetchval("SELECT current_setting('plan_cache_mode')")
         await db.plan_each_time(conn)
         yield
-        await conn.execute("SELECT set_config('plan_cache_mode', $1, true)", before)  # as the caller had it
+        await db.plan_as_usual(conn)
         return
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         await db.plan_each_time(conn)
@@ -222,11 +221,9 @@ def _report_number(report: asyncpg.Record | None, sends: dict[str, list[asyncpg.
     it is a number."""
     if report is None:
         return None
-    received, updated = report["received_at"], report["update_time"]
+    lo, hi = partitions.span((report["received_at"], report["update_time"]))
     for send in sends.get(report["sms_msg_id"], ()):
-        near = updated is None or (min(received, updated) - partitions.WINDOW <= send["create_time"]
-                                   <= max(received, updated) + partitions.WINDOW)  # fmt: skip
-        if near and send["to"] is not None:
+        if lo <= send["create_time"] <= hi and send["to"] is not None:
             return send["to"]  # type: ignore[no-any-return]
     return report["to"]  # type: ignore[no-any-return]
 
