@@ -100,7 +100,9 @@ def serve(app: str, *, host: str, port: int, workers: int, tls_cert: str | None,
     from receiver.config import Settings
 
     settings = Settings(host=host, port=port, workers=workers)
-    config = server.uvicorn_config(settings, f"bench.baselines:{app}_app", tls_cert=tls_cert, tls_key=tls_key)
+    config = server.uvicorn_config(
+        settings, f"bench.baselines:{app}_app", tls_cert=tls_cert, tls_key=tls_key, callbacks=False
+    )  # no callback lane: uvicorn's protocol from the first byte
     if config.workers > 1:
         uvicorn_adapter.Supervisor(config, sockets=[config.bind_socket()]).run()
     else:

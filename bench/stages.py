@@ -132,7 +132,8 @@ class Served:
         import uvicorn
         from uvicorn.server import ServerState
 
-        from receiver.uvicorn_adapter import GuardedHttpToolsProtocol, configure
+        from receiver.callback_protocol import CallbackProtocol
+        from receiver.uvicorn_adapter import LANE, GuardedHttpToolsProtocol, configure
 
         config = configure(
             uvicorn.Config(app, lifespan="off", log_level="warning", proxy_headers=False), client_timeout=10.0
@@ -142,7 +143,10 @@ class Served:
         state.default_headers = [(b"date", b"Sat, 05 Dec 2026 00:00:00 GMT")]
         self.answers = answers
         self.free: list[tuple[Any, list[Any]]] = []
-        make = partial(GuardedHttpToolsProtocol, config, state, app_state, asyncio.get_event_loop())
+        # The protocol a connection starts with, as ``receiver serve`` and the baselines serve:
+        # the callbacks' own where the application has a lane, else uvicorn's.
+        first = CallbackProtocol if LANE in app_state else GuardedHttpToolsProtocol
+        make = partial(first, config, state, app_state, asyncio.get_event_loop())
         self.make = make
         self.head = HEAD_CLOSE if new_connections else HEAD
         if new_connections:

@@ -41,10 +41,12 @@ async def announce(settings: Settings, *, tls: bool) -> None:
 
 
 def uvicorn_config(
-    settings: Settings, app: str, *, tls_cert: str | None = None, tls_key: str | None = None
+    settings: Settings, app: str, *, tls_cert: str | None = None, tls_key: str | None = None, callbacks: bool = True
 ) -> uvicorn.Config:
     """How the workers are served: uvloop, httptools with deadlines for slow clients, no access
-    log, TLS contexts from :mod:`receiver.tls` (the benchmarks serve their baselines the same way)."""
+    log, TLS contexts from :mod:`receiver.tls` (the benchmarks serve their baselines the same way,
+    without ``callbacks``: the protocol a connection starts with to answer callbacks at once,
+    :mod:`receiver.callback_protocol`, which hands every other request to uvicorn's)."""
     config = uvicorn.Config(
         app,
         factory=True,
@@ -64,7 +66,7 @@ def uvicorn_config(
         ssl_context_factory=tls.context_factory if tls_cert else None,
     )
     _raise_open_files_limit()
-    return uvicorn_adapter.configure(config, client_timeout=settings.client_timeout_seconds)
+    return uvicorn_adapter.configure(config, client_timeout=settings.client_timeout_seconds, callbacks=callbacks)
 
 
 def run(settings: Settings, *, tls_cert: str | None = None, tls_key: str | None = None) -> None:

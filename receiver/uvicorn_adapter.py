@@ -99,6 +99,7 @@ __all__ = [
 ]  # fmt: skip
 
 HTTP = f"{__name__}:GuardedHttpToolsProtocol"  # Config(http=...): imported by name in each worker
+CALLBACKS = "receiver.callback_protocol:CallbackProtocol"
 log = structlog.get_logger("receiver")
 
 MAX_HEAD_BYTES = 32 << 10  # the platform's headers are about 1 KiB
@@ -179,9 +180,11 @@ INTERNALS: tuple[tuple[type, str, str, tuple[str, ...]], ...] = (
 )
 
 
-def configure(config: uvicorn.Config, *, client_timeout: float) -> uvicorn.Config:
-    """Serve ``config`` with :class:`GuardedHttpToolsProtocol` and these deadlines."""
-    config.http = HTTP
+def configure(config: uvicorn.Config, *, client_timeout: float, callbacks: bool = False) -> uvicorn.Config:
+    """Serve ``config`` with :class:`GuardedHttpToolsProtocol` and these deadlines; with
+    ``callbacks``, every connection starts on :class:`receiver.callback_protocol.CallbackProtocol`,
+    which answers the callbacks that come whole in one read and hands the rest to it."""
+    config.http = CALLBACKS if callbacks else HTTP
     config.client_timeout = client_timeout  # type: ignore[attr-defined]  # read by the protocol, in each worker
     return config
 

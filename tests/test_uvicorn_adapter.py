@@ -27,6 +27,7 @@ from uvicorn.server import ServerState
 from uvicorn.supervisors.multiprocess import SIGNALS, Multiprocess
 
 from receiver import tls, uvicorn_adapter
+from receiver.callback_protocol import CallbackProtocol
 from receiver.uvicorn_adapter import (
     INTERNALS,
     GuardedHttpToolsProtocol,
@@ -82,7 +83,9 @@ def live() -> dict[type, object]:
     }
 
 
-@pytest.mark.parametrize(("owner", "name", "kind", "params"), INTERNALS, ids=[f"{o.__name__}.{n}" for o, n, *_ in INTERNALS])
+@pytest.mark.parametrize(
+    ("owner", "name", "kind", "params"), INTERNALS, ids=[f"{o.__name__}.{n}" for o, n, *_ in INTERNALS]
+)
 def test_each_internal_is_there_as_the_adapter_expects(
     live: dict[type, object], owner: type, name: str, kind: str, params: tuple[str, ...]
 ) -> None:
@@ -154,7 +157,9 @@ def test_each_request_says_how_many_came_before_it_on_its_connection() -> None:
     async def connection(requests: int) -> None:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        await loop.connect_accepted_socket(lambda: GuardedHttpToolsProtocol(config, ServerState(), {}, loop), ours)
+        await loop.connect_accepted_socket(
+            lambda: GuardedHttpToolsProtocol(config, ServerState(), {}, loop), ours
+        )
         reader, writer = await asyncio.open_connection(sock=theirs)
         for _ in range(requests):
             writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
@@ -179,7 +184,9 @@ def _families() -> list[str]:
 
 @pytest.mark.parametrize("loop_factory", ["uvloop", "asyncio"])
 @pytest.mark.parametrize("family", _families())
-def test_a_connections_addresses_in_the_scope_are_uvicorns(family: str, loop_factory: str, tmp_path: Path) -> None:
+def test_a_connections_addresses_in_the_scope_are_uvicorns(
+    family: str, loop_factory: str, tmp_path: Path
+) -> None:
     """The protocol reads a connection's addresses from the transport, not from a socket object
     as uvicorn does: the scope's client, server and scheme stay what uvicorn's protocol gives
     (``tls``: IPv4 through the TLS transport of each loop)."""
@@ -199,7 +206,9 @@ def test_a_connections_addresses_in_the_scope_are_uvicorns(family: str, loop_fac
         return app
 
     async def served(kind: type) -> None:
-        config = configure(uvicorn.Config(app_for(kind), lifespan="off", log_level="warning"), client_timeout=3.0)
+        config = configure(
+            uvicorn.Config(app_for(kind), lifespan="off", log_level="warning"), client_timeout=3.0
+        )
         config.load()
         loop = asyncio.get_running_loop()
 
@@ -236,7 +245,11 @@ def test_a_connections_addresses_in_the_scope_are_uvicorns(family: str, loop_fac
     def seen(kind: type) -> tuple[Any, ...]:
         """The scope's addresses, each port that is the client's or the server's named so."""
         scope, (client, server) = scopes[kind], ends[kind]
-        names = {server: "socket path"} if family == "unix" else {client[1]: "client port", server[1]: "server port"}
+        names = (
+            {server: "socket path"}
+            if family == "unix"
+            else {client[1]: "client port", server[1]: "server port"}
+        )
 
         def named(address: Any) -> Any:
             if address is None:
@@ -248,7 +261,9 @@ def test_a_connections_addresses_in_the_scope_are_uvicorns(family: str, loop_fac
         return named(scope["client"]), named(scope["server"]), scope["scheme"]
 
     assert seen(GuardedHttpToolsProtocol) == seen(HttpToolsProtocol)
-    expected = (None, ("socket path", None)) if family == "unix" else ((ANY, "client port"), (ANY, "server port"))
+    expected = (
+        (None, ("socket path", None)) if family == "unix" else ((ANY, "client port"), (ANY, "server port"))
+    )
     assert seen(HttpToolsProtocol) == (*expected, "https" if family == "tls" else "http")
 
 
@@ -290,7 +305,9 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if not message.get("more_body"):
             break
     answer = b"asgi:" + body
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(answer))]})
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(answer))]}
+    )
     await send({"type": "http.response.body", "body": answer})
 
 
@@ -308,24 +325,36 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, by
     return status, headers, await reader.readexactly(int(headers.get(b"content-length", b"0")))
 
 
-async def laned(lane: Spy) -> tuple[GuardedHttpToolsProtocol, asyncio.StreamReader, asyncio.StreamWriter]:
+# The protocol a connection starts with: uvicorn's (with the lane), or the callbacks' own, which
+# hands uvicorn's whatever it does not answer itself. A client cannot tell them apart.
+FIRST = [GuardedHttpToolsProtocol, CallbackProtocol]
+
+
+@pytest.fixture(params=FIRST, ids=["uvicorn", "callback-protocol"])
+def first(request: pytest.FixtureRequest) -> type[Any]:
+    return request.param  # type: ignore[no-any-return]
+
+
+async def laned(lane: Spy, first: type[Any]) -> tuple[Any, asyncio.StreamReader, asyncio.StreamWriter]:
     config = configure(uvicorn.Config(echo_app, lifespan="off", log_level="warning"), client_timeout=3.0)
     config.load()
     loop = asyncio.get_running_loop()
     ours, theirs = socket.socketpair()
     state = ServerState()
     state.default_headers = [(b"date", b"Sat, 05 Dec 2026 03:00:00 GMT")]
-    protocol = GuardedHttpToolsProtocol(config, state, {uvicorn_adapter.LANE: lane}, loop)
+    protocol = first(config, state, {uvicorn_adapter.LANE: lane}, loop)
     await loop.connect_accepted_socket(lambda: protocol, ours)
     reader, writer = await asyncio.open_connection(sock=theirs)
     return protocol, reader, writer
 
 
-def test_a_callback_whose_body_comes_with_its_head_is_answered_by_the_lane_on_a_kept_alive_connection() -> None:
+def test_a_callback_whose_body_comes_with_its_head_is_answered_by_the_lane_on_a_kept_alive_connection(
+    first: type[Any],
+) -> None:
     lane = Spy()
 
     async def scenario() -> list[tuple[int, dict[bytes, bytes], bytes]]:
-        _, reader, writer = await laned(lane)
+        _, reader, writer = await laned(lane, first)
         answers = []
         for body in (b"one", b"two"):
             writer.write(post("/lane", body))
@@ -341,11 +370,11 @@ def test_a_callback_whose_body_comes_with_its_head_is_answered_by_the_lane_on_a_
     assert lane.bodies == [b"one", b"two"]
 
 
-def test_a_body_that_comes_after_its_head_goes_to_the_application_whole() -> None:
+def test_a_body_that_comes_after_its_head_goes_to_the_application_whole(first: type[Any]) -> None:
     lane = Spy()
 
     async def scenario() -> tuple[int, dict[bytes, bytes], bytes]:
-        _, reader, writer = await laned(lane)
+        _, reader, writer = await laned(lane, first)
         request = post("/lane", b"in two pieces")
         writer.write(request[:-6])
         await writer.drain()
@@ -359,11 +388,11 @@ def test_a_body_that_comes_after_its_head_goes_to_the_application_whole() -> Non
     assert lane.bodies == []
 
 
-def test_pipelined_requests_are_answered_in_order_behind_a_lane_answer_that_waits() -> None:
+def test_pipelined_requests_are_answered_in_order_behind_a_lane_answer_that_waits(first: type[Any]) -> None:
     lane = Spy(hold=True)
 
     async def scenario() -> list[bytes]:
-        _, reader, writer = await laned(lane)
+        _, reader, writer = await laned(lane, first)
         writer.write(post("/lane", b"first") + post("/elsewhere", b"second") + post("/lane", b"third"))
         await asyncio.sleep(0.1)  # the application could answer the second by now: it must wait its turn
         lane.release()
@@ -376,11 +405,15 @@ def test_pipelined_requests_are_answered_in_order_behind_a_lane_answer_that_wait
 
 
 @pytest.mark.parametrize(
-    ("extra", "version"), [((b"connection: close",), b"1.1"), ((), b"1.0")], ids=["connection-close", "http-1.0"]
+    ("extra", "version"),
+    [((b"connection: close",), b"1.1"), ((), b"1.0")],
+    ids=["connection-close", "http-1.0"],
 )
-def test_a_lane_answer_that_ends_its_connection_says_so_and_closes(extra: tuple[bytes, ...], version: bytes) -> None:
+def test_a_lane_answer_that_ends_its_connection_says_so_and_closes(
+    extra: tuple[bytes, ...], version: bytes, first: type[Any]
+) -> None:
     async def scenario() -> tuple[dict[bytes, bytes], bytes]:
-        _, reader, writer = await laned(Spy())
+        _, reader, writer = await laned(Spy(), first)
         writer.write(post("/lane", b"bye", *extra, version=version))
         _, headers, _ = await read_answer(reader)
         rest = await asyncio.wait_for(reader.read(), 5)  # EOF: the server closed it
@@ -391,11 +424,11 @@ def test_a_lane_answer_that_ends_its_connection_says_so_and_closes(extra: tuple[
     assert headers[b"connection"] == b"close" and rest == b""
 
 
-def test_shutdown_lets_a_waiting_lane_answer_out_then_closes() -> None:
+def test_shutdown_lets_a_waiting_lane_answer_out_then_closes(first: type[Any]) -> None:
     lane = Spy(hold=True)
 
     async def scenario() -> tuple[int, dict[bytes, bytes], bytes, bytes]:
-        protocol, reader, writer = await laned(lane)
+        protocol, reader, writer = await laned(lane, first)
         writer.write(post("/lane", b"durable"))
         await asyncio.sleep(0.05)
         protocol.shutdown()  # what uvicorn's server does to each connection on SIGTERM
@@ -409,18 +442,18 @@ def test_shutdown_lets_a_waiting_lane_answer_out_then_closes() -> None:
     assert (status, body, headers[b"connection"], rest) == (200, b"durable", b"close", b"")
 
 
-def test_a_lane_that_fails_answers_500_with_a_reason_and_keeps_the_connection() -> None:
+def test_a_lane_that_fails_answers_500_with_a_reason_and_keeps_the_connection(first: type[Any]) -> None:
     async def scenario() -> list[tuple[int, dict[bytes, bytes], bytes]]:
-        _, reader, writer = await laned(Spy(fail=True))
+        _, reader, writer = await laned(Spy(fail=True), first)
         writer.write(post("/lane", b"x"))
-        first = await read_answer(reader)
+        failed = await read_answer(reader)
         writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
         second = await read_answer(reader)
         writer.close()
-        return [first, second]
+        return [failed, second]
 
-    first, second = asyncio.run(scenario())
-    assert first[0] == 500 and json.loads(first[2])["error"] == "internal_error"
+    failed, second = asyncio.run(scenario())
+    assert failed[0] == 500 and json.loads(failed[2])["error"] == "internal_error"
     assert second[0] == 200
 
 
@@ -434,7 +467,9 @@ def test_a_stalled_head_after_a_kept_alive_request_is_cut_off_its_own_timeout_af
     async def scenario() -> tuple[bytes, float]:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        await loop.connect_accepted_socket(lambda: GuardedHttpToolsProtocol(config, ServerState(), {}, loop), ours)
+        await loop.connect_accepted_socket(
+            lambda: GuardedHttpToolsProtocol(config, ServerState(), {}, loop), ours
+        )
         reader, writer = await asyncio.open_connection(sock=theirs)
         await asyncio.sleep(timeout * 0.25)
         writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
@@ -451,7 +486,9 @@ def test_a_stalled_head_after_a_kept_alive_request_is_cut_off_its_own_timeout_af
     assert timeout * 0.9 <= waited <= timeout + 0.3, waited
 
 
-def test_a_client_that_pipelines_without_reading_is_held_back_on_the_lane_as_on_the_asgi_path() -> None:
+def test_a_client_that_pipelines_without_reading_is_held_back_on_the_lane_as_on_the_asgi_path(
+    first: type[Any],
+) -> None:
     """uvicorn's ASGI cycle waits for the write buffer to drain before it answers, and a request
     pipelined behind it pauses reading: a client that sends and never reads holds a bounded
     buffer. The lane must not answer past a full write buffer either."""
@@ -465,7 +502,9 @@ def test_a_client_that_pipelines_without_reading_is_held_back_on_the_lane_as_on_
     async def loud_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         while (await receive()).get("more_body"):
             pass
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(big))]})
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(big))]}
+        )
         await send({"type": "http.response.body", "body": big})
 
     async def scenario(lane: bool) -> int:
@@ -473,8 +512,8 @@ def test_a_client_that_pipelines_without_reading_is_held_back_on_the_lane_as_on_
         config.load()
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        protocol = GuardedHttpToolsProtocol(config, ServerState(), {uvicorn_adapter.LANE: Loud()} if lane else {}, loop)
-        await loop.connect_accepted_socket(lambda: protocol, ours)
+        protocol = first(config, ServerState(), {uvicorn_adapter.LANE: Loud()} if lane else {}, loop)
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, ours)
         reader, writer = await asyncio.open_connection(sock=theirs)
         for n in range(200):
             writer.write(post("/lane", b"%d" % n))
@@ -482,7 +521,7 @@ def test_a_client_that_pipelines_without_reading_is_held_back_on_the_lane_as_on_
                 await writer.drain()
                 await asyncio.sleep(0.02)
         await asyncio.sleep(0.3)  # the client reads nothing meanwhile
-        buffered = protocol.transport.get_write_buffer_size()
+        buffered = transport.get_write_buffer_size()
         for _ in range(200):  # then everything, in order
             assert (await read_answer(reader))[2] == big
         writer.close()
@@ -494,12 +533,12 @@ def test_a_client_that_pipelines_without_reading_is_held_back_on_the_lane_as_on_
     assert laned_ < 1 << 20, laned_
 
 
-def test_requests_pipelined_in_one_read_do_not_count_towards_the_next_requests_head() -> None:
+def test_requests_pipelined_in_one_read_do_not_count_towards_the_next_requests_head(first: type[Any]) -> None:
     """MAX_HEAD_BYTES bounds one request's head: the whole requests that came in the same read
     before it are not part of it."""
 
     async def scenario() -> list[tuple[int, dict[bytes, bytes], bytes]]:
-        _, reader, writer = await laned(Spy())
+        _, reader, writer = await laned(Spy(), first)
         n = 1000  # about 60 KiB of whole requests, then the start of one more
         writer.write(b"".join(post("/lane", b"%05d" % i) for i in range(n)) + b"POST /lane HTTP/1.1\r\nHo")
         answers = [await read_answer(reader) for _ in range(n)]

@@ -119,7 +119,13 @@ class _Call:
     )  # fmt: skip
 
     def __init__(
-        self, trusted: tuple[netaddr.IPNetwork, ...], state: Any, scope: Scope, token: str, endpoint: str, kind: Kind
+        self,
+        trusted: tuple[netaddr.IPNetwork, ...],
+        state: Any,
+        scope: Scope,
+        token: str,
+        endpoint: str,
+        kind: Kind,
     ) -> None:
         self.start = time.perf_counter()
         self.received_at = time.time()
@@ -143,7 +149,9 @@ class _Call:
 
     async def run(self, receive: Receive, send: Send) -> None:
         """Look the application up and check it before reading the body, then :meth:`proceed`."""
-        answered: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] = asyncio.get_running_loop().create_future()
+        answered: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] = (
+            asyncio.get_running_loop().create_future()
+        )
 
         def respond(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
             if not answered.done():  # the first answer is the answer
@@ -151,7 +159,9 @@ class _Call:
 
         self.respond = respond
         state = self.state
-        app = state.registry.known(self.token, state.pool) or await state.registry.lookup(self.token, state.pool)
+        app = state.registry.known(self.token, state.pool) or await state.registry.lookup(
+            self.token, state.pool
+        )
         limit = state.settings.max_body_bytes
         refusal = self.admit(app) or ingest.check_declared_size(self.content_length, limit)
         if refusal is not None or app is None:
@@ -187,7 +197,9 @@ class _Call:
         except TimeoutError:
             detail = {"seconds": timeout, "received_bytes": size}
             return ingest.Refusal(408, "request_timeout", detail, body=b"".join(chunks))
-        if message["type"] != "http.request":  # the client left: nobody gets the answer, the quarantine keeps what came
+        if (
+            message["type"] != "http.request"
+        ):  # the client left: nobody gets the answer, the quarantine keeps what came
             return ingest.Refusal(400, "incomplete_body", {"received_bytes": size}, body=b"".join(chunks))
         if size > limit:
             return ingest.too_large(limit, b"".join(chunks), size)
@@ -253,15 +265,13 @@ class _Call:
         try:
             # A client that reuses its connection sends its next request only after this
             # answer: others that could share this flush are waiting for it, not coming.
-            durable = self.state.journal.append_nowait(outcome.payload, wait_for_company=not self.scope.get(KEPT_ALIVE))
+            self.state.journal.append_then(
+                outcome.payload,
+                partial(self.answered, outcome),
+                wait_for_company=not self.scope.get(KEPT_ALIVE),
+            )
         except JournalUnavailable as error:
             self.answered(outcome, error)
-            return
-        durable.add_done_callback(partial(self.flushed, outcome))
-
-    def flushed(self, outcome: ingest.Accepted, durable: asyncio.Future[None]) -> None:
-        error = JournalUnavailable("cancelled") if durable.cancelled() else durable.exception()
-        self.answered(outcome, error)
 
     def answered(self, outcome: ingest.Accepted, error: BaseException | None) -> None:
         if error is not None:
@@ -283,7 +293,9 @@ class _Call:
         elif fresh.push_key_pairs and (refusal_again := self.verify(fresh, body)) is not None:
             self.refuse(fresh, refusal_again)
         else:
-            self.begin(fresh, body, verified=True)  # signed by a new key, or verification turned off meanwhile
+            self.begin(
+                fresh, body, verified=True
+            )  # signed by a new key, or verification turned off meanwhile
 
     def later(self, step: Coroutine[Any, Any, None]) -> None:
         """Go on in a task (the rare case that waits for the database)."""
@@ -298,7 +310,9 @@ class _Call:
             self.failed(error)
 
     def failed(self, error: BaseException) -> None:
-        log.error("callback.failed", error=type(error).__name__, request_id=self.request_id.decode(), exc_info=error)
+        log.error(
+            "callback.failed", error=type(error).__name__, request_id=self.request_id.decode(), exc_info=error
+        )
         self.answer(500, "internal_error", "the request failed; nothing was acknowledged")
 
     def address(self) -> netaddr.IPAddress | None:
@@ -333,7 +347,9 @@ class _Call:
     def answer(self, status: int, error: str, detail: object) -> None:
         self.notes["error"] = error
         body = orjson.dumps({"error": error, "detail": detail})
-        self.respond(status, [(b"content-length", b"%d" % len(body)), _JSON, (b"x-request-id", self.request_id)], body)
+        self.respond(
+            status, [(b"content-length", b"%d" % len(body)), _JSON, (b"x-request-id", self.request_id)], body
+        )
         self.observe(status)
 
     def observe(self, code: int) -> None:

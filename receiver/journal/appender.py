@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -43,8 +44,10 @@ import structlog
 from . import frames, syncer
 from .segments import CURSOR_FILE, SPARE, SUFFIX, JournalDir, Segment, fsync_dir, read_cursor
 
-# A flush on its way: the loop to report back to, the frames, the futures that wait for them.
-_Flush = tuple[asyncio.AbstractEventLoop, bytes, list[asyncio.Future[None]]]
+# Told once a record is durable (None) or will not be (the error): on the event loop, at once.
+Settle = Callable[[BaseException | None], None]
+# A flush on its way: the loop to report back to, the frames, who waits for them.
+_Flush = tuple[asyncio.AbstractEventLoop, bytes, list[Settle]]
 
 Sync = Literal["process", "thread", "loop", "auto"]
 
@@ -149,7 +152,7 @@ class Journal:
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._inflight = 0  # bytes of the flush being written: neither buffered nor durable yet
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[Settle] = []
         self._flushing = False  # a flush is on its way to disk; the next waits in _buffer
         self._closed = False
         self._flushed = asyncio.Event()
@@ -198,6 +201,15 @@ class Journal:
         ``wait_for_company=False``: whoever could share this record's flush is most likely
         waiting for it already (a request on a kept-alive connection: its client sends the next
         one only after this answer), so its flush starts at once, with whatever is buffered."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.append_then(payload, partial(_settle, future), wait_for_company=wait_for_company)
+        return future
+
+    def append_then(self, payload: bytes, settled: Settle, *, wait_for_company: bool = True) -> None:
+        """Queue a record; ``settled(None)`` once it is durable, ``settled(error)`` if it cannot
+        be, called on the event loop as soon as the flush is done (no future, no turn of the
+        loop in between: the callbacks' answers go out in the same turn as the flush's news).
+        Raises :class:`JournalUnavailable` at once when the record cannot be taken."""
         if self._closed:
             raise JournalUnavailable("the journal is closed")
         frame = frames.encode(payload)
@@ -206,10 +218,9 @@ class Journal:
             if self.queued_bytes + len(frame) > self.max_bytes:
                 raise JournalFull(f"journal backlog reached its bound of {self.max_bytes} bytes")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
         self._buffer.append(frame)
         self._buffered += len(frame)
-        self._waiters.append(future)
+        self._waiters.append(settled)
         if self.group_window:
             now = time.monotonic()
             self._gap += (min(now - self._last_append, _GAP_CAP) - self._gap) * _GAP_WEIGHT
@@ -226,7 +237,6 @@ class Journal:
             self._flushing = True
             self._flushed.clear()
             loop.call_soon(self._hand_over_or_wait, loop)  # with whatever else this turn of the loop appends
-        return future
 
     async def append(self, payload: bytes) -> None:
         await self.append_nowait(payload)
@@ -278,21 +288,21 @@ class Journal:
         self._inflight = 0
         self._last_flush = time.monotonic()
         try:
+            failure: JournalUnavailable | None = None
             if segment is None:
                 reason = error.strerror if isinstance(error, OSError) and error.strerror else error
                 self.last_error = f"{type(error).__name__}: {reason}"
                 failure = JournalUnavailable(self.last_error)
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_exception(failure)
-                        waiter.exception()  # mark retrieved: nobody may be awaiting a quarantine record
             else:
                 self.last_error = None
                 segment.durable += len(data)
                 self.appended_bytes += len(data)
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
+            for settled in waiters:
+                try:
+                    settled(failure)
+                except Exception:  # a defect of one waiter: the others are still told
+                    log.exception("journal.waiter_failed")
+            if failure is None:
                 self.on_durable()
         finally:
             if self._buffer:  # what came during this flush
@@ -309,7 +319,9 @@ class Journal:
         now = time.monotonic()
         self._syncer_deaths = [at for at in self._syncer_deaths if now - at < SYNCER_DEATHS_WINDOW]
         if len(self._syncer_deaths) >= SYNCER_DEATHS:
-            return self._no_syncer(f"{len(self._syncer_deaths)} syncers died within {SYNCER_DEATHS_WINDOW:g} s")
+            return self._no_syncer(
+                f"{len(self._syncer_deaths)} syncers died within {SYNCER_DEATHS_WINDOW:g} s"
+            )
         ours = theirs = None
         try:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -563,3 +575,13 @@ class Journal:
             self._cursor_fd = -1
         if self.dir is not None:
             self.dir.release()  # the writer deletes the folder once everything in it is stored
+
+
+def _settle(future: asyncio.Future[None], failure: BaseException | None) -> None:
+    if future.done():
+        return
+    if failure is None:
+        future.set_result(None)
+    else:
+        future.set_exception(failure)
+        future.exception()  # mark retrieved: nobody may be awaiting a quarantine record
