@@ -35,7 +35,10 @@ those. Four things it does not offer need uvicorn's internals, and they live her
    headers (``ServerState.default_headers``: the date). While the lane answers, a stand-in for
    uvicorn's cycle (:class:`_LaneCycle`) is the protocol's ``cycle``, so uvicorn's own code
    queues a pipelined request behind it, tells it when the client is gone, and asks it to close
-   at shutdown.
+   at shutdown. The connections of ``receiver serve`` start on
+   :class:`receiver.callback_protocol.CallbackProtocol`, which answers a callback that comes
+   whole in one read through the same lane, with less than this protocol, and hands the
+   connection to this protocol at the first read that is anything else.
 4. **Ending open event streams at shutdown** (:func:`server_exit_flag`). uvicorn waits for open
    responses before it shuts the application down, and an event stream never ends by itself;
    the application never sees the :class:`uvicorn.Server` (a spawned worker builds its own). The
@@ -167,6 +170,8 @@ INTERNALS: tuple[tuple[type, str, str, tuple[str, ...]], ...] = (
     (RequestResponseCycle, "message_event", "attribute", ()),
     (RequestResponseCycle, "keep_alive", "attribute", ()),
     (ServerState, "default_headers", "attribute", ()),
+    (ServerState, "connections", "attribute", ()),  # and total_requests: the callback protocol keeps them
+    (ServerState, "total_requests", "attribute", ()),
     (Multiprocess, "__init__", "method", ("config", "sockets")),
     (Multiprocess, "handle_signals", "method", ()),
     (Multiprocess, "handle_hup", "method", ()),

@@ -77,7 +77,7 @@ def empty_db_url(pg_server_url: str) -> Iterator[str]:
 def harness(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Harness]:
     """The application in-process on a database of its own, with one application and one API key.
     Parametrized indirectly with ``True`` (:data:`BOTH_PATHS`), its callbacks go over a socket to
-    uvicorn's protocol and the direct lane instead of Starlette's test client."""
+    the callback protocol and the lane instead of Starlette's test client."""
     with serving(db_url, tmp_path, lane=getattr(request, "param", False)) as h:
         yield h
 

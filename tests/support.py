@@ -80,7 +80,7 @@ class Harness:
         headers = {"Authorization": f"Bearer {self.api_key}", **kwargs.pop("headers", {})}
         return self.client.request(method, path, headers=headers, **kwargs)
 
-    lane: LaneServer | None = None  # set: callbacks go over a socket to uvicorn's protocol, the direct lane's way
+    lane: LaneServer | None = None  # set: callbacks go over a socket to the callback protocol and its lane
 
     def post(
         self, endpoint: str, body: str | bytes, content_type: str = FORM, token: str | None = None
@@ -384,15 +384,18 @@ class OwnPostgres:
 
 
 class LaneServer:
-    """The in-process application behind uvicorn's protocol (the receiver's, with its direct lane)
-    on a loopback port, in the application's own event loop: what ``receiver serve`` runs, but
-    for the TestClient's portal. Every callback it is sent whole must be claimed by the lane."""
+    """The in-process application behind the protocol a connection of ``receiver serve`` starts
+    with (:class:`receiver.callback_protocol.CallbackProtocol`, which hands anything but a whole
+    callback to uvicorn's) on a loopback port, in the application's own event loop: what
+    ``receiver serve`` runs, but for the TestClient's portal. Every callback it is sent whole
+    must be claimed by the lane."""
 
     def __init__(self, client: TestClient) -> None:
         import uvicorn
         from uvicorn.server import ServerState
 
-        from receiver.uvicorn_adapter import LANE, GuardedHttpToolsProtocol, configure
+        from receiver.callback_protocol import CallbackProtocol
+        from receiver.uvicorn_adapter import LANE, configure
 
         self.client = client
         self.answered = 0  # requests the lane finished (claimed and not handed back)
@@ -411,7 +414,7 @@ class LaneServer:
         async def start() -> asyncio.Server:
             loop = asyncio.get_running_loop()
             state = ServerState()
-            return await loop.create_server(lambda: GuardedHttpToolsProtocol(config, state, client.app_state, loop),
+            return await loop.create_server(lambda: CallbackProtocol(config, state, client.app_state, loop),
                                             "127.0.0.1", 0)  # fmt: skip
 
         assert client.portal is not None
@@ -457,7 +460,7 @@ class _Counted:
 @contextlib.contextmanager
 def serving(db_url: str, data_dir: Path, **settings: object) -> Iterator[Harness]:
     """The app in-process on ``db_url`` with one application and one API key, and the settings
-    given; ``lane=True``: the harness posts its callbacks through the direct lane."""
+    given; ``lane=True``: the harness posts its callbacks over a socket, through the lane."""
     lane = bool(settings.pop("lane", False))
     from receiver import apikeys, applications
     from receiver.config import Settings
