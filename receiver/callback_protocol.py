@@ -99,7 +99,7 @@ class CallbackProtocol(asyncio.Protocol):
         _sweep(self.loop, self.config).idle.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server_state.connections.discard(self)  # type: ignore[arg-type]
+        self.server_state.connections.discard(self)
         _sweep(self.loop, self.config).forget(self)
         self.waiting = None  # its answer has nobody to go to
         self.parser = None
@@ -160,7 +160,7 @@ class CallbackProtocol(asyncio.Protocol):
 
     def _hand_over(self, data: bytes) -> None:
         """From now on uvicorn's protocol serves this connection, starting with ``data``."""
-        self.server_state.connections.discard(self)  # type: ignore[arg-type]
+        self.server_state.connections.discard(self)
         _sweep(self.loop, self.config).forget(self)
         self.parser = None
         protocol = GuardedHttpToolsProtocol(self.config, self.server_state, self.app_state, self.loop)

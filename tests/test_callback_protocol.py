@@ -47,7 +47,7 @@ async def connected(
         lambda: CallbackProtocol(config, state, {uvicorn_adapter.LANE: lane}, loop), ours
     )
     reader, writer = await asyncio.open_connection(sock=theirs)
-    return transport, state, reader, writer  # type: ignore[return-value]
+    return transport, state, reader, writer
 
 
 def test_callbacks_are_answered_on_it_and_the_first_other_request_moves_the_connection_to_uvicorns() -> None:
