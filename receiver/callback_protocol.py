@@ -83,6 +83,7 @@ class CallbackProtocol(asyncio.Protocol):
         self.closing = False  # shutdown: the answer awaited is the last
         self.write_paused = False  # the transport's write buffer is over its high-water mark
         self.since = 0.0  # when the connection became idle (loop time)
+        self.addresses: tuple[str, Any, Any] | None = None  # scheme, client, server: asked once
         # The request being parsed.
         self.begun = self.complete = 0
         self.url = b""
@@ -135,13 +136,18 @@ class CallbackProtocol(asyncio.Protocol):
             self._hand_over(data)
             return
         root_path = self.config.root_path
+        if self.addresses is None:  # once a connection: uvloop asks the socket each time (system calls)
+            transport = self.transport
+            self.addresses = (
+                "https" if transport.get_extra_info("sslcontext") else "http",
+                _client(transport), _address(transport.get_extra_info("sockname")),
+            )  # fmt: skip
+        scheme, client, server = self.addresses
         scope: dict[str, Any] = {
-            "type": "http", "asgi": _ASGI, "http_version": version, "method": "POST",
-            "scheme": "https" if self.transport.get_extra_info("sslcontext") else "http",
+            "type": "http", "asgi": _ASGI, "http_version": version, "method": "POST", "scheme": scheme,
             "path": root_path + (urllib.parse.unquote(path) if "%" in path else path),
             "raw_path": root_path.encode("ascii") + raw_path, "query_string": url.query or b"",
-            "root_path": root_path, "headers": self.headers,
-            "client": _client(self.transport), "server": _address(self.transport.get_extra_info("sockname")),
+            "root_path": root_path, "headers": self.headers, "client": client, "server": server,
             KEPT_ALIVE: self.served,
         }  # fmt: skip
         request = lane.claim(scope)

@@ -187,9 +187,10 @@ def _families() -> list[str]:
 def test_a_connections_addresses_in_the_scope_are_uvicorns(
     family: str, loop_factory: str, tmp_path: Path
 ) -> None:
-    """The protocol reads a connection's addresses from the transport, not from a socket object
-    as uvicorn does: the scope's client, server and scheme stay what uvicorn's protocol gives
-    (``tls``: IPv4 through the TLS transport of each loop)."""
+    """The receiver's protocols read a connection's addresses from the transport, not from a
+    socket object as uvicorn does: the scope's client, server and scheme stay what uvicorn's
+    protocol gives, the lane's on the callback protocol too (``tls``: IPv4 through the TLS
+    transport of each loop)."""
     server_tls = client_tls = None
     if family == "tls":
         server_tls = tls.server_context(*tls.self_signed(tmp_path))
@@ -212,8 +213,18 @@ def test_a_connections_addresses_in_the_scope_are_uvicorns(
         config.load()
         loop = asyncio.get_running_loop()
 
+        class Recorder:
+            """The callback protocol gives its scope to a lane: this one keeps it and answers ok."""
+
+            def claim(self, scope: dict[str, Any]) -> Recorder:
+                scopes[kind] = scope
+                return self
+
+            def finish(self, body: bytes, respond: Any) -> None:
+                respond(200, [(b"content-length", b"2")], b"ok")
+
         def factory() -> Any:
-            return kind(config, ServerState(), {}, loop)
+            return kind(config, ServerState(), {uvicorn_adapter.LANE: Recorder()}, loop)
 
         if family == "unix":
             path = str(tmp_path / f"{kind.__name__}.sock")
@@ -225,7 +236,10 @@ def test_a_connections_addresses_in_the_scope_are_uvicorns(
             port = server.sockets[0].getsockname()[1]
             reader, writer = await asyncio.open_connection(host, port, ssl=client_tls)
         ends[kind] = (writer.get_extra_info("sockname"), writer.get_extra_info("peername"))
-        writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        if kind is CallbackProtocol:  # answered on it, through the lane
+            writer.write(post("/lane", b"x"))
+        else:
+            writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
         assert (await reader.readuntil(b"ok")).startswith(b"HTTP/1.1 200 OK")
         writer.close()
         server.close()
@@ -234,6 +248,7 @@ def test_a_connections_addresses_in_the_scope_are_uvicorns(
     async def both() -> None:
         await served(HttpToolsProtocol)
         await served(GuardedHttpToolsProtocol)
+        await served(CallbackProtocol)
 
     if loop_factory == "uvloop":
         import uvloop
@@ -261,6 +276,7 @@ def test_a_connections_addresses_in_the_scope_are_uvicorns(
         return named(scope["client"]), named(scope["server"]), scope["scheme"]
 
     assert seen(GuardedHttpToolsProtocol) == seen(HttpToolsProtocol)
+    assert seen(CallbackProtocol) == seen(HttpToolsProtocol)
     expected = (
         (None, ("socket path", None)) if family == "unix" else ((ANY, "client port"), (ANY, "server port"))
     )
