@@ -3,19 +3,20 @@ the writer's Python and of PostgreSQL, in-process, no network.
 
     .venv/bin/python -m bench stages [--requests 20000] [--concurrency 32] [--batches 20] [--repeat 3]
 
-Acknowledgement (a worker's side, per request): request bytes handed to the receiver's uvicorn
-protocol (:class:`receiver.uvicorn_adapter.GuardedHttpToolsProtocol`) on in-memory
-connections, ``--concurrency`` kept-alive connections at a time on uvloop: parsed by
-httptools, claimed by the callbacks' direct lane (:class:`receiver.http.callbacks.Lane`, as the
-worker's lifespan hands it to uvicorn), against a real journal (group commit, synced as the
+Acknowledgement (a worker's side, per request): request bytes handed to the protocol a
+connection of ``receiver serve`` starts with (:class:`receiver.callback_protocol.CallbackProtocol`)
+on in-memory connections, ``--concurrency`` kept-alive connections at a time on uvloop: parsed
+by httptools, claimed by the callbacks' lane (:class:`receiver.http.callbacks.Lane`, as the
+worker's lifespan hands it over), against a real journal (group commit, synced as the
 service syncs it: by its syncer process by default) in a temporary folder, an in-memory
 application registry, a quarantine, the JSON log lines written to a file and the metrics in
 multiprocess mode, as under ``receiver serve``. Then each piece alone: the application
 look-up, ``ingest.accept`` (and within it the protocol parse and ``records.accepted``),
 ``journal.append`` under the same concurrency, the log line, the metrics updates; what is
 left of the whole is the HTTP parsing, the header scan, the request id and the answer.
-Beside it, the plain Starlette handler (``await request.form()``, answer 200) through the
-same protocol (its ASGI cycle and task, as uvicorn runs every application). Both again with a
+Beside it, the plain Starlette handler (``await request.form()``, answer 200) through
+uvicorn's protocol as the receiver configures it (its ASGI cycle and task, as uvicorn runs
+every application). Both again with a
 new connection per request, as the platform sends its callbacks: a protocol built, connected,
 given the request with ``connection: close`` and disconnected for each one.
 
@@ -348,7 +349,7 @@ class Stages:
         if set(answers) != {200}:
             raise RuntimeError(f"the receiver answered {answers}, not only 200")
         self.add(
-            section, "ack", "whole acknowledgement: uvicorn's protocol and the callbacks' lane, journal, log line, metrics",
+            section, "ack", "whole acknowledgement: the callback protocol and the lane, journal, log line, metrics",
             whole, f"{c} concurrent; {per_flush:.1f} records per fdatasync",
         )  # fmt: skip
         answers.clear()
@@ -458,7 +459,7 @@ class Stages:
         )
         harness = self.async_cpu(served(nothing, {}), n, c, lambda: None)
         self.add(
-            section, "harness", "the protocol alone, an ASGI application answering 200 (in the plain handler's figure)",
+            section, "harness", "uvicorn's protocol alone, an ASGI application answering 200 (in the plain handler's figure)",
             harness, "the in-memory connection and its request bytes are in every figure here",
         )  # fmt: skip
         self.add(section, "body", "making each request's body (in every figure here)", self.sync_cpu(body, n))
@@ -467,7 +468,7 @@ class Stages:
         if answers != {200: n // c * c * a.repeat}:
             raise RuntimeError(f"the plain handler answered {answers}")
         self.add(
-            section, "plain", "**plain Starlette handler** (`await request.form()`, 200), through the same protocol", plain
+            section, "plain", "**plain Starlette handler** (`await request.form()`, 200), through uvicorn's protocol", plain
         )
         self.add(section, "ratio", "acknowledgement / plain handler", None, f"{whole / plain:.2f}")
         answers.clear()
