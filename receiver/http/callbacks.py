@@ -2,9 +2,10 @@
 
 This is the hot path (a campaign brings millions of these in minutes). A callback whose body
 comes whole with its head, in one read of the socket (the platform's are a few hundred bytes),
-is answered on uvicorn's protocol itself (:class:`Lane`, see :mod:`receiver.uvicorn_adapter`):
-no ASGI task, scope copy or ``Request``/``Response`` objects, one pass over the headers, the
-answer written as bytes. Any other (a body in pieces, chunked, after ``Expect: 100-continue``)
+is answered by :class:`Lane` on the protocol itself: the one a connection starts with
+(:mod:`receiver.callback_protocol`), or uvicorn's (:mod:`receiver.uvicorn_adapter`) once the
+connection was handed to it: no ASGI task, scope copy or ``Request``/``Response`` objects, one
+pass over the headers, the answer written as bytes. Any other (a body in pieces, chunked, after ``Expect: 100-continue``)
 goes the ASGI way, through :class:`Callbacks`, a raw ASGI callable in front of Starlette's
 router. Both run the same :class:`_Call`, which does only what makes the event durable and the
 answer right: find the application in memory, check the source, read the bounded body, check
@@ -72,8 +73,9 @@ class Callbacks:
 
 
 class Lane:
-    """The same endpoints on uvicorn's protocol directly (:data:`receiver.uvicorn_adapter.LANE`):
-    a callback whose body comes whole with its head is answered without an ASGI task. It claims
+    """The same endpoints on the HTTP protocol directly (:data:`receiver.uvicorn_adapter.LANE`,
+    read by the callback protocol and by uvicorn's): a callback whose body comes whole with its
+    head is answered without an ASGI task. It claims
     what the ASGI path would answer the same way from the body alone; a body of undeclared
     length (chunked) or above the limit is left to the ASGI path, which reads it within bounds."""
 
@@ -119,13 +121,7 @@ class _Call:
     )  # fmt: skip
 
     def __init__(
-        self,
-        trusted: tuple[netaddr.IPNetwork, ...],
-        state: Any,
-        scope: Scope,
-        token: str,
-        endpoint: str,
-        kind: Kind,
+        self, trusted: tuple[netaddr.IPNetwork, ...], state: Any, scope: Scope, token: str, endpoint: str, kind: Kind
     ) -> None:
         self.start = time.perf_counter()
         self.received_at = time.time()
@@ -149,9 +145,7 @@ class _Call:
 
     async def run(self, receive: Receive, send: Send) -> None:
         """Look the application up and check it before reading the body, then :meth:`proceed`."""
-        answered: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] = (
-            asyncio.get_running_loop().create_future()
-        )
+        answered: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] = asyncio.get_running_loop().create_future()
 
         def respond(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
             if not answered.done():  # the first answer is the answer
@@ -159,9 +153,7 @@ class _Call:
 
         self.respond = respond
         state = self.state
-        app = state.registry.known(self.token, state.pool) or await state.registry.lookup(
-            self.token, state.pool
-        )
+        app = state.registry.known(self.token, state.pool) or await state.registry.lookup(self.token, state.pool)
         limit = state.settings.max_body_bytes
         refusal = self.admit(app) or ingest.check_declared_size(self.content_length, limit)
         if refusal is not None or app is None:
@@ -197,9 +189,7 @@ class _Call:
         except TimeoutError:
             detail = {"seconds": timeout, "received_bytes": size}
             return ingest.Refusal(408, "request_timeout", detail, body=b"".join(chunks))
-        if (
-            message["type"] != "http.request"
-        ):  # the client left: nobody gets the answer, the quarantine keeps what came
+        if message["type"] != "http.request":  # the client left: nobody gets the answer, the quarantine keeps what came
             return ingest.Refusal(400, "incomplete_body", {"received_bytes": size}, body=b"".join(chunks))
         if size > limit:
             return ingest.too_large(limit, b"".join(chunks), size)
@@ -266,9 +256,7 @@ class _Call:
             # A client that reuses its connection sends its next request only after this
             # answer: others that could share this flush are waiting for it, not coming.
             self.state.journal.append_then(
-                outcome.payload,
-                partial(self.answered, outcome),
-                wait_for_company=not self.scope.get(KEPT_ALIVE),
+                outcome.payload, partial(self.answered, outcome), wait_for_company=not self.scope.get(KEPT_ALIVE)
             )
         except JournalUnavailable as error:
             self.answered(outcome, error)
@@ -293,9 +281,7 @@ class _Call:
         elif fresh.push_key_pairs and (refusal_again := self.verify(fresh, body)) is not None:
             self.refuse(fresh, refusal_again)
         else:
-            self.begin(
-                fresh, body, verified=True
-            )  # signed by a new key, or verification turned off meanwhile
+            self.begin(fresh, body, verified=True)  # signed by a new key, or verification turned off meanwhile
 
     def later(self, step: Coroutine[Any, Any, None]) -> None:
         """Go on in a task (the rare case that waits for the database)."""
@@ -310,9 +296,7 @@ class _Call:
             self.failed(error)
 
     def failed(self, error: BaseException) -> None:
-        log.error(
-            "callback.failed", error=type(error).__name__, request_id=self.request_id.decode(), exc_info=error
-        )
+        log.error("callback.failed", error=type(error).__name__, request_id=self.request_id.decode(), exc_info=error)
         self.answer(500, "internal_error", "the request failed; nothing was acknowledged")
 
     def address(self) -> netaddr.IPAddress | None:
@@ -347,9 +331,7 @@ class _Call:
     def answer(self, status: int, error: str, detail: object) -> None:
         self.notes["error"] = error
         body = orjson.dumps({"error": error, "detail": detail})
-        self.respond(
-            status, [(b"content-length", b"%d" % len(body)), _JSON, (b"x-request-id", self.request_id)], body
-        )
+        self.respond(status, [(b"content-length", b"%d" % len(body)), _JSON, (b"x-request-id", self.request_id)], body)
         self.observe(status)
 
     def observe(self, code: int) -> None:

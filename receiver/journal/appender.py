@@ -319,9 +319,7 @@ class Journal:
         now = time.monotonic()
         self._syncer_deaths = [at for at in self._syncer_deaths if now - at < SYNCER_DEATHS_WINDOW]
         if len(self._syncer_deaths) >= SYNCER_DEATHS:
-            return self._no_syncer(
-                f"{len(self._syncer_deaths)} syncers died within {SYNCER_DEATHS_WINDOW:g} s"
-            )
+            return self._no_syncer(f"{len(self._syncer_deaths)} syncers died within {SYNCER_DEATHS_WINDOW:g} s")
         ours = theirs = None
         try:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
