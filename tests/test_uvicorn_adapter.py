@@ -83,9 +83,7 @@ def live() -> dict[type, object]:
     }
 
 
-@pytest.mark.parametrize(
-    ("owner", "name", "kind", "params"), INTERNALS, ids=[f"{o.__name__}.{n}" for o, n, *_ in INTERNALS]
-)
+@pytest.mark.parametrize(("owner", "name", "kind", "params"), INTERNALS, ids=[f"{o.__name__}.{n}" for o, n, *_ in INTERNALS])
 def test_each_internal_is_there_as_the_adapter_expects(
     live: dict[type, object], owner: type, name: str, kind: str, params: tuple[str, ...]
 ) -> None:
@@ -157,9 +155,7 @@ def test_each_request_says_how_many_came_before_it_on_its_connection() -> None:
     async def connection(requests: int) -> None:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        await loop.connect_accepted_socket(
-            lambda: GuardedHttpToolsProtocol(config, ServerState(), {}, loop), ours
-        )
+        await loop.connect_accepted_socket(lambda: GuardedHttpToolsProtocol(config, ServerState(), {}, loop), ours)
         reader, writer = await asyncio.open_connection(sock=theirs)
         for _ in range(requests):
             writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
@@ -184,9 +180,7 @@ def _families() -> list[str]:
 
 @pytest.mark.parametrize("loop_factory", ["uvloop", "asyncio"])
 @pytest.mark.parametrize("family", _families())
-def test_a_connections_addresses_in_the_scope_are_uvicorns(
-    family: str, loop_factory: str, tmp_path: Path
-) -> None:
+def test_a_connections_addresses_in_the_scope_are_uvicorns(family: str, loop_factory: str, tmp_path: Path) -> None:
     """The receiver's protocols read a connection's addresses from the transport, not from a
     socket object as uvicorn does: the scope's client, server and scheme stay what uvicorn's
     protocol gives, the lane's on the callback protocol too (``tls``: IPv4 through the TLS
@@ -207,9 +201,7 @@ def test_a_connections_addresses_in_the_scope_are_uvicorns(
         return app
 
     async def served(kind: type) -> None:
-        config = configure(
-            uvicorn.Config(app_for(kind), lifespan="off", log_level="warning"), client_timeout=3.0
-        )
+        config = configure(uvicorn.Config(app_for(kind), lifespan="off", log_level="warning"), client_timeout=3.0)
         config.load()
         loop = asyncio.get_running_loop()
 
@@ -260,11 +252,7 @@ def test_a_connections_addresses_in_the_scope_are_uvicorns(
     def seen(kind: type) -> tuple[Any, ...]:
         """The scope's addresses, each port that is the client's or the server's named so."""
         scope, (client, server) = scopes[kind], ends[kind]
-        names = (
-            {server: "socket path"}
-            if family == "unix"
-            else {client[1]: "client port", server[1]: "server port"}
-        )
+        names = {server: "socket path"} if family == "unix" else {client[1]: "client port", server[1]: "server port"}
 
         def named(address: Any) -> Any:
             if address is None:
@@ -277,9 +265,7 @@ def test_a_connections_addresses_in_the_scope_are_uvicorns(
 
     assert seen(GuardedHttpToolsProtocol) == seen(HttpToolsProtocol)
     assert seen(CallbackProtocol) == seen(HttpToolsProtocol)
-    expected = (
-        (None, ("socket path", None)) if family == "unix" else ((ANY, "client port"), (ANY, "server port"))
-    )
+    expected = (None, ("socket path", None)) if family == "unix" else ((ANY, "client port"), (ANY, "server port"))
     assert seen(HttpToolsProtocol) == (*expected, "https" if family == "tls" else "http")
 
 
@@ -321,9 +307,7 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if not message.get("more_body"):
             break
     answer = b"asgi:" + body
-    await send(
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(answer))]}
-    )
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(answer))]})
     await send({"type": "http.response.body", "body": answer})
 
 
@@ -364,9 +348,7 @@ async def laned(lane: Spy, first: type[Any]) -> tuple[Any, asyncio.StreamReader,
     return protocol, reader, writer
 
 
-def test_a_callback_whose_body_comes_with_its_head_is_answered_by_the_lane_on_a_kept_alive_connection(
-    first: type[Any],
-) -> None:
+def test_a_callback_whose_body_comes_with_its_head_is_answered_by_the_lane_on_a_kept_alive_connection(first: type[Any]) -> None:
     lane = Spy()
 
     async def scenario() -> list[tuple[int, dict[bytes, bytes], bytes]]:
@@ -421,13 +403,9 @@ def test_pipelined_requests_are_answered_in_order_behind_a_lane_answer_that_wait
 
 
 @pytest.mark.parametrize(
-    ("extra", "version"),
-    [((b"connection: close",), b"1.1"), ((), b"1.0")],
-    ids=["connection-close", "http-1.0"],
+    ("extra", "version"), [((b"connection: close",), b"1.1"), ((), b"1.0")], ids=["connection-close", "http-1.0"]
 )
-def test_a_lane_answer_that_ends_its_connection_says_so_and_closes(
-    extra: tuple[bytes, ...], version: bytes, first: type[Any]
-) -> None:
+def test_a_lane_answer_that_ends_its_connection_says_so_and_closes(extra: tuple[bytes, ...], version: bytes, first: type[Any]) -> None:
     async def scenario() -> tuple[dict[bytes, bytes], bytes]:
         _, reader, writer = await laned(Spy(), first)
         writer.write(post("/lane", b"bye", *extra, version=version))
@@ -483,9 +461,7 @@ def test_a_stalled_head_after_a_kept_alive_request_is_cut_off_its_own_timeout_af
     async def scenario() -> tuple[bytes, float]:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        await loop.connect_accepted_socket(
-            lambda: GuardedHttpToolsProtocol(config, ServerState(), {}, loop), ours
-        )
+        await loop.connect_accepted_socket(lambda: GuardedHttpToolsProtocol(config, ServerState(), {}, loop), ours)
         reader, writer = await asyncio.open_connection(sock=theirs)
         await asyncio.sleep(timeout * 0.25)
         writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
@@ -502,9 +478,7 @@ def test_a_stalled_head_after_a_kept_alive_request_is_cut_off_its_own_timeout_af
     assert timeout * 0.9 <= waited <= timeout + 0.3, waited
 
 
-def test_a_client_that_pipelines_without_reading_is_held_back_on_the_lane_as_on_the_asgi_path(
-    first: type[Any],
-) -> None:
+def test_a_client_that_pipelines_without_reading_is_held_back_on_the_lane_as_on_the_asgi_path(first: type[Any]) -> None:
     """uvicorn's ASGI cycle waits for the write buffer to drain before it answers, and a request
     pipelined behind it pauses reading: a client that sends and never reads holds a bounded
     buffer. The lane must not answer past a full write buffer either."""
@@ -518,9 +492,7 @@ def test_a_client_that_pipelines_without_reading_is_held_back_on_the_lane_as_on_
     async def loud_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         while (await receive()).get("more_body"):
             pass
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(big))]}
-        )
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(big))]})
         await send({"type": "http.response.body", "body": big})
 
     async def scenario(lane: bool) -> int:
