@@ -234,6 +234,8 @@ class CallbackProtocol(asyncio.Protocol):
             parts.append(b"connection: close\r\n")
         parts += (b"\r\n", body)
         transport.write(b"".join(parts))
+        if transport.is_closing():  # the write found the client gone: what it sent after is nobody's
+            return
         sweep = _sweep(self.loop, self.config)
         if transport.get_write_buffer_size():
             sweep.unread[self] = self.loop.time()

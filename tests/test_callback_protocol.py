@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from typing import Any
 
 import uvicorn
@@ -114,6 +115,34 @@ def test_a_client_gone_before_its_answer_is_not_written_to() -> None:
         return len(state.connections), transport.is_closing()
 
     assert asyncio.run(scenario()) == (0, True)
+
+
+def test_a_request_held_behind_an_answer_is_dropped_when_the_client_resets_the_connection() -> None:
+    """Reading is paused while an answer is awaited, so a reset is seen only when the answer is
+    written: the request that came after is then nobody's (uvicorn's protocol drops it too)."""
+    lane = Spy(hold=True)
+
+    async def scenario() -> list[bytes]:
+        config = configure(uvicorn.Config(echo_app, lifespan="off", log_level="critical"), client_timeout=3.0)
+        config.load()
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: CallbackProtocol(config, ServerState(), {uvicorn_adapter.LANE: lane}, loop), "127.0.0.1", 0
+        )
+        sock = socket.create_connection(("127.0.0.1", server.sockets[0].getsockname()[1]))
+        sock.sendall(post("/lane", b"first"))
+        await asyncio.sleep(0.1)
+        sock.sendall(post("/lane", b"second"))  # held: the first still waits
+        await asyncio.sleep(0.1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset
+        await asyncio.sleep(0.1)
+        lane.release()
+        await asyncio.sleep(0.2)
+        server.close()
+        return lane.bodies
+
+    assert asyncio.run(scenario()) == [b"first"]
 
 
 def test_a_connection_that_sends_nothing_is_closed_after_the_client_timeout() -> None:
