@@ -784,6 +784,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Until a command configures its logging from the settings (some never do), structlog prints
+    # to standard output by default: a line logged on the way (new day partitions made by a
+    # command that migrates) would land in the command's output, `--json` included.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     try:
         return int(args.handler(args))
     except migrate.BrokenInstallation as error:  # one line, never a traceback or a half-started service

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from support import cli, fetch, run, service_env
+from support import admin, cli, fetch, run, service_env
+
+from receiver import partitions
 
 
 def test_migrate_twice_changes_nothing(empty_db_url: str, tmp_path: Path) -> None:
@@ -29,6 +32,17 @@ def test_two_migrations_at_once_apply_each_version_once(empty_db_url: str, tmp_p
     assert sum(not out.startswith("applied 0") for out in outputs) == 1
     rows = run(fetch(empty_db_url, "SELECT version, count(*) AS n FROM schema_migrations GROUP BY version"))
     assert rows and all(r["n"] == 1 for r in rows)
+
+
+def test_a_commands_output_holds_no_log_line_when_it_makes_the_days_partitions(db_url: str, tmp_path: Path) -> None:
+    """A command that migrates also makes the days ahead that are missing (after midnight, on a
+    database made the day before): that log line goes to standard error, not into ``--json``."""
+    import json
+
+    run(admin(db_url, "DROP TABLE " + partitions.name("events", datetime.now(UTC).date() + timedelta(days=3))))
+    done = cli("app", "create", "shop", "--json", env=service_env(tmp_path, db_url))
+    assert json.loads(done.stdout)["name"] == "shop"
+    assert "partitions.created" in done.stderr
 
 
 def test_app_create_prints_token_and_three_urls(db_url: str, tmp_path: Path) -> None:
