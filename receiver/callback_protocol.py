@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import urllib.parse
+from functools import partial
 from typing import Any
 
 import httptools
@@ -40,13 +41,13 @@ from uvicorn.server import ServerState
 from . import metrics
 from .uvicorn_adapter import (
     _INTERNAL,
-    _STATUS_LINES,
     KEPT_ALIVE,
     LANE,
     GuardedHttpToolsProtocol,
     Lane,
     LaneRequest,
     _address,
+    answer,
 )
 
 __all__ = ["CallbackProtocol"]
@@ -73,6 +74,7 @@ class CallbackProtocol(asyncio.Protocol):
         self.app_state = app_state
         self.loop = _loop or asyncio.get_event_loop()
         self.lane: Lane | None = app_state.get(LANE)
+        self.sweep = _sweep(self.loop, config)  # the worker's deadlines
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
         self.parser: httptools.HttpRequestParser | None = None
         self.served = 0  # requests answered on this connection
@@ -97,11 +99,11 @@ class CallbackProtocol(asyncio.Protocol):
         self.transport = transport
         self.server_state.connections.add(self)  # type: ignore[arg-type]  # uvicorn calls shutdown() on it
         self.since = self.loop.time()
-        _sweep(self.loop, self.config).idle.add(self)
+        self.sweep.idle.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server_state.connections.discard(self)
-        _sweep(self.loop, self.config).forget(self)
+        self.sweep.forget(self)
         self.waiting = None  # its answer has nobody to go to
         self.parser = None
 
@@ -157,9 +159,9 @@ class CallbackProtocol(asyncio.Protocol):
         body = b"".join(self.body)
         self.body = []
         self.waiting = request
-        _sweep(self.loop, self.config).idle.discard(self)
+        self.sweep.idle.discard(self)
         try:
-            request.finish(body, self._respond_to(request))
+            request.finish(body, partial(self._respond, request))
         except Exception:  # a defect: nothing was acknowledged
             log.exception("lane.failed")
             self._respond(request, 500, _INTERNAL_HEADERS, _INTERNAL)
@@ -167,7 +169,7 @@ class CallbackProtocol(asyncio.Protocol):
     def _hand_over(self, data: bytes) -> None:
         """From now on uvicorn's protocol serves this connection, starting with ``data``."""
         self.server_state.connections.discard(self)
-        _sweep(self.loop, self.config).forget(self)
+        self.sweep.forget(self)
         self.parser = None
         protocol = GuardedHttpToolsProtocol(self.config, self.server_state, self.app_state, self.loop)
         protocol._served = self.served
@@ -210,9 +212,6 @@ class CallbackProtocol(asyncio.Protocol):
 
     # --- the answer ------------------------------------------------------------------------------
 
-    def _respond_to(self, request: LaneRequest) -> Any:
-        return lambda status, headers, body: self._respond(request, status, headers, body)
-
     def _respond(
         self, request: LaneRequest, status: int, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> None:
@@ -225,18 +224,10 @@ class CallbackProtocol(asyncio.Protocol):
         if transport.is_closing():
             return
         keep_alive = self.keep_alive and not self.closing
-        parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
-        for name, value in self.server_state.default_headers:
-            parts += (name, b": ", value, b"\r\n")
-        for name, value in headers:
-            parts += (name, b": ", value, b"\r\n")
-        if not keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts += (b"\r\n", body)
-        transport.write(b"".join(parts))
+        transport.write(answer(status, self.server_state.default_headers, headers, body, keep_alive))
         if transport.is_closing():  # the write found the client gone: what it sent after is nobody's
             return
-        sweep = _sweep(self.loop, self.config)
+        sweep = self.sweep
         if transport.get_write_buffer_size():
             sweep.unread[self] = self.loop.time()
         if not keep_alive:

@@ -349,15 +349,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         cycle.response_complete = True
         if cycle.disconnected or self.transport.is_closing():
             return  # nobody to answer
-        parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
-        for name, value in self.server_state.default_headers:
-            parts += (name, b": ", value, b"\r\n")
-        for name, value in headers:
-            parts += (name, b": ", value, b"\r\n")
-        if not cycle.keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts += (b"\r\n", body)
-        self.transport.write(b"".join(parts))
+        self.transport.write(answer(status, self.server_state.default_headers, headers, body, cycle.keep_alive))
         if not cycle.keep_alive:
             self.transport.close()
         self.on_response_complete()
@@ -477,6 +469,23 @@ def _address(info: object) -> tuple[str, int | None] | None:
 
 
 _STATUS_LINES = {int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode()) for s in http.HTTPStatus}
+
+
+def answer(
+    status: int, default_headers: list[tuple[bytes, bytes]], headers: list[tuple[bytes, bytes]], body: bytes,
+    keep_alive: bool,
+) -> bytes:  # fmt: skip
+    """A lane's answer as bytes: the status line, the server's default headers, the lane's, and
+    ``connection: close`` when the connection ends with it."""
+    parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
+    for name, value in default_headers:
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts += (b"\r\n", body)
+    return b"".join(parts)
 _INTERNAL = b'{"error":"internal_error","detail":"the request failed; nothing was acknowledged"}'
 
 
