@@ -59,17 +59,22 @@ class BatchedWriter:
         self._lines: collections.deque[bytes] = collections.deque()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._running = False  # this process's thread is started (a forked child starts its own)
+        os.register_at_fork(after_in_child=self._forked)
 
     def msg(self, message: bytes) -> None:
         self._lines.append(message + b"\n")  # deque.append is thread-safe: no lock on this path
-        if self._pid != os.getpid():  # first line, or a forked child: its own thread
+        if not self._running:  # the first line of this process
             self._start()
 
     debug = info = warning = warn = error = err = critical = fatal = exception = failure = log = msg
 
+    def _forked(self) -> None:
+        self._running = False
+        self._thread = None
+
     def _start(self) -> None:
-        self._pid = os.getpid()
+        self._running = True
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
         atexit.register(self.flush)
