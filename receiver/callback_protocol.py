@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import urllib.parse
 from functools import partial
 from typing import Any
@@ -224,6 +225,8 @@ class CallbackProtocol(asyncio.Protocol):
         if transport.is_closing():
             return
         keep_alive = self.keep_alive and not self.closing
+        if not keep_alive and self.addresses is not None and self.addresses[0] == "http" and self.addresses[1]:
+            _cork(transport)  # the answer leaves with the connection's FIN, in one segment
         transport.write(answer(status, self.server_state.default_headers, headers, body, keep_alive))
         if transport.is_closing():  # the write found the client gone: what it sent after is nobody's
             return
@@ -307,6 +310,23 @@ def _sweep(loop: asyncio.AbstractEventLoop, config: uvicorn.Config) -> _Sweep:
         _current[0].handle.cancel()  # a loop before it (tests): its sweep ends
     _current[:] = [_Sweep(loop, config)]
     return _current[0]
+
+
+def _cork(transport: asyncio.BaseTransport) -> None:
+    """Hold what is written next until the connection closes (``TCP_CORK``), so that the last
+    answer of a connection and its FIN reach the client as one segment: one packet fewer each
+    way for a platform that opens a connection per callback (the kernel's work for each, on
+    both ends, is a large part of what such a callback costs). Plain TCP only: over TLS the
+    close waits for the client's ``close_notify``, which it could not send before it had the
+    answer; and the close follows the write at once, or the kernel would hold the answer for
+    up to 200 ms."""
+    if _TCP_CORK is None:  # not Linux: the answer goes as it is written
+        return
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
+
+
+_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
 
 
 def _client(transport: asyncio.BaseTransport) -> tuple[str, int | None] | None:

@@ -9,7 +9,9 @@ import socket
 import struct
 from typing import Any
 
+import pytest
 import uvicorn
+import uvloop
 from test_uvicorn_adapter import Spy, echo_app, post, read_answer
 from uvicorn.server import ServerState
 
@@ -205,3 +207,49 @@ def test_an_answer_left_unread_is_cut_off_after_the_client_timeout() -> None:
         return open_at_first, cut
 
     assert asyncio.run(scenario()) == (True, True)
+
+
+def _segments_in(sock: socket.socket) -> int:
+    """Segments this socket has received (``tcpi_segs_in`` of Linux's ``struct tcp_info``)."""
+    return int(struct.unpack_from("I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256), 140)[0])
+
+
+@pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_the_last_answer_of_a_connection_reaches_the_client_with_its_fin(loop_factory: Any) -> None:
+    """A platform that opens a connection per callback gets the answer and the connection's end
+    in one segment: after the request's acknowledgement, one segment, not two (each costs both
+    ends the kernel's work for a packet)."""
+    config = configure(uvicorn.Config(echo_app, lifespan="off", log_level="warning"), client_timeout=3.0)
+    config.load()
+    state = ServerState()
+    state.default_headers = []
+
+    def client(port: int) -> list[tuple[bytes, int]]:
+        seen = []
+        for i in range(5):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                before = _segments_in(sock)
+                sock.sendall(post("/lane", b"report %d" % i, b"connection: close"))
+                data = b""
+                while chunk := sock.recv(4096):
+                    data += chunk
+                seen.append((data.rpartition(b"\r\n\r\n")[2], _segments_in(sock) - before))
+        return seen
+
+    async def scenario() -> list[tuple[bytes, int]]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: CallbackProtocol(config, state, {uvicorn_adapter.LANE: Spy()}, loop),
+                                          "127.0.0.1", 0)  # fmt: skip
+        try:
+            return await asyncio.to_thread(client, server.sockets[0].getsockname()[1])
+        finally:
+            server.close()
+
+    loop = loop_factory()
+    try:
+        seen = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert [body for body, _ in seen] == [b"report %d" % i for i in range(5)]
+    # Linux acknowledges the first data of a connection at once: that ACK, then answer and FIN.
+    assert [segments for _, segments in seen] == [2] * 5
