@@ -1133,7 +1133,8 @@ def test_uplink_round_trip(
 
 # --- the form decoder reads bodies as parse_qsl does ---------------------------------------------
 
-_FORM_PIECES = st.sampled_from(["a", "b", "=", "&", "+", "%2B", "%3D", "%26", "%e4%bd%a0", "%ff", "%", "%4", "é", "\x00", " ", "x=y"])
+_FORM_PIECES = st.sampled_from(["a", "b", "=", "&", "+", "%2B", "%3D", "%26", "%e4%bd%a0", "%ff", "%", "%4", "é", "\x00", " ", "x=y",
+                                "%3a", "%3A", "%7f", "%7F", "%80", "%00", "%aB", "%c3%A9", "%2b", "%25", "%g1"])
 
 
 @given(st.lists(_FORM_PIECES, max_size=30).map("".join))
