@@ -37,7 +37,6 @@ async def announce(settings: Settings, *, tls: bool) -> None:
                     print(f"  {name}: {key:<24} {url}", flush=True)
     finally:
         await conn.close()
-    print(f"Listening on {base}", flush=True)
 
 
 def uvicorn_config(
@@ -79,12 +78,17 @@ def run(settings: Settings, *, tls_cert: str | None = None, tls_key: str | None 
     writer = writer_process.Supervisor(Settings())
     writer.start()
     try:
+        # Listening before the line that says so: a client that connects at once (a script that
+        # waits for the line) waits in the backlog until a worker has started, not refused.
+        sock = config.bind_socket()
+        sock.listen(config.backlog)
+        print(f"Listening on {settings.base_url(tls=tls_cert is not None)}", flush=True)
         if config.workers > 1:
-            uvicorn_adapter.Supervisor(config, sockets=[config.bind_socket()]).run()
+            uvicorn_adapter.Supervisor(config, sockets=[sock]).run()
         else:
             if not tls_cert:
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nothing to reload
-            server.run()
+            server.run(sockets=[sock])
     except KeyboardInterrupt:
         pass
     finally:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -311,3 +314,26 @@ def test_the_writer_run_by_hand_drains_until_sigterm(db_url: str, data_dir: Path
     finally:
         if writer.poll() is None:
             writer.kill()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_request_sent_as_listening_is_printed_is_answered(db_url: str, data_dir: Path, workers: int) -> None:
+    """A script that starts the service and sends once it says it is listening is not refused:
+    the port is listening before the line is printed (the request waits for a worker)."""
+    data_dir.mkdir(parents=True)
+    env = service_env(data_dir, db_url)
+    service = Service(env, workers=workers)
+    log = service.log
+    service.output = open(log, "a")  # noqa: SIM115
+    service.proc = subprocess.Popen(
+        [sys.executable, "-m", "receiver", "serve", "--port", str(service.port), "--workers", str(workers)],
+        env=env, stdout=service.output, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: "Listening on http://" in log.read_text(), timeout=60), log.read_text()
+        conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
+        conn.request("GET", "/healthz")  # at once: refused if the port were not listening yet
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        service.stop()
