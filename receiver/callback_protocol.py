@@ -225,9 +225,13 @@ class CallbackProtocol(asyncio.Protocol):
         if transport.is_closing():
             return
         keep_alive = self.keep_alive and not self.closing
-        if not keep_alive and self.addresses is not None and self.addresses[0] == "http" and self.addresses[1]:
-            _cork(transport)  # the answer leaves with the connection's FIN, in one segment
-        transport.write(answer(status, self.server_state.default_headers, headers, body, keep_alive))
+        data = answer(status, self.server_state.default_headers, headers, body, keep_alive)
+        if not keep_alive and not self.held and self.addresses is not None and self.addresses[0] == "http" and self.addresses[1]:
+            # The answer leaves with the connection's FIN, in one segment. Not when the client
+            # sent more after its request: the close of a socket with unread bytes is a reset,
+            # which would take a corked answer with it (an answer already sent gets there first).
+            _cork(transport)
+        transport.write(data)
         if transport.is_closing():  # the write found the client gone: what it sent after is nobody's
             return
         sweep = self.sweep

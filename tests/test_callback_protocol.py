@@ -5,8 +5,10 @@ a failing lane, clients that do not read) is tested on both in test_uvicorn_adap
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
+import time
 from typing import Any
 
 import pytest
@@ -253,3 +255,46 @@ def test_the_last_answer_of_a_connection_reaches_the_client_with_its_fin(loop_fa
     assert [body for body, _ in seen] == [b"report %d" % i for i in range(5)]
     # Linux acknowledges the first data of a connection at once: that ACK, then answer and FIN.
     assert [segments for _, segments in seen] == [2] * 5
+
+
+@pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_a_client_that_sends_more_after_its_last_request_still_gets_the_answer(loop_factory: Any) -> None:
+    """Bytes sent after a ``Connection: close`` request, while its answer waits for the flush, are
+    left unread; the close is then a reset, and an answer held back for the FIN would go with
+    it. Such an answer goes out as it is written."""
+    config = configure(uvicorn.Config(echo_app, lifespan="off", log_level="warning"), client_timeout=3.0)
+    config.load()
+    state = ServerState()
+    state.default_headers = []
+    lane = Spy(hold=True)
+
+    def client(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(post("/lane", b"report", b"connection: close"))
+            for _ in range(2):  # two reads: one the protocol holds, one the kernel keeps
+                time.sleep(0.1)
+                sock.sendall(b"\r\n")
+            data = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(4096):
+                    data += chunk
+            return data
+
+    async def scenario() -> bytes:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: CallbackProtocol(config, state, {uvicorn_adapter.LANE: lane}, loop),
+                                          "127.0.0.1", 0)  # fmt: skip
+        try:
+            answer = asyncio.ensure_future(asyncio.to_thread(client, server.sockets[0].getsockname()[1]))
+            await asyncio.sleep(0.5)
+            lane.release()
+            return await answer
+        finally:
+            server.close()
+
+    loop = loop_factory()
+    try:
+        data = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"\r\n\r\nreport")
