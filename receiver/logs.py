@@ -70,8 +70,12 @@ class BatchedWriter:
     debug = info = warning = warn = error = err = critical = fatal = exception = failure = log = msg
 
     def _forked(self) -> None:
+        # The parent's thread is not here: its lock may have been held at the fork, and the
+        # lines it had not written yet are its own to write.
         self._running = False
         self._thread = None
+        self._lock = threading.Lock()
+        self._lines = collections.deque()
 
     def _start(self) -> None:
         self._running = True

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
+import signal
 import time
 from pathlib import Path
 
@@ -49,3 +52,36 @@ def test_a_forked_child_writes_its_lines_with_a_thread_of_its_own(tmp_path: Path
         assert out.read_bytes() == b"parent\nchild\n"
     finally:
         os.close(fd)
+
+
+def test_a_fork_while_the_writer_is_blocked_leaves_the_child_free_to_write(tmp_path: Path) -> None:
+    """The parent's thread may be inside a write that blocks (a full pipe) when the process
+    forks: the child must not inherit its lock held, nor the lines the parent still owes."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:  # fill the pipe: the writer thread's next write blocks, its lock held
+            os.write(write_end, b"." * 4096)
+    os.set_blocking(write_end, True)
+    writer = BatchedWriter(write_end, interval=0.01)
+    writer.msg(b"parent")
+    time.sleep(0.2)
+    pid = os.fork()
+    if pid == 0:  # the child: a line, and the flush its exit runs (atexit)
+        writer.msg(b"child")
+        writer.flush()
+        os._exit(0)
+    data, exited = b"", False
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not exited:
+        if select.select([read_end], [], [], 0.05)[0]:
+            data += os.read(read_end, 1 << 16)
+        exited = os.waitpid(pid, os.WNOHANG)[0] != 0
+    if not exited:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    while select.select([read_end], [], [], 0.2)[0] and (chunk := os.read(read_end, 1 << 16)):
+        data += chunk
+    os.close(read_end)
+    assert exited, "the child hung at exit"
+    assert data.replace(b".", b"").split() == [b"parent", b"child"]  # each line once
