@@ -301,7 +301,10 @@ def test_metrics_add_up_over_workers_and_survive_a_killed_one(db_url: str, tmp_p
         def total(text: str) -> float:
             return value(text, "receiver_http_requests_total", endpoint=STATUS_REPORT, code="200")
 
-        writer = json.loads((data / "journal" / "writer.json").read_text())["pid"]
+        status_file = data / "journal" / "writer.json"  # written once the writer process is under way
+        assert wait_for(status_file.exists, timeout=30)
+        writer = json.loads(status_file.read_text())["pid"]
+        assert wait_for(lambda: writer in {int(p.stem.rsplit("_", 1)[1]) for p in folder.glob("gauge_livesum_*.db")})
         processes = {int(p.stem.rsplit("_", 1)[1]) for p in folder.glob("gauge_livesum_*.db")}
         assert writer in processes, "the writer process's metrics are added up too"
         workers = processes - {writer}
