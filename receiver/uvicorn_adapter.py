@@ -486,6 +486,8 @@ def answer(
         parts.append(b"connection: close\r\n")
     parts += (b"\r\n", body)
     return b"".join(parts)
+
+
 _INTERNAL = b'{"error":"internal_error","detail":"the request failed; nothing was acknowledged"}'
 
 

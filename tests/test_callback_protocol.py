@@ -9,7 +9,8 @@ import contextlib
 import socket
 import struct
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pytest
 import uvicorn
@@ -216,15 +217,45 @@ def _segments_in(sock: socket.socket) -> int:
     return int(struct.unpack_from("I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256), 140)[0])
 
 
+T = TypeVar("T")
+
+
+def _over_tcp(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop], lane: Spy, client: Callable[[int], T], *,
+    release_after: float | None = None,
+) -> T:  # fmt: skip
+    """``client(port)``, in a thread, against the callback protocol listening on TCP on a loop
+    of ``loop_factory``; a held ``lane`` is released ``release_after`` seconds in."""
+    config = configure(uvicorn.Config(echo_app, lifespan="off", log_level="warning"), client_timeout=3.0)
+    config.load()
+    state = ServerState()
+    state.default_headers = []
+
+    async def scenario() -> T:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: CallbackProtocol(config, state, {uvicorn_adapter.LANE: lane}, loop),
+                                          "127.0.0.1", 0)  # fmt: skip
+        try:
+            result = asyncio.ensure_future(asyncio.to_thread(client, server.sockets[0].getsockname()[1]))
+            if release_after is not None:
+                await asyncio.sleep(release_after)
+                lane.release()
+            return await result
+        finally:
+            server.close()
+
+    loop = loop_factory()
+    try:
+        return loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
 @pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
 def test_the_last_answer_of_a_connection_reaches_the_client_with_its_fin(loop_factory: Any) -> None:
     """A platform that opens a connection per callback gets the answer and the connection's end
     in one segment: after the request's acknowledgement, one segment, not two (each costs both
     ends the kernel's work for a packet)."""
-    config = configure(uvicorn.Config(echo_app, lifespan="off", log_level="warning"), client_timeout=3.0)
-    config.load()
-    state = ServerState()
-    state.default_headers = []
 
     def client(port: int) -> list[tuple[bytes, int]]:
         seen = []
@@ -238,20 +269,7 @@ def test_the_last_answer_of_a_connection_reaches_the_client_with_its_fin(loop_fa
                 seen.append((data.rpartition(b"\r\n\r\n")[2], _segments_in(sock) - before))
         return seen
 
-    async def scenario() -> list[tuple[bytes, int]]:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: CallbackProtocol(config, state, {uvicorn_adapter.LANE: Spy()}, loop),
-                                          "127.0.0.1", 0)  # fmt: skip
-        try:
-            return await asyncio.to_thread(client, server.sockets[0].getsockname()[1])
-        finally:
-            server.close()
-
-    loop = loop_factory()
-    try:
-        seen = loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    seen = _over_tcp(loop_factory, Spy(), client)
     assert [body for body, _ in seen] == [b"report %d" % i for i in range(5)]
     # Linux acknowledges the first data of a connection at once: that ACK, then answer and FIN.
     assert [segments for _, segments in seen] == [2] * 5
@@ -262,11 +280,6 @@ def test_a_client_that_sends_more_after_its_last_request_still_gets_the_answer(l
     """Bytes sent after a ``Connection: close`` request, while its answer waits for the flush, are
     left unread; the close is then a reset, and an answer held back for the FIN would go with
     it. Such an answer goes out as it is written."""
-    config = configure(uvicorn.Config(echo_app, lifespan="off", log_level="warning"), client_timeout=3.0)
-    config.load()
-    state = ServerState()
-    state.default_headers = []
-    lane = Spy(hold=True)
 
     def client(port: int) -> bytes:
         with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -280,21 +293,5 @@ def test_a_client_that_sends_more_after_its_last_request_still_gets_the_answer(l
                     data += chunk
             return data
 
-    async def scenario() -> bytes:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: CallbackProtocol(config, state, {uvicorn_adapter.LANE: lane}, loop),
-                                          "127.0.0.1", 0)  # fmt: skip
-        try:
-            answer = asyncio.ensure_future(asyncio.to_thread(client, server.sockets[0].getsockname()[1]))
-            await asyncio.sleep(0.5)
-            lane.release()
-            return await answer
-        finally:
-            server.close()
-
-    loop = loop_factory()
-    try:
-        data = loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    data = _over_tcp(loop_factory, Spy(hold=True), client, release_after=0.5)
     assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"\r\n\r\nreport")

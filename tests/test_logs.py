@@ -9,16 +9,13 @@ import signal
 import time
 from pathlib import Path
 
+from support import wait_for
+
 from receiver.logs import BatchedWriter
 
 
-def _wait_for(path: Path, text: bytes, timeout: float = 5.0) -> bytes:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        data = path.read_bytes()
-        if text in data:
-            return data
-        time.sleep(0.01)
+def _wait_for(path: Path, text: bytes) -> bytes:
+    wait_for(lambda: text in path.read_bytes(), timeout=5, interval=0.01)
     return path.read_bytes()
 
 
