@@ -1,8 +1,14 @@
-"""Processes by pid."""
+"""Processes by pid, and a worker's place among them."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def alive(pid: int) -> bool:
@@ -15,4 +21,29 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    return True
+
+
+def own_session(parent: int) -> bool:
+    """Move this process (a worker its supervisor spawned) into a session of its own, bound to
+    ``parent``'s life; False where it cannot (not Linux, or already a group leader).
+
+    Under Linux's autogroups (``kernel.sched_autogroup_enabled``) a session is a scheduling
+    group, and the scheduler shares a CPU between groups before it looks at the processes in
+    them: workers that share their supervisor's session share one group's weight between them,
+    against the whole weight of each PostgreSQL backend (each in a session of its own). Out of
+    the supervisor's session, no terminal's Ctrl-C and no signal to its process group reaches
+    this process any more, so it asks the kernel for SIGTERM (a graceful stop: what it
+    acknowledged is in its journal) when the supervisor dies, however it dies."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        os.setsid()
+    except OSError:
+        return False
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # it died before the request above: nobody would tell us
+        os.kill(os.getpid(), signal.SIGTERM)
     return True

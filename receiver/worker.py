@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import multiprocessing
 from dataclasses import dataclass
 
 import asyncpg
 import structlog
 
-from . import metrics, partitions, writer_process
+from . import metrics, partitions, procs, writer_process
 from .apikeys import KeyCache
 from .applications import Registry
 from .blacklist import numbers as blacklist_numbers
@@ -46,6 +47,9 @@ class Worker:
 
     @classmethod
     async def start(cls, settings: Settings) -> Worker:
+        supervisor = multiprocessing.parent_process()
+        if supervisor is not None and supervisor.pid is not None:  # a worker of `receiver serve --workers N`
+            procs.own_session(supervisor.pid)
         dsn = settings.database_url
         if not dsn:
             raise RuntimeError("RECEIVER_DATABASE_URL is not set: start the service with `receiver serve`")

@@ -191,6 +191,23 @@ def service_env(data_dir: Path, database_url: str | None, **extra: str) -> dict[
     return env
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (its children, theirs, ...), read from /proc now."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 class Service:
     """``receiver serve`` as a child process in its own process group.
 
@@ -271,8 +288,12 @@ class Service:
         return self.request("POST", path, body.encode(), "application/x-www-form-urlencoded")
 
     def kill9(self) -> None:
+        """SIGKILL to every process of the service at once: the main one, the writer, the
+        workers (each in a session of its own) and their syncers."""
         assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
+        for pid in [*descendants(self.proc.pid), self.proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
         self.output.close()
 
@@ -289,6 +310,9 @@ class Service:
         if self.proc is not None and self.proc.poll() is None:
             self.terminate()
         if self.proc is not None:
+            for pid in descendants(self.proc.pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):

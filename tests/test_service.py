@@ -18,6 +18,7 @@ from support import (
     OwnPostgres,
     Service,
     create_app_token,
+    descendants,
     fetch,
     run,
     service_env,
@@ -98,6 +99,12 @@ def test_the_writer_is_a_process_of_its_own_at_a_lower_priority(db_url: str, dat
         assert pid is not None and pid != service.proc.pid  # type: ignore[union-attr]
         assert os.getpriority(os.PRIO_PROCESS, pid) == 19  # the lowest priority there is
         assert os.sched_getscheduler(pid) == os.SCHED_IDLE  # and only on CPU time the workers leave
+        # Under autogroups a class and a niceness rank a process only within its session's
+        # scheduling group: the writer has one of its own, at the lowest priority; the main
+        # process's stays as it was.
+        assert os.getsid(pid) == pid
+        assert Path(f"/proc/{pid}/autogroup").read_text().split()[-2:] == ["nice", "19"]
+        assert Path(f"/proc/{service.proc.pid}/autogroup").read_text().split()[-2:] == ["nice", "0"]  # type: ignore[union-attr]
         ready = json.loads(service.get("/readyz")[1])
         assert ready["writer"] == {"running": True, "error": None}
         # Its PostgreSQL backend (local, ours to renice) runs at its priority too.
@@ -106,6 +113,54 @@ def test_the_writer_is_a_process_of_its_own_at_a_lower_priority(db_url: str, dat
         [backend] = [r["pid"] for r in run(fetch(db_url, sql))]
         assert os.getpriority(os.PRIO_PROCESS, backend) == os.getpriority(os.PRIO_PROCESS, pid)
         assert os.sched_getscheduler(backend) == os.SCHED_IDLE
+        # PostgreSQL runs each backend in a session of its own: under autogroups a scheduling
+        # group of its own, which weighs as much as all the workers unless it is lowered too.
+        assert Path(f"/proc/{backend}/autogroup").read_text().split()[-2:] == ["nice", "19"]
+    finally:
+        service.stop()
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's parent may be slow to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def workers_of(service: Service) -> list[int]:
+    """The HTTP workers: the processes uvicorn's supervisor spawned."""
+    return [
+        pid for pid in descendants(service.proc.pid)  # type: ignore[union-attr]
+        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
+def test_workers_run_in_scheduling_groups_of_their_own_and_end_with_the_main_process(
+    db_url: str, data_dir: Path
+) -> None:
+    env = service_env(data_dir, db_url)
+    token = create_app_token(env)["token"]
+    service = Service(env, workers=2).start()
+    try:
+        ids = [f"g-{i}" for i in range(20)]
+        for sms_msg_id in ids:
+            assert service.post_form(f"/callbacks/{token}/status-report", f"smsMsgId={sms_msg_id}&status=DELIVRD")[0] == 200
+        assert wait_for(lambda: len(workers_of(service)) == 2, timeout=30)
+        workers = workers_of(service)
+        main = service.proc.pid  # type: ignore[union-attr]
+        # Each worker leads a session of its own, once started: under autogroups, a scheduling
+        # group of its own (not one shared by both, weighed like a single PostgreSQL backend).
+        assert wait_for(lambda: [os.getsid(pid) for pid in workers] == workers, timeout=30)
+        groups = {Path(f"/proc/{pid}/autogroup").read_text().split()[0] for pid in [main, *workers]}
+        assert len(groups) == 3
+        # No process group reaches them now: when the main process dies, they stop too, and
+        # leave the port to the next start.
+        os.kill(main, signal.SIGKILL)
+        service.proc.wait(timeout=10)  # type: ignore[union-attr]
+        assert wait_for(lambda: not any(running(pid) for pid in workers), timeout=30), "workers outlived the main process"
+        service.start()
+        assert wait_for(lambda: set(ids) <= stored_ids(db_url), timeout=60), "acknowledged events are missing"
     finally:
         service.stop()
 
