@@ -81,9 +81,24 @@ def connector(dsn: str, nice: int = 0, sched_idle: bool = False) -> Connect:
 
 def _lower_backend(pid: int, nice: int, sched_idle: bool) -> None:
     """Lower a local backend's priority to ours; nothing when the pid is not a PostgreSQL
-    process of this machine."""
+    process of this machine. With ``sched_idle`` its scheduling group goes to the lowest
+    priority too: PostgreSQL starts each backend in a session of its own, which under Linux's
+    autogroups is a group of its own, weighed against the workers as a whole; its class and
+    niceness rank it only inside that group (docs/performance.md, "Latency at half the
+    maximum")."""
     if _is_postgres(pid):
         lower_priority(pid, nice, sched_idle)
+        if sched_idle:
+            lower_autogroup(pid)
+
+
+def lower_autogroup(pid: int) -> None:
+    """Put the autogroup of ``pid`` (0: this process) at niceness 19 when it leads a session of
+    its own (a group of nobody else's: not a terminal's); silently nothing where the kernel has
+    no autogroups or the process is not ours."""
+    with contextlib.suppress(OSError):
+        if os.getsid(pid) == (pid or os.getpid()):
+            Path(f"/proc/{pid or 'self'}/autogroup").write_text("19")
 
 
 def lower_priority(pid: int, nice: int, sched_idle: bool) -> None:
@@ -174,6 +189,8 @@ def main() -> int:
     settings = Settings()
     logs.configure(settings.log_level, settings.log_format)
     lower_priority(0, settings.writer_nice, settings.writer_sched_idle)  # before any thread: they inherit it
+    if settings.writer_sched_idle:
+        lower_autogroup(0)  # started by the supervisor in a session of its own: its scheduling group
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the supervisor, which says when
     asyncio.run(_run(settings))
     return 0
@@ -242,8 +259,11 @@ class Supervisor:
         self._thread.start()
 
     def _spawn(self) -> None:
-        # Its standard input is a pipe we hold: closing it is how we tell it to stop.
-        self.process = subprocess.Popen([sys.executable, "-m", "receiver", "writer"], stdin=subprocess.PIPE)
+        # Its standard input is a pipe we hold: closing it is how we tell it to stop. In a session
+        # of its own, under autogroups its scheduling group is its own, lowered as its priority is.
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "receiver", "writer"], stdin=subprocess.PIPE, start_new_session=True
+        )
 
     def _watch(self) -> None:
         backoff = 0.1
