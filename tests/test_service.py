@@ -130,10 +130,14 @@ def running(pid: int) -> bool:
 
 def workers_of(service: Service) -> list[int]:
     """The HTTP workers: the processes uvicorn's supervisor spawned."""
-    return [
-        pid for pid in descendants(service.proc.pid)  # type: ignore[union-attr]
-        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
+
+    def spawned(pid: int) -> bool:
+        try:
+            return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False  # gone meanwhile
+
+    return [pid for pid in descendants(service.proc.pid) if spawned(pid)]  # type: ignore[union-attr]
 
 
 def test_workers_run_in_scheduling_groups_of_their_own_and_end_with_the_main_process(
