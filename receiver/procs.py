@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import signal
@@ -37,13 +36,19 @@ def own_session(parent: int) -> bool:
     acknowledged is in its journal) when the supervisor dies, however it dies."""
     if not sys.platform.startswith("linux"):
         return False
+    # The death signal first: without it (a sandbox that refuses prctl), leaving the group
+    # could leave an orphan, so the worker stays where it is.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent:  # it died before the request above: nobody would tell us
+        os.kill(os.getpid(), signal.SIGTERM)
+        return False
     try:
         os.setsid()
     except OSError:
         return False
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    if os.getppid() != parent:  # it died before the request above: nobody would tell us
-        os.kill(os.getpid(), signal.SIGTERM)
     return True

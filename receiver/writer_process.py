@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -70,7 +71,9 @@ def connector(dsn: str, nice: int = 0, sched_idle: bool = False) -> Connect:
                 await migrate.apply(conn)
                 migrated.append(True)
             if nice or sched_idle:
-                _lower_backend(await conn.fetchval("SELECT pg_backend_pid()"), nice, sched_idle)
+                backend = await conn.fetchval("SELECT pg_backend_pid()")
+                if _lower_backend(backend, nice, sched_idle):
+                    lower_autogroup(backend)
         except BaseException:
             conn.terminate()  # the writer retries with a new connection: this one must not stay open
             raise
@@ -79,26 +82,45 @@ def connector(dsn: str, nice: int = 0, sched_idle: bool = False) -> Connect:
     return connect
 
 
-def _lower_backend(pid: int, nice: int, sched_idle: bool) -> None:
+def _lower_backend(pid: int, nice: int, sched_idle: bool) -> bool:
     """Lower a local backend's priority to ours; nothing when the pid is not a PostgreSQL
-    process of this machine. With ``sched_idle`` its scheduling group goes to the lowest
-    priority too: PostgreSQL starts each backend in a session of its own, which under Linux's
-    autogroups is a group of its own, weighed against the workers as a whole; its class and
-    niceness rank it only inside that group (docs/performance.md, "Latency at half the
+    process of this machine. True when its scheduling group is to go to the lowest priority
+    too (``sched_idle``): PostgreSQL starts each backend in a session of its own, which under
+    Linux's autogroups is a group of its own, weighed against the workers as a whole; its class
+    and niceness rank it only inside that group (docs/performance.md, "Latency at half the
     maximum")."""
-    if _is_postgres(pid):
-        lower_priority(pid, nice, sched_idle)
-        if sched_idle:
-            lower_autogroup(pid)
+    if not _is_postgres(pid):
+        return False
+    lower_priority(pid, nice, sched_idle)
+    return sched_idle
 
 
-def lower_autogroup(pid: int) -> None:
+# A process that is not root may change an autogroup's niceness once a tenth of a second,
+# machine-wide (EAGAIN otherwise): the writer's own change at its start and its backend's
+# right after can meet that limit.
+AUTOGROUP_TRIES = 5
+AUTOGROUP_PAUSE = 0.11
+
+
+def lower_autogroup(pid: int, pause: float = AUTOGROUP_PAUSE) -> bool:
     """Put the autogroup of ``pid`` (0: this process) at niceness 19 when it leads a session of
-    its own (a group of nobody else's: not a terminal's); silently nothing where the kernel has
-    no autogroups or the process is not ours."""
-    with contextlib.suppress(OSError):
-        if os.getsid(pid) == (pid or os.getpid()):
-            Path(f"/proc/{pid or 'self'}/autogroup").write_text("19")
+    its own (a group of nobody else's: not a terminal's), trying again ``pause`` s later while
+    the kernel says so. False when it did not; silently nothing (True) where the kernel has no
+    autogroups or the process is not ours."""
+    for _ in range(AUTOGROUP_TRIES):
+        try:
+            if os.getsid(pid) == (pid or os.getpid()):
+                _write_autogroup(pid, 19)
+            return True
+        except OSError as error:
+            if error.errno != errno.EAGAIN:
+                return True
+        time.sleep(pause)  # at a connection's start, in the writer process: no acknowledgement waits
+    return False
+
+
+def _write_autogroup(pid: int, nice: int) -> None:
+    Path(f"/proc/{pid or 'self'}/autogroup").write_text(str(nice))
 
 
 def lower_priority(pid: int, nice: int, sched_idle: bool) -> None:

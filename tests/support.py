@@ -307,10 +307,11 @@ class Service:
 
     def stop(self) -> None:
         """Clean-up: whatever state it is in, make sure nothing is left running."""
+        below = descendants(self.proc.pid) if self.proc is not None and self.proc.poll() is None else []
         if self.proc is not None and self.proc.poll() is None:
             self.terminate()
         if self.proc is not None:
-            for pid in descendants(self.proc.pid):
+            for pid in below:  # the workers lead sessions of their own, out of the group killed next
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
             try:
