@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -23,9 +24,10 @@ def alive(pid: int) -> bool:
     return True
 
 
-def own_session(parent: int) -> bool:
+def own_session(parent: int) -> None:
     """Move this process (a worker its supervisor spawned) into a session of its own, bound to
-    ``parent``'s life; False where it cannot (not Linux, or already a group leader).
+    ``parent``'s life; where it cannot (not Linux, no death signal, already a group leader) it
+    stays where it is.
 
     Under Linux's autogroups (``kernel.sched_autogroup_enabled``) a session is a scheduling
     group, and the scheduler shares a CPU between groups before it looks at the processes in
@@ -35,20 +37,16 @@ def own_session(parent: int) -> bool:
     this process any more, so it asks the kernel for SIGTERM (a graceful stop: what it
     acknowledged is in its journal) when the supervisor dies, however it dies."""
     if not sys.platform.startswith("linux"):
-        return False
+        return
     # The death signal first: without it (a sandbox that refuses prctl), leaving the group
     # could leave an orphan, so the worker stays where it is.
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
-            return False
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+            return
     except (OSError, AttributeError):
-        return False
+        return
     if os.getppid() != parent:  # it died before the request above: nobody would tell us
         os.kill(os.getpid(), signal.SIGTERM)
-        return False
-    try:
+        return
+    with contextlib.suppress(OSError):
         os.setsid()
-    except OSError:
-        return False
-    return True

@@ -71,9 +71,7 @@ def connector(dsn: str, nice: int = 0, sched_idle: bool = False) -> Connect:
                 await migrate.apply(conn)
                 migrated.append(True)
             if nice or sched_idle:
-                backend = await conn.fetchval("SELECT pg_backend_pid()")
-                if _lower_backend(backend, nice, sched_idle):
-                    lower_autogroup(backend)
+                _lower_backend(await conn.fetchval("SELECT pg_backend_pid()"), nice, sched_idle)
         except BaseException:
             conn.terminate()  # the writer retries with a new connection: this one must not stay open
             raise
@@ -82,17 +80,17 @@ def connector(dsn: str, nice: int = 0, sched_idle: bool = False) -> Connect:
     return connect
 
 
-def _lower_backend(pid: int, nice: int, sched_idle: bool) -> bool:
+def _lower_backend(pid: int, nice: int, sched_idle: bool) -> None:
     """Lower a local backend's priority to ours; nothing when the pid is not a PostgreSQL
-    process of this machine. True when its scheduling group is to go to the lowest priority
-    too (``sched_idle``): PostgreSQL starts each backend in a session of its own, which under
-    Linux's autogroups is a group of its own, weighed against the workers as a whole; its class
-    and niceness rank it only inside that group (docs/performance.md, "Latency at half the
+    process of this machine. With ``sched_idle`` its scheduling group goes to the lowest
+    priority too: PostgreSQL starts each backend in a session of its own, which under Linux's
+    autogroups is a group of its own, weighed against the workers as a whole; its class and
+    niceness rank it only inside that group (docs/performance.md, "Latency at half the
     maximum")."""
-    if not _is_postgres(pid):
-        return False
-    lower_priority(pid, nice, sched_idle)
-    return sched_idle
+    if _is_postgres(pid):
+        lower_priority(pid, nice, sched_idle)
+        if sched_idle:
+            lower_autogroup(pid)
 
 
 # A process that is not root may change an autogroup's niceness once a tenth of a second,

@@ -191,15 +191,26 @@ def service_env(data_dir: Path, database_url: str | None, **extra: str) -> dict[
     return env
 
 
+def proc_stat(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` after the command's name: state, parent, ...; None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def autogroup_nice(pid: int) -> str:
+    """The niceness of the process's autogroup (its session's scheduling group)."""
+    return Path(f"/proc/{pid}/autogroup").read_text().split()[-1]
+
+
 def descendants(pid: int) -> list[int]:
     """The processes below ``pid`` (its children, theirs, ...), read from /proc now."""
     parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = proc_stat(int(entry.name)) if entry.name.isdigit() else None
+        if fields is not None:  # else gone meanwhile
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
     found, todo = [], [pid]
     while todo:
         for child in parents.get(todo.pop(), []):

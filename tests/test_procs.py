@@ -7,9 +7,9 @@ from __future__ import annotations
 import errno
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from support import autogroup_nice
 
 from receiver import writer_process
 
@@ -23,21 +23,17 @@ def session_leader() -> Iterator[int]:
     proc.wait()
 
 
-def nice_of(pid: int) -> str:
-    return Path(f"/proc/{pid}/autogroup").read_text().split()[-1]
-
-
 def test_a_session_leaders_group_goes_to_niceness_19(session_leader: int) -> None:
-    assert nice_of(session_leader) == "0"
+    assert autogroup_nice(session_leader) == "0"
     assert writer_process.lower_autogroup(session_leader)
-    assert nice_of(session_leader) == "19"
+    assert autogroup_nice(session_leader) == "19"
 
 
 def test_a_process_in_someone_elses_session_keeps_its_group() -> None:
     proc = subprocess.Popen(["sleep", "60"])  # in our session: its group is ours (a terminal's)
     try:
         assert writer_process.lower_autogroup(proc.pid)
-        assert nice_of(proc.pid) == "0"
+        assert autogroup_nice(proc.pid) == "0"
     finally:
         proc.kill()
         proc.wait()

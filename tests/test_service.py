@@ -17,9 +17,11 @@ from support import (
     Load,
     OwnPostgres,
     Service,
+    autogroup_nice,
     create_app_token,
     descendants,
     fetch,
+    proc_stat,
     run,
     service_env,
     wait_for,
@@ -103,8 +105,8 @@ def test_the_writer_is_a_process_of_its_own_at_a_lower_priority(db_url: str, dat
         # scheduling group: the writer has one of its own, at the lowest priority; the main
         # process's stays as it was.
         assert os.getsid(pid) == pid
-        assert Path(f"/proc/{pid}/autogroup").read_text().split()[-2:] == ["nice", "19"]
-        assert Path(f"/proc/{service.proc.pid}/autogroup").read_text().split()[-2:] == ["nice", "0"]  # type: ignore[union-attr]
+        assert autogroup_nice(pid) == "19"
+        assert autogroup_nice(service.proc.pid) == "0"  # type: ignore[union-attr]
         ready = json.loads(service.get("/readyz")[1])
         assert ready["writer"] == {"running": True, "error": None}
         # Its PostgreSQL backend (local, ours to renice) runs at its priority too.
@@ -115,17 +117,15 @@ def test_the_writer_is_a_process_of_its_own_at_a_lower_priority(db_url: str, dat
         assert os.sched_getscheduler(backend) == os.SCHED_IDLE
         # PostgreSQL runs each backend in a session of its own: under autogroups a scheduling
         # group of its own, which weighs as much as all the workers unless it is lowered too.
-        assert Path(f"/proc/{backend}/autogroup").read_text().split()[-2:] == ["nice", "19"]
+        assert autogroup_nice(backend) == "19"
     finally:
         service.stop()
 
 
 def running(pid: int) -> bool:
     """Alive and not a zombie (an orphan's parent may be slow to reap it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
 
 
 def workers_of(service: Service) -> list[int]:
