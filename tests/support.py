@@ -199,9 +199,11 @@ def proc_stat(pid: int) -> list[str] | None:
         return None
 
 
-def autogroup_nice(pid: int) -> str:
-    """The niceness of the process's autogroup (its session's scheduling group)."""
-    return Path(f"/proc/{pid}/autogroup").read_text().split()[-1]
+def autogroup_nice(pid: int) -> str | None:
+    """The niceness of the process's autogroup (its session's scheduling group); None in the
+    root group (a session that began before autogroups did, such as init's), which reads empty."""
+    fields = Path(f"/proc/{pid}/autogroup").read_text().split()
+    return fields[-1] if fields else None
 
 
 def descendants(pid: int) -> list[int]:

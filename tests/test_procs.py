@@ -5,6 +5,8 @@ machine-wide, and says EAGAIN meanwhile)."""
 from __future__ import annotations
 
 import errno
+import os
+import signal
 import subprocess
 from collections.abc import Iterator
 
@@ -30,13 +32,19 @@ def test_a_session_leaders_group_goes_to_niceness_19(session_leader: int) -> Non
 
 
 def test_a_process_in_someone_elses_session_keeps_its_group() -> None:
-    proc = subprocess.Popen(["sleep", "60"])  # in our session: its group is ours (a terminal's)
+    # A child of a session leader shares the leader's group (as a process under a terminal does):
+    # lowering it would lower everyone in the session.
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 60 & echo $!; wait"], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
-        assert writer_process.lower_autogroup(proc.pid)
-        assert autogroup_nice(proc.pid) == "0"
+        assert leader.stdout is not None
+        member = int(leader.stdout.readline())
+        assert writer_process.lower_autogroup(member)
+        assert autogroup_nice(member) == autogroup_nice(leader.pid) == "0"
     finally:
-        proc.kill()
-        proc.wait()
+        os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait()
 
 
 def refusing(monkeypatch: pytest.MonkeyPatch, *errors: int) -> list[int]:
