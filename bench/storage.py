@@ -16,8 +16,9 @@ fill is written out (a checkpoint, then the kernel's dirty pages), one at a time
   the writer's own ``store`` with its own after-insert steps (states, reply links, blacklist),
   in reports per second;
 - **queries**, in-process, one at a time: ``GET /v1/messages/{id}`` (a stored message, and an
-  unknown id, which searches every day) and ``GET /v1/messages?to=`` (the API's own query
-  functions), the blacklist check of 500 numbers, the dashboard views over 24 hours, a page of
+  unknown id, which searches every day), ``GET /v1/messages?to=``, a page of every send from a
+  point of the day (``?since=``) and the first page of the failed ones (``?state=failed``, from
+  the oldest day kept; the API's own query functions), the blacklist check of 500 numbers, the dashboard views over 24 hours, a page of
   100 events from a point of the last day and the feed's head (``GET /v1/events``), a page of the
   replies' listing from the last day (``GET /v1/uplinks``); p50 / p99
   in milliseconds; and the first ``GET /v1/messages/{id}`` of a new connection (planned over
@@ -251,6 +252,13 @@ async def query_latencies(conn: asyncpg.Connection, days: int, rounds: int) -> d
         t0 = time.perf_counter()
         await queries.messages(conn, to=to, state=None, since=None, until=None, cursor=None, limit=20)
         timed("GET /v1/messages?to=", t0)
+        t0 = time.perf_counter()
+        await queries.messages(conn, to=None, state=None, since=start + timedelta(seconds=random.randrange(86_000)),
+                               until=None, cursor=None, limit=20)  # fmt: skip
+        timed("GET /v1/messages?since=", t0)
+        t0 = time.perf_counter()
+        await queries.messages(conn, to=None, state="failed", since=None, until=None, cursor=None, limit=20)
+        timed("GET /v1/messages?state=failed (the first page)", t0)
         numbers = [f"+86131{random.randrange(5_000_000):08d}" for _ in range(500)]
         t0 = time.perf_counter()
         await blacklist_store.blacklisted(conn, numbers)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -52,6 +54,7 @@ LOCK_TIMEOUT = "2s"
 # themselves, within this window of the times they know, which bounds the search to a few days
 # whatever the number kept.
 WINDOW = timedelta(days=4)
+DAY = timedelta(days=1)
 
 
 EARLIEST = datetime.min.replace(tzinfo=UTC)
@@ -89,6 +92,39 @@ async def partitions(conn: db.Connection, table: str) -> list[Partition]:
         table,
     )
     return [Partition(table, row["name"], row["lower_bound"], row["upper_bound"]) for row in rows]
+
+
+async def days(conn: db.Connection, table: str) -> list[datetime]:
+    """The UTC days that have a partition of their own in ``table``, oldest first; none when the
+    table is not partitioned. Read from the partitions' names, in one array (their bounds are
+    expressions to parse, which costs about 0.1 ms a partition: as much as a page of a listing)."""
+    names = await conn.fetchval(
+        "SELECT array_agg(inhrelid::regclass::text) FROM pg_inherits WHERE inhparent = to_regclass($1)", table
+    )
+    named = re.compile(rf"(?:.+\.)?{re.escape(table)}_(\d{{4}})(\d\d)(\d\d)")
+    found = (named.fullmatch(name) for name in names or ())
+    return sorted(datetime(int(m[1]), int(m[2]), int(m[3]), tzinfo=UTC) for m in found if m)
+
+
+Span = tuple[datetime | None, datetime | None]
+
+
+def runs(days: Iterable[datetime], lo: datetime | None, hi: datetime | None, first: int) -> list[Span]:
+    """The time from ``lo`` to ``hi`` (None: open) cut into consecutive spans, oldest first: the
+    first meets at most ``first`` of the day partitions that start at ``days`` (sorted), each
+    next one twice as many as the one before, so that a page the first span fills reads few
+    days, and a walk through days without the rows it wants takes a handful of statements. They
+    cover the time whole whatever the partitions are: a time in no day's partition (the table
+    as it was before partitioning, the default partition) is in the span around it."""
+    inside = [day for day in days if (lo is None or day + DAY > lo) and (hi is None or day < hi)]
+    bounds: list[datetime | None] = [lo]
+    at, size = first, first
+    while at < len(inside):
+        bounds.append(inside[at])
+        size *= 2
+        at += size
+    bounds.append(hi)
+    return list(itertools.pairwise(bounds))
 
 
 async def create(conn: db.Connection, table: str, day: date) -> bool:

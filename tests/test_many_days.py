@@ -1,10 +1,12 @@
 """Look-ups that do not grow with the days kept (docs/storage.md): with many day partitions, a
 message is found by its id alone through message_index, a recipient's messages through
-recipient_index, each read from the days that hold them; the two indexes follow the states and
-sends whatever the order of the events, and a prune."""
+recipient_index, each read from the days that hold them; a page of every send reads a span of
+days from its cursor on, not every day; the two indexes follow the states and sends whatever
+the order of the events, and a prune."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -189,6 +191,106 @@ def test_a_recipient_s_messages_page_through_the_days_it_was_sent_to(db_url: str
     since, until = TODAY - timedelta(days=26), TODAY - timedelta(days=1)
     assert ranged == [s.sms_msg_id for s in sorted(sends, key=lambda s: (s.create_time, s.sms_msg_id))
                       if s.create_time is not None and since <= s.create_time < until][:limit]  # fmt: skip
+
+
+# Sends on days of every kind, to several recipients: before the oldest day kept (no partition of
+# its own: the default partition), the oldest, a run of days longer than the first span read,
+# two at one time on one day, today, and past the days made ahead (the default partition again).
+SENT_AT = [
+    NOW - timedelta(days=DAYS + 20),
+    *(NOW - timedelta(days=back, hours=1) for back in range(DAYS, DAYS - 14, -1)),
+    NOW - timedelta(days=20),
+    NOW - timedelta(days=20),
+    NOW - timedelta(minutes=5),
+    NOW + timedelta(days=30),
+]
+
+
+async def _page_through(conn: asyncpg.Connection, limit: int, **filters: Any) -> list[str]:
+    listed: list[str] = []
+    cursor = None
+    for _ in range(len(SENT_AT) + 1):
+        page, cursor = await queries.messages(conn, **{"to": None, "state": None, "since": None, "until": None,
+                                                       "cursor": cursor, "limit": limit, **filters})  # fmt: skip
+        if not page:
+            break
+        listed += [m.sms_msg_id for m in page]
+    return listed
+
+
+@pytest.mark.parametrize("limit", PAGES)
+def test_every_send_pages_through_the_days_in_send_order(db_url: str, limit: int) -> None:
+    sends = [_send(f"s-{n:02}", at, f"+86131000001{n:02}") for n, at in enumerate(SENT_AT)]
+    since, until = NOW - timedelta(days=DAYS - 3), NOW
+
+    async def work(conn: asyncpg.Connection) -> tuple[list[str], list[str], list[str]]:
+        await _register(conn, *sends)
+        ranged = await _page_through(conn, limit, since=since, until=until)
+        return await _page_through(conn, limit), ranged, await _page_through(conn, limit, state="delivered")
+
+    listed, ranged, delivered = _with(db_url, work)
+    in_order = sorted(sends, key=lambda s: (s.create_time, s.sms_msg_id))
+    assert listed == [s.sms_msg_id for s in in_order]
+    assert ranged == [s.sms_msg_id for s in in_order if s.create_time is not None and since <= s.create_time < until]
+    assert delivered == []  # none reported
+
+
+def test_a_page_of_every_send_reads_the_days_it_needs_not_every_day_kept(db_url: str) -> None:
+    async def work(conn: asyncpg.Connection) -> tuple[list[str], int, list[str], int]:
+        await _register(conn, *(_send(f"d-{back:02}", NOW - timedelta(days=back)) for back in range(DAYS, -1, -1)))
+        async with conn.transaction():  # the listing's locks stay until this ends
+            first, _ = await queries.messages(conn, to=None, state=None, since=None, until=None, cursor=None, limit=3)
+            locked_first = await _partitions_locked(conn)
+        async with conn.transaction():
+            recent, _ = await queries.messages(
+                conn, to=None, state=None, since=NOW - timedelta(days=2), until=None, cursor=None, limit=2
+            )
+            locked_recent = await _partitions_locked(conn)
+        return [m.sms_msg_id for m in first], locked_first, [m.sms_msg_id for m in recent], locked_recent
+
+    first, locked_first, recent, locked_recent = _with(db_url, work)
+    assert first == [f"d-{back:02}" for back in (DAYS, DAYS - 1, DAYS - 2)]
+    assert recent == ["d-02", "d-01"]
+    # sends, states and opt-out rows of a span of queries.DAYS_A_QUERY days and the default
+    # partitions; every day kept would be more than three times as many
+    for locked in (locked_first, locked_recent):
+        assert 0 < locked <= 3 * (queries.DAYS_A_QUERY + 2)
+
+
+def test_the_days_of_a_table_are_its_partitions_of_one_day(db_url: str) -> None:
+    async def work(conn: asyncpg.Connection) -> tuple[list[datetime], list[datetime]]:
+        return await partitions.days(conn, "sent_messages"), await partitions.days(conn, "applications")
+
+    days, none = _with(db_url, work)
+    assert none == []  # not partitioned
+    assert days == sorted(days) and days[0] == TODAY - timedelta(days=DAYS)
+    assert [TODAY - timedelta(days=back) for back in range(DAYS, -1, -1)] == [d for d in days if d <= TODAY]
+
+
+D0 = datetime(2026, 1, 1, tzinfo=UTC)
+TEN = [D0 + timedelta(days=n) for n in range(10)] + [D0 + timedelta(days=n) for n in range(20, 40)]
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "first", "days_a_span"),
+    [
+        (None, None, 3, [3, 6, 12, 9]),
+        (D0 + timedelta(hours=30), None, 3, [3, 6, 12, 8]),  # from inside the second day
+        (None, D0 + timedelta(days=25), 4, [4, 8, 3]),
+        (D0 - timedelta(days=9), D0 - timedelta(days=1), 3, [0]),  # no day: one span, the default partition's
+        (None, None, 100, [30]),
+    ],
+)
+def test_spans_cover_the_time_whole_each_twice_the_days_of_the_one_before(
+    lo: datetime | None, hi: datetime | None, first: int, days_a_span: list[int]
+) -> None:
+    spans = partitions.runs(TEN, lo, hi, first)
+    assert spans[0][0] == lo and spans[-1][1] == hi
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))  # no gap, no overlap
+    meets = [
+        sum(1 for d in TEN if (a is None or d + partitions.DAY > a) and (b is None or d < b)) for a, b in spans
+    ]
+    assert meets == days_a_span
 
 
 def test_a_pruned_message_is_not_found_whether_its_day_was_dropped_or_its_rows_deleted(db_url: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from .. import db
+from .. import db, partitions
 from ..api.models import BlacklistEntry, Message, MessageSummary, Uplink
 from ..blacklist import atsend
 from ..protocol import ProtocolError
@@ -82,50 +82,51 @@ LIMIT $7
 """
 
 
-def _state_of_send(days: str = "") -> str:
-    """A send's state is at its createTime (message_at): one day. Each look-up is a subquery of its
-    own (LIMIT 1: one row per send), so the planner plans each table's days once instead of
-    searching join orders over them. ``days``: a condition on ``m.message_at`` that names them."""
-    return f"""JOIN LATERAL (SELECT * FROM message_states m
-              WHERE m.sms_msg_id = s.sms_msg_id AND m.message_at = s.create_time {days} LIMIT 1) m ON true"""
+def _in_span(column: str) -> str:
+    """``column`` within the span of days $11 to $12 (None: open); planned for their values, the
+    condition leaves the other days' partitions out of the plan."""
+    return f"($11::timestamptz IS NULL OR {column} >= $11) AND ($12::timestamptz IS NULL OR {column} < $12)"
 
 
-def _sends(days: dict[str, str] | None = None) -> str:
-    """Sends with their state and opt-out row; ``days``: conditions, by column, that name their days."""
-    on = days or {}
-    return f"""FROM sent_messages s
-{_state_of_send(on.get("m.message_at", ""))}
+# A send's state is at its createTime (message_at): one day. Each look-up is a subquery of its own
+# (LIMIT 1: one row per send), so the planner plans each table's days once instead of searching
+# join orders over them.
+_STATE_OF_SEND = f"""JOIN LATERAL (SELECT * FROM message_states m
+              WHERE m.sms_msg_id = s.sms_msg_id AND m.message_at = s.create_time AND {_in_span("m.message_at")}
+              LIMIT 1) m ON true"""
+
+
+# A listing of sends reads a span of days ($11, $12) a statement, planned with those days alone,
+# from the cursor's day on, until its page is full (_by_spans): a page costs the days it reads, not
+# the days kept. Every send, in send order, with its state and opt-out row; a recipient's, its
+# days read from recipient_index (sql/019_message_index.sql).
+_LIST_SENDS = _LIST.format(
+    state=_LIST_STATE, time="s.create_time", id="s.sms_msg_id", only=f"{_in_span('s.create_time')} AND ",
+    source=f"""FROM sent_messages s
+{_STATE_OF_SEND}
 LEFT JOIN LATERAL (SELECT source FROM sends_after_optout o
                    WHERE o.sms_msg_id = s.sms_msg_id AND o.sent_at = s.create_time AND o.source IS NOT NULL
-                   {on.get("o.sent_at", "")} LIMIT 1) o ON true"""
-
-
-# Every send, in send order; or, for the sends after an opt-out, those few in the same order
-# (their sent_at is the send's createTime), walking their own index instead of every send.
-_LIST_SENDS = _LIST.format(state=_LIST_STATE, time="s.create_time", id="s.sms_msg_id", only="", source=_sends())
+                     AND {_in_span("o.sent_at")} LIMIT 1) o ON true""",
+)  # fmt: skip
+# The sends after an opt-out, those few in the same order (their sent_at is the send's createTime),
+# walking their own partial index, in every day at once: a day holds few or none, and its empty
+# index costs a statement less than planning the day does ($11, $12 NULL: every day).
 _LIST_AFTER_OPTOUT = _LIST.format(
     state=_LIST_STATE, time="o.sent_at", id="o.sms_msg_id", only="o.source IS NOT NULL AND ",
     source=f"""FROM sends_after_optout o
 JOIN LATERAL (SELECT * FROM sent_messages s WHERE s.sms_msg_id = o.sms_msg_id AND s.create_time = o.sent_at
               LIMIT 1) s ON true
-{_state_of_send()}""",
+{_STATE_OF_SEND}""",
 )  # fmt: skip
 
-# A recipient's sends are read from the days it was sent to (recipient_index, sql/019_message_index.sql),
-# from the cursor's day on, a statement for each run of them ($11, $12: the run's start and end),
-# planned with those days alone: a run is no longer than the rows still wanted or DAYS_A_QUERY days.
+# A span holds at most this many days' partitions; a recipient's, no more than the rows still wanted
+# (each of its days has a send) or this many calendar days.
 DAYS_A_QUERY = 8
 _RECIPIENT_DAYS = """
 SELECT day FROM recipient_index
 WHERE "to" = $1 AND day >= date_trunc('day', $2::timestamptz, 'UTC') AND ($3::timestamptz IS NULL OR day < $3)
 ORDER BY day
 """
-_LIST_RECIPIENT = _LIST.format(
-    state=_LIST_STATE, time="s.create_time", id="s.sms_msg_id",
-    only="s.create_time >= $11::timestamptz AND s.create_time < $12::timestamptz AND ",
-    source=_sends({column: f"AND {column} >= $11::timestamptz AND {column} < $12::timestamptz"
-                   for column in ("m.message_at", "o.sent_at")}),
-)  # fmt: skip
 
 _UPLINKS = """
 SELECT u.id, u.txid::text AS txid, u.sms_msg_id, u."from", u."to", u.body, u.create_time, u.received_at,
@@ -281,10 +282,12 @@ async def messages(
     except (TypeError, ValueError, OverflowError):
         raise ProtocolError("invalid_cursor", "the cursor was not made by this API") from None
     args = (to, state, since, until, start, after_id, limit, window, now, blacklisted_at_send)
-    if to is not None and not blacklisted_at_send:
+    if blacklisted_at_send:
+        rows = await conn.fetch(_LIST_AFTER_OPTOUT, *args, None, None)
+    elif to is not None:
         rows = await _recipient_sends(conn, args)
     else:
-        rows = await conn.fetch(_LIST_AFTER_OPTOUT if blacklisted_at_send else _LIST_SENDS, *args)
+        rows = await _by_spans(conn, args)
     items = [
         MessageSummary.model_validate({
             "sms_msg_id": r["sms_msg_id"],
@@ -304,8 +307,8 @@ async def messages(
 
 
 async def _recipient_sends(conn: asyncpg.Connection, args: tuple[Any, ...]) -> list[asyncpg.Record]:
-    """The page of _LIST_RECIPIENT's rows for ``args`` (_LIST's $1 to $10), read from the
-    recipient's days, a run of them at a time, until the page is full."""
+    """The page of _LIST_SENDS's rows for ``args`` (_LIST's $1 to $10) with a recipient, read
+    from the days it was sent to, a run of them at a time, until the page is full."""
     to, since, until, start, limit = args[0], args[2], args[3], args[4], args[6]
     rows: list[asyncpg.Record] = []
     async with conn.transaction():
@@ -317,7 +320,23 @@ async def _recipient_sends(conn: asyncpg.Connection, args: tuple[Any, ...]) -> l
             run = [day for day in days[:wanted] if day < days[0] + timedelta(days=max(wanted, DAYS_A_QUERY))]
             del days[: len(run)]
             end = run[-1] + timedelta(days=1)
-            rows += await conn.fetch(_LIST_RECIPIENT, *args[:6], limit - len(rows), *args[7:], run[0], end)
+            rows += await conn.fetch(_LIST_SENDS, *args[:6], limit - len(rows), *args[7:], run[0], end)
+    return rows
+
+
+async def _by_spans(conn: asyncpg.Connection, args: tuple[Any, ...]) -> list[asyncpg.Record]:
+    """The page of _LIST_SENDS's rows for ``args`` (_LIST's $1 to $10), read a span of the
+    sends' days at a time (the first DAYS_A_QUERY of its day partitions, then twice as many
+    each time: partitions.runs), from the cursor's or ``since``'s day on, until the page is full."""
+    since, until, start, limit = args[2], args[3], args[4], args[6]
+    rows: list[asyncpg.Record] = []
+    async with conn.transaction():
+        await db.plan_each_time(conn)
+        days = await partitions.days(conn, "sent_messages")
+        for lo, hi in partitions.runs(days, max(start, since or start), until, DAYS_A_QUERY):
+            rows += await conn.fetch(_LIST_SENDS, *args[:6], limit - len(rows), *args[7:], lo, hi)
+            if len(rows) >= limit:
+                break
     return rows
 
 
