@@ -98,7 +98,12 @@ replies AS (
     SELECT $6, 'u' || $1 || i, number, 'csms' || (i % 10), 'ok', 'bench',
            at + interval '1 minute', number
     FROM i WHERE i % 50 = 0
-    RETURNING id, sms_msg_id, received_at
+    RETURNING id, sms_msg_id, received_at, txid
+),
+reply_days AS (
+    INSERT INTO uplink_days AS d (day, last_txid)
+    SELECT date_trunc('day', received_at, 'UTC'), max(txid) FROM replies GROUP BY 1
+    ON CONFLICT (day) DO UPDATE SET last_txid = greatest(d.last_txid, excluded.last_txid)
 ),
 links AS (  -- each reply answers the message it follows
     INSERT INTO reply_links (uplink_id, sms_msg_id, candidates, match, uplink_received_at)

@@ -190,6 +190,11 @@ async def _run(conn: asyncpg.Connection, result: Result, batch_size: int, connec
     for rule in RULES:
         if rule is not EVENT_FEED:
             await _table(conn, rule, result, batch_size)
+    if not result.dry_run:  # the days whose replies are all gone (sql/027_uplink_days.sql)
+        await conn.execute(_FORGET_UPLINK_DAYS, result.cutoff)
+
+
+_FORGET_UPLINK_DAYS = "DELETE FROM uplink_days WHERE day < date_trunc('day', $1::timestamptz, 'UTC')"
 
 
 # --- whole days ----------------------------------------------------------------------------------

@@ -86,16 +86,25 @@ stored AS (
     SELECT application_id, sms_msg_id, received_at FROM uplinks
     WHERE sms_msg_id = ANY($4::text[]) AND received_at BETWEEN $11 AND $12
 ),
-first AS (SELECT DISTINCT ON (application_id, sms_msg_id) * FROM n ORDER BY application_id, sms_msg_id, received_at, ord)
-INSERT INTO uplinks (application_id, received_at, raw_body, sms_msg_id, "from", "to", body, create_time, extra,
-    from_e164)
-SELECT application_id, received_at, raw_body, sms_msg_id, "from", "to", body, create_time, extra, from_e164
-FROM first f
-WHERE NOT EXISTS (SELECT FROM stored s WHERE s.application_id = f.application_id AND s.sms_msg_id = f.sms_msg_id
-                  AND s.received_at BETWEEN f.received_at - $13::interval AND f.received_at + $13::interval)
-ORDER BY ord
-ON CONFLICT (sms_msg_id, application_id, received_at) DO NOTHING
-RETURNING id, application_id, sms_msg_id, "from", "to", body, received_at
+first AS (SELECT DISTINCT ON (application_id, sms_msg_id) * FROM n ORDER BY application_id, sms_msg_id, received_at, ord),
+inserted AS (
+    INSERT INTO uplinks (application_id, received_at, raw_body, sms_msg_id, "from", "to", body, create_time, extra,
+        from_e164)
+    SELECT application_id, received_at, raw_body, sms_msg_id, "from", "to", body, create_time, extra, from_e164
+    FROM first f
+    WHERE NOT EXISTS (SELECT FROM stored s WHERE s.application_id = f.application_id AND s.sms_msg_id = f.sms_msg_id
+                      AND s.received_at BETWEEN f.received_at - $13::interval AND f.received_at + $13::interval)
+    ORDER BY ord
+    ON CONFLICT (sms_msg_id, application_id, received_at) DO NOTHING
+    RETURNING id, application_id, sms_msg_id, "from", "to", body, received_at, txid
+),
+-- the newest transaction of each day of receipt (sql/027_uplink_days.sql), in the days' order
+days AS (
+    INSERT INTO uplink_days AS d (day, last_txid)
+    SELECT date_trunc('day', received_at, 'UTC'), max(txid) FROM inserted GROUP BY 1 ORDER BY 1
+    ON CONFLICT (day) DO UPDATE SET last_txid = greatest(d.last_txid, excluded.last_txid)
+)
+SELECT id, application_id, sms_msg_id, "from", "to", body, received_at FROM inserted ORDER BY id
 """
 
 _INSERT_QUARANTINE = """

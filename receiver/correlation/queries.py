@@ -128,14 +128,24 @@ WHERE "to" = $1 AND day >= date_trunc('day', $2::timestamptz, 'UTC') AND ($3::ti
 ORDER BY day
 """
 
+# The replies' listing reads the days of receipt that a transaction at or after its cursor's wrote
+# into (sql/027_uplink_days.sql): the span from the first to the last, planned with those days
+# alone ($4, $5). It shows the transactions that had all ended when the days were read ($6): a
+# reply of each of them has its day's row among those read, whatever commits in between.
+_UPLINK_DAYS = """
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS below, min(day) AS first,
+       max(day) + interval '1 day' AS after
+FROM uplink_days WHERE last_txid >= $1::text::xid8
+"""
 _UPLINKS = """
 SELECT u.id, u.txid::text AS txid, u.sms_msg_id, u."from", u."to", u.body, u.create_time, u.received_at,
        a.name AS application, l.sms_msg_id AS reply_to, l.candidates, l.match, l.unlinked_reason
 FROM uplinks u
 JOIN applications a ON a.id = u.application_id
 LEFT JOIN reply_links l ON l.uplink_id = u.id
-WHERE u.txid < pg_snapshot_xmin(pg_current_snapshot())
+WHERE u.txid < $6::text::xid8
   AND (u.txid, u.id) >= ($1::text::xid8, $2::bigint)  -- the position after the cursor's (following)
+  AND u.received_at >= $4::timestamptz AND u.received_at < $5::timestamptz
 ORDER BY u.txid, u.id
 LIMIT $3
 """
@@ -349,7 +359,13 @@ async def uplinks(conn: asyncpg.Connection, *, cursor: str | None, limit: int) -
     txid = str(txid) if isinstance(txid, int) and not isinstance(txid, bool) else txid
     if not is_txid(txid) or isinstance(after_id, bool) or not isinstance(after_id, int) or not 0 <= after_id < 2**63:
         raise ProtocolError("invalid_cursor", "the cursor was not made by this API")
-    rows = await conn.fetch(_UPLINKS, *following(str(txid), after_id), limit)
+    start = following(str(txid), after_id)
+    rows: list[asyncpg.Record] = []
+    async with conn.transaction():
+        span = await conn.fetchrow(_UPLINK_DAYS, start[0])  # one row (an aggregate)
+        if span is not None and span["first"] is not None:
+            await db.plan_each_time(conn)
+            rows = await conn.fetch(_UPLINKS, *start, limit, span["first"], span["after"], span["below"])
     items = [
         Uplink.model_validate({**_reply(r), "application": r["application"], "reply_to": r["reply_to"]}) for r in rows
     ]
