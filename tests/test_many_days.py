@@ -195,15 +195,19 @@ def test_a_recipient_s_messages_page_through_the_days_it_was_sent_to(db_url: str
 
 # Sends on days of every kind, to several recipients: before the oldest day kept (no partition of
 # its own: the default partition), the oldest, a run of days longer than the first span read,
-# two at one time on one day, today, and past the days made ahead (the default partition again).
+# two at one time on one day, at the midnights where spans meet (from the oldest day: 32 and
+# 16 days back; from SINCE: 29 and 13), today, and past the days made ahead (the default
+# partition again).
 SENT_AT = [
     NOW - timedelta(days=DAYS + 20),
     *(NOW - timedelta(days=back, hours=1) for back in range(DAYS, DAYS - 14, -1)),
     NOW - timedelta(days=20),
     NOW - timedelta(days=20),
+    *(TODAY - timedelta(days=back) for back in (32, 29, 16, 13)),
     NOW - timedelta(minutes=5),
     NOW + timedelta(days=30),
 ]
+SINCE = NOW - timedelta(days=DAYS - 3, hours=1)  # a send's own time
 
 
 async def _page_through(conn: asyncpg.Connection, limit: int, **filters: Any) -> list[str]:
@@ -221,7 +225,7 @@ async def _page_through(conn: asyncpg.Connection, limit: int, **filters: Any) ->
 @pytest.mark.parametrize("limit", PAGES)
 def test_every_send_pages_through_the_days_in_send_order(db_url: str, limit: int) -> None:
     sends = [_send(f"s-{n:02}", at, f"+86131000001{n:02}") for n, at in enumerate(SENT_AT)]
-    since, until = NOW - timedelta(days=DAYS - 3), NOW
+    since, until = SINCE, NOW
 
     async def work(conn: asyncpg.Connection) -> tuple[list[str], list[str], list[str]]:
         await _register(conn, *sends)

@@ -330,7 +330,8 @@ async def _recipient_sends(conn: asyncpg.Connection, args: tuple[Any, ...]) -> l
             run = [day for day in days[:wanted] if day < days[0] + timedelta(days=max(wanted, DAYS_A_QUERY))]
             del days[: len(run)]
             end = run[-1] + timedelta(days=1)
-            rows += await conn.fetch(_LIST_SENDS, *args[:6], limit - len(rows), *args[7:], run[0], end)
+            after = _after(run[0], start, args[5])
+            rows += await conn.fetch(_LIST_SENDS, *args[:4], *after, limit - len(rows), *args[7:], run[0], end)
     return rows
 
 
@@ -344,10 +345,22 @@ async def _by_spans(conn: asyncpg.Connection, args: tuple[Any, ...]) -> list[asy
         await db.plan_each_time(conn)
         days = await partitions.days(conn, "sent_messages")
         for lo, hi in partitions.runs(days, max(start, since or start), until, DAYS_A_QUERY):
-            rows += await conn.fetch(_LIST_SENDS, *args[:6], limit - len(rows), *args[7:], lo, hi)
+            after = _after(lo, start, args[5])
+            rows += await conn.fetch(_LIST_SENDS, *args[:4], *after, limit - len(rows), *args[7:], lo, hi)
             if len(rows) >= limit:
                 break
     return rows
+
+
+def _after(lo: datetime | None, start: datetime, after_id: str) -> tuple[datetime, str]:
+    """The position a span's rows follow ($5, $6): the cursor's, or, for a span that starts later
+    (``since``, the next days), the instant before the span with the least id, which takes no
+    row of the span out. PostgreSQL enters the index at the row comparison's bound, not at the
+    span's: from the cursor's, it read a day of 250,000 sends up to ``since`` for a page of 20."""
+    return (lo - _INSTANT, "") if lo is not None and lo > start else (start, after_id)
+
+
+_INSTANT = timedelta(microseconds=1)  # a timestamptz's resolution
 
 
 async def uplinks(conn: asyncpg.Connection, *, cursor: str | None, limit: int) -> tuple[list[Uplink], str]:
