@@ -96,15 +96,20 @@ inserted AS (
                       AND s.received_at BETWEEN f.received_at - $13::interval AND f.received_at + $13::interval)
     ORDER BY ord
     ON CONFLICT (sms_msg_id, application_id, received_at) DO NOTHING
-    RETURNING id, application_id, sms_msg_id, "from", "to", body, received_at, txid
-),
--- the newest transaction of each day of receipt (sql/027_uplink_days.sql), in the days' order
-days AS (
-    INSERT INTO uplink_days AS d (day, last_txid)
-    SELECT date_trunc('day', received_at, 'UTC'), max(txid) FROM inserted GROUP BY 1 ORDER BY 1
-    ON CONFLICT (day) DO UPDATE SET last_txid = greatest(d.last_txid, excluded.last_txid)
+    RETURNING id, application_id, sms_msg_id, "from", "to", body, received_at, txid::text AS txid
 )
-SELECT id, application_id, sms_msg_id, "from", "to", body, received_at FROM inserted ORDER BY id
+SELECT * FROM inserted ORDER BY id
+"""
+
+# The newest transaction of each day of receipt of the replies stored now (sql/027_uplink_days.sql),
+# in the days' order. The transaction's last statement: a day's row stays locked only while it
+# commits, so a concurrent writer that waits for the row never holds what this one waits for.
+_UPLINK_DAYS = """
+INSERT INTO uplink_days AS d (day, last_txid)
+SELECT date_trunc('day', received_at, 'UTC'), max(txid::xid8)
+FROM unnest($1::timestamptz[], $2::text[]) AS n(received_at, txid)
+GROUP BY 1 ORDER BY 1
+ON CONFLICT (day) DO UPDATE SET last_txid = greatest(d.last_txid, excluded.last_txid)
 """
 
 _INSERT_QUARANTINE = """
@@ -168,13 +173,16 @@ async def store(conn: asyncpg.Connection, batch: Sequence[Record], after_insert:
         if new_reports or new_uplinks:
             for hook in after_insert:
                 await hook(conn, new_reports, new_uplinks)
+        quarantined = 0
         if refused:
             inserted = await conn.fetch(_INSERT_QUARANTINE, *_columns(_quarantine_row(r) for r in refused))
             if inserted:
                 new = {row["record_id"] for row in inserted}
                 await _count_quarantined(conn, [r for r in refused if r.record_id in new])
-                return len(inserted)
-    return 0
+                quarantined = len(inserted)
+        if new_uplinks:
+            await conn.execute(_UPLINK_DAYS, [r["received_at"] for r in new_uplinks], [r["txid"] for r in new_uplinks])
+    return quarantined
 
 
 # The applications a batch of reports names, each locked as a foreign key would lock it (no one

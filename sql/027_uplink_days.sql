@@ -7,8 +7,9 @@
 -- So each day of receipt keeps the newest transaction that stored a reply of it: a page reads the
 -- days written at or after its cursor's transaction (receiver/correlation/queries.py), in the
 -- same snapshot as the replies themselves. A reply of a transaction in that snapshot has its
--- day's row there too, at its txid or later: written by the same transaction, in the statement
--- that stores the replies (receiver/writer.py) or, for any other writer, by the trigger below
+-- day's row there too, at its txid or later: written by the same transaction, by the writer from
+-- the rows its insert returned, as its last statement (receiver/writer.py: a day's row stays
+-- locked only while it commits), or, for any other writer, by the trigger below
 -- (sql/024_statements_write_derived_rows.sql).
 CREATE TABLE uplink_days (
     day        timestamptz PRIMARY KEY,  -- the start of a UTC day of received_at
