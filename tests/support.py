@@ -132,6 +132,17 @@ async def admin(url: str, sql: str) -> None:
         await conn.close()
 
 
+async def application(conn: asyncpg.Connection, name: str, channels: list[str] | None = None) -> int:
+    """The id of the application ``name``, made now (with these channels) unless it exists."""
+    app_id: int = await conn.fetchval(
+        "INSERT INTO applications (name, token_hash, channels) VALUES ($1::text, sha256(convert_to($1::text, 'UTF8')),"
+        " coalesce($2::text[], '{}'))"
+        " ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id",
+        name, channels,
+    )  # fmt: skip
+    return app_id
+
+
 async def fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(url)
     try:

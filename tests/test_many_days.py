@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import pytest
-from support import plan_nodes, run
+from support import application, plan_nodes, run
 
 from receiver import partitions, retention
 from receiver.api.models import Message
@@ -40,14 +40,6 @@ def _send(sms_msg_id: str, at: datetime, to: str = TO) -> SentMessage:
 def _report(app_id: int, sms_msg_id: str, at: datetime, update_time: datetime | None = None) -> ReportRecord:
     event = StatusReport(sms_msg_id, "DELIVRD", 1, 1, update_time=update_time or at)
     return ReportRecord(app_id, "form", at, "raw", event)
-
-
-async def _app(conn: asyncpg.Connection) -> int:
-    app_id: int = await conn.fetchval(
-        "INSERT INTO applications (name, token_hash, channels) VALUES ('m', '\\x03', ARRAY['csms1'])"
-        " ON CONFLICT (name) DO UPDATE SET name = 'm' RETURNING id"
-    )
-    return app_id
 
 
 async def _keep_days(conn: asyncpg.Connection) -> None:
@@ -92,7 +84,7 @@ def test_a_message_is_found_by_its_id_on_any_day_kept_reading_its_own_day(db_url
     sent_at = NOW - timedelta(days=back, minutes=10)
 
     async def work(conn: asyncpg.Connection) -> tuple[Message | None, int]:
-        app_id = await _app(conn)
+        app_id = await application(conn, "m", ['csms1'])
         for other in range(0, DAYS, 7):  # other messages on other days
             await _register(conn, _send(f"other-{other}", NOW - timedelta(days=other, minutes=30), "+8613100000009"))
         await _register(conn, _send("m", sent_at))
@@ -129,7 +121,7 @@ def test_the_index_follows_a_state_that_moves_to_its_send_s_day(db_url: str, ord
     received = iter([TODAY - timedelta(days=2) + timedelta(seconds=20), TODAY - timedelta(days=1, hours=-2)])
 
     async def work(conn: asyncpg.Connection) -> tuple[list[datetime], Message | None]:
-        app_id = await _app(conn)
+        app_id = await application(conn, "m", ['csms1'])
         for event in order:
             if event == "send":
                 await _register(conn, _send("moved", sent_at))
@@ -148,7 +140,7 @@ def test_a_reply_to_an_old_message_is_read_from_its_own_day(db_url: str) -> None
     sent_at = NOW - timedelta(days=20)
 
     async def work(conn: asyncpg.Connection) -> Message | None:
-        app_id = await _app(conn)
+        app_id = await application(conn, "m", ['csms1'])
         await _register(conn, _send("asked", sent_at))
         reply = UplinkRecord(app_id, sent_at + timedelta(hours=1), "raw", Uplink("r-1", TO, "csms1", "yes"))
         await store(conn, [reply], HOOKS)
@@ -303,7 +295,7 @@ def test_a_pruned_message_is_not_found_whether_its_day_was_dropped_or_its_rows_d
     index rows with them. Either way the message is not found; a kept one is."""
 
     async def work(conn: asyncpg.Connection) -> list[object]:
-        app_id = await _app(conn)
+        app_id = await application(conn, "m", ['csms1'])
         for name, back in (("dropped", 35), ("deleted", 20), ("kept", 20)):
             at = TODAY - timedelta(days=back, hours=-1)
             await _register(conn, _send(name, at))
@@ -327,7 +319,7 @@ def test_a_batchs_refresh_reads_big_days_by_the_messages_ids(db_url: str) -> Non
     days = [TODAY - timedelta(days=1), TODAY]
 
     async def work(conn: asyncpg.Connection) -> list[str]:
-        app_id = await _app(conn)
+        app_id = await application(conn, "m", ['csms1'])
         await conn.execute("SET session_replication_role = replica")  # history: no feed, no index rows
         for day in days:
             await conn.execute(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from support import run
+from support import application, run
 
 from receiver import partitions, retention
 from receiver.correlation import queries
@@ -25,14 +25,6 @@ SQL = Path(__file__).resolve().parent.parent / "sql"
 NOW = datetime.now(UTC).replace(microsecond=0)
 TODAY = datetime(NOW.year, NOW.month, NOW.day, tzinfo=UTC)
 DAYS = 30
-
-
-async def _app(conn: asyncpg.Connection) -> int:
-    app_id: int = await conn.fetchval(
-        "INSERT INTO applications (name, token_hash) VALUES ('u', '\\x04') ON CONFLICT (name) DO UPDATE SET name = 'u'"
-        " RETURNING id"
-    )
-    return app_id
 
 
 async def _keep_days(conn: asyncpg.Connection) -> None:
@@ -64,7 +56,7 @@ def test_a_page_reads_the_days_written_after_its_cursor_and_a_late_reply_still_f
         conn = await asyncpg.connect(db_url)
         try:
             await _keep_days(conn)
-            app_id = await _app(conn)
+            app_id = await application(conn, "u")
             for back in range(DAYS, 0, -1):  # a reply a day, the oldest first, each its own transaction
                 await _reply(conn, app_id, f"r-{back:02}", TODAY - timedelta(days=back, hours=-12))
             everything, cursor = [], None
@@ -100,7 +92,7 @@ def test_a_reply_another_writer_inserts_or_moves_counts_its_day(db_url: str) -> 
         conn = await asyncpg.connect(db_url)
         try:
             await _keep_days(conn)
-            app_id = await _app(conn)
+            app_id = await application(conn, "u")
             await _reply(conn, app_id, "by-the-writer", NOW)
             _, head = await _page(conn, None)
             # An operator's insert, or a release before this one still running (a rolling upgrade).
@@ -130,7 +122,7 @@ def test_a_prune_forgets_the_days_whose_replies_are_all_gone(db_url: str) -> Non
         conn = await asyncpg.connect(db_url)
         try:
             await _keep_days(conn)
-            app_id = await _app(conn)
+            app_id = await application(conn, "u")
             for back in (20, 12, 10, 2):
                 await _reply(conn, app_id, f"p-{back}", TODAY - timedelta(days=back, hours=-6))
             dry = await retention.prune(conn, NOW - (TODAY - timedelta(days=10)), dry_run=True)
@@ -162,7 +154,7 @@ def test_the_migration_fills_the_days_of_the_replies_already_stored(empty_db_url
         try:
             await migrate.apply(conn, older_sql)
             await _keep_days(conn)
-            app_id = await _app(conn)
+            app_id = await application(conn, "u")
             for back in (5, 3, 3):
                 await conn.execute(
                     """INSERT INTO uplinks (application_id, sms_msg_id, "from", "to", body, raw_body, received_at)
