@@ -20,7 +20,7 @@ fill is written out (a checkpoint, then the kernel's dirty pages), one at a time
   point of the day (``?since=``) and the first page of the failed ones (``?state=failed``, from
   the oldest day kept; the API's own query functions), the blacklist check of 500 numbers, the dashboard views over 24 hours, a page of
   100 events from a point of the last day and the feed's head (``GET /v1/events``), a page of the
-  replies' listing from the last day (``GET /v1/uplinks``); p50 / p99
+  replies' listing from the newest day filled (``GET /v1/uplinks``); p50 / p99
   in milliseconds; and the first ``GET /v1/messages/{id}`` of a new connection (planned over
   every partition, the plan not cached yet);
 - **retention**: ``receiver prune --older-than``, which drops the oldest 30 days (fewer when
@@ -235,9 +235,13 @@ async def query_latencies(conn: asyncpg.Connection, days: int, rounds: int) -> d
     yesterday = partitions.name("events", today - timedelta(days=1))
     behind = await conn.fetchrow(f"SELECT txid::text AS txid, min(id) AS lo, max(id) AS hi FROM {yesterday}"
                                  " GROUP BY txid ORDER BY count(*) DESC LIMIT 1")  # fmt: skip
-    # The replies' listing, a follower as far behind: it pages by transaction over every day.
-    replies = partitions.name("uplinks", today - timedelta(days=1))
-    replies_behind = await conn.fetchrow(f"SELECT txid::text AS txid, min(id) AS id FROM {replies} GROUP BY txid LIMIT 1")
+    # The replies' listing, a follower a day behind: from the replies of the newest day filled. It
+    # pages by transaction, and the fill is not in the order of time: it writes the days oldest
+    # first, a transaction each, and a size's fill the days older than those an earlier size left,
+    # so yesterday's replies may have been stored before most days'.
+    replies_behind = await conn.fetchrow(
+        "SELECT txid::text AS txid, min(id) AS id FROM uplinks WHERE txid = (SELECT max(txid) FROM uplinks) GROUP BY txid"
+    )
     for _ in range(rounds):
         day = today - timedelta(days=random.randint(1, days))
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
