@@ -329,9 +329,7 @@ async def _recipient_sends(conn: asyncpg.Connection, args: tuple[Any, ...]) -> l
             wanted = limit - len(rows)
             run = [day for day in days[:wanted] if day < days[0] + timedelta(days=max(wanted, DAYS_A_QUERY))]
             del days[: len(run)]
-            end = run[-1] + timedelta(days=1)
-            after = _after(run[0], start, args[5])
-            rows += await conn.fetch(_LIST_SENDS, *args[:4], *after, limit - len(rows), *args[7:], run[0], end)
+            rows += await _span(conn, args, run[0], run[-1] + timedelta(days=1), wanted)
     return rows
 
 
@@ -345,19 +343,23 @@ async def _by_spans(conn: asyncpg.Connection, args: tuple[Any, ...]) -> list[asy
         await db.plan_each_time(conn)
         days = await partitions.days(conn, "sent_messages")
         for lo, hi in partitions.runs(days, max(start, since or start), until, DAYS_A_QUERY):
-            after = _after(lo, start, args[5])
-            rows += await conn.fetch(_LIST_SENDS, *args[:4], *after, limit - len(rows), *args[7:], lo, hi)
+            rows += await _span(conn, args, lo, hi, limit - len(rows))
             if len(rows) >= limit:
                 break
     return rows
 
 
-def _after(lo: datetime | None, start: datetime, after_id: str) -> tuple[datetime, str]:
-    """The position a span's rows follow ($5, $6): the cursor's, or, for a span that starts later
-    (``since``, the next days), the instant before the span with the least id, which takes no
-    row of the span out. PostgreSQL enters the index at the row comparison's bound, not at the
-    span's: from the cursor's, it read a day of 250,000 sends up to ``since`` for a page of 20."""
-    return (lo - _INSTANT, "") if lo is not None and lo > start else (start, after_id)
+async def _span(
+    conn: asyncpg.Connection, args: tuple[Any, ...], lo: datetime | None, hi: datetime | None, wanted: int
+) -> list[asyncpg.Record]:
+    """At most ``wanted`` of _LIST_SENDS's rows for ``args`` between ``lo`` and ``hi`` (None:
+    open). They follow the cursor's position, or, in a span that starts later (``since``, the
+    next days), the instant before the span with the least id, which takes no row of the span
+    out: PostgreSQL enters the index at the row comparison's bound, not at the span's, and from
+    the cursor's it read a day of 250,000 sends up to ``since`` for a page of 20."""
+    start, after_id = args[4], args[5]
+    after = (lo - _INSTANT, "") if lo is not None and lo > start else (start, after_id)
+    return await conn.fetch(_LIST_SENDS, *args[:4], *after, wanted, *args[7:], lo, hi)
 
 
 _INSTANT = timedelta(microseconds=1)  # a timestamptz's resolution
