@@ -150,6 +150,88 @@ def test_a_reply_to_an_old_message_is_read_from_its_own_day(db_url: str) -> None
     assert message is not None and [r["sms_msg_id"] for r in message.model_dump()["replies"]] == ["r-1"]
 
 
+async def _scans(conn: asyncpg.Connection, table: str) -> dict[str, int]:
+    """Scans of each partition of ``table`` by this session that are not yet in the shared
+    statistics (whole, or by one of its indexes): a transaction's are among them."""
+    rows = await conn.fetch(
+        """SELECT c.relname, pg_stat_get_xact_numscans(c.oid)
+                  + (SELECT coalesce(sum(pg_stat_get_xact_numscans(x.indexrelid)), 0) FROM pg_index x
+                     WHERE x.indrelid = c.oid) AS scans
+           FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = $1::regclass""",
+        table,
+    )  # fmt: skip
+    return {row["relname"]: row["scans"] for row in rows}
+
+
+async def _partitions_read(conn: asyncpg.Connection, table: str, work: Awaitable[object]) -> list[str]:
+    """The partitions of ``table`` that ``work`` reads, in this transaction."""
+    before = await _scans(conn, table)
+    await work
+    after = await _scans(conn, table)
+    return sorted(name for name, scans in after.items() if scans > before.get(name, 0))
+
+
+async def _links(conn: asyncpg.Connection) -> dict[str, tuple[str | None, int]]:
+    rows = await conn.fetch("SELECT u.sms_msg_id, l.sms_msg_id AS reply_to, l.candidates"
+                            " FROM reply_links l JOIN uplinks u ON u.id = l.uplink_id")  # fmt: skip
+    return {row["sms_msg_id"]: (row["reply_to"], row["candidates"]) for row in rows}
+
+
+def test_a_reply_is_linked_from_the_days_its_number_was_sent_to(db_url: str) -> None:
+    number, sent_on = "+8613100000077", [30, 9, 1]
+
+    async def work(conn: asyncpg.Connection) -> tuple[list[str], dict[str, tuple[str | None, int]]]:
+        app_id = await application(conn, "linking", ["csms1"])
+        await _register(conn, *(_send(f"to-{back}", NOW - timedelta(days=back), number) for back in sent_on),
+                        *(_send(f"other-{back}", NOW - timedelta(days=back)) for back in range(DAYS + 1)))  # fmt: skip
+        reply = UplinkRecord(app_id, NOW, "raw", Uplink("r-days", number, "csms1", "yes"))
+        async with conn.transaction():
+            read = await _partitions_read(conn, "sent_messages", store(conn, [reply], HOOKS))
+        return read, await _links(conn)
+
+    read, links = _with(db_url, work)
+    assert links["r-days"] == ("to-1", 3)  # the latest of its three sends, out of three
+    assert read == sorted(partitions.name("sent_messages", (NOW - timedelta(days=back)).date()) for back in sent_on)
+
+
+def test_a_send_registered_late_relinks_the_replies_of_its_days_on(db_url: str) -> None:
+    number, late_at = "+8613100000078", NOW - timedelta(days=5)
+
+    async def work(conn: asyncpg.Connection) -> tuple[list[str], dict[str, tuple[str | None, int]]]:
+        app_id = await application(conn, "relinking", ["csms1"])
+        await _register(conn, _send("first", NOW - timedelta(days=30), number))
+        replies = [UplinkRecord(app_id, NOW - timedelta(days=back), "raw", Uplink(f"r-{back}", number, "csms1", "ok"))
+                   for back in (20, 3, 0)]  # fmt: skip
+        await store(conn, replies, HOOKS)
+        async with conn.transaction():
+            late = correlation.register_sent(conn, [_send("late", late_at, number)], "t", window=WINDOW)
+            read = await _partitions_read(conn, "uplinks", late)
+        return read, await _links(conn)
+
+    read, links = _with(db_url, work)
+    assert links == {"r-20": ("first", 1), "r-3": ("late", 2), "r-0": ("late", 2)}
+    # the replies that may answer it were looked for from its createTime less the clocks' window on
+    assert read[0] == partitions.name("uplinks", (late_at - partitions.WINDOW).date())
+
+
+@pytest.mark.parametrize("named", ["another day", None], ids=["a time of another day", "no time"])
+def test_a_link_that_names_another_day_still_announces_its_reply(db_url: str, named: str | None) -> None:
+    """A link changed by someone else's SQL may name a time that is not its reply's: the reply's
+    event is then read from every day."""
+    at = None if named is None else NOW - timedelta(days=DAYS)
+
+    async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        app_id = await application(conn, "moved", ["csms1"])
+        await _register(conn, _send("asked", NOW - timedelta(days=3)))
+        await store(conn, [UplinkRecord(app_id, NOW - timedelta(days=2), "raw", Uplink("r-moved", TO, "csms1", "hi"))],
+                    HOOKS)  # fmt: skip
+        await conn.execute("UPDATE reply_links SET match = 'number', uplink_received_at = $1", at)
+        return await conn.fetch("SELECT sms_msg_id, data ->> 'match' AS match FROM events WHERE kind = 'reply' ORDER BY id")
+
+    events = _with(db_url, work)
+    assert [(e["sms_msg_id"], e["match"]) for e in events] == [("r-moved", "channel"), ("r-moved", "number")]
+
+
 # A recipient sent to on a few of the days kept (two sends on one of them), days apart; pages
 # of every size give every send once, in send order, and a time range its own.
 SENT_ON = [DAYS, DAYS - 1, 25, 25, 9, 1, 0]

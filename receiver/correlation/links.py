@@ -20,9 +20,11 @@ written, so that one of two concurrent transactions always sees the other's rows
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
+
+from receiver import partitions
 
 # Replying numbers map onto 256 buckets (lock class 8), locked in order: no deadlock.
 _LOCK_REPLY_NUMBERS = """
@@ -32,16 +34,27 @@ FROM (SELECT DISTINCT (hashtext(n) & 255) AS k FROM unnest($1::text[]) AS n WHER
 _LOCK_REPLIES = """
 SELECT pg_advisory_xact_lock(8, k)
 FROM (SELECT DISTINCT (hashtext(from_e164) & 255) AS k FROM uplinks
-      WHERE id = ANY($1::bigint[]) AND from_e164 IS NOT NULL ORDER BY 1) AS b
+      WHERE id = ANY($1::bigint[]) AND received_at BETWEEN $2 AND $3 AND from_e164 IS NOT NULL ORDER BY 1) AS b
 """
 _LOCK_EVERY_NUMBER = "SELECT pg_advisory_xact_lock(8, k) FROM generate_series(0, 255) AS k"
 
-# $1 the replies, $2 the report window. Every send to the replying number at or before the
-# reply is a candidate of each rule it meets; the strongest rule with a candidate decides.
+# $1 the replies, received between $3 and $4; $2 the report window. Every send to the replying
+# number at or before the reply is a candidate of each rule it meets; the strongest rule with a
+# candidate decides. The sends are read from the days the number was sent to (recipient_index),
+# not from every day kept: the days in runs of consecutive ones, a probe of each run's days.
 _LINK = """
 WITH u AS (
     SELECT id, application_id, from_e164, "to", coalesce(create_time, received_at) AS at, received_at
-    FROM uplinks WHERE id = ANY($1::bigint[])
+    FROM uplinks WHERE id = ANY($1::bigint[]) AND received_at BETWEEN $3 AND $4
+),
+sent_days AS MATERIALIZED (
+    SELECT u.id, d.day FROM u JOIN recipient_index d ON d."to" = u.from_e164 AND d.day <= u.at
+),
+sent_runs AS MATERIALIZED (
+    SELECT id, min(day) AS first_day, max(day) + interval '24 hours' AS after_last
+    FROM (SELECT id, day, day - row_number() OVER (PARTITION BY id ORDER BY day) * interval '24 hours' AS run
+          FROM sent_days) AS d
+    GROUP BY id, run
 ),
 by_reply_number AS (
     SELECT DISTINCT ON (u.id) u.id, r.application_id
@@ -60,7 +73,13 @@ candidate AS (
            s.sms_msg_id, s.create_time, s."from",
            coalesce(s.application_id, co.application_id) AS owner
     FROM u
-    JOIN sent_messages s ON s."to" = u.from_e164 AND s.create_time <= u.at
+    JOIN sent_runs r ON r.id = u.id
+    CROSS JOIN LATERAL (  -- grouped: probed for each run, never joined by a hash of every day's sends
+        SELECT sms_msg_id, create_time, "from", application_id FROM sent_messages
+        WHERE "to" = u.from_e164 AND create_time >= r.first_day AND create_time < r.after_last
+              AND create_time <= u.at
+        GROUP BY sms_msg_id, create_time, "from", application_id
+    ) s
     LEFT JOIN by_reply_number rn ON rn.id = u.id
     LEFT JOIN channel_owner co ON co.channel = s."from"
 ),
@@ -110,47 +129,52 @@ WHERE (l.sms_msg_id, l.candidates, l.match, l.unlinked_reason)
 RETURNING uplink_id
 """
 
-# Replies a newly registered send may answer: from its recipient, at or after its createTime.
+# Replies a newly registered send may answer: from its recipient, at or after its createTime,
+# received from $3 on: the earliest createTime less partitions.WINDOW, which allows the platform's
+# clock (createTime) that much ahead of ours (received_at), so that the days before are not read.
 _REPLIES_AFTER_SENDS = """
-SELECT DISTINCT u.id FROM unnest($1::text[], $2::timestamptz[]) AS s(number, at)
+SELECT DISTINCT u.id, u.received_at FROM unnest($1::text[], $2::timestamptz[]) AS s(number, at)
 JOIN uplinks u ON u.from_e164 = s.number
-WHERE coalesce(u.create_time, u.received_at) >= s.at
+WHERE coalesce(u.create_time, u.received_at) >= s.at AND u.received_at >= $3
 """
 
 # Replies to a number that starts with one of these reply numbers.
 _REPLIES_TO_NUMBERS = """
-SELECT u.id FROM uplinks u
+SELECT u.id, u.received_at FROM uplinks u
 WHERE EXISTS (SELECT FROM unnest($1::text[]) AS r(number) WHERE starts_with(u."to", r.number))
 """
 
 # Replies received since $1 (NULL: all), a page after $2.
 _REPLIES_SINCE = """
-SELECT id FROM uplinks
+SELECT id, received_at FROM uplinks
 WHERE ($1::timestamptz IS NULL OR received_at >= $1) AND id > $2
 ORDER BY id LIMIT $3
 """
 
 
-async def link(conn: asyncpg.Connection, uplink_ids: Sequence[int], window: timedelta) -> int:
-    """Link these replies by the strongest rule that finds a send; returns how many links were
-    made or changed. Call it inside a transaction, after the rows it depends on are written."""
-    if not uplink_ids:
+async def link(conn: asyncpg.Connection, replies: Sequence[asyncpg.Record], window: timedelta) -> int:
+    """Link these replies (rows with their ``id`` and ``received_at``) by the strongest rule that
+    finds a send; returns how many links were made or changed. Call it inside a transaction, after
+    the rows it depends on are written."""
+    if not replies:
         return 0
-    ids = sorted(set(uplink_ids))
-    await conn.execute(_LOCK_REPLIES, ids)
-    return len(await conn.fetch(_LINK, ids, window))
+    ids = sorted({row["id"] for row in replies})
+    received = [row["received_at"] for row in replies]
+    span = (min(received), max(received))
+    await conn.execute(_LOCK_REPLIES, ids, *span)
+    return len(await conn.fetch(_LINK, ids, window, *span))
 
 
 async def relink_after_sends(
-    conn: asyncpg.Connection, sends: Sequence[tuple[str, object]], window: timedelta
+    conn: asyncpg.Connection, sends: Sequence[tuple[str, datetime]], window: timedelta
 ) -> int:
     """Sends registered now, as (recipient, createTime): link again the replies they may answer."""
     if not sends:
         return 0
     numbers, times = (list(column) for column in zip(*sends, strict=True))
     await conn.execute(_LOCK_REPLY_NUMBERS, numbers)
-    rows = await conn.fetch(_REPLIES_AFTER_SENDS, numbers, times)
-    return await link(conn, [row["id"] for row in rows], window)
+    rows = await conn.fetch(_REPLIES_AFTER_SENDS, numbers, times, min(times) - partitions.WINDOW)
+    return await link(conn, rows, window)
 
 
 async def relink_reply_numbers(conn: asyncpg.Connection, reply_numbers: Sequence[str], window: timedelta) -> int:
@@ -159,8 +183,7 @@ async def relink_reply_numbers(conn: asyncpg.Connection, reply_numbers: Sequence
     if not reply_numbers:
         return 0
     await conn.execute(_LOCK_EVERY_NUMBER)
-    rows = await conn.fetch(_REPLIES_TO_NUMBERS, list(reply_numbers))
-    return await link(conn, [row["id"] for row in rows], window)
+    return await link(conn, await conn.fetch(_REPLIES_TO_NUMBERS, list(reply_numbers)), window)
 
 
 async def relink(
@@ -172,9 +195,9 @@ async def relink(
     after = 0
     while True:
         async with conn.transaction():
-            ids = [row["id"] for row in await conn.fetch(_REPLIES_SINCE, since, after, batch_size)]
-            if not ids:
+            replies = await conn.fetch(_REPLIES_SINCE, since, after, batch_size)
+            if not replies:
                 return examined, changed
-            changed += await link(conn, ids, window)
-        examined += len(ids)
-        after = ids[-1]
+            changed += await link(conn, replies, window)
+        examined += len(replies)
+        after = replies[-1]["id"]

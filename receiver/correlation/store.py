@@ -336,7 +336,7 @@ def after_insert_hook(window: timedelta) -> AfterInsert:
     ) -> None:
         """States of the messages that got reports, links of the new replies."""
         await refresh_states(conn, (row["sms_msg_id"] for row in new_reports), new_reports)
-        await links.link(conn, [row["id"] for row in new_uplinks], window)
+        await links.link(conn, new_uplinks, window)
 
     return after_insert
 
