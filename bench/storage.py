@@ -57,18 +57,19 @@ from receiver.config import Settings
 from receiver.correlation import queries
 from receiver.db import embedded, migrate
 from receiver.events import feed
-from receiver.protocol.events import StatusReport
-from receiver.records import ReportRecord
+from receiver.protocol.events import StatusReport, Uplink
+from receiver.records import ReportRecord, UplinkRecord
 from receiver.writer import store
 from receiver.writer_process import hooks
 
 from .support import world_readable_tmpdir
 
-# One day's messages $3 .. $4 (sms_msg_id $1 || i), sent through the day $2; about 1.25
-# reports a message (every 4th has an ACCEPTD before its DELIVRD, every 13th fails).
+# One day's messages $3 .. $4 (sms_msg_id $1 || i), sent through the day $2 to the numbers from
+# the $7th of 5 million on; about 1.25 reports a message (every 4th has an ACCEPTD before its
+# DELIVRD, every 13th fails).
 FILL_DAY = """
 WITH i AS (SELECT i, $2::timestamptz + (i - $3) * ($5::float8 / ($4 - $3 + 1)) * interval '1 second' AS at,
-                  '+86131' || lpad((i % 5000000)::text, 8, '0') AS number  -- the recipient, who also replies
+                  '+86131' || lpad(((i + $7) % 5000000)::text, 8, '0') AS number  -- the recipient, who also replies
            FROM generate_series($3::bigint, $4::bigint) AS i),
 sends AS (
     INSERT INTO sent_messages (sms_msg_id, "to", "from", status, create_time, country_id, total, raw)
@@ -155,9 +156,10 @@ def parse_size(text: str) -> int:
     return int(float(text[:-1]) * _SIZES[text[-1]]) if text[-1] in _SIZES else int(text)
 
 
-async def fill(conn: asyncpg.Connection, reports: int, days: int) -> float:
+async def fill(conn: asyncpg.Connection, reports: int, days: int, spread: bool = False) -> float:
     """Bring every one of the last ``days`` days up to ``reports / days`` reports, and make their
-    partitions; seconds taken."""
+    partitions; seconds taken. Each day's messages go to the same numbers, or with ``spread`` to
+    the next ones of 5 million (a number sent to every 5 million / messages a day days)."""
     t0 = time.perf_counter()
     app_id = await conn.fetchval(
         "INSERT INTO applications (name, token_hash) VALUES ('bench', '\\x00') ON CONFLICT (name)"
@@ -185,7 +187,8 @@ async def fill(conn: asyncpg.Connection, reports: int, days: int) -> float:
         # it again, and close it once written, as the job does the day after (and it closes the
         # days one after the other, so that a closed day bounds the txids it holds).
         await conn.execute("DELETE FROM events_closed_days WHERE part = to_regclass($1)", partitions.name("events", day))
-        await conn.execute(FILL_DAY, prefix, start, 1, messages_per_day - have, 86_000.0, app_id)
+        first = (day.toordinal() * messages_per_day) % 5_000_000 if spread else 0
+        await conn.execute(FILL_DAY, prefix, start, 1, messages_per_day - have, 86_000.0, app_id, first)
         await conn.execute("SELECT receiver_events_close($1)", start + timedelta(days=1))
     await conn.execute("RESET session_replication_role")
     await conn.execute("VACUUM ANALYZE")
@@ -215,6 +218,31 @@ async def ingest(conn: asyncpg.Connection, batches: int, size: int = 1000) -> fl
                          StatusReport(f"ingest-{run_id}-{b}-{i}", "DELIVRD", 1, 1, update_time=now, source="2"))
             for i in range(size)
         ]  # fmt: skip
+        t0 = time.perf_counter()
+        await store(conn, batch, steps)
+        elapsed += time.perf_counter() - t0
+    return batches * size / elapsed
+
+
+async def ingest_replies(conn: asyncpg.Connection, batches: int, size: int = 100) -> float:
+    """Replies per second through the writer's store, batches of ``size`` replies (received now)
+    from numbers sent to yesterday, each linked to its number's latest send."""
+    steps = hooks(Settings(database_url="postgresql://unused"))
+    app_id = await conn.fetchval("SELECT id FROM applications WHERE name = 'bench'")
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    numbers = [row["to"] for row in await conn.fetch(
+        'SELECT "to" FROM sent_messages WHERE create_time >= $1 AND create_time < $2 LIMIT $3',
+        yesterday - timedelta(hours=1), yesterday, batches * size,
+    )]  # fmt: skip
+    if not numbers:
+        return 0.0
+    run_id = random.getrandbits(32)
+    elapsed = 0.0
+    for b in range(batches):
+        now = datetime.now(UTC)
+        batch = [UplinkRecord(app_id, now, "bench", Uplink(f"ingest-u-{run_id}-{b}-{i}", numbers[(b * size + i) % len(numbers)],
+                                                              "csms1", "ok"))
+                 for i in range(size)]  # fmt: skip
         t0 = time.perf_counter()
         await store(conn, batch, steps)
         elapsed += time.perf_counter() - t0
@@ -350,13 +378,15 @@ def p50_p99(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-async def stage(url: str, reports: int, days: int, rounds: int, batches: int, ahead: int) -> dict[str, object]:
+async def stage(
+    url: str, reports: int, days: int, rounds: int, batches: int, ahead: int, spread: bool = False
+) -> dict[str, object]:
     conn = await asyncpg.connect(url)
     try:
         await migrate.apply(conn)
         await partitions.ensure(conn)
         await make_ahead(conn, ahead)
-        filled = await fill(conn, reports, days)
+        filled = await fill(conn, reports, days, spread)
         settled = await settle(conn)
         stored = await conn.fetchval("SELECT count(*) FROM status_reports")
         size = await conn.fetchval("SELECT pg_database_size(current_database())")
@@ -370,6 +400,8 @@ async def stage(url: str, reports: int, days: int, rounds: int, batches: int, ah
               f" filled in {filled:.0f} s, written out in {settled:.0f} s", flush=True)  # fmt: skip
         rate = await ingest(conn, batches)
         print(f"  ingest {rate:,.0f} reports/s", flush=True)
+        replies = await ingest_replies(conn, batches)
+        print(f"  ingest {replies:,.0f} replies/s", flush=True)
         latencies = await query_latencies(conn, days, rounds)
         first = await first_query(url)
         print(f"  first GET /v1/messages/{{id}} of a new connection {first:.1f} ms", flush=True)
@@ -380,7 +412,8 @@ async def stage(url: str, reports: int, days: int, rounds: int, batches: int, ah
         print(f"  prune: {len(pruned.dropped)} partitions dropped in {pruned.drop_seconds:.2f} s: tables locked"
               f" {pruned.lock_seconds:.2f} s ({by_table}), files {pruned.file_seconds:.2f} s;"
               f" whole prune {whole:.1f} s", flush=True)  # fmt: skip
-        return {"reports": stored, "days": days, "partitions": parts, "ingest": rate, "latencies": latencies,
+        return {"reports": stored, "days": days, "partitions": parts, "ingest": rate, "replies": replies,
+                "latencies": latencies,
                 "first": first, "drop": pruned.drop_seconds, "locked": pruned.lock_seconds,
                 "files": pruned.file_seconds, "prune": whole, "dropped": len(pruned.dropped),
                 "gone": pruned.counts["status_reports"]}  # fmt: skip
@@ -397,6 +430,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help="ingest batches of 1,000 at each stage")
     parser.add_argument("--database-url", help="grow this database instead of a new embedded one")
     parser.add_argument("--keep", action="store_true", help="keep the embedded database's folder")
+    parser.add_argument("--spread", action="store_true",
+                        help="each day's messages to the next numbers of 5 million, not the same ones every day")  # fmt: skip
     args = parser.parse_args()
     logs.configure("warning", "console")
     base = server = None
@@ -411,7 +446,7 @@ def main() -> None:
         for text in args.sizes.split(","):
             days = max(1, round(parse_size(text) / rate))
             print(f"growing to {text} reports, {args.rate} a day: {days} days ...", flush=True)
-            results.append(asyncio.run(stage(url, days * rate, days, args.rounds, args.batches, args.ahead)))
+            results.append(asyncio.run(stage(url, days * rate, days, args.rounds, args.batches, args.ahead, args.spread)))
     finally:
         if server is not None:
             server.stop()
@@ -419,13 +454,14 @@ def main() -> None:
             shutil.rmtree(base, ignore_errors=True)
     names = list(results[0]["latencies"])  # type: ignore[call-overload]
     print()
-    print("| stored reports | days | partitions a table | ingest reports/s | "
+    print("| stored reports | days | partitions a table | ingest reports/s | ingest replies/s | "
           + " | ".join(f"{n} p50 / p99 ms" for n in names)
           + " | first query of a new connection ms | drop the oldest days' partitions | whole prune |")  # fmt: skip
-    print("|---:|---:|---:|---:|" + "---:|" * len(names) + "---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|" + "---:|" * len(names) + "---:|---:|---:|")
     for r in results:
         cells = [f"{p50:.2f} / {p99:.2f}" for p50, p99 in (p50_p99(r["latencies"][n]) for n in names)]  # type: ignore[index]
-        print(f"| {r['reports']:,} | {r['days']} | {r['partitions']} | {r['ingest']:,.0f} | " + " | ".join(cells)
+        print(f"| {r['reports']:,} | {r['days']} | {r['partitions']} | {r['ingest']:,.0f} | {r['replies']:,.0f} | "
+              + " | ".join(cells)
               + f" | {r['first']:.1f} | {r['dropped']} partitions, {r['drop']:.2f} s"
               + f" (tables locked {r['locked']:.2f} s, files {r['files']:.2f} s) | {r['prune']:.1f} s |")  # fmt: skip
 
