@@ -1,6 +1,6 @@
 """Growth: the same ingest rate, query latency and retention time at 1 M, 10 M and 50 M stored reports.
 
-    .venv/bin/python -m bench.storage [--sizes 1M,10M,50M] [--rate 250k] [--ahead 0] [--database-url URL]
+    .venv/bin/python -m bench.storage [--sizes 1M,10M,50M] [--rate 250k] [--spread] [--ahead 0] [--database-url URL]
 
 One database grows through the sizes by days, at a fixed daily rate: at each size it holds that
 many status reports, ``--rate`` a UTC day (one partition each) over as many of the last days as
@@ -8,13 +8,16 @@ that takes (at 250k a day: 4 days at 1 M, 40 at 10 M, 200 at 50 M), with a send,
 per message, a reply every 50 messages (linked to it) and the event feed's rows the service
 writes for them (a state event at the send and at the settlement, one a report, one a reply),
 generated straight into PostgreSQL with set-based SQL (``generate_series``, no HTTP). A day holds the same at every size, as a service at a steady
-rate keeps more and more days. ``--ahead N`` makes N empty day partitions ahead of today as
+rate keeps more and more days. Each day's messages go to the same numbers (every recipient sent
+to every day), or with ``--spread`` to the next numbers of 5 million (at 250k a day a number is
+sent to every 25 days; at 5k, once in 200). ``--ahead N`` makes N empty day partitions ahead of today as
 well (every table), to see what many partitions cost a look-up without a time. Then, once the
 fill is written out (a checkpoint, then the kernel's dirty pages), one at a time:
 
 - **ingest**: batches of the writer's size (1,000 reports of new messages, received now) through
   the writer's own ``store`` with its own after-insert steps (states, reply links, blacklist),
-  in reports per second;
+  in reports per second; and batches of 100 replies from numbers sent to yesterday, each linked
+  to its number's latest send (every send to the number is a candidate), in replies per second;
 - **queries**, in-process, one at a time: ``GET /v1/messages/{id}`` (a stored message, and an
   unknown id, which searches every day), ``GET /v1/messages?to=``, a page of every send from a
   point of the day (``?since=``) and the first page of the failed ones (``?state=failed``, from

@@ -66,7 +66,7 @@ async def register(
                     new = await correlation.register_sent(
                         conn, messages, registered_by, application_id=application_id, window=settings.report_window
                     )
-                    await blacklist.after_sent(conn, new, settings)
+                    await blacklist.after_sent(conn, new, correlation.reported_span(messages), settings)
                     found = await blacklist.check_sends(
                         conn, blacklist.Config.of(settings), sorted({m.sms_msg_id for m in messages}),
                         correlation.sends_span(messages),

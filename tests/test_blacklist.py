@@ -27,7 +27,7 @@ from support import (
     wait_for,
 )
 
-from receiver import applications
+from receiver import applications, partitions
 from receiver.blacklist import store
 from receiver.blacklist.rules import Signal, fold
 from receiver.config import Settings
@@ -167,7 +167,7 @@ async def register_send(url: str, sms_msg_id: str, to: str, channel: str = "csms
                    VALUES ($1, $2, $3, '000000', now(), '{}')""",
                 sms_msg_id, to, channel,
             )  # fmt: skip
-            await store.after_sent(conn, [sms_msg_id], settings)
+            await store.after_sent(conn, [sms_msg_id], partitions.span([datetime.now(UTC)]), settings)
     finally:
         await conn.close()
 

@@ -1,8 +1,8 @@
 """Look-ups that do not grow with the days kept (docs/storage.md): with many day partitions, a
 message is found by its id alone through message_index, a recipient's messages through
 recipient_index, each read from the days that hold them; a page of every send reads a span of
-days from its cursor on, not every day; the two indexes follow the states and sends whatever
-the order of the events, and a prune."""
+days from its cursor on, not every day; a reply is linked from the days its number was sent to;
+the two indexes follow the states and sends whatever the order of the events, and a prune."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import asyncpg
 import pytest
 from support import application, plan_nodes, run
 
-from receiver import partitions, retention
+from receiver import partitions, retention, sends
 from receiver.api.models import Message
+from receiver.config import Settings
 from receiver.correlation import queries
 from receiver.correlation import store as correlation
 from receiver.correlation.sent import SentMessage
@@ -212,6 +213,23 @@ def test_a_send_registered_late_relinks_the_replies_of_its_days_on(db_url: str) 
     assert links == {"r-20": ("first", 1), "r-3": ("late", 2), "r-0": ("late", 2)}
     # the replies that may answer it were looked for from its createTime less the clocks' window on
     assert read[0] == partitions.name("uplinks", (late_at - partitions.WINDOW).date())
+
+
+def test_a_blacklist_code_reported_before_its_send_is_read_from_the_days_near_it(db_url: str) -> None:
+    number, sent_at = "+8613100000079", NOW - timedelta(days=6)
+
+    async def work(conn: asyncpg.Connection) -> tuple[list[str], list[str]]:
+        app_id = await application(conn, "codes", ["csms1"])
+        coded = StatusReport("coded", "SC:0016", 1, 1, update_time=sent_at + timedelta(minutes=1))
+        await store(conn, [ReportRecord(app_id, "form", sent_at + timedelta(minutes=1), "raw", coded)], HOOKS)
+        settings = Settings(database_url=db_url)
+        read = await _partitions_read(conn, "status_reports",
+                                      sends.register(conn, [_send("coded", sent_at, number)], "t", settings))  # fmt: skip
+        return read, [row["number"] for row in await conn.fetch("SELECT number FROM blacklist")]
+
+    read, blacklisted = _with(db_url, work)
+    assert blacklisted == [number]  # the code applied once its send named the number
+    assert read[0] == partitions.name("status_reports", (sent_at - partitions.WINDOW).date())
 
 
 @pytest.mark.parametrize("named", ["another day", None], ids=["a time of another day", "no time"])

@@ -75,8 +75,11 @@ def after_insert_hook(settings: Settings):  # type: ignore[no-untyped-def]
     return after_insert
 
 
-async def after_sent(conn: asyncpg.Connection, sms_msg_ids: list[str], settings: Settings | None = None) -> None:
-    """Sends registered now: apply the blacklist codes already reported for them.
+async def after_sent(
+    conn: asyncpg.Connection, sms_msg_ids: list[str], reported: tuple[datetime, datetime], settings: Settings | None = None
+) -> None:
+    """Sends registered now: apply the blacklist codes already reported for them, received
+    within ``reported`` (their createTimes and now, widened by partitions.WINDOW).
 
     A report with a blacklist code and no ``to`` cannot name its number until its send is
     registered; in ``channel`` scope a report's channel is the send's. Call it inside the
@@ -86,10 +89,10 @@ async def after_sent(conn: asyncpg.Connection, sms_msg_ids: list[str], settings:
     config = Config.of(settings or Settings())
     rows = await conn.fetch(
         """SELECT id, sms_msg_id, status, "to", received_at, update_time FROM status_reports
-           WHERE sms_msg_id = ANY($1::text[]) AND upper(btrim(status)) = ANY($2::text[])""",
-        list(sms_msg_ids),
-        sorted(BLACKLIST_CODES),
-    )
+           WHERE sms_msg_id = ANY($1::text[]) AND upper(btrim(status)) = ANY($2::text[])
+             AND received_at BETWEEN $3 AND $4""",
+        list(sms_msg_ids), sorted(BLACKLIST_CODES), *reported,
+    )  # fmt: skip
     if rows:
         sends = await _sends(conn, rows)
         await apply(conn, config, report_signals(config, rows, sends))

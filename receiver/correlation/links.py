@@ -74,7 +74,10 @@ candidate AS (
            coalesce(s.application_id, co.application_id) AS owner
     FROM u
     JOIN sent_runs r ON r.id = u.id
-    CROSS JOIN LATERAL (  -- grouped: probed for each run, never joined by a hash of every day's sends
+    -- A sub-query of its own (grouped by the sends' key: no row merges) is probed for each run:
+    -- a join PostgreSQL may answer with a hash of every day's sends (it cannot know how few days
+    -- each probe reads), and it did where days are small.
+    CROSS JOIN LATERAL (
         SELECT sms_msg_id, create_time, "from", application_id FROM sent_messages
         WHERE "to" = u.from_e164 AND create_time >= r.first_day AND create_time < r.after_last
               AND create_time <= u.at

@@ -348,6 +348,13 @@ def sends_span(messages: Sequence[SentMessage]) -> tuple[datetime, datetime]:
     return partitions.span([m.create_time or now for m in messages])
 
 
+def reported_span(messages: Sequence[SentMessage]) -> tuple[datetime, datetime]:
+    """Where the reports stored so far of these sends, registered now, were received: from
+    their createTimes to now (a send registered late), widened by partitions.WINDOW."""
+    now = datetime.now(UTC)
+    return partitions.span([*(m.create_time or now for m in messages), now])
+
+
 async def register_sent(
     conn: asyncpg.Connection,
     messages: Sequence[SentMessage],
