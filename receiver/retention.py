@@ -190,11 +190,23 @@ async def _run(conn: asyncpg.Connection, result: Result, batch_size: int, connec
     for rule in RULES:
         if rule is not EVENT_FEED:
             await _table(conn, rule, result, batch_size)
-    if not result.dry_run:  # the days whose replies are all gone (sql/027_uplink_days.sql)
+    if not result.dry_run:
         await conn.execute(_FORGET_UPLINK_DAYS, result.cutoff)
+        await conn.execute(_KEEP_RECIPIENT_DAYS, result.cutoff)
 
 
+# The days whose replies are all gone (sql/027_uplink_days.sql).
 _FORGET_UPLINK_DAYS = "DELETE FROM uplink_days WHERE day < date_trunc('day', $1::timestamptz, 'UTC')"
+
+# The days of the sends a recent event kept in a month whose recipient_index went whole: written
+# again (into its default partition), so that they stay candidates for linking a reply. Only the
+# sends left before the cutoff's month are read: those of the days not dropped whole.
+_KEEP_RECIPIENT_DAYS = """
+INSERT INTO recipient_index ("to", day)
+SELECT DISTINCT "to", date_trunc('day', create_time, 'UTC') FROM sent_messages
+WHERE create_time < date_trunc('month', $1::timestamptz, 'UTC')
+ON CONFLICT DO NOTHING
+"""
 
 
 # --- whole days ----------------------------------------------------------------------------------

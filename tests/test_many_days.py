@@ -18,7 +18,7 @@ from support import application, plan_nodes, run
 from receiver import partitions, retention, sends
 from receiver.api.models import Message
 from receiver.config import Settings
-from receiver.correlation import queries
+from receiver.correlation import links, queries
 from receiver.correlation import store as correlation
 from receiver.correlation.sent import SentMessage
 from receiver.protocol.events import StatusReport, Uplink
@@ -179,20 +179,24 @@ async def _links(conn: asyncpg.Connection) -> dict[str, tuple[str | None, int]]:
 
 
 def test_a_reply_is_linked_from_the_days_its_number_was_sent_to(db_url: str) -> None:
-    number, sent_on = "+8613100000077", [30, 9, 1]
+    """Sent to on a day, a run of three days, and the day before the reply's and its own (after
+    the reply: no candidate); read from those days alone."""
+    number, sent_on = "+8613100000077", [30, 10, 9, 8, 1]
+    reply_at = TODAY + (NOW - TODAY) / 2
 
     async def work(conn: asyncpg.Connection) -> tuple[list[str], dict[str, tuple[str | None, int]]]:
         app_id = await application(conn, "linking", ["csms1"])
         await _register(conn, *(_send(f"to-{back}", NOW - timedelta(days=back), number) for back in sent_on),
+                        _send("after", NOW, number),
                         *(_send(f"other-{back}", NOW - timedelta(days=back)) for back in range(DAYS + 1)))  # fmt: skip
-        reply = UplinkRecord(app_id, NOW, "raw", Uplink("r-days", number, "csms1", "yes"))
+        reply = UplinkRecord(app_id, reply_at, "raw", Uplink("r-days", number, "csms1", "yes"))
         async with conn.transaction():
             read = await _partitions_read(conn, "sent_messages", store(conn, [reply], HOOKS))
         return read, await _links(conn)
 
     read, links = _with(db_url, work)
-    assert links["r-days"] == ("to-1", 3)  # the latest of its three sends, out of three
-    assert read == sorted(partitions.name("sent_messages", (NOW - timedelta(days=back)).date()) for back in sent_on)
+    assert links["r-days"] == ("to-1", 5)  # the latest of its five sends before it, out of five
+    assert read == sorted(partitions.name("sent_messages", (NOW - timedelta(days=back)).date()) for back in [*sent_on, 0])
 
 
 def test_a_send_registered_late_relinks_the_replies_of_its_days_on(db_url: str) -> None:
@@ -223,8 +227,9 @@ def test_a_blacklist_code_reported_before_its_send_is_read_from_the_days_near_it
         coded = StatusReport("coded", "SC:0016", 1, 1, update_time=sent_at + timedelta(minutes=1))
         await store(conn, [ReportRecord(app_id, "form", sent_at + timedelta(minutes=1), "raw", coded)], HOOKS)
         settings = Settings(database_url=db_url)
-        read = await _partitions_read(conn, "status_reports",
-                                      sends.register(conn, [_send("coded", sent_at, number)], "t", settings))  # fmt: skip
+        async with conn.transaction():
+            read = await _partitions_read(conn, "status_reports",
+                                          sends.register(conn, [_send("coded", sent_at, number)], "t", settings))  # fmt: skip
         return read, [row["number"] for row in await conn.fetch("SELECT number FROM blacklist")]
 
     read, blacklisted = _with(db_url, work)
@@ -408,6 +413,29 @@ def test_a_pruned_message_is_not_found_whether_its_day_was_dropped_or_its_rows_d
         return [*found, left]
 
     assert _with(db_url, work) == [False, False, True, 0]
+
+
+def test_a_send_kept_by_its_reply_stays_a_candidate_once_its_month_of_recipient_index_is_pruned(db_url: str) -> None:
+    """A send on a day without a partition of its own (the default partition) in a month that has
+    some, kept by a prune because a recent reply is linked to it, after its month of
+    recipient_index went whole: linking the replies again still finds it."""
+    number, old_day = "+8613100000080", (TODAY - timedelta(days=100)).date()
+    sent_at = datetime(old_day.year, old_day.month, old_day.day, 1, tzinfo=UTC) + timedelta(days=1)
+
+    async def work(conn: asyncpg.Connection) -> tuple[list[str], dict[str, tuple[str | None, int]]]:
+        app_id = await application(conn, "kept", ["csms1"])
+        for table in partitions.TABLES:  # the month's partitions, not the send's day
+            await partitions.create(conn, table, old_day)
+        await _register(conn, _send("old-send", sent_at, number))
+        await store(conn, [UplinkRecord(app_id, NOW, "raw", Uplink("r-kept", number, "csms1", "yes"))], HOOKS)
+        await retention.prune(conn, timedelta(days=60))
+        kept = [row["sms_msg_id"] for row in await conn.fetch("SELECT sms_msg_id FROM sent_messages")]
+        await links.relink(conn, WINDOW)
+        return kept, await _links(conn)
+
+    kept, linked = _with(db_url, work)
+    assert kept == ["old-send"]
+    assert linked == {"r-kept": ("old-send", 1)}
 
 
 def test_a_batchs_refresh_reads_big_days_by_the_messages_ids(db_url: str) -> None:

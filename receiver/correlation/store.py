@@ -350,9 +350,9 @@ def sends_span(messages: Sequence[SentMessage]) -> tuple[datetime, datetime]:
 
 def reported_span(messages: Sequence[SentMessage]) -> tuple[datetime, datetime]:
     """Where the reports stored so far of these sends, registered now, were received: from
-    their createTimes to now (a send registered late), widened by partitions.WINDOW."""
-    now = datetime.now(UTC)
-    return partitions.span([*(m.create_time or now for m in messages), now])
+    their createTimes to now (a send registered late), widened by partitions.WINDOW; anywhere
+    when one has no createTime (its reports may have come any time before)."""
+    return partitions.span([*(m.create_time for m in messages), datetime.now(UTC)])
 
 
 async def register_sent(
