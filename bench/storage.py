@@ -49,6 +49,7 @@ import random
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -61,7 +62,7 @@ from receiver.correlation import queries
 from receiver.db import embedded, migrate
 from receiver.events import feed
 from receiver.protocol.events import StatusReport, Uplink
-from receiver.records import ReportRecord, UplinkRecord
+from receiver.records import Record, ReportRecord, UplinkRecord
 from receiver.writer import store
 from receiver.writer_process import hooks
 
@@ -208,30 +209,37 @@ async def settle(conn: asyncpg.Connection) -> float:
     return time.perf_counter() - t0
 
 
-async def ingest(conn: asyncpg.Connection, batches: int, size: int = 1000) -> float:
-    """Reports per second through the writer's store, batches of ``size`` new reports."""
+async def _through_writer(conn: asyncpg.Connection, batches: int, batch: Callable[[int, int], list[Record]]) -> float:
+    """Records per second through the writer's own ``store`` and after-insert steps, ``batches``
+    batches made by ``batch(app_id, b)``."""
     steps = hooks(Settings(database_url="postgresql://unused"))
     app_id = await conn.fetchval("SELECT id FROM applications WHERE name = 'bench'")
-    run_id = random.getrandbits(32)
-    elapsed = 0.0
+    stored, elapsed = 0, 0.0
     for b in range(batches):
-        now = datetime.now(UTC)
-        batch = [
-            ReportRecord(app_id, "form", now, "bench",
-                         StatusReport(f"ingest-{run_id}-{b}-{i}", "DELIVRD", 1, 1, update_time=now, source="2"))
-            for i in range(size)
-        ]  # fmt: skip
+        records = batch(app_id, b)
         t0 = time.perf_counter()
-        await store(conn, batch, steps)
+        await store(conn, records, steps)
         elapsed += time.perf_counter() - t0
-    return batches * size / elapsed
+        stored += len(records)
+    return stored / elapsed
+
+
+async def ingest(conn: asyncpg.Connection, batches: int, size: int = 1000) -> float:
+    """Reports per second through the writer's store, batches of ``size`` new reports."""
+    run_id = random.getrandbits(32)
+
+    def batch(app_id: int, b: int) -> list[Record]:
+        now = datetime.now(UTC)
+        return [ReportRecord(app_id, "form", now, "bench",
+                             StatusReport(f"ingest-{run_id}-{b}-{i}", "DELIVRD", 1, 1, update_time=now, source="2"))
+                for i in range(size)]  # fmt: skip
+
+    return await _through_writer(conn, batches, batch)
 
 
 async def ingest_replies(conn: asyncpg.Connection, batches: int, size: int = 100) -> float:
     """Replies per second through the writer's store, batches of ``size`` replies (received now)
     from numbers sent to yesterday, each linked to its number's latest send."""
-    steps = hooks(Settings(database_url="postgresql://unused"))
-    app_id = await conn.fetchval("SELECT id FROM applications WHERE name = 'bench'")
     yesterday = datetime.now(UTC) - timedelta(days=1)
     numbers = [row["to"] for row in await conn.fetch(
         'SELECT "to" FROM sent_messages WHERE create_time >= $1 AND create_time < $2 LIMIT $3',
@@ -240,16 +248,14 @@ async def ingest_replies(conn: asyncpg.Connection, batches: int, size: int = 100
     if not numbers:
         return 0.0
     run_id = random.getrandbits(32)
-    elapsed = 0.0
-    for b in range(batches):
+
+    def batch(app_id: int, b: int) -> list[Record]:
         now = datetime.now(UTC)
-        batch = [UplinkRecord(app_id, now, "bench", Uplink(f"ingest-u-{run_id}-{b}-{i}", numbers[(b * size + i) % len(numbers)],
-                                                              "csms1", "ok"))
-                 for i in range(size)]  # fmt: skip
-        t0 = time.perf_counter()
-        await store(conn, batch, steps)
-        elapsed += time.perf_counter() - t0
-    return batches * size / elapsed
+        return [UplinkRecord(app_id, now, "bench", Uplink(f"ingest-u-{run_id}-{b}-{i}",
+                                                          numbers[(b * size + i) % len(numbers)], "csms1", "ok"))
+                for i in range(size)]  # fmt: skip
+
+    return await _through_writer(conn, batches, batch)
 
 
 async def query_latencies(conn: asyncpg.Connection, days: int, rounds: int) -> dict[str, list[float]]:
