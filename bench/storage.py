@@ -114,6 +114,11 @@ links AS (  -- each reply answers the message it follows
     INSERT INTO reply_links (uplink_id, sms_msg_id, candidates, match, uplink_received_at)
     SELECT id, substr(sms_msg_id, 2), 1, 'channel', received_at FROM replies
 ),
+reply_days_of_messages AS (
+    INSERT INTO reply_index (sms_msg_id, day)
+    SELECT substr(sms_msg_id, 2), date_trunc('day', received_at, 'UTC') FROM replies
+    ON CONFLICT DO NOTHING
+),
 reports AS (
     INSERT INTO status_reports (application_id, sms_msg_id, status, total, sequence, source, update_time, raw_body,
                                 via, received_at, stored_at, dedupe_key)

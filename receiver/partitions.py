@@ -1,12 +1,14 @@
 """Day partitions (``sql/016_time_partitions.sql``, ``sql/018_message_partitions.sql``, docs/storage.md).
 
-``status_reports``, ``uplinks`` and ``quarantine`` are partitioned by ``received_at``, the event
-feed (``events``) by ``at``, the tables of one row per message by the message's time (the send's
-``create_time``, ``message_states.message_at``, ``sends_after_optout.sent_at``): one partition per
-UTC day, named ``<table>_YYYYMMDD``, plus the
-table as it was before partitioning (``<table>_older``) and a default partition. The two indexes
+``status_reports``, ``uplinks`` and ``quarantine`` are partitioned by ``received_at``, a reply's
+link (``reply_links``) by its reply's (``uplink_received_at``), the event feed (``events``) by
+``at``, the tables of one row per message by the message's time (the send's ``create_time``,
+``message_states.message_at``, ``sends_after_optout.sent_at``): one partition per UTC day, named
+``<table>_YYYYMMDD``, plus the table as it was before partitioning (``<table>_older``) and a
+default partition. The three indexes
 (``message_index``: a message's day by its id, ``recipient_index``: a recipient's days,
-``sql/019_message_index.sql``) have one partition per UTC month, ``<table>_YYYYMM``:
+``sql/019_message_index.sql``; ``reply_index``: the days of a message's replies,
+``sql/029_reply_link_days.sql``) have one partition per UTC month, ``<table>_YYYYMM``:
 :func:`create` of a day makes its month. The writer
 process keeps :data:`DAYS_AHEAD` days ahead (at start, then every :data:`INTERVAL_SECONDS`, when
 it also closes the event feed's days that nothing can add to any more), so
@@ -38,11 +40,11 @@ log = structlog.get_logger("receiver.partitions")
 
 # Partitioned tables and their partition column; the event feed first (retention drops it first).
 TABLES: dict[str, str] = {"events": "at", "status_reports": "received_at", "uplinks": "received_at",
-                          "quarantine": "received_at", "sent_messages": "create_time",
+                          "reply_links": "uplink_received_at", "quarantine": "received_at", "sent_messages": "create_time",
                           "message_states": "message_at", "sends_after_optout": "sent_at",
-                          "message_index": "message_at", "recipient_index": "day"}  # fmt: skip
+                          "message_index": "message_at", "recipient_index": "day", "reply_index": "day"}  # fmt: skip
 # Tables with one partition per UTC month instead of per day (receiver_partition_create knows them too).
-MONTHLY = frozenset({"message_index", "recipient_index"})
+MONTHLY = frozenset({"message_index", "recipient_index", "reply_index"})
 DAYS_AHEAD = 7
 INTERVAL_SECONDS = 3600.0
 LOCK_TIMEOUT = "2s"

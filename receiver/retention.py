@@ -71,7 +71,8 @@ class Rule:
 
     table: str
     column: str
-    children: tuple[tuple[str, str], ...] = ()  # (child table, its column holding our key)
+    # (child table, its column holding our key, its column holding our ``column``)
+    children: tuple[tuple[str, str, str], ...] = ()
     key: str = "id"
     # False for a column with a BRIN index (no order to walk): each batch takes any old rows
     ordered: bool = True
@@ -87,7 +88,8 @@ class Rule:
 EVENT_FEED = Rule("events", "at", ordered=False)
 RULES: tuple[Rule, ...] = (
     EVENT_FEED,
-    Rule("uplinks", "received_at", children=(("reply_links", "uplink_id"),), row=(("sms_msg_id", "text"), ("id", "bigint"))),
+    Rule("uplinks", "received_at", children=(("reply_links", "uplink_id", "uplink_received_at"),),
+         row=(("sms_msg_id", "text"), ("id", "bigint"))),
     Rule("quarantine", "received_at"),
     Rule("quarantine_counts", "hour"),
 )
@@ -147,7 +149,7 @@ def tables() -> list[str]:
     """Every table a prune deletes from, in the order it reports them."""
     names = list(MESSAGE_TABLES)
     for rule in RULES:
-        names += [rule.table, *(child for child, _ in rule.children)]
+        names += [rule.table, *(child for child, _, _ in rule.children)]
     return names
 
 
@@ -214,7 +216,21 @@ ON CONFLICT DO NOTHING
 # A dropped day's rows are counted from the statistics once PostgreSQL has gathered them (a big
 # day: counting it would take longer than dropping it); a day without them is counted.
 _ROWS = "SELECT CASE WHEN reltuples >= 0 THEN reltuples::bigint END FROM pg_class WHERE oid = $1::regclass"
-_CHILD_ROWS = {"uplinks": ("reply_links", "uplink_id")}
+
+# Tables whose days leave with another table's, in its transaction: a day's reply links with the
+# day's replies (a link lies on its reply's day, sql/029_reply_link_days.sql), so that no query
+# sees a reply without its link, nor a link without its reply.
+_WITH = {"uplinks": ("reply_links",)}
+_FOLLOWING = frozenset(following for tables in _WITH.values() for following in tables)
+
+
+def _following(table: str) -> str:
+    """The rows of a follower ``table`` on the days from $1 to $2 (the dropped days of the table it
+    follows; all before $3) that its other partitions hold once its own days of those dates are
+    detached."""
+    col = partitions.TABLES[table]
+    return (f"FROM {table} r WHERE r.{col} < $3 AND EXISTS (SELECT FROM unnest($1::timestamptz[], $2::timestamptz[])"
+            f" AS d(lo, hi) WHERE r.{col} >= d.lo AND r.{col} < d.hi)")
 
 # A day detached from its table is renamed with this prefix until it is dropped: no query of the
 # service reads it, no day partition is named so (the day can be made again), and a prune that
@@ -268,21 +284,30 @@ async def _drop_days(conn: asyncpg.Connection, result: Result, connect: Connect 
 
 
 async def _detach_each_day(conn: asyncpg.Connection, result: Result, retire: Callable[[list[str]], None]) -> None:
-    """Detach each table's days past the cutoff in a transaction of its own; ``retire`` is handed
-    each table's retired tables once their transaction has committed."""
+    """Detach each table's days past the cutoff in a transaction of its own (with the days of the
+    tables that follow it, :data:`_WITH`); ``retire`` is handed the retired tables once their
+    transaction has committed."""
     for table in partitions.TABLES:
-        days = [p.name for p in await partitions.partitions(conn, table) if p.upper is not None and p.upper <= result.cutoff]
+        if table in _FOLLOWING:
+            continue
+        followers = _WITH.get(table, ())
+        old = {t: [p for p in await partitions.partitions(conn, t) if p.upper is not None and p.upper <= result.cutoff]
+               for t in (table, *followers)}  # fmt: skip
+        days = [(t, p.name) for t, parts in old.items() for p in parts]
         if not days:
             continue
-        child = _CHILD_ROWS.get(table)
+        # A follower's rows of the table's days that are not on the follower's days of the same
+        # dates (its default partition, or the table it was before partitioning) go with them.
+        uppers = [p.upper for p in old[table] if p.upper is not None]
+        spans = ([p.lower or partitions.EARLIEST for p in old[table]], uppers, max(uppers, default=partitions.EARLIEST))
         if result.dry_run:
-            for day in days:
-                result.add(table, await _rows(conn, day))
-                if child:
-                    sql = f"SELECT count(*) FROM {child[0]} WHERE {child[1]} IN (SELECT id FROM {day})"
-                    result.add(child[0], await conn.fetchval(sql))
+            for t, day in days:
+                result.add(t, await _rows(conn, day))
                 result.gone.append(await conn.fetchval("SELECT $1::regclass::oid", day))
-            result.dropped += days
+            result.dropped += [day for _, day in days]
+            for t in followers:
+                sql = f"SELECT count(*) {_following(t)} AND r.tableoid <> ALL($4::oid[])"
+                result.add(t, await conn.fetchval(sql, *spans, result.gone))
             continue
         # One transaction per table, its lock taken once: the days leave the table, their files
         # stay (dropped once the lock is released).
@@ -290,24 +315,23 @@ async def _detach_each_day(conn: asyncpg.Connection, result: Result, retire: Cal
         async with conn.transaction():
             await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
             await blacklist_store.keep_out_bulk_work(conn)  # a rebuild reads all of a day's replies, or none
-            rows = {day: await _rows(conn, day) for day in days}
-            if child:
-                for day in days:
-                    sql = f"DELETE FROM {child[0]} WHERE {child[1]} IN (SELECT id FROM {day})"
-                    result.add(child[0], _count(await conn.execute(sql)))
-            await conn.execute(_at_once(f"ALTER TABLE {table} DETACH PARTITION {day}; ALTER TABLE {day} RENAME TO {retired(day)}"
-                                        for day in days))  # fmt: skip
+            rows = [(t, await _rows(conn, day)) for t, day in days]
+            await conn.execute(_at_once(f"ALTER TABLE {t} DETACH PARTITION {day}; ALTER TABLE {day} RENAME TO {retired(day)}"
+                                        for t, day in days))  # fmt: skip
+            for t in followers:
+                rows.append((t, _count(await conn.execute(f"DELETE {_following(t)}", *spans))))
             # Their foreign keys go now: dropped with the tables, they would lock the tables they refer to
             # (applications) for as long as the files take.
-            keys = await conn.fetch(_FOREIGN_KEYS, [retired(day) for day in days])
+            keys = await conn.fetch(_FOREIGN_KEYS, [retired(day) for _, day in days])
             if keys:
                 await conn.execute(_at_once(f"ALTER TABLE {k['t']} DROP CONSTRAINT {k['c']}" for k in keys))
         result.table_seconds[table] = seconds = time.perf_counter() - started
         result.lock_seconds += seconds
-        result.add(table, sum(rows.values()))
-        result.dropped += days
-        log.info("prune.detached", table=table, partitions=len(days), rows=sum(rows.values()), seconds=round(seconds, 3))
-        retire([retired(day) for day in days])
+        for t, n in rows:
+            result.add(t, n)
+        result.dropped += [day for _, day in days]
+        log.info("prune.detached", table=table, partitions=len(days), rows=sum(n for _, n in rows), seconds=round(seconds, 3))
+        retire([retired(day) for _, day in days])
 
 
 def _at_once(commands: Iterable[str]) -> str:
@@ -642,9 +666,9 @@ async def _table(conn: asyncpg.Connection, rule: Rule, result: Result, batch_siz
     if result.dry_run:
         sql = f"SELECT count(*) FROM {t} WHERE {col} < $1 AND tableoid <> ALL($2::oid[])"
         result.add(t, await conn.fetchval(sql, result.cutoff, result.gone))
-        for child, ref in rule.children:
-            sql = (f"SELECT count(*) FROM {child} c JOIN {t} p ON c.{ref} = p.{rule.key}"
-                   f" WHERE p.{col} < $1 AND p.tableoid <> ALL($2::oid[])")  # fmt: skip
+        for child, ref, at in rule.children:
+            sql = (f"SELECT count(*) FROM {child} c JOIN {t} p ON c.{ref} = p.{rule.key} AND c.{at} = p.{col}"
+                   f" WHERE p.{col} < $1 AND p.tableoid <> ALL($2::oid[]) AND c.tableoid <> ALL($2::oid[])")  # fmt: skip
             result.add(child, await conn.fetchval(sql, result.cutoff, result.gone))
         return
     key = f", {rule.key} AS key" if rule.children else ""
@@ -663,9 +687,10 @@ async def _table(conn: asyncpg.Connection, rule: Rule, result: Result, batch_siz
             if not rows:
                 return
             deleted = {}
-            for child, ref in rule.children:
-                sql = f"DELETE FROM {child} WHERE {ref} = ANY($1)"
-                deleted[child] = _count(await conn.execute(sql, [r["key"] for r in rows]))
+            for child, ref, at in rule.children:  # from the days of these rows
+                sql = f"DELETE FROM {child} WHERE {ref} = ANY($1) AND {at} BETWEEN $2 AND $3"
+                times = [r["at"] for r in rows]
+                deleted[child] = _count(await conn.execute(sql, [r["key"] for r in rows], min(times), max(times)))
             deleted[t] = await _delete_rows(conn, rule, rows, result.cutoff)
         after = rows[-1]["at"] if rule.ordered else None
         for table, n in deleted.items():

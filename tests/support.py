@@ -151,9 +151,10 @@ async def fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
         await conn.close()
 
 
-async def plan_nodes(conn: asyncpg.Connection, sql: str, *args: object) -> list[dict[str, Any]]:
-    """Every node of PostgreSQL's plan for ``sql`` (``EXPLAIN (FORMAT JSON)``), sub-plans included."""
-    plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
+async def plan_nodes(conn: asyncpg.Connection, sql: str, *args: object, analyze: bool = False) -> list[dict[str, Any]]:
+    """Every node of PostgreSQL's plan for ``sql`` (``EXPLAIN (FORMAT JSON)``), sub-plans included;
+    ``analyze``: run, each node with its ``Actual Loops`` (0: never run, a partition pruned as it ran)."""
+    plan = await conn.fetchval(f"EXPLAIN ({'ANALYZE, ' if analyze else ''}FORMAT JSON) {sql}", *args)
     nodes: list[dict[str, Any]] = []
     todo = [json.loads(plan) if isinstance(plan, str) else plan]
     while todo:

@@ -39,6 +39,7 @@ DAY_INDEXES = {
                        "btree (report_hour)"},
     "uplinks": {"UNIQUE btree (sms_msg_id, application_id, received_at)", "btree (id)", "btree (received_at)",
                 'btree (from_e164, "to")', "btree (txid, id)", "btree (reply_hour)"},
+    "reply_links": {"UNIQUE btree (uplink_id, uplink_received_at)", "btree (sms_msg_id)", "btree (uplink_received_at)"},
     "quarantine": {"UNIQUE btree (record_id, received_at)", "btree (id)", "btree (received_at)"},
     "events": {"UNIQUE btree (txid, id, at)", "brin (at)"},
     "sent_messages": {"UNIQUE btree (sms_msg_id, create_time)", 'btree ("to", create_time, sms_msg_id)',

@@ -237,11 +237,10 @@ def test_a_blacklist_code_reported_before_its_send_is_read_from_the_days_near_it
     assert read[0] == partitions.name("status_reports", (sent_at - partitions.WINDOW).date())
 
 
-@pytest.mark.parametrize("named", ["another day", None], ids=["a time of another day", "no time"])
-def test_a_link_that_names_another_day_still_announces_its_reply(db_url: str, named: str | None) -> None:
+def test_a_link_that_names_another_day_still_announces_its_reply(db_url: str) -> None:
     """A link changed by someone else's SQL may name a time that is not its reply's: the reply's
     event is then read from every day."""
-    at = None if named is None else NOW - timedelta(days=DAYS)
+    at = NOW - timedelta(days=DAYS)
 
     async def work(conn: asyncpg.Connection) -> list[asyncpg.Record]:
         app_id = await application(conn, "moved", ["csms1"])
@@ -253,6 +252,32 @@ def test_a_link_that_names_another_day_still_announces_its_reply(db_url: str, na
 
     events = _with(db_url, work)
     assert [(e["sms_msg_id"], e["match"]) for e in events] == [("r-moved", "channel"), ("r-moved", "number")]
+
+
+def test_a_message_s_replies_are_read_from_the_days_they_came(db_url: str) -> None:
+    """A message sent 30 days back, replied to 20 days back (and another message's reply between):
+    its links are read from the day of its reply (reply_index), not from every day since."""
+    replied = NOW - timedelta(days=20)
+
+    async def work(conn: asyncpg.Connection) -> tuple[list[str], Message | None]:
+        app_id = await application(conn, "m", ["csms1"])
+        await _register(conn, _send("asked", NOW - timedelta(days=30)),
+                        _send("other", NOW - timedelta(days=16), "+8613100000001"))  # fmt: skip
+        await store(conn, [UplinkRecord(app_id, replied, "raw", Uplink("r-asked", TO, "csms1", "yes"))], HOOKS)
+        await store(conn, [UplinkRecord(app_id, NOW - timedelta(days=15), "raw",
+                                        Uplink("r-other", "+8613100000001", "csms1", "no"))], HOOKS)  # fmt: skip
+        async with conn.transaction():
+            message: list[Message | None] = []
+
+            async def look_up() -> None:
+                message.append(await queries.message(conn, "asked"))
+
+            read = await _partitions_read(conn, "reply_links", look_up())
+        return read, message[0]
+
+    read, message = _with(db_url, work)
+    assert message is not None and [r.sms_msg_id for r in message.replies] == ["r-asked"]
+    assert read == [partitions.name("reply_links", replied.date())]
 
 
 # A recipient sent to on a few of the days kept (two sends on one of them), days apart; pages

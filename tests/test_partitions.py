@@ -279,6 +279,11 @@ def test_a_database_with_rows_is_converted_in_place(empty_db_url: str, tmp_path:
                 "feed_before": feed_before,
                 "view": await conn.fetchval("SELECT sum(reports) FROM dashboard_reports_hourly"),
                 "replies": await conn.fetchval("SELECT sum(linked) FROM dashboard_replies_hourly"),
+                "links": await conn.fetch(
+                    "SELECT l.tableoid::regclass::text AS part, l.uplink_received_at = u.received_at AS on_its_day,"
+                    " (SELECT array_agg(day) FROM reply_index i WHERE i.sms_msg_id = l.sms_msg_id) AS days"
+                    " FROM reply_links l JOIN uplinks u ON u.id = l.uplink_id"
+                ),
                 "granted": await conn.fetchval(
                     "SELECT has_table_privilege('receiver_readonly', 'status_reports', 'SELECT')"
                     " AND has_table_privilege('receiver_readonly', 'dashboard_reports_hourly', 'SELECT')"
@@ -303,6 +308,11 @@ def test_a_database_with_rows_is_converted_in_place(empty_db_url: str, tmp_path:
     assert out["parts"] == ["quarantine_older", "status_reports_older", "uplinks_older"]
     assert [tuple(r) for r in out["events"]] == [tuple(r) for r in out["feed_before"]]  # type: ignore[attr-defined]
     assert out["view"] == 3 and out["replies"] == 1 and out["granted"] is True
+    links: list[asyncpg.Record] = out["links"]  # type: ignore[assignment]
+    [link] = links  # the reply's link on its day, found by its message
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert (link["part"], link["on_its_day"]) == ("reply_links_older", True) and link["days"] in ([yesterday], [yesterday + timedelta(days=1)])
+    assert [r.sms_msg_id for r in out["message"].replies] == ["up-old"]  # type: ignore[attr-defined]
     assert out["ids"] == [1, 2, 3, 4] and out["new_event"] == 1
     assert out["message_parts"] == ["message_states_older", "sends_after_optout_older", "sent_messages_older"]
     message = out["message"]
@@ -402,6 +412,39 @@ def test_prune_drops_the_old_days_of_sends_and_states_and_keeps_the_newer_ones(d
     assert [tuple(r) for r in states] == [(m, "pending") for m in kept]  # one part of two delivered
     counted = dict(line.split("\t") for line in done.stdout.splitlines()[1:])
     assert int(counted["sent_messages"]) == int(counted["message_states"]) == len(days) - len(kept)
+
+
+def test_a_day_of_replies_goes_with_its_links_whole(db_url: str) -> None:
+    """Three old days of replies, each with its link on its day of reply_links, and a fourth
+    whose day reply_links has none of (its link in the default partition): the prune detaches
+    the links' days in the replies' transaction, takes the stray link with them, and keeps the
+    links of the days it keeps."""
+    start = datetime.now(UTC).replace(hour=12) - timedelta(days=40)
+
+    async def fill_and_prune() -> tuple[retention.Result, list[asyncpg.Record]]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            app_id = await _app(conn)
+            for day in range(4):
+                at = start + timedelta(days=day)
+                await partitions.create(conn, "uplinks", at.date())
+                if day < 3:
+                    await partitions.create(conn, "reply_links", at.date())
+                await store(conn, [_uplink(app_id, f"up-{day}", at)], HOOKS)
+            await store(conn, [_uplink(app_id, "up-kept", datetime.now(UTC))], HOOKS)
+            assert await conn.fetchval("SELECT count(*) FROM reply_links_default") == 1
+            result = await retention.prune(conn, timedelta(days=20))
+            left = await conn.fetch("SELECT u.sms_msg_id FROM reply_links l JOIN uplinks u ON u.id = l.uplink_id")
+            return result, left
+        finally:
+            await conn.close()
+
+    result, left = run(fill_and_prune())
+    days = [f"{start + timedelta(days=day):%Y%m%d}" for day in range(4)]
+    assert {f"reply_links_{d}" for d in days[:3]} | {f"uplinks_{d}" for d in days} <= set(result.dropped)
+    assert result.counts["uplinks"] == result.counts["reply_links"] == 4
+    assert set(result.table_seconds) == {"uplinks"}  # one transaction for the replies and their links
+    assert [r["sms_msg_id"] for r in left] == ["up-kept"]
 
 
 def test_prune_tells_the_time_each_table_took_to_drop_its_days(db_url: str) -> None:

@@ -123,10 +123,9 @@ FROM u
 LEFT JOIN best b ON b.uplink_id = u.id
 LEFT JOIN seen ON seen.uplink_id = u.id
 ORDER BY u.id
-ON CONFLICT (uplink_id) DO UPDATE SET
+ON CONFLICT (uplink_id, uplink_received_at) DO UPDATE SET
     sms_msg_id = EXCLUDED.sms_msg_id, candidates = EXCLUDED.candidates, match = EXCLUDED.match,
-    unlinked_reason = EXCLUDED.unlinked_reason, linked_at = EXCLUDED.linked_at,
-    uplink_received_at = EXCLUDED.uplink_received_at
+    unlinked_reason = EXCLUDED.unlinked_reason, linked_at = EXCLUDED.linked_at
 WHERE (l.sms_msg_id, l.candidates, l.match, l.unlinked_reason)
       IS DISTINCT FROM (EXCLUDED.sms_msg_id, EXCLUDED.candidates, EXCLUDED.match, EXCLUDED.unlinked_reason)
 RETURNING uplink_id

@@ -51,10 +51,14 @@ WHERE sms_msg_id = $1 AND received_at BETWEEN $2 AND $3
 ORDER BY update_time NULLS FIRST, received_at, id
 """
 
-# A message's replies: their links first (most messages have none), then the replies from the
-# days their links name (sql/019_message_index.sql).
+# A message's replies: the days of their links first (most messages have none), then the links
+# from those days and the replies from the days the links name (sql/029_reply_link_days.sql).
+_REPLY_DAYS = """
+SELECT min(day) AS first, max(day) + interval '1 day' AS after FROM reply_index WHERE sms_msg_id = $1
+"""
 _LINKS = """
-SELECT uplink_id, uplink_received_at, candidates, match, unlinked_reason FROM reply_links WHERE sms_msg_id = $1
+SELECT uplink_id, uplink_received_at, candidates, match, unlinked_reason FROM reply_links
+WHERE sms_msg_id = $1 AND uplink_received_at >= $2 AND uplink_received_at < $3
 """
 _REPLIES = """
 SELECT u.id, u.sms_msg_id, u."from", u."to", u.body, u.create_time, u.received_at, l.candidates, l.match,
@@ -142,7 +146,8 @@ SELECT u.id, u.txid::text AS txid, u.sms_msg_id, u."from", u."to", u.body, u.cre
        a.name AS application, l.sms_msg_id AS reply_to, l.candidates, l.match, l.unlinked_reason
 FROM uplinks u
 JOIN applications a ON a.id = u.application_id
-LEFT JOIN reply_links l ON l.uplink_id = u.id
+LEFT JOIN reply_links l ON l.uplink_id = u.id AND l.uplink_received_at = u.received_at
+                        AND l.uplink_received_at >= $4::timestamptz AND l.uplink_received_at < $5::timestamptz
 WHERE u.txid < $6::text::xid8
   AND (u.txid, u.id) >= ($1::text::xid8, $2::bigint)  -- the position after the cursor's (following)
   AND u.received_at >= $4::timestamptz AND u.received_at < $5::timestamptz
@@ -222,7 +227,8 @@ async def message(
         reports = []
         if row["reports_from"] is not None:
             reports = await conn.fetch(_REPORTS, sms_msg_id, row["reports_from"], row["reports_until"])
-        links = [link for link in await conn.fetch(_LINKS, sms_msg_id) if link["uplink_received_at"] is not None]
+        span = await conn.fetchrow(_REPLY_DAYS, sms_msg_id)
+        links = await conn.fetch(_LINKS, sms_msg_id, *span) if span is not None and span["first"] is not None else []
         columns = ("uplink_id", "uplink_received_at", "candidates", "match", "unlinked_reason")
         replies = await conn.fetch(_REPLIES, *([link[k] for link in links] for k in columns)) if links else []
     to = row["to"] or next((r["to"] for r in reports if r["to"]), None)
