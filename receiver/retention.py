@@ -224,13 +224,14 @@ _WITH = {"uplinks": ("reply_links",)}
 _FOLLOWING = frozenset(following for tables in _WITH.values() for following in tables)
 
 
-def _following(table: str) -> str:
-    """The rows of a follower ``table`` on the days from $1 to $2 (the dropped days of the table it
-    follows; all before $3) that its other partitions hold once its own days of those dates are
-    detached."""
+def _strays(table: str, partition: str) -> str:
+    """The rows of ``partition`` of the follower ``table`` on the days from $1 to $2 (the dropped
+    days of the table it follows; all before $3): rows of those dates off the follower's own days
+    of them (in its default partition, or the table it was before partitioning)."""
     col = partitions.TABLES[table]
-    return (f"FROM {table} r WHERE r.{col} < $3 AND EXISTS (SELECT FROM unnest($1::timestamptz[], $2::timestamptz[])"
+    return (f"FROM {partition} r WHERE r.{col} < $3 AND EXISTS (SELECT FROM unnest($1::timestamptz[], $2::timestamptz[])"
             f" AS d(lo, hi) WHERE r.{col} >= d.lo AND r.{col} < d.hi)")
+
 
 # A day detached from its table is renamed with this prefix until it is dropped: no query of the
 # service reads it, no day partition is named so (the day can be made again), and a prune that
@@ -291,23 +292,25 @@ async def _detach_each_day(conn: asyncpg.Connection, result: Result, retire: Cal
         if table in _FOLLOWING:
             continue
         followers = _WITH.get(table, ())
-        old = {t: [p for p in await partitions.partitions(conn, t) if p.upper is not None and p.upper <= result.cutoff]
-               for t in (table, *followers)}  # fmt: skip
+        kept = {t: await partitions.partitions(conn, t) for t in (table, *followers)}
+        old = {t: [p for p in parts if p.upper is not None and p.upper <= result.cutoff] for t, parts in kept.items()}
         days = [(t, p.name) for t, parts in old.items() for p in parts]
         if not days:
             continue
-        # A follower's rows of the table's days that are not on the follower's days of the same
-        # dates (its default partition, or the table it was before partitioning) go with them.
-        uppers = [p.upper for p in old[table] if p.upper is not None]
-        spans = ([p.lower or partitions.EARLIEST for p in old[table]], uppers, max(uppers, default=partitions.EARLIEST))
+        lows = [p.lower or partitions.EARLIEST for p in old[table]]
+        highs = [p.upper for p in old[table] if p.upper is not None]
+        spans = (lows, highs, max(highs, default=partitions.EARLIEST))
+        strays = [
+            (t, p.name) for t in followers for p in kept[t]
+            if highs and p not in old[t] and (p.lower is None or p.lower < max(highs)) and (p.upper is None or p.upper > min(lows))
+        ]  # fmt: skip
         if result.dry_run:
             for t, day in days:
                 result.add(t, await _rows(conn, day))
                 result.gone.append(await conn.fetchval("SELECT $1::regclass::oid", day))
             result.dropped += [day for _, day in days]
-            for t in followers:
-                sql = f"SELECT count(*) {_following(t)} AND r.tableoid <> ALL($4::oid[])"
-                result.add(t, await conn.fetchval(sql, *spans, result.gone))
+            for t, partition in strays:
+                result.add(t, await conn.fetchval(f"SELECT count(*) {_strays(t, partition)}", *spans))
             continue
         # One transaction per table, its lock taken once: the days leave the table, their files
         # stay (dropped once the lock is released).
@@ -316,10 +319,15 @@ async def _detach_each_day(conn: asyncpg.Connection, result: Result, retire: Cal
             await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
             await blacklist_store.keep_out_bulk_work(conn)  # a rebuild reads all of a day's replies, or none
             rows = [(t, await _rows(conn, day)) for t, day in days]
+            # The followers' strays go first, each partition locked alone: the service goes on
+            # meanwhile (right after 029, the table it was holds every link of a whole day); then
+            # again once the days are detached, for any written in between.
+            for t, partition in strays:
+                rows.append((t, _count(await conn.execute(f"DELETE {_strays(t, partition)}", *spans))))
             await conn.execute(_at_once(f"ALTER TABLE {t} DETACH PARTITION {day}; ALTER TABLE {day} RENAME TO {retired(day)}"
                                         for t, day in days))  # fmt: skip
-            for t in followers:
-                rows.append((t, _count(await conn.execute(f"DELETE {_following(t)}", *spans))))
+            for t, partition in strays:
+                rows.append((t, _count(await conn.execute(f"DELETE {_strays(t, partition)}", *spans))))
             # Their foreign keys go now: dropped with the tables, they would lock the tables they refer to
             # (applications) for as long as the files take.
             keys = await conn.fetch(_FOREIGN_KEYS, [retired(day) for _, day in days])

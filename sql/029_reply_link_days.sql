@@ -6,59 +6,124 @@
 --
 -- Key. A unique key of a partitioned table holds its partition column: (uplink_id,
 -- uplink_received_at). A link is written with its reply's receipt time (receiver.correlation.links),
--- which does not change, so the key still keeps one link a reply.
+-- and moves with its reply when other SQL changes that (a trigger of uplinks, below), so the key
+-- still keeps one link a reply. An older release's writer, whose statement names the key
+-- without the time, cannot store replies from here on: its journal keeps them for this one's.
 --
 -- The existing table becomes the first partition of its new parent, "reply_links_older", as 016
 -- and 018 did for the others (no row moves; the key is built on it once, its triggers, views
 -- and grants made again on the parent).
 
 -- Every link names its reply's time: links written before 019, or by other SQL, take it from
--- their reply; a link whose reply is gone (no foreign key since 016) names nothing and goes.
+-- their reply; a link left without one (its reply gone: no foreign key since 016) goes.
 ALTER TABLE reply_links DISABLE TRIGGER events_on_relinked_replies;  -- nothing a client sees changes
 UPDATE reply_links l SET uplink_received_at = u.received_at
 FROM uplinks u WHERE u.id = l.uplink_id AND l.uplink_received_at IS DISTINCT FROM u.received_at;
 ALTER TABLE reply_links ENABLE TRIGGER events_on_relinked_replies;
 DELETE FROM reply_links WHERE uplink_received_at IS NULL;
+ALTER TABLE reply_links ALTER COLUMN uplink_received_at SET NOT NULL;
 
-DROP VIEW dashboard_reply_matches_hourly;
-DROP VIEW dashboard_replies_hourly;
-DROP TRIGGER events_on_replies ON reply_links;
-DROP TRIGGER events_on_relinked_replies ON reply_links;
-ALTER TABLE reply_links DROP CONSTRAINT reply_links_pkey;
-ALTER TABLE reply_links RENAME TO reply_links_older;
-ALTER INDEX reply_links_sms_msg_id RENAME TO reply_links_older_sms_msg_id;
-ALTER TABLE reply_links_older ALTER COLUMN uplink_received_at SET NOT NULL;
+-- The conversion, as 018 did it for the tables of one row per message (018's pg_temp function,
+-- made again: a function of pg_temp lasts a session): the views reading the table, its
+-- triggers, grants and plain indexes kept aside, its key dropped, the table renamed
+-- "reply_links_older", the partitioned parent made under the old name with the new key and the
+-- same indexes, the old table attached (or dropped when empty), the default partition made,
+-- the rest put back.
+CREATE TEMP TABLE IF NOT EXISTS kept_aside (seq serial, kind text, name text, sql text);  -- an earlier migration may have made it in this session
 
-CREATE TABLE reply_links (LIKE reply_links_older INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING CONSTRAINTS
-                          INCLUDING STORAGE INCLUDING COMMENTS) PARTITION BY RANGE (uplink_received_at);
-ALTER TABLE reply_links ADD PRIMARY KEY (uplink_id, uplink_received_at);
-CREATE INDEX reply_links_sms_msg_id ON reply_links (sms_msg_id);
--- A day of replies dropped whole takes the links of its dates from wherever they are (the default
--- partition, the table as it was): a range of this index, usually empty (receiver.retention).
-CREATE INDEX reply_links_uplink_received_at ON reply_links (uplink_received_at);
-
--- The old table keeps everything before the first day boundary after its newest link (an empty
--- one, as in a new installation, goes).
-DO $$
+CREATE OR REPLACE FUNCTION pg_temp.partition_table(t text, key text, primary_key text) RETURNS void
+LANGUAGE plpgsql SET timezone = 'UTC' AS $$
 DECLARE
+    r record;
     boundary date;
 BEGIN
-    SELECT greatest((now() AT TIME ZONE 'UTC')::date, max(uplink_received_at AT TIME ZONE 'UTC')::date) + 1 INTO boundary
-    FROM reply_links_older HAVING count(*) > 0;
+    -- Views reading the table, deepest last: dropped now, made again from their definitions.
+    FOR r IN
+        WITH RECURSIVE deps(oid, depth) AS (
+            SELECT DISTINCT v.oid, 1 FROM pg_depend d
+            JOIN pg_rewrite w ON w.oid = d.objid JOIN pg_class v ON v.oid = w.ev_class
+            WHERE d.refobjid = t::regclass AND v.oid <> t::regclass AND v.relkind = 'v'
+            UNION
+            SELECT v.oid, deps.depth + 1 FROM deps JOIN pg_depend d ON d.refobjid = deps.oid
+            JOIN pg_rewrite w ON w.oid = d.objid JOIN pg_class v ON v.oid = w.ev_class
+            WHERE v.oid <> deps.oid AND v.relkind = 'v'
+        )
+        SELECT c.oid::regclass::text AS name, max(depth) AS depth, pg_get_viewdef(c.oid) AS def, c.relacl
+        FROM deps JOIN pg_class c ON c.oid = deps.oid GROUP BY c.oid ORDER BY 2
+    LOOP
+        INSERT INTO kept_aside (kind, name, sql) VALUES ('view', r.name, format('CREATE VIEW %s AS %s', r.name, r.def));
+        INSERT INTO kept_aside (kind, name, sql)
+        SELECT 'grant', r.name, format('GRANT %s ON %s TO %s', a.privilege_type, r.name, a.grantee::regrole)
+        FROM aclexplode(r.relacl) a WHERE a.grantee <> 0;
+    END LOOP;
+    FOR r IN SELECT name FROM kept_aside WHERE kind = 'view' ORDER BY seq DESC LOOP
+        EXECUTE format('DROP VIEW IF EXISTS %s', r.name);
+    END LOOP;
+    INSERT INTO kept_aside (kind, name, sql)
+    SELECT 'grant', t, format('GRANT %s ON %s TO %s', a.privilege_type, t, a.grantee::regrole)
+    FROM pg_class c, aclexplode(c.relacl) a WHERE c.oid = t::regclass AND a.grantee <> 0 AND a.grantee <> c.relowner;
+    FOR r IN SELECT tgname, pg_get_triggerdef(oid) AS def FROM pg_trigger WHERE tgrelid = t::regclass AND NOT tgisinternal LOOP
+        INSERT INTO kept_aside (kind, name, sql) VALUES ('trigger', t, r.def);
+        EXECUTE format('DROP TRIGGER %I ON %I', r.tgname, t);
+    END LOOP;
+    -- Plain indexes, made again on the parent under their names (attaching the old table takes
+    -- its own, renamed, as their partitions).
+    INSERT INTO kept_aside (kind, name, sql)
+    SELECT 'index', t, pg_get_indexdef(i.indexrelid) FROM pg_index i
+    WHERE i.indrelid = t::regclass AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conindid = i.indexrelid);
+    FOR r IN SELECT conname, conrelid::regclass::text AS rel FROM pg_constraint
+             WHERE (conrelid = t::regclass AND contype IN ('p', 'u')) OR (confrelid = t::regclass AND contype = 'f')
+             ORDER BY contype <> 'f'
+    LOOP
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', r.rel, r.conname);
+    END LOOP;
+    -- Foreign keys of the table itself are made again on the parent.
+    FOR r IN SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint
+             WHERE conrelid = t::regclass AND contype = 'f'
+    LOOP
+        INSERT INTO kept_aside (kind, name, sql) VALUES ('key', t, format('ALTER TABLE %I ADD %s', t, r.def));
+        EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', t, r.conname);
+    END LOOP;
+    FOR r IN SELECT conname FROM pg_constraint WHERE conrelid = t::regclass AND contype = 'c' AND NOT convalidated LOOP
+        EXECUTE format('ALTER TABLE %I VALIDATE CONSTRAINT %I', t, r.conname);
+    END LOOP;
+    EXECUTE format('ALTER TABLE %I RENAME TO %I', t, t || '_older');
+    FOR r IN SELECT indexrelid::regclass::text AS name FROM pg_index WHERE indrelid = (t || '_older')::regclass LOOP
+        IF r.name LIKE t || '\_%' THEN
+            EXECUTE format('ALTER INDEX %I RENAME TO %I', r.name, t || '_older' || substr(r.name, length(t) + 1));
+        END IF;
+    END LOOP;
+    EXECUTE format('CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING CONSTRAINTS '
+                   'INCLUDING STORAGE INCLUDING COMMENTS) PARTITION BY RANGE (%I)', t, t || '_older', key);
+    EXECUTE format('ALTER TABLE %I ADD PRIMARY KEY (%s)', t, primary_key);
+    FOR r IN SELECT sql FROM kept_aside WHERE name = t AND kind IN ('index', 'key') ORDER BY seq LOOP
+        EXECUTE r.sql;
+    END LOOP;
+    -- The old table keeps everything before the first day boundary after its newest row.
+    EXECUTE format('SELECT greatest(current_date, max(%I)::date) + 1 FROM %I HAVING count(*) > 0', key, t || '_older')
+        INTO boundary;
     IF boundary IS NULL THEN
-        DROP TABLE reply_links_older;
+        EXECUTE format('DROP TABLE %I', t || '_older');
     ELSE
-        EXECUTE format('ALTER TABLE reply_links ATTACH PARTITION reply_links_older FOR VALUES FROM (MINVALUE) TO (%L)',
-                       boundary::timestamp AT TIME ZONE 'UTC');
+        EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (MINVALUE) TO (%L)',
+                       t, t || '_older', boundary::timestamp AT TIME ZONE 'UTC');
     END IF;
+    EXECUTE format('CREATE TABLE %I PARTITION OF %I DEFAULT', t || '_default', t);
+    FOR r IN SELECT sql FROM kept_aside WHERE (name = t AND kind = 'trigger') OR kind = 'view' ORDER BY seq LOOP
+        EXECUTE r.sql;
+    END LOOP;
+    FOR r IN SELECT sql FROM kept_aside WHERE kind = 'grant' ORDER BY seq LOOP
+        EXECUTE r.sql;
+    END LOOP;
+    DELETE FROM kept_aside;
 END
 $$;
-CREATE TABLE reply_links_default PARTITION OF reply_links DEFAULT;
 
-CREATE TRIGGER events_on_replies AFTER INSERT ON reply_links
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION events_on_replies();
-CREATE TRIGGER events_on_relinked_replies AFTER UPDATE ON reply_links
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION events_on_replies();
+
+SELECT pg_temp.partition_table('reply_links', 'uplink_received_at', 'uplink_id, uplink_received_at');
+-- A day of replies dropped whole takes the links of its dates from wherever they are (the default
+-- partition, the table as it was): a range of this index (receiver.retention).
+CREATE INDEX reply_links_uplink_received_at ON reply_links (uplink_received_at);
 
 -- A reply moved to another time (by another writer's SQL: the service never changes a reply's
 -- receipt time) takes its link along to its new day, so that a link always lies on its reply's.
@@ -74,7 +139,7 @@ CREATE TRIGGER reply_links_follow_replies AFTER UPDATE ON uplinks
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION reply_links_follow_replies();
 
 -- The dashboards find a reply's link by its key, the reply's time included: one day's index.
-CREATE VIEW dashboard_replies_hourly AS
+CREATE OR REPLACE VIEW dashboard_replies_hourly AS
 SELECT u.reply_hour AS bucket, count(*) AS replies, count(l.sms_msg_id) AS linked,
        count(*) FILTER (WHERE l.candidates > 1) AS ambiguous
 FROM uplinks u
@@ -82,14 +147,13 @@ LEFT JOIN LATERAL (SELECT sms_msg_id, candidates FROM reply_links
                    WHERE uplink_id = u.id AND uplink_received_at = u.received_at LIMIT 1) l ON true
 GROUP BY u.reply_hour;
 
-CREATE VIEW dashboard_reply_matches_hourly AS
+CREATE OR REPLACE VIEW dashboard_reply_matches_hourly AS
 SELECT u.reply_hour AS bucket, coalesce(l.match, 'unlinked') AS match, l.unlinked_reason,
        count(*) AS replies, count(*) FILTER (WHERE l.candidates > 1) AS ambiguous
 FROM uplinks u
 JOIN reply_links l ON l.uplink_id = u.id AND l.uplink_received_at = u.received_at
 GROUP BY u.reply_hour, coalesce(l.match, 'unlinked'), l.unlinked_reason;
 
-GRANT SELECT ON reply_links, dashboard_replies_hourly, dashboard_reply_matches_hourly TO receiver_readonly;
 
 
 -- The days a message's replies are on: reply_index maps a message (sms_msg_id) to each UTC day on
@@ -107,7 +171,7 @@ CREATE TABLE reply_index (
 CREATE TABLE reply_index_default PARTITION OF reply_index DEFAULT;
 
 -- The partition of `parent` for the UTC day `day` (for the three indexes: its UTC month), created
--- if missing; as 019 made it, with reply_index among the monthly tables.
+-- if missing; as 024 made it, with reply_index among the monthly tables.
 CREATE OR REPLACE FUNCTION receiver_partition_create(parent regclass, day date) RETURNS boolean
 LANGUAGE plpgsql SET timezone = 'UTC' AS $$
 DECLARE
@@ -133,7 +197,7 @@ BEGIN
     WHERE p.partrelid = parent;
     SELECT p.partition INTO fallback FROM receiver_partitions(parent) p WHERE p.is_default;
     IF fallback IS NOT NULL THEN
-        EXECUTE format('SELECT EXISTS (SELECT FROM %s WHERE %I >= $1 AND %I < $2)', fallback, key, key)
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I >= $1 AND %I < $2)', fallback, key, key)
             INTO STRICT crowded USING lo, hi;
     END IF;
     IF NOT crowded THEN

@@ -285,8 +285,9 @@ def test_a_database_with_rows_is_converted_in_place(empty_db_url: str, tmp_path:
                     " FROM reply_links l JOIN uplinks u ON u.id = l.uplink_id"
                 ),
                 "granted": await conn.fetchval(
-                    "SELECT has_table_privilege('receiver_readonly', 'status_reports', 'SELECT')"
-                    " AND has_table_privilege('receiver_readonly', 'dashboard_reports_hourly', 'SELECT')"
+                    "SELECT bool_and(has_table_privilege('receiver_readonly', t, 'SELECT')) FROM unnest($1::text[]) AS t",
+                    ["status_reports", "dashboard_reports_hourly", "reply_links", "reply_index",
+                     "dashboard_replies_hourly", "dashboard_reply_matches_hourly"],
                 ),
             }
             # ids go on from where they were; a new report is announced in the feed
@@ -311,7 +312,8 @@ def test_a_database_with_rows_is_converted_in_place(empty_db_url: str, tmp_path:
     links: list[asyncpg.Record] = out["links"]  # type: ignore[assignment]
     [link] = links  # the reply's link on its day, found by its message
     yesterday = (datetime.now(UTC) - timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    assert (link["part"], link["on_its_day"]) == ("reply_links_older", True) and link["days"] in ([yesterday], [yesterday + timedelta(days=1)])
+    assert (link["part"], link["on_its_day"]) == ("reply_links_older", True)
+    assert link["days"] in ([yesterday], [yesterday - timedelta(days=1)])  # (midnight may pass meanwhile)
     assert [r.sms_msg_id for r in out["message"].replies] == ["up-old"]  # type: ignore[attr-defined]
     assert out["ids"] == [1, 2, 3, 4] and out["new_event"] == 1
     assert out["message_parts"] == ["message_states_older", "sends_after_optout_older", "sent_messages_older"]

@@ -51,22 +51,19 @@ WHERE sms_msg_id = $1 AND received_at BETWEEN $2 AND $3
 ORDER BY update_time NULLS FIRST, received_at, id
 """
 
-# A message's replies: the days of their links first (most messages have none), then the links
-# from those days and the replies from the days the links name (sql/029_reply_link_days.sql).
+# A message's replies: the days of their links first (most messages have none), then the replies
+# and their links from those days (sql/029_reply_link_days.sql). uplinks comes first in the
+# statement, so that its lock is taken before reply_links', in the order a prune takes them.
 _REPLY_DAYS = """
 SELECT min(day) AS first, max(day) + interval '1 day' AS after FROM reply_index WHERE sms_msg_id = $1
-"""
-_LINKS = """
-SELECT uplink_id, uplink_received_at, candidates, match, unlinked_reason FROM reply_links
-WHERE sms_msg_id = $1 AND uplink_received_at >= $2 AND uplink_received_at < $3
 """
 _REPLIES = """
 SELECT u.id, u.sms_msg_id, u."from", u."to", u.body, u.create_time, u.received_at, l.candidates, l.match,
        l.unlinked_reason
-FROM unnest($1::bigint[], $2::timestamptz[], $3::integer[], $4::text[], $5::text[])
-     AS l(uplink_id, received_at, candidates, match, unlinked_reason)
-JOIN uplinks u ON u.id = l.uplink_id AND u.received_at = l.received_at
-WHERE u.received_at = ANY($2::timestamptz[])
+FROM uplinks u
+JOIN reply_links l ON l.uplink_id = u.id AND l.uplink_received_at = u.received_at
+WHERE l.sms_msg_id = $1 AND l.uplink_received_at >= $2 AND l.uplink_received_at < $3
+  AND u.received_at >= $2 AND u.received_at < $3
 ORDER BY u.received_at, u.id
 """
 
@@ -228,9 +225,7 @@ async def message(
         if row["reports_from"] is not None:
             reports = await conn.fetch(_REPORTS, sms_msg_id, row["reports_from"], row["reports_until"])
         span = await conn.fetchrow(_REPLY_DAYS, sms_msg_id)
-        links = await conn.fetch(_LINKS, sms_msg_id, *span) if span is not None and span["first"] is not None else []
-        columns = ("uplink_id", "uplink_received_at", "candidates", "match", "unlinked_reason")
-        replies = await conn.fetch(_REPLIES, *([link[k] for link in links] for k in columns)) if links else []
+        replies = await conn.fetch(_REPLIES, sms_msg_id, *span) if span is not None and span["first"] is not None else []
     to = row["to"] or next((r["to"] for r in reports if r["to"]), None)
     return Message.model_validate({
         "sms_msg_id": row["sms_msg_id"],
