@@ -103,7 +103,7 @@ replies AS (
     SELECT $6, 'u' || $1 || i, number, 'csms' || (i % 10), 'ok', 'bench',
            at + interval '1 minute', number
     FROM i WHERE i % 50 = 0
-    RETURNING id, sms_msg_id, received_at, txid
+    RETURNING id, sms_msg_id, received_at, txid, reply_hour
 ),
 reply_days AS (
     INSERT INTO uplink_days AS d (day, last_txid)
@@ -111,8 +111,8 @@ reply_days AS (
     ON CONFLICT (day) DO UPDATE SET last_txid = greatest(d.last_txid, excluded.last_txid)
 ),
 links AS (  -- each reply answers the message it follows
-    INSERT INTO reply_links (uplink_id, sms_msg_id, candidates, match, uplink_received_at)
-    SELECT id, substr(sms_msg_id, 2), 1, 'channel', received_at FROM replies
+    INSERT INTO reply_links (uplink_id, sms_msg_id, candidates, match, uplink_received_at, reply_hour)
+    SELECT id, substr(sms_msg_id, 2), 1, 'channel', received_at, reply_hour FROM replies
 ),
 reply_days_of_messages AS (
     INSERT INTO reply_index (sms_msg_id, day)

@@ -14,14 +14,17 @@
 -- and 018 did for the others (no row moves; the key is built on it once, its triggers, views
 -- and grants made again on the parent).
 
--- Every link names its reply's time: links written before 019, or by other SQL, take it from
--- their reply; a link left without one (its reply gone: no foreign key since 016) goes.
+-- Every link names its reply's time and hour (the dashboards' bucket, uplinks.reply_hour: the
+-- replies' dashboards count the links by it, below): links written before 019, or by other SQL,
+-- take the time from their reply; a link left without one (its reply gone: no foreign key since
+-- 016) goes.
+ALTER TABLE reply_links ADD COLUMN reply_hour timestamptz;
 ALTER TABLE reply_links DISABLE TRIGGER events_on_relinked_replies;  -- nothing a client sees changes
-UPDATE reply_links l SET uplink_received_at = u.received_at
-FROM uplinks u WHERE u.id = l.uplink_id AND l.uplink_received_at IS DISTINCT FROM u.received_at;
+UPDATE reply_links l SET uplink_received_at = u.received_at, reply_hour = u.reply_hour
+FROM uplinks u WHERE u.id = l.uplink_id;
 ALTER TABLE reply_links ENABLE TRIGGER events_on_relinked_replies;
-DELETE FROM reply_links WHERE uplink_received_at IS NULL;
-ALTER TABLE reply_links ALTER COLUMN uplink_received_at SET NOT NULL;
+DELETE FROM reply_links WHERE uplink_received_at IS NULL OR reply_hour IS NULL;
+ALTER TABLE reply_links ALTER COLUMN uplink_received_at SET NOT NULL, ALTER COLUMN reply_hour SET NOT NULL;
 
 -- The conversion, as 018 did it for the tables of one row per message (018's pg_temp function,
 -- made again: a function of pg_temp lasts a session): the views reading the table, its
@@ -124,36 +127,39 @@ SELECT pg_temp.partition_table('reply_links', 'uplink_received_at', 'uplink_id, 
 -- A day of replies dropped whole takes the links of its dates from wherever they are (the default
 -- partition, the table as it was): a range of this index (receiver.retention).
 CREATE INDEX reply_links_uplink_received_at ON reply_links (uplink_received_at);
+CREATE INDEX reply_links_reply_hour ON reply_links (reply_hour);
 
 -- A reply moved to another time (by another writer's SQL: the service never changes a reply's
--- receipt time) takes its link along to its new day, so that a link always lies on its reply's.
+-- receipt time or createTime) takes its link along to its new day and hour, so that a link
+-- always lies on its reply's day and counts in its reply's hour.
 CREATE FUNCTION reply_links_follow_replies() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE reply_links l SET uplink_received_at = n.received_at
+    UPDATE reply_links l SET uplink_received_at = n.received_at, reply_hour = n.reply_hour
     FROM old_rows o JOIN new_rows n USING (id)
-    WHERE l.uplink_id = o.id AND l.uplink_received_at = o.received_at AND n.received_at <> o.received_at;
+    WHERE l.uplink_id = o.id AND l.uplink_received_at = o.received_at
+      AND (n.received_at, n.reply_hour) IS DISTINCT FROM (o.received_at, o.reply_hour);
     RETURN NULL;
 END
 $$;
 CREATE TRIGGER reply_links_follow_replies AFTER UPDATE ON uplinks
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION reply_links_follow_replies();
 
--- The dashboards find a reply's link by its key, the reply's time included: one day's index.
+-- The replies' dashboards count the links of an hour from reply_links itself, by the hour of
+-- their replies (reply_hour, as uplinks' is; a link lies on its reply's day and hour): an index
+-- range of each, as the replies are counted, instead of a look-up of each reply's link.
 CREATE OR REPLACE VIEW dashboard_replies_hourly AS
-SELECT u.reply_hour AS bucket, count(*) AS replies, count(l.sms_msg_id) AS linked,
-       count(*) FILTER (WHERE l.candidates > 1) AS ambiguous
-FROM uplinks u
-LEFT JOIN LATERAL (SELECT sms_msg_id, candidates FROM reply_links
-                   WHERE uplink_id = u.id AND uplink_received_at = u.received_at LIMIT 1) l ON true
-GROUP BY u.reply_hour;
+SELECT bucket, sum(replies)::bigint AS replies, sum(linked)::bigint AS linked, sum(ambiguous)::bigint AS ambiguous
+FROM (SELECT reply_hour AS bucket, count(*) AS replies, 0 AS linked, 0 AS ambiguous FROM uplinks GROUP BY reply_hour
+      UNION ALL
+      SELECT reply_hour, 0, count(sms_msg_id), count(*) FILTER (WHERE candidates > 1) FROM reply_links GROUP BY reply_hour
+     ) AS counted
+GROUP BY bucket;
 
 CREATE OR REPLACE VIEW dashboard_reply_matches_hourly AS
-SELECT u.reply_hour AS bucket, coalesce(l.match, 'unlinked') AS match, l.unlinked_reason,
-       count(*) AS replies, count(*) FILTER (WHERE l.candidates > 1) AS ambiguous
-FROM uplinks u
-JOIN reply_links l ON l.uplink_id = u.id AND l.uplink_received_at = u.received_at
-GROUP BY u.reply_hour, coalesce(l.match, 'unlinked'), l.unlinked_reason;
-
+SELECT reply_hour AS bucket, coalesce(match, 'unlinked') AS match, unlinked_reason,
+       count(*) AS replies, count(*) FILTER (WHERE candidates > 1) AS ambiguous
+FROM reply_links
+GROUP BY reply_hour, coalesce(match, 'unlinked'), unlinked_reason;
 
 
 -- The days a message's replies are on: reply_index maps a message (sms_msg_id) to each UTC day on

@@ -44,7 +44,7 @@ _LOCK_EVERY_NUMBER = "SELECT pg_advisory_xact_lock(8, k) FROM generate_series(0,
 # not from every day kept: the days in runs of consecutive ones, a probe of each run's days.
 _LINK = """
 WITH u AS (
-    SELECT id, application_id, from_e164, "to", coalesce(create_time, received_at) AS at, received_at
+    SELECT id, application_id, from_e164, "to", coalesce(create_time, received_at) AS at, received_at, reply_hour
     FROM uplinks WHERE id = ANY($1::bigint[]) AND received_at BETWEEN $3 AND $4
 ),
 sent_days AS MATERIALIZED (
@@ -111,14 +111,15 @@ best AS (
 seen AS (
     SELECT uplink_id, bool_or(own) AS own FROM sends GROUP BY uplink_id
 )
-INSERT INTO reply_links AS l (uplink_id, sms_msg_id, candidates, match, unlinked_reason, linked_at, uplink_received_at)
+INSERT INTO reply_links AS l (uplink_id, sms_msg_id, candidates, match, unlinked_reason, linked_at, uplink_received_at,
+                              reply_hour)
 SELECT u.id, b.sms_msg_id, coalesce(b.candidates, 0), b.match,
        CASE WHEN b.uplink_id IS NOT NULL THEN NULL
             WHEN u.from_e164 IS NULL THEN 'invalid_number'
             WHEN seen.uplink_id IS NULL THEN 'no_send'
             WHEN seen.own THEN 'outside_window'
             ELSE 'other_application' END,
-       now(), u.received_at
+       now(), u.received_at, u.reply_hour
 FROM u
 LEFT JOIN best b ON b.uplink_id = u.id
 LEFT JOIN seen ON seen.uplink_id = u.id
