@@ -497,7 +497,9 @@ ORDER BY i.sms_msg_id, m.message_at DESC
 # its reports between its state's bounds ($11 to $13, _CANDIDATE_STATES), else within the
 # window ($14, $15: the span of both): a few days, not every day kept. Each table is read for
 # the candidates' ids (= ANY($1): an index probe per message and day) and joined on them alone
-# (so Citus runs each join on the shards of those ids); a reply link names its reply's receipt.
+# (so Citus runs each join on the shards of those ids); a reply link names its reply's receipt,
+# and is read from the days reply_index gives for the candidates (not from every day since the
+# cutoff's: a probe of each day's index for each candidate).
 _DOOMED = _WINDOWS.format(t="$7", w="$8") + """,
 m AS (
     SELECT * FROM unnest($11::text[], $12::timestamptz[], $13::timestamptz[]) AS m(sms_msg_id, reports_from, reports_until)
@@ -516,7 +518,12 @@ reported AS (
       AND (r.received_at >= $2 OR r.stored_at >= $2 OR (r.received_at, r.id) > ($4::timestamptz, $5::bigint))
 ),
 replied AS (
-    SELECT l.sms_msg_id FROM reply_links l WHERE l.sms_msg_id = ANY($1::text[]) AND l.uplink_received_at >= $2
+    SELECT x.sms_msg_id
+    FROM reply_index x
+    JOIN reply_links l ON l.sms_msg_id = x.sms_msg_id
+                      AND l.uplink_received_at >= x.day AND l.uplink_received_at < x.day + interval '1 day'
+    WHERE x.sms_msg_id = ANY($1::text[]) AND x.day >= date_trunc('day', $2::timestamptz, 'UTC')
+      AND l.uplink_received_at >= $2
 )
 SELECT sms_msg_id FROM i
 EXCEPT SELECT sms_msg_id FROM sent
