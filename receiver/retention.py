@@ -217,10 +217,11 @@ ON CONFLICT DO NOTHING
 # day: counting it would take longer than dropping it); a day without them is counted.
 _ROWS = "SELECT CASE WHEN reltuples >= 0 THEN reltuples::bigint END FROM pg_class WHERE oid = $1::regclass"
 
-# Tables whose days leave with another table's, in its transaction: a day's reply links with the
-# day's replies (a link lies on its reply's day, sql/029_reply_link_days.sql), so that no query
-# sees a reply without its link, nor a link without its reply.
-_WITH = {"uplinks": ("reply_links",)}
+# Tables whose days leave with another table's, in its transaction: a rule's children, partitioned
+# as it is (a day's reply links with the day's replies: a link lies on its reply's day,
+# sql/029_reply_link_days.sql), so that no query sees a reply without its link, nor a link
+# without its reply.
+_WITH = {rule.table: tuple(child for child, _, _ in rule.children) for rule in RULES if rule.children}
 _FOLLOWING = frozenset(following for tables in _WITH.values() for following in tables)
 
 
