@@ -268,7 +268,7 @@ class _Call:
         elif outcome.answer is not None:
             self.answer(outcome.answer.status, outcome.answer.error, outcome.answer.detail)
         else:
-            self.respond(200, [(b"content-length", b"0"), (b"x-request-id", self.request_id)], b"")
+            self.give(200, [(b"content-length", b"0"), (b"x-request-id", self.request_id)], b"")
             self.observe(200)
 
     async def verified_again(self, app: Application, body: bytes, refusal: ingest.Refusal) -> None:
@@ -331,8 +331,16 @@ class _Call:
     def answer(self, status: int, error: str, detail: object) -> None:
         self.notes["error"] = error
         body = orjson.dumps({"error": error, "detail": detail})
-        self.respond(status, [(b"content-length", b"%d" % len(body)), _JSON, (b"x-request-id", self.request_id)], body)
+        self.give(status, [(b"content-length", b"%d" % len(body)), _JSON, (b"x-request-id", self.request_id)], body)
         self.observe(status)
+
+    def give(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """Hand the answer over, once. The lane's ``respond`` holds this call (to answer this
+        request and no other): letting go of it here leaves no reference cycle, so a request's
+        objects (the call, its scope, the connection's protocol and transport) are freed by
+        reference counting when it ends, not by the garbage collector some requests later."""
+        respond, self.respond = self.respond, _answered
+        respond(status, headers, body)
 
     def observe(self, code: int) -> None:
         """The request's metrics and its one log line."""
@@ -358,6 +366,10 @@ _pending: set[asyncio.Task[None]] = set()  # the tasks of :meth:`_Call.later`, k
 
 def _unanswerable(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
     raise AssertionError("answered before the call knew where to")
+
+
+def _answered(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    """A second answer (after a defect in writing the first) has nobody to go to."""
 
 
 async def _answered_by_callbacks(request: Any) -> Any:  # pragma: no cover - Callbacks answers every POST
