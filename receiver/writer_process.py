@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import json
 import os
 import signal
@@ -228,6 +229,11 @@ async def _run(settings: Settings) -> None:
     sweeper = sweep.start(pool, settings.report_window, settings.sweep_interval_seconds)
     partitioner = partitions.start(pool)
     log.info("writer.started", pid=os.getpid(), journal=str(settings.journal_path))
+    # What start-up made (modules, classes, the settings, the connections) lives as long as the
+    # process: out of the collector's way, so that each full collection walks only what the
+    # batches made since (30 ms a collection otherwise, several a minute while it stores).
+    gc.collect()
+    gc.freeze()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=1.0)
