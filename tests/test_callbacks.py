@@ -205,7 +205,7 @@ def test_readyz_and_healthz(harness: Harness) -> None:
 def test_a_callback_leaves_nothing_for_the_garbage_collector(harness: Harness) -> None:
     """Each callback's objects (the call, its scope, the connection's protocol and transport)
     are freed by reference counting as it ends. Held in a reference cycle, every one of them
-    waited for a collection instead: at full load the collector ran hundreds of times a second
+    waited for a collection instead: at full load the collector ran dozens of times a second
     in each worker, on the CPU the acknowledgements need."""
     from receiver.http.callbacks import _Call
 
