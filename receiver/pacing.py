@@ -1,26 +1,37 @@
 """How the writer gives the CPU to the acknowledgements during a burst.
 
-The writer process runs in Linux's SCHED_IDLE class, beside the workers: it gets a CPU only
-when no worker wants it. Its PostgreSQL backend does not follow it there on every system: with
-autogroups on (``kernel.sched_autogroup_enabled``, the default of many distributions) each
+The writer process runs in Linux's SCHED_IDLE class, beside the workers: it should get a CPU
+only when no worker wants it. Its PostgreSQL backend does not follow it there on every system:
+with autogroups on (``kernel.sched_autogroup_enabled``, the default of many distributions) each
 backend is a scheduling group of its own, weighed like all the workers together, so a batch the
 writer hands over takes a CPU from the acknowledgements for as long as PostgreSQL works on it.
+And even lowered, the writer and its backend delay a waking worker by up to a millisecond or
+two at a time: measured on a 2-core machine, a ping-pong of two ordinary processes had a p99 of
+0.2 ms alone and 0.5-0.9 ms beside a SCHED_IDLE pair (docs/performance.md, "Latency at half the
+maximum"). Requests queue behind each such delay for as long as a store lasts.
 
-So the writer watches its own scheduler statistics: while it waits for a CPU for most of the
-time it wants one (the workers are keeping the CPUs busy), it stores at most ``busy_share`` of
-the time, resting after each store in proportion to how long the store took. The journal holds
-the rest durably; once the burst is over the writer waits for nobody and stores at full speed.
-A backlog past ``max_backlog_bytes`` is stored at full speed whatever the CPUs do: resting must
-never bring the journal's bound (and its ``503``) nearer. The journal fills while the writer
-rests, so a rest ends as soon as the backlog passes it.
+So the writer watches two signals after each store. It is contended when it waited for a CPU
+for most of the time it wanted one, or when the other processes of the machine kept more than
+half of its CPUs busy (``/proc/stat``, less the writer's and its backend's own CPU time): the
+workers are busy. While contended it stores at most ``busy_share`` of the time, resting after
+each store in proportion to how long the store took, and in small batches (``CONTENDED_BATCH``
+records), so that a store holds a CPU for milliseconds, not for the second a batch grown with
+the backlog takes. The journal holds the rest durably; once the burst is over the writer waits
+for nobody and stores at full speed, in batches as large as the backlog allows. A backlog past
+``max_backlog_bytes`` is stored at full speed whatever the CPUs do: resting must never bring
+the journal's bound (and its ``503``) nearer. The journal fills while the writer rests, so a
+rest ends as soon as the backlog passes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 SCHEDSTAT = Path("/proc/thread-self/schedstat")  # ns on a CPU, ns waiting for one, slices
+PROC_STAT = Path("/proc/stat")  # the machine's CPU time, in clock ticks
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def schedstat(path: Path = SCHEDSTAT) -> tuple[int, int] | None:
@@ -33,23 +44,83 @@ def schedstat(path: Path = SCHEDSTAT) -> tuple[int, int] | None:
         return None
 
 
+def _own_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def process_seconds(pid: int) -> float:
+    """CPU seconds a process of this machine has used; 0 where the system does not say."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class OthersBusy:
+    """The share of the machine's CPU time that the other processes used since the last call:
+    every CPU's busy time (``/proc/stat``) less this process's and its helpers' (the writer's
+    local PostgreSQL backend). None where the system does not say."""
+
+    def __init__(
+        self,
+        helpers: Callable[[], Iterable[int]] = tuple,
+        *,
+        stat: Path = PROC_STAT,
+        own: Callable[[], float] = _own_seconds,
+    ) -> None:
+        self.helpers = helpers
+        self.stat = stat
+        self.own = own
+        self._last = self._sample()
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        try:
+            line = self.stat.read_text().split("\n", 1)[0].split()
+            # user nice system idle iowait irq softirq steal (guest time is inside user)
+            ticks = [int(value) for value in line[1:9]]
+        except (OSError, ValueError):
+            return None
+        if not line or line[0] != "cpu" or len(ticks) < 5:
+            return None
+        total = sum(ticks) / _TICKS
+        busy = total - (ticks[3] + ticks[4]) / _TICKS
+        return total, busy, self.own() + sum(process_seconds(pid) for pid in self.helpers())
+
+    def __call__(self) -> float | None:
+        now = self._sample()
+        last, self._last = self._last, now
+        if now is None or last is None or now[0] <= last[0]:
+            return None
+        return max(0.0, (now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0])
+
+
 class Pacing:
     """Decides, after each store, how long the writer rests before the next one."""
 
     # A store while the writer waited for a CPU more than this share of the time it wanted one
     # counts as contended: the acknowledgements want the CPUs.
     CONTENDED = 0.5
+    # So does a store while the other processes kept more than this share of the CPUs busy.
+    OTHERS_BUSY = 0.5
+    # While contended, a store takes at most this many records: a few milliseconds of the
+    # writer's and its backend's CPU (about 90 µs a report), the longest a worker waits for it.
+    CONTENDED_BATCH = 100
 
     def __init__(
         self,
         busy_share: float,
         max_backlog_bytes: int,
         stats: Callable[[], tuple[int, int] | None] = schedstat,
+        others: Callable[[], float | None] | None = None,
     ) -> None:
         self.busy_share = busy_share
         self.max_backlog_bytes = max_backlog_bytes
         self._stats = stats
+        self._others = others
         self._last = stats()
+        self.contended = False  # as of the last store
 
     def contention(self) -> float:
         """The share of the time since the last call that this thread, wanting a CPU, waited
@@ -64,10 +135,18 @@ class Pacing:
     def rest(self, store_seconds: float, backlog_bytes: int) -> float:
         """Seconds to rest after a store that took ``store_seconds``, with ``backlog_bytes``
         still in the journal."""
-        contended = self.contention() > self.CONTENDED
-        if not contended or not self.may_rest(backlog_bytes):
+        waited = self.contention() > self.CONTENDED
+        others = self._others() if self._others is not None else None
+        self.contended = waited or (others is not None and others > self.OTHERS_BUSY)
+        if not self.contended or not self.may_rest(backlog_bytes):
             return 0.0
         return store_seconds * (1 - self.busy_share) / self.busy_share
+
+    def batch_limit(self, limit: int, backlog_bytes: int) -> int:
+        """The most records the next store may take, ``limit`` being the writer's own choice."""
+        if self.contended and self.may_rest(backlog_bytes):
+            return min(limit, self.CONTENDED_BATCH)
+        return limit
 
     def may_rest(self, backlog_bytes: int) -> bool:
         """Whether the writer may rest (begin a rest, or go on with one) with ``backlog_bytes``

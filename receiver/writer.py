@@ -378,6 +378,8 @@ class Writer:
                 batch = self.reader.read(self._limit)
             full = len(batch.payloads) >= self._limit
             self._limit = min(self._limit * 2, self.batch_size * MAX_GROWTH) if full else self.batch_size
+            if self.pacing is not None and not self._draining:  # contended: small stores, short waits for the workers
+                self._limit = self.pacing.batch_limit(self._limit, self.reader.backlog_bytes)
             started = time.monotonic()
             try:
                 quarantined = await self._store(batch.payloads)

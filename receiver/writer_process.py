@@ -38,7 +38,7 @@ from .correlation import store as correlation
 from .correlation import sweep
 from .db import migrate
 from .journal import JournalReader
-from .pacing import Pacing
+from .pacing import OthersBusy, Pacing
 from .writer import AfterInsert, Connect, Writer
 
 log = structlog.get_logger("receiver.writer")
@@ -57,12 +57,13 @@ def hooks(settings: Settings) -> Sequence[AfterInsert]:
     )
 
 
-def connector(dsn: str, nice: int = 0, sched_idle: bool = False) -> Connect:
+def connector(dsn: str, nice: int = 0, sched_idle: bool = False, backends: list[int] | None = None) -> Connect:
     """The writer's connection; the first one also applies migrations still missing (the
     service may have started while PostgreSQL was away). With ``nice``, the PostgreSQL backend
     that serves it runs at the writer's priority too, when it is on this machine and ours to
     renice (the embedded server): otherwise it would take from the acknowledgements the CPU the
-    writer gives up."""
+    writer gives up. ``backends`` is set to that backend's pid when it is on this machine (its
+    CPU time is the writer's, not the other processes', for the pacing)."""
     migrated: list[bool] = []
 
     async def connect() -> asyncpg.Connection:
@@ -71,8 +72,12 @@ def connector(dsn: str, nice: int = 0, sched_idle: bool = False) -> Connect:
             if not migrated:
                 await migrate.apply(conn)
                 migrated.append(True)
-            if nice or sched_idle:
-                _lower_backend(await conn.fetchval("SELECT pg_backend_pid()"), nice, sched_idle)
+            if nice or sched_idle or backends is not None:
+                pid = await conn.fetchval("SELECT pg_backend_pid()")
+                if nice or sched_idle:
+                    _lower_backend(pid, nice, sched_idle)
+                if backends is not None:
+                    backends[:] = [pid] if _is_postgres(pid) else []
         except BaseException:
             conn.terminate()  # the writer retries with a new connection: this one must not stay open
             raise
@@ -147,9 +152,15 @@ def build(settings: Settings, *, idle_poll: float = 1.0, process: bool = False) 
     backend runs at its priority), or a task of a worker."""
     assert settings.database_url
     path = settings.journal_path / STATUS_FILE
+    backends: list[int] = []
     return Writer(
         JournalReader(settings.journal_path),
-        connector(settings.database_url, settings.writer_nice if process else 0, process and settings.writer_sched_idle),
+        connector(
+            settings.database_url,
+            settings.writer_nice if process else 0,
+            process and settings.writer_sched_idle,
+            backends if process else None,
+        ),
         batch_size=settings.writer_batch_size,
         interval=settings.writer_interval_seconds,
         quarantine_max_rows=settings.quarantine_max_rows,
@@ -157,7 +168,11 @@ def build(settings: Settings, *, idle_poll: float = 1.0, process: bool = False) 
         idle_poll=idle_poll,
         on_status=_StatusFile(path).update if process else None,
         # Resting helps only a process of its own, in SCHED_IDLE: its waits say the workers want the CPUs.
-        pacing=Pacing(settings.writer_busy_share, settings.journal_max_bytes // PACED_SHARE) if process else None,
+        pacing=(
+            Pacing(settings.writer_busy_share, settings.journal_max_bytes // PACED_SHARE, others=OthersBusy(lambda: backends))
+            if process
+            else None
+        ),
     )
 
 

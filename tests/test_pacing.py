@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,10 +14,11 @@ import pytest
 from support import admin, fetch
 
 from receiver import metrics, records, writer_process
+from receiver import pacing as pacing_module
 from receiver.config import Settings
 from receiver.journal import Journal
 from receiver.journal.envelope import Kind
-from receiver.pacing import Pacing, schedstat
+from receiver.pacing import OthersBusy, Pacing, schedstat
 from receiver.writer import Writer
 
 BOUND = 1000  # bytes of backlog past which the writer stores at full speed
@@ -62,6 +65,84 @@ def test_the_threads_own_statistics_grow_as_it_runs() -> None:
     second = schedstat()
     assert second is not None and second[0] - first[0] >= 40_000_000  # ns of the 50 ms it ran
     assert schedstat(Path("/nonexistent/schedstat")) is None
+
+
+@pytest.mark.parametrize(
+    ("others", "backlog", "rest", "batch"),
+    [
+        # the writer itself hardly waited for a CPU, but the workers kept 80 % of them busy
+        pytest.param(0.8, 0, 0.3, Pacing.CONTENDED_BATCH, id="others-busy-rest-in-small-batches"),
+        pytest.param(0.3, 0, 0.0, 1000, id="others-not-busy"),
+        pytest.param(None, 0, 0.0, 1000, id="system-says-nothing"),
+        pytest.param(0.8, BOUND, 0.0, 1000, id="backlog-at-its-bound-full-batches"),
+    ],
+)
+def test_other_processes_keeping_the_cpus_busy_make_the_writer_rest(
+    others: float | None, backlog: int, rest: float, batch: int
+) -> None:
+    """Under a worker's wakeups the kernel does not hold a SCHED_IDLE writer back at once: the
+    writer rests, and stores a little at a time, when the others keep the CPUs busy whether it
+    waited for a CPU or not."""
+    pacing = Pacing(0.25, BOUND, stats=stats_of((0, 0), (90, 10)), others=lambda: others)  # type: ignore[arg-type]
+    assert pacing.rest(0.1, backlog) == pytest.approx(rest)
+    assert pacing.batch_limit(1000, backlog) == batch
+
+
+def test_the_others_share_is_the_machines_busy_time_less_the_writers(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    ticks = pacing_module._TICKS
+    own = [0.0]
+    stat.write_text("cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 50 0 50 400 0 0 0 0 0 0\n")
+    others = OthersBusy(stat=stat, own=lambda: own[0])
+    # 10 s of the machine's CPU time later: 6 s busy (user, system, irq), 2 s of them the writer's
+    stat.write_text(f"cpu  {100 + 4 * ticks} 0 {100 + ticks} {800 + 4 * ticks} 0 {ticks} 0 0 0 0\n")
+    own[0] = 2.0
+    assert others() == pytest.approx(0.4)
+    assert others() is None  # no time passed
+    stat.write_text("intr 0\n")
+    assert others() is None
+    assert OthersBusy(stat=tmp_path / "nonexistent")() is None
+
+
+def _spin(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_the_others_share_counts_other_processes_not_this_one_nor_its_helpers() -> None:
+    """Read on this machine's /proc: a child process that spins counts, this process spinning
+    does not, nor a child named as a helper (the writer's PostgreSQL backend)."""
+    cpus = sum(1 for line in Path("/proc/stat").read_text().splitlines() if line[:3] == "cpu" and line[3:4].isdigit())
+    spinner = (
+        "import sys, time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass\n"
+        "print('spun', flush=True)\ntime.sleep(60)\n"
+    )
+
+    def cores_of_others(spinning: str) -> float:
+        helpers: list[int] = []
+        if spinning == "this process":
+            others = OthersBusy(lambda: helpers)
+            _spin(0.6)
+            share = others()
+        else:
+            child = subprocess.Popen([sys.executable, "-c", spinner], stdout=subprocess.PIPE, text=True)
+            try:
+                if spinning == "a helper":
+                    helpers.append(child.pid)
+                others = OthersBusy(lambda: helpers)
+                assert child.stdout is not None and child.stdout.readline() == "spun\n"
+                share = others()  # the child still runs: its /proc entry is there to read
+            finally:
+                child.kill()
+                child.wait()
+        assert share is not None
+        return share * cpus
+
+    child = cores_of_others("a child")
+    assert child > 0.5  # about one core while the child spun
+    assert cores_of_others("this process") < child - 0.4
+    assert cores_of_others("a helper") < child - 0.4
 
 
 class Resting(Pacing):
@@ -139,6 +220,49 @@ def test_the_writer_rests_between_stores_and_not_when_stopping(db_url: str, tmp_
     assert during_rest == 10
     assert after_stop == 30
     assert stop_seconds < 10
+
+
+class Contended(Pacing):
+    """Contended all along, with no rest: only the size of the stores changes."""
+
+    CONTENDED_BATCH = 4
+
+    def __init__(self) -> None:
+        super().__init__(0.25, 1 << 30)
+        self.contended = True
+
+    def rest(self, store_seconds: float, backlog_bytes: int) -> float:
+        return 0.0
+
+
+def test_a_contended_writer_stores_in_small_batches(db_url: str, tmp_path: Path) -> None:
+    """A store holds a CPU for as long as it lasts: while the workers keep the CPUs busy the
+    writer stores a few records at a time, and everything still gets stored."""
+    root = tmp_path / "journal"
+
+    async def scenario() -> list[int]:
+        writer = await a_writer(db_url, root, Contended())
+        sizes: list[int] = []
+        store = writer._store
+
+        async def counted(payloads: list[bytes]) -> int:
+            sizes.append(len(payloads))
+            return await store(payloads)
+
+        writer._store = counted  # type: ignore[method-assign]
+        task = asyncio.create_task(writer.run())
+        try:
+            assert await until(lambda: _at_least(db_url, 30), 10)
+            assert await writer.stop(10)
+        finally:
+            task.cancel()
+            writer.reader.close()
+        return sizes
+
+    sizes = asyncio.run(scenario())
+    assert sizes[0] == 10  # read before any store said the CPUs were busy
+    assert sizes[1:] and max(sizes[1:]) <= Contended.CONTENDED_BATCH
+    assert sum(sizes) == 30
 
 
 def test_a_rest_ends_when_the_backlog_reaches_the_bound_meanwhile(db_url: str, tmp_path: Path) -> None:
