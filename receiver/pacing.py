@@ -26,6 +26,7 @@ rest ends as soon as the backlog passes it.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -59,9 +60,13 @@ def process_seconds(pid: int) -> float:
 
 
 class OthersBusy:
-    """The share of the machine's CPU time that the other processes used since the last call:
-    every CPU's busy time (``/proc/stat``) less this process's and its helpers' (the writer's
-    local PostgreSQL backend). None where the system does not say."""
+    """The share of the machine's CPU time that the other processes used since the last
+    reading: every CPU's busy time (``/proc/stat``) less this process's and its helpers' (the
+    writer's local PostgreSQL backend). None where the system does not say.
+
+    The kernel counts in clock ticks (100 a second): a reading covers at least ``window``
+    seconds, and a call sooner gives the last reading again, so that a short store's few ticks
+    do not decide."""
 
     def __init__(
         self,
@@ -69,11 +74,15 @@ class OthersBusy:
         *,
         stat: Path = PROC_STAT,
         own: Callable[[], float] = _own_seconds,
+        window: float = 0.25,
     ) -> None:
         self.helpers = helpers
         self.stat = stat
         self.own = own
+        self.window = window
         self._last = self._sample()
+        self._at = time.monotonic()
+        self._share: float | None = None
 
     def _sample(self) -> tuple[float, float, float] | None:
         try:
@@ -89,11 +98,15 @@ class OthersBusy:
         return total, busy, self.own() + sum(process_seconds(pid) for pid in self.helpers())
 
     def __call__(self) -> float | None:
+        if time.monotonic() - self._at < self.window:
+            return self._share
         now = self._sample()
-        last, self._last = self._last, now
+        last, self._last, self._at = self._last, now, time.monotonic()
         if now is None or last is None or now[0] <= last[0]:
-            return None
-        return max(0.0, (now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0])
+            self._share = None
+        else:
+            self._share = max(0.0, (now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0])
+        return self._share
 
 
 class Pacing:

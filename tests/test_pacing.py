@@ -93,15 +93,31 @@ def test_the_others_share_is_the_machines_busy_time_less_the_writers(tmp_path: P
     ticks = pacing_module._TICKS
     own = [0.0]
     stat.write_text("cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 50 0 50 400 0 0 0 0 0 0\n")
-    others = OthersBusy(stat=stat, own=lambda: own[0])
+    others = OthersBusy(stat=stat, own=lambda: own[0], window=0)
     # 10 s of the machine's CPU time later: 6 s busy (user, system, irq), 2 s of them the writer's
     stat.write_text(f"cpu  {100 + 4 * ticks} 0 {100 + ticks} {800 + 4 * ticks} 0 {ticks} 0 0 0 0\n")
     own[0] = 2.0
     assert others() == pytest.approx(0.4)
-    assert others() is None  # no time passed
+    assert others() is None  # no CPU time passed
     stat.write_text("intr 0\n")
     assert others() is None
-    assert OthersBusy(stat=tmp_path / "nonexistent")() is None
+    assert OthersBusy(stat=tmp_path / "nonexistent", window=0)() is None
+
+
+def test_a_reading_of_the_others_share_covers_a_window(tmp_path: Path) -> None:
+    """A call sooner than the window gives the last reading again: a store of a few clock ticks
+    does not decide alone whether the CPUs are busy."""
+    stat = tmp_path / "stat"
+    ticks = pacing_module._TICKS
+    stat.write_text("cpu  0 0 0 0 0 0 0 0 0 0\n")
+    others = OthersBusy(stat=stat, own=lambda: 0.0, window=0.2)
+    time.sleep(0.25)
+    stat.write_text(f"cpu  {ticks} 0 0 {ticks} 0 0 0 0 0 0\n")
+    assert others() == pytest.approx(0.5)
+    stat.write_text(f"cpu  {ticks} 0 0 {3 * ticks} 0 0 0 0 0 0\n")  # idle since
+    assert others() == pytest.approx(0.5)  # within the window: the last reading
+    time.sleep(0.25)
+    assert others() == pytest.approx(0.0)
 
 
 def _spin(seconds: float) -> None:
