@@ -167,7 +167,8 @@ def build(settings: Settings, *, idle_poll: float = 1.0, process: bool = False) 
         after_insert=hooks(settings),
         idle_poll=idle_poll,
         on_status=_StatusFile(path).update if process else None,
-        # Resting helps only a process of its own, in SCHED_IDLE: its waits say the workers want the CPUs.
+        # Resting helps only a process of its own, in SCHED_IDLE: its waits, and the CPU time of the
+        # machine's other processes (not its own, nor its backend's), say the workers want the CPUs.
         pacing=(
             Pacing(settings.writer_busy_share, settings.journal_max_bytes // PACED_SHARE, others=OthersBusy(lambda: backends))
             if process
