@@ -97,6 +97,12 @@ class OthersBusy:
         busy = total - (ticks[3] + ticks[4]) / _TICKS
         return total, busy, self.own() + sum(process_seconds(pid) for pid in self.helpers())
 
+    def restart(self, assume: float | None) -> None:
+        """Begin a new reading now; until it covers ``window`` seconds, the share is ``assume``."""
+        self._last = self._sample()
+        self._at = time.monotonic()
+        self._share = assume
+
     def __call__(self) -> float | None:
         if time.monotonic() - self._at < self.window:
             return self._share
@@ -154,6 +160,14 @@ class Pacing:
         if not self.contended or not self.may_rest(backlog_bytes):
             return 0.0
         return store_seconds * (1 - self.busy_share) / self.busy_share
+
+    def burst_begins(self) -> None:
+        """The writer found records after finding none: the CPUs count as busy (small stores,
+        rests) until a reading of the other processes covers the time since, so that the first
+        stores of a burst are not sized by the quiet before it."""
+        self.contended = True
+        if isinstance(self._others, OthersBusy):
+            self._others.restart(assume=1.0)
 
     def batch_limit(self, limit: int, backlog_bytes: int) -> int:
         """The most records the next store may take, ``limit`` being the writer's own choice."""

@@ -362,6 +362,8 @@ class Writer:
                 self._idle.set()
                 await self._wait(self.idle_poll)
                 continue
+            if self._idle.is_set() and self.pacing is not None:
+                self.pacing.burst_begins()
             self._idle.clear()
             rest = self._rest_left()
             if rest > 0:

@@ -120,6 +120,27 @@ def test_a_reading_of_the_others_share_covers_a_window(tmp_path: Path) -> None:
     assert others() == pytest.approx(0.0)
 
 
+def test_a_burst_counts_as_busy_until_a_reading_covers_it(tmp_path: Path) -> None:
+    """After a quiet spell the last reading says the CPUs are free: the first stores of a burst
+    would be sized by it (a batch grown to thousands of records holds a CPU for a good part of
+    a second). From the burst's start the writer counts the CPUs as busy until a reading of
+    its own says otherwise."""
+    stat = tmp_path / "stat"
+    ticks = pacing_module._TICKS
+    stat.write_text("cpu  0 0 0 0 0 0 0 0 0 0\n")
+    others = OthersBusy(stat=stat, own=lambda: 0.0, window=0.2)
+    pacing = Pacing(0.25, BOUND, stats=lambda: (0, 0), others=others)
+    time.sleep(0.25)
+    stat.write_text(f"cpu  0 0 0 {10 * ticks} 0 0 0 0 0 0\n")  # quiet
+    assert pacing.rest(0.1, 0) == 0.0 and pacing.batch_limit(1000, 0) == 1000
+    pacing.burst_begins()
+    assert pacing.batch_limit(1000, 0) == Pacing.CONTENDED_BATCH
+    assert pacing.rest(0.1, 0) == pytest.approx(0.3)  # no reading of the burst yet
+    time.sleep(0.25)
+    stat.write_text(f"cpu  0 0 0 {20 * ticks} 0 0 0 0 0 0\n")  # quiet in the burst too
+    assert pacing.rest(0.1, 0) == 0.0 and pacing.batch_limit(1000, 0) == 1000
+
+
 def _spin(seconds: float) -> None:
     end = time.process_time() + seconds
     while time.process_time() < end:
@@ -279,6 +300,45 @@ def test_a_contended_writer_stores_in_small_batches(db_url: str, tmp_path: Path)
     assert sizes[0] == 10  # read before any store said the CPUs were busy
     assert sizes[1:] and max(sizes[1:]) <= Contended.CONTENDED_BATCH
     assert sum(sizes) == 30
+
+
+class Counting(Pacing):
+    """Never contended; counts the bursts the writer reports."""
+
+    def __init__(self) -> None:
+        super().__init__(1.0, 1 << 30)
+        self.bursts = 0
+
+    def burst_begins(self) -> None:
+        self.bursts += 1
+
+
+def test_the_writer_says_when_a_burst_begins_after_a_quiet_spell(db_url: str, tmp_path: Path) -> None:
+    root = tmp_path / "journal"
+
+    async def scenario() -> list[int]:
+        writer = await a_writer(db_url, root, Counting())
+        writer.idle_poll = 0.05
+        pacing = writer.pacing
+        assert isinstance(pacing, Counting)
+        seen = []
+        task = asyncio.create_task(writer.run())
+        try:
+            assert await until(lambda: _at_least(db_url, 30), 10)  # the records there at the start
+            seen.append(pacing.bursts)
+            await asyncio.sleep(0.3)  # quiet
+            await journal_reports(root, 30, first=100)
+            assert await until(lambda: _at_least(db_url, 60), 10)
+            seen.append(pacing.bursts)
+            assert await writer.stop(10)
+        finally:
+            task.cancel()
+            writer.reader.close()
+        return seen
+
+    before, after = asyncio.run(scenario())
+    assert before == 0  # the records there at the start came in one go
+    assert after >= 1  # (the new records are journaled one by one: the writer may catch up in between)
 
 
 def test_a_rest_ends_when_the_backlog_reaches_the_bound_meanwhile(db_url: str, tmp_path: Path) -> None:
