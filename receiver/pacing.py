@@ -11,9 +11,9 @@ two at a time: measured on a 2-core machine, a ping-pong of two ordinary process
 maximum"). Requests queue behind each such delay for as long as a store lasts.
 
 So the writer watches two signals after each store. It is contended when it waited for a CPU
-for most of the time it wanted one, or when the other processes of the machine kept more than
-half of its CPUs busy (``/proc/stat``, less the writer's and its backend's own CPU time): the
-workers are busy. While contended it stores at most ``busy_share`` of the time, resting after
+for most of the time it wanted one, or when the other processes of the machine left fewer than
+one and a half CPUs idle (``/proc/stat``, less the writer's and its backend's own CPU time):
+the workers are busy, and a store would take the CPU a waking worker needs. While contended it stores at most ``busy_share`` of the time, resting after
 each store in proportion to how long the store took, and in small batches (``CONTENDED_BATCH``
 records), so that a store holds a CPU for milliseconds, not for the second a batch grown with
 the backlog takes. The journal holds the rest durably; once the burst is over the writer waits
@@ -121,8 +121,10 @@ class Pacing:
     # A store while the writer waited for a CPU more than this share of the time it wanted one
     # counts as contended: the acknowledgements want the CPUs.
     CONTENDED = 0.5
-    # So does a store while the other processes kept more than this share of the CPUs busy.
-    OTHERS_BUSY = 0.5
+    # So does a store while the other processes left fewer than this many CPUs idle: a store
+    # keeps about one busy (the writer and its backend in turn), and the workers' wakeups need
+    # a free one at once.
+    SPARE_CPUS = 1.5
     # While contended, a store takes at most this many records: a few milliseconds of the
     # writer's and its backend's CPU (about 90 µs a report), the longest a worker waits for it.
     CONTENDED_BATCH = 100
@@ -133,11 +135,14 @@ class Pacing:
         max_backlog_bytes: int,
         stats: Callable[[], tuple[int, int] | None] = schedstat,
         others: Callable[[], float | None] | None = None,
+        cpus: int | None = None,
     ) -> None:
         self.busy_share = busy_share
         self.max_backlog_bytes = max_backlog_bytes
         self._stats = stats
         self._others = others
+        cpus = cpus or os.cpu_count() or 1
+        self.others_busy = max(0.0, 1 - self.SPARE_CPUS / cpus)  # the others' share that counts as busy
         self._last = stats()
         self.contended = False  # as of the last store
 
@@ -156,7 +161,7 @@ class Pacing:
         still in the journal."""
         waited = self.contention() > self.CONTENDED
         others = self._others() if self._others is not None else None
-        self.contended = waited or (others is not None and others > self.OTHERS_BUSY)
+        self.contended = waited or (others is not None and others > self.others_busy)
         if not self.contended or not self.may_rest(backlog_bytes):
             return 0.0
         return store_seconds * (1 - self.busy_share) / self.busy_share

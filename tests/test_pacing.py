@@ -68,22 +68,25 @@ def test_the_threads_own_statistics_grow_as_it_runs() -> None:
 
 
 @pytest.mark.parametrize(
-    ("others", "backlog", "rest", "batch"),
+    ("cpus", "others", "backlog", "rest", "batch"),
     [
-        # the writer itself hardly waited for a CPU, but the workers kept 80 % of them busy
-        pytest.param(0.8, 0, 0.3, Pacing.CONTENDED_BATCH, id="others-busy-rest-in-small-batches"),
-        pytest.param(0.3, 0, 0.0, 1000, id="others-not-busy"),
-        pytest.param(None, 0, 0.0, 1000, id="system-says-nothing"),
-        pytest.param(0.8, BOUND, 0.0, 1000, id="backlog-at-its-bound-full-batches"),
+        # the writer itself hardly waited for a CPU, but the others kept one of two CPUs busy
+        pytest.param(2, 0.5, 0, 0.3, Pacing.CONTENDED_BATCH, id="2-cpus-one-busy-rest-in-small-batches"),
+        pytest.param(2, 0.2, 0, 0.0, 1000, id="2-cpus-1.6-idle"),
+        pytest.param(8, 0.75, 0, 0.0, 1000, id="8-cpus-2-idle"),
+        pytest.param(8, 0.85, 0, 0.3, Pacing.CONTENDED_BATCH, id="8-cpus-1.2-idle"),
+        pytest.param(1, 0.05, 0, 0.3, Pacing.CONTENDED_BATCH, id="1-cpu-anything-else-running"),
+        pytest.param(2, None, 0, 0.0, 1000, id="system-says-nothing"),
+        pytest.param(2, 0.8, BOUND, 0.0, 1000, id="backlog-at-its-bound-full-batches"),
     ],
 )
 def test_other_processes_keeping_the_cpus_busy_make_the_writer_rest(
-    others: float | None, backlog: int, rest: float, batch: int
+    cpus: int, others: float | None, backlog: int, rest: float, batch: int
 ) -> None:
     """Under a worker's wakeups the kernel does not hold a SCHED_IDLE writer back at once: the
-    writer rests, and stores a little at a time, when the others keep the CPUs busy whether it
-    waited for a CPU or not."""
-    pacing = Pacing(0.25, BOUND, stats=stats_of((0, 0), (90, 10)), others=lambda: others)  # type: ignore[arg-type]
+    writer rests, and stores a little at a time, when the others leave fewer than one and a half
+    CPUs idle (a store keeps about one busy), whether it waited for a CPU or not."""
+    pacing = Pacing(0.25, BOUND, stats=stats_of((0, 0), (90, 10)), others=lambda: others, cpus=cpus)  # type: ignore[arg-type]
     assert pacing.rest(0.1, backlog) == pytest.approx(rest)
     assert pacing.batch_limit(1000, backlog) == batch
 
@@ -129,7 +132,7 @@ def test_a_burst_counts_as_busy_until_a_reading_covers_it(tmp_path: Path) -> Non
     ticks = pacing_module._TICKS
     stat.write_text("cpu  0 0 0 0 0 0 0 0 0 0\n")
     others = OthersBusy(stat=stat, own=lambda: 0.0, window=0.2)
-    pacing = Pacing(0.25, BOUND, stats=lambda: (0, 0), others=others)
+    pacing = Pacing(0.25, BOUND, stats=lambda: (0, 0), others=others, cpus=2)
     time.sleep(0.25)
     stat.write_text(f"cpu  0 0 0 {10 * ticks} 0 0 0 0 0 0\n")  # quiet
     assert pacing.rest(0.1, 0) == 0.0 and pacing.batch_limit(1000, 0) == 1000
