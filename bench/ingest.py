@@ -66,6 +66,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from receiver.pacing import process_seconds
+
 from .support import parse_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,15 +128,7 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
 
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU of these processes (clock ticks from /proc), those that are still alive."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / tick
+    return sum(process_seconds(pid) for pid in pids)
 
 
 def machine_busy_seconds() -> float:

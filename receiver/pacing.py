@@ -13,9 +13,9 @@ maximum"). Requests queue behind each such delay for as long as a store lasts.
 So the writer watches two signals after each store. It is contended when it waited for a CPU
 for most of the time it wanted one, or when the other processes of the machine left fewer than
 one and a half CPUs idle (``/proc/stat``, less the writer's and its backend's own CPU time):
-the workers are busy, and a store would take the CPU a waking worker needs. While contended it stores at most ``busy_share`` of the time, resting after
-each store in proportion to how long the store took, and in small batches (``CONTENDED_BATCH``
-records), so that a store holds a CPU for milliseconds, not for the second a batch grown with
+the workers are busy, and a store would take the CPU a waking worker needs. While contended it
+stores at most ``busy_share`` of the time, resting after each store in proportion to how long
+the store took, and in small batches (``CONTENDED_BATCH`` records), so that a store holds a CPU for milliseconds, not for the second a batch grown with
 the backlog takes. The journal holds the rest durably; once the burst is over the writer waits
 for nobody and stores at full speed, in batches as large as the backlog allows. A backlog past
 ``max_backlog_bytes`` is stored at full speed whatever the CPUs do: resting must never bring

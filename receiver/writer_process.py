@@ -74,10 +74,11 @@ def connector(dsn: str, nice: int = 0, sched_idle: bool = False, backends: list[
                 migrated.append(True)
             if nice or sched_idle or backends is not None:
                 pid = await conn.fetchval("SELECT pg_backend_pid()")
-                if nice or sched_idle:
+                local = _is_postgres(pid)  # a backend of this machine
+                if local and (nice or sched_idle):
                     _lower_backend(pid, nice, sched_idle)
                 if backends is not None:
-                    backends[:] = [pid] if _is_postgres(pid) else []
+                    backends[:] = [pid] if local else []
         except BaseException:
             conn.terminate()  # the writer retries with a new connection: this one must not stay open
             raise
@@ -87,16 +88,14 @@ def connector(dsn: str, nice: int = 0, sched_idle: bool = False, backends: list[
 
 
 def _lower_backend(pid: int, nice: int, sched_idle: bool) -> None:
-    """Lower a local backend's priority to ours; nothing when the pid is not a PostgreSQL
-    process of this machine. With ``sched_idle`` its scheduling group goes to the lowest
-    priority too: PostgreSQL starts each backend in a session of its own, which under Linux's
-    autogroups is a group of its own, weighed against the workers as a whole; its class and
-    niceness rank it only inside that group (docs/performance.md, "Latency at half the
-    maximum")."""
-    if _is_postgres(pid):
-        lower_priority(pid, nice, sched_idle)
-        if sched_idle:
-            lower_autogroup(pid)
+    """Lower a local backend's priority to ours. With ``sched_idle`` its scheduling group goes
+    to the lowest priority too: PostgreSQL starts each backend in a session of its own, which
+    under Linux's autogroups is a group of its own, weighed against the workers as a whole; its
+    class and niceness rank it only inside that group (docs/performance.md, "Latency at half
+    the maximum")."""
+    lower_priority(pid, nice, sched_idle)
+    if sched_idle:
+        lower_autogroup(pid)
 
 
 # A process that is not root may change an autogroup's niceness once a tenth of a second,
