@@ -908,7 +908,7 @@ class Bench:
             lines += [
                 "",
                 (
-                    f"Journal backlog (not yet in PostgreSQL) sampled from /readyz: max {max(backlog) / 2**20:.1f} MiB, "
+                    f"Journal backlog (not yet in PostgreSQL) sampled from /metrics: max {max(backlog) / 2**20:.1f} MiB, "
                     f"at the end {backlog[-1] / 2**20:.1f} MiB."
                 ),
             ]
