@@ -549,7 +549,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_writer(args: argparse.Namespace) -> int:
     from . import writer_process
 
-    return writer_process.main()
+    return writer_process.main(supervised=args.supervised, boosted=args.boosted)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -655,9 +655,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cmd_serve)
 
     commands.add_parser("migrate", help="apply the SQL migrations").set_defaults(handler=cmd_migrate)
-    commands.add_parser(
+    writer = commands.add_parser(
         "writer", help="move the journal into PostgreSQL until SIGTERM (`receiver serve` runs it for you)"
-    ).set_defaults(handler=cmd_writer)
+    )
+    writer.set_defaults(handler=cmd_writer)
+    # `receiver serve` starts its writer with these: exit to be started at another priority; run boosted.
+    writer.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+    writer.add_argument("--boosted", action="store_true", help=argparse.SUPPRESS)
 
     app = commands.add_parser("app", help="Huawei SMS applications").add_subparsers(dest="app_command", required=True)
     create = app.add_parser("create", help="register an application and print its callback URLs")

@@ -276,6 +276,9 @@ def _is_poison(error: BaseException) -> bool:
 
 
 MAX_GROWTH = 8
+# step_down() waits this long for the store in flight before it cuts it short (the journal keeps
+# it: the next writer stores it again).
+STEP_DOWN_SECONDS = 30.0
 # While resting (receiver/pacing.py) the writer reads the journal again this often: its backlog
 # may end the rest, and its status must stay well within writer_process.STALE_AFTER.
 REST_SLICE = 1.0
@@ -336,6 +339,7 @@ class Writer:
         self._stopping = False
         self._draining = False  # stop() stores what is left: no rest
         self._idle = asyncio.Event()
+        self._ended = asyncio.Event()  # run() has returned
 
     def wake(self) -> None:
         self._wake.set()
@@ -350,6 +354,12 @@ class Writer:
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
 
     async def run(self) -> None:
+        try:
+            await self._drain()
+        finally:
+            self._ended.set()
+
+    async def _drain(self) -> None:
         while not self._stopping and not self.reader.try_lock():
             await self._wait(1.0)  # another writer drains this journal: take over when it stops
         self.locked = True
@@ -471,6 +481,17 @@ class Writer:
             with contextlib.suppress(Exception):
                 self._conn.terminate()
             self._conn = None
+
+    async def step_down(self) -> bool:
+        """Stop once the store in flight is committed, without draining: another writer takes
+        over. True if nothing was left to store."""
+        self._stopping = True
+        self.wake()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ended.wait(), timeout=STEP_DOWN_SECONDS)
+        await self._disconnect()
+        self._status()
+        return self.reader.drained()
 
     async def stop(self, drain_timeout: float) -> bool:
         """Store what the journal holds (for up to ``drain_timeout`` s), then stop. True if all was stored."""

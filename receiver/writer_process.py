@@ -6,8 +6,19 @@ is saturated the operating system gives the CPU to acknowledgements, the journal
 burst, and the writer catches up afterwards. It reads every worker's journal folder, so
 nothing waits for a dead worker to be replaced.
 
+Deferring has a limit. A process can lower its own priority but not raise it again (that takes
+``CAP_SYS_NICE``), and a writer in ``SCHED_IDLE`` whose scheduling group is at niceness 19 gets
+almost no CPU while the workers keep the machine busy, whatever its pacing says: under a
+sustained load past what the machine stores meanwhile, the journal would fill and callbacks get
+``503``. So once the backlog, all workers' together, reaches half of one worker's bound
+(:data:`BOOST_SHARE`), the writer finishes its store in flight and exits with
+:data:`EXIT_BOOST`, and the supervisor starts a new one at the workers' priority (``--boosted``):
+the acknowledgements then share the CPU with the stores. Once the boosted writer has brought
+the backlog under an eighth of the bound (:data:`CALM_SHARE`), it exits with
+:data:`EXIT_CALM`, and a lowered writer takes over again.
+
 The writer says how it is doing in ``JOURNAL/writer.json`` (its pid, its last database error,
-when it last stored a batch), which ``/readyz`` of every worker reads.
+when it last stored a batch, whether it is boosted), which ``/readyz`` of every worker reads.
 """
 
 from __future__ import annotations
@@ -45,6 +56,26 @@ log = structlog.get_logger("receiver.writer")
 
 STATUS_FILE = "writer.json"
 STALE_AFTER = 5.0  # seconds without a status update: the writer is not running
+
+# A supervised writer asks to be started again at the workers' priority once the backlog, all
+# workers' together, reaches 1/BOOST_SHARE of one worker's bound (where /readyz says "filling"),
+# and a boosted one to be lowered again once it is under 1/CALM_SHARE, after at least
+# MIN_BOOSTED_SECONDS. The exit codes say which.
+BOOST_SHARE = 2
+CALM_SHARE = 8
+MIN_BOOSTED_SECONDS = 5.0
+EXIT_BOOST = 75
+EXIT_CALM = 76
+
+
+def priority_change(backlog: int, max_bytes: int, *, boosted: bool, seconds: float) -> int:
+    """:data:`EXIT_BOOST`, :data:`EXIT_CALM`, or 0 to go on as it is: for a writer that has run
+    ``seconds`` and last read a backlog of ``backlog`` bytes."""
+    if not boosted and backlog >= max_bytes // BOOST_SHARE:
+        return EXIT_BOOST
+    if boosted and seconds >= MIN_BOOSTED_SECONDS and backlog <= max_bytes // CALM_SHARE:
+        return EXIT_CALM
+    return 0
 
 
 def hooks(settings: Settings) -> Sequence[AfterInsert]:
@@ -146,31 +177,33 @@ def _is_postgres(pid: int) -> bool:
         return False
 
 
-def build(settings: Settings, *, idle_poll: float = 1.0, process: bool = False) -> Writer:
+def build(settings: Settings, *, idle_poll: float = 1.0, process: bool = False, boosted: bool = False) -> Writer:
     """The writer: a process of its own (``process``: it reports in ``writer.json`` and its
-    backend runs at its priority), or a task of a worker."""
+    backend runs at its priority), or a task of a worker. ``boosted``: a process at the
+    workers' priority, which stores at full speed."""
     assert settings.database_url
     path = settings.journal_path / STATUS_FILE
     backends: list[int] = []
+    lowered = process and not boosted
     return Writer(
         JournalReader(settings.journal_path),
         connector(
             settings.database_url,
-            settings.writer_nice if process else 0,
-            process and settings.writer_sched_idle,
-            backends if process else None,
+            settings.writer_nice if lowered else 0,
+            lowered and settings.writer_sched_idle,
+            backends if lowered else None,
         ),
         batch_size=settings.writer_batch_size,
         interval=settings.writer_interval_seconds,
         quarantine_max_rows=settings.quarantine_max_rows,
         after_insert=hooks(settings),
         idle_poll=idle_poll,
-        on_status=_StatusFile(path).update if process else None,
+        on_status=_StatusFile(path, boosted).update if process else None,
         # Resting helps only a process of its own, in SCHED_IDLE: its waits, and the CPU time of the
         # machine's other processes (not its own, nor its backend's), say the workers want the CPUs.
         pacing=(
             Pacing(settings.writer_busy_share, settings.journal_max_bytes // PACED_SHARE, others=OthersBusy(lambda: backends))
-            if process
+            if lowered
             else None
         ),
     )
@@ -183,8 +216,9 @@ PACED_SHARE = 4
 
 
 class _StatusFile:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, boosted: bool = False) -> None:
         self.path = path
+        self.boosted = boosted
         self._written: tuple[Any, ...] = ()
         self._at = 0.0
 
@@ -197,7 +231,7 @@ class _StatusFile:
             return
         self._written, self._at = state, now
         data = {"pid": os.getpid(), "error": writer.last_error, "locked": writer.locked,
-                "stored_at": writer.last_store_at, "updated_at": now}  # fmt: skip
+                "stored_at": writer.last_store_at, "updated_at": now, "boosted": self.boosted}  # fmt: skip
         staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         with contextlib.suppress(OSError):
             staging.write_text(json.dumps(data))
@@ -205,35 +239,39 @@ class _StatusFile:
 
 
 def read_status(journal_root: Path) -> dict[str, Any]:
-    """The writer process's last word: ``running`` (it spoke within :data:`STALE_AFTER` s) and
-    ``error`` (its last database error, None when its last batch went through)."""
+    """The writer process's last word: ``running`` (it spoke within :data:`STALE_AFTER` s),
+    ``error`` (its last database error, None when its last batch went through) and ``boosted``
+    (it runs at the workers' priority: the backlog passed half a worker's bound)."""
     try:
         data = json.loads((journal_root / STATUS_FILE).read_text())
         running = time.time() - float(data["updated_at"]) < STALE_AFTER
-        return {"running": running, "error": data.get("error")}
+        return {"running": running, "error": data.get("error"), "boosted": bool(data.get("boosted")) and running}
     except (OSError, ValueError, KeyError, TypeError):
-        return {"running": False, "error": None}
+        return {"running": False, "error": None, "boosted": False}
 
 
 # --- the process ---------------------------------------------------------------------------------
 
 
-def main() -> int:
+def main(*, supervised: bool = False, boosted: bool = False) -> int:
     """``python -m receiver writer``: drain the journal until told to stop (its standard input
     closes, as when the supervisor stops it or dies, or SIGTERM), then store what is left (for
-    up to ``RECEIVER_SHUTDOWN_DRAIN_SECONDS``) and exit."""
+    up to ``RECEIVER_SHUTDOWN_DRAIN_SECONDS``) and exit 0. ``supervised`` (by ``receiver
+    serve``): exit :data:`EXIT_BOOST` or :data:`EXIT_CALM` instead when its priority should
+    change (see the module's text); ``boosted``: run at the priority it was started with."""
     settings = Settings()
     logs.configure(settings.log_level, settings.log_format)
-    lower_priority(0, settings.writer_nice, settings.writer_sched_idle)  # before any thread: they inherit it
-    if settings.writer_sched_idle:
-        lower_autogroup(0)  # started by the supervisor in a session of its own: its scheduling group
+    lowers = settings.writer_nice > 0 or settings.writer_sched_idle
+    if not boosted:
+        lower_priority(0, settings.writer_nice, settings.writer_sched_idle)  # before any thread: they inherit it
+        if settings.writer_sched_idle:
+            lower_autogroup(0)  # started by the supervisor in a session of its own: its scheduling group
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the supervisor, which says when
-    asyncio.run(_run(settings))
-    return 0
+    return asyncio.run(_run(settings, changes=supervised and lowers, boosted=boosted))
 
 
-async def _run(settings: Settings) -> None:
-    writer = build(settings, idle_poll=0.05, process=True)
+async def _run(settings: Settings, *, changes: bool = False, boosted: bool = False) -> int:
+    writer = build(settings, idle_poll=0.05, process=True, boosted=boosted)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -243,7 +281,8 @@ async def _run(settings: Settings) -> None:
     pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=1, timeout=5)
     sweeper = sweep.start(pool, settings.report_window, settings.sweep_interval_seconds)
     partitioner = partitions.start(pool)
-    log.info("writer.started", pid=os.getpid(), journal=str(settings.journal_path))
+    log.info("writer.started", pid=os.getpid(), journal=str(settings.journal_path), boosted=boosted)
+    started, change = time.monotonic(), 0
     # What start-up made (modules, classes, the settings, the connections) lives as long as the
     # process: out of the collector's way, so that each full collection walks only what the
     # batches made since (30 ms a collection otherwise, several a minute while it stores).
@@ -254,9 +293,17 @@ async def _run(settings: Settings) -> None:
             await asyncio.wait_for(stop.wait(), timeout=1.0)
         if task.done():
             task.result()  # raises what killed the loop: the supervisor starts a new writer
+        if changes and not stop.is_set():
+            backlog = writer.reader.backlog_bytes
+            change = priority_change(
+                backlog, settings.journal_max_bytes, boosted=boosted, seconds=time.monotonic() - started
+            )
+            if change:
+                log.info("writer.boost" if change == EXIT_BOOST else "writer.calm", backlog_bytes=backlog)
+                break
     await sweep.stop(sweeper)
     await partitions.stop(partitioner)
-    drained = await writer.stop(settings.shutdown_drain_seconds)
+    drained = await (writer.step_down() if change else writer.stop(settings.shutdown_drain_seconds))
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -264,6 +311,7 @@ async def _run(settings: Settings) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(pool.close(), timeout=5)
     log.info("writer.stopped", drained=drained, stored=writer.stored_events)
+    return change
 
 
 def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
@@ -292,6 +340,7 @@ class Supervisor:
         self.settings = settings
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.boosted = False  # the writer runs at the workers' priority (it asked to)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="writer-supervisor", daemon=True)
 
@@ -302,9 +351,8 @@ class Supervisor:
     def _spawn(self) -> None:
         # Its standard input is a pipe we hold: closing it is how we tell it to stop. In a session
         # of its own, under autogroups its scheduling group is its own, lowered as its priority is.
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "receiver", "writer"], stdin=subprocess.PIPE, start_new_session=True
-        )
+        argv = [sys.executable, "-m", "receiver", "writer", "--supervised", *(["--boosted"] if self.boosted else [])]
+        self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, start_new_session=True)
 
     def _watch(self) -> None:
         backoff = 0.1
@@ -314,6 +362,11 @@ class Supervisor:
             code = process.wait()
             if self._stopping.is_set():
                 return
+            if code in (EXIT_BOOST, EXIT_CALM):  # it asked for another priority: at once
+                self.boosted = code == EXIT_BOOST
+                self._spawn()
+                continue
+            self.boosted = False
             log.error("writer.died", code=code, restart_in=backoff)
             if self._stopping.wait(backoff):
                 return

@@ -420,3 +420,47 @@ def test_stopping_stores_what_is_left_without_resting(db_url: str, tmp_path: Pat
     assert drained
     assert rested == 0
     assert asyncio.run(stored(db_url)) == 30
+
+
+@pytest.mark.parametrize(
+    ("backlog", "boosted", "seconds", "change"),
+    [
+        (0, False, 100.0, 0),
+        (511, False, 0.0, 0),
+        (512, False, 0.0, writer_process.EXIT_BOOST),  # half of one worker's bound: at once
+        (512, True, 100.0, 0),  # boosted and still far behind
+        (129, True, 100.0, 0),
+        (128, True, 100.0, writer_process.EXIT_CALM),  # an eighth: lowered again
+        (0, True, 1.0, 0),  # but not within its first seconds
+        (0, True, writer_process.MIN_BOOSTED_SECONDS, writer_process.EXIT_CALM),
+    ],
+)
+def test_the_writer_asks_for_another_priority_by_its_backlog(
+    backlog: int, boosted: bool, seconds: float, change: int
+) -> None:
+    assert writer_process.priority_change(backlog, 1024, boosted=boosted, seconds=seconds) == change
+
+
+def test_a_writer_that_steps_down_ends_after_its_store_and_leaves_the_rest(db_url: str, tmp_path: Path) -> None:
+    """What a writer does before the supervisor starts it again at another priority: it ends
+    once its store in flight is committed, without a drain (the next writer stores the rest,
+    sooner) and without waiting out a rest."""
+    root = tmp_path / "journal"
+
+    async def scenario() -> tuple[bool, float]:
+        writer = await a_writer(db_url, root, Resting(30.0))
+        task = asyncio.create_task(writer.run())
+        try:
+            assert await until(lambda: _at_least(db_url, 10), 10)  # the first store, then a rest of 30 s
+            started = time.monotonic()
+            drained = await writer.step_down()
+            took = time.monotonic() - started
+            assert task.done()
+        finally:
+            task.cancel()
+            writer.reader.close()
+        return drained, took
+
+    drained, took = asyncio.run(scenario())
+    assert not drained and took < 5  # neither the rest nor the 20 records left held it
+    assert asyncio.run(stored(db_url)) == 10

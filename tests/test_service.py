@@ -108,7 +108,7 @@ def test_the_writer_is_a_process_of_its_own_at_a_lower_priority(db_url: str, dat
         assert autogroup_nice(pid) == "19"
         assert autogroup_nice(service.proc.pid) == "0"  # type: ignore[union-attr]
         ready = json.loads(service.get("/readyz")[1])
-        assert ready["writer"] == {"running": True, "error": None}
+        assert ready["writer"] == {"running": True, "error": None, "boosted": False}
         # Its PostgreSQL backend (local, ours to renice) runs at its priority too.
         sql = "SELECT pid FROM pg_stat_activity WHERE application_name = 'receiver-writer'"
         assert wait_for(lambda: run(fetch(db_url, sql)), timeout=30)
@@ -118,6 +118,52 @@ def test_the_writer_is_a_process_of_its_own_at_a_lower_priority(db_url: str, dat
         # PostgreSQL runs each backend in a session of its own: under autogroups a scheduling
         # group of its own, which weighs as much as all the workers unless it is lowered too.
         assert autogroup_nice(backend) == "19"
+    finally:
+        service.stop()
+
+
+def writer_status(data_dir: Path) -> dict[str, object]:
+    from receiver import writer_process
+
+    return writer_process.read_status(data_dir / "journal")
+
+
+def test_past_half_its_bound_the_writer_is_started_again_at_the_workers_priority(
+    own_pg: OwnPostgres, data_dir: Path
+) -> None:
+    """A writer in SCHED_IDLE gets hardly any CPU while the workers keep the machine busy, and
+    cannot raise its priority again: past half a worker's journal bound the supervisor starts a
+    writer at the workers' priority, and once it has caught up a lowered one again."""
+    # These reports take about 80 bytes each in the journal: the writer is boosted from 16 KiB
+    # (about 200 of them), lowered again under 4 KiB, and 503s would start at 32 KiB.
+    env = service_env(data_dir, own_pg.url, RECEIVER_JOURNAL_MAX_BYTES="32768")
+    token = create_app_token(env)["token"]
+    service = Service(env, workers=1).start()
+    try:
+        assert wait_for(lambda: writer_pid(data_dir) is not None, timeout=30)
+        lowered = writer_pid(data_dir)
+        assert lowered is not None and os.sched_getscheduler(lowered) == os.SCHED_IDLE
+        own_pg.stop()  # nothing is stored meanwhile: the backlog grows
+        codes = {
+            f"boost-{i}": service.post_form(f"/callbacks/{token}/status-report", f"smsMsgId=boost-{i}&status=DELIVRD")[0]
+            for i in range(300)
+        }
+        assert set(codes.values()) == {200}, codes
+        assert wait_for(lambda: writer_status(data_dir)["boosted"], timeout=30), "no boosted writer"
+        boosted = writer_pid(data_dir)
+        assert boosted is not None and boosted != lowered and not running(lowered)
+        assert os.sched_getscheduler(boosted) == os.SCHED_OTHER
+        assert os.getpriority(os.PRIO_PROCESS, boosted) == 0
+        assert autogroup_nice(boosted) == "0"
+        assert json.loads(service.get("/readyz")[1])["writer"]["boosted"] is True
+        own_pg.start()
+        assert wait_for(lambda: set(codes) <= stored_ids(own_pg.url), timeout=60), "acknowledged events are missing"
+        # Caught up: a lowered writer again.
+        assert wait_for(lambda: writer_pid(data_dir) not in (None, boosted), timeout=30)
+        calm = writer_pid(data_dir)
+        assert calm is not None and os.sched_getscheduler(calm) == os.SCHED_IDLE
+        assert wait_for(lambda: writer_status(data_dir)["running"] and not writer_status(data_dir)["boosted"])
+        assert duplicate_rows(own_pg.url) == 0
     finally:
         service.stop()
 

@@ -281,6 +281,11 @@ class JournalReadiness(Shape):
 class WriterReadiness(Shape):
     running: bool = Field(description="the writer reported within the last 5 s")
     error: str | None = Field(description="its last database error")
+    boosted: bool = Field(
+        default=False,
+        description="the writer process runs at the workers' priority: the backlog passed half of a worker's"
+        " journal bound, and the stores now share the CPU with the acknowledgements",
+    )
 
 
 class Readiness(Shape):

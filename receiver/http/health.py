@@ -47,7 +47,7 @@ async def readyz(request: Request) -> JSONResponse:
     )
     writer = state.writer
     if writer is not None:  # a task of this worker
-        writer_state: dict[str, object] = {"running": True, "error": writer.last_error}
+        writer_state: dict[str, object] = {"running": True, "error": writer.last_error, "boosted": False}
     else:
         writer_state = await asyncio.to_thread(writer_process.read_status, state.settings.journal_path)
     body = {"ready": ready, "database": database, "journal": journal_state, "writer": writer_state}
