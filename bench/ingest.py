@@ -618,13 +618,16 @@ class Bench:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
+            writers: list[str] = []  # every writer process seen, in order: past half its bound one is replaced
             while proc.poll() is None:
+                writers += [str(p) for p in server.split_pids()[1] if str(p) not in writers]
                 samples.append({"t": time.monotonic() - start, "rss": _rss(server),
                                 "backlog_bytes": _backlog(server)})  # fmt: skip
                 time.sleep(self.args.soak_interval)
         info, threads = read_wrk_result(result)
         acked = acked_ids(threads)
         stored_at_end, drain, lost = self.check_stored(server, prefix, acked, timeout=300)
+        writers += [str(p) for p in server.split_pids()[1] if str(p) not in writers]
         samples.append({"t": time.monotonic() - start, "rss": _rss(server),
                         "backlog_bytes": _backlog(server)})  # fmt: skip
         workers = sorted({pid for s in samples for pid in s["rss"]})
@@ -636,7 +639,7 @@ class Bench:
             "seconds": seconds, "mode": mode, "transport": server.transport, "rate": len(acked) / info["duration"],
             "acked": len(acked), "errors": info["errors"], "p50_ms": info["p50_ms"], "p99_ms": info["p99_ms"],
             "stored_at_end": stored_at_end, "drain_seconds": drain, "lost": lost, "samples": samples, "workers": per_worker,
-            "writer_pids": [str(p) for p in server.split_pids()[1]],
+            "writer_pids": writers,
             "syncer_pids": [str(p) for p in server.syncers()],
         }  # fmt: skip
         for pid, v in per_worker.items():
@@ -1019,13 +1022,14 @@ def _rss(server: Server) -> dict[str, int]:
 
 
 def _process_names(soak: dict[str, Any]) -> list[str]:
-    """``worker 1``, ``worker 2``, ``syncer 1``, ``writer``, for the pids of a soak, in their order."""
-    writers = set(soak.get("writer_pids", ()))
+    """``worker 1``, ``worker 2``, ``syncer 1``, ``writer``, for the pids of a soak, in their order
+    (``writer 1``, ``writer 2``... when the writer was replaced, in the order they ran)."""
+    writers = list(soak.get("writer_pids", ()))
     syncers = set(soak.get("syncer_pids", ()))
     names, n, k = [], 0, 0
     for pid in soak["workers"]:
         if pid in writers:
-            names.append("writer")
+            names.append("writer" if len(writers) == 1 else f"writer {writers.index(pid) + 1}")
         elif pid in syncers:
             k += 1
             names.append(f"syncer {k}")
