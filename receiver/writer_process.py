@@ -334,7 +334,8 @@ def _watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
 
 
 class Supervisor:
-    """Runs the writer process while the service runs; starts it again when it dies."""
+    """Runs the writer process while the service runs; starts it again when it dies, or at
+    another priority when it asks to."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -342,10 +343,14 @@ class Supervisor:
         self.restarts = 0
         self.boosted = False  # the writer runs at the workers' priority (it asked to)
         self._stopping = threading.Event()
+        # Held while a writer is started and while stop() takes the one to stop: no writer is
+        # started after stop() has looked.
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._watch, name="writer-supervisor", daemon=True)
 
     def start(self) -> None:
-        self._spawn()
+        with self._lock:
+            self._spawn()
         self._thread.start()
 
     def _spawn(self) -> None:
@@ -353,6 +358,13 @@ class Supervisor:
         # of its own, under autogroups its scheduling group is its own, lowered as its priority is.
         argv = [sys.executable, "-m", "receiver", "writer", "--supervised", *(["--boosted"] if self.boosted else [])]
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, start_new_session=True)
+
+    def _respawn(self) -> bool:
+        with self._lock:
+            if self._stopping.is_set():
+                return False
+            self._spawn()
+            return True
 
     def _watch(self) -> None:
         backoff = 0.1
@@ -364,7 +376,8 @@ class Supervisor:
                 return
             if code in (EXIT_BOOST, EXIT_CALM):  # it asked for another priority: at once
                 self.boosted = code == EXIT_BOOST
-                self._spawn()
+                if not self._respawn():
+                    return
                 continue
             self.boosted = False
             log.error("writer.died", code=code, restart_in=backoff)
@@ -372,14 +385,25 @@ class Supervisor:
                 return
             backoff = min(backoff * 2, 5.0)
             self.restarts += 1
-            self._spawn()
+            if not self._respawn():
+                return
 
     def stop(self) -> int | None:
         """Tell the writer to stop and wait while it stores what is left."""
-        self._stopping.set()
-        process = self.process
+        with self._lock:
+            self._stopping.set()
+            process = self.process
         if process is None:
             return None
+        code = self._stop(process)
+        if code in (EXIT_BOOST, EXIT_CALM):  # it stepped down as we stopped, without a drain: one that drains
+            self.boosted = code == EXIT_BOOST
+            self._spawn()
+            assert self.process is not None
+            code = self._stop(self.process)
+        return code
+
+    def _stop(self, process: subprocess.Popen[bytes]) -> int:
         if process.stdin is not None:
             with contextlib.suppress(OSError):
                 process.stdin.close()

@@ -134,9 +134,9 @@ def test_past_half_its_bound_the_writer_is_started_again_at_the_workers_priority
     """A writer in SCHED_IDLE gets hardly any CPU while the workers keep the machine busy, and
     cannot raise its priority again: past half a worker's journal bound the supervisor starts a
     writer at the workers' priority, and once it has caught up a lowered one again."""
-    # These reports take about 80 bytes each in the journal: the writer is boosted from 16 KiB
-    # (about 200 of them), lowered again under 4 KiB, and 503s would start at 32 KiB.
-    env = service_env(data_dir, own_pg.url, RECEIVER_JOURNAL_MAX_BYTES="32768")
+    # These reports take about 55 bytes each in the journal: the writer is boosted from 12 KiB
+    # (about 225 of them), lowered again under 3 KiB, and 503s would start at 24 KiB (about 450).
+    env = service_env(data_dir, own_pg.url, RECEIVER_JOURNAL_MAX_BYTES="24576")
     token = create_app_token(env)["token"]
     service = Service(env, workers=1).start()
     try:
@@ -153,7 +153,7 @@ def test_past_half_its_bound_the_writer_is_started_again_at_the_workers_priority
         boosted = writer_pid(data_dir)
         assert boosted is not None and boosted != lowered and not running(lowered)
         main = service.proc.pid  # type: ignore[union-attr]
-        assert os.sched_getscheduler(boosted) == os.SCHED_OTHER  # the workers' priority, as the main process's
+        assert os.sched_getscheduler(boosted) == os.sched_getscheduler(main) == os.SCHED_OTHER  # the workers' priority
         assert os.getpriority(os.PRIO_PROCESS, boosted) == os.getpriority(os.PRIO_PROCESS, main)
         assert autogroup_nice(boosted) == autogroup_nice(main)
         assert json.loads(service.get("/readyz")[1])["writer"]["boosted"] is True
@@ -167,6 +167,31 @@ def test_past_half_its_bound_the_writer_is_started_again_at_the_workers_priority
         assert duplicate_rows(own_pg.url) == 0
     finally:
         service.stop()
+
+
+def test_a_writer_that_steps_down_as_the_service_stops_is_followed_by_one_that_drains(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A writer that asked for another priority just as the service stopped has stored what was
+    in flight, not what was left: the supervisor starts one more writer, which drains."""
+    from receiver import writer_process
+    from receiver.config import Settings
+
+    started: list[bool] = []  # each writer started: boosted or not
+
+    def spawn(self: writer_process.Supervisor) -> None:
+        # A stand-in writer: the first exits as a step-down would once told to stop, the next as a drain
+        code = writer_process.EXIT_BOOST if not started else 0
+        started.append(self.boosted)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", f"import sys; sys.stdin.read(); sys.exit({code})"], stdin=subprocess.PIPE
+        )
+
+    monkeypatch.setattr(writer_process.Supervisor, "_spawn", spawn)
+    supervisor = writer_process.Supervisor(Settings(database_url="postgresql://unused"))
+    supervisor.start()
+    assert supervisor.stop() == 0
+    assert started == [False, True]  # the second at the priority the first asked for
 
 
 def running(pid: int) -> bool:
