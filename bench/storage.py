@@ -33,7 +33,8 @@ fill is written out (a checkpoint, then the kernel's dirty pages), one at a time
   of the day that straddles the cutoff).
 
 The next size refills the days the prune emptied. Prints one table; check ``df -h`` first
-(about 1.7 GB per million reports with their sends, states and events). The embedded database goes to
+(about 1.7 GB per million reports with their sends, states and events: it stops before a fill the
+file system has no room for, unless the file system compresses). The embedded database goes to
 ``$TMPDIR``. The file system of the database's files (when PostgreSQL runs on this machine) is
 printed first: where it is mounted with online ``discard`` (ext4, XFS), the drops wait for the
 disk to discard each freed extent, and that, not PostgreSQL, is most of a month's drop (see
@@ -371,20 +372,41 @@ async def prune_month(conn: asyncpg.Connection, url: str, days: int) -> retentio
     return await retention.prune(conn, datetime.now(UTC) - cutoff, connect=lambda: asyncpg.connect(url))
 
 
-def file_system(path: str) -> str:
-    """The file system holding ``path`` and whether it discards freed blocks online (Linux's
-    ``/proc/self/mounts``; the longest mount point above ``path``)."""
+def file_system(path: str, mounts_text: str | None = None) -> str:
+    """The file system holding ``path``, whether it discards freed blocks online (and waits for
+    the discards: ext4's and XFS's ``discard``; btrfs's ``discard=async`` queues them), and
+    whether it compresses what it writes (Linux's ``/proc/self/mounts``; the longest mount point
+    above ``path``)."""
     try:
-        mounts = [line.split()[1:4] for line in Path("/proc/self/mounts").read_text().splitlines()]
+        if mounts_text is None:
+            mounts_text = Path("/proc/self/mounts").read_text()
     except OSError:
         return "unknown"
+    mounts = [line.split()[1:4] for line in mounts_text.splitlines()]
     target = Path(path).resolve()
     found = max((m for m in mounts if target.is_relative_to(m[0])), key=lambda m: len(m[0]), default=None)
     if found is None:
         return "unknown"
     point, kind, options = found
-    discard = "online discard" if "discard" in options.split(",") else "no online discard"
-    return f"{kind} at {point} ({discard})"
+    flags = dict(option.partition("=")[::2] for option in options.split(","))
+    if "discard" not in flags:
+        notes = ["no online discard"]
+    elif flags["discard"] == "async":
+        notes = ["online discard, queued"]
+    else:
+        notes = ["online discard"]
+    compression = flags.get("compress-force") or flags.get("compress")
+    if compression and compression != "no":
+        notes.append(f"compressed: {compression}; a GB of the database takes less on the disk")
+    return f"{kind} at {point} ({', '.join(notes)})"
+
+
+BYTES_PER_REPORT = 1_700  # a report with its share of sends, states, replies, links and events (1.7 GB a million)
+
+
+def space_needed(stored: int, reports: int) -> int:
+    """Bytes a fill from ``stored`` to ``reports`` reports writes, at ``BYTES_PER_REPORT``."""
+    return max(0, reports - stored) * BYTES_PER_REPORT
 
 
 def p50_p99(samples: list[float]) -> tuple[float, float]:
@@ -400,18 +422,30 @@ async def stage(
         await migrate.apply(conn)
         await partitions.ensure(conn)
         await make_ahead(conn, ahead)
+        try:
+            data = await conn.fetchval("SHOW data_directory")
+        except asyncpg.InsufficientPrivilegeError:  # a role without pg_read_all_settings
+            data = None
+        local = data is not None and os.path.isdir(data)  # PostgreSQL on this machine
+        where = file_system(data) if local else "unknown"
+        print(f"  database files: {where}", flush=True)
+        if local:
+            needed = space_needed(await conn.fetchval("SELECT count(*) FROM status_reports"), reports)
+            free = shutil.disk_usage(data).free
+            if needed > free and "compressed" not in where:
+                raise SystemExit(
+                    f"the fill to {reports:,} reports needs about {needed / 1e9:.0f} GB, and {data} has"
+                    f" {free / 1e9:.0f} GB free: free space, or put the database elsewhere (TMPDIR, --database-url)"
+                )  # fmt: skip
+            used_before = shutil.disk_usage(data).used
         filled = await fill(conn, reports, days, spread)
         settled = await settle(conn)
         stored = await conn.fetchval("SELECT count(*) FROM status_reports")
         size = await conn.fetchval("SELECT pg_database_size(current_database())")
         parts = await partition_count(conn)
-        try:
-            where = file_system(await conn.fetchval("SHOW data_directory"))
-        except asyncpg.InsufficientPrivilegeError:  # a role without pg_read_all_settings
-            where = "unknown"
-        print(f"  database files: {where}", flush=True)
-        print(f"  {stored:,} reports stored over {days} days ({size / 1e9:.1f} GB, {parts} partitions a table),"
-              f" filled in {filled:.0f} s, written out in {settled:.0f} s", flush=True)  # fmt: skip
+        on_disk = f", the file system {(shutil.disk_usage(data).used - used_before) / 1e9:+.1f} GB" if local else ""
+        print(f"  {stored:,} reports stored over {days} days ({size / 1e9:.1f} GB{on_disk}, {parts} partitions a"
+              f" table), filled in {filled:.0f} s, written out in {settled:.0f} s", flush=True)  # fmt: skip
         rate = await ingest(conn, batches)
         print(f"  ingest {rate:,.0f} reports/s", flush=True)
         replies = await ingest_replies(conn, batches)
