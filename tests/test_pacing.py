@@ -10,7 +10,9 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import pytest
+from structlog.testing import capture_logs
 from support import admin, fetch
 
 from receiver import metrics, records, writer_process
@@ -464,3 +466,65 @@ def test_a_writer_that_steps_down_ends_after_its_store_and_leaves_the_rest(db_ur
     drained, took = asyncio.run(scenario())
     assert not drained and took < 5  # neither the rest nor the 20 records left held it
     assert asyncio.run(stored(db_url)) == 10
+
+
+async def _store_held(db_url: str) -> bool:
+    """A store waits for a lock (read on a connection of its own: a transaction sees the activity
+    as it was at its first look)."""
+    return bool(await fetch(db_url, "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"))
+
+
+@pytest.mark.parametrize("held", [0.5, 3.0])
+def test_a_writer_that_steps_down_mid_store_leaves_the_next_one_what_it_did_not_commit(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: float
+) -> None:
+    """A step-down waits for the store in flight: committed within the limit, its records are
+    the old writer's and the next writer stores only the rest; past the limit the store is cut
+    short, nothing of it counts as stored, and the next writer stores its records again, once."""
+    monkeypatch.setattr("receiver.writer.STEP_DOWN_SECONDS", 1.5)
+    root = tmp_path / "journal"
+
+    async def scenario() -> tuple[int, int, int, float]:
+        writer = await a_writer(db_url, root, Resting(0.0))
+        holder = await asyncpg.connect(db_url)
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("LOCK TABLE status_reports IN ACCESS EXCLUSIVE MODE")
+        task = asyncio.create_task(writer.run())
+        try:
+            assert await until(lambda: _store_held(db_url), 10)  # the first batch of 10 waits
+            started = time.monotonic()
+
+            async def step_down() -> float:
+                await writer.step_down()
+                return time.monotonic() - started
+
+            stepping = asyncio.create_task(step_down())
+            await asyncio.sleep(held)
+            await transaction.rollback()
+            took = await stepping
+            assert task.done()
+        finally:
+            task.cancel()
+            writer.reader.close()
+            await holder.close()
+        first = writer.stored_events
+        follower = writer_process.build(Settings(database_url=db_url, journal_dir=root, writer_batch_size=10))
+        follow = asyncio.create_task(follower.run())
+        try:
+            assert await follower.stop(20)
+        finally:
+            follow.cancel()
+            follower.reader.close()
+        return first, follower.stored_events, await stored(db_url), took
+
+    with capture_logs() as logged:
+        first, second, rows, took = asyncio.run(scenario())
+    assert not [e for e in logged if e["event"] == "writer.database_unavailable"]  # the database was fine
+    if held < 1.5:
+        assert (first, second) == (10, 20)  # committed, and the journal's cursor moved past it
+        assert took < 1.5
+    else:
+        assert (first, second) == (0, 30)  # cut short: the follower stored the first batch again
+        assert 1.5 <= took < 2.5
+    assert rows == 30  # every report once
