@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from structlog.testing import capture_logs
-from support import admin, fetch
+from support import admin, autogroup_nice, fetch
 
 from receiver import metrics, records, writer_process
 from receiver import pacing as pacing_module
@@ -528,3 +529,28 @@ def test_a_writer_that_steps_down_mid_store_leaves_the_next_one_what_it_did_not_
         assert (first, second) == (0, 30)  # cut short: the follower stored the first batch again
         assert 1.5 <= took < 2.5
     assert rows == 30  # every report once
+
+
+@pytest.mark.parametrize("boosted", [False, True])
+def test_a_boosted_writers_backend_is_not_lowered(db_url: str, tmp_path: Path, boosted: bool) -> None:
+    """The lowered writer's PostgreSQL backend runs at its priority (else it would take the CPU
+    the writer gives up); a boosted writer's backend keeps the priority PostgreSQL gave it, or
+    the boost would store no faster."""
+    writer = writer_process.build(
+        Settings(database_url=db_url, journal_dir=tmp_path / "journal"), process=True, boosted=boosted
+    )
+
+    async def backend() -> tuple[int, int, str | None]:
+        conn = await writer.connect()
+        try:
+            pid = int(await conn.fetchval("SELECT pg_backend_pid()"))
+            return os.sched_getscheduler(pid), os.getpriority(os.PRIO_PROCESS, pid), autogroup_nice(pid)
+        finally:
+            await conn.close()
+            writer.reader.close()
+
+    policy, nice, group = asyncio.run(backend())
+    if boosted:
+        assert (policy, nice, group) == (os.SCHED_OTHER, 0, "0")
+    else:
+        assert (policy, nice, group) == (os.SCHED_IDLE, 19, "19")
