@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 from support import fetch, run, world_readable_tmpdir
@@ -52,3 +54,21 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def test_a_process_that_stops_its_server_exits_without_an_error() -> None:
+    """A script (a benchmark, say) that stops the server it started says nothing more when it
+    exits: the server is not stopped a second time, with an error that it is not running."""
+    base = world_readable_tmpdir("receiver-stop-")
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom receiver.db import embedded\n"
+        "embedded.start(Path(sys.argv[1])).stop()\nprint('stopped')\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(base / "data")], check=False, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0 and done.stdout == "stopped\n", done.stderr
+        assert "Failed" not in done.stderr and "ERROR" not in done.stderr, done.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -41,8 +41,10 @@ class EmbeddedPostgres:
     _server: PostgresServer
 
     def stop(self) -> None:
-        """Stop the server now, whoever else uses it."""
+        """Stop the server now, whoever else uses it (and not once more when this process exits:
+        that second stop would find no server and log an error)."""
         self._server.stop()
+        self._server.cleanup_mode = None
 
 
 def cluster_dir(data_dir: Path) -> Path:
