@@ -24,7 +24,7 @@ fill is written out (a checkpoint, then the kernel's dirty pages), one at a time
   the oldest day kept; the API's own query functions), the blacklist check of 500 numbers, the dashboard views over 24 hours, a page of
   100 events from a point of the last day and the feed's head (``GET /v1/events``), a page of the
   replies' listing from the newest day filled (``GET /v1/uplinks``); p50 / p99
-  in milliseconds; and the first ``GET /v1/messages/{id}`` of a new connection (planned over
+  in milliseconds, and what the machine read from its disks meanwhile (days no longer in memory); and the first ``GET /v1/messages/{id}`` of a new connection (planned over
   every partition, the plan not cached yet);
 - **retention**: ``receiver prune --older-than``, which drops the oldest 30 days (fewer when
   fewer are kept; the cutoff an hour into the next day) of every partitioned table whole; the
@@ -409,6 +409,19 @@ def space_needed(stored: int, reports: int) -> int:
     return max(0, reports - stored) * BYTES_PER_REPORT
 
 
+def disk_reads(vmstat: Path = Path("/proc/vmstat")) -> int:
+    """Bytes this machine has read from its block devices (Linux's ``pgpgin``, in KiB), 0 where
+    it does not say: a query's p99 that grows with the history is its days read from the disk."""
+    try:
+        for line in vmstat.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == "pgpgin":
+                return int(value) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def p50_p99(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -450,7 +463,11 @@ async def stage(
         print(f"  ingest {rate:,.0f} reports/s", flush=True)
         replies = await ingest_replies(conn, batches)
         print(f"  ingest {replies:,.0f} replies/s", flush=True)
+        read_before = disk_reads()
         latencies = await query_latencies(conn, days, rounds)
+        read = disk_reads() - read_before
+        if local and read_before:
+            print(f"  read from the disks during the queries: {read / 1e9:.2f} GB (the kernel's pgpgin)", flush=True)
         first = await first_query(url)
         print(f"  first GET /v1/messages/{{id}} of a new connection {first:.1f} ms", flush=True)
         t0 = time.perf_counter()

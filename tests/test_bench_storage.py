@@ -3,6 +3,8 @@ system's discards and compression bear on what it measures, and it knows how muc
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench import storage
@@ -35,3 +37,10 @@ def test_a_fill_needs_room_for_the_reports_it_adds() -> None:
     assert storage.space_needed(0, 1_000_000) == 1_700_000_000
     assert storage.space_needed(1_000_000, 10_000_000) == 9 * 1_700_000_000
     assert storage.space_needed(10_000_000, 1_000_000) == 0  # nothing to add
+
+
+def test_the_bytes_read_from_the_disks(tmp_path: Path) -> None:
+    vmstat = tmp_path / "vmstat"
+    vmstat.write_text("nr_free_pages 1000\npgpgin 2048\npgpgout 4096\n")
+    assert storage.disk_reads(vmstat) == 2 * 1024 * 1024  # pgpgin counts KiB
+    assert storage.disk_reads(tmp_path / "none") == 0
