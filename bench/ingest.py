@@ -596,6 +596,11 @@ class Bench:
             f"{result['client_cpu_us_per_request']:.0f} µs a request), statuses {result['statuses']}, "
             f"zero loss {'PASS' if lost == 0 else f'FAIL ({lost} missing)'}"
         )
+        windows = result.get("slowest_windows") or []
+        if windows:
+            log("  slowest 0.1 s windows (s from the start: slowest answer, answers): " + ", ".join(
+                f"{w['at_s']:.1f}: {w['max_ms']:.1f} ms, {w['answered']}" for w in windows
+            ))  # fmt: skip
         return result
 
     def run_soak(self, seconds: float) -> None:

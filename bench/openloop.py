@@ -45,12 +45,14 @@ class Tally:
 
     def __init__(self) -> None:
         self.latencies: list[float] = []
+        self.dues: list[float] = []  # each answered request's due time, beside its latency
         self.lateness: list[float] = []
         self.unacked: list[int] = []
         self.statuses: dict[str, int] = {}
 
     def answered(self, i: int, due: float, status: int) -> None:
         self.latencies.append(time.perf_counter() - due)
+        self.dues.append(due)
         self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
         if not 200 <= status < 300:
             self.unacked.append(i)
@@ -280,7 +282,25 @@ async def run(
         "client_lateness_p99_ms": percentile(late, 99),
         "client_cpu_us_per_request": cpu / total * 1e6 if total else float("nan"),
         "client_nice": os.getpriority(os.PRIO_PROCESS, 0),
+        "slowest_windows": slowest_windows(tally, start),
     }
+
+
+WINDOW = 0.1  # seconds
+
+
+def slowest_windows(tally: Tally, start: float, count: int = 5) -> list[dict[str, float]]:
+    """The ``count`` windows of ``WINDOW`` s (by due time, from the run's start) whose slowest
+    answer was slowest: whether a p99 comes from a stall at one moment or from slow answers
+    all along, and when."""
+    windows: dict[int, list[float]] = {}
+    for due, latency in zip(tally.dues, tally.latencies, strict=True):
+        windows.setdefault(int((due - start) / WINDOW + 1e-9), []).append(latency * 1000)
+    worst = sorted(windows.items(), key=lambda item: max(item[1]), reverse=True)[:count]
+    return [
+        {"at_s": round(index * WINDOW, 1), "max_ms": round(max(ms), 2), "answered": len(ms)}
+        for index, ms in sorted(worst)
+    ]
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

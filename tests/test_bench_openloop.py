@@ -61,3 +61,18 @@ def test_every_request_is_counted_once_as_answered_refused_or_lost(mode: str) ->
     assert result["unacked"] == [i for i in range(300) if i % 3]
     assert 0 < result["p50_ms"] <= result["p99_ms"] < 1000  # type: ignore[operator]
     assert result["client_cpu_us_per_request"] > 0  # type: ignore[operator]
+
+
+def test_the_slowest_windows_say_when_the_slow_answers_came() -> None:
+    """A p99 made by one stall shows as one slow window at its moment, not as slow answers
+    spread over the run."""
+    tally = openloop.Tally()
+    start = 100.0
+    for i in range(300):  # 100 requests a second for 3 s, answered in 2 ms but around 1.45 s
+        due = start + i / 100
+        tally.latencies.append(0.150 if 145 <= i < 148 else 0.002)
+        tally.dues.append(due)
+    windows = openloop.slowest_windows(tally, start, count=2)  # in the order of time
+    assert len(windows) == 2 and {"at_s": 1.4, "max_ms": 150.0, "answered": 10} in windows
+    assert sorted(w["max_ms"] for w in windows) == [2.0, 150.0]
+    assert [w["at_s"] for w in windows] == sorted(w["at_s"] for w in windows)
