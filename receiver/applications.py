@@ -281,7 +281,7 @@ class Registry:
         access key not known yet), read the database first: at most once every ``min_interval``
         s, so a miss soon after the last read waits for the next one (an application made a
         moment ago must not lose its first push; a flood of unknown tokens costs one read a
-        second)."""
+        second), and a miss while a read is on its way waits for that one."""
         key = token_hash(token)
         app = self._apps.get(key)
         if pool is None:
@@ -290,6 +290,13 @@ class Registry:
             if time.monotonic() - self._loaded_at >= self.max_age:
                 self._start_refresh(pool)  # in the background: this callback goes on with what we know
             return app
+        if app is None and self._refreshing is not None and not self._refreshing.done():
+            # A read is on its way (another callback's miss a moment ago, say the first ones of
+            # an application just made, arriving together): its result, not the next read's.
+            await asyncio.shield(self._refreshing)
+            app = self._apps.get(key)
+            if app is not None:
+                return app
         wait = self._loaded_at + self._min_interval - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
