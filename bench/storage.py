@@ -24,8 +24,9 @@ fill is written out (a checkpoint, then the kernel's dirty pages), one at a time
   the oldest day kept; the API's own query functions), the blacklist check of 500 numbers, the dashboard views over 24 hours, a page of
   100 events from a point of the last day and the feed's head (``GET /v1/events``), a page of the
   replies' listing from the newest day filled (``GET /v1/uplinks``); p50 / p99
-  in milliseconds, and what the machine read from its disks meanwhile (days no longer in memory); and the first ``GET /v1/messages/{id}`` of a new connection (planned over
-  every partition, the plan not cached yet);
+  in milliseconds, and what the machine read from its disks meanwhile (days no longer in
+  memory); and the first ``GET /v1/messages/{id}`` of a new connection (planned over every
+  partition, the plan not cached yet);
 - **retention**: ``receiver prune --older-than``, which drops the oldest 30 days (fewer when
   fewer are kept; the cutoff an hour into the next day) of every partitioned table whole; the
   time of the drops (the tables locked while their days are detached, and the drop of the
@@ -372,32 +373,48 @@ async def prune_month(conn: asyncpg.Connection, url: str, days: int) -> retentio
     return await retention.prune(conn, datetime.now(UTC) - cutoff, connect=lambda: asyncpg.connect(url))
 
 
-def file_system(path: str, mounts_text: str | None = None) -> str:
-    """The file system holding ``path``, whether it discards freed blocks online (and waits for
-    the discards: ext4's and XFS's ``discard``; btrfs's ``discard=async`` queues them), and
-    whether it compresses what it writes (Linux's ``/proc/self/mounts``; the longest mount point
-    above ``path``)."""
+def _mount(path: str, mounts_text: str | None = None) -> tuple[str, str, dict[str, str]] | None:
+    """The mount point, file system and options (``name`` -> ``value``, ``""`` for a flag) of
+    the longest mount point above ``path`` (Linux's ``/proc/self/mounts``); None where unknown."""
     try:
         if mounts_text is None:
             mounts_text = Path("/proc/self/mounts").read_text()
     except OSError:
-        return "unknown"
+        return None
     mounts = [line.split()[1:4] for line in mounts_text.splitlines()]
     target = Path(path).resolve()
     found = max((m for m in mounts if target.is_relative_to(m[0])), key=lambda m: len(m[0]), default=None)
     if found is None:
-        return "unknown"
+        return None
     point, kind, options = found
-    flags = dict(option.partition("=")[::2] for option in options.split(","))
+    return point, kind, dict(option.partition("=")[::2] for option in options.split(","))
+
+
+def compression(path: str, mounts_text: str | None = None) -> str | None:
+    """How the file system holding ``path`` compresses what it writes (btrfs's ``compress`` or
+    ``compress-force``), or None."""
+    mount = _mount(path, mounts_text)
+    found = mount and (mount[2].get("compress-force") or mount[2].get("compress"))
+    return found if found and found != "no" else None
+
+
+def file_system(path: str, mounts_text: str | None = None) -> str:
+    """The file system holding ``path``, whether it discards freed blocks online (and waits for
+    the discards: ext4's and XFS's ``discard``; btrfs's ``discard=async`` queues them), and
+    whether it compresses what it writes."""
+    mount = _mount(path, mounts_text)
+    if mount is None:
+        return "unknown"
+    point, kind, flags = mount
     if "discard" not in flags:
         notes = ["no online discard"]
     elif flags["discard"] == "async":
         notes = ["online discard, queued"]
     else:
         notes = ["online discard"]
-    compression = flags.get("compress-force") or flags.get("compress")
-    if compression and compression != "no":
-        notes.append(f"compressed: {compression}; a GB of the database takes less on the disk")
+    compressed = compression(path, mounts_text)
+    if compressed:
+        notes.append(f"compressed: {compressed}; a GB of the database takes less on the disk")
     return f"{kind} at {point} ({', '.join(notes)})"
 
 
@@ -445,7 +462,7 @@ async def stage(
         if local:
             needed = space_needed(await conn.fetchval("SELECT count(*) FROM status_reports"), reports)
             free = shutil.disk_usage(data).free
-            if needed > free and "compressed" not in where:
+            if needed > free and not compression(data):
                 raise SystemExit(
                     f"the fill to {reports:,} reports needs about {needed / 1e9:.0f} GB, and {data} has"
                     f" {free / 1e9:.0f} GB free: free space, or put the database elsewhere (TMPDIR, --database-url)"

@@ -399,7 +399,7 @@ class Writer:
             except Exception as error:  # noqa: BLE001 - every failure here means "retry later"
                 await self._disconnect()
                 if self._stopping and not self._draining:
-                    break  # step_down() cut this store short: the next writer stores the batch again
+                    break  # stepping down (its store cut short, say): the next writer stores the batch again
                 metrics.DATABASE_ERRORS.labels("writer").inc()
                 if self.last_error is None:
                     log.warning("writer.database_unavailable", error=_describe(error))
