@@ -68,7 +68,7 @@ import asyncpg
 
 from receiver.pacing import process_seconds
 
-from .support import parse_cpus
+from .support import PageCacheWatch, page_cache_summary, parse_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -562,7 +562,9 @@ class Bench:
         or ``huawei`` (500 reports/s)."""
         server = self.servers["receiver"]
         prefix = f"{self.run_id}{server.transport[0]}{mode[0]}{kind[0]}ol"
-        result = self.open_loop(server, rate, mode, prefix)
+        with PageCacheWatch() as page_cache:
+            result = self.open_loop(server, rate, mode, prefix)
+        result["page_cache"] = page_cache_summary(page_cache.samples, result["started_at"])
         missing = set(result.pop("unacked"))
         acked = {f"{prefix}-0_{i}" for i in range(result["sent"]) if i not in missing}
         _stored, drain, lost = self.check_stored(server, prefix, acked)
@@ -601,6 +603,12 @@ class Bench:
             log("  slowest 0.1 s windows (s from the start: slowest answer, answers): " + ", ".join(
                 f"{w['at_s']:.1f}: {w['max_ms']:.1f} ms, {w['answered']}" for w in windows
             ))  # fmt: skip
+        cache = result["page_cache"]
+        if cache:
+            log(
+                f"  page cache: up to {cache['dirty_max_mib']:.1f} MiB dirty; the largest write-back seen "
+                f"{cache['writeback_max_mib']:.1f} MiB, {cache['writeback_max_at_s']:.1f} s from the start"
+            )
         return result
 
     def run_soak(self, seconds: float) -> None:

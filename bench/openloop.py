@@ -238,6 +238,7 @@ async def run(
     total = int(rate * duration)
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter() + 0.05
+    started_at = time.time() + 0.05  # the same moment on the wall clock, to line up with other records
     next_sweep = start + 1.0
     i = 0
     while i < total:
@@ -269,6 +270,7 @@ async def run(
     cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
     return {
         "rate": rate,
+        "started_at": started_at,
         "sent": total,
         "send_seconds": elapsed,
         "achieved_rate": total / elapsed if elapsed > 0 else 0.0,

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -32,6 +33,60 @@ def parse_cpus(text: str) -> set[int]:
         elif part:
             cpus.add(int(part))
     return cpus
+
+
+MEMINFO = Path("/proc/meminfo")
+
+
+def dirty_kib(meminfo: Path = MEMINFO) -> tuple[int, int]:
+    """The machine's page cache: KiB dirty (written, waiting for the kernel's writeback) and KiB
+    being written back now."""
+    values = {}
+    for line in meminfo.read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("Dirty", "Writeback"):
+            values[name] = int(rest.split()[0])
+    return values.get("Dirty", 0), values.get("Writeback", 0)
+
+
+class PageCacheWatch:
+    """Samples :func:`dirty_kib` every ``interval`` s in a thread while in use. Each
+    ``fdatasync`` of the journal waits for the disk to flush what was written before it, so a
+    pile of dirty pages the kernel writes back at once (after half a minute, by default) shows
+    as a stall of the acknowledgements: :func:`page_cache_summary` says how large and when."""
+
+    def __init__(self, interval: float = 0.05, meminfo: Path = MEMINFO) -> None:
+        self.interval = interval
+        self.meminfo = meminfo
+        self.samples: list[tuple[float, int, int]] = []  # wall-clock time, KiB dirty, KiB in write-back
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="page-cache-watch", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), *dirty_kib(self.meminfo)))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def page_cache_summary(samples: list[tuple[float, int, int]], start: float) -> dict[str, float]:
+    """The most dirty page cache seen (MiB), the largest write-back seen (MiB) and when, in
+    seconds from ``start`` (wall clock)."""
+    if not samples:
+        return {}
+    t, _dirty, writeback = max(samples, key=lambda s: s[2])
+    return {
+        "dirty_max_mib": round(max(s[1] for s in samples) / 1024, 1),
+        "writeback_max_mib": round(writeback / 1024, 1),
+        "writeback_max_at_s": round(t - start, 2),
+    }
 
 
 def free_port() -> int:

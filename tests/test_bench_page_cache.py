@@ -1,0 +1,40 @@
+"""The ingest benchmark's page-cache watch: how much was dirty during a latency run, and the
+largest write-back and when (a stall of the journal's syncs lines up with it)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bench.support import PageCacheWatch, dirty_kib, page_cache_summary
+
+MEMINFO = """MemTotal:       24568320 kB
+Dirty:            188356 kB
+Writeback:          2048 kB
+WritebackTmp:          0 kB
+"""
+
+
+def test_dirty_and_writeback_are_read_from_meminfo(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(MEMINFO)
+    assert dirty_kib(meminfo) == (188356, 2048)
+
+
+def test_the_summary_gives_the_largest_write_back_and_when() -> None:
+    samples = [(100.0, 100 * 1024, 0), (101.5, 40 * 1024, 60 * 1024), (102.0, 130 * 1024, 1024)]
+    assert page_cache_summary(samples, start=100.2) == {
+        "dirty_max_mib": 130.0, "writeback_max_mib": 60.0, "writeback_max_at_s": 1.3,
+    }  # fmt: skip
+    assert page_cache_summary([], start=0) == {}
+
+
+def test_the_watch_samples_while_in_use_and_stops_after(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(MEMINFO)
+    with PageCacheWatch(interval=0.01, meminfo=meminfo) as watch:
+        time.sleep(0.1)
+    taken = len(watch.samples)
+    assert taken >= 3 and watch.samples[0][1:] == (188356, 2048)
+    time.sleep(0.05)
+    assert len(watch.samples) == taken
