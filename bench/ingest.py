@@ -313,6 +313,17 @@ def autogroups() -> str:
     return "; kernel autogroups " + ("on" if state == "1" else "off (`kernel.sched_autogroup_enabled=0`)")
 
 
+def write_back(vm: Path = Path("/proc/sys/vm")) -> str:
+    """When the kernel starts writing dirty pages back, which decides whether the journal's
+    syncs wait for piles of PostgreSQL's pages (docs/operations.md, PostgreSQL on the same machine)."""
+    try:
+        size = int((vm / "dirty_background_bytes").read_text())
+        ratio = int((vm / "dirty_background_ratio").read_text())
+    except (OSError, ValueError):
+        return ""
+    return "; write-back from " + (f"{size / 2**20:g} MiB dirty" if size else f"{ratio} % of memory dirty")
+
+
 def read_wrk_result(path: Path) -> tuple[dict[str, Any], dict[str, list[int]]]:
     """wrk's summary and, per thread prefix, (requests made, acknowledged, numbers not acknowledged)."""
     info: dict[str, Any] = {}
@@ -605,10 +616,13 @@ class Bench:
             ))  # fmt: skip
         cache = result["page_cache"]
         if cache:
-            log(
-                f"  page cache: up to {cache['dirty_max_mib']:.1f} MiB dirty; the largest write-back seen "
-                f"{cache['writeback_max_mib']:.1f} MiB, {cache['writeback_max_at_s']:.1f} s from the start"
+            seen = (
+                f"the largest write-back seen {cache['writeback_max_mib']:.1f} MiB, "
+                f"{cache['writeback_max_at_s']:.1f} s from the start"
+                if cache["writeback_max_mib"]
+                else "no write-back seen"
             )
+            log(f"  page cache: up to {cache['dirty_max_mib']:.1f} MiB dirty; {seen}")
         return result
 
     def run_soak(self, seconds: float) -> None:
@@ -739,11 +753,12 @@ class Bench:
             return (
                 f"Layout: {a.workers} worker(s) per server, unpinned (the scheduler places the servers, the receiver's "
                 f"writer, PostgreSQL and the load generator on all {len(os.sched_getaffinity(0))} cores), "
-                f"PostgreSQL on the same machine{autogroups()}"
+                f"PostgreSQL on the same machine{autogroups()}{write_back()}"
             )
         return (
             f"Layout: pinned, {a.workers} worker(s) per server; servers on CPU {a.server_cpus or 'any'}, PostgreSQL "
             f"on CPU {a.db_cpus or a.server_cpus or 'any'}, load on CPU {a.client_cpus or 'any'}{autogroups()}"
+            f"{write_back()}"
         )
 
     def median(self, key: str, transport: str, mode: str, server: str) -> float | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from bench.ingest import write_back
 from bench.support import PageCacheWatch, dirty_kib, page_cache_summary
 
 MEMINFO = """MemTotal:       24568320 kB
@@ -38,3 +39,12 @@ def test_the_watch_samples_while_in_use_and_stops_after(tmp_path: Path) -> None:
     assert taken >= 3 and watch.samples[0][1:] == (188356, 2048)
     time.sleep(0.05)
     assert len(watch.samples) == taken
+
+
+def test_the_layout_says_when_the_kernel_starts_writing_back(tmp_path: Path) -> None:
+    (tmp_path / "dirty_background_bytes").write_text("0\n")
+    (tmp_path / "dirty_background_ratio").write_text("10\n")
+    assert write_back(tmp_path) == "; write-back from 10 % of memory dirty"
+    (tmp_path / "dirty_background_bytes").write_text("16777216\n")
+    assert write_back(tmp_path) == "; write-back from 16 MiB dirty"
+    assert write_back(tmp_path / "missing") == ""
