@@ -66,8 +66,9 @@ class Settings(BaseSettings):
     )  # fmt: skip
     writer_sched_idle: bool = Field(
         default=True,
-        description="Linux: the writer process (and its local PostgreSQL backend) also run in the SCHED_IDLE"
-        " class, on CPU time nothing else wants, and their autogroups at niceness 19",
+        description="Linux: the writer process (and its local PostgreSQL backend and that server's autovacuum"
+        " workers) also run in the SCHED_IDLE class, on CPU time nothing else wants, and their autogroups at"
+        " niceness 19",
     )
 
     max_body_bytes: int = Field(default=256 << 10, ge=1024, le=512 << 10, description="larger bodies get 413")
