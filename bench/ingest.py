@@ -67,6 +67,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from receiver.pacing import process_seconds
+from receiver.procs import parent
 
 from .support import PageCacheWatch, page_cache_summary, parse_cpus
 
@@ -146,11 +147,9 @@ def descendants(pid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
+        ppid = parent(int(entry.name))
+        if ppid is not None:
+            children.setdefault(ppid, []).append(int(entry.name))
     found, pending = [], [pid]
     while pending:
         current = pending.pop()

@@ -394,7 +394,11 @@ def compression(path: str, mounts_text: str | None = None) -> str | None:
     """How the file system holding ``path`` compresses what it writes (btrfs's ``compress`` or
     ``compress-force``), or None."""
     mount = _mount(path, mounts_text)
-    found = mount and (mount[2].get("compress-force") or mount[2].get("compress"))
+    return _compression(mount[2]) if mount else None
+
+
+def _compression(flags: dict[str, str]) -> str | None:
+    found = flags.get("compress-force") or flags.get("compress")
     return found if found and found != "no" else None
 
 
@@ -412,7 +416,7 @@ def file_system(path: str, mounts_text: str | None = None) -> str:
         notes = ["online discard, queued"]
     else:
         notes = ["online discard"]
-    compressed = compression(path, mounts_text)
+    compressed = _compression(flags)
     if compressed:
         notes.append(f"compressed: {compressed}; a GB of the database takes less on the disk")
     return f"{kind} at {point} ({', '.join(notes)})"

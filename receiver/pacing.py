@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from .procs import stat_fields
+
 SCHEDSTAT = Path("/proc/thread-self/schedstat")  # ns on a CPU, ns waiting for one, slices
 PROC_STAT = Path("/proc/stat")  # the machine's CPU time, in clock ticks
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -52,11 +54,8 @@ def _own_seconds() -> float:
 
 def process_seconds(pid: int) -> float:
     """CPU seconds a process of this machine has used; 0 where the system does not say."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
-    except (OSError, ValueError, IndexError):
-        return 0.0
+    fields = stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / _TICKS if fields else 0.0  # utime, stime
 
 
 class OthersBusy:

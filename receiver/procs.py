@@ -7,6 +7,7 @@ import ctypes
 import os
 import signal
 import sys
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -22,6 +23,21 @@ def alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (the state first, then the
+    parent's pid, ...); None where the process is gone or the system does not say."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def parent(pid: int) -> int | None:
+    """The parent of ``pid`` (None when it is gone)."""
+    fields = stat_fields(pid)
+    return int(fields[1]) if fields else None
 
 
 def own_session(parent: int) -> None:

@@ -50,6 +50,7 @@ from .correlation import sweep
 from .db import migrate
 from .journal import JournalReader
 from .pacing import OthersBusy, Pacing
+from .procs import parent
 from .writer import AfterInsert, Connect, Writer
 
 log = structlog.get_logger("receiver.writer")
@@ -118,15 +119,21 @@ def connector(dsn: str, nice: int = 0, sched_idle: bool = False, backends: list[
     return connect
 
 
-def _lower_backend(pid: int, nice: int, sched_idle: bool) -> None:
+# A process that is not root may change an autogroup's niceness once a tenth of a second,
+# machine-wide (EAGAIN otherwise): the writer's own change at its start and its backend's
+# right after can meet that limit.
+AUTOGROUP_TRIES = 5
+AUTOGROUP_PAUSE = 0.11
+
+
+def _lower_backend(pid: int, nice: int, sched_idle: bool, pause: float = AUTOGROUP_PAUSE) -> bool:
     """Lower a local backend's priority to ours. With ``sched_idle`` its scheduling group goes
     to the lowest priority too: PostgreSQL starts each backend in a session of its own, which
     under Linux's autogroups is a group of its own, weighed against the workers as a whole; its
     class and niceness rank it only inside that group (docs/performance.md, "Latency at half
     the maximum")."""
     lower_priority(pid, nice, sched_idle)
-    if sched_idle:
-        lower_autogroup(pid)
+    return lower_autogroup(pid, pause) if sched_idle else True
 
 
 AUTOVACUUM_WORKER = b"postgres: autovacuum worker"
@@ -156,24 +163,8 @@ def lower_autovacuum(postmaster: int | None, nice: int, lowered: set[int]) -> No
                 continue
         except OSError:
             continue
-        lower_priority(pid, nice, True)
-        if lower_autogroup(pid, pause=0):
+        if _lower_backend(pid, nice, True, pause=0):  # a group the kernel deferred: at the next call
             lowered.add(pid)
-
-
-def parent(pid: int) -> int | None:
-    """The parent of ``pid`` (None when it is gone)."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-# A process that is not root may change an autogroup's niceness once a tenth of a second,
-# machine-wide (EAGAIN otherwise): the writer's own change at its start and its backend's
-# right after can meet that limit.
-AUTOGROUP_TRIES = 5
-AUTOGROUP_PAUSE = 0.11
 
 
 def lower_autogroup(pid: int, pause: float = AUTOGROUP_PAUSE) -> bool:

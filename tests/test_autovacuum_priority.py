@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver import writer_process
+from receiver import procs, writer_process
 
 
 def _child(title: str) -> subprocess.Popen[bytes]:
@@ -64,6 +64,6 @@ def test_a_worker_that_is_gone_is_forgotten(children: dict[str, subprocess.Popen
 
 
 def test_the_parent_of_a_process_and_of_none() -> None:
-    assert writer_process.parent(os.getpid()) == os.getppid()
-    assert writer_process.parent(999_999_999) is None
+    assert procs.parent(os.getpid()) == os.getppid()
+    assert procs.parent(999_999_999) is None
     writer_process.lower_autovacuum(None, 19, set())  # no server of this machine: nothing to do
