@@ -42,7 +42,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from . import logs, metrics, partitions
+from . import disks, logs, metrics, partitions
 from .blacklist import store as blacklist_store
 from .config import Settings
 from .correlation import store as correlation
@@ -201,6 +201,24 @@ def lower_priority(pid: int, nice: int, sched_idle: bool) -> None:
             os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
 
 
+def warn_if_shared_disk(journal: Path, backend: int) -> None:
+    """Say in the log when the journal is on the disk of the PostgreSQL server of the local
+    ``backend`` (:mod:`receiver.disks`): its syncs then wait for the server's writes."""
+    shared = disks.shared_disk(journal, backend)
+    if shared is not None:
+        log.warning(
+            "writer.journal_shares_disk",
+            journal=str(journal),
+            data_directory=shared.data_directory,
+            device=shared.device,
+            shared=list(shared.parts),
+            **disks.write_back(),
+            advice="acknowledgements wait for PostgreSQL's writes on this disk: give the journal a disk of"
+            " its own (RECEIVER_JOURNAL_DIR), or have the kernel write back early"
+            " (vm.dirty_background_bytes); docs/operations.md, PostgreSQL on the same machine",
+        )
+
+
 def _is_postgres(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
@@ -314,6 +332,7 @@ async def _run(settings: Settings, *, changes: bool = False, boosted: bool = Fal
     writer = build(settings, idle_poll=0.05, process=True, boosted=boosted, backends=backends)
     lowers_autovacuum = not boosted and settings.writer_sched_idle
     autovacuum: set[int] = set()
+    disk_checked = False
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -335,6 +354,9 @@ async def _run(settings: Settings, *, changes: bool = False, boosted: bool = Fal
             await asyncio.wait_for(stop.wait(), timeout=0.25)  # also how soon a new autovacuum worker is lowered
         if task.done():
             task.result()  # raises what killed the loop: the supervisor starts a new writer
+        if backends and not disk_checked:  # its first connection found its backend on this machine
+            disk_checked = True
+            warn_if_shared_disk(settings.journal_path, backends[0])
         if lowers_autovacuum and backends:
             lower_autovacuum(parent(backends[0]), settings.writer_nice, autovacuum)
         if changes and not stop.is_set():

@@ -118,6 +118,10 @@ def test_the_writer_is_a_process_of_its_own_at_a_lower_priority(db_url: str, dat
         # PostgreSQL runs each backend in a session of its own: under autogroups a scheduling
         # group of its own, which weighs as much as all the workers unless it is lowered too.
         assert autogroup_nice(backend) == "19"
+        # It says in its log whether the journal is on the disk of that server's files.
+        [data_directory] = [r["setting"] for r in run(fetch(db_url, "SELECT current_setting('data_directory') AS setting"))]
+        shares = os.stat(data_dir / "journal").st_dev == os.stat(data_directory).st_dev
+        assert wait_for(lambda: ("writer.journal_shares_disk" in service.log.read_text()) == shares, timeout=10)
     finally:
         service.stop()
 
