@@ -66,6 +66,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from receiver import disks
 from receiver.pacing import process_seconds
 from receiver.procs import parent
 
@@ -321,6 +322,16 @@ def write_back(vm: Path = Path("/proc/sys/vm")) -> str:
     except (OSError, ValueError):
         return ""
     return "; write-back from " + (f"{size / 2**20:g} MiB dirty" if size else f"{ratio} % of memory dirty")
+
+
+def journal_disk(journal: Path, pgdata: Path) -> str:
+    """Whether the receiver's journal is on the disk of PostgreSQL's files, where its syncs wait
+    for PostgreSQL's writes (docs/operations.md, PostgreSQL on the same machine)."""
+    try:
+        same = disks.device(journal) == disks.device(pgdata)
+    except OSError:
+        return ""
+    return "; the journal on " + ("the disk of PostgreSQL's files" if same else "a disk of its own")
 
 
 def read_wrk_result(path: Path) -> tuple[dict[str, Any], dict[str, list[int]]]:
@@ -752,13 +763,19 @@ class Bench:
             return (
                 f"Layout: {a.workers} worker(s) per server, unpinned (the scheduler places the servers, the receiver's "
                 f"writer, PostgreSQL and the load generator on all {len(os.sched_getaffinity(0))} cores), "
-                f"PostgreSQL on the same machine{autogroups()}{write_back()}"
+                f"PostgreSQL on the same machine{autogroups()}{write_back()}{self.journal_disk()}"
             )
         return (
             f"Layout: pinned, {a.workers} worker(s) per server; servers on CPU {a.server_cpus or 'any'}, PostgreSQL "
             f"on CPU {a.db_cpus or a.server_cpus or 'any'}, load on CPU {a.client_cpus or 'any'}{autogroups()}"
-            f"{write_back()}"
+            f"{write_back()}{self.journal_disk()}"
         )
+
+    def journal_disk(self) -> str:
+        from receiver.db import embedded
+
+        journal = self.args.set.get("RECEIVER_JOURNAL_DIR") or self.base / "data-http" / "journal"
+        return journal_disk(Path(journal), embedded.cluster_dir(self.base))
 
     def median(self, key: str, transport: str, mode: str, server: str) -> float | None:
         values = [

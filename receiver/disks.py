@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SharedDisk", "shared_disk", "write_back"]
+__all__ = ["SharedDisk", "device", "shared_disk", "write_back"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def shared_disk(journal: Path, backend: int) -> SharedDisk | None:
     or None: another disk, or nothing to tell (a process gone or not ours to inspect)."""
     cwd = Path(f"/proc/{backend}/cwd")
     try:
-        mine = _device(journal)
+        mine = device(journal)
         data_directory = os.readlink(cwd)
         tables = cwd.stat().st_dev
     except OSError:
@@ -63,7 +63,7 @@ def write_back() -> dict[str, int]:
     return found
 
 
-def _device(path: Path) -> int:
+def device(path: Path) -> int:
     """The device of ``path``, or of its nearest existing parent (a journal folder not made yet)."""
     for candidate in (path, *path.parents):
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bench.ingest import write_back
+from bench.ingest import journal_disk, write_back
 from bench.support import PageCacheWatch, dirty_kib, page_cache_summary
 
 MEMINFO = """MemTotal:       24568320 kB
@@ -48,3 +48,10 @@ def test_the_layout_says_when_the_kernel_starts_writing_back(tmp_path: Path) -> 
     (tmp_path / "dirty_background_bytes").write_text("16777216\n")
     assert write_back(tmp_path) == "; write-back from 16 MiB dirty"
     assert write_back(tmp_path / "missing") == ""
+
+
+def test_the_layout_says_whether_the_journal_shares_postgresqls_disk(tmp_path: Path) -> None:
+    pgdata = tmp_path / "pgdata"
+    pgdata.mkdir()
+    assert journal_disk(tmp_path / "data-http" / "journal", pgdata) == "; the journal on the disk of PostgreSQL's files"
+    assert journal_disk(Path("/proc/self"), pgdata) == "; the journal on a disk of its own"
