@@ -4,9 +4,10 @@ Each ``fdatasync`` of the journal waits for the disk to flush whatever was writt
 Where PostgreSQL's files are on the same disk, the acknowledgements wait for its writes too: a
 commit's WAL, a checkpoint, the kernel writing back the pages a burst left dirty. Measured on a
 2-CPU VM (docs/operations.md, "PostgreSQL on the same machine"), that made the p99 at half the
-maximum several times what it was with the journal off that disk. The writer process, which
-knows its PostgreSQL backend when it runs on this machine, asks once at its start and says so in
-its log (``writer.journal_shares_disk``).
+maximum several times what it was with the journal off that disk. The writer process asks once,
+at its start (or, with PostgreSQL away then, once its own connection comes), through a backend
+of its server when that runs on this machine, and says so in its log
+(``writer.journal_shares_disk``).
 
 A backend's working directory is its server's data directory (PostgreSQL changes into it at
 start), so ``/proc/<backend>/cwd`` says where the tables and, through ``pg_wal``, the WAL are,

@@ -219,6 +219,19 @@ def warn_if_shared_disk(journal: Path, backend: int) -> None:
         )
 
 
+async def _check_disk(pool: asyncpg.Pool, journal: Path) -> bool:
+    """:func:`warn_if_shared_disk` with a backend of ``pool``; False when PostgreSQL cannot be
+    reached now. A server elsewhere is checked as well: nothing to say."""
+    try:
+        async with asyncio.timeout(10):
+            backend = await pool.fetchval("SELECT pg_backend_pid()")
+    except Exception:  # noqa: BLE001 - away, or refusing: the writer's own connection tells later
+        return False
+    if _is_postgres(backend):
+        warn_if_shared_disk(journal, backend)
+    return True
+
+
 def _is_postgres(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
@@ -342,6 +355,7 @@ async def _run(settings: Settings, *, changes: bool = False, boosted: bool = Fal
     pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=1, timeout=5)
     sweeper = sweep.start(pool, settings.report_window, settings.sweep_interval_seconds)
     partitioner = partitions.start(pool)
+    disk_check = asyncio.create_task(_check_disk(pool, settings.journal_path))  # at start, when PostgreSQL is up
     log.info("writer.started", pid=os.getpid(), journal=str(settings.journal_path), boosted=boosted)
     started, change = time.monotonic(), 0
     # What start-up made (modules, classes, the settings, the connections) lives as long as the
@@ -354,8 +368,8 @@ async def _run(settings: Settings, *, changes: bool = False, boosted: bool = Fal
             await asyncio.wait_for(stop.wait(), timeout=0.25)  # also how soon a new autovacuum worker is lowered
         if task.done():
             task.result()  # raises what killed the loop: the supervisor starts a new writer
-        if backends and not disk_checked:  # its first connection found its backend on this machine
-            disk_checked = True
+        if backends and not disk_checked and disk_check.done() and not disk_check.result():
+            disk_checked = True  # PostgreSQL was away at start: the writer's backend, once it has one
             warn_if_shared_disk(settings.journal_path, backends[0])
         if lowers_autovacuum and backends:
             lower_autovacuum(parent(backends[0]), settings.writer_nice, autovacuum)
@@ -367,6 +381,7 @@ async def _run(settings: Settings, *, changes: bool = False, boosted: bool = Fal
             if change:
                 log.info("writer.boost" if change == EXIT_BOOST else "writer.calm", backlog_bytes=backlog)
                 break
+    disk_check.cancel()
     await sweep.stop(sweeper)
     await partitions.stop(partitioner)
     drained = await (writer.step_down() if change else writer.stop(settings.shutdown_drain_seconds))

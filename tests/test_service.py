@@ -118,10 +118,6 @@ def test_the_writer_is_a_process_of_its_own_at_a_lower_priority(db_url: str, dat
         # PostgreSQL runs each backend in a session of its own: under autogroups a scheduling
         # group of its own, which weighs as much as all the workers unless it is lowered too.
         assert autogroup_nice(backend) == "19"
-        # It says in its log whether the journal is on the disk of that server's files.
-        [data_directory] = [r["setting"] for r in run(fetch(db_url, "SELECT current_setting('data_directory') AS setting"))]
-        shares = os.stat(data_dir / "journal").st_dev == os.stat(data_directory).st_dev
-        assert wait_for(lambda: ("writer.journal_shares_disk" in service.log.read_text()) == shares, timeout=10)
     finally:
         service.stop()
 
@@ -413,6 +409,10 @@ def test_starts_and_acknowledges_while_postgres_is_down(own_pg: OwnPostgres, dat
         own_pg.start()
         assert wait_for(lambda: stored_ids(own_pg.url) == {f"down-{i}" for i in range(20)}, timeout=60)
         assert service.terminate() == 0
+        # The writer of the first run said at its start whether the journal shares the server's
+        # disk; this one, started while the server was away, once its own backend came.
+        shares = shares_disk(data_dir / "journal", own_pg.server.pgdata)
+        assert service.log.read_text().count(SHARED_DISK) == (2 if shares else 0)
     finally:
         service.stop()
 
@@ -470,5 +470,21 @@ def test_a_request_sent_as_listening_is_printed_is_answered(db_url: str, data_di
         conn.request("GET", "/healthz")  # at once: refused if the port were not listening yet
         assert conn.getresponse().status == 200
         conn.close()
+        # At its start, before anything is stored, the writer says whether the journal is on the
+        # disk of the (local) PostgreSQL's files.
+        shares = shares_disk(data_dir / "journal", server_data_directory(db_url))
+        assert wait_for(lambda: (SHARED_DISK in log.read_text()) == shares, timeout=15)
     finally:
         service.stop()
+
+
+SHARED_DISK = "writer.journal_shares_disk"
+
+
+def server_data_directory(url: str) -> Path:
+    [row] = run(fetch(url, "SELECT current_setting('data_directory') AS dir"))
+    return Path(row["dir"])
+
+
+def shares_disk(journal: Path, data_directory: Path) -> bool:
+    return os.stat(journal).st_dev == os.stat(data_directory).st_dev
