@@ -208,7 +208,7 @@ def warn_if_shared_disk(journal: Path, backend: int) -> None:
     if shared is not None:
         log.warning(
             "writer.journal_shares_disk",
-            journal=str(journal),
+            journal=str(journal.absolute()),
             data_directory=shared.data_directory,
             device=shared.device,
             shared=list(shared.parts),
