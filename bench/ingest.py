@@ -328,10 +328,10 @@ def journal_disk(journal: Path, pgdata: Path) -> str:
     """Whether the receiver's journal is on the disk of PostgreSQL's files, where its syncs wait
     for PostgreSQL's writes (docs/operations.md, PostgreSQL on the same machine)."""
     try:
-        same = disks.device(journal) == disks.device(pgdata)
+        same = disks.disks_of(disks.device(journal)) & disks.disks_of(disks.device(pgdata))
     except OSError:
         return ""
-    return "; the journal on " + ("the disk of PostgreSQL's files" if same else "a disk of its own")
+    return "; the journal " + ("on the disk of PostgreSQL's files" if same else "off the disk of PostgreSQL's files")
 
 
 def read_wrk_result(path: Path) -> tuple[dict[str, Any], dict[str, list[int]]]:

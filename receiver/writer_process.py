@@ -204,13 +204,16 @@ def lower_priority(pid: int, nice: int, sched_idle: bool) -> None:
 def warn_if_shared_disk(journal: Path, backend: int) -> None:
     """Say in the log when the journal is on the disk of the PostgreSQL server of the local
     ``backend`` (:mod:`receiver.disks`): its syncs then wait for the server's writes."""
-    shared = disks.shared_disk(journal, backend)
+    try:
+        shared = disks.shared_disk(journal, backend)
+    except Exception:  # noqa: BLE001 - a tree of /sys or /proc the kernel never makes: a warning is not worth the writer
+        return
     if shared is not None:
         log.warning(
             "writer.journal_shares_disk",
             journal=str(journal.absolute()),
             data_directory=shared.data_directory,
-            device=shared.device,
+            disks=list(shared.disks),
             shared=list(shared.parts),
             **disks.write_back(),
             advice="acknowledgements wait for PostgreSQL's writes on this disk: give the journal a disk of"
@@ -235,7 +238,7 @@ async def _check_disk(pool: asyncpg.Pool, journal: Path) -> bool:
 def _is_postgres(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
-    except OSError:
+    except (OSError, ValueError):  # gone, or a name that is not text: not a PostgreSQL backend
         return False
 
 
@@ -355,7 +358,9 @@ async def _run(settings: Settings, *, changes: bool = False, boosted: bool = Fal
     pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=1, timeout=5)
     sweeper = sweep.start(pool, settings.report_window, settings.sweep_interval_seconds)
     partitioner = partitions.start(pool)
-    disk_check = asyncio.create_task(_check_disk(pool, settings.journal_path))  # at start, when PostgreSQL is up
+    # A lowered writer (the service's first, and each after a burst) says whether the journal
+    # shares a disk with its local PostgreSQL: at its start, or once it has a backend of its own.
+    disk_check = None if boosted else asyncio.create_task(_check_disk(pool, settings.journal_path))
     log.info("writer.started", pid=os.getpid(), journal=str(settings.journal_path), boosted=boosted)
     started, change = time.monotonic(), 0
     # What start-up made (modules, classes, the settings, the connections) lives as long as the
@@ -368,8 +373,8 @@ async def _run(settings: Settings, *, changes: bool = False, boosted: bool = Fal
             await asyncio.wait_for(stop.wait(), timeout=0.25)  # also how soon a new autovacuum worker is lowered
         if task.done():
             task.result()  # raises what killed the loop: the supervisor starts a new writer
-        if backends and not disk_checked and disk_check.done() and not disk_check.result():
-            disk_checked = True  # PostgreSQL was away at start: the writer's backend, once it has one
+        if disk_check is not None and disk_check.done() and not disk_check.result() and backends and not disk_checked:
+            disk_checked = True  # PostgreSQL was away at start (if that backend has gone since, nothing is said)
             warn_if_shared_disk(settings.journal_path, backends[0])
         if lowers_autovacuum and backends:
             lower_autovacuum(parent(backends[0]), settings.writer_nice, autovacuum)
@@ -381,7 +386,8 @@ async def _run(settings: Settings, *, changes: bool = False, boosted: bool = Fal
             if change:
                 log.info("writer.boost" if change == EXIT_BOOST else "writer.calm", backlog_bytes=backlog)
                 break
-    disk_check.cancel()
+    if disk_check is not None:
+        disk_check.cancel()
     await sweep.stop(sweeper)
     await partitions.stop(partitioner)
     drained = await (writer.step_down() if change else writer.stop(settings.shutdown_drain_seconds))

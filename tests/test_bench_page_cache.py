@@ -54,4 +54,4 @@ def test_the_layout_says_whether_the_journal_shares_postgresqls_disk(tmp_path: P
     pgdata = tmp_path / "pgdata"
     pgdata.mkdir()
     assert journal_disk(tmp_path / "data-http" / "journal", pgdata) == "; the journal on the disk of PostgreSQL's files"
-    assert journal_disk(Path("/proc/self"), pgdata) == "; the journal on a disk of its own"
+    assert journal_disk(Path("/proc/self"), pgdata) == "; the journal off the disk of PostgreSQL's files"

@@ -412,7 +412,7 @@ def test_starts_and_acknowledges_while_postgres_is_down(own_pg: OwnPostgres, dat
         assert service.terminate() == 0
         # A writer started while the server was away says whether the journal shares the
         # server's disk once its own backend comes.
-        shares = shares_disk(data_dir / "journal", own_pg.server.pgdata)
+        shares = shares_disk(data_dir / "journal", own_pg.url)
         assert (SHARED_DISK in service.log.read_text()[earlier:]) == shares
     finally:
         service.stop()
@@ -473,7 +473,7 @@ def test_a_request_sent_as_listening_is_printed_is_answered(db_url: str, data_di
         conn.close()
         # At its start, before anything is stored, the writer says whether the journal is on the
         # disk of the (local) PostgreSQL's files.
-        shares = shares_disk(data_dir / "journal", server_data_directory(db_url))
+        shares = shares_disk(data_dir / "journal", db_url)
         assert wait_for(lambda: (SHARED_DISK in log.read_text()) == shares, timeout=15)
     finally:
         service.stop()
@@ -482,10 +482,12 @@ def test_a_request_sent_as_listening_is_printed_is_answered(db_url: str, data_di
 SHARED_DISK = "writer.journal_shares_disk"
 
 
-def server_data_directory(url: str) -> Path:
-    [row] = run(fetch(url, "SELECT current_setting('data_directory') AS dir"))
-    return Path(row["dir"])
+def shares_disk(journal: Path, url: str) -> bool:
+    """Whether the writer should find ``journal`` on a disk of the server at ``url``: asked of
+    its checkpointer, which lives as long as the server (none of this machine's: no)."""
+    from receiver import disks
 
-
-def shares_disk(journal: Path, data_directory: Path) -> bool:
-    return os.stat(journal).st_dev == os.stat(data_directory).st_dev
+    [row] = run(fetch(url, "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'"))
+    comm = Path(f"/proc/{row['pid']}/comm")
+    local = comm.exists() and comm.read_text().strip() == "postgres"
+    return local and disks.shared_disk(journal, row["pid"]) is not None
