@@ -620,6 +620,49 @@ def test_segments_are_zero_filled_ahead_so_a_sync_never_grows_the_file(
     run(scenario())
 
 
+def test_a_spares_zeros_reach_the_disk_a_piece_at_a_time_through_a_descriptor_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each piece of zeros is on disk before the next is written (O_DSYNC), so a sync of the
+    journal on the same disk waits for one piece at most; the segment's own descriptor stays
+    without O_DSYNC (every record written on the event loop would wait for the disk)."""
+    opened: list[int] = []
+    written: list[int] = []
+    real_open, real_write = os.open, os.write
+
+    def recording_open(path: Any, flags: int, *args: Any) -> int:
+        fd = real_open(path, flags, *args)
+        if str(path).endswith(SPARE):
+            opened.append(flags)
+            if flags & os.O_DSYNC:
+                zeroing.add(fd)
+        return fd
+
+    def recording_write(fd: int, data: Any) -> int:
+        if fd in zeroing:
+            written.append(len(data))
+        return real_write(fd, data)
+
+    zeroing: set[int] = set()
+    monkeypatch.setattr(os, "open", recording_open)
+    monkeypatch.setattr(os, "write", recording_write)
+    segment_bytes = 3 * appender.ZERO_PIECE + 5
+
+    async def scenario() -> None:
+        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=segment_bytes)
+        await journal.append(payload(1))
+        assert journal.dir is not None
+        [segment] = seg_files(journal.dir.path)
+        assert fcntl.fcntl(journal._fd, fcntl.F_GETFL) & os.O_DSYNC == 0, "records are written, then synced"
+        assert segment.stat().st_size == segment_bytes
+        assert segment.read_bytes()[frames.HEADER.size + 200 :] == bytes(segment_bytes - frames.HEADER.size - 200)
+        await journal.close()
+
+    run(scenario())
+    assert any(flags & os.O_DSYNC for flags in opened) and any(not flags & os.O_DSYNC for flags in opened)
+    assert written[:4] == [appender.ZERO_PIECE] * 3 + [5], "in pieces, each synced as it is written"
+
+
 def test_where_the_kernel_refuses_a_synced_write_the_journal_writes_then_syncs(
     tmp_path: Path, readers: Callable[[Path], JournalReader], monkeypatch: pytest.MonkeyPatch
 ) -> None:
