@@ -313,14 +313,13 @@ def autogroups() -> str:
     return "; kernel autogroups " + ("on" if state == "1" else "off (`kernel.sched_autogroup_enabled=0`)")
 
 
-def write_back(vm: Path = Path("/proc/sys/vm")) -> str:
+def write_back(vm: Path = disks.VM) -> str:
     """When the kernel starts writing dirty pages back, which decides whether the journal's
     syncs wait for piles of PostgreSQL's pages (docs/operations.md, PostgreSQL on the same machine)."""
-    try:
-        size = int((vm / "dirty_background_bytes").read_text())
-        ratio = int((vm / "dirty_background_ratio").read_text())
-    except (OSError, ValueError):
+    found = disks.write_back(vm)
+    if "dirty_background_bytes" not in found or "dirty_background_ratio" not in found:
         return ""
+    size, ratio = found["dirty_background_bytes"], found["dirty_background_ratio"]
     return "; write-back from " + (f"{size / 2**20:g} MiB dirty" if size else f"{ratio} % of memory dirty")
 
 

@@ -86,13 +86,17 @@ def _disks(node: Path, depth: int) -> set[str]:
     return found
 
 
-def write_back() -> dict[str, int]:
+VM = Path("/proc/sys/vm")
+
+
+def write_back(vm: Path = VM) -> dict[str, int]:
     """The kernel's thresholds for starting to write dirty pages back (``vm.dirty_background_*``):
-    by default a share of memory, often hundreds of megabytes, written back in piles."""
+    by default a share of memory, often hundreds of megabytes, written back in piles. Those it
+    does not say are left out."""
     found: dict[str, int] = {}
     for name in ("dirty_background_bytes", "dirty_background_ratio", "dirty_expire_centisecs"):
         try:
-            found[name] = int(Path(f"/proc/sys/vm/{name}").read_text())
+            found[name] = int((vm / name).read_text())
         except (OSError, ValueError):
             pass
     return found

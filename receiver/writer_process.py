@@ -348,7 +348,6 @@ async def _run(settings: Settings, *, changes: bool = False, boosted: bool = Fal
     writer = build(settings, idle_poll=0.05, process=True, boosted=boosted, backends=backends)
     lowers_autovacuum = not boosted and settings.writer_sched_idle
     autovacuum: set[int] = set()
-    disk_checked = False
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -373,9 +372,10 @@ async def _run(settings: Settings, *, changes: bool = False, boosted: bool = Fal
             await asyncio.wait_for(stop.wait(), timeout=0.25)  # also how soon a new autovacuum worker is lowered
         if task.done():
             task.result()  # raises what killed the loop: the supervisor starts a new writer
-        if disk_check is not None and disk_check.done() and not disk_check.result() and backends and not disk_checked:
-            disk_checked = True  # PostgreSQL was away at start (if that backend has gone since, nothing is said)
-            warn_if_shared_disk(settings.journal_path, backends[0])
+        if disk_check is not None and disk_check.done() and backends:
+            if not disk_check.result():  # PostgreSQL was away at start (if that backend has gone since, nothing is said)
+                warn_if_shared_disk(settings.journal_path, backends[0])
+            disk_check = None
         if lowers_autovacuum and backends:
             lower_autovacuum(parent(backends[0]), settings.writer_nice, autovacuum)
         if changes and not stop.is_set():
