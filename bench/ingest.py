@@ -323,6 +323,12 @@ def write_back(vm: Path = disks.VM) -> str:
     return "; write-back from " + (f"{size / 2**20:g} MiB dirty" if size else f"{ratio} % of memory dirty")
 
 
+def journal_of(env: dict[str, str]) -> Path:
+    """The journal's folder of a receiver started with ``env`` (in this folder, as the
+    benchmark starts it)."""
+    return Path(env.get("RECEIVER_JOURNAL_DIR") or Path(env["RECEIVER_DATA_DIR"]) / "journal").absolute()
+
+
 def journal_disk(journal: Path, pgdata: Path) -> str:
     """Whether the receiver's journal is on the disk of PostgreSQL's files, where its syncs wait
     for PostgreSQL's writes (docs/operations.md, PostgreSQL on the same machine)."""
@@ -773,8 +779,7 @@ class Bench:
     def journal_disk(self) -> str:
         from receiver.db import embedded
 
-        journal = self.args.set.get("RECEIVER_JOURNAL_DIR") or self.base / "data-http" / "journal"
-        return journal_disk(Path(journal), embedded.cluster_dir(self.base))
+        return journal_disk(journal_of(self.receiver_env("http")), embedded.cluster_dir(self.base))
 
     def median(self, key: str, transport: str, mode: str, server: str) -> float | None:
         values = [

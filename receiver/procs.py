@@ -40,6 +40,17 @@ def parent(pid: int) -> int | None:
     return int(fields[1]) if fields else None
 
 
+def started_at(pid: int, proc_stat: Path = Path("/proc/stat")) -> float | None:
+    """When ``pid`` started, in seconds since the epoch (to the second: the kernel gives its
+    boot time so); None when it is gone or the system does not say."""
+    fields = stat_fields(pid)
+    try:
+        boot = next(int(line.split()[1]) for line in proc_stat.read_text().splitlines() if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK") if fields else None
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
+
+
 def own_session(parent: int) -> None:
     """Move this process (a worker its supervisor spawned) into a session of its own, bound to
     ``parent``'s life; where it cannot (not Linux, no death signal, already a group leader) it

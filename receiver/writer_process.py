@@ -42,7 +42,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from . import disks, logs, metrics, partitions
+from . import disks, logs, metrics, partitions, procs
 from .blacklist import store as blacklist_store
 from .config import Settings
 from .correlation import store as correlation
@@ -105,12 +105,11 @@ def connector(dsn: str, nice: int = 0, sched_idle: bool = False, backends: list[
                 await migrate.apply(conn)
                 migrated.append(True)
             if nice or sched_idle or backends is not None:
-                pid = await conn.fetchval("SELECT pg_backend_pid()")
-                local = _is_postgres(pid)  # a backend of this machine
-                if local and (nice or sched_idle):
+                pid = await local_backend(conn)
+                if pid is not None and (nice or sched_idle):
                     _lower_backend(pid, nice, sched_idle)
                 if backends is not None:
-                    backends[:] = [pid] if local else []
+                    backends[:] = [pid] if pid is not None else []
         except BaseException:
             conn.terminate()  # the writer retries with a new connection: this one must not stay open
             raise
@@ -227,12 +226,32 @@ async def _check_disk(pool: asyncpg.Pool, journal: Path) -> bool:
     reached now. A server elsewhere is checked as well: nothing to say."""
     try:
         async with asyncio.timeout(10):
-            backend = await pool.fetchval("SELECT pg_backend_pid()")
+            backend = await local_backend(pool)
     except Exception:  # noqa: BLE001 - away, or refusing: the writer's own connection tells later
         return False
-    if _is_postgres(backend):
+    if backend is not None:
         warn_if_shared_disk(journal, backend)
     return True
+
+
+# How far apart the server's start time of a backend and this machine's of the process with its
+# pid may be: the kernel gives its boot time to the second.
+STARTED_WITHIN = 2.0
+
+
+async def local_backend(conn: asyncpg.Connection | asyncpg.Pool) -> int | None:
+    """The pid of the backend serving ``conn`` (one of a pool's) when that backend is a process of this machine:
+    a PostgreSQL process by its pid that started when the server says the backend did. A
+    server elsewhere (another machine, a container's own pids) has backends whose pids this
+    machine's processes may have too, a local PostgreSQL's among them: not ours to lower or
+    to read the folders of."""
+    row = await conn.fetchrow(
+        "SELECT pid, extract(epoch FROM backend_start)::float8 AS started FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+    )
+    if row is None or row["started"] is None or not _is_postgres(row["pid"]):
+        return None
+    started = procs.started_at(row["pid"])
+    return row["pid"] if started is not None and abs(started - row["started"]) <= STARTED_WITHIN else None
 
 
 def _is_postgres(pid: int) -> bool:
@@ -249,13 +268,16 @@ def build(
     process: bool = False,
     boosted: bool = False,
     backends: list[int] | None = None,
+    status: _StatusFile | None = None,
 ) -> Writer:
     """The writer: a process of its own (``process``: it reports in ``writer.json`` and its
     backend runs at its priority), or a task of a worker. ``boosted``: a process at the
     workers' priority, which stores at full speed. ``backends``: set to the pid of its backend
-    when that runs on this machine and the writer is lowered."""
+    when that runs on this machine and the writer is lowered. ``status``: the process's
+    ``writer.json`` (by default one of its own)."""
     assert settings.database_url
-    path = settings.journal_path / STATUS_FILE
+    if process and status is None:
+        status = _StatusFile(settings.journal_path / STATUS_FILE, boosted)
     backends = [] if backends is None else backends
     lowered = process and not boosted
     return Writer(
@@ -271,7 +293,7 @@ def build(
         quarantine_max_rows=settings.quarantine_max_rows,
         after_insert=hooks(settings),
         idle_poll=idle_poll,
-        on_status=_StatusFile(path, boosted).update if process else None,
+        on_status=status.update if status is not None else None,
         # Resting helps only a process of its own, in SCHED_IDLE: its waits, and the CPU time of the
         # machine's other processes (not its own, nor its backend's), say the workers want the CPUs.
         pacing=(
@@ -289,9 +311,15 @@ PACED_SHARE = 4
 
 
 class _StatusFile:
-    def __init__(self, path: Path, boosted: bool = False) -> None:
+    """``writer.json``. It also tells the next writer of the same service (``service``: the
+    supervisor's pid) whether the journal's disk was checked (``disk_checked``), so that a
+    service says it once, not again after each burst that raised its writer."""
+
+    def __init__(self, path: Path, boosted: bool = False, service: int | None = None, disk_checked: bool = False) -> None:
         self.path = path
         self.boosted = boosted
+        self.service = service
+        self.disk_checked = disk_checked
         self._written: tuple[Any, ...] = ()
         self._at = 0.0
 
@@ -299,16 +327,27 @@ class _StatusFile:
         """Rewrite the status when it changed, and at least every second (its age says the
         writer is alive)."""
         now = time.time()
-        state = (writer.last_error, writer.locked)
+        state = (writer.last_error, writer.locked, self.disk_checked)
         if state == self._written and now - self._at < 1.0:
             return
         self._written, self._at = state, now
         data = {"pid": os.getpid(), "error": writer.last_error, "locked": writer.locked,
-                "stored_at": writer.last_store_at, "updated_at": now, "boosted": self.boosted}  # fmt: skip
+                "stored_at": writer.last_store_at, "updated_at": now, "boosted": self.boosted,
+                "service": self.service, "disk_checked": self.disk_checked}  # fmt: skip
         staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         with contextlib.suppress(OSError):
             staging.write_text(json.dumps(data))
             staging.replace(self.path)
+
+
+def disk_checked(journal_root: Path, service: int) -> bool:
+    """Whether an earlier writer of ``service`` (the supervisor's pid) checked the journal's
+    disk, by its last ``writer.json``."""
+    try:
+        data = json.loads((journal_root / STATUS_FILE).read_text())
+        return data.get("service") == service and data.get("disk_checked") is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def read_status(journal_root: Path) -> dict[str, Any]:
@@ -345,7 +384,11 @@ def main(*, supervised: bool = False, boosted: bool = False) -> int:
 
 async def _run(settings: Settings, *, changes: bool = False, boosted: bool = False) -> int:
     backends: list[int] = []
-    writer = build(settings, idle_poll=0.05, process=True, boosted=boosted, backends=backends)
+    service = os.getppid()  # under `receiver serve`, its main process: the same for each writer it starts
+    status = _StatusFile(
+        settings.journal_path / STATUS_FILE, boosted, service, disk_checked(settings.journal_path, service)
+    )
+    writer = build(settings, idle_poll=0.05, process=True, boosted=boosted, backends=backends, status=status)
     lowers_autovacuum = not boosted and settings.writer_sched_idle
     autovacuum: set[int] = set()
     stop = asyncio.Event()
@@ -357,9 +400,11 @@ async def _run(settings: Settings, *, changes: bool = False, boosted: bool = Fal
     pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=1, timeout=5)
     sweeper = sweep.start(pool, settings.report_window, settings.sweep_interval_seconds)
     partitioner = partitions.start(pool)
-    # A lowered writer (the service's first, and each after a burst) says whether the journal
-    # shares a disk with its local PostgreSQL: at its start, or once it has a backend of its own.
-    disk_check = None if boosted else asyncio.create_task(_check_disk(pool, settings.journal_path))
+    # A lowered writer says whether the journal shares a disk with its local PostgreSQL: at its
+    # start, or once it has a backend of its own; once a service (a writer after a burst that
+    # raised the one before it finds in writer.json that an earlier one did).
+    checks = not boosted and not status.disk_checked
+    disk_check = asyncio.create_task(_check_disk(pool, settings.journal_path)) if checks else None
     log.info("writer.started", pid=os.getpid(), journal=str(settings.journal_path), boosted=boosted)
     started, change = time.monotonic(), 0
     # What start-up made (modules, classes, the settings, the connections) lives as long as the
@@ -372,10 +417,10 @@ async def _run(settings: Settings, *, changes: bool = False, boosted: bool = Fal
             await asyncio.wait_for(stop.wait(), timeout=0.25)  # also how soon a new autovacuum worker is lowered
         if task.done():
             task.result()  # raises what killed the loop: the supervisor starts a new writer
-        if disk_check is not None and disk_check.done() and backends:
+        if disk_check is not None and disk_check.done() and (disk_check.result() or backends):
             if not disk_check.result():  # PostgreSQL was away at start (if that backend has gone since, nothing is said)
                 warn_if_shared_disk(settings.journal_path, backends[0])
-            disk_check = None
+            disk_check, status.disk_checked = None, True
         if lowers_autovacuum and backends:
             lower_autovacuum(parent(backends[0]), settings.writer_nice, autovacuum)
         if changes and not stop.is_set():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +62,18 @@ def test_a_worker_that_is_gone_is_forgotten(children: dict[str, subprocess.Popen
     lowered = {children["autovacuum"].pid, 999_999_999}
     writer_process.lower_autovacuum(os.getpid(), 19, lowered)
     assert lowered == {children["autovacuum"].pid}
+
+
+def test_a_process_started_now_says_it_started_now() -> None:
+    before = time.time()
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        started = procs.started_at(child.pid)
+        assert started is not None and before - 1.5 <= started <= time.time() + 1.5
+    finally:
+        child.kill()
+        child.wait()
+    assert procs.started_at(999_999_999) is None
 
 
 def test_the_parent_of_a_process_and_of_none() -> None:

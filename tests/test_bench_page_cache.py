@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bench.ingest import journal_disk, write_back
+from bench.ingest import journal_disk, journal_of, write_back
 from bench.support import PageCacheWatch, dirty_kib, page_cache_summary
 
 MEMINFO = """MemTotal:       24568320 kB
@@ -55,3 +55,11 @@ def test_the_layout_says_whether_the_journal_shares_postgresqls_disk(tmp_path: P
     pgdata.mkdir()
     assert journal_disk(tmp_path / "data-http" / "journal", pgdata) == "; the journal on the disk of PostgreSQL's files"
     assert journal_disk(Path("/proc/self"), pgdata) == "; the journal off the disk of PostgreSQL's files"
+
+
+def test_the_layout_reads_the_journal_where_the_receiver_keeps_it() -> None:
+    """``--set RECEIVER_DATA_DIR`` or ``RECEIVER_JOURNAL_DIR`` moves the receiver's journal: the
+    layout line looks there (a relative folder from where the benchmark runs: the receiver's too)."""
+    assert journal_of({"RECEIVER_DATA_DIR": "/srv/data"}) == Path("/srv/data/journal")
+    assert journal_of({"RECEIVER_DATA_DIR": "/srv/data", "RECEIVER_JOURNAL_DIR": "/fast/j"}) == Path("/fast/j")
+    assert journal_of({"RECEIVER_DATA_DIR": "data"}) == Path.cwd() / "data" / "journal"

@@ -554,3 +554,29 @@ def test_a_boosted_writers_backend_is_not_lowered(db_url: str, tmp_path: Path, b
         assert (policy, nice, group) == (os.SCHED_OTHER, 0, "0")
     else:
         assert (policy, nice, group) == (os.SCHED_IDLE, 19, "19")
+
+
+def test_a_backend_is_local_only_when_a_process_by_its_pid_started_with_it(db_url: str) -> None:
+    """The writer lowers its backend and reads its server's folders only when the backend is a
+    process of this machine: a server elsewhere (another machine, a container's own pids) has
+    backends whose pids a process here may have too, a local PostgreSQL's among them."""
+
+    async def check() -> tuple[int | None, int | None, int]:
+        conn = await asyncpg.connect(db_url)
+        try:
+
+            class Elsewhere:  # the same pid, a backend started an hour before the local process by it
+                async def fetchrow(self, query: str) -> dict[str, object]:
+                    row = await conn.fetchrow(query)
+                    assert row is not None
+                    return {"pid": row["pid"], "started": row["started"] - 3600}
+
+            here = await writer_process.local_backend(conn)
+            elsewhere = await writer_process.local_backend(Elsewhere())  # type: ignore[arg-type]
+            return here, elsewhere, conn.get_server_pid()
+        finally:
+            await conn.close()
+
+    here, elsewhere, pid = asyncio.run(check())
+    assert here == pid  # the suite's server runs on this machine
+    assert elsewhere is None

@@ -143,6 +143,8 @@ def test_past_half_its_bound_the_writer_is_started_again_at_the_workers_priority
         assert wait_for(lambda: writer_pid(data_dir) is not None, timeout=30)
         lowered = writer_pid(data_dir)
         assert lowered is not None and os.sched_getscheduler(lowered) == os.SCHED_IDLE
+        shares = shares_disk(data_dir / "journal", own_pg.url)
+        assert wait_for(lambda: (SHARED_DISK in service.log.read_text()) == shares, timeout=15)
         own_pg.stop()  # nothing is stored meanwhile: the backlog grows
         codes = {
             f"boost-{i}": service.post_form(f"/callbacks/{token}/status-report", f"smsMsgId=boost-{i}&status=DELIVRD")[0]
@@ -165,6 +167,12 @@ def test_past_half_its_bound_the_writer_is_started_again_at_the_workers_priority
         assert calm is not None and os.sched_getscheduler(calm) == os.SCHED_IDLE
         assert wait_for(lambda: writer_status(data_dir)["running"] and not writer_status(data_dir)["boosted"])
         assert duplicate_rows(own_pg.url) == 0
+        # The service said once whether the journal shares PostgreSQL's disk: the lowered writer
+        # after the burst, which has a backend of its own by the time it stores, says nothing.
+        assert service.post_form(f"/callbacks/{token}/status-report", "smsMsgId=calm-1&status=DELIVRD")[0] == 200
+        assert wait_for(lambda: "calm-1" in stored_ids(own_pg.url), timeout=30)
+        time.sleep(0.5)  # its loop looks at its check every quarter second
+        assert service.log.read_text().count(SHARED_DISK) == (1 if shares else 0)
     finally:
         service.stop()
 
@@ -192,6 +200,25 @@ def test_a_writer_that_steps_down_as_the_service_stops_is_followed_by_one_that_d
     supervisor.start()
     assert supervisor.stop() == 0
     assert started == [False, True]  # the second at the priority the first asked for
+
+
+def test_a_writer_of_another_service_run_does_not_spare_the_disk_check(tmp_path: Path) -> None:
+    """The status a writer leaves tells the next writer of the same service that the journal's
+    disk was checked; a service started again (another main process) checks again."""
+    from types import SimpleNamespace
+
+    from receiver import writer_process
+
+    status = writer_process._StatusFile(tmp_path / writer_process.STATUS_FILE, service=4242)
+    writer = SimpleNamespace(last_error=None, locked=False, last_store_at=None)
+    status.update(writer)  # type: ignore[arg-type]
+    assert not writer_process.disk_checked(tmp_path, 4242)
+    status.disk_checked = True
+    status.update(writer)  # type: ignore[arg-type]  # a change is written at once
+    assert writer_process.disk_checked(tmp_path, 4242)
+    assert not writer_process.disk_checked(tmp_path, 4243)
+    (tmp_path / writer_process.STATUS_FILE).write_text("[]")
+    assert not writer_process.disk_checked(tmp_path, 4242)
 
 
 def running(pid: int) -> bool:
