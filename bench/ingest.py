@@ -428,13 +428,13 @@ class Bench:
 
     def receiver_env(self, name: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECEIVER_")}
-        env.update(
-            RECEIVER_DATABASE_URL=self.dsn["receiver"],
-            RECEIVER_DATA_DIR=str(self.base / f"data-{name}"),
-            RECEIVER_LOG_FORMAT="json",
-        )
-        env.update(self.args.set)  # --set: settings under test
+        env.update(RECEIVER_DATABASE_URL=self.dsn["receiver"], RECEIVER_LOG_FORMAT="json")
+        env.update(self.receiver_folders(name))
         return env
+
+    def receiver_folders(self, name: str) -> dict[str, str]:
+        """The receiver's data folder for a run (``name``), and what ``--set`` says."""
+        return {"RECEIVER_DATA_DIR": str(self.base / f"data-{name}"), **self.args.set}
 
     def start_servers(self, transport: str, tls: tuple[Path, Path] | None) -> None:
         workers = ["--workers", str(self.args.workers)]
@@ -779,7 +779,7 @@ class Bench:
     def journal_disk(self) -> str:
         from receiver.db import embedded
 
-        return journal_disk(journal_of(self.receiver_env("http")), embedded.cluster_dir(self.base))
+        return journal_disk(journal_of(self.receiver_folders("http")), embedded.cluster_dir(self.base))
 
     def median(self, key: str, transport: str, mode: str, server: str) -> float | None:
         values = [

@@ -3,10 +3,11 @@ largest write-back and when (a stall of the journal's syncs lines up with it).""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
-from bench.ingest import journal_disk, journal_of, write_back
+from bench.ingest import Bench, build_parser, journal_disk, journal_of, write_back
 from bench.support import PageCacheWatch, dirty_kib, page_cache_summary
 
 MEMINFO = """MemTotal:       24568320 kB
@@ -63,3 +64,14 @@ def test_the_layout_reads_the_journal_where_the_receiver_keeps_it() -> None:
     assert journal_of({"RECEIVER_DATA_DIR": "/srv/data"}) == Path("/srv/data/journal")
     assert journal_of({"RECEIVER_DATA_DIR": "/srv/data", "RECEIVER_JOURNAL_DIR": "/fast/j"}) == Path("/fast/j")
     assert journal_of({"RECEIVER_DATA_DIR": "data"}) == Path.cwd() / "data" / "journal"
+
+
+def test_the_layout_line_names_the_journals_disk_before_anything_runs() -> None:
+    """The benchmark prints its layout first, before any server or database is set up."""
+    args = build_parser().parse_args([])
+    args.set, args.pinned, args.workers = {"RECEIVER_JOURNAL_DIR": "/proc/self"}, False, 2
+    bench = Bench(args)
+    try:
+        assert bench.layout().endswith("; the journal off the disk of PostgreSQL's files")
+    finally:
+        shutil.rmtree(bench.base, ignore_errors=True)
