@@ -549,7 +549,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_writer(args: argparse.Namespace) -> int:
     from . import writer_process
 
-    return writer_process.main(supervised=args.supervised, boosted=args.boosted)
+    return writer_process.main(supervised=args.supervised, boosted=args.boosted, run=args.run)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -662,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     # `receiver serve` starts its writer with these: exit to be started at another priority; run boosted.
     writer.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     writer.add_argument("--boosted", action="store_true", help=argparse.SUPPRESS)
+    writer.add_argument("--run", default=None, help=argparse.SUPPRESS)  # the service's run: the same for each writer
 
     app = commands.add_parser("app", help="Huawei SMS applications").add_subparsers(dest="app_command", required=True)
     create = app.add_parser("create", help="register an application and print its callback URLs")

@@ -4,10 +4,10 @@ Each ``fdatasync`` of the journal waits for the disk to flush whatever was writt
 Where PostgreSQL's files are on the same disk, the acknowledgements wait for its writes too: a
 commit's WAL, a checkpoint, the kernel writing back the pages a burst left dirty. Measured on a
 2-CPU VM (docs/operations.md, "PostgreSQL on the same machine"), that made the p99 at half the
-maximum several times what it was with the journal on a memory file system. A writer process
-at its lowered priority asks at its start (or, with PostgreSQL away then, once its own
-connection comes), through a backend of its server when that runs on this machine, and says so
-in its log (``writer.journal_shares_disk``).
+maximum several times what it was with the journal on a memory file system. The writer process
+asks once a run of the service (at its start at its lowered priority, or, with PostgreSQL away
+then, once a lowered writer's own connection comes), through a backend of its server when that
+runs on this machine, and says so in its log (``writer.journal_shares_disk``).
 
 A backend's working directory is its server's data directory (PostgreSQL changes into it at
 start), so ``/proc/<backend>/cwd`` says where the tables and, through ``pg_wal``, the WAL are,

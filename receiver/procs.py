@@ -7,6 +7,7 @@ import ctypes
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -40,14 +41,17 @@ def parent(pid: int) -> int | None:
     return int(fields[1]) if fields else None
 
 
-def started_at(pid: int, proc_stat: Path = Path("/proc/stat")) -> float | None:
-    """When ``pid`` started, in seconds since the epoch (to the second: the kernel gives its
-    boot time so); None when it is gone or the system does not say."""
-    fields = stat_fields(pid)
+def started_at(pid: int) -> float | None:
+    """When ``pid`` started, in seconds since the epoch (to the kernel's tick, 10 ms): its start
+    after boot taken from now, on the clock that counts from boot. None when it is gone or the
+    system does not say."""
     try:
-        boot = next(int(line.split()[1]) for line in proc_stat.read_text().splitlines() if line.startswith("btime "))
-        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK") if fields else None
-    except (OSError, StopIteration, IndexError, ValueError):
+        fields = stat_fields(pid)
+        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK") if fields else None
+        if since_boot is None:
+            return None
+        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
+    except (OSError, IndexError, ValueError, AttributeError):  # no CLOCK_BOOTTIME (not Linux), a name not text
         return None
 
 

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -235,8 +236,8 @@ async def _check_disk(pool: asyncpg.Pool, journal: Path) -> bool:
 
 
 # How far apart the server's start time of a backend and this machine's of the process with its
-# pid may be: the kernel gives its boot time to the second.
-STARTED_WITHIN = 2.0
+# pid may be (the kernel counts a process's start in ticks of 10 ms).
+STARTED_WITHIN = 1.0
 
 
 async def local_backend(conn: asyncpg.Connection | asyncpg.Pool) -> int | None:
@@ -246,12 +247,18 @@ async def local_backend(conn: asyncpg.Connection | asyncpg.Pool) -> int | None:
     machine's processes may have too, a local PostgreSQL's among them: not ours to lower or
     to read the folders of."""
     row = await conn.fetchrow(
-        "SELECT pid, extract(epoch FROM backend_start)::float8 AS started FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        "SELECT pid, extract(epoch FROM backend_start)::float8 AS started"
+        " FROM pg_stat_get_activity(pg_backend_pid())"
     )
     if row is None or row["started"] is None or not _is_postgres(row["pid"]):
         return None
     started = procs.started_at(row["pid"])
-    return row["pid"] if started is not None and abs(started - row["started"]) <= STARTED_WITHIN else None
+    if started is not None and abs(started - row["started"]) <= STARTED_WITHIN:
+        return int(row["pid"])
+    # A local PostgreSQL's process by that pid, started at another time: a server elsewhere, or
+    # clocks that disagree (the backend then goes unlowered: said, so that it can be found).
+    log.info("writer.backend_not_local", pid=row["pid"], server_says=row["started"], process_started=started)
+    return None
 
 
 def _is_postgres(pid: int) -> bool:
@@ -311,14 +318,14 @@ PACED_SHARE = 4
 
 
 class _StatusFile:
-    """``writer.json``. It also tells the next writer of the same service (``service``: the
-    supervisor's pid) whether the journal's disk was checked (``disk_checked``), so that a
+    """``writer.json``. It also tells the next writer of the same run of a service (``run``: the
+    supervisor's token) whether the journal's disk was checked (``disk_checked``), so that a
     service says it once, not again after each burst that raised its writer."""
 
-    def __init__(self, path: Path, boosted: bool = False, service: int | None = None, disk_checked: bool = False) -> None:
+    def __init__(self, path: Path, boosted: bool = False, run: str | None = None, disk_checked: bool = False) -> None:
         self.path = path
         self.boosted = boosted
-        self.service = service
+        self.run = run
         self.disk_checked = disk_checked
         self._written: tuple[Any, ...] = ()
         self._at = 0.0
@@ -333,19 +340,19 @@ class _StatusFile:
         self._written, self._at = state, now
         data = {"pid": os.getpid(), "error": writer.last_error, "locked": writer.locked,
                 "stored_at": writer.last_store_at, "updated_at": now, "boosted": self.boosted,
-                "service": self.service, "disk_checked": self.disk_checked}  # fmt: skip
+                "run": self.run, "disk_checked": self.disk_checked}  # fmt: skip
         staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         with contextlib.suppress(OSError):
             staging.write_text(json.dumps(data))
             staging.replace(self.path)
 
 
-def disk_checked(journal_root: Path, service: int) -> bool:
-    """Whether an earlier writer of ``service`` (the supervisor's pid) checked the journal's
-    disk, by its last ``writer.json``."""
+def disk_checked(journal_root: Path, run: str) -> bool:
+    """Whether an earlier writer of ``run`` (a service's run: its supervisor's token) checked
+    the journal's disk, by its last ``writer.json``."""
     try:
         data = json.loads((journal_root / STATUS_FILE).read_text())
-        return data.get("service") == service and data.get("disk_checked") is True
+        return data.get("run") == run and data.get("disk_checked") is True
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -365,12 +372,13 @@ def read_status(journal_root: Path) -> dict[str, Any]:
 # --- the process ---------------------------------------------------------------------------------
 
 
-def main(*, supervised: bool = False, boosted: bool = False) -> int:
+def main(*, supervised: bool = False, boosted: bool = False, run: str | None = None) -> int:
     """``python -m receiver writer``: drain the journal until told to stop (its standard input
     closes, as when the supervisor stops it or dies, or SIGTERM), then store what is left (for
     up to ``RECEIVER_SHUTDOWN_DRAIN_SECONDS``) and exit 0. ``supervised`` (by ``receiver
     serve``): exit :data:`EXIT_BOOST` or :data:`EXIT_CALM` instead when its priority should
-    change (see the module's text); ``boosted``: run at the priority it was started with."""
+    change (see the module's text); ``boosted``: run at the priority it was started with;
+    ``run``: the service's run (the supervisor's token, the same for every writer it starts)."""
     settings = Settings()
     logs.configure(settings.log_level, settings.log_format)
     lowers = settings.writer_nice > 0 or settings.writer_sched_idle
@@ -379,15 +387,13 @@ def main(*, supervised: bool = False, boosted: bool = False) -> int:
         if settings.writer_sched_idle:
             lower_autogroup(0)  # started by the supervisor in a session of its own: its scheduling group
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the supervisor, which says when
-    return asyncio.run(_run(settings, changes=supervised and lowers, boosted=boosted))
+    return asyncio.run(_run(settings, changes=supervised and lowers, boosted=boosted, run=run))
 
 
-async def _run(settings: Settings, *, changes: bool = False, boosted: bool = False) -> int:
+async def _run(settings: Settings, *, changes: bool = False, boosted: bool = False, run: str | None = None) -> int:
     backends: list[int] = []
-    service = os.getppid()  # under `receiver serve`, its main process: the same for each writer it starts
-    status = _StatusFile(
-        settings.journal_path / STATUS_FILE, boosted, service, disk_checked(settings.journal_path, service)
-    )
+    checked = run is not None and disk_checked(settings.journal_path, run)  # by an earlier writer of this run
+    status = _StatusFile(settings.journal_path / STATUS_FILE, boosted, run, checked)
     writer = build(settings, idle_poll=0.05, process=True, boosted=boosted, backends=backends, status=status)
     lowers_autovacuum = not boosted and settings.writer_sched_idle
     autovacuum: set[int] = set()
@@ -474,6 +480,9 @@ class Supervisor:
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self.boosted = False  # the writer runs at the workers' priority (it asked to)
+        # This run of the service, for its writers (a pid is no name for it: the same 1 at each
+        # start of a container, and reused after a reboot).
+        self.run = uuid.uuid4().hex
         self._stopping = threading.Event()
         # Held while a writer is started and while stop() takes the one to stop: no writer is
         # started after stop() has looked.
@@ -488,7 +497,8 @@ class Supervisor:
     def _spawn(self) -> None:
         # Its standard input is a pipe we hold: closing it is how we tell it to stop. In a session
         # of its own, under autogroups its scheduling group is its own, lowered as its priority is.
-        argv = [sys.executable, "-m", "receiver", "writer", "--supervised", *(["--boosted"] if self.boosted else [])]
+        argv = [sys.executable, "-m", "receiver", "writer", "--supervised", "--run", self.run,
+                *(["--boosted"] if self.boosted else [])]  # fmt: skip
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, start_new_session=True)
 
     def _respawn(self) -> bool:

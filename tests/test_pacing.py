@@ -572,7 +572,9 @@ def test_a_backend_is_local_only_when_a_process_by_its_pid_started_with_it(db_ur
                     return {"pid": row["pid"], "started": row["started"] - 3600}
 
             here = await writer_process.local_backend(conn)
-            elsewhere = await writer_process.local_backend(Elsewhere())  # type: ignore[arg-type]
+            with capture_logs() as logs:
+                elsewhere = await writer_process.local_backend(Elsewhere())  # type: ignore[arg-type]
+            assert [e["event"] for e in logs] == ["writer.backend_not_local"]  # said, in case clocks disagree
             return here, elsewhere, conn.get_server_pid()
         finally:
             await conn.close()

@@ -173,6 +173,8 @@ def test_past_half_its_bound_the_writer_is_started_again_at_the_workers_priority
         assert wait_for(lambda: "calm-1" in stored_ids(own_pg.url), timeout=30)
         time.sleep(0.5)  # its loop looks at its check every quarter second
         assert service.log.read_text().count(SHARED_DISK) == (1 if shares else 0)
+        status = json.loads((data_dir / "journal" / "writer.json").read_text())
+        assert status["pid"] == calm and status["disk_checked"] is True  # what the next one will read
     finally:
         service.stop()
 
@@ -203,22 +205,26 @@ def test_a_writer_that_steps_down_as_the_service_stops_is_followed_by_one_that_d
 
 
 def test_a_writer_of_another_service_run_does_not_spare_the_disk_check(tmp_path: Path) -> None:
-    """The status a writer leaves tells the next writer of the same service that the journal's
-    disk was checked; a service started again (another main process) checks again."""
+    """The status a writer leaves tells the next writer of the same run of the service that the
+    journal's disk was checked; a service started again (another run) checks again."""
     from types import SimpleNamespace
 
     from receiver import writer_process
+    from receiver.config import Settings
 
-    status = writer_process._StatusFile(tmp_path / writer_process.STATUS_FILE, service=4242)
+    status = writer_process._StatusFile(tmp_path / writer_process.STATUS_FILE, run="a1")
     writer = SimpleNamespace(last_error=None, locked=False, last_store_at=None)
     status.update(writer)  # type: ignore[arg-type]
-    assert not writer_process.disk_checked(tmp_path, 4242)
+    assert not writer_process.disk_checked(tmp_path, "a1")
     status.disk_checked = True
     status.update(writer)  # type: ignore[arg-type]  # a change is written at once
-    assert writer_process.disk_checked(tmp_path, 4242)
-    assert not writer_process.disk_checked(tmp_path, 4243)
+    assert writer_process.disk_checked(tmp_path, "a1")
+    assert not writer_process.disk_checked(tmp_path, "b2")
     (tmp_path / writer_process.STATUS_FILE).write_text("[]")
-    assert not writer_process.disk_checked(tmp_path, 4242)
+    assert not writer_process.disk_checked(tmp_path, "a1")
+    # Each service (each supervisor) is a run of its own, whatever its pid.
+    runs = {writer_process.Supervisor(Settings(database_url="postgresql://unused")).run for _ in range(2)}
+    assert len(runs) == 2
 
 
 def running(pid: int) -> bool:
