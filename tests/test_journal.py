@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import inspect
 import os
@@ -347,6 +348,7 @@ def test_append_then_read_in_order_and_durable_on_disk(
 
     async def scenario() -> None:
         journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20)
+        await journal.start()  # as a worker does: the first segment's file made ahead
         reader = readers(tmp_path)
         for r in records:
             await journal.append(r)
@@ -650,6 +652,7 @@ def test_a_spares_zeros_reach_the_disk_a_piece_at_a_time_through_a_descriptor_of
 
     async def scenario() -> None:
         journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=segment_bytes)
+        await journal.start()
         await journal.append(payload(1))
         assert journal.dir is not None
         [segment] = seg_files(journal.dir.path)
@@ -661,6 +664,42 @@ def test_a_spares_zeros_reach_the_disk_a_piece_at_a_time_through_a_descriptor_of
     run(scenario())
     assert any(flags & os.O_DSYNC for flags in opened) and any(not flags & os.O_DSYNC for flags in opened)
     assert written[:4] == [appender.ZERO_PIECE] * 3 + [5], "in pieces, each synced as it is written"
+
+
+def test_a_spare_that_could_not_be_made_is_not_made_on_the_event_loop(
+    tmp_path: Path, readers: Callable[[Path], JournalReader], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the first segment's zeros could not be written (the disk full for a moment), the
+    next flush does not write them on the event loop, where every request of the worker would
+    wait for them: its segment grows with its records, and the next one's file is prepared
+    beside it, off the loop."""
+    real = appender.zero_fill
+    failing = [True]
+    on_loop: list[bool] = []
+
+    def zero_fill(path: Path, size: int, piece: int = appender.ZERO_PIECE) -> None:
+        on_loop.append(threading.current_thread() is threading.main_thread())
+        if failing[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, size, piece)
+
+    monkeypatch.setattr(appender, "zero_fill", zero_fill)
+    segment_bytes = 1024
+
+    async def scenario() -> None:
+        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=segment_bytes, sync="process")
+        await journal.start()  # its zeros fail: nothing prepared
+        assert journal.dir is not None and not (journal.dir.path / SPARE).exists()
+        failing[0] = False
+        sent = [payload(i) for i in range(80)]  # about four segments' worth
+        for r in sent:
+            await journal.append(r)
+        assert len(seg_files(journal.dir.path)) >= 2
+        assert drain(readers(tmp_path)) == sent
+        await journal.close()
+
+    run(scenario())
+    assert on_loop and not any(on_loop), "zeros written on the event loop's thread"
 
 
 def test_where_the_kernel_refuses_a_synced_write_the_journal_writes_then_syncs(

@@ -504,12 +504,13 @@ class Journal:
 
     def _take_spare(self) -> int:
         """The zero-filled file prepared for the next segment (waiting for it if it is on its
-        way; making it now if nobody did), or -1. Makes the folder if need be."""
+        way), or -1. Makes the folder if need be. Where none was prepared (its preparation
+        failed, or :meth:`start` did not run) none is made here, on the event loop: its zeros
+        would hold every request of the worker meanwhile (8 MiB, a piece at a time, each synced).
+        The segment is then a file that grows, and the next one's is prepared beside it."""
         if self._preparing is not None:
             self._preparing.join()
             self._preparing = None
-        if self._spare < 0 and self.preallocate:
-            self._prepare_spare()
         if self.dir is None:
             self.dir = JournalDir.create(self.root)
         spare, self._spare = self._spare, -1
