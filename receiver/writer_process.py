@@ -347,26 +347,32 @@ class _StatusFile:
             staging.replace(self.path)
 
 
+def _last_status(journal_root: Path) -> dict[str, Any]:
+    """What the last writer wrote in ``writer.json`` (empty: nothing readable)."""
+    try:
+        data = json.loads((journal_root / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def disk_checked(journal_root: Path, run: str) -> bool:
     """Whether an earlier writer of ``run`` (a service's run: its supervisor's token) checked
     the journal's disk, by its last ``writer.json``."""
-    try:
-        data = json.loads((journal_root / STATUS_FILE).read_text())
-        return data.get("run") == run and data.get("disk_checked") is True
-    except (OSError, ValueError, AttributeError):
-        return False
+    data = _last_status(journal_root)
+    return data.get("run") == run and data.get("disk_checked") is True
 
 
 def read_status(journal_root: Path) -> dict[str, Any]:
     """The writer process's last word: ``running`` (it spoke within :data:`STALE_AFTER` s),
     ``error`` (its last database error, None when its last batch went through) and ``boosted``
     (it runs at the workers' priority: the backlog passed half a worker's bound)."""
+    data = _last_status(journal_root)
     try:
-        data = json.loads((journal_root / STATUS_FILE).read_text())
         running = time.time() - float(data["updated_at"]) < STALE_AFTER
-        return {"running": running, "error": data.get("error"), "boosted": bool(data.get("boosted")) and running}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         return {"running": False, "error": None, "boosted": False}
+    return {"running": running, "error": data.get("error"), "boosted": bool(data.get("boosted")) and running}
 
 
 # --- the process ---------------------------------------------------------------------------------
@@ -423,10 +429,12 @@ async def _run(settings: Settings, *, changes: bool = False, boosted: bool = Fal
             await asyncio.wait_for(stop.wait(), timeout=0.25)  # also how soon a new autovacuum worker is lowered
         if task.done():
             task.result()  # raises what killed the loop: the supervisor starts a new writer
-        if disk_check is not None and disk_check.done() and (disk_check.result() or backends):
-            if not disk_check.result():  # PostgreSQL was away at start (if that backend has gone since, nothing is said)
+        if disk_check is not None and disk_check.done():
+            reached = disk_check.result()
+            if not reached and backends:  # PostgreSQL was away at start (if that backend has gone since, nothing is said)
                 warn_if_shared_disk(settings.journal_path, backends[0])
-            disk_check, status.disk_checked = None, True
+            if reached or backends:
+                disk_check, status.disk_checked = None, True
         if lowers_autovacuum and backends:
             lower_autovacuum(parent(backends[0]), settings.writer_nice, autovacuum)
         if changes and not stop.is_set():
