@@ -26,7 +26,12 @@ fill is written out (a checkpoint, then the kernel's dirty pages), one at a time
   replies' listing from the newest day filled (``GET /v1/uplinks``); p50 / p99
   in milliseconds, and what the machine read from its disks meanwhile (days no longer in
   memory); and the first ``GET /v1/messages/{id}`` of a new connection (planned over every
-  partition, the plan not cached yet);
+  partition, the plan not cached yet). The look-ups of a day and the dashboards read a day of
+  the whole history, at random: once the history outgrows the machine's memory, mostly a day
+  read from the disk. Each round also asks for a message of the last three days (the platform
+  pushes a message's reports within 72 hours: what a service asks about most) and a page from
+  a point of such a day, and reads the dashboards over yesterday, the newest day
+  (``(the last 3 days)``, ``(yesterday)``);
 - **retention**: ``receiver prune --older-than``, which drops the oldest 30 days (fewer when
   fewer are kept; the cutoff an hour into the next day) of every partitioned table whole; the
   time of the drops (the tables locked while their days are detached, and the drop of the
@@ -52,7 +57,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -286,19 +291,42 @@ async def query_latencies(conn: asyncpg.Connection, days: int, rounds: int) -> d
     replies_behind = await conn.fetchrow(
         "SELECT txid::text AS txid, min(id) AS id FROM uplinks WHERE txid = (SELECT max(txid) FROM uplinks) GROUP BY txid"
     )
-    for _ in range(rounds):
-        day = today - timedelta(days=random.randint(1, days))
+
+    async def a_day(day: date, recent: str = "") -> str | None:
+        """A stored message of ``day`` asked for, then a page of the sends from a point of it; the
+        message's recipient, None when the day has none."""
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        ids = await conn.fetch(
-            'SELECT sms_msg_id, "to" FROM sent_messages WHERE create_time >= $1 ORDER BY create_time LIMIT 1',
-            start + timedelta(seconds=random.randrange(86_000)),
-        )
+        # The first message sent after a point of the day, or the day's first when none is.
+        ids = await conn.fetch(_MESSAGE_OF_A_DAY, start + timedelta(seconds=random.randrange(86_000)), start + ONE_DAY)
+        ids = ids or await conn.fetch(_MESSAGE_OF_A_DAY, start, start + ONE_DAY)
         if not ids:
-            continue
+            return None
         sms_msg_id, to = ids[0]
         t0 = time.perf_counter()
         await queries.message(conn, sms_msg_id)
-        timed("GET /v1/messages/{id}", t0)
+        timed("GET /v1/messages/{id}" + recent, t0)
+        t0 = time.perf_counter()
+        await queries.messages(conn, to=None, state=None, since=start + timedelta(seconds=random.randrange(86_000)),
+                               until=None, cursor=None, limit=20)  # fmt: skip
+        timed("GET /v1/messages?since=" + recent, t0)
+        return str(to)
+
+    async def dashboards(day: date, which: str) -> None:
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        for view in views:
+            t0 = time.perf_counter()
+            await conn.fetch(f"SELECT * FROM {view} WHERE bucket >= $1 AND bucket < $2", start, start + timedelta(days=1))
+            timed(f"{view} ({which})", t0)
+
+    for _ in range(rounds):
+        # What a history costs: a day of any of those kept, most of them no longer in memory once
+        # the history outgrows it. What a service asks most: its messages of the last days (the
+        # platform pushes a message's reports within 72 hours), the dashboards' newest day.
+        day = today - timedelta(days=random.randint(1, days))
+        to = await a_day(day)
+        if to is None:
+            continue
+        await a_day(today - timedelta(days=random.randint(1, min(days, RECENT_DAYS))), RECENT)
         t0 = time.perf_counter()
         await queries.message(conn, f"unknown-{random.getrandbits(32)}")
         timed("GET /v1/messages/{unknown id}", t0)
@@ -306,20 +334,14 @@ async def query_latencies(conn: asyncpg.Connection, days: int, rounds: int) -> d
         await queries.messages(conn, to=to, state=None, since=None, until=None, cursor=None, limit=20)
         timed("GET /v1/messages?to=", t0)
         t0 = time.perf_counter()
-        await queries.messages(conn, to=None, state=None, since=start + timedelta(seconds=random.randrange(86_000)),
-                               until=None, cursor=None, limit=20)  # fmt: skip
-        timed("GET /v1/messages?since=", t0)
-        t0 = time.perf_counter()
         await queries.messages(conn, to=None, state="failed", since=None, until=None, cursor=None, limit=20)
         timed("GET /v1/messages?state=failed (the first page)", t0)
         numbers = [f"+86131{random.randrange(5_000_000):08d}" for _ in range(500)]
         t0 = time.perf_counter()
         await blacklist_store.blacklisted(conn, numbers)
         timed("blacklist check, 500 numbers", t0)
-        for view in views:
-            t0 = time.perf_counter()
-            await conn.fetch(f"SELECT * FROM {view} WHERE bucket >= $1 AND bucket < $2", start, start + timedelta(days=1))
-            timed(f"{view} (24 h)", t0)
+        await dashboards(day, "24 h")
+        await dashboards(today - timedelta(days=1), "yesterday")
         if behind is not None:
             t0 = time.perf_counter()
             await feed.page(conn, feed.Position(behind["txid"], random.randint(behind["lo"], behind["hi"])), limit=100)
@@ -422,6 +444,12 @@ def file_system(path: str, mounts_text: str | None = None) -> str:
     return f"{kind} at {point} ({', '.join(notes)})"
 
 
+ONE_DAY = timedelta(days=1)
+_MESSAGE_OF_A_DAY = """
+SELECT sms_msg_id, "to" FROM sent_messages WHERE create_time >= $1 AND create_time < $2 ORDER BY create_time LIMIT 1
+"""
+RECENT_DAYS = 3  # the platform pushes a message's reports within 72 hours
+RECENT = f" (the last {RECENT_DAYS} days)"
 BYTES_PER_REPORT = 1_700  # a report with its share of sends, states, replies, links and events (1.7 GB a million)
 
 

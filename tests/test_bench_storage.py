@@ -3,11 +3,15 @@ system's discards and compression bear on what it measures, and it knows how muc
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
+from support import run
 
 from bench import storage
+from receiver.correlation import queries
 
 MOUNTS = """\
 /dev/vda / ext4 rw,relatime,discard,errors=remount-ro 0 0
@@ -44,3 +48,34 @@ def test_the_bytes_read_from_the_disks(tmp_path: Path) -> None:
     vmstat.write_text("nr_free_pages 1000\npgpgin 2048\npgpgout 4096\n")
     assert storage.disk_reads(vmstat) == 2 * 1024 * 1024  # pgpgin counts KiB
     assert storage.disk_reads(tmp_path / "none") == 0
+
+
+def test_the_recent_look_ups_ask_for_messages_of_the_last_three_days(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beside a day of the whole history, each round asks for a message sent in the last three
+    days (the platform's push window), and the dashboards read yesterday."""
+    asked: list[str] = []
+    look_up = queries.message
+
+    async def message(conn: asyncpg.Connection, sms_msg_id: str) -> object:
+        asked.append(sms_msg_id)
+        return await look_up(conn, sms_msg_id)
+
+    monkeypatch.setattr(queries, "message", message)
+
+    async def go() -> dict[str, list[float]]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            await storage.fill(conn, 1_000, 10)
+            return await storage.query_latencies(conn, 10, 30)
+        finally:
+            await conn.close()
+
+    latencies = run(go())
+    assert len(latencies["GET /v1/messages/{id} (the last 3 days)"]) == 30
+    assert len(latencies["dashboard_delivery_hourly (yesterday)"]) == 30
+    today = datetime.now(UTC).date()
+    recent = {f"d{today - timedelta(days=back):%Y%m%d}" for back in (1, 2, 3)}
+    stored = [sms_msg_id for sms_msg_id in asked if not sms_msg_id.startswith("unknown-")]
+    # A round asks for a message of any day first, then one of the last three days.
+    assert all(sms_msg_id[:9] in recent for sms_msg_id in stored[1::2])
+    assert not all(sms_msg_id[:9] in recent for sms_msg_id in stored[0::2])  # 30 draws of 10 days
