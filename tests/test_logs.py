@@ -9,8 +9,10 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from support import wait_for
 
+from receiver import logs
 from receiver.logs import BatchedWriter
 
 
@@ -82,3 +84,51 @@ def test_a_fork_while_the_writer_is_blocked_leaves_the_child_free_to_write(tmp_p
     os.close(read_end)
     assert exited, "the child hung at exit"
     assert data.replace(b".", b"").split() == [b"parent", b"child"]  # each line once
+
+
+def test_a_log_file_is_handed_to_the_disk_every_mebibyte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Left to the kernel, a log file's pages go to the disk 30 seconds after they were written,
+    all at once, and the journal's syncs on that disk wait behind them: the writer has the
+    kernel start writing them every MiB instead. Not for a pipe: nothing there to write back."""
+    started: list[int] = []
+    monkeypatch.setattr(logs, "start_write_back", started.append)
+    line = b"x" * 1023  # with its newline, 1 KiB
+    out = tmp_path / "log"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    read_end, write_end = os.pipe()
+    try:
+        to_file, to_pipe = BatchedWriter(fd), BatchedWriter(write_end)
+        for _ in range(3):
+            for _ in range(341):
+                to_file.msg(line)
+            to_file.flush()
+        assert started == [], "nothing before a MiB"
+        to_file.msg(line)
+        to_file.flush()
+        assert started == [fd]
+        for _ in range(2048):
+            to_file.msg(line)
+            to_file.flush()
+        assert started == [fd] * 3
+        assert out.stat().st_size == (3 * 341 + 1 + 2048) * 1024
+        for _ in range(60):
+            to_pipe.msg(line)
+            to_pipe.flush()
+            os.read(read_end, 1 << 16)
+        assert started == [fd] * 3
+    finally:
+        os.close(fd)
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_the_kernel_is_asked_to_write_a_file_back(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT)
+    read_end, write_end = os.pipe()
+    try:
+        os.write(fd, b"x" * (1 << 20))
+        assert logs.start_write_back(fd)
+        assert not logs.start_write_back(write_end)
+    finally:
+        for each in (fd, read_end, write_end):
+            os.close(each)
