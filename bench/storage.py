@@ -315,7 +315,7 @@ async def query_latencies(conn: asyncpg.Connection, days: int, rounds: int) -> d
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
         for view in views:
             t0 = time.perf_counter()
-            await conn.fetch(f"SELECT * FROM {view} WHERE bucket >= $1 AND bucket < $2", start, start + timedelta(days=1))
+            await conn.fetch(f"SELECT * FROM {view} WHERE bucket >= $1 AND bucket < $2", start, start + ONE_DAY)
             timed(f"{view} ({which})", t0)
 
     for _ in range(rounds):

@@ -47,9 +47,9 @@ def started_at(pid: int) -> float | None:
     system does not say."""
     try:
         fields = stat_fields(pid)
-        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK") if fields else None
-        if since_boot is None:
+        if not fields:
             return None
+        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
         return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
     except (OSError, IndexError, ValueError, AttributeError):  # no CLOCK_BOOTTIME (not Linux), a name not text
         return None
