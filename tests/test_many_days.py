@@ -111,65 +111,6 @@ def test_an_unknown_id_is_not_found_and_reads_no_day(db_url: str) -> None:
     assert _with(db_url, work) == (None, 0)
 
 
-def _months_back(months: int) -> datetime:
-    """A time ``months`` UTC months before this one, on its 15th."""
-    month = NOW.replace(day=15)
-    for _ in range(months):
-        month = (month.replace(day=1) - timedelta(days=1)).replace(day=15)
-    return month
-
-
-MONTHS = 6  # of message_index kept, this one included
-
-
-async def _keep_months(conn: asyncpg.Connection) -> None:
-    for back in range(MONTHS):
-        await partitions.create(conn, "message_index", _months_back(back).date())
-
-
-# A message this month, and each of the months before it; the others of every month.
-BY_MONTH = [0, 1, 2, 3, MONTHS - 1]
-
-
-@pytest.mark.parametrize("back", BY_MONTH, ids=[f"{back} months back" for back in BY_MONTH])
-def test_the_index_is_read_from_the_newest_month_to_the_message_s_own(db_url: str, back: int) -> None:
-    """Six months of message_index: a message's look-up reads this month's partition and the
-    months before it down to its own, not the older ones (no longer in memory once the history
-    outgrows it); and finds the message."""
-    sent_at = _months_back(back) if back else NOW
-
-    async def work(conn: asyncpg.Connection) -> tuple[Message | None, list[str]]:
-        await _keep_months(conn)
-        await _register(conn, *(_send(f"other-{b}", _months_back(b), "+8613100000009") for b in range(MONTHS)))
-        await _register(conn, _send("m", sent_at))
-        async with conn.transaction():
-            read = await _partitions_read(conn, "message_index", queries.message(conn, "m"))
-        return await queries.message(conn, "m"), read
-
-    message, read = _with(db_url, work)
-    assert message is not None and message.sent_at == sent_at
-    months = {partitions.name("message_index", _months_back(b).date()): b for b in range(MONTHS)}
-    # this month to its own, one at a time; past the recent months, the older ones are one read
-    assert {months[name] for name in read if name in months} == set(
-        range(back + 1) if back <= queries.RECENT_MONTHS else range(MONTHS)
-    )
-
-
-def test_a_row_left_in_a_newer_month_does_not_hide_the_message(db_url: str) -> None:
-    """A message_index row whose state is gone (its day dropped, its month kept) newer than the
-    message's own row: the message is still found, at its own day."""
-    sent_at = _months_back(4)
-
-    async def work(conn: asyncpg.Connection) -> Message | None:
-        await _keep_months(conn)
-        await _register(conn, _send("m", sent_at))
-        await conn.execute("INSERT INTO message_index (sms_msg_id, message_at) VALUES ('m', $1)", NOW)
-        return await queries.message(conn, "m")
-
-    message = _with(db_url, work)
-    assert message is not None and message.sent_at == sent_at
-
-
 # A message reported before its send is registered: the state is made on the report's day, then
 # moves to the send's (the send's createTime before midnight, the reports after it).
 ORDERS = [("report", "send", "report"), ("send", "report", "report"), ("report", "report", "send")]

@@ -43,32 +43,6 @@ LEFT JOIN sends_after_optout o ON o.sms_msg_id = m.sms_msg_id AND o.sent_at = m.
 # Where a message's state is (sql/019_message_index.sql): one row, a few month partitions.
 _DAYS = "SELECT message_at FROM message_index WHERE sms_msg_id = $1 ORDER BY message_at DESC"
 
-# The newest of those rows, read newest month first: this month and those after it ($2 on), each
-# of the RECENT_MONTHS before it (a branch each, planned with its month alone), then the rest
-# ($3 and older). The branches run in their order and the look-up stops at the first row found,
-# so a message of the last weeks (most of what is asked: the platform pushes within 72 hours)
-# reads the index of its own month, not the index of every month kept, most of which is no
-# longer in memory once the history outgrows it. A month with several partitions in a branch
-# (the current one, those made ahead and the default) is read as a merge of their indexes.
-RECENT_MONTHS = 2
-_BRANCH = "(SELECT message_at FROM message_index WHERE sms_msg_id = $1 AND {range} ORDER BY message_at DESC)"
-_NEWEST_DAY = "\nUNION ALL\n".join([
-    _BRANCH.format(range="message_at >= $2"),
-    *(_BRANCH.format(range=f"message_at >= ${n + 1} AND message_at < ${n}") for n in range(2, RECENT_MONTHS + 2)),
-    _BRANCH.format(range=f"message_at < ${RECENT_MONTHS + 2}"),
-]) + "\nLIMIT 1"
-
-
-def month_starts(now: datetime) -> list[datetime]:
-    """The start of ``now``'s UTC month and of each of the :data:`RECENT_MONTHS` before it, newest
-    first: the bounds of :data:`_NEWEST_DAY`'s branches."""
-    month = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    starts = [month]
-    for _ in range(RECENT_MONTHS):
-        month = (month - timedelta(days=1)).replace(day=1)
-        starts.append(month)
-    return starts
-
 # From the days its state says its reports are in (store._REFRESH_STATES), not every day kept.
 _REPORTS = """
 SELECT status, sequence, total, source, status_desc, update_time, extend, "to", org_code, extra, via, received_at
@@ -242,15 +216,8 @@ async def message(
     """One message as the API shows it, its state at ``now`` (default: the database's clock)."""
     async with conn.transaction():
         await db.plan_each_time(conn)  # each statement reads the days it is given
-        # The newest row first; all of them only if its day has no state (a row left behind by a
-        # day a prune dropped, until its month goes): the state read is the newest either way.
-        newest = await conn.fetchval(_NEWEST_DAY, sms_msg_id, *month_starts(now or datetime.now(UTC)))
-        if newest is None:
-            return None
-        row = await conn.fetchrow(_MESSAGE, sms_msg_id, window, now, [newest])
-        if row is None:
-            days = [r["message_at"] for r in await conn.fetch(_DAYS, sms_msg_id)]
-            row = await conn.fetchrow(_MESSAGE, sms_msg_id, window, now, days) if days != [newest] else None
+        days = [r["message_at"] for r in await conn.fetch(_DAYS, sms_msg_id)]
+        row = await conn.fetchrow(_MESSAGE, sms_msg_id, window, now, days) if days else None
         if row is None:
             return None
         # no bounds: no reports (NULL bounds would leave the planner every day to look at)
