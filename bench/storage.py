@@ -12,7 +12,9 @@ rate keeps more and more days. Each day's messages go to the same numbers (every
 to every day), or with ``--spread`` to the next numbers of 5 million (at 250k a day a number is
 sent to every 25 days; at 5k, once in 200). ``--ahead N`` makes N empty day partitions ahead of today as
 well (every table), to see what many partitions cost a look-up without a time. Then, once the
-fill is written out (a checkpoint, then the kernel's dirty pages), one at a time:
+fill is written out (a checkpoint, then the kernel's dirty pages) and the database's files are
+in the page cache as a service that wrote its days in order would have them (the newest days in
+memory; a size's fill writes them first: ``as_written``), one at a time:
 
 - **ingest**: batches of the writer's size (1,000 reports of new messages, received now) through
   the writer's own ``store`` with its own after-insert steps (states, reply links, blacklist),
@@ -219,6 +221,84 @@ async def settle(conn: asyncpg.Connection) -> float:
     await conn.execute("CHECKPOINT")
     await asyncio.to_thread(os.sync)
     return time.perf_counter() - t0
+
+
+# Every file of each partitioned table's partitions (its heap, TOAST and indexes), the partition's
+# upper bound (NULL: the default, or the table as it was before partitioning); then the other
+# tables' files (applications, the blacklist: what a service reads all the time).
+_FILES = """
+WITH parts AS (
+    SELECT c.oid, CASE WHEN pg_get_expr(c.relpartbound, c.oid) LIKE '%TO (%'
+                       THEN substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \\(''([^'']+)''\\)')::timestamptz
+                  END AS upper
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+    WHERE p.relkind = 'p' AND c.relkind = 'r'
+), rels AS (
+    SELECT p.oid AS rel, p.upper FROM parts p
+    UNION ALL SELECT c.reltoastrelid, p.upper FROM parts p JOIN pg_class c ON c.oid = p.oid WHERE c.reltoastrelid <> 0
+), every AS (
+    SELECT rel, upper FROM rels
+    UNION ALL SELECT x.indexrelid, r.upper FROM rels r JOIN pg_index x ON x.indrelid = r.rel
+)
+SELECT pg_relation_filepath(rel) AS path, upper, false AS other FROM every
+UNION ALL
+SELECT pg_relation_filepath(c.oid), NULL, true FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i') AND NOT c.relispartition
+ORDER BY other, upper NULLS FIRST
+"""
+
+
+async def as_written(conn: asyncpg.Connection, data: str) -> tuple[float, float]:
+    """Leave the database's files in the page cache as a service that wrote its days in order
+    would have them: its newest days in memory, as much of the older ones as memory holds after
+    them. A size's fill writes the days older than those an earlier size left, so after it the
+    newest days would be the furthest from memory. Each file's pages are first dropped from the
+    cache (``POSIX_FADV_DONTNEED``; the fill is written out, so they are clean), then every
+    partition's files read once, oldest first by where their time range ends (the monthly
+    indexes' current month after the days before it), the other tables' last. Gigabytes read and
+    seconds taken."""
+    t0 = time.perf_counter()
+    files = [(os.path.join(data, row["path"]), row["other"]) for row in await conn.fetch(_FILES) if row["path"]]
+    read = await asyncio.to_thread(_read_in_order, [path for path, _ in files])
+    return read / 1e9, time.perf_counter() - t0
+
+
+def _segments(path: str) -> list[str]:
+    """A relation's files: the first, then its 1 GB segments (``.1``, ``.2``...)."""
+    found, n = [], 0
+    while os.path.exists(name := path if n == 0 else f"{path}.{n}"):
+        found.append(name)
+        n += 1
+    return found
+
+
+def _read_in_order(paths: list[str]) -> int:
+    segments = [segment for path in paths for segment in _segments(path)]
+    for segment in segments:
+        _advise(segment, os.POSIX_FADV_DONTNEED)
+    buffer, read = bytearray(1 << 20), 0
+    for segment in segments:
+        try:
+            fd = os.open(segment, os.O_RDONLY)
+        except FileNotFoundError:  # dropped meanwhile
+            continue
+        try:
+            while chunk := os.readv(fd, [buffer]):
+                read += chunk
+        finally:
+            os.close(fd)
+    return read
+
+
+def _advise(path: str, advice: int) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, advice)
+    finally:
+        os.close(fd)
 
 
 async def _through_writer(conn: asyncpg.Connection, batches: int, batch: Callable[[int, int], list[Record]]) -> float:
@@ -508,6 +588,9 @@ async def stage(
         on_disk = f", the file system {(shutil.disk_usage(data).used - used_before) / 1e9:+.1f} GB" if local else ""
         print(f"  {stored:,} reports stored over {days} days ({size / 1e9:.1f} GB{on_disk}, {parts} partitions a"
               f" table), filled in {filled:.0f} s, written out in {settled:.0f} s", flush=True)  # fmt: skip
+        if local:
+            gigabytes, seconds = await as_written(conn, data)
+            print(f"  the page cache as written: {gigabytes:.1f} GB read in order, {seconds:.0f} s", flush=True)
         rate = await ingest(conn, batches)
         print(f"  ingest {rate:,.0f} reports/s", flush=True)
         replies = await ingest_replies(conn, batches)

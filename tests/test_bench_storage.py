@@ -79,3 +79,49 @@ def test_the_recent_look_ups_ask_for_messages_of_the_last_three_days(db_url: str
     # A round asks for a message of any day first, then one of the last three days.
     assert all(sms_msg_id[:9] in recent for sms_msg_id in stored[1::2])
     assert not all(sms_msg_id[:9] in recent for sms_msg_id in stored[0::2])  # 30 draws of 10 days
+
+
+def test_the_page_cache_is_left_as_a_service_that_wrote_its_days_in_order_has_it(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a fill (which writes the days older than those an earlier size left, so the newest
+    ones first), every file of every partition is read once, oldest day first, the current
+    month's indexes after the days before it, the other tables last; each read ends the file."""
+    read: list[list[str]] = []
+    read_in_order = storage._read_in_order
+
+    def record(paths: list[str]) -> int:
+        read.append(paths)
+        return 0
+
+    monkeypatch.setattr(storage, "_read_in_order", record)
+
+    async def go() -> tuple[dict[str, str], int]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            await storage.fill(conn, 1_000, 10)
+            data = await conn.fetchval("SHOW data_directory")
+            await storage.as_written(conn, data)
+            names = {f"{data}/{row['path']}": row["relname"] for row in await conn.fetch(
+                "SELECT pg_relation_filepath(oid) AS path, relname FROM pg_class WHERE pg_relation_filepath(oid) IS NOT NULL"
+            )}  # fmt: skip
+            return names, await conn.fetchval("SELECT count(*) FROM pg_class WHERE relispartition AND relkind = 'r'")
+        finally:
+            await conn.close()
+
+    names, partitions_kept = run(go())
+    [paths] = read
+    order = [names[path] for path in paths]
+    assert len(set(order)) == len(order)  # each once
+    today = datetime.now(UTC).date()
+    days = [today - timedelta(days=back) for back in range(10, 0, -1)]
+    reports = [order.index(f"status_reports_{day:%Y%m%d}") for day in days]
+    assert reports == sorted(reports)  # the oldest day first
+    assert order.index(f"message_index_{today:%Y%m}") > order.index(f"status_reports_{today - timedelta(days=1):%Y%m%d}")
+    assert order.index("status_reports_default") < reports[0]  # no time: first
+    assert order.index("applications") > max(i for i, name in enumerate(order) if name.startswith("events_2"))
+    assert sum(1 for name in order if name.startswith("status_reports_2")) >= 10
+    assert len([n for n in order if not n.endswith(("_pkey", "_idx", "_key")) and "toast" not in n]) >= partitions_kept
+    # The real read: every byte of the files, once.
+    files = [path for path in paths if Path(path).exists()][:20]
+    assert read_in_order(files) == sum(Path(segment).stat().st_size for f in files for segment in storage._segments(f))
