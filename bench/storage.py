@@ -223,28 +223,22 @@ async def settle(conn: asyncpg.Connection) -> float:
     return time.perf_counter() - t0
 
 
-# Every file of each partitioned table's partitions (its heap, TOAST and indexes), the partition's
-# upper bound (NULL: the default, or the table as it was before partitioning); then the other
-# tables' files (applications, the blacklist: what a service reads all the time).
+# The files of each relation named ($1, in order): its heap, its TOAST table and their indexes.
 _FILES = """
-WITH parts AS (
-    SELECT c.oid, CASE WHEN pg_get_expr(c.relpartbound, c.oid) LIKE '%TO (%'
-                       THEN substring(pg_get_expr(c.relpartbound, c.oid) FROM 'TO \\(''([^'']+)''\\)')::timestamptz
-                  END AS upper
-    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
-    WHERE p.relkind = 'p' AND c.relkind = 'r'
-), rels AS (
-    SELECT p.oid AS rel, p.upper FROM parts p
-    UNION ALL SELECT c.reltoastrelid, p.upper FROM parts p JOIN pg_class c ON c.oid = p.oid WHERE c.reltoastrelid <> 0
+WITH named AS (SELECT rel, n FROM unnest($1::regclass[]) WITH ORDINALITY AS u(rel, n)),
+rels AS (
+    SELECT rel, n FROM named
+    UNION ALL SELECT c.reltoastrelid, n FROM named JOIN pg_class c ON c.oid = rel WHERE c.reltoastrelid <> 0
 ), every AS (
-    SELECT rel, upper FROM rels
-    UNION ALL SELECT x.indexrelid, r.upper FROM rels r JOIN pg_index x ON x.indrelid = r.rel
+    SELECT rel, n FROM rels UNION ALL SELECT x.indexrelid, n FROM rels JOIN pg_index x ON x.indrelid = rel
 )
-SELECT pg_relation_filepath(rel) AS path, upper, false AS other FROM every
-UNION ALL
-SELECT pg_relation_filepath(c.oid), NULL, true FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+SELECT pg_relation_filepath(rel) AS path FROM every ORDER BY n
+"""
+# The tables that are not partitions, and their indexes (applications, the blacklist: what a
+# service reads all the time).
+_OTHER_FILES = """
+SELECT pg_relation_filepath(c.oid) AS path FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i') AND NOT c.relispartition
-ORDER BY other, upper NULLS FIRST
 """
 
 
@@ -258,7 +252,10 @@ async def as_written(conn: asyncpg.Connection, data: str) -> tuple[float, float]
     indexes' current month after the days before it), the other tables' last. Gigabytes read and
     seconds taken."""
     t0 = time.perf_counter()
-    files = [os.path.join(data, row["path"]) for row in await conn.fetch(_FILES) if row["path"]]
+    kept = [part for table in await partitions.partitioned(conn) for part in await partitions.partitions(conn, table)]
+    kept.sort(key=lambda part: (part.upper is not None, part.upper))  # the defaults (no time) first
+    rows = [*await conn.fetch(_FILES, [part.name for part in kept]), *await conn.fetch(_OTHER_FILES)]
+    files = [os.path.join(data, row["path"]) for row in rows if row["path"]]
     read = await asyncio.to_thread(_read_in_order, files)
     return read / 1e9, time.perf_counter() - t0
 
