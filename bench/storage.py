@@ -7,7 +7,10 @@ many status reports, ``--rate`` a UTC day (one partition each) over as many of t
 that takes (at 250k a day: 4 days at 1 M, 40 at 10 M, 200 at 50 M), with a send, a message state
 per message, a reply every 50 messages (linked to it) and the event feed's rows the service
 writes for them (a state event at the send and at the settlement, one a report, one a reply),
-generated straight into PostgreSQL with set-based SQL (``generate_series``, no HTTP). A day holds the same at every size, as a service at a steady
+generated straight into PostgreSQL with set-based SQL (``generate_series``, no HTTP). The ids
+have the platform's shape (a UUID and a part number, in no order: the indexes keyed by them take
+random inserts) and the raw bodies are the platform's (a report's and a reply's form, the send
+API's result item), so that a row takes the room it takes at a service. A day holds the same at every size, as a service at a steady
 rate keeps more and more days. Each day's messages go to the same numbers (every recipient sent
 to every day), or with ``--spread`` to the next numbers of 5 million (at 250k a day a number is
 sent to every 25 days; at 5k, once in 200). ``--ahead N`` makes N empty day partitions ahead of today as
@@ -16,9 +19,9 @@ fill is written out (a checkpoint, then the kernel's dirty pages) and the databa
 in the page cache as a service that wrote its days in order would have them (the newest days in
 memory; a size's fill writes them first: ``as_written``), one at a time:
 
-- **ingest**: batches of the writer's size (1,000 reports of new messages, received now) through
-  the writer's own ``store`` with its own after-insert steps (states, reply links, blacklist),
-  in reports per second; and batches of 100 replies from numbers sent to yesterday, each linked
+- **ingest**: batches of the writer's size (1,000 reports of new messages, received now, ids and
+  bodies as the platform's) through the writer's own ``store`` with its own after-insert steps
+  (states, reply links, blacklist), in reports per second; and batches of 100 replies from numbers sent to yesterday, each linked
   to its number's latest send (every send to the number is a candidate), in replies per second;
 - **queries**, in-process, one at a time: ``GET /v1/messages/{id}`` (a stored message, and an
   unknown id, which searches every day), ``GET /v1/messages?to=``, a page of every send from a
@@ -41,7 +44,7 @@ memory; a size's fill writes them first: ``as_written``), one at a time:
   of the day that straddles the cutoff).
 
 The next size refills the days the prune emptied. Prints one table; check ``df -h`` first
-(about 1.7 GB per million reports with their sends, states and events: it stops before a fill the
+(about 2.05 GB per million reports with their sends, states and events: it stops before a fill the
 file system has no room for, unless the file system compresses). The embedded database goes to
 ``$TMPDIR``. The file system of the database's files (when PostgreSQL runs on this machine) is
 printed first: where it is mounted with online ``discard`` (ext4, XFS), the drops wait for the
@@ -58,6 +61,7 @@ import random
 import shutil
 import statistics
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -77,22 +81,30 @@ from receiver.writer_process import hooks
 
 from .support import world_readable_tmpdir
 
-# One day's messages $3 .. $4 (sms_msg_id $1 || i), sent through the day $2 to the numbers from
-# the $7th of 5 million on; about 1.25 reports a message (every 4th has an ACCEPTD before its
-# DELIVRD, every 13th fails).
+# One day's messages $3 .. $4, sent through the day $2 to the numbers from the $7th of 5 million
+# on; about 1.25 reports a message (every 4th has an ACCEPTD before its DELIVRD, every 13th
+# fails). Their ids have the platform's shape (a UUID and a part number, in no order: the indexes
+# keyed by them take random inserts, as a service's do), made from $1 and the message's number;
+# the raw bodies are what the platform sends (a report's form, a reply's form, the send API's
+# result item), and as long.
 FILL_DAY = """
-WITH i AS (SELECT i, $2::timestamptz + (i - $3) * ($5::float8 / ($4 - $3 + 1)) * interval '1 second' AS at,
-                  '+86131' || lpad(((i + $7) % 5000000)::text, 8, '0') AS number  -- the recipient, who also replies
-           FROM generate_series($3::bigint, $4::bigint) AS i),
+WITH i AS (SELECT i, at, number, md5($1 || i)::uuid::text || '_' || (1 + i % 9999) AS id,
+                  CASE WHEN i % 50 = 0 THEN md5('u' || $1 || i)::uuid::text || '_0' END AS reply_id,
+                  to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS created
+           FROM (SELECT i, $2::timestamptz + (i - $3) * ($5::float8 / ($4 - $3 + 1)) * interval '1 second' AS at,
+                        '+86131' || lpad(((i + $7) % 5000000)::text, 8, '0') AS number  -- the recipient, who also replies
+                 FROM generate_series($3::bigint, $4::bigint) AS i) AS n),
 sends AS (
     INSERT INTO sent_messages (sms_msg_id, "to", "from", status, create_time, country_id, total, raw)
-    SELECT $1 || i, number, 'csms' || (i % 10), '000000', at, 'CN', 1, '{}'
+    SELECT id, number, 'csms' || (i % 10), '000000', at, 'CN', 1,
+           jsonb_build_object('originTo', number, 'createTime', created, 'from', 'csms' || (i % 10), 'smsMsgId', id,
+                              'status', '000000', 'countryId', 'CN', 'total', 1)
     FROM i
 ),
 states AS (
     INSERT INTO message_states (sms_msg_id, message_at, state, status, parts_total, parts_delivered, reports, sent,
                                 sent_at, delivered_at, latency, reports_from, reports_until)
-    SELECT $1 || i, at, CASE WHEN i % 13 = 0 THEN 'failed' ELSE 'delivered' END,
+    SELECT id, at, CASE WHEN i % 13 = 0 THEN 'failed' ELSE 'delivered' END,
            CASE WHEN i % 13 = 0 THEN 'UNDELIV' ELSE 'DELIVRD' END, 1, (i % 13 <> 0)::int, 1 + (i % 4 = 0)::int,
            true, at, CASE WHEN i % 13 <> 0 THEN at + interval '6 seconds' END,
            CASE WHEN i % 13 <> 0 THEN interval '6 seconds' END,
@@ -100,7 +112,7 @@ states AS (
     FROM i
 ),
 indexed AS (
-    INSERT INTO message_index (sms_msg_id, message_at) SELECT $1 || i, at FROM i
+    INSERT INTO message_index (sms_msg_id, message_at) SELECT id, at FROM i
 ),
 recipients AS (
     INSERT INTO recipient_index ("to", day)
@@ -109,9 +121,12 @@ recipients AS (
 ),
 replies AS (
     INSERT INTO uplinks (application_id, sms_msg_id, "from", "to", body, raw_body, received_at, from_e164)
-    SELECT $6, 'u' || $1 || i, number, 'csms' || (i % 10), 'ok', 'bench',
+    SELECT $6, reply_id, number, 'csms' || (i % 10), 'ok',
+           'smsMsgId=' || reply_id || '&from=' || replace(number, '+', '%2B') || '&to=csms' || (i % 10)
+           || '&body=ok&createTime=' || replace(to_char((at + interval '1 minute') AT TIME ZONE 'UTC',
+                                                        'YYYY-MM-DD"T"HH24:MI:SS"Z"'), ':', '%3A'),
            at + interval '1 minute', number
-    FROM i WHERE i % 50 = 0
+    FROM i WHERE reply_id IS NOT NULL
     RETURNING id, sms_msg_id, received_at, txid, reply_hour
 ),
 reply_days AS (
@@ -121,18 +136,21 @@ reply_days AS (
 ),
 links AS (  -- each reply answers the message it follows
     INSERT INTO reply_links (uplink_id, sms_msg_id, candidates, match, uplink_received_at, reply_hour)
-    SELECT id, substr(sms_msg_id, 2), 1, 'channel', received_at, reply_hour FROM replies
+    SELECT r.id, i.id, 1, 'channel', r.received_at, r.reply_hour FROM replies r JOIN i ON i.reply_id = r.sms_msg_id
 ),
 reply_days_of_messages AS (
     INSERT INTO reply_index (sms_msg_id, day)
-    SELECT substr(sms_msg_id, 2), date_trunc('day', received_at, 'UTC') FROM replies
+    SELECT i.id, date_trunc('day', r.received_at, 'UTC') FROM replies r JOIN i ON i.reply_id = r.sms_msg_id
     ON CONFLICT DO NOTHING
 ),
 reports AS (
     INSERT INTO status_reports (application_id, sms_msg_id, status, total, sequence, source, update_time, raw_body,
                                 via, received_at, stored_at, dedupe_key)
-    SELECT $6, $1 || i, s.status, 1, 1, '2', at + s.after, 'bench', 'form', at + s.after, at + s.after,
-           decode(md5($1 || i || s.status), 'hex')
+    SELECT $6, id, s.status, 1, 1, '2', at + s.after,
+           'sequence=1&total=1&orgCode=' || CASE WHEN s.status = 'UNDELIV' THEN 'E200027' ELSE '000000' END
+           || '&updateTime=' || replace(to_char((at + s.after) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), ':', '%3A')
+           || '&source=2&smsMsgId=' || id || '&status=' || s.status,
+           'form', at + s.after, at + s.after, decode(md5(id || s.status), 'hex')
     FROM i CROSS JOIN LATERAL (VALUES (interval '2 seconds', 'ACCEPTD'),
                                       (interval '6 seconds', CASE WHEN i % 13 = 0 THEN 'UNDELIV' ELSE 'DELIVRD' END))
          AS s(after, status)
@@ -143,7 +161,7 @@ reports AS (
 -- and when the message is settled, an event a report (its data read from the report) and a reply.
 INSERT INTO events (kind, sms_msg_id, number, report_id, report_received_at, data, state, previous, status,
                     parts_total, parts_delivered, registered, sent_at, delivered_at, latency, at)
-SELECT 'state', $1 || i, number, NULL::bigint, NULL::timestamptz,
+SELECT 'state', id, number, NULL::bigint, NULL::timestamptz,
        NULL::jsonb, 'pending', NULL::text, '000000', 1, 0, true, at, NULL::timestamptz, NULL::interval, at
 FROM i
 UNION ALL
@@ -151,7 +169,7 @@ SELECT 'report', sms_msg_id, NULL, id, received_at, NULL, NULL, NULL, NULL, NULL
        received_at
 FROM reports
 UNION ALL
-SELECT 'state', $1 || i, number, NULL, NULL, NULL,
+SELECT 'state', id, number, NULL, NULL, NULL,
        CASE WHEN i % 13 = 0 THEN 'failed' ELSE 'delivered' END, 'pending',
        CASE WHEN i % 13 = 0 THEN 'UNDELIV' ELSE 'DELIVRD' END, 1, (i % 13 <> 0)::int, true, at,
        CASE WHEN i % 13 <> 0 THEN at + interval '6 seconds' END, CASE WHEN i % 13 <> 0 THEN interval '6 seconds' END,
@@ -160,11 +178,11 @@ FROM i
 UNION ALL
 SELECT 'reply', r.sms_msg_id, number, NULL, NULL,
        jsonb_build_object('to', 'csms' || (i % 10), 'body', 'ok', 'from', number,
-                          'match', 'channel', 'reply_to', $1 || i, 'ambiguous', false, 'candidates', 1,
+                          'match', 'channel', 'reply_to', i.id, 'ambiguous', false, 'candidates', 1,
                           'application', 'bench', 'create_time', at, 'received_at', r.received_at,
                           'unlinked_reason', NULL),
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, r.received_at
-FROM i JOIN replies r ON r.sms_msg_id = 'u' || $1 || i
+FROM i JOIN replies r ON r.sms_msg_id = i.reply_id
 """
 
 _SIZES = {"k": 1_000, "M": 1_000_000}
@@ -296,6 +314,23 @@ def _open(path: str) -> int:
         return -1
 
 
+def platform_id() -> str:
+    """A message id of the platform's shape: a UUID and a part number (``..._6``), at random."""
+    return f"{uuid.UUID(int=random.getrandbits(128), version=4)}_{random.randrange(1, 10_000)}"
+
+
+def report_form(sms_msg_id: str, status: str, at: datetime) -> str:
+    """A status report's body as the platform posts it (the raw body a service stores)."""
+    return (f"sequence=1&total=1&orgCode=000000&updateTime={at:%Y-%m-%dT%H%%3A%M%%3A%SZ}&source=2"
+            f"&smsMsgId={sms_msg_id}&status={status}")  # fmt: skip
+
+
+def uplink_form(sms_msg_id: str, number: str, to: str, body: str, at: datetime) -> str:
+    """An uplink's body as the platform posts it."""
+    return (f"smsMsgId={sms_msg_id}&from={number.replace('+', '%2B')}&to={to}&body={body}"
+            f"&createTime={at:%Y-%m-%dT%H%%3A%M%%3A%SZ}")  # fmt: skip
+
+
 async def _through_writer(conn: asyncpg.Connection, batches: int, batch: Callable[[int, int], list[Record]]) -> float:
     """Records per second through the writer's own ``store`` and after-insert steps, ``batches``
     batches made by ``batch(app_id, b)``."""
@@ -313,13 +348,13 @@ async def _through_writer(conn: asyncpg.Connection, batches: int, batch: Callabl
 
 async def ingest(conn: asyncpg.Connection, batches: int, size: int = 1000) -> float:
     """Reports per second through the writer's store, batches of ``size`` new reports."""
-    run_id = random.getrandbits(32)
 
     def batch(app_id: int, b: int) -> list[Record]:
         now = datetime.now(UTC)
-        return [ReportRecord(app_id, "form", now, "bench",
-                             StatusReport(f"ingest-{run_id}-{b}-{i}", "DELIVRD", 1, 1, update_time=now, source="2"))
-                for i in range(size)]  # fmt: skip
+        ids = [platform_id() for _ in range(size)]
+        return [ReportRecord(app_id, "form", now, report_form(sms_msg_id, "DELIVRD", now),
+                             StatusReport(sms_msg_id, "DELIVRD", 1, 1, update_time=now, source="2"))
+                for sms_msg_id in ids]  # fmt: skip
 
     return await _through_writer(conn, batches, batch)
 
@@ -334,13 +369,13 @@ async def ingest_replies(conn: asyncpg.Connection, batches: int, size: int = 100
     )]  # fmt: skip
     if not numbers:
         return 0.0
-    run_id = random.getrandbits(32)
 
     def batch(app_id: int, b: int) -> list[Record]:
         now = datetime.now(UTC)
-        return [UplinkRecord(app_id, now, "bench", Uplink(f"ingest-u-{run_id}-{b}-{i}",
-                                                          numbers[(b * size + i) % len(numbers)], "csms1", "ok"))
-                for i in range(size)]  # fmt: skip
+        replies = [(platform_id(), numbers[(b * size + i) % len(numbers)]) for i in range(size)]
+        return [UplinkRecord(app_id, now, uplink_form(sms_msg_id, number, "csms1", "ok", now),
+                             Uplink(sms_msg_id, number, "csms1", "ok"))
+                for sms_msg_id, number in replies]  # fmt: skip
 
     return await _through_writer(conn, batches, batch)
 
@@ -525,7 +560,7 @@ SELECT sms_msg_id, "to" FROM sent_messages WHERE create_time >= $1 AND create_ti
 """
 RECENT_DAYS = 3  # the platform pushes a message's reports within 72 hours
 RECENT = f" (the last {RECENT_DAYS} days)"
-BYTES_PER_REPORT = 1_700  # a report with its share of sends, states, replies, links and events (1.7 GB a million)
+BYTES_PER_REPORT = 2_050  # a report with its share of sends, states, replies, links and events (2.05 GB a million)
 
 
 def space_needed(stored: int, reports: int) -> int:

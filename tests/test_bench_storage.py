@@ -3,7 +3,9 @@ system's discards and compression bear on what it measures, and it knows how muc
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import json
+import re
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -12,6 +14,8 @@ from support import run
 
 from bench import storage
 from receiver.correlation import queries
+from receiver.protocol.status_report import parse_status_report_form
+from receiver.protocol.uplink import parse_uplink_form
 
 MOUNTS = """\
 /dev/vda / ext4 rw,relatime,discard,errors=remount-ro 0 0
@@ -38,8 +42,8 @@ def test_the_file_system_of_the_database(path: str, described: str) -> None:
 
 
 def test_a_fill_needs_room_for_the_reports_it_adds() -> None:
-    assert storage.space_needed(0, 1_000_000) == 1_700_000_000
-    assert storage.space_needed(1_000_000, 10_000_000) == 9 * 1_700_000_000
+    assert storage.space_needed(0, 1_000_000) == 2_050_000_000
+    assert storage.space_needed(1_000_000, 10_000_000) == 9 * 2_050_000_000
     assert storage.space_needed(10_000_000, 1_000_000) == 0  # nothing to add
 
 
@@ -48,6 +52,39 @@ def test_the_bytes_read_from_the_disks(tmp_path: Path) -> None:
     vmstat.write_text("nr_free_pages 1000\npgpgin 2048\npgpgout 4096\n")
     assert storage.disk_reads(vmstat) == 2 * 1024 * 1024  # pgpgin counts KiB
     assert storage.disk_reads(tmp_path / "none") == 0
+
+
+UUID_PART = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}_[0-9]+")
+
+
+def test_the_history_has_the_platforms_ids_and_bodies(db_url: str) -> None:
+    """The fill's messages carry ids of the platform's shape (a UUID and a part number), not in
+    the order they were sent, and the raw bodies stored are what the platform posts: each
+    report's and reply's body parses, by the service's own parser, to the row it was stored as."""
+
+    async def go() -> tuple[list[asyncpg.Record], list[asyncpg.Record], list[asyncpg.Record]]:
+        conn = await asyncpg.connect(db_url)
+        try:
+            await storage.fill(conn, 1_000, 2)
+            sends = await conn.fetch('SELECT sms_msg_id, "to", raw FROM sent_messages ORDER BY create_time')
+            reports = await conn.fetch("SELECT sms_msg_id, status, raw_body FROM status_reports")
+            replies = await conn.fetch('SELECT sms_msg_id, "from", raw_body FROM uplinks')
+            return sends, reports, replies
+        finally:
+            await conn.close()
+
+    sends, reports, replies = run(go())
+    ids = [row["sms_msg_id"] for row in sends]
+    assert len(ids) >= 700 and all(UUID_PART.fullmatch(sms_msg_id) for sms_msg_id in ids)
+    assert ids != sorted(ids)  # sent in an order that is not the ids' order
+    assert all(json.loads(row["raw"])["smsMsgId"] == row["sms_msg_id"] for row in sends)
+    assert reports and replies
+    for row in reports:
+        report = parse_status_report_form(row["raw_body"].encode())
+        assert (report.sms_msg_id, report.status) == (row["sms_msg_id"], row["status"])
+    for row in replies:
+        uplink = parse_uplink_form(row["raw_body"].encode())
+        assert (uplink.sms_msg_id, uplink.from_) == (row["sms_msg_id"], row["from"])
 
 
 def test_the_recent_look_ups_ask_for_messages_of_the_last_three_days(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,22 +99,29 @@ def test_the_recent_look_ups_ask_for_messages_of_the_last_three_days(db_url: str
 
     monkeypatch.setattr(queries, "message", message)
 
-    async def go() -> dict[str, list[float]]:
+    async def go() -> tuple[dict[str, list[float]], dict[str, date]]:
         conn = await asyncpg.connect(db_url)
         try:
             await storage.fill(conn, 1_000, 10)
-            return await storage.query_latencies(conn, 10, 30)
+            latencies = await storage.query_latencies(conn, 10, 30)
+            days = {row["sms_msg_id"]: row["day"] for row in await conn.fetch(
+                "SELECT sms_msg_id, (create_time AT TIME ZONE 'UTC')::date AS day FROM sent_messages"
+                " WHERE sms_msg_id = ANY($1::text[])", asked,
+            )}  # fmt: skip
+            return latencies, days
         finally:
             await conn.close()
 
-    latencies = run(go())
+    latencies, days = run(go())
     assert len(latencies["GET /v1/messages/{id} (the last 3 days)"]) == 30
     assert len(latencies["dashboard_delivery_hourly (yesterday)"]) == 30
     today = datetime.now(UTC).date()
-    recent = {f"d{today - timedelta(days=back):%Y%m%d}" for back in (1, 2, 3)}
+    recent = {today - timedelta(days=back) for back in (1, 2, 3)}
     stored = [sms_msg_id for sms_msg_id in asked if not sms_msg_id.startswith("unknown-")]
+    assert all(sms_msg_id in days for sms_msg_id in stored)  # every message asked for is one of the fill's
     # A round asks for a message of any day first, then one of the last three days.
-    assert all(sms_msg_id[:9] in recent for sms_msg_id in stored[1::2])
+    assert all(days[sms_msg_id] in recent for sms_msg_id in stored[1::2])
+    assert {days[sms_msg_id] for sms_msg_id in stored[::2]} - recent  # and the others from the whole history
     assert not all(sms_msg_id[:9] in recent for sms_msg_id in stored[0::2])  # 30 draws of 10 days
 
 
