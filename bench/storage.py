@@ -137,10 +137,12 @@ reply_days AS (
 links AS (  -- each reply answers the message it follows
     INSERT INTO reply_links (uplink_id, sms_msg_id, candidates, match, uplink_received_at, reply_hour)
     SELECT r.id, i.id, 1, 'channel', r.received_at, r.reply_hour FROM replies r JOIN i ON i.reply_id = r.sms_msg_id
+    ORDER BY r.received_at  -- in the order of time, as a service writes them
 ),
 reply_days_of_messages AS (
     INSERT INTO reply_index (sms_msg_id, day)
     SELECT i.id, date_trunc('day', r.received_at, 'UTC') FROM replies r JOIN i ON i.reply_id = r.sms_msg_id
+    ORDER BY r.received_at
     ON CONFLICT DO NOTHING
 ),
 reports AS (
@@ -176,13 +178,13 @@ SELECT 'state', id, number, NULL, NULL, NULL,
        at + interval '6 seconds'
 FROM i
 UNION ALL
-SELECT 'reply', r.sms_msg_id, number, NULL, NULL,
+(SELECT 'reply', r.sms_msg_id, number, NULL, NULL,
        jsonb_build_object('to', 'csms' || (i % 10), 'body', 'ok', 'from', number,
                           'match', 'channel', 'reply_to', i.id, 'ambiguous', false, 'candidates', 1,
                           'application', 'bench', 'create_time', at, 'received_at', r.received_at,
                           'unlinked_reason', NULL),
        NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, r.received_at
-FROM i JOIN replies r ON r.sms_msg_id = i.reply_id
+ FROM i JOIN replies r ON r.sms_msg_id = i.reply_id ORDER BY r.received_at)
 """
 
 _SIZES = {"k": 1_000, "M": 1_000_000}

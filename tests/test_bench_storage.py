@@ -65,10 +65,16 @@ def test_the_history_has_the_platforms_ids_and_bodies(db_url: str) -> None:
     async def go() -> tuple[list[asyncpg.Record], list[asyncpg.Record], list[asyncpg.Record]]:
         conn = await asyncpg.connect(db_url)
         try:
-            await storage.fill(conn, 1_000, 2)
+            await storage.fill(conn, 100_000, 2)  # a day large enough for the planner to join its replies by hash
             sends = await conn.fetch('SELECT sms_msg_id, "to", raw FROM sent_messages ORDER BY create_time')
             reports = await conn.fetch("SELECT sms_msg_id, status, raw_body FROM status_reports")
             replies = await conn.fetch('SELECT sms_msg_id, "from", raw_body FROM uplinks')
+            # A service writes a day's links as the replies come: in the order of time (what the
+            # planner's statistics of each day's links reflect).
+            days = await conn.fetch(
+                "SELECT array_agg(uplink_received_at ORDER BY ctid) AS links FROM reply_links GROUP BY tableoid"
+            )
+            assert days and all(row["links"] == sorted(row["links"]) for row in days)
             return sends, reports, replies
         finally:
             await conn.close()
