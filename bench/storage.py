@@ -5,24 +5,25 @@
 One database grows through the sizes by days, at a fixed daily rate: at each size it holds that
 many status reports, ``--rate`` a UTC day (one partition each) over as many of the last days as
 that takes (at 250k a day: 4 days at 1 M, 40 at 10 M, 200 at 50 M), with a send, a message state
-per message, a reply every 50 messages (linked to it) and the event feed's rows the service
-writes for them (a state event at the send and at the settlement, one a report, one a reply),
-generated straight into PostgreSQL with set-based SQL (``generate_series``, no HTTP). The ids
-have the platform's shape (a UUID and a part number, in no order: the indexes keyed by them take
-random inserts) and the raw bodies are the platform's (a report's and a reply's form, the send
-API's result item), so that a row takes the room it takes at a service. A day holds the same at every size, as a service at a steady
-rate keeps more and more days. Each day's messages go to the same numbers (every recipient sent
-to every day), or with ``--spread`` to the next numbers of 5 million (at 250k a day a number is
-sent to every 25 days; at 5k, once in 200). ``--ahead N`` makes N empty day partitions ahead of today as
-well (every table), to see what many partitions cost a look-up without a time. Then, once the
-fill is written out (a checkpoint, then the kernel's dirty pages) and the database's files are
-in the page cache as a service that wrote its days in order would have them (the newest days in
-memory; a size's fill writes them first: ``as_written``), one at a time:
+per message, a reply every 50 messages (linked to it) and the event feed's rows the service writes
+for them (a state event at the send and at the settlement, one a report, one a reply), generated
+straight into PostgreSQL with set-based SQL (``generate_series``, no HTTP). The ids have the
+platform's shape (a UUID and a part number, in no order: the indexes keyed by them take random
+inserts) and the raw bodies are the platform's (a report's and a reply's form, the send API's
+result item), so that a row takes the room it takes at a service. A day holds the same at every
+size, as a service at a steady rate keeps more and more days. Each day's messages go to the same
+numbers (every recipient sent to every day), or with ``--spread`` to the next numbers of 5 million
+(at 250k a day a number is sent to every 25 days; at 5k, once in 200). ``--ahead N`` makes N empty
+day partitions ahead of today as well (every table), to see what many partitions cost a look-up
+without a time. Then, once the fill is written out (a checkpoint, then the kernel's dirty pages)
+and the database's files are in the page cache as a service that wrote its days in order would have
+them (the newest days in memory; a size's fill writes them first: ``as_written``), one at a time:
 
 - **ingest**: batches of the writer's size (1,000 reports of new messages, received now, ids and
   bodies as the platform's) through the writer's own ``store`` with its own after-insert steps
-  (states, reply links, blacklist), in reports per second; and batches of 100 replies from numbers sent to yesterday, each linked
-  to its number's latest send (every send to the number is a candidate), in replies per second;
+  (states, reply links, blacklist), in reports per second; and batches of 100 replies from numbers
+  sent to yesterday, each linked to its number's latest send (every send to the number is a
+  candidate), in replies per second;
 - **queries**, in-process, one at a time: ``GET /v1/messages/{id}`` (a stored message, and an
   unknown id, which searches every day), ``GET /v1/messages?to=``, a page of every send from a
   point of the day (``?since=``) and the first page of the failed ones (``?state=failed``, from
