@@ -77,6 +77,7 @@ from receiver.db import embedded, migrate
 from receiver.events import feed
 from receiver.protocol.events import StatusReport, Uplink
 from receiver.records import Record, ReportRecord, UplinkRecord
+from receiver.simulate.scenario import form
 from receiver.writer import store
 from receiver.writer_process import hooks
 
@@ -322,18 +323,6 @@ def platform_id() -> str:
     return f"{uuid.UUID(int=random.getrandbits(128), version=4)}_{random.randrange(1, 10_000)}"
 
 
-def report_form(sms_msg_id: str, status: str, at: datetime) -> str:
-    """A status report's body as the platform posts it (the raw body a service stores)."""
-    return (f"sequence=1&total=1&orgCode=000000&updateTime={at:%Y-%m-%dT%H%%3A%M%%3A%SZ}&source=2"
-            f"&smsMsgId={sms_msg_id}&status={status}")  # fmt: skip
-
-
-def uplink_form(sms_msg_id: str, number: str, to: str, body: str, at: datetime) -> str:
-    """An uplink's body as the platform posts it."""
-    return (f"smsMsgId={sms_msg_id}&from={number.replace('+', '%2B')}&to={to}&body={body}"
-            f"&createTime={at:%Y-%m-%dT%H%%3A%M%%3A%SZ}")  # fmt: skip
-
-
 async def _through_writer(conn: asyncpg.Connection, batches: int, batch: Callable[[int, int], list[Record]]) -> float:
     """Records per second through the writer's own ``store`` and after-insert steps, ``batches``
     batches made by ``batch(app_id, b)``."""
@@ -354,8 +343,11 @@ async def ingest(conn: asyncpg.Connection, batches: int, size: int = 1000) -> fl
 
     def batch(app_id: int, b: int) -> list[Record]:
         now = datetime.now(UTC)
+        updated = f"{now:%Y-%m-%dT%H:%M:%SZ}"
         ids = [platform_id() for _ in range(size)]
-        return [ReportRecord(app_id, "form", now, report_form(sms_msg_id, "DELIVRD", now),
+        return [ReportRecord(app_id, "form", now,
+                             form([("sequence", "1"), ("total", "1"), ("orgCode", "000000"), ("updateTime", updated),
+                                   ("source", "2"), ("smsMsgId", sms_msg_id), ("status", "DELIVRD")]).decode(),
                              StatusReport(sms_msg_id, "DELIVRD", 1, 1, update_time=now, source="2"))
                 for sms_msg_id in ids]  # fmt: skip
 
@@ -375,8 +367,11 @@ async def ingest_replies(conn: asyncpg.Connection, batches: int, size: int = 100
 
     def batch(app_id: int, b: int) -> list[Record]:
         now = datetime.now(UTC)
+        created = f"{now:%Y-%m-%dT%H:%M:%SZ}"
         replies = [(platform_id(), numbers[(b * size + i) % len(numbers)]) for i in range(size)]
-        return [UplinkRecord(app_id, now, uplink_form(sms_msg_id, number, "csms1", "ok", now),
+        return [UplinkRecord(app_id, now,
+                             form([("smsMsgId", sms_msg_id), ("from", number), ("to", "csms1"), ("body", "ok"),
+                                   ("createTime", created)]).decode(),
                              Uplink(sms_msg_id, number, "csms1", "ok"))
                 for sms_msg_id, number in replies]  # fmt: skip
 
