@@ -598,7 +598,8 @@ async def stage(
             data = None
         local = data is not None and os.path.isdir(data)  # PostgreSQL on this machine
         where = file_system(data) if local else "unknown"
-        print(f"  database files: {where}", flush=True)
+        buffers = await conn.fetchval("SHOW shared_buffers")
+        print(f"  database files: {where}; shared_buffers {buffers}", flush=True)
         if local:
             needed = space_needed(await conn.fetchval("SELECT count(*) FROM status_reports"), reports)
             free = shutil.disk_usage(data).free
@@ -663,7 +664,7 @@ def main() -> None:
     url = args.database_url
     if url is None:
         base = world_readable_tmpdir("receiver-bench-storage-")
-        server = embedded.start(base)
+        server = embedded.start(base, shared_buffers=Settings().embedded_shared_buffers)
         url = server.url
     results = []
     try:

@@ -38,7 +38,9 @@ def database(settings: Settings, *, keep_running: bool = False) -> Iterator[str]
     if settings.database_url:
         yield settings.database_url
         return
-    server = embedded.start(settings.data_dir, keep_running=keep_running)
+    server = embedded.start(
+        settings.data_dir, keep_running=keep_running, shared_buffers=settings.embedded_shared_buffers
+    )
     yield server.url
 
 

