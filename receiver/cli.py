@@ -16,6 +16,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
+import pydantic
 import structlog
 
 from . import __version__, apikeys, applications, logs, metrics_dir, netaddr, partitions, retention, tls
@@ -799,6 +800,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except migrate.BrokenInstallation as error:  # one line, never a traceback or a half-started service
         print(f"receiver: {error}", file=sys.stderr)
+        return 2
+    except pydantic.ValidationError as error:
+        if error.title != Settings.__name__:
+            raise
+        for problem in error.errors():  # a line a setting: which variable, what is wrong, what it was
+            name = "RECEIVER_" + "_".join(str(part) for part in problem["loc"][:1]).upper()
+            print(f"receiver: {name}={problem.get('input')!s}: {problem['msg']}", file=sys.stderr)
         return 2
 
 

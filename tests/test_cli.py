@@ -94,3 +94,16 @@ def test_version_prints_the_installed_version(tmp_path: Path) -> None:
 
     result = cli("--version", env=service_env(tmp_path, None))
     assert result.stdout == f"receiver {version('receiver')}\n"
+
+
+def test_a_setting_out_of_shape_is_named_in_one_line_without_a_traceback(tmp_path: Path) -> None:
+    env = service_env(tmp_path, None, RECEIVER_EMBEDDED_SHARED_BUFFERS="lots", RECEIVER_PORT="eighty")
+    result = cli("db", "url", env=env, check=False)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert "Traceback" not in result.stderr
+    assert sorted(line.split(":")[1].strip() for line in lines) == [
+        "RECEIVER_EMBEDDED_SHARED_BUFFERS=lots",
+        "RECEIVER_PORT=eighty",
+    ]
+    assert not (tmp_path / "pgdata").exists()  # refused before anything started
