@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import stat
@@ -94,9 +95,9 @@ def test_a_containers_memory_limit_counts_as_the_memory(tmp_path: Path, monkeypa
     assert embedded.shared_buffers_for(embedded.machine_memory()) == "256MB"
 
 
-def test_shared_buffers_are_set_at_each_start_of_the_server() -> None:
+def test_shared_buffers_are_set_at_each_start_of_the_server(caplog: pytest.LogCaptureFixture) -> None:
     """An existing cluster (one made by a release before this setting, too) takes the setting
-    when it starts next; the include line is written once."""
+    when it starts next, and a running one says it keeps its own; the include line is written once."""
     base = world_readable_tmpdir("receiver-buffers-")
     data_dir = base / "data"
     sql = "SELECT setting::bigint * 8192 AS size FROM pg_settings WHERE name = 'shared_buffers'"
@@ -104,6 +105,10 @@ def test_shared_buffers_are_set_at_each_start_of_the_server() -> None:
         server = embedded.start(data_dir, shared_buffers="160MB")
         try:
             assert run(fetch(server.url, sql))[0]["size"] == 160 << 20
+            with caplog.at_level(logging.WARNING, logger=embedded.__name__):
+                embedded.start(data_dir, shared_buffers="176MB")  # joins the running server
+            assert run(fetch(server.url, sql))[0]["size"] == 160 << 20
+            assert "keeps its settings until it restarts" in caplog.text and "shared_buffers 176MB" in caplog.text
         finally:
             server.stop()
         server = embedded.start(data_dir)

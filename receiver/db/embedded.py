@@ -89,10 +89,17 @@ def start(data_dir: Path, *, keep_running: bool = False, shared_buffers: str | N
         pgutils.POSTGRES_VERSIONS[version] = _reachable_binaries(pgutils.POSTGRES_VERSIONS[version])
     _forget_dead_handles(pgdata)
     server = get_server(pgdata, cleanup_mode=None if keep_running else "stop", start=False)
+    settings = {"shared_buffers": shared_buffers or shared_buffers_for(machine_memory())}
     with server._lock:  # pgserver's lock of the cluster, across processes: initdb once, then our settings
         server.ensure_pgdata_inited()
-        configure(pgdata, {"shared_buffers": shared_buffers or shared_buffers_for(machine_memory())})
-    server.start()  # the server, unless it runs already (its settings then stay until it restarts)
+        running = (info := pgutils.PostmasterInfo.read_from_pgdata(pgdata)) is not None and info.is_running()
+        changed = configure(pgdata, settings)
+    server.start()  # the server, unless it runs already
+    if running and changed:
+        log.warning(
+            "the embedded PostgreSQL of %s keeps its settings until it restarts (receiver db stop): %s",
+            data_dir, ", ".join(f"{name} {value}" for name, value in settings.items()),
+        )  # fmt: skip
     return EmbeddedPostgres(pgdata=pgdata, url=server.get_uri(), _server=server)
 
 
@@ -126,8 +133,9 @@ def _cgroup_limits() -> list[Path]:
     return paths
 
 
-def configure(pgdata: Path, settings: dict[str, str]) -> None:
-    """Write ``settings`` to the cluster's ``receiver.conf`` and have ``postgresql.conf`` include it.
+def configure(pgdata: Path, settings: dict[str, str]) -> bool:
+    """Write ``settings`` to the cluster's ``receiver.conf`` and have ``postgresql.conf`` include it;
+    True when they differ from what the file said.
 
     Read by the server when it starts; a running server keeps what it has."""
     main = pgdata / "postgresql.conf"
@@ -141,11 +149,12 @@ def configure(pgdata: Path, settings: dict[str, str]) -> None:
     own = pgdata / CONF_FILE
     with contextlib.suppress(OSError):
         if own.read_text() == body:
-            return
+            return False
     staging = own.with_name(CONF_FILE + ".new")
     staging.write_text(body)
     staging.chmod(0o644)  # readable by the server's own user when that is not us (root)
     staging.replace(own)
+    return True
 
 
 def _is_root() -> bool:
