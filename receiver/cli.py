@@ -88,7 +88,7 @@ def cmd_db_stop(args: argparse.Namespace) -> int:
     if settings.database_url:
         print("RECEIVER_DATABASE_URL is set: there is no embedded server to stop", file=sys.stderr)
         return 1
-    embedded.start(settings.data_dir, keep_running=True).stop()
+    embedded.stop(settings.data_dir)
     return 0
 
 

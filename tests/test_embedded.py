@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import fetch, run, world_readable_tmpdir
+from support import cli, fetch, run, service_env, world_readable_tmpdir
 
 from receiver.db import embedded
 
@@ -130,3 +130,22 @@ def test_an_empty_shared_buffers_setting_means_the_default(monkeypatch: pytest.M
     assert Settings().embedded_shared_buffers is None
     monkeypatch.setenv("RECEIVER_EMBEDDED_SHARED_BUFFERS", "512MB")
     assert Settings().embedded_shared_buffers == "512MB"
+
+
+def test_db_stop_leaves_the_settings_for_the_next_start() -> None:
+    """`receiver db stop` neither rewrites the settings nor warns about them: the size asked for
+    while the server ran is the one it starts with next."""
+    base = world_readable_tmpdir("receiver-dbstop-")
+    env = service_env(base, None)
+    asked = {**env, "RECEIVER_EMBEDDED_SHARED_BUFFERS": "176MB"}
+    sql = "SELECT setting::bigint * 8192 AS size FROM pg_settings WHERE name = 'shared_buffers'"
+    try:
+        url = cli("db", "url", env=env).stdout.strip()
+        assert "keeps its settings until it restarts" in cli("db", "url", env=asked).stderr
+        stopped = cli("db", "stop", env=env)
+        assert stopped.stderr == ""
+        url = cli("db", "url", env=asked).stdout.strip()
+        assert run(fetch(url, sql))[0]["size"] == 176 << 20
+    finally:
+        cli("db", "stop", env=env, check=False)
+        shutil.rmtree(base, ignore_errors=True)

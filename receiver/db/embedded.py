@@ -69,12 +69,20 @@ def cluster_dir(data_dir: Path) -> Path:
     return _system_dir(digest) / "pgdata"
 
 
-def start(data_dir: Path, *, keep_running: bool = False, shared_buffers: str | None = None) -> EmbeddedPostgres:
+def stop(data_dir: Path) -> None:
+    """Stop the embedded cluster of ``data_dir``, whoever else uses it (leaving its settings as they are)."""
+    start(data_dir, keep_running=True, settings=False).stop()
+
+
+def start(
+    data_dir: Path, *, keep_running: bool = False, shared_buffers: str | None = None, settings: bool = True
+) -> EmbeddedPostgres:
     """Start the embedded cluster of ``data_dir`` (or join it if it runs) and return its URL.
 
     With ``keep_running`` the server outlives this process; otherwise it stops when the last
     process using it exits. ``shared_buffers`` (PostgreSQL's syntax: ``512MB``) applies when this
-    call starts the server; unset, :func:`shared_buffers_for` the machine's memory.
+    call starts the server; unset, :func:`shared_buffers_for` the machine's memory. Without
+    ``settings`` the cluster's ``receiver.conf`` stays as it is.
     """
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset; /tmp is fine
         warnings.simplefilter("ignore")
@@ -89,16 +97,16 @@ def start(data_dir: Path, *, keep_running: bool = False, shared_buffers: str | N
         pgutils.POSTGRES_VERSIONS[version] = _reachable_binaries(pgutils.POSTGRES_VERSIONS[version])
     _forget_dead_handles(pgdata)
     server = get_server(pgdata, cleanup_mode=None if keep_running else "stop", start=False)
-    settings = {"shared_buffers": shared_buffers or shared_buffers_for(machine_memory())}
+    wanted = {"shared_buffers": shared_buffers or shared_buffers_for(machine_memory())}
     with server._lock:  # pgserver's lock of the cluster, across processes: initdb once, then our settings
         server.ensure_pgdata_inited()
         running = (info := pgutils.PostmasterInfo.read_from_pgdata(pgdata)) is not None and info.is_running()
-        changed = configure(pgdata, settings)
+        changed = settings and configure(pgdata, wanted)
     server.start()  # the server, unless it runs already
     if running and changed:
         log.warning(
             "the embedded PostgreSQL of %s keeps its settings until it restarts (receiver db stop): %s",
-            data_dir, ", ".join(f"{name} {value}" for name, value in settings.items()),
+            data_dir, ", ".join(f"{name} {value}" for name, value in wanted.items()),
         )  # fmt: skip
     return EmbeddedPostgres(pgdata=pgdata, url=server.get_uri(), _server=server)
 
