@@ -152,7 +152,10 @@ def configure(pgdata: Path, settings: dict[str, str]) -> bool:
     if include not in text.splitlines():
         with main.open("a") as file:
             file.write(f"\n# receiver's settings of its embedded server, written before each start\n{include}\n")
-    body = "# Written by receiver before each start of its embedded server (RECEIVER_EMBEDDED_SHARED_BUFFERS): edits here are overwritten.\n"
+    body = (
+        "# Written by receiver before each start of its embedded server"
+        " (RECEIVER_EMBEDDED_SHARED_BUFFERS): edits here are overwritten.\n"
+    )
     body += "".join(f"{name} = '{value}'\n" for name, value in settings.items())
     own = pgdata / CONF_FILE
     with contextlib.suppress(OSError):
