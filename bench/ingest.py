@@ -67,6 +67,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from receiver import disks
+from receiver.config import Settings
 from receiver.pacing import process_seconds
 from receiver.procs import parent
 
@@ -405,7 +406,7 @@ class Bench:
         if self.db_cpus:
             os.sched_setaffinity(0, self.db_cpus)  # PostgreSQL inherits it
         try:
-            self.pg = embedded.start(self.base)
+            self.pg = embedded.start(self.base, shared_buffers=Settings().embedded_shared_buffers)
         finally:
             os.sched_setaffinity(0, self.client_cpus or mine)
         pidfile = self.pg.pgdata / "postmaster.pid"
