@@ -200,7 +200,7 @@ def main() -> None:
         run(args.database_url, args.entries, args.requests, layout)
         return
     base = world_readable_tmpdir("receiver-bench-pg-")
-    server = embedded.start(base)
+    server = embedded.start(base, shared_buffers=Settings().embedded_shared_buffers)
     try:
         print(f"embedded PostgreSQL in {base}", flush=True)
         run(server.url, args.entries, args.requests, layout)

@@ -27,6 +27,7 @@ import time
 import asyncpg
 
 from receiver import apikeys
+from receiver.config import Settings
 from receiver.correlation.store import refresh_states
 from receiver.db import embedded, migrate
 
@@ -165,7 +166,7 @@ def main() -> None:
     url = args.database_url
     if url is None:
         base = world_readable_tmpdir("receiver-bench-query-")
-        server = embedded.start(base)
+        server = embedded.start(base, shared_buffers=Settings().embedded_shared_buffers)
         url = server.url
     try:
         print(f"filling ~{args.reports} reports ...", flush=True)

@@ -591,7 +591,7 @@ class Stages:
 
         a = self.args
         section = f"writer (per report, batches of {a.batch_size})"
-        pg = embedded.start(self.base / "pg")
+        pg = embedded.start(self.base / "pg", shared_buffers=Settings().embedded_shared_buffers)
         try:
             postmaster = int((pg.pgdata / "postmaster.pid").read_text().split()[0])
             admin = await asyncpg.connect(pg.url)

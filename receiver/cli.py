@@ -806,7 +806,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         for problem in error.errors():  # a line a setting: which variable, what is wrong, what it was
             name = "RECEIVER_" + "_".join(str(part) for part in problem["loc"][:1]).upper()
-            print(f"receiver: {name}={problem.get('input')!s}: {problem['msg']}", file=sys.stderr)
+            shown = "..." if any(word in name for word in ("URL", "KEY", "SECRET", "TOKEN")) else problem.get("input")
+            print(f"receiver: {name}={shown!s}: {problem['msg']}", file=sys.stderr)
         return 2
 
 

