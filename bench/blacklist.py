@@ -43,9 +43,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from receiver import apikeys
 from receiver.blacklist import store
 from receiver.config import Settings
-from receiver.db import embedded, migrate
+from receiver.db import migrate
 
-from .support import ServeProcess, parse_cpus, world_readable_tmpdir
+from .support import ServeProcess, parse_cpus, start_embedded, world_readable_tmpdir
 
 GOAL_MS = 5.0
 SPREAD = 10  # every 10th number is blacklisted
@@ -200,7 +200,7 @@ def main() -> None:
         run(args.database_url, args.entries, args.requests, layout)
         return
     base = world_readable_tmpdir("receiver-bench-pg-")
-    server = embedded.start(base, shared_buffers=Settings().embedded_shared_buffers)
+    server = start_embedded(base)
     try:
         print(f"embedded PostgreSQL in {base}", flush=True)
         run(server.url, args.entries, args.requests, layout)

@@ -67,11 +67,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from receiver import disks
-from receiver.config import Settings
 from receiver.pacing import process_seconds
 from receiver.procs import parent
 
-from .support import PageCacheWatch, page_cache_summary, parse_cpus
+from .support import PageCacheWatch, page_cache_summary, parse_cpus, start_embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -400,13 +399,12 @@ class Bench:
     # --- set-up --------------------------------------------------------------------------
 
     def start_database(self) -> None:
-        from receiver.db import embedded
 
         mine = os.sched_getaffinity(0)
         if self.db_cpus:
             os.sched_setaffinity(0, self.db_cpus)  # PostgreSQL inherits it
         try:
-            self.pg = embedded.start(self.base, shared_buffers=Settings().embedded_shared_buffers)
+            self.pg = start_embedded(self.base)
         finally:
             os.sched_setaffinity(0, self.client_cpus or mine)
         pidfile = self.pg.pgdata / "postmaster.pid"

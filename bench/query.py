@@ -27,11 +27,10 @@ import time
 import asyncpg
 
 from receiver import apikeys
-from receiver.config import Settings
 from receiver.correlation.store import refresh_states
-from receiver.db import embedded, migrate
+from receiver.db import migrate
 
-from .support import ServeProcess, world_readable_tmpdir
+from .support import ServeProcess, start_embedded, world_readable_tmpdir
 
 FILL = """
 INSERT INTO applications (name, token_hash) VALUES ('bench', '\\x00') ON CONFLICT DO NOTHING;
@@ -166,7 +165,7 @@ def main() -> None:
     url = args.database_url
     if url is None:
         base = world_readable_tmpdir("receiver-bench-query-")
-        server = embedded.start(base, shared_buffers=Settings().embedded_shared_buffers)
+        server = start_embedded(base)
         url = server.url
     try:
         print(f"filling ~{args.reports} reports ...", flush=True)

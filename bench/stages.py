@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from .ingest import _git_state, cpu_seconds, descendants, with_database
-from .support import world_readable_tmpdir
+from .support import start_embedded, world_readable_tmpdir
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -587,11 +587,11 @@ class Stages:
 
         from receiver import applications, metrics, writer, writer_process
         from receiver.config import Settings
-        from receiver.db import embedded, migrate
+        from receiver.db import migrate
 
         a = self.args
         section = f"writer (per report, batches of {a.batch_size})"
-        pg = embedded.start(self.base / "pg", shared_buffers=Settings().embedded_shared_buffers)
+        pg = start_embedded(self.base / "pg")
         try:
             postmaster = int((pg.pgdata / "postmaster.pid").read_text().split()[0])
             admin = await asyncpg.connect(pg.url)

@@ -73,7 +73,7 @@ from receiver import logs, partitions, retention
 from receiver.blacklist import store as blacklist_store
 from receiver.config import Settings
 from receiver.correlation import queries
-from receiver.db import embedded, migrate
+from receiver.db import migrate
 from receiver.events import feed
 from receiver.protocol.events import StatusReport, Uplink
 from receiver.records import Record, ReportRecord, UplinkRecord
@@ -81,7 +81,7 @@ from receiver.simulate.scenario import form
 from receiver.writer import store
 from receiver.writer_process import hooks
 
-from .support import world_readable_tmpdir
+from .support import start_embedded, world_readable_tmpdir
 
 # One day's messages $3 .. $4, sent through the day $2 to the numbers from the $7th of 5 million
 # on; about 1.25 reports a message (every 4th has an ACCEPTD before its DELIVRD, every 13th
@@ -664,7 +664,7 @@ def main() -> None:
     url = args.database_url
     if url is None:
         base = world_readable_tmpdir("receiver-bench-storage-")
-        server = embedded.start(base, shared_buffers=Settings().embedded_shared_buffers)
+        server = start_embedded(base)
         url = server.url
     results = []
     try:

@@ -1,4 +1,5 @@
-"""What the benchmarks share: a world-readable temp folder and ``receiver serve`` in a child process."""
+"""What the benchmarks share: a world-readable temp folder, the embedded PostgreSQL and ``receiver
+serve`` in a child process."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from receiver.db.embedded import EmbeddedPostgres
 
 
 def world_readable_tmpdir(prefix: str) -> Path:
@@ -21,6 +25,15 @@ def world_readable_tmpdir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)
     return path
+
+
+def start_embedded(base: Path) -> EmbeddedPostgres:
+    """The embedded PostgreSQL in ``base``, sized as the service sizes it
+    (``RECEIVER_EMBEDDED_SHARED_BUFFERS`` when set)."""
+    from receiver.config import Settings
+    from receiver.db import embedded
+
+    return embedded.start(base, shared_buffers=Settings().embedded_shared_buffers)
 
 
 def parse_cpus(text: str) -> set[int]:
