@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import select
 import socket
 import threading
 import time
@@ -225,3 +226,31 @@ def test_a_client_gone_mid_body_leaves_what_it_sent_in_the_quarantine(served: Se
     sock.close()
     assert wait_for(lambda: served.counted("incomplete_body") == before + 1, timeout=10)
     assert (b"smsMsgId=gone", 13) in served.quarantined("incomplete_body")
+
+
+def test_a_connection_reaches_a_worker_once_its_request_has_come() -> None:
+    """The listening socket of ``receiver serve`` (server.defer_accept): a connection that has
+    sent nothing yet (a port probe, a client that connects and waits) wakes no worker; its
+    first bytes do, and the worker accepts and reads them at once."""
+    from receiver.server import defer_accept
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        assert defer_accept(listener)
+        listener.setblocking(False)
+        with socket.create_connection(listener.getsockname(), timeout=5) as client:
+            assert not select.select([listener], [], [], 0.3)[0]  # connected, silent: nothing to accept
+            client.sendall(b"POST / HTTP/1.1\r\n")
+            assert select.select([listener], [], [], 5)[0]
+            accepted, _ = listener.accept()
+            with accepted:
+                accepted.settimeout(5)
+                assert accepted.recv(100) == b"POST / HTTP/1.1\r\n"
+
+
+def test_a_unix_socket_is_left_as_it_is(tmp_path: Path) -> None:
+    from receiver.server import defer_accept
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(tmp_path / "s"))
+        listener.listen()
+        assert not defer_accept(listener)
