@@ -44,6 +44,7 @@ from .uvicorn_adapter import (
     _INTERNAL,
     KEPT_ALIVE,
     LANE,
+    LOOP,
     GuardedHttpToolsProtocol,
     Lane,
     LaneRequest,
@@ -73,7 +74,7 @@ class CallbackProtocol(asyncio.Protocol):
         self.config = config
         self.server_state = server_state
         self.app_state = app_state
-        self.loop = _loop or asyncio.get_event_loop()
+        self.loop = _loop or app_state.get(LOOP) or asyncio.get_event_loop()
         self.lane: Lane | None = app_state.get(LANE)
         self.sweep = _sweep(self.loop, config)  # the worker's deadlines
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made

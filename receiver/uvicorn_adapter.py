@@ -97,7 +97,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess, Process
 from . import metrics
 
 __all__ = [
-    "HTTP", "INTERNALS", "LANE", "STARTUP_FAILURE", "GuardedHttpToolsProtocol", "Lane", "LaneRequest", "Respond",
+    "HTTP", "INTERNALS", "LANE", "LOOP", "STARTUP_FAILURE", "GuardedHttpToolsProtocol", "Lane", "LaneRequest", "Respond",
     "Supervisor", "configure", "server_exit_flag",
 ]  # fmt: skip
 
@@ -112,6 +112,9 @@ DEFAULT_TIMEOUT = 10.0
 KEPT_ALIVE = "receiver.earlier_requests"
 # Lifespan-state key of the application's :class:`Lane`, if it has one.
 LANE = "receiver.lane"
+# Lifespan-state key of the worker's event loop: a connection's protocol takes it from there
+# (asking asyncio for it costs a ``getpid`` system call each time, on Python before 3.12).
+LOOP = "receiver.loop"
 
 # The lane's answer: (status, headers, body); the protocol adds the status line, the server's
 # default headers, content-length and, when the connection ends with it, connection: close.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -16,7 +17,7 @@ from starlette.responses import Response
 
 from .. import logs, metrics
 from ..config import Settings
-from ..uvicorn_adapter import LANE
+from ..uvicorn_adapter import LANE, LOOP
 from ..worker import Worker
 from . import blacklist, callbacks, events, health, openapi, prometheus, query
 from .middleware import Observe
@@ -43,7 +44,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             setattr(app.state, name, getattr(worker, name))
         try:
             # The lifespan state reaches uvicorn's protocol: the callbacks' direct lane.
-            yield {LANE: callbacks.Lane(app.state, settings.trusted_proxies)}
+            yield {LANE: callbacks.Lane(app.state, settings.trusted_proxies), LOOP: asyncio.get_running_loop()}
         finally:
             await worker.stop()
 

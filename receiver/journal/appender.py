@@ -237,7 +237,6 @@ class Journal:
             self.refresh()  # the bound is checked against the writer's progress only when near it
             if self.queued_bytes + len(frame) > self.max_bytes:
                 raise JournalFull(f"journal backlog reached its bound of {self.max_bytes} bytes")
-        loop = asyncio.get_running_loop()
         self._buffer.append(frame)
         self._buffered += len(frame)
         self._waiters.append(settled)
@@ -252,10 +251,13 @@ class Journal:
                 if self._timer is not None:  # stop waiting: go with the next turn of the loop
                     self._timer.cancel()
                     self._timer = None
+                    loop = asyncio.get_running_loop()
                     loop.call_soon(self._hand_over, loop)
         if not self._flushing:
             self._flushing = True
             self._flushed.clear()
+            # Asked only here: on Python before 3.12 asking costs a system call (getpid).
+            loop = asyncio.get_running_loop()
             loop.call_soon(self._hand_over_or_wait, loop)  # with whatever else this turn of the loop appends
 
     async def append(self, payload: bytes) -> None:
@@ -381,7 +383,10 @@ class Journal:
             self._flush_done(flush, None, failure)
             return
         try:
-            socket.send_fds(self._syncer_socket, [b"s"], [] if self._syncer_has_fd else [self._fd])
+            if self._syncer_has_fd:
+                self._syncer_socket.send(b"s")
+            else:
+                socket.send_fds(self._syncer_socket, [b"s"], [self._fd])
         except OSError:
             self._syncer_gone(flush[0], flush)
             return
