@@ -4,7 +4,9 @@
   ``form = await request.form()`` and ``Response(status_code=200)``. Nothing is stored: the
   ceiling for "HTTP + a form".
 * ``naive``: the same, then one ``INSERT`` per request through an asyncpg pool (one pool per
-  worker) before answering: the obvious way to make a callback durable.
+  worker) before answering: the obvious way to make a callback durable. It answers with the
+  request's ``X-Request-Id``, as the receiver does, so that the load generator can tell which
+  requests were acknowledged (bench/ingest.lua).
 
 Both run under the receiver's own uvicorn settings (uvloop, the receiver's httptools protocol,
 the same worker count, access log off, TLS contexts from :mod:`receiver.tls`), but without the
@@ -64,7 +66,8 @@ async def naive_status_report(request: Request) -> Response:
     form = await request.form()
     pool: asyncpg.Pool = request.app.state.pool
     await pool.execute(_INSERT, *(form.get(name) for name in _FIELDS))
-    return Response(status_code=200)
+    # As the receiver does: the load generator learns from it which request got this answer.
+    return Response(status_code=200, headers={"x-request-id": request.headers.get("x-request-id", "")})
 
 
 def plain_app() -> Starlette:

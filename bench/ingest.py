@@ -1,6 +1,6 @@
 """Status-report ingestion: the receiver beside a plain Starlette handler and a naive INSERT-per-request one.
 
-    .venv/bin/python -m bench.ingest [--rounds 3] [--duration 10] [--connections 32] [--workers 2]
+    .venv/bin/python -m bench.ingest [--rounds 3] [--duration 10] [--connections 32] [--threads 2] [--workers 2]
                                      [--pinned] [--soak SECONDS] [--readme-assets]
 
 Three servers under the same uvicorn settings (uvloop, the receiver's httptools protocol, the
@@ -21,7 +21,8 @@ upper half of the cores), the load generators to ``--client-cpus`` (the lower ha
 unless ``--workers`` says otherwise. The output says which layout was measured.
 
 Load comes from ``wrk`` (``apt-get install wrk``) with bench/ingest.lua, which gives every
-request a unique ``smsMsgId`` and records exactly which ids got a 2xx. Rounds alternate
+request a unique ``smsMsgId`` (also sent as its ``X-Request-Id``, which the receiver and the
+naive handler answer with) and records exactly which ids got a 2xx. Rounds alternate
 between the servers (receiver, plain, naive, receiver, ...) and the table shows each one's
 median. After every receiver and naive round the benchmark waits until the database has every
 acknowledged id (zero loss, checked id by id) and reports how long the writer took to catch up.
@@ -343,6 +344,7 @@ def read_wrk_result(path: Path) -> tuple[dict[str, Any], dict[str, list[int]]]:
     """wrk's summary and, per thread prefix, (requests made, acknowledged, numbers not acknowledged)."""
     info: dict[str, Any] = {}
     threads: dict[str, list[int]] = {}
+    counted: set[str] = set()
     for line in path.read_text().splitlines():
         kind, *rest = line.split(" ")
         if kind == "summary":
@@ -360,6 +362,10 @@ def read_wrk_result(path: Path) -> tuple[dict[str, Any], dict[str, list[int]]]:
                 p999_ms=p999 / 1000,
                 max_ms=maximum / 1000,
             )
+        elif kind == "counted":  # a server whose ids are not checked (the plain handler): the 2xx counted
+            prefix, made, acked = rest[0], int(rest[1]), int(rest[2])
+            threads[prefix] = [made, acked]
+            counted.add(prefix)
         elif kind == "thread":
             prefix, made, acked = rest[0], int(rest[1]), int(rest[2])
             missing = [int(v) for v in rest[3].split(",") if v] if len(rest) > 3 else []
@@ -368,6 +374,9 @@ def read_wrk_result(path: Path) -> tuple[dict[str, Any], dict[str, list[int]]]:
                     f"wrk thread {prefix}: {made} requests, {acked} acknowledged, {len(missing)} not"
                 )
             threads[prefix] = [made, acked, *missing]
+    if counted and len(counted) != len(threads):
+        raise RuntimeError("wrk: some threads counted, some accounted id by id")
+    info["counted"] = bool(counted)
     return info, threads
 
 
@@ -466,15 +475,22 @@ class Bench:
 
     # --- measuring -----------------------------------------------------------------------
 
-    def run_wrk(
-        self, server: Server, mode: str, prefix: str, duration: float, connections: int
-    ) -> tuple[dict[str, Any], dict[str, list[int]], float]:
-        result = self.base / f"wrk-{prefix}.txt"
-        argv = pinned(
-            ["wrk", "-t", str(connections), "-c", str(connections), "-d", f"{duration:g}s", "--timeout", "10s",
-             "-s", str(LUA), server.base_url, "--", server.path, mode, prefix],
+    def wrk_argv(self, server: Server, mode: str, prefix: str, duration: float) -> list[str]:
+        """wrk with ``--threads`` threads sharing ``--connections`` connections; the ids of the
+        receiver's and the naive handler's rounds accounted one by one (bench/ingest.lua)."""
+        connections = self.args.connections
+        account = "count" if server.name == "plain" else "ids"
+        return pinned(
+            ["wrk", "-t", str(min(self.args.threads, connections)), "-c", str(connections), "-d", f"{duration:g}s",
+             "--timeout", "10s", "-s", str(LUA), server.base_url, "--", server.path, mode, prefix, account],
             self.client_cpus,
         )  # fmt: skip
+
+    def run_wrk(
+        self, server: Server, mode: str, prefix: str, duration: float
+    ) -> tuple[dict[str, Any], dict[str, list[int]], float]:
+        result = self.base / f"wrk-{prefix}.txt"
+        argv = self.wrk_argv(server, mode, prefix, duration)
         with open(self.base / f"wrk-{prefix}.out", "wb") as out:
             proc = subprocess.Popen(
                 argv,
@@ -498,7 +514,7 @@ class Bench:
         pg = descendants(self.pg_postmaster) if server.name != "plain" else []
         server_before, writer_before = cpu_seconds(pids), cpu_seconds(writer)
         db_before, machine_before = cpu_seconds(pg), machine_busy_seconds()
-        info, threads, client_cpu = self.run_wrk(server, mode, prefix, duration, self.args.connections)
+        info, threads, client_cpu = self.run_wrk(server, mode, prefix, duration)
         server_cpu, writer_cpu = cpu_seconds(pids) - server_before, cpu_seconds(writer) - writer_before
         db_cpu = cpu_seconds(pg) - db_before
         if server.name != "plain":
@@ -644,11 +660,7 @@ class Bench:
         mode = self.args.soak_mode
         prefix = f"{self.run_id}{server.transport[0]}{mode[0]}soak"
         result = self.base / f"wrk-{prefix}.txt"
-        argv = pinned(
-            ["wrk", "-t", str(self.args.connections), "-c", str(self.args.connections), "-d", f"{seconds:g}s",
-             "--timeout", "10s", "-s", str(LUA), server.base_url, "--", server.path, mode, prefix],
-            self.client_cpus,
-        )  # fmt: skip
+        argv = self.wrk_argv(server, mode, prefix, seconds)
         samples: list[dict[str, Any]] = []
         start = time.monotonic()
         log(f"soak: {seconds:g} s of {MODES[mode]} load on the receiver over {TRANSPORTS[server.transport]}")
@@ -836,7 +848,7 @@ class Bench:
         lines = [
             (
                 f"{self.layout()}. {a.rounds} rounds of {a.duration:g} s per server and mode, alternating; medians. "
-                f"{a.connections} connections (wrk, one per thread). Every figure below comes from this one run, "
+                f"{a.connections} connections (wrk, {min(a.threads, a.connections)} threads). Every figure below comes from this one run, "
                 f"the servers measured side by side. Code: {_git_state()}."
             ),
             "",
@@ -1162,9 +1174,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--warmup", type=float, default=2, help="seconds of unmeasured load per server and mode (default 2)"
     )
-    parser.add_argument(
-        "--connections", type=int, default=32, help="concurrent connections, one wrk thread each (default 32)"
-    )
+    parser.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="wrk's threads, sharing the connections (default 2: one per core of this machine)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=None,
                         help="uvicorn workers per server, the same for all three (default 2; 1 with --pinned)")  # fmt: skip
     parser.add_argument("--pinned", action="store_true",
