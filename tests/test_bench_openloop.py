@@ -76,3 +76,34 @@ def test_the_slowest_windows_say_when_the_slow_answers_came() -> None:
     assert len(windows) == 2 and {"at_s": 1.4, "max_ms": 150.0, "answered": 10} in windows
     assert sorted(w["max_ms"] for w in windows) == [2.0, 150.0]
     assert [w["at_s"] for w in windows] == sorted(w["at_s"] for w in windows)
+
+
+def test_kept_alive_connections_are_open_before_the_first_request_is_due() -> None:
+    """Their handshakes are not counted in the answers' latency: every connection is made
+    before the first request comes, and none after."""
+    events: list[str] = []
+
+    class Recorder(Server):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            events.append("connection")
+            super().connection_made(transport)
+
+        def data_received(self, data: bytes) -> None:
+            events.append("request")
+            # every one answered 200 (the number read as 0, the length kept)
+            super().data_received(re.sub(rb"(?<=smsMsgId=x-0_)\d+", lambda m: b"0" * len(m.group()), data))
+
+    async def scenario() -> dict[str, object]:
+        server = await asyncio.get_running_loop().create_server(Recorder, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await openloop.run(
+                f"http://127.0.0.1:{port}/callbacks/t/status-report", rate=200, duration=0.5, mode="keep", prefix="x",
+                connections=4,
+            )  # fmt: skip
+        finally:
+            server.close()
+
+    result = asyncio.run(scenario())
+    assert result["statuses"] == {"200": 100}
+    assert events[:4] == ["connection"] * 4 and "connection" not in events[4:]
