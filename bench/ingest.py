@@ -1,6 +1,6 @@
 """Status-report ingestion: the receiver beside a plain Starlette handler and a naive INSERT-per-request one.
 
-    .venv/bin/python -m bench.ingest [--rounds 3] [--duration 10] [--connections 32] [--threads 2] [--workers 2]
+    .venv/bin/python -m bench.ingest [--rounds 3] [--duration 10] [--connections 64] [--threads 2] [--workers 2]
                                      [--pinned] [--soak SECONDS] [--readme-assets]
 
 Three servers under the same uvicorn settings (uvloop, the receiver's httptools protocol, the
@@ -1174,7 +1174,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--warmup", type=float, default=2, help="seconds of unmeasured load per server and mode (default 2)"
     )
-    parser.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
+    parser.add_argument("--connections", type=int, default=64,
+                        help="concurrent connections (default 64: enough for each server's maximum here)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2,
                         help="wrk's threads, sharing the connections (default 2: one per core of this machine)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=None,
