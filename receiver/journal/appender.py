@@ -237,6 +237,10 @@ class Journal:
             self.refresh()  # the bound is checked against the writer's progress only when near it
             if self.queued_bytes + len(frame) > self.max_bytes:
                 raise JournalFull(f"journal backlog reached its bound of {self.max_bytes} bytes")
+        # Asked only when something is scheduled on it (before any state changes): on Python
+        # before 3.12 asking costs a system call (getpid).
+        hurry = bool(self.group_window) and not wait_for_company and self._timer is not None
+        loop = asyncio.get_running_loop() if hurry or not self._flushing else None
         self._buffer.append(frame)
         self._buffered += len(frame)
         self._waiters.append(settled)
@@ -251,13 +255,12 @@ class Journal:
                 if self._timer is not None:  # stop waiting: go with the next turn of the loop
                     self._timer.cancel()
                     self._timer = None
-                    loop = asyncio.get_running_loop()
+                    assert loop is not None
                     loop.call_soon(self._hand_over, loop)
         if not self._flushing:
             self._flushing = True
             self._flushed.clear()
-            # Asked only here: on Python before 3.12 asking costs a system call (getpid).
-            loop = asyncio.get_running_loop()
+            assert loop is not None
             loop.call_soon(self._hand_over_or_wait, loop)  # with whatever else this turn of the loop appends
 
     async def append(self, payload: bytes) -> None:
