@@ -9,7 +9,8 @@
   requests were acknowledged (bench/ingest.lua).
 
 Both run under the receiver's own uvicorn settings (uvloop, the receiver's httptools protocol,
-the same worker count, access log off, TLS contexts from :mod:`receiver.tls`), but without the
+the same worker count, access log off, TLS contexts from :mod:`receiver.tls`) on a listening
+socket made as ``receiver serve`` makes its own (``TCP_DEFER_ACCEPT``), but without the
 writer process that :func:`receiver.server.run` starts beside the workers::
 
     python -m bench.baselines plain --port 8101 --workers 2 [--tls-cert F --tls-key F]
@@ -106,11 +107,14 @@ def serve(app: str, *, host: str, port: int, workers: int, tls_cert: str | None,
     config = server.uvicorn_config(
         settings, f"bench.baselines:{app}_app", tls_cert=tls_cert, tls_key=tls_key, callbacks=False
     )  # no callback lane: uvicorn's protocol from the first byte
+    sock = config.bind_socket()  # the listening socket as receiver serve makes it
+    sock.listen(config.backlog)
+    server.defer_accept(sock)
     if config.workers > 1:
-        uvicorn_adapter.Supervisor(config, sockets=[config.bind_socket()]).run()
+        uvicorn_adapter.Supervisor(config, sockets=[sock]).run()
     else:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=[sock])
 
 
 def main() -> None:

@@ -12,7 +12,8 @@
 -- the numbers it has sent and not yet seen answered; an answer other than 2xx puts its number on
 -- the thread's list of unacknowledged ones, and so does every number still unanswered when wrk
 -- stops (in flight, or lost with a broken connection). Every other number up to the thread's
--- counter was acknowledged. done() writes this per thread to $INGEST_RESULT_FILE, with wrk's own
+-- counter was acknowledged. An answer that names none of the thread's outstanding requests is
+-- written as "stray", and ingest.py stops: the server does not answer with the id. done() writes this per thread to $INGEST_RESULT_FILE, with wrk's own
 -- summary and latency percentiles. ACCOUNT "count" (the plain handler, which stores nothing)
 -- only counts the 2xx.
 
@@ -39,6 +40,7 @@ function init(args)
    unacked = {}
    outstanding = {}
    untracked = 0
+   stray = 0
 end
 
 function request()
@@ -64,10 +66,20 @@ function response(status, headers, body)
       end
       return
    end
-   local id = headers["x-request-id"] or headers["X-Request-Id"]
+   local id = headers["x-request-id"]
+   if not id then
+      for name, value in pairs(headers) do
+         if string.lower(name) == "x-request-id" then
+            id = value
+         end
+      end
+   end
    local n = id and string.sub(id, 1, #prefix) == prefix and tonumber(string.sub(id, #prefix + 1))
    if not n or not outstanding[n] then
-      return  -- not one of this thread's requests: its own stays unacknowledged
+      -- Not one of this thread's requests (a server that does not answer with the id): its own
+      -- request stays unacknowledged, and ingest.py stops the run, as the accounting is broken.
+      stray = stray + 1
+      return
    end
    outstanding[n] = nil
    if ok then
@@ -96,6 +108,9 @@ function done(summary, latency, requests)
          table.sort(parts)
          for i, v in ipairs(parts) do parts[i] = tostring(v) end
          out:write(string.format("thread %s %d %d %s\n", t:get("prefix"), n, ok, table.concat(parts, ",")))
+         if t:get("stray") > 0 then
+            out:write(string.format("stray %s %d\n", t:get("prefix"), t:get("stray")))
+         end
       else
          out:write(string.format("counted %s %d %d\n", t:get("prefix"), n, ok))
       end

@@ -366,6 +366,11 @@ def read_wrk_result(path: Path) -> tuple[dict[str, Any], dict[str, list[int]]]:
             prefix, made, acked = rest[0], int(rest[1]), int(rest[2])
             threads[prefix] = [made, acked]
             counted.add(prefix)
+        elif kind == "stray":
+            raise RuntimeError(
+                f"wrk thread {rest[0]}: {rest[1]} answers named no request of the thread: the server does not "
+                "answer with the request's X-Request-Id, so which ids it acknowledged is unknown"
+            )
         elif kind == "thread":
             prefix, made, acked = rest[0], int(rest[1]), int(rest[2])
             missing = [int(v) for v in rest[3].split(",") if v] if len(rest) > 3 else []
@@ -535,6 +540,8 @@ class Bench:
         )
         r.foreign_cpu = max(0.0, (machine - server_cpu - writer_cpu - db_cpu - client_cpu) / r.duration)
         if server.name in ("receiver", "naive"):
+            if info["counted"]:
+                raise RuntimeError(f"{server.name}: its acknowledged ids were counted, not accounted one by one")
             r.stored_at_end, r.drain_seconds, r.lost = self.check_stored(
                 server, prefix, acked_ids(threads)
             )
@@ -1241,6 +1248,8 @@ def main(argv: list[str] | None = None) -> None:
         bad = set(value) - set(allowed)
         if bad:
             sys.exit(f"unknown: {', '.join(sorted(bad))} (choose from {', '.join(allowed)})")
+    if args.threads < 1 or args.connections < 1 or args.connections % min(args.threads, args.connections):
+        sys.exit("--connections must be a multiple of --threads (wrk gives each thread the same number)")
     if args.soak and "receiver" not in args.servers:
         sys.exit("--soak needs the receiver among --servers")
     if args.soak:

@@ -157,7 +157,7 @@ async def run(
     loop = asyncio.get_running_loop()
     tally = Tally()
     busy: set[Exchange] = set()
-    idle: list[Exchange] = []
+    idle: collections.deque[Exchange] = collections.deque()  # the longest idle first: all of them in turn
     queued: collections.deque[tuple[int, float]] = collections.deque()  # waiting for a keep-alive connection
     opening = 0  # keep-alive connections being opened
     connecting: set[asyncio.Task[None]] = set()
@@ -221,7 +221,7 @@ async def run(
     def due_now(i: int, due: float) -> None:
         tally.lateness.append(time.perf_counter() - due)
         if idle:
-            exchange = idle.pop()
+            exchange = idle.popleft()
             busy.add(exchange)
             exchange.send(i, due, request(i))
             return
@@ -282,7 +282,7 @@ async def run(
         if not close:
             refill()  # open connections for what still queues, if some closed
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
-    for exchange in idle + list(busy):
+    for exchange in [*idle, *busy]:
         exchange.abort("TimeoutError")
     for i_left, _due in queued:
         tally.failed(i_left, "TimeoutError")

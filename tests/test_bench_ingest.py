@@ -34,6 +34,7 @@ def test_a_server_whose_ids_are_not_checked_is_counted(tmp_path: Path) -> None:
     [
         "thread r-1_ 5 4 1,4\n",  # 5 sent, 2 not acknowledged, yet 4 acknowledged: the script is wrong
         "thread r-1_ 5 3 1,4\ncounted r-2_ 4 4\n",  # half the threads accounted, half counted
+        "thread r-1_ 5 3 1,4\nstray r-1_ 2\n",  # answers that named none of its requests: no echo
     ],
 )
 def test_an_accounting_that_does_not_add_up_stops_the_run(tmp_path: Path, lines: str) -> None:

@@ -246,11 +246,3 @@ def test_a_connection_reaches_a_worker_once_its_request_has_come() -> None:
                 accepted.settimeout(5)
                 assert accepted.recv(100) == b"POST / HTTP/1.1\r\n"
 
-
-def test_a_unix_socket_is_left_as_it_is(tmp_path: Path) -> None:
-    from receiver.server import defer_accept
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-        listener.bind(str(tmp_path / "s"))
-        listener.listen()
-        assert not defer_accept(listener)
