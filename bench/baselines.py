@@ -107,9 +107,7 @@ def serve(app: str, *, host: str, port: int, workers: int, tls_cert: str | None,
     config = server.uvicorn_config(
         settings, f"bench.baselines:{app}_app", tls_cert=tls_cert, tls_key=tls_key, callbacks=False
     )  # no callback lane: uvicorn's protocol from the first byte
-    sock = config.bind_socket()  # the listening socket as receiver serve makes it
-    sock.listen(config.backlog)
-    server.defer_accept(sock)
+    sock = server.listening_socket(config)  # as receiver serve makes it
     if config.workers > 1:
         uvicorn_adapter.Supervisor(config, sockets=[sock]).run()
     else:

@@ -486,7 +486,7 @@ class Bench:
         connections = self.args.connections
         account = "count" if server.name == "plain" else "ids"
         return pinned(
-            ["wrk", "-t", str(min(self.args.threads, connections)), "-c", str(connections), "-d", f"{duration:g}s",
+            ["wrk", "-t", str(self.args.threads), "-c", str(connections), "-d", f"{duration:g}s",
              "--timeout", "10s", "-s", str(LUA), server.base_url, "--", server.path, mode, prefix, account],
             self.client_cpus,
         )  # fmt: skip
@@ -855,7 +855,7 @@ class Bench:
         lines = [
             (
                 f"{self.layout()}. {a.rounds} rounds of {a.duration:g} s per server and mode, alternating; medians. "
-                f"{a.connections} connections (wrk, {min(a.threads, a.connections)} threads). Every figure below comes from this one run, "
+                f"{a.connections} connections (wrk, {a.threads} threads). Every figure below comes from this one run, "
                 f"the servers measured side by side. Code: {_git_state()}."
             ),
             "",
@@ -1248,7 +1248,10 @@ def main(argv: list[str] | None = None) -> None:
         bad = set(value) - set(allowed)
         if bad:
             sys.exit(f"unknown: {', '.join(sorted(bad))} (choose from {', '.join(allowed)})")
-    if args.threads < 1 or args.connections < 1 or args.connections % min(args.threads, args.connections):
+    if args.threads < 1 or args.connections < 1:
+        sys.exit("--threads and --connections take a positive number")
+    args.threads = min(args.threads, args.connections)  # wrk runs no thread without a connection
+    if args.connections % args.threads:
         sys.exit("--connections must be a multiple of --threads (wrk gives each thread the same number)")
     if args.soak and "receiver" not in args.servers:
         sys.exit("--soak needs the receiver among --servers")

@@ -81,9 +81,7 @@ def run(settings: Settings, *, tls_cert: str | None = None, tls_key: str | None 
     try:
         # Listening before the line that says so: a client that connects at once (a script that
         # waits for the line) waits in the backlog until a worker has started, not refused.
-        sock = config.bind_socket()
-        sock.listen(config.backlog)
-        defer_accept(sock)
+        sock = listening_socket(config)
         print(f"Listening on {settings.base_url(tls=tls_cert is not None)}", flush=True)
         if config.workers > 1:
             uvicorn_adapter.Supervisor(config, sockets=[sock]).run()
@@ -97,6 +95,15 @@ def run(settings: Settings, *, tls_cert: str | None = None, tls_key: str | None 
         writer.stop()  # after the workers: it stores what they acknowledged last
     if config.workers == 1 and not server.started:
         sys.exit(uvicorn_adapter.STARTUP_FAILURE)
+
+
+def listening_socket(config: uvicorn.Config) -> socket.socket:
+    """The socket the workers accept on: bound, listening, and handing a connection over once its
+    first bytes are in (:func:`defer_accept`)."""
+    sock = config.bind_socket()
+    sock.listen(config.backlog)
+    defer_accept(sock)
+    return sock
 
 
 # How long a connection may stay silent before it is accepted all the same (Linux rounds it to

@@ -72,9 +72,7 @@ def cluster_dir(data_dir: Path) -> Path:
 def stop(data_dir: Path) -> None:
     """Stop the embedded cluster of ``data_dir`` if it runs, whoever else uses it (leaving its
     settings as they are: a value the server cannot start with does not stand in the way)."""
-    pgutils = _pgserver_utils()
-    pgdata = cluster_dir(data_dir)
-    if (info := pgutils.PostmasterInfo.read_from_pgdata(pgdata)) is None or not info.is_running():
+    if _running(cluster_dir(data_dir)) is None:
         return
     start(data_dir, keep_running=True, settings=False).stop()
 
@@ -103,12 +101,12 @@ def start(
     wanted = {"shared_buffers": shared_buffers or shared_buffers_for(machine_memory())}
     with server._lock:  # pgserver's lock of the cluster, across processes: initdb once, then our settings
         server.ensure_pgdata_inited()
-        info = pgutils.PostmasterInfo.read_from_pgdata(pgdata)
-        running = info is not None and info.is_running()
+        info = _running(pgdata)  # None: this call starts it
         changed = settings and configure(pgdata, wanted)
     server.start()  # the server, unless it runs already (or another process started it meanwhile)
     # Settings the server has not taken: changed now or since it started (a second's grace for the
     # start's own write), or rewritten by another process before this one's start.
+    running = info is not None
     since_start = running and _mtime(pgdata / CONF_FILE) >= info.start_time.timestamp() + 1
     if settings and (running and (changed or since_start) or _read(pgdata / CONF_FILE) != _conf_text(wanted)):
         log.warning(
@@ -155,6 +153,12 @@ def _cgroup_limits(proc_cgroup: Path, mount: Path) -> list[Path]:
                 break
             paths.append(level / name)
     return paths
+
+
+def _running(pgdata: Path) -> Any:
+    """pgserver's record of the server running on ``pgdata`` (its start time), None if none runs."""
+    info = _pgserver_utils().PostmasterInfo.read_from_pgdata(pgdata)
+    return info if info is not None and info.is_running() else None
 
 
 def _mtime(path: Path) -> float:
