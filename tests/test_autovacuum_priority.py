@@ -1,6 +1,6 @@
 """The writer lowers the autovacuum workers of a PostgreSQL server of this machine as it lowers
 its own backend: a pass over the day's partitions after a burst would otherwise take a CPU from
-the acknowledgements (docs/performance.md, "Autovacuum at full speed")."""
+the acknowledgements (docs/performance.md, "Its own process, below the workers")."""
 
 from __future__ import annotations
 
