@@ -1466,6 +1466,33 @@ def test_records_that_come_faster_than_the_group_window_share_fdatasyncs_and_a_s
     assert pause_wait < 0.005, "a record after a pause does not wait for the window"
 
 
+def test_a_few_records_close_together_at_a_low_rate_do_not_wait_out_the_window(tmp_path: Path) -> None:
+    """Records that come slower than the window, but now and then a few close together (at
+    500 callbacks a second, two workers get one every 4 ms on average, in no regular order):
+    none of them waits for company that is not coming."""
+
+    async def scenario() -> list[float]:
+        journal = Journal(tmp_path, max_bytes=BIG, segment_bytes=1 << 20, group_window=0.05)
+        waits: list[float] = []
+
+        async def one(i: int) -> None:
+            start = time.monotonic()
+            await journal.append(payload(i))
+            waits.append(time.monotonic() - start)
+
+        for i in range(10):  # one every 100 ms: twice the window
+            await one(i)
+            await asyncio.sleep(0.1)
+        for i in range(10, 15):  # then five, 2 ms apart
+            await one(i)
+            await asyncio.sleep(0.002)
+        await journal.close()
+        return waits
+
+    waits = run(scenario())
+    assert max(waits[10:]) < 0.025, [round(w * 1000, 1) for w in waits]
+
+
 # --- the syncer process (RECEIVER_JOURNAL_SYNC=process, the default of the service) -------------
 
 

@@ -64,7 +64,10 @@ SYNCER_DEATHS_WINDOW = 60.0
 
 
 QUIET = 0.002  # seconds without a flush after which a lone record is synced on the loop ("auto")
-_GAP_WEIGHT = 0.25  # of each new gap between appends in the running average
+# Of each new gap between appends in the running average. Slow enough that a few callbacks
+# close together at a low rate (500/s over two workers) do not make the next one wait out the
+# window alone; fast enough to follow a burst within a few milliseconds of its start.
+_GAP_WEIGHT = 1 / 16
 _GAP_CAP = 0.1  # seconds: a longer pause counts as this long
 
 
