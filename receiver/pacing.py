@@ -7,8 +7,9 @@ backend is a scheduling group of its own, weighed like all the workers together,
 writer hands over takes a CPU from the acknowledgements for as long as PostgreSQL works on it.
 And even lowered, the writer and its backend delay a waking worker by up to a millisecond or
 two at a time: measured on a 2-core machine, a ping-pong of two ordinary processes had a p99 of
-0.2 ms alone and 0.5-0.9 ms beside a SCHED_IDLE pair (docs/performance.md, "It rests
-while the others keep the CPUs busy"). Requests queue behind each such delay for as long as a store lasts.
+0.2 ms alone and 0.5-0.9 ms beside a SCHED_IDLE pair (docs/performance.md, "It rests while
+the others keep the CPUs busy"). Requests queue behind each such delay for as long as a store
+lasts.
 
 So the writer watches two signals after each store. It is contended when it waited for a CPU
 for most of the time it wanted one, or when the other processes of the machine left fewer than

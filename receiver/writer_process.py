@@ -130,8 +130,8 @@ def _lower_backend(pid: int, nice: int, sched_idle: bool, pause: float = AUTOGRO
     """Lower a local backend's priority to ours. With ``sched_idle`` its scheduling group goes
     to the lowest priority too: PostgreSQL starts each backend in a session of its own, which
     under Linux's autogroups is a group of its own, weighed against the workers as a whole; its
-    class and niceness rank it only inside that group (docs/performance.md, "Its
-    own process, below the workers")."""
+    class and niceness rank it only inside that group (docs/performance.md, "Its own process,
+    below the workers")."""
     lower_priority(pid, nice, sched_idle)
     return lower_autogroup(pid, pause) if sched_idle else True
 
@@ -146,9 +146,9 @@ def lower_autovacuum(postmaster: int | None, nice: int, lowered: set[int]) -> No
     autogroups it weighs as much as all the workers together, and a pass over the day's
     partitions after a burst (up to 0.9 of a CPU for seconds) took the CPU the
     acknowledgements needed: p99 at 7,000/s kept alive 47.7-597.1 ms beside an unthrottled
-    vacuum at normal priority, 16.9-134.6 ms lowered (docs/performance.md, "Its own
-    process, below the workers"). A lowered pass still runs on any CPU time the workers leave. ``lowered`` holds the
-    pids done (those gone are forgotten); a worker whose group the kernel did not let us
+    vacuum at normal priority, 16.9-134.6 ms lowered (docs/performance.md, "Its own process,
+    below the workers"). A lowered pass still runs on any CPU time the workers leave.
+    ``lowered`` holds the pids done (those gone are forgotten); a worker whose group the kernel did not let us
     change yet is tried again at the next call."""
     if postmaster is None:
         return
