@@ -192,17 +192,22 @@ async def run(
         if not exchange.closed and exchange.transport is not None:
             exchange.transport.close()
 
+    async def dial(i: int) -> Exchange:
+        """A connection for request ``i`` (or the ``i``-th kept-alive one), its handshake done."""
+        _, exchange = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: Exchange(tally, closed_one if close else free),
+                host, port, ssl=context, server_hostname=host if context else None,
+                local_addr=(f"127.0.{i % 200}.{2 + i // 200 % 250}", 0) if spread else None,
+            ),
+            TIMEOUT,
+        )  # fmt: skip
+        return exchange
+
     async def connect(i: int, due: float) -> None:
         nonlocal opening
         try:
-            _, exchange = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: Exchange(tally, closed_one if close else free),
-                    host, port, ssl=context, server_hostname=host if context else None,
-                    local_addr=(f"127.0.{i % 200}.{2 + i // 200 % 250}", 0) if spread else None,
-                ),
-                TIMEOUT,
-            )  # fmt: skip
+            exchange = await dial(i)
         except (OSError, TimeoutError, ssl.SSLError) as error:
             tally.failed(i, type(error).__name__)
             if not close:
@@ -240,15 +245,10 @@ async def run(
         for exchange in [e for e in busy if e.current is not None and e.current[2] < limit]:
             exchange.abort("TimeoutError")
 
-    async def warm() -> None:
+    async def warm(k: int) -> None:
         """One kept-alive connection, opened before the clock starts."""
         try:
-            _, exchange = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: Exchange(tally, free), host, port, ssl=context, server_hostname=host if context else None
-                ),
-                TIMEOUT,
-            )
+            exchange = await dial(k)
         except (OSError, TimeoutError, ssl.SSLError):
             return  # opened later, when a request needs it (and its failure counted then)
         idle.append(exchange)
@@ -258,7 +258,7 @@ async def run(
         # handshakes (over TLS about a millisecond of CPU each, on both ends) are not the
         # answers' latency. Opened on demand instead, the first requests of a run waited for
         # all of them at once: a percent of the answers, enough to be the run's p99.
-        await asyncio.gather(*(warm() for _ in range(connections)))
+        await asyncio.gather(*(warm(k) for k in range(connections)))
 
     total = int(rate * duration)
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)

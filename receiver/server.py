@@ -118,9 +118,9 @@ def defer_accept(sock: socket.socket) -> bool:
     wake-up instead of two. A connection that sends nothing (a port probe, a load balancer's
     TCP check) costs the workers nothing until it has been silent for about a second; then it
     is accepted as before and meets the client timeout. False where the system has no such
-    option, or for a socket that is not TCP."""
+    option, or for a socket that is not TCP (the kernel refuses the option)."""
     option = getattr(socket, "TCP_DEFER_ACCEPT", None)
-    if option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+    if option is None:
         return False
     try:
         sock.setsockopt(socket.IPPROTO_TCP, option, DEFER_ACCEPT_SECONDS)

@@ -148,8 +148,8 @@ def lower_autovacuum(postmaster: int | None, nice: int, lowered: set[int]) -> No
     acknowledgements needed: p99 at 7,000/s kept alive 47.7-597.1 ms beside an unthrottled
     vacuum at normal priority, 16.9-134.6 ms lowered (docs/performance.md, "Its own process,
     below the workers"). A lowered pass still runs on any CPU time the workers leave.
-    ``lowered`` holds the pids done (those gone are forgotten); a worker whose group the kernel did not let us
-    change yet is tried again at the next call."""
+    ``lowered`` holds the pids done (those gone are forgotten); a worker whose group the kernel
+    did not let us change yet is tried again at the next call."""
     if postmaster is None:
         return
     try:

@@ -106,9 +106,8 @@ def start(
     server.start()  # the server, unless it runs already (or another process started it meanwhile)
     # Settings the server has not taken: changed now or since it started (a second's grace for the
     # start's own write), or rewritten by another process before this one's start.
-    running = info is not None
-    since_start = running and _mtime(pgdata / CONF_FILE) >= info.start_time.timestamp() + 1
-    if settings and (running and (changed or since_start) or _read(pgdata / CONF_FILE) != _conf_text(wanted)):
+    since_start = info is not None and _mtime(pgdata / CONF_FILE) >= info.start_time.timestamp() + 1
+    if settings and (info is not None and (changed or since_start) or _read(pgdata / CONF_FILE) != _conf_text(wanted)):
         log.warning(
             "the embedded PostgreSQL of %s runs with settings other than these until it restarts"
             " (receiver db stop): %s", data_dir, ", ".join(f"{name} {value}" for name, value in wanted.items()),
