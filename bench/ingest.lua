@@ -14,8 +14,8 @@
 -- stops (in flight, or lost with a broken connection). Every other number up to the thread's
 -- counter was acknowledged. An answer that names none of the thread's outstanding requests is
 -- written as "stray", and ingest.py stops: the server does not answer with the id. done()
--- writes this per thread to $INGEST_RESULT_FILE, with wrk's own summary and latency percentiles. ACCOUNT "count" (the plain handler, which stores nothing)
--- only counts the 2xx.
+-- writes this per thread to $INGEST_RESULT_FILE, with wrk's own summary and latency
+-- percentiles. ACCOUNT "count" (the plain handler, which stores nothing) only counts the 2xx.
 
 local threads = {}
 local next_tid = 0
